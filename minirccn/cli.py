@@ -1,0 +1,77 @@
+"""The ``minirccn`` command line.
+
+Each subcommand lives with the code it drives and exposes two functions,
+``add_arguments(parser)`` and ``run(args) -> int``:
+
+=========  =============================  =====================================
+command    module                         what it does
+=========  =============================  =====================================
+train      :mod:`minirccn.train`          train a detector, write checkpoint,
+                                          metrics, loss curve, detection PNGs
+detect     :mod:`minirccn.predict`        draw detections on images (PNG+JSON)
+eval       :mod:`minirccn.predict`        VOC07 / VOC / COCO mAP of a checkpoint
+bench      :mod:`minirccn.bench`          time every op per backend side by side
+data       :mod:`minirccn.data.export`    export ``shapes`` as VOC / COCO / CSV
+=========  =============================  =====================================
+
+Errors a user can cause are printed as one line ``minirccn: error: ...`` with
+exit status 2; set ``MINIRCCN_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+from .errors import MinirccnError
+
+# command -> (module, help, add_arguments name, run name)
+COMMANDS = {
+    "train": ("minirccn.train", "train Faster R-CNN (default: the built-in shapes dataset)"),
+    "detect": ("minirccn.predict", "run a trained checkpoint on images; write PNG and JSON"),
+    "eval": ("minirccn.predict", "evaluate a checkpoint (VOC07, VOC all-point, COCO mAP)"),
+    "bench": ("minirccn.bench", "time every op per backend, side by side"),
+    "data": ("minirccn.data.export", "export the shapes dataset as VOC, COCO or CSV"),
+}
+
+
+def _hooks(command: str):
+    """(add_arguments, run) for ``command`` from its module."""
+    module = importlib.import_module(COMMANDS[command][0])
+    suffix = "" if command not in ("detect", "eval") else f"_{command}"
+    return getattr(module, f"add_arguments{suffix}"), getattr(module, f"run{suffix}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minirccn", description="Faster R-CNN from scratch: NumPy reference, Numba and CUDA kernels."
+    )
+    parser.add_argument("--version", action="version", version=f"minirccn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        add_arguments, _run = _hooks(name)
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``minirccn`` and ``python -m minirccn``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _add, run = _hooks(args.command)
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print("minirccn: interrupted", file=sys.stderr)
+        return 130
+    except (MinirccnError, ValueError, TypeError, OSError) as exc:
+        if os.environ.get("MINIRCCN_DEBUG"):
+            raise
+        print(f"minirccn: error: {exc}", file=sys.stderr)
+        return 2

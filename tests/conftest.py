@@ -1,0 +1,39 @@
+"""Test set-up shared by the whole suite.
+
+* The Numba-CUDA kernels run in Numba's simulator unless the caller says
+  otherwise: ``NUMBA_ENABLE_CUDASIM`` must be set before Numba is imported, so
+  it is set here. On a GPU machine run ``NUMBA_ENABLE_CUDASIM=0 pytest -m gpu``.
+* Hypothesis is derandomised (the same examples every run) and has no deadline
+  (the first call of a Numba kernel compiles it).
+"""
+
+import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "minirccn",
+    derandomize=True,
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minirccn"))
+
+
+def _gpu_available() -> bool:
+    from minirccn.backend import gpu_available
+
+    return gpu_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs a real NVIDIA GPU with CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
