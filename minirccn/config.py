@@ -1,0 +1,158 @@
+"""Every number of the detector in one frozen dataclass.
+
+Field names follow the keyword arguments of torchvision's ``FasterRCNN`` so a
+reader who knows torchvision can map them one to one; the fields that
+torchvision keeps elsewhere (the head sizes, the optimiser) are named plainly.
+
+Two presets:
+
+* ``tiny``: a small VGG-style backbone with batch normalisation on 128x128
+  images; trains on two CPU cores in a few minutes (``minirccn train``).
+* ``vgg16``: the paper's network (VGG16 conv layers, 224x224 -> 14x14x512,
+  stride 16, 9 anchors per location, fc6/fc7 of 4096).
+
+>>> cfg = preset("tiny")
+>>> cfg2 = cfg.replace(iters=10)       # a modified copy; the dataclass is frozen
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+PRESETS = ("tiny", "vgg16")
+
+
+@dataclass(frozen=True)
+class FasterRCNNConfig:
+    """All hyper-parameters of the model and of its training (see the module docstring)."""
+
+    # ---- backbone -------------------------------------------------------------
+    backbone: str = "tiny"                     # backbone preset name (minirccn.backbone)
+
+    # ---- image transform (GeneralizedRCNNTransform) --------------------------
+    min_size: int = 128                        # shorter side is resized to this ...
+    max_size: int = 128                        # ... unless the longer side would exceed this
+    image_mean: tuple = (0.485, 0.456, 0.406)  # per-channel mean of [0, 1] pixels
+    image_std: tuple = (0.229, 0.224, 0.225)   # per-channel std of [0, 1] pixels
+
+    # ---- anchors (AnchorGenerator) --------------------------------------------
+    anchor_sizes: tuple = (16, 32, 64)         # anchor side lengths in input pixels (sqrt of area)
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)     # height / width of the anchors
+    anchor_offset: float = 0.5                 # 0.5: anchors centred on cells (paper); 0.0: torchvision
+
+    # ---- RPN -------------------------------------------------------------------
+    rpn_channels: int = 128                    # channels of the RPN's 3x3 conv
+    rpn_pre_nms_top_n_train: int = 2000        # proposals kept by score before NMS (training)
+    rpn_pre_nms_top_n_test: int = 1000         # proposals kept by score before NMS (inference)
+    rpn_post_nms_top_n_train: int = 2000       # proposals kept after NMS (training)
+    rpn_post_nms_top_n_test: int = 1000        # proposals kept after NMS (inference)
+    rpn_nms_thresh: float = 0.7                # NMS IoU threshold of the proposal layer
+    rpn_min_size: float = 1e-3                 # proposals smaller than this (pixels) are dropped
+    rpn_fg_iou_thresh: float = 0.7             # anchor IoU >= this: positive
+    rpn_bg_iou_thresh: float = 0.3             # anchor max IoU < this: negative
+    rpn_batch_size_per_image: int = 256        # anchors sampled per image for the RPN losses
+    rpn_positive_fraction: float = 0.5         # at most this fraction of the samples positive
+    rpn_allowed_border: int = -1               # >= 0: ignore anchors crossing the border by more
+                                               #   than this many pixels (paper: 0); -1: keep all
+    rpn_box_beta: float = 1.0 / 9              # smooth-L1 beta of the RPN box loss
+
+    # ---- RoI heads --------------------------------------------------------------
+    roi_output_size: int = 7                   # RoI max pool output (ph = pw)
+    representation_size: int = 1024            # width of the two fc layers of the box head
+    dropout: float = 0.0                       # dropout probability after each fc ReLU (0: off)
+    box_score_thresh: float = 0.05             # detections scoring <= this are dropped
+    box_nms_thresh: float = 0.5                # per-class NMS IoU threshold at inference
+    box_detections_per_img: int = 100          # detections kept per image
+    box_fg_iou_thresh: float = 0.5             # RoI IoU >= this: foreground
+    box_bg_iou_thresh: float = 0.5             # RoI IoU < this (and >= box_bg_iou_lo): background
+    box_bg_iou_lo: float = 0.0                 # low bound of background IoU (Fast R-CNN used 0.1)
+    box_batch_size_per_image: int = 128        # RoIs sampled per image for the head losses
+    box_positive_fraction: float = 0.25        # at most this fraction of them foreground
+    bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh) target normalisation
+    box_beta: float = 1.0 / 9                  # smooth-L1 beta of the head box loss
+
+    # ---- training ----------------------------------------------------------------
+    lr: float = 0.01                           # base learning rate (after warmup)
+    momentum: float = 0.9                      # SGD momentum
+    weight_decay: float = 5e-4                 # L2 weight decay (not on biases / BN)
+    warmup_iters: int = 100                    # linear warmup length in iterations
+    warmup_factor: float = 0.001               # LR multiplier at iteration 0 of the warmup
+    milestones: tuple = ()                     # iterations at which the LR is multiplied by gamma
+    gamma: float = 0.1                         # LR decay factor at each milestone
+    iters: int = 1000                          # training iterations (SGD steps)
+    images_per_batch: int = 1                  # images per SGD step
+    flip: bool = True                          # random horizontal flip while training
+    dtype: str = "float32"                     # parameter / activation dtype
+
+    def replace(self, **changes) -> "FasterRCNNConfig":
+        """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_anchors(self) -> int:
+        """``A``: anchors per feature-map location."""
+        return len(self.anchor_sizes) * len(self.aspect_ratios)
+
+    def to_json(self) -> str:
+        """The config as a JSON string (tuples become lists)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FasterRCNNConfig":
+        """Inverse of :meth:`to_json`; raises ``ValueError`` on unknown fields or bad JSON."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("config: expected a JSON object")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
+        for k, v in list(data.items()):
+            if isinstance(v, list):
+                data[k] = tuple(v)
+        return cls(**data)
+
+
+def preset(name: str, **overrides) -> FasterRCNNConfig:
+    """The config of preset ``name`` (``"tiny"`` or ``"vgg16"``) with ``overrides`` applied."""
+    if name == "tiny":
+        cfg = FasterRCNNConfig(
+            backbone="tiny",
+            min_size=128,
+            max_size=128,
+            anchor_sizes=(16, 32, 64),
+            aspect_ratios=(0.5, 1.0, 2.0),
+            rpn_channels=128,
+            rpn_pre_nms_top_n_train=600,
+            rpn_pre_nms_top_n_test=300,
+            rpn_post_nms_top_n_train=300,
+            rpn_post_nms_top_n_test=100,
+            rpn_batch_size_per_image=256,
+            representation_size=256,
+            box_batch_size_per_image=64,
+            lr=0.02,
+            warmup_iters=100,
+            iters=2000,
+            milestones=(1500,),
+            images_per_batch=1,
+        )
+    elif name == "vgg16":
+        cfg = FasterRCNNConfig(
+            backbone="vgg16",
+            min_size=224,
+            max_size=224,
+            anchor_sizes=(32, 64, 128),
+            aspect_ratios=(0.5, 1.0, 2.0),
+            rpn_channels=512,
+            representation_size=4096,
+            dropout=0.5,
+            lr=0.001,
+            warmup_iters=500,
+            iters=70000,
+            milestones=(50000,),
+        )
+    else:
+        raise ValueError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return cfg.replace(**overrides) if overrides else cfg
