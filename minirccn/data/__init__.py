@@ -1,1 +1,83 @@
-"""Datasets, loaders and transforms."""
+"""Datasets, loaders and transforms.
+
+One entry point, :func:`load_dataset`, turns what a user types after ``--data``
+into a dataset: ``len(ds)``, ``ds[i]`` (a sample dict, see
+:mod:`minirccn.data.common`), ``ds.class_names`` (index 0 is
+``"__background__"``) and ``ds.name``.
+
+=======================  ===================================  ======================
+spec                     loader                               splits
+=======================  ===================================  ======================
+``shapes``               :mod:`minirccn.data.shapes`          train, val, test
+VOC root folder          :mod:`minirccn.data.voc`             ``ImageSets/Main/<split>.txt``, all
+COCO ``.json`` file      :mod:`minirccn.data.coco`            train, test (= val), all
+``.csv`` file            :mod:`minirccn.data.csvfile`         train, test (= val), all
+=======================  ===================================  ======================
+
+COCO and CSV files carry no split: ``train`` and ``test`` are a fixed,
+deterministic 90/10 partition of their image ids (see
+:func:`minirccn.data.common.partition`) and ``all`` is every image.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import MinirccnError
+from .common import BACKGROUND, DataWarning, DetectionDataset
+from .shapes import ShapesConfig, ShapesDataset
+
+__all__ = [
+    "load_dataset",
+    "BACKGROUND",
+    "DataWarning",
+    "DetectionDataset",
+    "ShapesConfig",
+    "ShapesDataset",
+]
+
+
+def load_dataset(spec="shapes", split: str = "train", images=None, seed: int = 0,
+                 shapes_config: ShapesConfig | None = None) -> DetectionDataset:
+    """The dataset named by ``spec``.
+
+    Args:
+        spec: ``"shapes"``, a VOC root folder (``Annotations/``, ``JPEGImages/``,
+            ``ImageSets/Main/<split>.txt``), a COCO ``.json`` file or a ``.csv`` file
+            (``ImageID,LabelName,XMin,XMax,YMin,YMax``, normalised coordinates).
+        split: which part; see the module docstring for each format's choices.
+        images: image folder for COCO and CSV (default: ``images/`` next to the
+            annotation file if it exists, else the file's own folder).
+        seed: seeds ``shapes`` images; unused by files on disk.
+        shapes_config: optional :class:`ShapesConfig` for ``shapes``.
+
+    Raises:
+        MinirccnError: naming ``spec`` (unknown, missing) or the bad file inside it.
+    """
+    spec = os.fspath(spec)
+    if spec == "shapes":
+        return ShapesDataset(split=split, seed=seed, config=shapes_config)
+    if os.path.isdir(spec):
+        from .voc import VOCDataset
+
+        return VOCDataset(spec, split=split)
+    lower = spec.lower()
+    if lower.endswith(".json") or lower.endswith(".csv"):
+        if not os.path.isfile(spec):
+            raise MinirccnError(f"{spec}: annotation file not found")
+        if lower.endswith(".json"):
+            from .coco import COCODataset
+
+            return COCODataset(spec, split=split, images=images)
+        from .csvfile import CSVDataset
+
+        return CSVDataset(spec, split=split, images=images)
+    if not os.path.exists(spec):
+        raise MinirccnError(
+            f"{spec}: no such dataset, file or folder (expected 'shapes', a VOC root folder, "
+            "a COCO .json file or a .csv file)"
+        )
+    raise MinirccnError(
+        f"{spec}: unknown dataset format (expected 'shapes', a VOC root folder, a COCO .json file "
+        "or a .csv file)"
+    )

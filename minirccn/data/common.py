@@ -1,0 +1,185 @@
+"""What every dataset shares: the sample dict, image decoding, splits, warnings.
+
+A dataset is a sequence of samples. Sample ``i`` is a dict:
+
+============  ===================  ==================================================
+key           value                meaning
+============  ===================  ==================================================
+image         ``(H, W, 3)`` uint8  RGB pixels
+boxes         ``(G, 4)`` float32   ``(x1, y1, x2, y2)`` in continuous pixel
+                                   coordinates: pixel ``(r, c)`` covers
+                                   ``[c, c+1) x [r, r+1)``; width is ``x2 - x1``
+labels        ``(G,)`` int64       class index in ``1 .. K-1`` (0 is background)
+difficult     ``(G,)`` bool        VOC "difficult" / COCO "iscrowd": ignored by the
+                                   evaluation (neither a hit nor a miss)
+image_id      str                  stable name of the image (file stem, COCO id, ...)
+============  ===================  ==================================================
+
+Every loader checks its annotations when it is built, so a malformed file is
+one :class:`~minirccn.errors.MinirccnError` naming the file before training
+starts; images are decoded lazily in ``ds[i]``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from ..errors import MinirccnError
+
+BACKGROUND = "__background__"
+
+#: image file extensions the CSV loader tries, in order
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
+
+#: the fixed seed of the 90/10 train/test partition of COCO and CSV files; it is
+#: *not* the run's ``--seed``, so a training run and a later evaluation with a
+#: different seed still see disjoint images
+PARTITION_SEED = 0
+TEST_FRACTION = 0.1
+
+
+class DataWarning(UserWarning):
+    """A single bad annotation was skipped (the message names the file and the annotation)."""
+
+
+def warn(message: str) -> None:
+    """Emit a :class:`DataWarning` (shown once per distinct message)."""
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+class DetectionDataset:
+    """Base class: ``len(ds)``, ``ds[i]`` -> sample dict, ``ds.class_names``, ``ds.name``.
+
+    Subclasses implement :meth:`__len__` and :meth:`_load` (sample for a valid
+    non-negative index); this class handles negative indices and iteration.
+    """
+
+    name: str = "dataset"
+    class_names: list[str] = [BACKGROUND]
+
+    @property
+    def num_classes(self) -> int:
+        """``K``: number of classes including the background."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _load(self, index: int) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self)
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index: expected an int, got {type(index).__name__}")
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} out of range for {self.name} with {n} images")
+        return self._load(i)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self._load(i)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}: {len(self)} images, {self.num_classes - 1} classes>"
+
+
+def make_sample(image, boxes, labels, difficult, image_id) -> dict:
+    """The sample dict with the documented dtypes (copies nothing that is already right)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return {
+        "image": image,
+        "boxes": boxes,
+        "labels": np.asarray(labels, dtype=np.int64).reshape(-1),
+        "difficult": np.asarray(difficult, dtype=bool).reshape(-1),
+        "image_id": str(image_id),
+    }
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode the image file at ``path`` with Pillow as RGB.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+
+    Raises:
+        MinirccnError: the file is missing, truncated or not an image.
+    """
+    if not os.path.isfile(path):
+        raise MinirccnError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except Exception as exc:  # UnidentifiedImageError, truncated file, decoder errors
+        raise MinirccnError(f"{path}: cannot decode image ({exc})") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def clip_to_image(sample: dict, where: str) -> dict:
+    """Clip ``sample['boxes']`` to the image; drop (with a warning) boxes left with no area.
+
+    Annotations sometimes run a pixel past the border; boxes entirely outside
+    the image cannot be learned from and are dropped.
+    """
+    h, w = sample["image"].shape[:2]
+    boxes = sample["boxes"]
+    if len(boxes) == 0:
+        return sample
+    clipped = np.empty_like(boxes)
+    clipped[:, 0::2] = np.clip(boxes[:, 0::2], 0, w)
+    clipped[:, 1::2] = np.clip(boxes[:, 1::2], 0, h)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    for j in np.flatnonzero(~keep):
+        warn(f"{where}: box {boxes[j].tolist()} lies outside the {w}x{h} image; skipped")
+    sample["boxes"] = clipped[keep]
+    sample["labels"] = sample["labels"][keep]
+    sample["difficult"] = sample["difficult"][keep]
+    return sample
+
+
+def check_box(x1: float, y1: float, x2: float, y2: float, where: str) -> bool:
+    """Validate one annotated box ``(x1, y1, x2, y2)``.
+
+    Returns:
+        True to keep it, False for a box with zero width or height (warned and skipped).
+
+    Raises:
+        MinirccnError: a coordinate is NaN or infinite, or ``x2 < x1`` or ``y2 < y1``.
+    """
+    values = (x1, y1, x2, y2)
+    if not all(np.isfinite(v) for v in values):
+        raise MinirccnError(f"{where}: box {list(values)} has a NaN or infinite coordinate")
+    if x2 < x1 or y2 < y1:
+        raise MinirccnError(f"{where}: box {list(values)} has x2 < x1 or y2 < y1")
+    if x2 == x1 or y2 == y1:
+        warn(f"{where}: box {list(values)} has zero width or height; skipped")
+        return False
+    return True
+
+
+def partition(ids: list, split: str, where: str) -> list:
+    """The deterministic 90/10 train/test partition of ``ids`` (files without split info).
+
+    ``ids`` are sorted, shuffled by a Generator seeded with :data:`PARTITION_SEED`
+    and the last ``ceil(10%)`` (at least one when there are two or more) form
+    ``test`` (alias ``val``); the rest ``train``; ``all`` keeps every id. The
+    chosen ids are returned in sorted order.
+    """
+    ids = sorted(ids)
+    if split == "all":
+        return ids
+    if split not in ("train", "test", "val"):
+        raise MinirccnError(f"{where}: unknown split {split!r}; this file has no split info, use train, test or all")
+    n = len(ids)
+    n_test = int(np.ceil(TEST_FRACTION * n)) if n >= 2 else 0
+    order = np.random.default_rng(PARTITION_SEED).permutation(n)
+    chosen = order[n - n_test:] if split in ("test", "val") else order[: n - n_test]
+    return [ids[i] for i in sorted(chosen.tolist())]

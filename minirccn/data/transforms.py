@@ -1,0 +1,175 @@
+"""Image transforms of Faster R-CNN training and inference, boxes kept in step.
+
+Boxes are ``(G, 4)`` float ``(x1, y1, x2, y2)`` in continuous pixel coordinates
+(pixel column ``c`` covers ``[c, c+1)``), so a flip is ``x' = W - x`` and a
+resize multiplies by the size ratio, with no "+1" or "-1" anywhere.
+
+The pipeline, as torchvision's ``GeneralizedRCNNTransform`` runs it::
+
+    image, boxes, scale = resize(image, boxes, min_size, max_size)
+    image, boxes = hflip(image, boxes)           # training only, half of the time
+    x = normalize(image, mean, std)              # (3, H, W) float32
+    batch, sizes = batch_images([x, ...])        # zero-padded to a multiple of 16
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_image(image, name: str = "image") -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"{name}: expected dtype uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name}: expected shape (H, W, 3), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{name}: image is empty, shape {image.shape}")
+    return image
+
+
+def _check_boxes(boxes, name: str = "boxes") -> np.ndarray:
+    boxes = np.asarray(boxes)
+    if boxes.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {boxes.dtype}")
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name}: expected shape (G, 4), got {boxes.shape}")
+    return boxes
+
+
+def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
+    """The scale of torchvision's rule: shorter side to ``min_size`` unless the longer passes ``max_size``.
+
+    ``scale = min(min_size / min(h, w), max_size / max(h, w))``.
+    """
+    return min(min_size / min(height, width), max_size / max(height, width))
+
+
+def resize(image: np.ndarray, boxes: np.ndarray, min_size: float, max_size: float):
+    """Resize so the shorter side is ``min_size`` (longer side at most ``max_size``), bilinear.
+
+    The output size is ``(floor(h * scale), floor(w * scale))`` as torchvision's
+    ``interpolate(scale_factor=scale, recompute_scale_factor=True)`` gives, and
+    boxes are multiplied by the actual per-axis ratios ``new_w / w`` and
+    ``new_h / h`` (equal to ``scale`` up to the flooring), so they stay on the
+    same pixels. Pixels are resampled with Pillow's bilinear filter (which,
+    unlike torchvision's, antialiases when shrinking).
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        boxes: ``(G, 4)`` float32 or float64.
+        min_size, max_size: target sizes in pixels, > 0.
+
+    Returns:
+        ``(image, boxes, scale)``: ``(H', W', 3)`` uint8, ``(G, 4)`` same dtype as
+        ``boxes``, and ``scale`` a float.
+    """
+    image = _check_image(image)
+    boxes = _check_boxes(boxes)
+    if not (min_size > 0 and max_size > 0):
+        raise ValueError(f"min_size, max_size: expected positive sizes, got {min_size}, {max_size}")
+    h, w = image.shape[:2]
+    scale = resize_scale(h, w, min_size, max_size)
+    new_h, new_w = max(int(math.floor(h * scale)), 1), max(int(math.floor(w * scale)), 1)
+    if (new_h, new_w) == (h, w):
+        return image.copy(), boxes.copy(), scale
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    ratios = np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=boxes.dtype)
+    return resized, boxes * ratios, scale
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray):
+    """Mirror left-right: column ``c`` goes to ``W - 1 - c``, a box ``x1' = W - x2``, ``x2' = W - x1``.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        boxes: ``(G, 4)`` float32 or float64.
+
+    Returns:
+        ``(image, boxes)`` of the same shapes and dtypes (new arrays).
+    """
+    image = _check_image(image)
+    boxes = _check_boxes(boxes)
+    w = image.shape[1]
+    flipped = boxes.copy()
+    flipped[:, 0] = w - boxes[:, 2]
+    flipped[:, 2] = w - boxes[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
+def random_hflip(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, p: float = 0.5):
+    """:func:`hflip` with probability ``p`` (one draw from ``rng``).
+
+    Returns:
+        ``(image, boxes, flipped)`` with ``flipped`` a bool.
+    """
+    if rng.random() < p:
+        image, boxes = hflip(image, boxes)
+        return image, boxes, True
+    return image, boxes, False
+
+
+def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """Pixels to network input: ``x[c] = (image[..., c] / 255 - mean[c]) / std[c]``, channels first.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        mean, std: 3 numbers each, on the 0..1 scale (torchvision's convention).
+
+    Returns:
+        ``(3, H, W)`` float32.
+    """
+    image = _check_image(image)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise ValueError(f"mean, std: expected 3 values each, got shapes {mean.shape}, {std.shape}")
+    if not np.all(std > 0):
+        raise ValueError(f"std: expected positive values, got {std.tolist()}")
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def batch_images(images: list, size_divisible: int = 16):
+    """Stack images of different sizes into one zero-padded batch.
+
+    The batch is ``Hmax x Wmax`` with both rounded up to a multiple of
+    ``size_divisible``; image ``n`` sits in the top-left corner
+    ``batch[n, :, :h, :w]`` (boxes need no shift) and the rest is 0.
+
+    Args:
+        images: list of ``N >= 1`` arrays ``(C, h, w)``, one float dtype.
+        size_divisible: int >= 1.
+
+    Returns:
+        ``(batch, sizes)``: ``(N, C, Hmax, Wmax)`` of the images' dtype, and the
+        list of the ``N`` original ``(h, w)``.
+    """
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise ValueError("images: expected a non-empty list of (C, H, W) arrays")
+    if int(size_divisible) < 1:
+        raise ValueError(f"size_divisible: expected an integer >= 1, got {size_divisible}")
+    arrays = [np.asarray(x) for x in images]
+    for i, x in enumerate(arrays):
+        if x.ndim != 3:
+            raise ValueError(f"images[{i}]: expected shape (C, H, W), got {x.shape}")
+        if x.shape[0] != arrays[0].shape[0] or x.dtype != arrays[0].dtype:
+            raise ValueError(
+                f"images[{i}]: channels/dtype {x.shape[0]}/{x.dtype} differ from images[0]'s "
+                f"{arrays[0].shape[0]}/{arrays[0].dtype}"
+            )
+    d = int(size_divisible)
+    h_max = -(-max(x.shape[1] for x in arrays) // d) * d
+    w_max = -(-max(x.shape[2] for x in arrays) // d) * d
+    batch = np.zeros((len(arrays), arrays[0].shape[0], h_max, w_max), dtype=arrays[0].dtype)
+    for n, x in enumerate(arrays):
+        batch[n, :, : x.shape[1], : x.shape[2]] = x
+    return batch, [(int(x.shape[1]), int(x.shape[2])) for x in arrays]
