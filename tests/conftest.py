@@ -11,6 +11,13 @@ import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import sys  # noqa: E402
+
+if "numba" in sys.modules:  # pytest imported numba early to resolve a filterwarnings entry
+    from numba.core import config as _numba_config  # noqa: E402
+
+    _numba_config.reload_config()  # re-read NUMBA_ENABLE_CUDASIM before numba.cuda is imported
+
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
