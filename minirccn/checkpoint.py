@@ -1,0 +1,166 @@
+"""Save and load a detector (weights, optimiser state, config, RNG state) as one ``.npz``.
+
+Layout of the archive (plain ``numpy.savez``, readable with ``numpy.load``):
+
+================  ==============================================================
+key               content
+================  ==============================================================
+``meta``          JSON string: format version, config, class names, step, RNG
+                  state, optimiser scalars, anything in ``extra``
+``param/<name>``  each model parameter
+``buffer/<name>`` each non-trained array (batch-norm running statistics)
+``optim/<path>``  each array of the optimiser's ``state_dict()`` (nested keys
+                  joined with ``/``)
+================  ==============================================================
+
+Writes are atomic: the archive goes to a temporary file in the same folder,
+is flushed and ``fsync``-ed, then ``os.replace``-d over the target. A crash
+leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .backend import to_numpy
+from .config import FasterRCNNConfig
+from .errors import MinirccnError
+
+FORMAT = "minirccn-checkpoint"
+VERSION = 1
+
+
+def _flatten(tree, prefix: str, arrays: dict) -> object:
+    """Move the arrays of a nested dict/list into ``arrays`` (keyed by path); return a JSON skeleton."""
+    if isinstance(tree, dict):
+        return {str(k): _flatten(v, f"{prefix}/{k}", arrays) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_flatten(v, f"{prefix}/{i}", arrays) for i, v in enumerate(tree)]
+    if isinstance(tree, np.ndarray) or hasattr(tree, "__cuda_array_interface__"):
+        arrays[prefix] = to_numpy(tree)
+        return {"__array__": prefix}
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree
+
+
+def _unflatten(skeleton, arrays):
+    """Inverse of :func:`_flatten`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__array__"}:
+            return np.array(arrays[skeleton["__array__"]])
+        return {k: _unflatten(v, arrays) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [_unflatten(v, arrays) for v in skeleton]
+    return skeleton
+
+
+def save_checkpoint(path, model, *, optimizer_state=None, step: int = 0, rng_state=None,
+                    extra: dict | None = None) -> str:
+    """Write ``model`` and training state to ``path`` atomically.
+
+    Args:
+        path: target ``.npz`` file (its folder is created if missing).
+        model: a :class:`~minirccn.model.FasterRCNN`.
+        optimizer_state: the optimiser's ``state_dict()`` (nested dicts of arrays
+            and JSON scalars), or None.
+        step: SGD steps done.
+        rng_state: ``Generator.bit_generator.state`` of the training RNG, or None.
+        extra: more JSON-serialisable information (losses so far, ...).
+
+    Returns:
+        ``path`` as a string.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
+    arrays.update({f"buffer/{k}": to_numpy(v) for k, v in model.buffers.items()})
+    optim_skeleton = _flatten(optimizer_state, "optim", arrays) if optimizer_state is not None else None
+    meta = {
+        "format": FORMAT, "version": VERSION, "config": json.loads(model.config.to_json()),
+        "class_names": list(model.class_names), "step": int(step), "rng_state": rng_state,
+        "optimizer": optim_skeleton, "extra": extra or {},
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        ``(model, state)``: a :class:`~minirccn.model.FasterRCNN` with host (NumPy)
+        arrays, and a dict with ``step``, ``optimizer`` (state dict or None),
+        ``rng_state`` (or None), ``extra``.
+
+    Raises:
+        MinirccnError: naming ``path`` if it is missing, corrupt, or not a
+            compatible minirccn checkpoint.
+    """
+    from .model import FasterRCNN, init_params
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MinirccnError(f"{path}: checkpoint not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+        meta = json.loads(str(files.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise MinirccnError(f"{path}: not a readable minirccn checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise MinirccnError(f"{path}: not a minirccn checkpoint")
+    if meta.get("version") != VERSION:
+        raise MinirccnError(f"{path}: checkpoint format version {meta.get('version')} is not supported "
+                            f"(this minirccn reads version {VERSION})")
+    try:
+        config = FasterRCNNConfig.from_json(json.dumps(meta["config"]))
+        class_names = list(meta["class_names"])
+        params = {k[len("param/"):]: v for k, v in files.items() if k.startswith("param/")}
+        buffers = {k[len("buffer/"):]: v for k, v in files.items() if k.startswith("buffer/")}
+        # the arrays must be exactly the ones this code's model has
+        want_p, want_b = init_params(config, len(class_names), np.random.default_rng(0))
+        for kind, have, want in (("parameter", params, want_p), ("buffer", buffers, want_b)):
+            missing = sorted(set(want) - set(have))
+            unknown = sorted(set(have) - set(want))
+            bad = sorted(k for k in set(want) & set(have) if have[k].shape != want[k].shape)
+            if missing or unknown or bad:
+                raise ValueError(f"{kind}s do not match the config: missing {missing[:3]}, "
+                                 f"unexpected {unknown[:3]}, wrong shape {bad[:3]}")
+        model = FasterRCNN(config, class_names, params=params, buffers=buffers)
+        optimizer = None
+        if meta.get("optimizer") is not None:
+            optimizer = _unflatten(meta["optimizer"], files)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MinirccnError(f"{path}: incompatible checkpoint ({exc})") from None
+    state = {"step": int(meta.get("step", 0)), "optimizer": optimizer,
+             "rng_state": meta.get("rng_state"), "extra": meta.get("extra", {})}
+    return model, state

@@ -1,0 +1,425 @@
+"""Training: ``minirccn train`` and the :func:`train` function behind it.
+
+One SGD step (approximate joint training, the default)::
+
+    images, targets = next batch (random horizontal flip)
+    losses, cache, _ = detector_forward(model, images, sizes, targets, rng)
+    grads = model_backward(cache)          # the hand-written backward, model.py
+    optimizer.step(grads)                  # SGD, momentum 0.9, weight decay 5e-4
+
+with the learning rate warmed up linearly for ``warmup_iters`` steps, then
+multiplied by ``gamma`` at each of ``milestones``.
+
+``--alternating`` runs the paper's 4-step training instead (Sec. 3.2), each
+step ``iters / 4`` iterations:
+
+1. backbone + RPN, RPN losses only;
+2. a *fresh* backbone + the head, head losses only, on the proposals of the
+   step-1 network (held fixed);
+3. the step-2 backbone frozen; the RPN layers fine-tuned;
+4. the backbone still frozen; the head fine-tuned on the step-3 proposals.
+
+Determinism: every random choice (data order, flips, anchor and RoI sampling,
+dropout) comes from one ``numpy.random.Generator`` seeded by ``--seed``. The
+checkpoint stores its state, so ``--resume`` continues exactly where the
+saved run stopped: ``k`` steps + resume + ``k`` steps equals ``2k`` steps, bit
+for bit.
+
+Divergence guard: a NaN or infinite loss stops training with one clear
+message; the last checkpoint written (from an earlier, finite step) is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from . import optim
+from .backend import array_module, resolve
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import PRESETS, preset
+from .data import load_dataset, transforms
+from .errors import MinirccnError
+from .model import LOSS_NAMES, FasterRCNN, clean_targets, detector_forward, model_backward
+
+
+class TrainingDiverged(MinirccnError):
+    """A loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------------ pieces
+
+
+def lr_at(step: int, config) -> float:
+    """Learning rate of SGD step ``step`` (0-based): linear warmup, then step decay.
+
+    ``lr * (warmup_factor + (1 - warmup_factor) * step / warmup_iters)`` during the
+    warmup, times ``gamma ** (number of milestones <= step)``.
+    """
+    factor = 1.0
+    if step < config.warmup_iters:
+        alpha = step / config.warmup_iters
+        factor = config.warmup_factor * (1 - alpha) + alpha
+    factor *= config.gamma ** sum(step >= m for m in config.milestones)
+    return config.lr * factor
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    """The order images are visited in during ``epoch``: a permutation seeded by ``(seed, epoch)``."""
+    return np.random.default_rng([int(seed), int(epoch), 7]).permutation(size)
+
+
+def batch_indices(seed: int, step: int, batch: int, size: int) -> list:
+    """Dataset indices of the images of SGD step ``step`` (epochs of shuffled images)."""
+    out = []
+    for k in range(step * batch, (step + 1) * batch):
+        out.append(int(epoch_order(seed, k // size, size)[k % size]))
+    return out
+
+
+def load_batch(dataset, indices, config, rng: np.random.Generator | None, backend: str):
+    """Images and targets of ``indices``, resized, maybe flipped, normalised, batched.
+
+    Args:
+        dataset: a dataset (``ds[i]`` gives ``image``, ``boxes``, ``labels``).
+        indices: which images.
+        config: resize sizes, mean/std, ``flip``.
+        rng: flips each image with probability 1/2 if ``config.flip``; None: no flip.
+        backend: where the image batch goes.
+
+    Returns:
+        ``(images (N, 3, H, W), sizes [(h, w)], targets [dict(boxes, labels)])``.
+    """
+    xs, targets = [], []
+    for i in indices:
+        sample = dataset[i]
+        boxes, labels = clean_targets(sample["boxes"], sample["labels"], where=str(sample["image_id"]))
+        image, boxes, _ = transforms.resize(sample["image"], boxes.astype(config.dtype),
+                                            config.min_size, config.max_size)
+        if config.flip and rng is not None and rng.random() < 0.5:
+            image, boxes = transforms.hflip(image, boxes)
+        xs.append(transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype))
+        targets.append({"boxes": boxes.astype(config.dtype), "labels": labels})
+    from .backbone import stride
+
+    batch, sizes = transforms.batch_images(xs, size_divisible=stride(config.backbone))
+    return array_module(backend).asarray(batch), sizes, targets
+
+
+def _make_optimizer(model, config, prefixes):
+    params = {k: v for k, v in model.params.items() if k.startswith(prefixes)}
+    return optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def train_step(model, optimizer, batch, rng, step: int, *, backend: str, stages=("rpn", "head"),
+               proposals=None, train_backbone: bool = True) -> dict:
+    """One SGD step; returns the losses (floats). Raises :class:`TrainingDiverged` on NaN/inf."""
+    images, sizes, targets = batch
+    losses, cache, _ = detector_forward(model, images, sizes, targets, rng, backend=backend,
+                                        stages=stages, proposals=proposals,
+                                        train_backbone=train_backbone)
+    total = sum(losses.values())
+    if not np.isfinite(total):
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
+        raise TrainingDiverged(f"training diverged at step {step}: {bad}")
+    grads = model_backward(cache)
+    optimizer.lr = lr_at(step, model.config)
+    optimizer.step(grads)
+    losses["loss"] = total
+    return losses
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+def train(config=None, *, train_data=None, test_data=None, data: str = "shapes", images=None,
+          out: str | None = "runs/train", backend=None, seed: int = 0, iters: int | None = None,
+          preset_name: str = "tiny", alternating: bool = False, resume: bool = False,
+          eval_split: str = "test", eval_images: int | None = None, checkpoint_every: int = 500,
+          progress: bool = True, outputs: bool = True) -> dict:
+    """Train a detector and (optionally) evaluate it and write its outputs.
+
+    Args:
+        config: a :class:`~minirccn.config.FasterRCNNConfig` (default: ``preset(preset_name)``).
+        train_data, test_data: datasets to use instead of loading ``data``.
+        data, images: dataset spec for :func:`minirccn.data.load_dataset` (train and ``eval_split``).
+        out: output folder (checkpoint, metrics, PNGs); None writes nothing.
+        backend: ``numpy``, ``numba`` or ``cuda`` (default: ``numba``).
+        seed: seeds every random choice (initialisation, data order, flips, sampling).
+        iters: SGD steps (default ``config.iters``).
+        alternating: the paper's 4-step alternating training instead of joint training.
+        resume: continue from ``out/checkpoint.npz`` (same config and seed).
+        eval_split: split evaluated after training ("" or None: no evaluation).
+        eval_images: evaluate only the first this many images of the split.
+        checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
+        progress: show tqdm progress bars.
+        outputs: write metrics.json, loss_curve.png, detections.png.
+
+    Returns:
+        dict: ``model``, ``metrics`` (mAPs, seconds, final losses, ...), ``history``
+        (losses per step).
+    """
+    backend = resolve(backend)
+    config = config if config is not None else preset(preset_name)
+    if iters is not None:
+        config = config.replace(iters=int(iters))
+    if train_data is None:
+        train_data = load_dataset(data, "train", images=images)
+    if eval_split and test_data is None:
+        test_data = load_dataset(data, eval_split, images=images)
+    ckpt = os.path.join(out, "checkpoint.npz") if out else None
+
+    rng = np.random.default_rng(seed)
+    start, history = 0, {k: [] for k in (*LOSS_NAMES, "loss")}
+    if resume:
+        if alternating:
+            raise MinirccnError("--resume: not supported with --alternating")
+        if not ckpt or not os.path.isfile(ckpt):
+            raise MinirccnError(f"--resume: no checkpoint at {ckpt}")
+        model, state = load_checkpoint(ckpt)
+        if model.config.replace(iters=config.iters) != config:
+            raise MinirccnError(f"--resume: {ckpt} was trained with a different config")
+        model.to(backend)
+        rng.bit_generator.state = state["rng_state"]
+        start = state["step"]
+        history = state["extra"].get("history", history)
+        optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        model = FasterRCNN(config, train_data.class_names, rng=rng).to(backend)
+        optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
+
+    t0 = time.perf_counter()
+    if alternating:
+        model = _train_alternating(model, train_data, config, rng, seed, backend, history, progress)
+    else:
+        _train_joint(model, optimizer, train_data, config, rng, seed, backend, start, history,
+                     progress, ckpt, checkpoint_every)
+    train_seconds = time.perf_counter() - t0
+    steps_run = config.iters - start
+    metrics = {
+        "iters": config.iters, "backend": backend, "preset": config.backbone, "seed": seed,
+        "alternating": alternating, "train_seconds": round(train_seconds, 3),
+        "images_per_second": round(steps_run * config.images_per_batch / max(train_seconds, 1e-9), 3),
+        "final_losses": {k: _tail_mean(v) for k, v in history.items()},
+    }
+    if ckpt:
+        save_checkpoint(ckpt, model, optimizer_state=None if alternating else optimizer.state_dict(),
+                        step=config.iters, rng_state=rng.bit_generator.state,
+                        extra={"history": history, "seed": seed})
+    if eval_split and test_data is not None:
+        from .predict import evaluate_model
+
+        subset = test_data if eval_images is None else _Subset(test_data, eval_images)
+        t1 = time.perf_counter()
+        result = evaluate_model(model, subset, backend=backend, progress=progress)
+        metrics["eval_seconds"] = round(time.perf_counter() - t1, 3)
+        metrics.update({k: v for k, v in result.items() if k != "per_class"})
+        metrics["per_class"] = result.get("per_class")
+        metrics["eval_split"] = eval_split
+        metrics["eval_images"] = len(subset)
+    if out and outputs:
+        _write_outputs(out, model, metrics, history, test_data, backend)
+    return {"model": model, "metrics": metrics, "history": history}
+
+
+def _tail_mean(values, n: int = 50):
+    values = [v for v in values[-n:] if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _train_joint(model, optimizer, data, config, rng, seed, backend, start, history, progress,
+                 ckpt, checkpoint_every):
+    """Approximate joint training from step ``start`` to ``config.iters``."""
+    from tqdm import tqdm
+
+    bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        idx = batch_indices(seed, step, config.images_per_batch, len(data))
+        batch = load_batch(data, idx, config, rng, backend)
+        losses = train_step(model, optimizer, batch, rng, step, backend=backend)
+        for k, v in losses.items():
+            history[k].append(float(v))
+        if progress and step % 10 == 0:
+            bar.set_postfix({k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}"
+                             for k in (*LOSS_NAMES, "loss")}, refresh=False)
+        done = step + 1
+        if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < config.iters:
+            save_checkpoint(ckpt, model, optimizer_state=optimizer.state_dict(), step=done,
+                            rng_state=rng.bit_generator.state, extra={"history": history, "seed": seed})
+
+
+def _train_alternating(model, data, config, rng, seed, backend, history, progress):
+    """The paper's 4-step alternating training (module docstring); returns the final model."""
+    from tqdm import tqdm
+
+    from .model import detect_proposals
+
+    quarter = max(config.iters // 4, 1)
+    # step 1: backbone + RPN
+    rpn_model = model
+    # step 2: a fresh backbone + head, on step-1 proposals
+    det_model = FasterRCNN(config, model.class_names, rng=rng).to(backend)
+    plan = [
+        (rpn_model, ("rpn",), True, None),
+        (det_model, ("head",), True, rpn_model),
+        (det_model, ("rpn",), False, None),
+        (det_model, ("head",), False, det_model),
+    ]
+    step = 0
+    for stage, (net, stages, train_backbone, proposer) in enumerate(plan, start=1):
+        if stage == 3:  # the detector takes over the RPN layers trained in step 1
+            det_model.params.update({k: v.copy() for k, v in rpn_model.params.items() if k.startswith("rpn.")})
+        prefixes = tuple(s + "." for s in stages) + (("backbone.",) if train_backbone else ())
+        opt = _make_optimizer(net, config, prefixes)
+        bar = tqdm(range(quarter), desc=f"alternating step {stage}/4", disable=not progress,
+                   dynamic_ncols=True)
+        for i in bar:
+            idx = batch_indices(seed, step, config.images_per_batch, len(data))
+            batch = load_batch(data, idx, config, rng, backend)
+            proposals = None
+            if proposer is not None:
+                proposals = detect_proposals(proposer, batch[0], batch[1], train=True, backend=backend)
+            losses = train_step(net, opt, batch, rng, i, backend=backend, stages=stages,
+                                proposals=proposals, train_backbone=train_backbone)
+            for k in history:
+                history[k].append(float(losses[k]) if k in stages_losses(stages) or k == "loss" else None)
+            step += 1
+    return det_model
+
+
+def stages_losses(stages) -> tuple:
+    """The loss names that a tuple of stages computes."""
+    names = ()
+    if "rpn" in stages:
+        names += ("loss_objectness", "loss_rpn_box_reg")
+    if "head" in stages:
+        names += ("loss_classifier", "loss_box_reg")
+    return names
+
+
+class _Subset:
+    """The first ``n`` items of a dataset (same ``class_names``)."""
+
+    def __init__(self, dataset, n: int):
+        self.dataset, self.n = dataset, min(int(n), len(dataset))
+        self.class_names = dataset.class_names
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]
+
+
+def _write_outputs(out, model, metrics, history, test_data, backend):
+    """metrics.json, loss_curve.png and detections.png in ``out``."""
+    from . import viz
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        json.dump(metrics, fh, indent=2, default=float)
+    curves = {}
+    for k in (*LOSS_NAMES, "loss"):
+        pts = [(i, v) for i, v in enumerate(history[k]) if v is not None]
+        if pts:
+            curves[k] = ([p[0] for p in pts], [p[1] for p in pts])
+    if curves:
+        viz.plot_curves(curves, os.path.join(out, "loss_curve.png"), title="training losses",
+                        smoothing=0.9)
+    if test_data is not None and len(test_data):
+        tiles = []
+        for i in range(min(8, len(test_data))):
+            sample = test_data[i]
+            det = model.predict(sample["image"], backend=backend)
+            keep = det["scores"] >= 0.5
+            tiles.append(viz.draw_detections(sample["image"], det["boxes"][keep], det["labels"][keep],
+                                             det["scores"][keep], model.class_names, scale=2))
+            tiles.append(viz.draw_detections(sample["image"], sample["boxes"], sample["labels"], None,
+                                             model.class_names, scale=2))
+        viz.save_grid(tiles, os.path.join(out, "detections.png"), cols=4)
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``minirccn train``."""
+    parser.add_argument("--data", default="shapes",
+                        help="'shapes' (default), a VOC root folder, a COCO .json or a .csv file")
+    parser.add_argument("--images", default=None, help="image folder for COCO / CSV annotations")
+    parser.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
+    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
+    parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
+    parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument("--lr", type=float, default=None, help="base learning rate")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    parser.add_argument("--alternating", action="store_true",
+                        help="the paper's 4-step alternating training instead of joint training")
+    parser.add_argument("--eval-split", default="test", help="split evaluated after training ('' : none)")
+    parser.add_argument("--eval-images", type=int, default=None, help="evaluate only this many images")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    """``minirccn train``: train, evaluate, write outputs; print the metrics summary."""
+    if args.iters is not None and args.iters < 1:
+        raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    config = preset(args.preset)
+    if args.lr is not None:
+        if not args.lr > 0:
+            raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
+        config = config.replace(lr=args.lr)
+    result = train(config, data=args.data, images=args.images, out=args.out, backend=args.backend,
+                   seed=args.seed, iters=args.iters, alternating=args.alternating, resume=args.resume,
+                   eval_split=args.eval_split, eval_images=args.eval_images,
+                   progress=not args.no_progress)
+    m = result["metrics"]
+    summary = {k: m.get(k) for k in ("map50", "map", "map75", "voc07_map50", "train_seconds",
+                                     "eval_seconds", "images_per_second", "iters", "backend")}
+    print(json.dumps(summary))
+    print(f"wrote {os.path.join(args.out, 'checkpoint.npz')}, metrics.json, loss_curve.png, detections.png")
+    return 0
+
+
+# ------------------------------------------------------------------------ bench
+
+
+def bench_cases(quick: bool = False) -> list:
+    """Cases for ``minirccn bench``: one training step and one inference of the tiny preset."""
+    from .bench import Case
+
+    config = preset("tiny")
+
+    def make(rng):
+        data = load_dataset("shapes", "train")
+        return {"index": 0, "seed": int(rng.integers(1 << 31)), "data": data}
+
+    def run_step(backend, inputs):
+        data = inputs["data"]
+        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(backend)
+        opt = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
+        batch = load_batch(data, [inputs["index"]], config, None, backend)
+        rng = np.random.default_rng(0)
+
+        def fn():
+            return train_step(model, opt, batch, rng, config.warmup_iters, backend=backend)
+        return fn
+
+    def run_detect(backend, inputs):
+        data = inputs["data"]
+        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(backend)
+        image = data[inputs["index"]]["image"]
+        return lambda: model.predict(image, backend=backend)
+
+    return [
+        Case("train step (tiny)", "1x3x128x128", run_step, make, tags=("train",)),
+        Case("predict (tiny)", "128x128", run_detect, make, tags=("train",)),
+    ]
