@@ -1,0 +1,181 @@
+"""Fast im2col / col2im for conv2d: Numba on the CPU, Numba-CUDA on the GPU.
+
+The specification is :func:`minirccn.layers.im2col` / :func:`minirccn.layers.col2im`
+(plain NumPy, a loop over the ``kh * kw`` kernel offsets). The kernels here
+compute exactly the same numbers, element by element, in the same order.
+
+Layout (shared with the reference)::
+
+    x     (N, C, H, W)                     the input (or its gradient, for col2im)
+    cols  (N, C * kh * kw, Ho * Wo)        row r = (c * kh + i) * kw + j holds, for
+                                           every output position (oh, ow), the input
+                                           value x[n, c, oh*sh - ph + i, ow*sw - pw + j]
+                                           (0 where that falls in the zero padding)
+
+so one GEMM per image, ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``, writes the
+output straight into NCHW order.
+
+CPU kernels parallelise over the ``N * C`` input planes: in col2im each plane is
+written by exactly one thread, so ``+=`` never races. GPU kernels use one
+thread per output element; col2im is a *gather* (each input pixel sums the
+columns that read it), so it needs no atomics and is deterministic.
+
+Kernels take their outputs as arguments (allocated by the caller with the
+backend's array module), so this file never imports the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+from numba import cuda
+
+# --------------------------------------------------------------------------- CPU
+
+
+@numba.njit(parallel=True, cache=True)
+def _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    n_img, n_ch, height, width = x.shape
+    for nc in numba.prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for oh in range(ho):
+                    h = oh * sh - ph + i
+                    base = oh * wo
+                    if h < 0 or h >= height:
+                        for ow in range(wo):
+                            cols[n, row, base + ow] = 0
+                    else:
+                        for ow in range(wo):
+                            w = ow * sw - pw + j
+                            if w >= 0 and w < width:
+                                cols[n, row, base + ow] = x[n, c, h, w]
+                            else:
+                                cols[n, row, base + ow] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
+    n_img, n_ch, height, width = dx.shape
+    for nc in numba.prange(n_img * n_ch):  # one thread owns plane dx[n, c]: no race
+        n = nc // n_ch
+        c = nc % n_ch
+        for h in range(height):
+            for w in range(width):
+                dx[n, c, h, w] = 0
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for oh in range(ho):
+                    h = oh * sh - ph + i
+                    if h < 0 or h >= height:
+                        continue
+                    base = oh * wo
+                    for ow in range(wo):
+                        w = ow * sw - pw + j
+                        if w >= 0 and w < width:
+                            dx[n, c, h, w] += cols[n, row, base + ow]
+
+
+def _out_size(height, width, kh, kw, sh, sw, ph, pw):
+    return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+
+
+def im2col_cpu(x, kh, kw, sh, sw, ph, pw, cols):
+    """Fill ``cols (N, C*kh*kw, Ho*Wo)`` from ``x (N, C, H, W)`` (Numba, CPU threads)."""
+    ho, wo = _out_size(x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw)
+    _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+    return cols
+
+
+def col2im_cpu(cols, kh, kw, sh, sw, ph, pw, dx):
+    """Overwrite ``dx (N, C, H, W)`` with the sum of ``cols`` at the pixels they read."""
+    ho, wo = _out_size(dx.shape[2], dx.shape[3], kh, kw, sh, sw, ph, pw)
+    _col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+    return dx
+
+
+# --------------------------------------------------------------------------- GPU
+
+THREADS = 128
+
+
+def _blocks(total: int) -> int:
+    return math.ceil(total / THREADS)
+
+
+@cuda.jit
+def _im2col_gpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+    # one thread per element of cols, flat index = (n * rows + row) * Ho*Wo + oh*Wo + ow
+    idx = cuda.grid(1)
+    n_img, n_ch, height, width = x.shape
+    rows = n_ch * kh * kw
+    if idx >= n_img * rows * ho * wo:
+        return
+    ow = idx % wo
+    oh = (idx // wo) % ho
+    row = (idx // (wo * ho)) % rows
+    n = idx // (wo * ho * rows)
+    j = row % kw
+    i = (row // kw) % kh
+    c = row // (kw * kh)
+    h = oh * sh - ph + i
+    w = ow * sw - pw + j
+    if h >= 0 and h < height and w >= 0 and w < width:
+        cols[n, row, oh * wo + ow] = x[n, c, h, w]
+    else:
+        cols[n, row, oh * wo + ow] = 0
+
+
+@cuda.jit
+def _col2im_gpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
+    # one thread per input pixel (n, c, h, w): gather every column entry that read it,
+    # in the reference's (i, j) order, so the sum is the same bit for bit
+    idx = cuda.grid(1)
+    n_img, n_ch, height, width = dx.shape
+    if idx >= n_img * n_ch * height * width:
+        return
+    w = idx % width
+    h = (idx // width) % height
+    c = (idx // (width * height)) % n_ch
+    n = idx // (width * height * n_ch)
+    acc = dx[n, c, h, w]  # zeroed by the caller; typed like dx (float32 stays float32)
+    for i in range(kh):
+        hp = h + ph - i
+        if hp < 0 or hp % sh != 0:
+            continue
+        oh = hp // sh
+        if oh >= ho:
+            continue
+        for j in range(kw):
+            wp = w + pw - j
+            if wp < 0 or wp % sw != 0:
+                continue
+            ow = wp // sw
+            if ow >= wo:
+                continue
+            acc += cols[n, (c * kh + i) * kw + j, oh * wo + ow]
+    dx[n, c, h, w] = acc
+
+
+def im2col_gpu(x, kh, kw, sh, sw, ph, pw, cols):
+    """Fill ``cols (N, C*kh*kw, Ho*Wo)`` from ``x (N, C, H, W)`` (Numba-CUDA)."""
+    ho, wo = _out_size(x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw)
+    total = cols.size
+    if total:
+        _im2col_gpu[_blocks(total), THREADS](x, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+    return cols
+
+
+def col2im_gpu(cols, kh, kw, sh, sw, ph, pw, dx):
+    """Overwrite ``dx (N, C, H, W)`` with the gathered column sums (Numba-CUDA, no atomics)."""
+    ho, wo = _out_size(dx.shape[2], dx.shape[3], kh, kw, sh, sw, ph, pw)
+    total = dx.size
+    dx[...] = 0
+    if total and cols.size:
+        _col2im_gpu[_blocks(total), THREADS](cols, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+    return dx
