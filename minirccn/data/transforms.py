@@ -133,7 +133,7 @@ def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nda
         raise ValueError(f"mean, std: expected 3 values each, got shapes {mean.shape}, {std.shape}")
     if not np.all(std > 0):
         raise ValueError(f"std: expected positive values, got {std.tolist()}")
-    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = image.astype(np.float32) / np.float32(255.0)
     x = (x - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
