@@ -8,7 +8,6 @@ key               content
 ``meta``          JSON string: format version, config, class names, step, RNG
                   state, optimiser scalars, anything in ``extra``
 ``param/<name>``  each model parameter
-``buffer/<name>`` each non-trained array (batch-norm running statistics)
 ``optim/<path>``  each array of the optimiser's ``state_dict()`` (nested keys
                   joined with ``/``)
 ================  ==============================================================
@@ -80,7 +79,6 @@ def save_checkpoint(path, model, *, optimizer_state=None, step: int = 0, rng_sta
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
-    arrays.update({f"buffer/{k}": to_numpy(v) for k, v in model.buffers.items()})
     optim_skeleton = _flatten(optimizer_state, "optim", arrays) if optimizer_state is not None else None
     meta = {
         "format": FORMAT, "version": VERSION, "config": json.loads(model.config.to_json()),
@@ -145,17 +143,15 @@ def load_checkpoint(path):
         config = FasterRCNNConfig.from_json(json.dumps(meta["config"]))
         class_names = list(meta["class_names"])
         params = {k[len("param/"):]: v for k, v in files.items() if k.startswith("param/")}
-        buffers = {k[len("buffer/"):]: v for k, v in files.items() if k.startswith("buffer/")}
         # the arrays must be exactly the ones this code's model has
-        want_p, want_b = init_params(config, len(class_names), np.random.default_rng(0))
-        for kind, have, want in (("parameter", params, want_p), ("buffer", buffers, want_b)):
-            missing = sorted(set(want) - set(have))
-            unknown = sorted(set(have) - set(want))
-            bad = sorted(k for k in set(want) & set(have) if have[k].shape != want[k].shape)
-            if missing or unknown or bad:
-                raise ValueError(f"{kind}s do not match the config: missing {missing[:3]}, "
-                                 f"unexpected {unknown[:3]}, wrong shape {bad[:3]}")
-        model = FasterRCNN(config, class_names, params=params, buffers=buffers)
+        want = init_params(config, len(class_names), np.random.default_rng(0))
+        missing = sorted(set(want) - set(params))
+        unknown = sorted(set(params) - set(want))
+        bad = sorted(k for k in set(want) & set(params) if params[k].shape != want[k].shape)
+        if missing or unknown or bad:
+            raise ValueError(f"parameters do not match the config: missing {missing[:3]}, "
+                             f"unexpected {unknown[:3]}, wrong shape {bad[:3]}")
+        model = FasterRCNN(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)

@@ -30,6 +30,8 @@ class FasterRCNNConfig:
 
     # ---- backbone -------------------------------------------------------------
     backbone: str = "tiny"                     # backbone preset name (minirccn.backbone)
+    backbone_stages: tuple = ()                # optional custom stack: ((channels, convs, pool), ...)
+    backbone_batch_norm: bool = True           # batch norm in a custom stack
 
     # ---- image transform (GeneralizedRCNNTransform) --------------------------
     min_size: int = 128                        # shorter side is resized to this ...
@@ -76,7 +78,7 @@ class FasterRCNNConfig:
     # ---- training ----------------------------------------------------------------
     lr: float = 0.01                           # base learning rate (after warmup)
     momentum: float = 0.9                      # SGD momentum
-    weight_decay: float = 5e-4                 # L2 weight decay (not on biases / BN)
+    weight_decay: float = 5e-4                 # L2 weight decay (on every trained parameter)
     warmup_iters: int = 100                    # linear warmup length in iterations
     warmup_factor: float = 0.001               # LR multiplier at iteration 0 of the warmup
     milestones: tuple = ()                     # iterations at which the LR is multiplied by gamma
@@ -109,9 +111,10 @@ class FasterRCNNConfig:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
-        for k, v in list(data.items()):
-            if isinstance(v, list):
-                data[k] = tuple(v)
+        def tup(v):
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+        data = {k: tup(v) for k, v in data.items()}
         return cls(**data)
 
 

@@ -58,11 +58,12 @@ class FasterRCNN:
     Attributes:
         config: :class:`~minirccn.config.FasterRCNNConfig`.
         class_names: ``K`` names, ``class_names[0] == "__background__"``.
-        params: dict name -> array, keys ``backbone.*``, ``rpn.*``, ``head.*``.
-        buffers: dict name -> array of non-trained state (batch-norm running statistics).
+        params: dict name -> array, keys ``backbone.*``, ``rpn.*``, ``head.*`` (batch-norm
+            running statistics ``*.running_mean`` / ``*.running_var`` included: they get
+            no gradient and are updated in place by training forwards).
     """
 
-    def __init__(self, config: FasterRCNNConfig, class_names, params=None, buffers=None,
+    def __init__(self, config: FasterRCNNConfig, class_names, params=None,
                  rng: np.random.Generator | None = None):
         self.config = config
         self.class_names = list(class_names)
@@ -70,9 +71,8 @@ class FasterRCNN:
             raise ValueError("class_names: expected ['__background__', <at least one class>, ...]")
         if params is None:
             rng = rng if rng is not None else np.random.default_rng(0)
-            params, buffers = init_params(config, len(self.class_names), rng)
+            params = init_params(config, len(self.class_names), rng)
         self.params = params
-        self.buffers = dict(buffers or {})
         self._anchors = {}
 
     @property
@@ -83,7 +83,7 @@ class FasterRCNN:
     @property
     def stride(self) -> int:
         """Input pixels per feature-map cell."""
-        return _bb.stride(self.config.backbone)
+        return _bb.stride(backbone_spec(self.config))
 
     def anchors(self, feature_size, xp=np):
         """``(Hf * Wf * A, 4)`` anchors of a ``feature_size = (Hf, Wf)`` map (cached), config dtype."""
@@ -96,11 +96,14 @@ class FasterRCNN:
         return self._anchors[key]
 
     def to(self, backend: str) -> "FasterRCNN":
-        """Move the parameters and buffers to ``backend``'s array module, in place; returns self."""
+        """Move the parameters to ``backend``'s array module, in place; returns self."""
         xp = array_module(backend)
         self.params = {k: xp.asarray(v) for k, v in self.params.items()}
-        self.buffers = {k: xp.asarray(v) for k, v in self.buffers.items()}
         return self
+
+    def trainable(self, prefixes=("backbone.", "rpn.", "head.")) -> dict:
+        """The parameters that get gradients (names starting with ``prefixes``; no BN statistics)."""
+        return {k: v for k, v in self.params.items() if k.startswith(tuple(prefixes)) and ".running_" not in k}
 
     def preprocess(self, image):
         """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float and the resize scale."""
@@ -134,15 +137,25 @@ class FasterRCNN:
                 "labels": det["labels"].astype(np.int64)}
 
 
-def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Generator):
-    """Fresh parameters (and buffers) of backbone, RPN and head, all drawn from ``rng``."""
+def backbone_spec(config: FasterRCNNConfig):
+    """The :class:`~minirccn.backbone.BackboneSpec` of ``config``: the named preset, or
+    ``config.backbone_stages`` (``(channels, convs, pool)`` triples) if given."""
+    if not config.backbone_stages:
+        return _bb.get_spec(config.backbone)
+    stages = tuple(_bb.Stage(int(c), int(k), bool(p)) for c, k, p in config.backbone_stages)
+    return _bb.BackboneSpec(stages=stages, batch_norm=config.backbone_batch_norm)
+
+
+def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Generator) -> dict:
+    """Fresh parameters of backbone, RPN and head, all drawn from ``rng``."""
     dtype = np.dtype(config.dtype)
-    params, buffers = _bb.init_backbone(config.backbone, rng, dtype)
-    c = _bb.out_channels(config.backbone)
+    spec = backbone_spec(config)
+    params = _bb.init_backbone(spec, rng, dtype)
+    c = _bb.out_channels(spec)
     params.update(init_rpn(c, config.rpn_channels, config.num_anchors, rng, dtype))
     params.update(init_head(c, num_classes, config.representation_size, rng,
                             config.roi_output_size, dtype))
-    return params, buffers
+    return params
 
 
 # ------------------------------------------------------------------------ ground truth
@@ -229,8 +242,8 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
     n = images.shape[0]
 
     # 1. backbone: the shared feature map
-    features, bb_cache = _bb.backbone_forward(p, model.buffers, images, cfg.backbone,
-                                              train=train_backbone, backend=backend)
+    features, bb_cache = _bb.backbone_forward(p, images, backbone_spec(cfg), train=train_backbone,
+                                              backend=backend)
     anchors = model.anchors(features.shape[2:], xp)
     anchors_host = model.anchors(features.shape[2:], np)
 
@@ -409,8 +422,8 @@ def _proposals(model, images, image_sizes, train, backend):
     """``(features, [(boxes, scores)])`` of a batch with the backbone in inference mode."""
     xp = array_module(backend)
     cfg = model.config
-    features, _ = _bb.backbone_forward(model.params, model.buffers, images, cfg.backbone,
-                                       train=False, backend=backend)
+    features, _ = _bb.backbone_forward(model.params, images, backbone_spec(cfg), train=False,
+                                       backend=backend)
     anchors = model.anchors(features.shape[2:], xp)
     logits, deltas, _ = rpn_forward(model.params, features, backend=backend)
     pre = cfg.rpn_pre_nms_top_n_train if train else cfg.rpn_pre_nms_top_n_test

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from . import layers, losses
 from .backend import get_array_module
 
@@ -50,11 +52,11 @@ def init_rpn(in_channels: int, channels: int, num_anchors: int, rng, dtype="floa
     a = num_anchors
     return {
         "rpn.conv.w": normal(channels, in_channels, 3, 3),
-        "rpn.conv.b": normal(channels) * 0,
+        "rpn.conv.b": np.zeros(channels, dtype),
         "rpn.cls.w": normal(2 * a, channels, 1, 1),
-        "rpn.cls.b": normal(2 * a) * 0,
+        "rpn.cls.b": np.zeros(2 * a, dtype),
         "rpn.bbox.w": normal(4 * a, channels, 1, 1),
-        "rpn.bbox.b": normal(4 * a) * 0,
+        "rpn.bbox.b": np.zeros(4 * a, dtype),
     }
 
 

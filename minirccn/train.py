@@ -55,17 +55,10 @@ class TrainingDiverged(MinirccnError):
 
 
 def lr_at(step: int, config) -> float:
-    """Learning rate of SGD step ``step`` (0-based): linear warmup, then step decay.
-
-    ``lr * (warmup_factor + (1 - warmup_factor) * step / warmup_iters)`` during the
-    warmup, times ``gamma ** (number of milestones <= step)``.
-    """
-    factor = 1.0
-    if step < config.warmup_iters:
-        alpha = step / config.warmup_iters
-        factor = config.warmup_factor * (1 - alpha) + alpha
-    factor *= config.gamma ** sum(step >= m for m in config.milestones)
-    return config.lr * factor
+    """Learning rate of SGD step ``step`` (0-based): :func:`minirccn.optim.lr_at` with the
+    config's ``lr``, ``warmup_iters``, ``warmup_factor``, ``milestones`` and ``gamma``."""
+    return optim.lr_at(step, config.lr, config.warmup_iters, config.warmup_factor,
+                       config.milestones, config.gamma)
 
 
 def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
@@ -105,14 +98,16 @@ def load_batch(dataset, indices, config, rng: np.random.Generator | None, backen
         xs.append(transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype))
         targets.append({"boxes": boxes.astype(config.dtype), "labels": labels})
     from .backbone import stride
+    from .model import backbone_spec
 
-    batch, sizes = transforms.batch_images(xs, size_divisible=stride(config.backbone))
+    batch, sizes = transforms.batch_images(xs, size_divisible=stride(backbone_spec(config)))
     return array_module(backend).asarray(batch), sizes, targets
 
 
 def _make_optimizer(model, config, prefixes):
-    params = {k: v for k, v in model.params.items() if k.startswith(prefixes)}
-    return optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    """SGD over the trainable parameters whose names start with ``prefixes``."""
+    return optim.SGD(model.trainable(prefixes), lr=config.lr, momentum=config.momentum,
+                     weight_decay=config.weight_decay)
 
 
 def train_step(model, optimizer, batch, rng, step: int, *, backend: str, stages=("rpn", "head"),
