@@ -209,14 +209,13 @@ def train(config=None, *, train_data=None, test_data=None, data: str = "shapes",
     if eval_split and test_data is not None:
         from .predict import evaluate_model
 
-        subset = test_data if eval_images is None else _Subset(test_data, eval_images)
         t1 = time.perf_counter()
-        result = evaluate_model(model, subset, backend=backend, progress=progress)
+        result = evaluate_model(model, test_data, backend=backend, progress=progress, limit=eval_images)
         metrics["eval_seconds"] = round(time.perf_counter() - t1, 3)
         metrics.update({k: v for k, v in result.items() if k != "per_class"})
         metrics["per_class"] = result.get("per_class")
         metrics["eval_split"] = eval_split
-        metrics["eval_images"] = len(subset)
+        metrics["eval_images"] = result.get("num_images")
     if out and outputs:
         _write_outputs(out, model, metrics, history, test_data, backend)
     return {"model": model, "metrics": metrics, "history": history}
@@ -295,22 +294,6 @@ def stages_losses(stages) -> tuple:
     if "head" in stages:
         names += ("loss_classifier", "loss_box_reg")
     return names
-
-
-class _Subset:
-    """The first ``n`` items of a dataset (same ``class_names``)."""
-
-    def __init__(self, dataset, n: int):
-        self.dataset, self.n = dataset, min(int(n), len(dataset))
-        self.class_names = dataset.class_names
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.dataset[i]
 
 
 def _write_outputs(out, model, metrics, history, test_data, backend):
