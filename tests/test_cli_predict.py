@@ -126,3 +126,23 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
     _fails(capsys, ["detect", "--checkpoint", str(ck), str(img)], "broken.npz")
     _fails(capsys, ["eval", "--checkpoint", str(ck), "--limit", "1"], "broken.npz")
+
+
+def test_real_checkpoint_end_to_end(tmp_path, capsys):
+    """An untrained detector saved by the real checkpoint code goes through both commands."""
+    from minirccn.checkpoint import save_checkpoint
+    from minirccn.config import preset
+    from minirccn.model import FasterRCNN
+
+    ds = ShapesDataset("test", seed=0)
+    ck = save_checkpoint(tmp_path / "ck.npz", FasterRCNN(preset("tiny"), ds.class_names))
+    img = tmp_path / "s.png"
+    Image.fromarray(ds[0]["image"]).save(img)
+    assert cli.main(["detect", "--checkpoint", str(ck), str(img), "--out", str(tmp_path / "o"),
+                     "--score-thresh", "0", "--backend", "numpy"]) == 0
+    record = json.loads((tmp_path / "o" / "s.json").read_text())
+    assert len(record["boxes"]) == len(record["scores"]) == len(record["labels"]) <= 100
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(ck), "--limit", "2", "--backend", "numpy", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_images"] == 2 and -1.0 <= result["map"] <= 1.0
