@@ -53,6 +53,7 @@ def test_boxes_are_the_tight_boxes_of_the_drawn_pixels(seed):
     cfg = ShapesConfig(noise_std=0.0, empty_fraction=0.0, max_objects=1, min_object_size=5)
     image, boxes, labels = draw_image(image_rng(seed, "train", 0), cfg)
     background = np.clip(np.rint(_background(image_rng(seed, "train", 0), cfg)), 0, 255).astype(np.uint8)
+    background = background.transpose(1, 2, 0)  # (3, S, S) -> (S, S, 3)
     changed = (image != background).any(axis=2)
     cols, rows = np.flatnonzero(changed.any(axis=0)), np.flatnonzero(changed.any(axis=1))
     assert len(boxes) == 1
@@ -88,7 +89,7 @@ def test_objects_stand_out_from_the_background():
     cfg = ShapesConfig(noise_std=0.0)
     for seed in range(10):
         image, boxes, _ = draw_image(image_rng(seed, "val", 1), cfg)
-        background = np.rint(_background(image_rng(seed, "val", 1), cfg))
+        background = np.rint(_background(image_rng(seed, "val", 1), cfg)).transpose(1, 2, 0)
         for x1, y1, x2, y2 in boxes.astype(int):
             cx, cy = (x1 + x2) // 2, (y1 + y2) // 2  # the centre pixel belongs to every shape here
             diff = image[cy, cx].astype(float) - background[cy, cx]
