@@ -1,0 +1,250 @@
+# %% [markdown]
+# # Tutorial 1: boxes and intersection over union (IoU)
+#
+# A detector's input and output are boxes. Before anything else we need two
+# things to be exact: how a box is written down, and how much two boxes
+# overlap. IoU decides almost everything in Faster R-CNN: which anchors are
+# positive (IoU >= 0.7), which duplicates NMS removes (IoU > 0.7), which RoIs
+# are foreground (IoU >= 0.5) and whether a detection counts as a hit in the
+# evaluation (IoU >= 0.5 ... 0.95).
+#
+# Run it as a script (`python tutorials/01_boxes_and_iou.py`) or open it as a
+# notebook (jupytext reads the `# %%` cells).
+
+# %%
+import numpy as np
+from PIL import Image, ImageDraw
+
+import _common as T
+from minirccn import ops
+
+rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## 1. Three ways to write a box
+#
+# | name | numbers | used by |
+# | --- | --- | --- |
+# | `xyxy` | `(x1, y1, x2, y2)`: two corners | minirccn, torchvision, Pascal VOC |
+# | `cxcywh` | `(cx, cy, w, h)`: centre and size | the box coder (deltas), YOLO |
+# | `xywh` | `(x, y, w, h)`: top-left corner and size | COCO json |
+#
+# minirccn uses `xyxy` in **continuous pixel coordinates**: pixel `(row r,
+# column c)` covers the square `[c, c+1) x [r, r+1)`. A box covering pixel
+# columns 10..29 is `x1 = 10, x2 = 30`, and its width is `x2 - x1 = 20`, with
+# no "+1". The conversions are one line each:
+
+# %%
+def xyxy_to_cxcywh(b):
+    """(N, 4) xyxy -> (N, 4) cxcywh."""
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    return np.stack([b[:, 0] + 0.5 * w, b[:, 1] + 0.5 * h, w, h], axis=1)
+
+
+def cxcywh_to_xyxy(b):
+    """(N, 4) cxcywh -> (N, 4) xyxy."""
+    return np.stack([b[:, 0] - 0.5 * b[:, 2], b[:, 1] - 0.5 * b[:, 3],
+                     b[:, 0] + 0.5 * b[:, 2], b[:, 1] + 0.5 * b[:, 3]], axis=1)
+
+
+def xyxy_to_xywh(b):
+    """(N, 4) xyxy -> (N, 4) xywh (COCO)."""
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+
+box = np.array([[10.0, 20.0, 30.0, 60.0]])
+print("xyxy   ", box[0])
+print("cxcywh ", xyxy_to_cxcywh(box)[0])
+print("xywh   ", xyxy_to_xywh(box)[0])
+T.check(np.array_equal(cxcywh_to_xyxy(xyxy_to_cxcywh(box)), box), "xyxy -> cxcywh -> xyxy is the identity")
+T.check(ops.box_area(box)[0] == 20 * 40, "box_area = (x2 - x1) * (y2 - y1) = 20 * 40")
+
+# %% [markdown]
+# ## 2. IoU, the maths
+#
+# For boxes `a` and `b`:
+#
+#     inter = max(0, min(a.x2, b.x2) - max(a.x1, b.x1)) * max(0, min(a.y2, b.y2) - max(a.y1, b.y1))
+#     union = area(a) + area(b) - inter
+#     IoU   = inter / union        (minirccn: 0 when union == 0)
+#
+# IoU is 1 for identical boxes, 0 for disjoint ones, and symmetric. The
+# `max(0, ...)` is what makes disjoint boxes give 0 rather than a negative
+# "intersection".
+#
+# ## 3. A naive loop
+
+# %%
+def iou_loop(boxes1, boxes2):
+    """Pairwise IoU, one pair at a time, in plain Python (the formula above, in the same order)."""
+    out = np.zeros((len(boxes1), len(boxes2)), dtype=np.float64)
+    for i, (ax1, ay1, ax2, ay2) in enumerate(boxes1.tolist()):
+        for j, (bx1, by1, bx2, by2) in enumerate(boxes2.tolist()):
+            w = max(min(ax2, bx2) - max(ax1, bx1), 0.0)
+            h = max(min(ay2, by2) - max(ay1, by1), 0.0)
+            inter = w * h
+            union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+            out[i, j] = inter / union if union != 0 else 0.0
+    return out
+
+
+a = np.array([[0.0, 0.0, 4.0, 4.0]])
+b = np.array([[2.0, 1.0, 6.0, 5.0]])
+print("inter = 2 * 3 = 6, union = 16 + 16 - 6 = 26, IoU = 6/26 =", 6 / 26)
+print("iou_loop:", iou_loop(a, b)[0, 0])
+
+# %% [markdown]
+# ## 4. The vectorised reference: `minirccn.ops.box_iou`
+#
+# `minirccn.boxes.box_iou_reference` computes all `N x M` pairs at once by
+# broadcasting `(N, 1, 2)` corners against `(1, M, 2)` corners. We check it on
+# random boxes plus the awkward cases: identical boxes, boxes touching along an
+# edge (IoU 0), a box inside another, zero-area boxes (union 0: IoU 0, where
+# torchvision would give NaN) and boxes partly off the image (negative
+# coordinates are fine: IoU does not know about images).
+
+# %%
+n = T.pick(300, 60)
+xy = rng.uniform(-20, 200, size=(n, 2))
+wh = rng.uniform(0, 80, size=(n, 2))
+random_boxes = np.concatenate([xy, xy + wh], axis=1)
+awkward = np.array([
+    [0, 0, 10, 10],     # the reference box
+    [0, 0, 10, 10],     # identical: IoU 1
+    [10, 0, 20, 10],    # touches the right edge: IoU 0
+    [2, 2, 5, 5],       # inside: IoU = 9 / 100
+    [5, 5, 5, 5],       # zero area (a point)
+    [5, 5, 5, 5],       # the same point: union 0 -> IoU 0
+    [-8, -8, 2, 2],     # partly off the image
+], dtype=np.float64)
+boxes = np.concatenate([awkward, random_boxes])
+
+loop = iou_loop(boxes, boxes)
+ref = ops.box_iou(boxes, boxes, backend="numpy")
+print("IoU of the awkward boxes with each other:\n", np.round(ref[:7, :7], 3))
+T.check(np.array_equal(loop, ref), f"naive loop == box_iou reference, bit for bit, on {len(boxes)}x{len(boxes)} float64 pairs")
+T.check(np.array_equal(ref, ops.box_iou(boxes, boxes, backend="numba")),
+        "the Numba kernel gives the same bits (same operations, same order)")
+ref32 = ops.box_iou(boxes.astype(np.float32), boxes.astype(np.float32), backend="numpy")
+gap = np.abs(ref32 - ref).max()
+print(f"float32 vs float64 IoU: largest difference {gap:.2e} (float32 rounds the coordinates first)")
+T.check(ref32.dtype == np.float32 and gap < 1e-5, "float32 boxes give float32 IoU, within 1e-5 of float64")
+T.check(np.allclose(ref, ref.T) and np.all((ref >= 0) & (ref <= 1)), "IoU is symmetric and lies in [0, 1]")
+T.check(ref[4, 5] == 0 and ref[0, 2] == 0 and abs(ref[0, 3] - 0.09) < 1e-12, "point boxes 0, touching boxes 0, box inside 9/100")
+
+# %% [markdown]
+# ## 5. The "+1" convention, and why mixing conventions breaks IoU
+#
+# Older code (Caffe's Faster R-CNN, the VOC devkit) stores **inclusive pixel
+# indices**: a box covering pixel columns 10..29 is `x1 = 10, x2 = 29`, and its
+# width is `x2 - x1 + 1 = 20`. Both conventions are self-consistent. The bugs
+# come from mixing them:
+#
+# * inclusive boxes fed to the no-"+1" formula look one pixel smaller on each
+#   axis;
+# * continuous boxes fed to a "+1" formula look one pixel bigger.
+#
+# One pixel is nothing for a 200-pixel box and everything for a 4-pixel one.
+# Take two `s x s` boxes, one shifted right by a single pixel:
+
+# %%
+def iou_plus_one(a, b):
+    """Legacy IoU with inclusive pixel indices: widths are x2 - x1 + 1 (teaching only)."""
+    w = max(min(a[2], b[2]) - max(a[0], b[0]) + 1, 0)
+    h = max(min(a[3], b[3]) - max(a[1], b[1]) + 1, 0)
+    inter = w * h
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+print(f"{'size s':>7} {'true IoU':>9} {'inclusive boxes, no +1':>23} {'continuous boxes, +1':>21}")
+rows = []
+for s in (2, 4, 8, 16, 64, 256):
+    cont = np.array([[0, 0, s, s], [1, 0, s + 1, s]], dtype=np.float64)    # continuous coordinates
+    incl = cont - np.array([0, 0, 1, 1])                                    # the same pixels, inclusive
+    true = ops.box_iou(cont[:1], cont[1:])[0, 0]
+    mixed_a = ops.box_iou(incl[:1], incl[1:])[0, 0]
+    mixed_b = iou_plus_one(cont[0], cont[1])
+    consistent = iou_plus_one(incl[0], incl[1])  # inclusive boxes, +1 formula: consistent again
+    rows.append((s, true, mixed_a, mixed_b, consistent))
+    print(f"{s:7d} {true:9.3f} {mixed_a:23.3f} {mixed_b:21.3f}")
+T.check(all(np.isclose(r[4], r[1]) for r in rows), "inclusive boxes with the +1 formula give the true IoU at every size")
+print("For s=4 the pair is a duplicate for NMS at threshold 0.5 (0.6 > 0.5) only if the")
+print("convention matches: with inclusive boxes and no +1 it is exactly 0.5, not > 0.5.")
+T.check(rows[1][1] > 0.5 >= rows[1][2], "s=4: true IoU 0.6 is above 0.5, the mixed-up IoU is not")
+T.check(abs(rows[-1][1] - rows[-1][2]) < 0.01, "s=256: the conventions differ by less than 0.01")
+
+# %% [markdown]
+# ## 6. A picture
+#
+# Left: boxes `a` (blue) and `b` (red), their intersection filled. Right: the
+# two conventions on a pixel grid: the same 4x4 pixels are `(1, 1, 5, 5)`
+# continuous but `(1, 1, 4, 4)` inclusive, and reading the inclusive numbers as
+# continuous coordinates loses a row and a column (the dashed box).
+
+# %%
+def draw_iou_picture(a, b, scale=40):
+    """Two boxes on a grid, intersection filled, IoU written underneath."""
+    size = 8 * scale
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img, "RGBA")
+    for k in range(9):
+        d.line([(k * scale, 0), (k * scale, size)], fill=(225, 225, 225))
+        d.line([(0, k * scale), (size, k * scale)], fill=(225, 225, 225))
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    if x2 > x1 and y2 > y1:
+        d.rectangle([x1 * scale, y1 * scale, x2 * scale, y2 * scale], fill=(145, 30, 180, 110))
+    d.rectangle([v * scale for v in a], outline=(0, 90, 200), width=3)
+    d.rectangle([v * scale for v in b], outline=(220, 30, 60), width=3)
+    iou = ops.box_iou(np.array([a]), np.array([b]))[0, 0]
+    return T.caption(img, f"a = {tuple(a)}, b = {tuple(b)}\ninter 6, union 26, IoU {iou:.3f}")
+
+
+def draw_conventions(scale=40):
+    size = 8 * scale
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img, "RGBA")
+    for r in range(8):
+        for c in range(8):
+            inside = 1 <= r <= 4 and 1 <= c <= 4
+            d.rectangle([c * scale, r * scale, (c + 1) * scale, (r + 1) * scale],
+                        fill=(255, 215, 120) if inside else (250, 250, 250), outline=(200, 200, 200))
+    d.rectangle([1 * scale, 1 * scale, 5 * scale, 5 * scale], outline=(0, 90, 200), width=3)
+    for k in range(1 * scale, 4 * scale, 12):  # dashed: (1, 1, 4, 4) read as continuous
+        for (p, q) in (((k, scale), (k + 6, scale)), ((k, 4 * scale), (k + 6, 4 * scale)),
+                       ((scale, k), (scale, k + 6)), ((4 * scale, k), (4 * scale, k + 6))):
+            d.line([p, q], fill=(220, 30, 60), width=3)
+    return T.caption(img, "4x4 pixels: continuous (1,1,5,5), width 4 (blue)\n"
+                          "inclusive (1,1,4,4) read without +1: width 3 (red)")
+
+
+a_box, b_box = (1.0, 1.0, 5.0, 5.0), (3.0, 2.0, 7.0, 6.0)
+T.check(np.isclose(ops.box_iou(np.array([a_box]), np.array([b_box]))[0, 0], 6 / 26), "picture: IoU = 6/26")
+from minirccn import viz  # noqa: E402
+
+viz.save_grid([draw_iou_picture(a_box, b_box), draw_conventions()], T.out_dir() / "01_iou.png", cols=2)
+print("wrote", T.out_dir() / "01_iou.png")
+
+# %% [markdown]
+# ## Summary
+#
+# * minirccn boxes are `(x1, y1, x2, y2)` in continuous pixel coordinates;
+#   width is `x2 - x1`, no "+1".
+# * IoU = intersection / union; `ops.box_iou` computes all pairs at once, the
+#   Numba kernel repeats the same operations in the same order and gives the
+#   same bits.
+# * Mixing the inclusive ("+1") and continuous conventions shifts small boxes'
+#   IoU by 0.1 and more: enough to flip a threshold.
+#
+# ## Exercises
+#
+# 1. Write `iou_loop` for `(cx, cy, w, h)` boxes without converting them first.
+#    Check it against `ops.box_iou(cxcywh_to_xyxy(...))`.
+# 2. For two `s x s` boxes shifted by `k` pixels, derive IoU as a function of
+#    `s` and `k`. For which shift does IoU fall below 0.5?
+# 3. `torchvision.ops.box_iou` returns NaN for two zero-area boxes, minirccn
+#    returns 0. Where in the detector could a NaN do harm?
+# 4. Generalised IoU (GIoU) subtracts `(hull - union) / hull`, where `hull` is
+#    the smallest box enclosing both. Implement it with NumPy broadcasting and
+#    check that it equals IoU for nested boxes.
