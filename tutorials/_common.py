@@ -107,11 +107,23 @@ def save(image: Image.Image, name: str, colours: int | None = None) -> Path:
     """
     image = image.convert("RGB")
     if colours:
-        image = image.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        image = image.quantize(colors=colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     path = out_dir() / name
     image.save(path, format="PNG", optimize=True)
     print(f"wrote {path}")
     return path
+
+
+def save_grid(images: list, name: str, cols: int = 2, colours: int | None = None) -> Path:
+    """Tile ``images`` with :func:`minirccn.viz.save_grid` into ``<out_dir>/<name>``, then
+    re-save it through :func:`save` (quantised to ``colours`` if given: smaller files)."""
+    from minirccn import viz
+
+    path = out_dir() / name
+    viz.save_grid(images, path, cols=cols)
+    with Image.open(path) as tiled:
+        tiled.load()
+    return save(tiled, name, colours)
 
 
 def heatmap(values, scale: int = 1, lo=None, hi=None) -> Image.Image:

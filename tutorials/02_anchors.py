@@ -1,0 +1,196 @@
+# %% [markdown]
+# # Tutorial 2: anchors
+#
+# The region proposal network (RPN) does not invent boxes from nothing. Every
+# cell of the backbone's feature map owns `A` fixed reference boxes, the
+# **anchors**, and for each one the RPN predicts two things: is there an object
+# here (objectness), and how should this anchor move and stretch to fit it (four
+# deltas). Anchors are not learned and have no gradient; they are the grid of
+# questions the network answers.
+#
+# This tutorial builds anchors by hand, checks them against
+# `minirccn.anchors.generate_anchors` (which reproduces torchvision's
+# `AnchorGenerator` numbers), counts the 1764 anchors of the classic VGG16
+# set-up, and draws them on a `shapes` image.
+
+# %%
+import numpy as np
+from PIL import Image, ImageDraw
+
+import _common as T
+from minirccn import anchors, ops, viz
+from minirccn.data import load_dataset
+
+# %% [markdown]
+# ## 1. Base anchors: `A` boxes centred on (0, 0)
+#
+# For every aspect ratio `r = height / width` and every size `s` (the side of
+# the square anchor with the same area), in float32 like torchvision:
+#
+#     h_ratio = sqrt(r),   w_ratio = 1 / h_ratio
+#     w = w_ratio * s,     h = h_ratio * s          (so w * h = s^2)
+#     base = round([-w, -h, w, h] / 2)
+#
+# ordered **ratio-major**: all sizes of the first ratio, then the next ratio.
+# `round` is half-to-even (NumPy's and torch's `round`), so a size-5 square
+# becomes `(-2, -2, 2, 2)`, 4 pixels wide, and so does a size-3 square.
+
+# %%
+def base_anchors_loop(sizes, ratios):
+    """The base anchors, one at a time (teaching version of minirccn.anchors.base_anchors)."""
+    rows = []
+    for r in ratios:
+        h_ratio = np.sqrt(np.float32(r))
+        w_ratio = np.float32(1) / h_ratio
+        for s in sizes:
+            w, h = w_ratio * np.float32(s), h_ratio * np.float32(s)
+            rows.append([np.round(-w / 2), np.round(-h / 2), np.round(w / 2), np.round(h / 2)])
+    return np.array(rows, dtype=np.float32)
+
+
+sizes, ratios = (128, 256, 512), (0.5, 1.0, 2.0)
+loop = base_anchors_loop(sizes, ratios)
+ref = anchors.base_anchors(sizes, ratios)
+print("base anchors (x1, y1, x2, y2), width x height:")
+for row in ref:
+    print(f"  {row}   {row[2] - row[0]:.0f} x {row[3] - row[1]:.0f}")
+T.check(np.array_equal(loop, ref), "naive loop == minirccn.anchors.base_anchors, exactly")
+T.check(np.array_equal(anchors.base_anchors([5, 3], [1.0]), [[-2, -2, 2, 2], [-2, -2, 2, 2]]),
+        "half-to-even: sizes 5 and 3 both round to 4-pixel squares")
+
+# %% [markdown]
+# ## 2. The grid: every anchor of a feature map
+#
+# A backbone with stride `S` (input pixels per feature cell) maps an
+# `H_img x W_img` image to an `H x W` map. Cell `(i, j)` (row `i`, column `j`)
+# sits at image position `((offset + j) * S, (offset + i) * S)`, and its anchors
+# are the base anchors shifted there. The result is **location-major**: row
+# `(i * W + j) * A + a` is anchor `a` of cell `(i, j)`, matching how the RPN's
+# `(A * 4, H, W)` outputs are flattened.
+
+# %%
+def grid_anchors_loop(height, width, stride, base, offset):
+    out = []
+    for i in range(height):
+        for j in range(width):
+            cx, cy = np.float32((offset + j) * stride), np.float32((offset + i) * stride)
+            for a in range(len(base)):
+                out.append(base[a] + np.array([cx, cy, cx, cy], dtype=np.float32))
+    return np.array(out, dtype=np.float32).reshape(-1, 4)
+
+
+for offset in (0.0, 0.5):
+    loop = grid_anchors_loop(3, 5, 16, ref, offset)
+    fast = anchors.generate_anchors((3, 5), 16, sizes, ratios, offset=offset)
+    T.check(np.array_equal(loop, fast), f"offset {offset}: loop == generate_anchors on a 3x5 map, exactly")
+
+# %% [markdown]
+# ## 3. The 1764 anchors of a 224 x 224 VGG16 input
+#
+# VGG16's conv layers keep the size (3x3, padding 1) and its four 2x2 pools
+# halve it: 224 -> 112 -> 56 -> 28 -> 14, stride 16. With 3 sizes x 3 ratios
+# that is 14 x 14 x 9 = **1764** anchors. The paper's sizes (128, 256, 512)
+# were chosen for ~600-pixel images; on a 224-pixel image most of those anchors
+# stick out of the image, which is why minirccn's `vgg16` preset uses
+# (32, 64, 128).
+
+# %%
+feature, stride = 224 // 16, 16
+for anchor_sizes in ((128, 256, 512), (32, 64, 128)):
+    all_anchors = anchors.generate_anchors(feature, stride, anchor_sizes, ratios, offset=0.5)
+    inside = anchors.anchors_inside(all_anchors, (224, 224))
+    print(f"sizes {anchor_sizes}: {all_anchors.shape[0]} anchors, {int(inside.sum())} inside the image")
+    T.check(all_anchors.shape == (14 * 14 * 9, 4) == (1764, 4), "14 x 14 cells x 9 anchors = 1764")
+
+# %% [markdown]
+# ## 4. Where is a cell? offset 0 (torchvision) or 0.5 (the paper's figure)
+#
+# torchvision places cell `(i, j)`'s anchors at `(j * S, i * S)`: the top-left
+# corner of the cell's `S x S` patch. The paper's figure (and minirccn's
+# default `anchor_offset = 0.5`) centres them on the patch. With offset 0 the
+# grid is shifted by `S / 2` up and left: its centres run from 0 to 208 on a
+# 224-pixel image, so the right and bottom borders get fewer anchors.
+# The network learns to compensate either way (the deltas absorb a constant
+# shift), but the numbers of any comparison must use the same offset.
+
+# %%
+for offset in (0.0, 0.5):
+    a = anchors.generate_anchors(feature, stride, (32, 64, 128), ratios, offset=offset)
+    centres = (a[:, :2] + a[:, 2:]) / 2
+    print(f"offset {offset}: centres from {centres.min(axis=0)} to {centres.max(axis=0)}, "
+          f"mean {centres.mean(axis=0)} (image centre 112)")
+a0 = anchors.generate_anchors(feature, stride, (32, 64, 128), ratios, offset=0.0)
+a5 = anchors.generate_anchors(feature, stride, (32, 64, 128), ratios, offset=0.5)
+T.check(np.array_equal(a5 - a0, np.full_like(a0, 8.0)), "offset 0.5 moves every anchor by S/2 = 8 pixels")
+T.check(np.allclose(((a5[:, :2] + a5[:, 2:]) / 2).mean(axis=0), 112), "offset 0.5: anchor centres are symmetric about the image centre")
+
+# %% [markdown]
+# ## 5. Anchors on a real image
+#
+# The `shapes` dataset has 128 x 128 images; the `tiny` preset has stride 16
+# (an 8 x 8 map), sizes (16, 32, 64) and offset 0.5: 576 anchors. For each
+# ground-truth box we look up its best anchor by IoU (tutorial 1's
+# `ops.box_iou`): that anchor is what the RPN is trained to call positive and
+# to move onto the object.
+
+# %%
+sample = load_dataset("shapes", split="train", seed=0)[T.pick(3, 3)]
+image, gt, labels = sample["image"], sample["boxes"], sample["labels"]
+tiny_sizes, tiny_stride = (16, 32, 64), 16
+grid = anchors.generate_anchors(128 // tiny_stride, tiny_stride, tiny_sizes, ratios, offset=0.5)
+iou = ops.box_iou(grid, gt)                       # (576, G)
+best = iou.argmax(axis=0)                          # (G,) best anchor of each object
+print(f"{len(grid)} anchors; ground truth:\n{gt}")
+for g, k in enumerate(best):
+    cell, a = divmod(int(k), 9)
+    print(f"  object {g}: best anchor {k} = cell {divmod(cell, 8)}, anchor {a}, box {grid[k]}, IoU {iou[k, g]:.2f}")
+T.check(len(grid) == 8 * 8 * 9, "tiny preset on 128 x 128: 8 x 8 x 9 = 576 anchors")
+T.check(np.all(iou[best, np.arange(len(gt))] == iou.max(axis=0)), "argmax picks each object's highest-IoU anchor")
+
+scale = T.pick(3, 2)
+
+
+def centres_panel(offset):
+    """The image with grid lines and one dot per cell at the anchors' centre."""
+    img = Image.fromarray(image).resize((128 * scale, 128 * scale), Image.NEAREST)
+    d = ImageDraw.Draw(img)
+    for k in range(0, 129, tiny_stride):
+        d.line([(k * scale, 0), (k * scale, 128 * scale)], fill=(255, 255, 255))
+        d.line([(0, k * scale), (128 * scale, k * scale)], fill=(255, 255, 255))
+    a = anchors.generate_anchors(8, tiny_stride, tiny_sizes, ratios, offset=offset)[::9]
+    for x, y in (a[:, :2] + a[:, 2:]) / 2 * scale:
+        d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(230, 25, 75), outline=(0, 0, 0))
+    return T.caption(img, f"cell positions, offset {offset}")
+
+
+# the 9 anchors of the cell holding the first object's best anchor
+cell = int(best[0]) // 9
+nine = grid[cell * 9:(cell + 1) * 9]
+panel_nine = T.caption(viz.draw_detections(image, nine, np.arange(9) // 3, class_names=["1:2", "1:1", "2:1"],
+                                           scale=scale, width=2),
+                       "the 9 anchors of one cell\n(tag = height:width)")
+objects = viz.draw_detections(image, gt, np.zeros(len(gt), int), class_names=["object"], scale=scale, width=2)
+panel_best = T.caption(
+    viz.draw_detections(objects, grid[best] * scale, np.ones(len(gt), int), iou[best, np.arange(len(gt))],
+                        class_names=["", "anchor"], width=2),
+    "objects (red) and their best anchors\n(green, tag = IoU)")
+T.save_grid([centres_panel(0.0), centres_panel(0.5), panel_nine, panel_best], "02_anchors.png", colours=256)
+
+# %% [markdown]
+# ## Summary
+#
+# * `A = len(ratios) * len(sizes)` base anchors, `round([-w, -h, w, h] / 2)`
+#   with `w * h = size^2` and `h / w = ratio`, ratio-major.
+# * Shifted to every cell, location-major: `H * W * A` anchors
+#   (14 x 14 x 9 = 1764 for VGG16 at 224 x 224).
+# * `offset = 0` (torchvision) puts them at cell corners, `offset = 0.5`
+#   at cell centres.
+#
+# ## Exercises
+#
+# 1. How many anchors does a 600 x 1000 image give with stride 16 and 9
+#    anchors per cell? How many lie inside the image with the paper's sizes?
+# 2. Which objects of the `shapes` dataset have no anchor with IoU >= 0.7
+#    (hint: small ones between two sizes)? Try adding size 24.
+# 3. Change `offset` to 0 in section 5: does each object's best IoU go up or
+#    down? Why does it hardly matter once the network predicts deltas?
