@@ -57,8 +57,12 @@ import numpy as np
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_POINTS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01)) + 1, endpoint=True)
 #: COCO's area ranges (pixels², both ends included) and detections kept per image
-AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2),
-               "large": (96.0**2, 1e10)}
+AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e10),
+}
 MAX_DETECTIONS = (1, 10, 100)
 METRICS = ("coco", "voc07", "voc")
 
@@ -114,8 +118,10 @@ def _prepare(predictions, targets):
     if not isinstance(predictions, (list, tuple)) or not isinstance(targets, (list, tuple)):
         raise TypeError("predictions, targets: expected lists with one dict per image")
     if len(predictions) != len(targets):
-        raise ValueError(f"predictions, targets: {len(predictions)} predictions but {len(targets)} targets; "
-                         "expected one of each per image")
+        raise ValueError(
+            f"predictions, targets: {len(predictions)} predictions but {len(targets)} targets; "
+            "expected one of each per image"
+        )
     preds, gts = [], []
     for i, (p, t) in enumerate(zip(predictions, targets)):
         for key in ("boxes", "scores", "labels"):
@@ -130,8 +136,11 @@ def _prepare(predictions, targets):
         tb = _as_float_boxes(t["boxes"], f"targets[{i}]['boxes']")
         tl = _vector(t["labels"], len(tb), np.int64, f"targets[{i}]['labels']")
         difficult = t.get("difficult")
-        td = (np.zeros(len(tb), bool) if difficult is None
-              else _vector(difficult, len(tb), bool, f"targets[{i}]['difficult']"))
+        td = (
+            np.zeros(len(tb), bool)
+            if difficult is None
+            else _vector(difficult, len(tb), bool, f"targets[{i}]['difficult']")
+        )
         if not np.all(np.isfinite(ps)):
             raise ValueError(f"predictions[{i}]['scores']: NaN or infinite score")
         preds.append((pb, ps, pl))
@@ -240,7 +249,9 @@ def _coco(preds, gts) -> dict:
                 dm, gm = pl == label, tl == label
                 if not dm.any() and not gm.any():
                     continue
-                per_image.append(_coco_match(pb[dm], ps[dm], tb[gm], td[gm], rng, MAX_DETECTIONS[-1]))
+                per_image.append(
+                    _coco_match(pb[dm], ps[dm], tb[gm], td[gm], rng, MAX_DETECTIONS[-1])
+                )
             for max_det in MAX_DETECTIONS:
                 if area != "all" and max_det != MAX_DETECTIONS[-1]:
                     continue
@@ -252,8 +263,12 @@ def _coco(preds, gts) -> dict:
     have = [k for k, v in ap["all"].items() if v is not None]
 
     def mean_ap(area, t=None):
-        return _mean([None if p is None else float(p.mean() if t is None else p[t].mean())
-                      for p in ap[area].values()])
+        return _mean(
+            [
+                None if p is None else float(p.mean() if t is None else p[t].mean())
+                for p in ap[area].values()
+            ]
+        )
 
     return {
         "map": mean_ap("all"),
@@ -262,8 +277,10 @@ def _coco(preds, gts) -> dict:
         "map_small": mean_ap("small"),
         "map_medium": mean_ap("medium"),
         "map_large": mean_ap("large"),
-        **{f"mar_{m}": _mean([None if r is None else float(r.mean()) for r in ar[m].values()])
-           for m in MAX_DETECTIONS},
+        **{
+            f"mar_{m}": _mean([None if r is None else float(r.mean()) for r in ar[m].values()])
+            for m in MAX_DETECTIONS
+        },
         "per_class": {int(k): float(ap["all"][k].mean()) for k in have},
         "per_class50": {int(k): float(ap["all"][k][0].mean()) for k in have},
     }
@@ -280,8 +297,10 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
             of the curve extended with ``(0, 0)`` and ``(1, 0)``.
     """
     if use_07_metric:
-        points = [precision[recall >= r].max() if np.any(recall >= r) else 0.0
-                  for r in np.arange(0.0, 1.1, 0.1)]
+        points = [
+            precision[recall >= r].max() if np.any(recall >= r) else 0.0
+            for r in np.arange(0.0, 1.1, 0.1)
+        ]
         return float(np.mean(points))
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
@@ -301,7 +320,11 @@ def _voc_class(preds, gts, label, use_07_metric, iou_threshold=0.5):
         image_idx.append(np.full(int(m.sum()), i))
         scores.append(ps[m])
         boxes.append(pb[m])
-    image_idx, scores, boxes = np.concatenate(image_idx), np.concatenate(scores), np.concatenate(boxes)
+    image_idx, scores, boxes = (
+        np.concatenate(image_idx),
+        np.concatenate(scores),
+        np.concatenate(boxes),
+    )
     order = np.argsort(-scores, kind="mergesort")
     taken = [np.zeros(int(np.count_nonzero(tl == label)), bool) for _, tl, _ in gts]
     tp = np.zeros(len(order))

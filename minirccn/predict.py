@@ -71,8 +71,9 @@ def run_model(model, image: np.ndarray, backend: str | None = None) -> dict:
     return {"boxes": boxes, "scores": scores, "labels": labels}
 
 
-def evaluate_model(model, dataset, backend: str | None = None, progress: bool = True,
-                   limit: int | None = None) -> dict:
+def evaluate_model(
+    model, dataset, backend: str | None = None, progress: bool = True, limit: int | None = None
+) -> dict:
     """Run ``model`` over ``dataset`` and score it with every metric.
 
     Args:
@@ -90,7 +91,9 @@ def evaluate_model(model, dataset, backend: str | None = None, progress: bool = 
     """
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     predictions, targets = [], []
-    for i in tqdm(range(n), desc=f"eval {dataset.name}", unit="img", disable=not progress, leave=False):
+    for i in tqdm(
+        range(n), desc=f"eval {dataset.name}", unit="img", disable=not progress, leave=False
+    ):
         sample = dataset[i]
         predictions.append(run_model(model, sample["image"], backend))
         targets.append({k: sample[k] for k in ("boxes", "labels", "difficult")})
@@ -105,10 +108,16 @@ def evaluate_model(model, dataset, backend: str | None = None, progress: bool = 
             "voc07_ap50": voc07["per_class"].get(k),
             "voc_ap50": voc["per_class"].get(k),
         }
-        for k, name in enumerate(names) if k > 0
+        for k, name in enumerate(names)
+        if k > 0
     }
-    result = {key: coco[key] for key in ("map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100")}
-    result.update(voc07_map50=voc07["map50"], voc_map50=voc["map50"], num_images=n, per_class=per_class)
+    result = {
+        key: coco[key]
+        for key in ("map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100")
+    }
+    result.update(
+        voc07_map50=voc07["map50"], voc_map50=voc["map50"], num_images=n, per_class=per_class
+    )
     return result
 
 
@@ -125,26 +134,36 @@ def format_table(result: dict, title: str = "") -> str:
         ("COCO mAP@[.50:.95]", fmt(result["map"])),
         ("COCO mAP@0.50", fmt(result["map50"])),
         ("COCO mAP@0.75", fmt(result["map75"])),
-        ("COCO mAP small/medium/large",
-         " / ".join(fmt(result[k]).strip() for k in ("map_small", "map_medium", "map_large"))),
+        (
+            "COCO mAP small/medium/large",
+            " / ".join(fmt(result[k]).strip() for k in ("map_small", "map_medium", "map_large")),
+        ),
     ]
     lines += [f"{name:<28} {value}" for name, value in rows]
     lines.append("")
     width = max([len("class")] + [len(n) for n in result["per_class"]])
     lines.append(f"{'class':<{width}}  VOC07 AP50  VOC AP50  COCO AP  COCO AP50")
     for name, ap in result["per_class"].items():
-        lines.append(f"{name:<{width}}  {fmt(ap['voc07_ap50']):>10}  {fmt(ap['voc_ap50']):>8}  "
-                     f"{fmt(ap['ap']):>7}  {fmt(ap['ap50']):>9}")
+        lines.append(
+            f"{name:<{width}}  {fmt(ap['voc07_ap50']):>10}  {fmt(ap['voc_ap50']):>8}  "
+            f"{fmt(ap['ap']):>7}  {fmt(ap['ap50']):>9}"
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- detect
 def add_arguments_detect(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file written by minirccn train")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint file written by minirccn train"
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--out", default="detections", help="output folder (default: detections)")
-    parser.add_argument("--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
-                        help=f"keep detections scoring at least this (default: {DEFAULT_SCORE_THRESH})")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=DEFAULT_SCORE_THRESH,
+        help=f"keep detections scoring at least this (default: {DEFAULT_SCORE_THRESH})",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="numpy, numba or cuda")
 
 
@@ -179,9 +198,12 @@ def run_detect(args) -> int:
         boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
         scale = 2 if max(image.shape[:2]) < 256 else 1
         draw_detections(image, boxes, labels, scores, class_names=names, scale=scale).save(
-            os.path.join(args.out, f"{stem}.png"))
+            os.path.join(args.out, f"{stem}.png")
+        )
         record = {
-            "image": path, "height": int(image.shape[0]), "width": int(image.shape[1]),
+            "image": path,
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
             "boxes": [[round(float(v), 3) for v in b] for b in boxes],
             "scores": [round(float(s), 5) for s in scores],
             "labels": [int(k) for k in labels],
@@ -196,15 +218,24 @@ def run_detect(args) -> int:
 
 # ----------------------------------------------------------------------------- eval
 def add_arguments_eval(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file written by minirccn train")
-    parser.add_argument("--data", default="shapes",
-                        help="shapes (default), a VOC root folder, a COCO .json or a .csv file")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint file written by minirccn train"
+    )
+    parser.add_argument(
+        "--data",
+        default="shapes",
+        help="shapes (default), a VOC root folder, a COCO .json or a .csv file",
+    )
     parser.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the shapes images (default: 0)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="numpy, numba or cuda")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
 
 
 def run_eval(args) -> int:
@@ -222,10 +253,20 @@ def run_eval(args) -> int:
             f"{args.data}: its classes {dataset.class_names[1:]} differ from the classes of "
             f"{args.checkpoint} {list(model.class_names)[1:]}"
         )
-    result = evaluate_model(model, dataset, backend=backend, progress=not args.json and sys.stderr.isatty(),
-                            limit=args.limit)
+    result = evaluate_model(
+        model,
+        dataset,
+        backend=backend,
+        progress=not args.json and sys.stderr.isatty(),
+        limit=args.limit,
+    )
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "data": dataset.name, **result}))
     else:
-        print(format_table(result, f"{dataset.name}: {result['num_images']} images, checkpoint {args.checkpoint}"))
+        print(
+            format_table(
+                result,
+                f"{dataset.name}: {result['num_images']} images, checkpoint {args.checkpoint}",
+            )
+        )
     return 0

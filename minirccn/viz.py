@@ -16,9 +16,21 @@ from PIL import Image, ImageDraw, ImageFont
 
 #: distinct, saturated colours (RGB); label ``k`` gets ``PALETTE[k % len(PALETTE)]``
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128),
-    (170, 110, 40), (255, 225, 25), (128, 0, 0), (0, 0, 128), (128, 128, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 190),
+    (0, 128, 128),
+    (170, 110, 40),
+    (255, 225, 25),
+    (128, 0, 0),
+    (0, 0, 128),
+    (128, 128, 0),
 ]
 
 
@@ -41,8 +53,16 @@ def _ink_for(colour) -> tuple:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
-def draw_detections(image, boxes, labels, scores=None, class_names=None, color_by_label=True,
-                    scale: int = 1, width: int | None = None) -> Image.Image:
+def draw_detections(
+    image,
+    boxes,
+    labels,
+    scores=None,
+    class_names=None,
+    color_by_label=True,
+    scale: int = 1,
+    width: int | None = None,
+) -> Image.Image:
     """Draw boxes with ``"name score"`` tags on a copy of ``image``.
 
     Args:
@@ -63,7 +83,9 @@ def draw_detections(image, boxes, labels, scores=None, class_names=None, color_b
         image = np.asarray(image.convert("RGB"))
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+        raise ValueError(
+            f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+        )
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(boxes):
@@ -71,7 +93,9 @@ def draw_detections(image, boxes, labels, scores=None, class_names=None, color_b
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(scores) != len(boxes):
-            raise ValueError(f"scores: expected {len(boxes)} scores (one per box), got {len(scores)}")
+            raise ValueError(
+                f"scores: expected {len(boxes)} scores (one per box), got {len(scores)}"
+            )
     scale = int(scale)
     if scale < 1:
         raise ValueError(f"scale: expected an integer >= 1, got {scale}")
@@ -89,7 +113,11 @@ def draw_detections(image, boxes, labels, scores=None, class_names=None, color_b
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
             continue
         draw.rectangle([x1, y1, max(x2 - 1, x1), max(y2 - 1, y1)], outline=colour, width=line)
-        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+        name = (
+            class_names[label]
+            if class_names is not None and 0 <= label < len(class_names)
+            else str(label)
+        )
         text = name if scores is None else f"{name} {scores[i]:.2f}"
         tw, th = _text_size(draw, text, font)
         tx = min(max(x1, 0), max(pil.width - tw - 4, 0))
@@ -115,12 +143,17 @@ def save_grid(images: list, path, cols: int = 4, pad: int = 4, background=(255, 
         raise ValueError("images: expected at least one image")
     if int(cols) < 1:
         raise ValueError(f"cols: expected an integer >= 1, got {cols}")
-    pils = [im.convert("RGB") if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images]
+    pils = [
+        im.convert("RGB") if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
+        for im in images
+    ]
     cols = min(int(cols), len(pils))
     rows = -(-len(pils) // cols)
     cw = max(im.width for im in pils)
     ch = max(im.height for im in pils)
-    grid = Image.new("RGB", (cols * cw + (cols + 1) * pad, rows * ch + (rows + 1) * pad), background)
+    grid = Image.new(
+        "RGB", (cols * cw + (cols + 1) * pad, rows * ch + (rows + 1) * pad), background
+    )
     for k, im in enumerate(pils):
         r, c = divmod(k, cols)
         grid.paste(im, (pad + c * (cw + pad), pad + r * (ch + pad)))
@@ -184,8 +217,16 @@ def _series(curves: dict):
     return out
 
 
-def plot_curves(curves: dict, path, title: str = "", xlabel: str = "iteration", ylabel: str = "",
-                smoothing: float = 0.0, logy: bool = False, size=(800, 480)) -> str:
+def plot_curves(
+    curves: dict,
+    path,
+    title: str = "",
+    xlabel: str = "iteration",
+    ylabel: str = "",
+    smoothing: float = 0.0,
+    logy: bool = False,
+    size=(800, 480),
+) -> str:
     """Draw a line chart of ``curves`` and save it as a PNG at ``path``.
 
     Args:
@@ -239,7 +280,7 @@ def plot_curves(curves: dict, path, title: str = "", xlabel: str = "iteration", 
         y = float(py(t))
         if y0 <= y <= y1:
             draw.line([(x0, y), (x1, y)], fill=grid_colour)
-            label = _fmt(10.0 ** t) if logy else _fmt(t)
+            label = _fmt(10.0**t) if logy else _fmt(t)
             tw, th = _text_size(draw, label, font)
             draw.text((x0 - 8 - tw, y - th / 2 - 2), label, fill=text_colour, font=font)
             draw.line([(x0 - 4, y), (x0, y)], fill=axis_colour)

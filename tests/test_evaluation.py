@@ -7,7 +7,7 @@ Golden values
 dependency: ``python3 -m venv /opt/cocoenv && /opt/cocoenv/bin/pip install pycocotools numpy``,
 then a script that, for each entry of ``CASES``:
 
-* builds ``preds, targets = make_case(**kwargs)`` (the function below, copied verbatim);
+* builds ``preds, targets = make_case(**kwargs)`` (the function below, same code);
 * writes a COCO ground-truth dict: image ids ``1..N`` in list order, categories
   ``1..n_classes (+1 with extra_pred_class)``, one annotation per target box in
   order, ``bbox = [x1, y1, x2 - x1, y2 - y1]``, ``area = w * h``,
@@ -31,11 +31,24 @@ from hypothesis import strategies as st
 
 from minirccn.evaluation import IOU_THRESHOLDS, RECALL_POINTS, box_iou, evaluate, voc_ap
 
-def make_case(seed, n_images=24, n_classes=3, extra_pred_class=False, max_gt=6, max_extra=4,
-              p_crowd=0.15, p_no_gt=0.15, p_no_pred=0.1, size_range=(4.0, 160.0), region=200.0, jitter=0.12):
+
+def make_case(
+    seed,
+    n_images=24,
+    n_classes=3,
+    extra_pred_class=False,
+    max_gt=6,
+    max_extra=4,
+    p_crowd=0.15,
+    p_no_gt=0.15,
+    p_no_pred=0.1,
+    size_range=(4.0, 160.0),
+    region=200.0,
+    jitter=0.12,
+):
     """A random evaluation case: boxes on a 0.25-pixel grid (exact in float64), scores with ties."""
     rng = np.random.default_rng(seed)
-    q = lambda b: np.round(np.asarray(b, dtype=np.float64) * 4) / 4  # noqa: E731
+    q = lambda b: np.round(np.asarray(b, dtype=np.float64) * 4) / 4
 
     def fix(b):
         b = q(b)
@@ -59,7 +72,7 @@ def make_case(seed, n_images=24, n_classes=3, extra_pred_class=False, max_gt=6, 
         parts_b, parts_l = [], []
         for copy in range(2):
             sel = found if copy == 0 else found & (rng.random(g) < 0.25)
-            wh = (boxes[sel, 2:] - boxes[sel, :2])
+            wh = boxes[sel, 2:] - boxes[sel, :2]
             noise = rng.normal(0, jitter, (int(sel.sum()), 4)) * np.concatenate([wh, wh], axis=1)
             parts_b.append(fix(boxes[sel] + noise))
             lab = labels[sel].copy()
@@ -78,50 +91,126 @@ def make_case(seed, n_images=24, n_classes=3, extra_pred_class=False, max_gt=6, 
 
 
 CASES = {
-    "basic": dict(seed=0),
-    "pred_only_class": dict(seed=1, n_classes=4, extra_pred_class=True, n_images=30),
-    "over_100_dets": dict(seed=2, n_images=4, max_extra=160, max_gt=20, size_range=(8.0, 60.0)),
-    "crowded": dict(seed=3, region=40.0, max_gt=10, p_crowd=0.3, size_range=(6.0, 40.0)),
-    "over_100_one_class": dict(seed=13, n_images=3, n_classes=1, max_extra=180, max_gt=30, size_range=(8.0, 60.0)),
-    "good": dict(seed=5, jitter=0.03, n_images=30),
-    "all_sizes": dict(seed=4, n_images=40, size_range=(2.0, 300.0), region=300.0),
+    "basic": {"seed": 0},
+    "pred_only_class": {"seed": 1, "n_classes": 4, "extra_pred_class": True, "n_images": 30},
+    "over_100_dets": {
+        "seed": 2,
+        "n_images": 4,
+        "max_extra": 160,
+        "max_gt": 20,
+        "size_range": (8.0, 60.0),
+    },
+    "crowded": {"seed": 3, "region": 40.0, "max_gt": 10, "p_crowd": 0.3, "size_range": (6.0, 40.0)},
+    "over_100_one_class": {
+        "seed": 13,
+        "n_images": 3,
+        "n_classes": 1,
+        "max_extra": 180,
+        "max_gt": 30,
+        "size_range": (8.0, 60.0),
+    },
+    "good": {"seed": 5, "jitter": 0.03, "n_images": 30},
+    "all_sizes": {"seed": 4, "n_images": 40, "size_range": (2.0, 300.0), "region": 300.0},
 }
 
 # name -> (summary numbers, per-class AP@[.50:.95]) from pycocotools (see the module docstring)
 GOLDEN = {
     "basic": (
-        {"map": 0.106633, "map50": 0.247028, "map75": 0.04987, "map_small": 0.118128, "map_medium": 0.14523,
-         "map_large": 0.0, "mar_1": 0.12425, "mar_10": 0.282892, "mar_100": 0.282892},
+        {
+            "map": 0.106633,
+            "map50": 0.247028,
+            "map75": 0.04987,
+            "map_small": 0.118128,
+            "map_medium": 0.14523,
+            "map_large": 0.0,
+            "mar_1": 0.12425,
+            "mar_10": 0.282892,
+            "mar_100": 0.282892,
+        },
         {1: 0.143373, 2: 0.128177, 3: 0.048348},
     ),
     "pred_only_class": (
-        {"map": 0.157142, "map50": 0.346392, "map75": 0.071843, "map_small": 0.175543, "map_medium": 0.164418,
-         "map_large": 0.317162, "mar_1": 0.203328, "mar_10": 0.339164, "mar_100": 0.339164},
+        {
+            "map": 0.157142,
+            "map50": 0.346392,
+            "map75": 0.071843,
+            "map_small": 0.175543,
+            "map_medium": 0.164418,
+            "map_large": 0.317162,
+            "mar_1": 0.203328,
+            "mar_10": 0.339164,
+            "mar_100": 0.339164,
+        },
         {1: 0.112966, 2: 0.198331, 3: 0.17666, 4: 0.140612},
     ),
     "over_100_dets": (
-        {"map": 0.048552, "map50": 0.112683, "map75": 0.010991, "map_small": 0.052571, "map_medium": 0.0,
-         "map_large": -1.0, "mar_1": 0.042857, "mar_10": 0.194286, "mar_100": 0.275238},
+        {
+            "map": 0.048552,
+            "map50": 0.112683,
+            "map75": 0.010991,
+            "map_small": 0.052571,
+            "map_medium": 0.0,
+            "map_large": -1.0,
+            "mar_1": 0.042857,
+            "mar_10": 0.194286,
+            "mar_100": 0.275238,
+        },
         {1: 0.082349, 2: 0.036634, 3: 0.026674},
     ),
     "over_100_one_class": (
-        {"map": 0.054156, "map50": 0.136823, "map75": 0.016866, "map_small": 0.052444, "map_medium": 0.080933,
-         "map_large": -1.0, "mar_1": 0.007042, "mar_10": 0.030986, "mar_100": 0.322535},
+        {
+            "map": 0.054156,
+            "map50": 0.136823,
+            "map75": 0.016866,
+            "map_small": 0.052444,
+            "map_medium": 0.080933,
+            "map_large": -1.0,
+            "mar_1": 0.007042,
+            "mar_10": 0.030986,
+            "mar_100": 0.322535,
+        },
         {1: 0.054156},
     ),
     "crowded": (
-        {"map": 0.093983, "map50": 0.244364, "map75": 0.018767, "map_small": 0.094769, "map_medium": 0.066667,
-         "map_large": -1.0, "mar_1": 0.067619, "mar_10": 0.220894, "mar_100": 0.220894},
+        {
+            "map": 0.093983,
+            "map50": 0.244364,
+            "map75": 0.018767,
+            "map_small": 0.094769,
+            "map_medium": 0.066667,
+            "map_large": -1.0,
+            "mar_1": 0.067619,
+            "mar_10": 0.220894,
+            "mar_100": 0.220894,
+        },
         {1: 0.14423, 2: 0.09545, 3: 0.04227},
     ),
     "good": (
-        {"map": 0.33406, "map50": 0.402811, "map75": 0.402811, "map_small": 0.354539, "map_medium": 0.329674,
-         "map_large": 0.452228, "mar_1": 0.341919, "mar_10": 0.617026, "mar_100": 0.617026},
+        {
+            "map": 0.33406,
+            "map50": 0.402811,
+            "map75": 0.402811,
+            "map_small": 0.354539,
+            "map_medium": 0.329674,
+            "map_large": 0.452228,
+            "mar_1": 0.341919,
+            "mar_10": 0.617026,
+            "mar_100": 0.617026,
+        },
         {1: 0.315167, 2: 0.376059, 3: 0.310954},
     ),
     "all_sizes": (
-        {"map": 0.128369, "map50": 0.343629, "map75": 0.053042, "map_small": 0.12589, "map_medium": 0.186442,
-         "map_large": 0.120207, "mar_1": 0.117741, "mar_10": 0.277934, "mar_100": 0.277934},
+        {
+            "map": 0.128369,
+            "map50": 0.343629,
+            "map75": 0.053042,
+            "map_small": 0.12589,
+            "map_medium": 0.186442,
+            "map_large": 0.120207,
+            "mar_1": 0.117741,
+            "mar_10": 0.277934,
+            "mar_100": 0.277934,
+        },
         {1: 0.140965, 2: 0.166445, 3: 0.077697},
     ),
 }
@@ -148,7 +237,10 @@ def test_case_exercises_crowds_empties_and_many_detections():
 
 def test_no_predictions_at_all_gives_zero():
     _, targets = make_case(seed=0)
-    empty = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)} for _ in targets]
+    empty = [
+        {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
+        for _ in targets
+    ]
     for metric in ("coco", "voc07", "voc"):
         r = evaluate(empty, targets, metric=metric)
         assert r["map50"] == 0.0
@@ -167,7 +259,10 @@ def test_no_ground_truth_gives_minus_one():
 # ----------------------------------------------------------------------------- VOC by hand
 def _one(boxes, labels=None, scores=None, difficult=None):
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    d = {"boxes": boxes, "labels": np.ones(len(boxes), int) if labels is None else np.asarray(labels)}
+    d = {
+        "boxes": boxes,
+        "labels": np.ones(len(boxes), int) if labels is None else np.asarray(labels),
+    }
     if scores is not None:
         d["scores"] = np.asarray(scores, dtype=np.float64)
     if difficult is not None:
@@ -184,7 +279,10 @@ def test_voc_hand_computed():
     assert evaluate([pred], [gt], metric="voc")["map50"] == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
     # a detection on a difficult box is neither a hit nor a miss; the box is not counted
     gt_d = _one([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], difficult=[0, 0, 1])
-    pred_d = _one([[50, 50, 60, 60], [0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], scores=[0.95, 0.9, 0.8, 0.7])
+    pred_d = _one(
+        [[50, 50, 60, 60], [0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]],
+        scores=[0.95, 0.9, 0.8, 0.7],
+    )
     assert evaluate([pred_d], [gt_d], metric="voc07")["map50"] == pytest.approx(voc07["map50"])
 
 
@@ -223,8 +321,10 @@ def test_coco_constants_are_pycocotools():
 def test_crowd_absorbs_detections_and_uses_detection_area():
     crowd = _one([[0, 0, 100, 100], [200, 200, 210, 210]], difficult=[1, 0])
     # three detections inside the crowd region (IoU with it tiny, |d ∩ g| / |d| = 1) are ignored
-    pred = _one([[0, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90], [200, 200, 210, 210]],
-                scores=[0.9, 0.8, 0.7, 0.6])
+    pred = _one(
+        [[0, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90], [200, 200, 210, 210]],
+        scores=[0.9, 0.8, 0.7, 0.6],
+    )
     assert evaluate([pred], [crowd])["map"] == pytest.approx(1.0)
     plain = _one([[0, 0, 100, 100], [200, 200, 210, 210]], difficult=[0, 0])
     assert evaluate([pred], [plain])["map"] < 0.5
@@ -263,12 +363,17 @@ def images(draw, max_boxes=5):
         x1, y1 = draw(coord), draw(coord)
         w, h = draw(st.integers(1, 40)), draw(st.integers(1, 40))
         label = draw(st.integers(1, 3))
-        if (x1, y1, w, h, label) not in [(b[0], b[1], b[2] - b[0], b[3] - b[1], lab) for b, lab in zip(boxes, labels)]:
+        if (x1, y1, w, h, label) not in [
+            (b[0], b[1], b[2] - b[0], b[3] - b[1], lab) for b, lab in zip(boxes, labels)
+        ]:
             boxes.append([x1, y1, x1 + w, y1 + h])
             labels.append(label)
     difficult = draw(st.lists(st.booleans(), min_size=len(boxes), max_size=len(boxes)))
-    return _one(np.array(boxes, dtype=np.float64).reshape(-1, 4), labels=np.array(labels, int),
-                difficult=np.array(difficult, bool))
+    return _one(
+        np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        labels=np.array(labels, int),
+        difficult=np.array(difficult, bool),
+    )
 
 
 datasets = st.lists(images(), min_size=1, max_size=4)
@@ -282,8 +387,13 @@ def _has_positive(targets):
 def _perfect(targets, rng):
     preds = []
     for t in targets:
-        preds.append({"boxes": t["boxes"].copy(), "labels": t["labels"].copy(),
-                      "scores": rng.uniform(0.1, 1.0, len(t["boxes"]))})
+        preds.append(
+            {
+                "boxes": t["boxes"].copy(),
+                "labels": t["labels"].copy(),
+                "scores": rng.uniform(0.1, 1.0, len(t["boxes"])),
+            }
+        )
     return preds
 
 
@@ -302,7 +412,10 @@ def test_perfect_predictions_score_one(targets, seed):
 
 @given(datasets)
 def test_no_predictions_score_zero(targets):
-    preds = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)} for _ in targets]
+    preds = [
+        {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}
+        for _ in targets
+    ]
     for metric in METRICS:
         r = evaluate(preds, targets, metric=metric)
         assert r["map50"] == (0.0 if _has_positive(targets) else -1.0)
@@ -323,15 +436,21 @@ def cases(draw):
         labels = t["labels"][keep]
         n_fp = int(rng.integers(0, 3))
         fp = rng.integers(0, 60, (n_fp, 2)).astype(float)
-        boxes = np.concatenate([boxes, np.concatenate([fp, fp + rng.integers(1, 30, (n_fp, 2))], 1)])
+        boxes = np.concatenate(
+            [boxes, np.concatenate([fp, fp + rng.integers(1, 30, (n_fp, 2))], 1)]
+        )
         labels = np.concatenate([labels, rng.integers(1, 4, n_fp)])
-        preds.append({"boxes": boxes, "labels": labels, "scores": scores[k: k + len(boxes)]})
+        preds.append({"boxes": boxes, "labels": labels, "scores": scores[k : k + len(boxes)]})
         k += len(boxes)
     return preds, targets
 
 
 def _summary(r):
-    return [r["map50"]] + ([r["map"], r["map75"], r["mar_100"]] if "map" in r else []) + sorted(r["per_class"].items())
+    return (
+        [r["map50"]]
+        + ([r["map"], r["map75"], r["mar_100"]] if "map" in r else [])
+        + sorted(r["per_class"].items())
+    )
 
 
 @given(cases(), st.integers(0, 2**32 - 1))
@@ -346,7 +465,10 @@ def test_permutation_invariance(case, seed):
         shuffled_p.append({k: v[dp] for k, v in pp.items()})
         shuffled_t.append({k: v[dt] for k, v in tt.items()})
     for metric in METRICS:
-        a, b = evaluate(preds, targets, metric=metric), evaluate(shuffled_p, shuffled_t, metric=metric)
+        a, b = (
+            evaluate(preds, targets, metric=metric),
+            evaluate(shuffled_p, shuffled_t, metric=metric),
+        )
         assert _summary(a) == pytest.approx(_summary(b)), metric
 
 
@@ -356,9 +478,11 @@ def test_low_score_false_positive_never_raises_ap(case, where, label):
     i = where % len(preds)
     low = min([p["scores"].min() for p in preds if len(p["scores"])] + [1.0]) / 2
     worse = list(preds)
-    worse[i] = {"boxes": np.concatenate([preds[i]["boxes"], [[500.0, 500.0, 520.0, 520.0]]]),
-                "scores": np.concatenate([preds[i]["scores"], [low]]),
-                "labels": np.concatenate([preds[i]["labels"], [label]])}
+    worse[i] = {
+        "boxes": np.concatenate([preds[i]["boxes"], [[500.0, 500.0, 520.0, 520.0]]]),
+        "scores": np.concatenate([preds[i]["scores"], [low]]),
+        "labels": np.concatenate([preds[i]["labels"], [label]]),
+    }
     for metric in METRICS:
         a, b = evaluate(preds, targets, metric=metric), evaluate(worse, targets, metric=metric)
         assert b["map50"] <= a["map50"] + 1e-12, metric
@@ -381,8 +505,20 @@ def test_ap_bounds(case):
 def test_float32_and_lists_accepted():
     preds, targets = make_case(seed=5, n_images=6)
     r64 = evaluate(preds, targets)
-    p32 = [{"boxes": p["boxes"].astype(np.float32), "scores": p["scores"].astype(np.float32),
-            "labels": p["labels"].tolist()} for p in preds]
-    t32 = [{"boxes": t["boxes"].astype(np.float32).tolist(), "labels": t["labels"], "difficult": t["difficult"]}
-           for t in targets]
+    p32 = [
+        {
+            "boxes": p["boxes"].astype(np.float32),
+            "scores": p["scores"].astype(np.float32),
+            "labels": p["labels"].tolist(),
+        }
+        for p in preds
+    ]
+    t32 = [
+        {
+            "boxes": t["boxes"].astype(np.float32).tolist(),
+            "labels": t["labels"],
+            "difficult": t["difficult"],
+        }
+        for t in targets
+    ]
     assert evaluate(p32, t32)["map"] == pytest.approx(r64["map"], abs=1e-6)

@@ -24,7 +24,9 @@ def shapes():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shapes):
     root = tmp_path_factory.mktemp("export")
-    return {fmt: export_dataset(shapes, fmt, root / fmt, count=COUNT) for fmt in ("voc", "coco", "csv")}
+    return {
+        fmt: export_dataset(shapes, fmt, root / fmt, count=COUNT) for fmt in ("voc", "coco", "csv")
+    }
 
 
 @pytest.mark.parametrize("fmt", ["voc", "coco", "csv"])
@@ -37,8 +39,12 @@ def test_round_trip(exported, shapes, fmt):
         assert a["image_id"] == b["image_id"]
         assert np.array_equal(a["image"], b["image"])  # PNG is lossless
         assert a["boxes"].dtype == np.float32 and a["labels"].dtype == np.int64
-        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-4)  # exact here; CSV divides by W, H
-        assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["difficult"], b["difficult"])
+        np.testing.assert_allclose(
+            a["boxes"], b["boxes"], atol=1e-4
+        )  # exact here; CSV divides by W, H
+        assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(
+            a["difficult"], b["difficult"]
+        )
     assert any(len(shapes[i]["boxes"]) == 0 for i in range(COUNT))  # empty images survive too
 
 
@@ -77,8 +83,10 @@ def _voc(root, objects, name="a", size=(20, 30), split="train", image=True):
         _png(root / "JPEGImages" / f"{name}.png", *size)
     xml = f"<annotation><filename>{name}.png</filename>"
     for cls, x1, y1, x2, y2, diff in objects:
-        xml += (f"<object><name>{cls}</name><difficult>{diff}</difficult><bndbox><xmin>{x1}</xmin>"
-                f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+        xml += (
+            f"<object><name>{cls}</name><difficult>{diff}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        )
     (root / "Annotations" / f"{name}.xml").write_text(xml + "</annotation>")
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text(f"{name}\n")
     return root
@@ -88,11 +96,31 @@ def test_voc_one_based_inclusive_boxes_and_difficult(tmp_path):
     root = _voc(tmp_path, [("dog", 1, 1, 10, 5, 0), ("cat", 5, 6, 30, 20, 1)])
     ds = load_dataset(root)
     s = ds[0]
-    assert ds.class_names == ["__background__"] + [c for c in
-                                                  ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
-                                                   "cat", "chair", "cow", "diningtable", "dog", "horse",
-                                                   "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-                                                   "tvmonitor"]]
+    assert ds.class_names == ["__background__"] + [
+        c
+        for c in [
+            "aeroplane",
+            "bicycle",
+            "bird",
+            "boat",
+            "bottle",
+            "bus",
+            "car",
+            "cat",
+            "chair",
+            "cow",
+            "diningtable",
+            "dog",
+            "horse",
+            "motorbike",
+            "person",
+            "pottedplant",
+            "sheep",
+            "sofa",
+            "train",
+            "tvmonitor",
+        ]
+    ]
     assert s["boxes"].tolist() == [[0, 0, 10, 5], [4, 5, 30, 20]]
     assert [ds.class_names[k] for k in s["labels"]] == ["dog", "cat"]
     assert s["difficult"].tolist() == [False, True]
@@ -102,8 +130,16 @@ def test_voc_one_based_inclusive_boxes_and_difficult(tmp_path):
 def test_voc_custom_classes_are_sorted_over_all_annotations(tmp_path):
     _voc(tmp_path, [("zebra", 1, 1, 5, 5, 0)], name="a", split="train")
     _voc(tmp_path, [("aardvark", 1, 1, 5, 5, 0)], name="b", split="test")
-    assert load_dataset(tmp_path, split="train").class_names == ["__background__", "aardvark", "zebra"]
-    assert load_dataset(tmp_path, split="test").class_names == ["__background__", "aardvark", "zebra"]
+    assert load_dataset(tmp_path, split="train").class_names == [
+        "__background__",
+        "aardvark",
+        "zebra",
+    ]
+    assert load_dataset(tmp_path, split="test").class_names == [
+        "__background__",
+        "aardvark",
+        "zebra",
+    ]
     assert len(load_dataset(tmp_path, split="all")) == 2
 
 
@@ -168,11 +204,16 @@ def test_voc_bad_inputs(tmp_path):
     _error("Annotations: folder not found", load_dataset, tmp_path)
     root = _voc(tmp_path / "ok", [("dog", 1, 1, 5, 5, 0)])
     _error(r"ImageSets/Main/test.txt: split file not found", load_dataset, root, split="test")
-    (root / "Annotations" / "a.xml").write_text("<annotation><object><name>dog</name><bndbox><xmin>1")
+    (root / "Annotations" / "a.xml").write_text(
+        "<annotation><object><name>dog</name><bndbox><xmin>1"
+    )
     _error(r"a.xml: malformed XML", load_dataset, root)
     for objects, match in [
         ([("dog", 5, 1, 3, 5, 0)], r"a.xml: object 0 \(dog\): box .* x2 < x1"),
-        ([("dog", 1, 1, 5, 5, 0), ("cat", 1, "nan", 5, 5, 0)], r"a.xml: object 1 \(cat\): box .* NaN"),
+        (
+            [("dog", 1, 1, 5, 5, 0), ("cat", 1, "nan", 5, 5, 0)],
+            r"a.xml: object 1 \(cat\): box .* NaN",
+        ),
         ([("dog", 1, "one", 5, 5, 0)], r"a.xml: object 0 \(dog\): <ymin> is not a number"),
     ]:
         bad = _voc(tmp_path / f"bad{len(match)}", objects)
@@ -185,7 +226,9 @@ def test_voc_bad_inputs(tmp_path):
 
 
 def test_zero_width_box_is_skipped_with_a_warning(tmp_path):
-    root = _voc(tmp_path, [("dog", 3, 1, 2, 5, 0), ("dog", 1, 1, 5, 5, 0)])  # xmin=3, xmax=2: zero width
+    root = _voc(
+        tmp_path, [("dog", 3, 1, 2, 5, 0), ("dog", 1, 1, 5, 5, 0)]
+    )  # xmin=3, xmax=2: zero width
     with pytest.warns(DataWarning, match=r"a.xml: object 0 \(dog\): .*zero width"):
         ds = load_dataset(root)
     assert ds[0]["boxes"].tolist() == [[0, 0, 5, 5]]
@@ -196,8 +239,9 @@ def _coco(tmp_path, annotations=None, images=None, categories=None, text=None):
     data = {
         "images": images if images is not None else [{"id": 1, "file_name": "p.png"}],
         "categories": categories if categories is not None else [{"id": 1, "name": "thing"}],
-        "annotations": annotations if annotations is not None else [
-            {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
+        "annotations": annotations
+        if annotations is not None
+        else [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]}],
     }
     path = tmp_path / "c.json"
     path.write_text(text if text is not None else json.dumps(data))
@@ -209,24 +253,52 @@ def test_coco_bad_inputs(tmp_path):
     assert len(load_dataset(good, split="all")) == 1
     full = good.read_text()
     _error("c.json: malformed JSON", load_dataset, _coco(tmp_path, text=full[: len(full) // 2]))
-    _error("c.json: missing list 'categories'", load_dataset, _coco(tmp_path, text='{"images": [], "annotations": []}'))
-    _error(r"c.json: annotation 5: unknown image_id 2",
-           load_dataset, _coco(tmp_path, [{"id": 5, "image_id": 2, "category_id": 1, "bbox": [1, 1, 4, 4]}]))
-    _error(r"c.json: annotation 5: unknown category_id 3",
-           load_dataset, _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4]}]))
-    _error(r"c.json: annotation 5 .*NaN", load_dataset,
-           _coco(tmp_path, text=full.replace("[1, 1, 4, 4]", "[1, NaN, 4, 4]")))
-    _error(r"c.json: annotation 5 .*x2 < x1", load_dataset,
-           _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, -4, 4]}]))
-    _error(r"c.json: annotation 5: bbox must be 4 numbers", load_dataset,
-           _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4]}]))
-    _error(r"c.json: images\[0\]: missing 'file_name'", load_dataset, _coco(tmp_path, images=[{"id": 1}]))
-    _error(r"q.png: image file not found", load_dataset,
-           _coco(tmp_path, images=[{"id": 1, "file_name": "q.png"}]))
+    _error(
+        "c.json: missing list 'categories'",
+        load_dataset,
+        _coco(tmp_path, text='{"images": [], "annotations": []}'),
+    )
+    _error(
+        r"c.json: annotation 5: unknown image_id 2",
+        load_dataset,
+        _coco(tmp_path, [{"id": 5, "image_id": 2, "category_id": 1, "bbox": [1, 1, 4, 4]}]),
+    )
+    _error(
+        r"c.json: annotation 5: unknown category_id 3",
+        load_dataset,
+        _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4]}]),
+    )
+    _error(
+        r"c.json: annotation 5 .*NaN",
+        load_dataset,
+        _coco(tmp_path, text=full.replace("[1, 1, 4, 4]", "[1, NaN, 4, 4]")),
+    )
+    _error(
+        r"c.json: annotation 5 .*x2 < x1",
+        load_dataset,
+        _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, -4, 4]}]),
+    )
+    _error(
+        r"c.json: annotation 5: bbox must be 4 numbers",
+        load_dataset,
+        _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4]}]),
+    )
+    _error(
+        r"c.json: images\[0\]: missing 'file_name'",
+        load_dataset,
+        _coco(tmp_path, images=[{"id": 1}]),
+    )
+    _error(
+        r"q.png: image file not found",
+        load_dataset,
+        _coco(tmp_path, images=[{"id": 1, "file_name": "q.png"}]),
+    )
     _error(r"elsewhere: image folder not found", load_dataset, good, images=tmp_path / "elsewhere")
     with pytest.warns(DataWarning, match="annotation 5 .*zero width"):
-        ds = load_dataset(_coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 4]}]),
-                          split="all")
+        ds = load_dataset(
+            _coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 4]}]),
+            split="all",
+        )
     assert len(ds[0]["boxes"]) == 0
 
 
@@ -244,17 +316,50 @@ HEADER = "ImageID,LabelName,XMin,XMax,YMin,YMax\n"
 def test_csv_bad_inputs(tmp_path):
     assert len(load_dataset(_csv(tmp_path, HEADER + "x,a,0.1,0.5,0.1,0.5\n"), split="all")) == 1
     _error("a.csv: empty file", load_dataset, _csv(tmp_path, ""))
-    _error("a.csv: missing column.* YMax", load_dataset, _csv(tmp_path, "ImageID,LabelName,XMin,XMax,YMin\n"))
-    _error("a.csv: line 3: expected 6 fields", load_dataset,
-           _csv(tmp_path, HEADER + "x,a,0.1,0.5,0.1,0.5\nx,a,0.1,0.5\n"))
-    _error("a.csv: line 2: coordinates are not numbers", load_dataset, _csv(tmp_path, HEADER + "x,a,0.1,abc,0.1,0.5\n"))
-    _error(r"a.csv: line 2 \(a\): .*x2 < x1", load_dataset, _csv(tmp_path, HEADER + "x,a,0.6,0.5,0.1,0.5\n"))
-    _error(r"a.csv: line 2 \(a\): .*NaN", load_dataset, _csv(tmp_path, HEADER + "x,a,nan,0.5,0.1,0.5\n"))
-    _error(r"a.csv: line 2 \(a\): .*not normalised", load_dataset, _csv(tmp_path, HEADER + "x,a,1,15,1,5\n"))
-    _error(r"images/y.jpg: image file not found", load_dataset, _csv(tmp_path, HEADER + "y,a,0.1,0.5,0.1,0.5\n"))
-    _error(r"a.csv: line 2: a box without a LabelName", load_dataset, _csv(tmp_path, HEADER + "x,,0.1,0.5,0.1,0.5\n"))
+    _error(
+        "a.csv: missing column.* YMax",
+        load_dataset,
+        _csv(tmp_path, "ImageID,LabelName,XMin,XMax,YMin\n"),
+    )
+    _error(
+        "a.csv: line 3: expected 6 fields",
+        load_dataset,
+        _csv(tmp_path, HEADER + "x,a,0.1,0.5,0.1,0.5\nx,a,0.1,0.5\n"),
+    )
+    _error(
+        "a.csv: line 2: coordinates are not numbers",
+        load_dataset,
+        _csv(tmp_path, HEADER + "x,a,0.1,abc,0.1,0.5\n"),
+    )
+    _error(
+        r"a.csv: line 2 \(a\): .*x2 < x1",
+        load_dataset,
+        _csv(tmp_path, HEADER + "x,a,0.6,0.5,0.1,0.5\n"),
+    )
+    _error(
+        r"a.csv: line 2 \(a\): .*NaN",
+        load_dataset,
+        _csv(tmp_path, HEADER + "x,a,nan,0.5,0.1,0.5\n"),
+    )
+    _error(
+        r"a.csv: line 2 \(a\): .*not normalised",
+        load_dataset,
+        _csv(tmp_path, HEADER + "x,a,1,15,1,5\n"),
+    )
+    _error(
+        r"images/y.jpg: image file not found",
+        load_dataset,
+        _csv(tmp_path, HEADER + "y,a,0.1,0.5,0.1,0.5\n"),
+    )
+    _error(
+        r"a.csv: line 2: a box without a LabelName",
+        load_dataset,
+        _csv(tmp_path, HEADER + "x,,0.1,0.5,0.1,0.5\n"),
+    )
     with pytest.warns(DataWarning, match=r"a.csv: line 2 \(a\): .*zero width"):
-        load_dataset(_csv(tmp_path, HEADER + "x,a,0.5,0.5,0.1,0.5\nx,a,0.1,0.5,0.1,0.5\n"), split="all")
+        load_dataset(
+            _csv(tmp_path, HEADER + "x,a,0.5,0.5,0.1,0.5\nx,a,0.1,0.5,0.1,0.5\n"), split="all"
+        )
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])

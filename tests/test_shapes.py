@@ -51,8 +51,10 @@ def test_indexing():
 def test_boxes_are_the_tight_boxes_of_the_drawn_pixels(seed):
     """Without noise, the pixels that differ from the background are exactly the objects."""
     cfg = ShapesConfig(noise_std=0.0, empty_fraction=0.0, max_objects=1, min_object_size=5)
-    image, boxes, labels = draw_image(image_rng(seed, "train", 0), cfg)
-    background = np.clip(np.rint(_background(image_rng(seed, "train", 0), cfg)), 0, 255).astype(np.uint8)
+    image, boxes, _labels = draw_image(image_rng(seed, "train", 0), cfg)
+    background = np.clip(np.rint(_background(image_rng(seed, "train", 0), cfg)), 0, 255).astype(
+        np.uint8
+    )
     background = background.transpose(1, 2, 0)  # (3, S, S) -> (S, S, 3)
     changed = (image != background).any(axis=2)
     cols, rows = np.flatnonzero(changed.any(axis=0)), np.flatnonzero(changed.any(axis=1))
@@ -75,12 +77,14 @@ def test_statistics_of_the_default_config():
                 iw = max(0.0, min(b[j, 2], b[k, 2]) - max(b[j, 0], b[k, 0]))
                 ih = max(0.0, min(b[j, 3], b[k, 3]) - max(b[j, 1], b[k, 1]))
                 inter = iw * ih
-                area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+                area = lambda r: (r[2] - r[0]) * (r[3] - r[1])
                 ious.append(inter / (area(b[j]) + area(b[k]) - inter))
     counts = np.bincount(counts, minlength=5)
     assert len(counts) == 5 and 0.04 < counts[0] / 300 < 0.2  # about 10% empty, at most 4 objects
     assert min(sides) >= 6 and max(sides) <= 81
-    assert np.mean(np.array(sides) < 20) > 0.2 and np.mean(np.array(sides) > 40) > 0.15  # log-uniform
+    assert (
+        np.mean(np.array(sides) < 20) > 0.2 and np.mean(np.array(sides) > 40) > 0.15
+    )  # log-uniform
     assert sorted(set(labels)) == [1, 2, 3] and min(np.bincount(labels)[1:]) > len(labels) / 5
     assert max(ious) < 0.3 and max(ious) > 0.0  # overlaps happen, but stay small
 

@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minirccn.data.transforms import (
-    IMAGENET_MEAN, IMAGENET_STD, batch_images, hflip, normalize, random_hflip, resize, resize_scale,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    batch_images,
+    hflip,
+    normalize,
+    random_hflip,
+    resize,
+    resize_scale,
 )
 
 
@@ -49,7 +56,9 @@ def test_flip_twice_is_identity(case, on_grid):
     if on_grid:
         assert np.array_equal(boxes2, boxes)
     else:  # otherwise up to one rounding of W - x in the boxes' dtype
-        np.testing.assert_allclose(boxes2, boxes, rtol=0, atol=2 * np.finfo(boxes.dtype).eps * image.shape[1])
+        np.testing.assert_allclose(
+            boxes2, boxes, rtol=0, atol=2 * np.finfo(boxes.dtype).eps * image.shape[1]
+        )
 
 
 @given(image_and_boxes())
@@ -77,17 +86,20 @@ def test_random_hflip_uses_the_generator():
     flips = [random_hflip(img, boxes, np.random.default_rng(s))[2] for s in range(40)]
     assert 5 < sum(flips) < 35
     assert flips == [random_hflip(img, boxes, np.random.default_rng(s))[2] for s in range(40)]
-    out_img, out_boxes, flipped = random_hflip(img, boxes, np.random.default_rng(0), p=1.0)
+    _out_img, out_boxes, flipped = random_hflip(img, boxes, np.random.default_rng(0), p=1.0)
     assert flipped and out_boxes[0].tolist() == [6, 0, 8, 2]
 
 
-@pytest.mark.parametrize("hw, min_size, max_size, want_hw, want_scale", [
-    ((375, 500), 600, 1000, (600, 800), 1.6),
-    ((100, 1000), 600, 1000, (100, 1000), 1.0),   # capped by the longer side
-    ((128, 128), 256, 512, (256, 256), 2.0),
-    ((200, 100), 50, 1000, (100, 50), 0.5),        # shrinking
-    ((7, 3), 5, 8, (8, 3), 8 / 7),                # floor of h * scale
-])
+@pytest.mark.parametrize(
+    "hw, min_size, max_size, want_hw, want_scale",
+    [
+        ((375, 500), 600, 1000, (600, 800), 1.6),
+        ((100, 1000), 600, 1000, (100, 1000), 1.0),  # capped by the longer side
+        ((128, 128), 256, 512, (256, 256), 2.0),
+        ((200, 100), 50, 1000, (100, 50), 0.5),  # shrinking
+        ((7, 3), 5, 8, (8, 3), 8 / 7),  # floor of h * scale
+    ],
+)
 def test_resize_size_rule(hw, min_size, max_size, want_hw, want_scale):
     image = np.zeros(hw + (3,), np.uint8)
     out, boxes, scale = resize(image, np.zeros((0, 4), np.float32), min_size, max_size)
@@ -96,13 +108,16 @@ def test_resize_size_rule(hw, min_size, max_size, want_hw, want_scale):
     assert boxes.shape == (0, 4) and boxes.dtype == np.float32
 
 
-@pytest.mark.parametrize("box, min_size", [((8, 8, 24, 16), 64), ((0, 0, 32, 20), 80), ((10, 4, 31, 19), 16)])
+@pytest.mark.parametrize(
+    "box, min_size", [((8, 8, 24, 16), 64), ((0, 0, 32, 20), 80), ((10, 4, 31, 19), 16)]
+)
 def test_resize_scales_boxes_with_the_pixels(box, min_size):
     img = _image_with_rect(20, 32, box)
-    out, boxes, scale = resize(img, np.array([box], np.float64), min_size, 1000)
+    out, boxes, _scale = resize(img, np.array([box], np.float64), min_size, 1000)
     assert boxes.dtype == np.float64
-    np.testing.assert_allclose(boxes[0], np.array(box) * np.array(
-        [out.shape[1] / 32, out.shape[0] / 20] * 2))
+    np.testing.assert_allclose(
+        boxes[0], np.array(box) * np.array([out.shape[1] / 32, out.shape[0] / 20] * 2)
+    )
     # bilinear edges are half-bright: the box sits on the rectangle within a pixel
     np.testing.assert_allclose(boxes[0], _tight(out), atol=1.0)
 
@@ -120,9 +135,12 @@ def test_normalize():
     x = normalize(img, IMAGENET_MEAN, IMAGENET_STD)
     assert x.shape == (3, 5, 7) and x.dtype == np.float32 and x.flags.c_contiguous
     for c in range(3):
-        np.testing.assert_allclose(x[c], (img[:, :, c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
-                                   rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(normalize(img, (0, 0, 0), (1, 1, 1))[1], np.float32(img[:, :, 1]) / np.float32(255))
+        np.testing.assert_allclose(
+            x[c], (img[:, :, c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_array_equal(
+        normalize(img, (0, 0, 0), (1, 1, 1))[1], np.float32(img[:, :, 1]) / np.float32(255)
+    )
 
 
 def test_batch_images_pads_with_zeros():

@@ -13,11 +13,19 @@ from minirccn.viz import PALETTE, draw_detections, ema, nice_ticks, plot_curves,
 
 def test_draw_detections_outlines_in_the_label_colour():
     img = np.zeros((64, 80, 3), np.uint8)
-    out = draw_detections(img, np.array([[10, 30, 50, 60]]), np.array([2]), np.array([0.93]),
-                          class_names=["__background__", "a", "b"], width=2)
+    out = draw_detections(
+        img,
+        np.array([[10, 30, 50, 60]]),
+        np.array([2]),
+        np.array([0.93]),
+        class_names=["__background__", "a", "b"],
+        width=2,
+    )
     assert isinstance(out, Image.Image) and out.size == (80, 64) and out.mode == "RGB"
     px = np.asarray(out)
-    assert tuple(px[45, 10]) == PALETTE[2] and tuple(px[45, 49]) == PALETTE[2]  # left and right edges
+    assert (
+        tuple(px[45, 10]) == PALETTE[2] and tuple(px[45, 49]) == PALETTE[2]
+    )  # left and right edges
     assert tuple(px[59, 30]) == PALETTE[2]  # bottom edge (last pixel row inside the box)
     assert tuple(px[45, 30]) == (0, 0, 0)  # inside stays untouched
     assert (px[:30] != 0).any()  # the tag sits above the box
@@ -47,7 +55,9 @@ def test_draw_detections_bad_input():
 
 
 def test_save_grid(tmp_path):
-    ims = [np.full((10, 12, 3), k * 40, np.uint8) for k in range(5)] + [Image.new("RGB", (6, 20), (1, 2, 3))]
+    ims = [np.full((10, 12, 3), k * 40, np.uint8) for k in range(5)] + [
+        Image.new("RGB", (6, 20), (1, 2, 3))
+    ]
     path = save_grid(ims, tmp_path / "sub" / "g.png", cols=4, pad=2)
     grid = Image.open(path)
     assert grid.size == (4 * 12 + 5 * 2, 2 * 20 + 3 * 2)
@@ -60,15 +70,20 @@ def test_save_grid(tmp_path):
 
 def test_plot_curves(tmp_path):
     rng = np.random.default_rng(0)
-    curves = {"loss": list(np.exp(-np.arange(200) / 50) + 0.05 * rng.random(200)),
-              "val": (np.arange(0, 200, 20), np.linspace(1, 0.2, 10)),
-              "nan": [float("nan"), 1.0, float("inf")], "empty": []}
+    curves = {
+        "loss": list(np.exp(-np.arange(200) / 50) + 0.05 * rng.random(200)),
+        "val": (np.arange(0, 200, 20), np.linspace(1, 0.2, 10)),
+        "nan": [float("nan"), 1.0, float("inf")],
+        "empty": [],
+    }
     path = plot_curves(curves, tmp_path / "c.png", title="losses", smoothing=0.9)
     img = np.asarray(Image.open(path))
     assert img.shape == (480, 800, 3)
     colours = {tuple(c) for c in img.reshape(-1, 3)}
     assert PALETTE[0] in colours and PALETTE[1] in colours  # both curves were drawn
-    assert Image.open(plot_curves({"one": [3.0]}, tmp_path / "one.png", logy=True, size=(300, 200))).size == (300, 200)
+    assert Image.open(
+        plot_curves({"one": [3.0]}, tmp_path / "one.png", logy=True, size=(300, 200))
+    ).size == (300, 200)
     plot_curves({}, tmp_path / "none.png")
     plot_curves({"flat": [2.0] * 5}, tmp_path / "flat.png", ylabel="loss")
     with pytest.raises(ValueError, match="smoothing"):

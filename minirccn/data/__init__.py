@@ -28,17 +28,22 @@ from .common import BACKGROUND, DataWarning, DetectionDataset
 from .shapes import ShapesConfig, ShapesDataset
 
 __all__ = [
-    "load_dataset",
     "BACKGROUND",
     "DataWarning",
     "DetectionDataset",
     "ShapesConfig",
     "ShapesDataset",
+    "load_dataset",
 ]
 
 
-def load_dataset(spec="shapes", split: str = "train", images=None, seed: int = 0,
-                 shapes_config: ShapesConfig | None = None) -> DetectionDataset:
+def load_dataset(
+    spec="shapes",
+    split: str = "train",
+    images=None,
+    seed: int = 0,
+    shapes_config: ShapesConfig | None = None,
+) -> DetectionDataset:
     """The dataset named by ``spec``.
 
     Args:
@@ -62,7 +67,7 @@ def load_dataset(spec="shapes", split: str = "train", images=None, seed: int = 0
 
         return VOCDataset(spec, split=split)
     lower = spec.lower()
-    if lower.endswith(".json") or lower.endswith(".csv"):
+    if lower.endswith((".json", ".csv")):
         if not os.path.isfile(spec):
             raise MinirccnError(f"{spec}: annotation file not found")
         if lower.endswith(".json"):

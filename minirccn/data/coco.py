@@ -24,7 +24,15 @@ import os
 import numpy as np
 
 from ..errors import MinirccnError
-from .common import BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, partition, read_image
+from .common import (
+    BACKGROUND,
+    DetectionDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    partition,
+    read_image,
+)
 
 
 def default_image_dir(annotation_file: str) -> str:
@@ -84,7 +92,9 @@ class COCODataset(DetectionDataset):
         try:
             cat_ids = sorted(categories)
         except TypeError:
-            raise MinirccnError(f"{self.path}: category ids must all be numbers (or all strings)") from None
+            raise MinirccnError(
+                f"{self.path}: category ids must all be numbers (or all strings)"
+            ) from None
         self.class_names = [BACKGROUND] + [categories[c] for c in cat_ids]
         label_of = {c: k + 1 for k, c in enumerate(cat_ids)}
 
@@ -105,8 +115,11 @@ class COCODataset(DetectionDataset):
                 raise MinirccnError(f"{where}: unknown image_id {iid!r}")
             if cid not in categories:
                 raise MinirccnError(f"{where}: unknown category_id {cid!r}")
-            if (not isinstance(bbox, list) or len(bbox) != 4
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            if (
+                not isinstance(bbox, list)
+                or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+            ):
                 raise MinirccnError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
             x, y, w, h = (float(v) for v in bbox)
             box = (x, y, x + w, y + h)
@@ -118,20 +131,26 @@ class COCODataset(DetectionDataset):
         try:
             ids = partition(list(files), split, self.path)
         except TypeError:
-            raise MinirccnError(f"{self.path}: image ids must all be numbers (or all strings)") from None
+            raise MinirccnError(
+                f"{self.path}: image ids must all be numbers (or all strings)"
+            ) from None
         self._records = []
         for iid in ids:
             image_path = os.path.join(image_dir, files[iid])
             if not os.path.isfile(image_path):
-                raise MinirccnError(f"{image_path}: image file not found (image id {iid!r} in {self.path})")
+                raise MinirccnError(
+                    f"{image_path}: image file not found (image id {iid!r} in {self.path})"
+                )
             obj = objects[iid]
-            self._records.append((
-                os.path.splitext(os.path.basename(files[iid]))[0],
-                image_path,
-                np.array([o[0] for o in obj], np.float32).reshape(-1, 4),
-                np.array([o[1] for o in obj], np.int64),
-                np.array([o[2] for o in obj], bool),
-            ))
+            self._records.append(
+                (
+                    os.path.splitext(os.path.basename(files[iid]))[0],
+                    image_path,
+                    np.array([o[0] for o in obj], np.float32).reshape(-1, 4),
+                    np.array([o[1] for o in obj], np.int64),
+                    np.array([o[2] for o in obj], bool),
+                )
+            )
         self.split = split
         self.name = f"coco-{os.path.splitext(os.path.basename(self.path))[0]}-{split}"
 

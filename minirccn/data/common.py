@@ -59,7 +59,7 @@ class DetectionDataset:
     """
 
     name: str = "dataset"
-    class_names: list[str] = [BACKGROUND]
+    class_names: list[str]  # set by every subclass; index 0 is BACKGROUND
 
     @property
     def num_classes(self) -> int:
@@ -118,7 +118,7 @@ def read_image(path: str) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             rgb = im.convert("RGB")
-    except Exception as exc:  # UnidentifiedImageError, truncated file, decoder errors
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated file, decoder errors
         raise MinirccnError(f"{path}: cannot decode image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
 
@@ -177,9 +177,11 @@ def partition(ids: list, split: str, where: str) -> list:
     if split == "all":
         return ids
     if split not in ("train", "test", "val"):
-        raise MinirccnError(f"{where}: unknown split {split!r}; this file has no split info, use train, test or all")
+        raise MinirccnError(
+            f"{where}: unknown split {split!r}; this file has no split info, use train, test or all"
+        )
     n = len(ids)
     n_test = int(np.ceil(TEST_FRACTION * n)) if n >= 2 else 0
     order = np.random.default_rng(PARTITION_SEED).permutation(n)
-    chosen = order[n - n_test:] if split in ("test", "val") else order[: n - n_test]
+    chosen = order[n - n_test :] if split in ("test", "val") else order[: n - n_test]
     return [ids[i] for i in sorted(chosen.tolist())]

@@ -29,7 +29,13 @@ import numpy as np
 from ..errors import MinirccnError
 from .coco import default_image_dir
 from .common import (
-    BACKGROUND, IMAGE_EXTENSIONS, DetectionDataset, check_box, clip_to_image, make_sample, partition,
+    BACKGROUND,
+    IMAGE_EXTENSIONS,
+    DetectionDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    partition,
     read_image,
 )
 
@@ -106,7 +112,9 @@ class CSVDataset(DetectionDataset):
             if not check_box(x1, y1, x2, y2, f"{where} ({name})"):
                 continue
             if min(x1, y1) < -TOLERANCE or max(x2, y2) > 1 + TOLERANCE:
-                raise MinirccnError(f"{where} ({name}): coordinates {[x1, x2, y1, y2]} are not normalised to [0, 1]")
+                raise MinirccnError(
+                    f"{where} ({name}): coordinates {[x1, x2, y1, y2]} are not normalised to [0, 1]"
+                )
             group = row.get("IsGroupOf", "0") or "0"
             boxes.append((name, (x1, y1, x2, y2), group.strip() not in ("0", "", "False", "false")))
         self.class_names = [BACKGROUND] + sorted({o[0] for objs in objects.values() for o in objs})
@@ -120,13 +128,15 @@ class CSVDataset(DetectionDataset):
                     f"(also tried {', '.join(IMAGE_EXTENSIONS[1:4])}; ImageID in {self.path})"
                 )
             obj = objects[image_id]
-            self._records.append((
-                image_id,
-                image_path,
-                np.array([o[1] for o in obj], np.float64).reshape(-1, 4),
-                np.array([label_of[o[0]] for o in obj], np.int64),
-                np.array([o[2] for o in obj], bool),
-            ))
+            self._records.append(
+                (
+                    image_id,
+                    image_path,
+                    np.array([o[1] for o in obj], np.float64).reshape(-1, 4),
+                    np.array([label_of[o[0]] for o in obj], np.int64),
+                    np.array([o[2] for o in obj], bool),
+                )
+            )
         self.split = split
         self.name = f"csv-{os.path.splitext(os.path.basename(self.path))[0]}-{split}"
 

@@ -58,7 +58,9 @@ def _samples(dataset, count, progress):
     if not 0 < n <= len(dataset):
         raise MinirccnError(f"--count: expected 1..{len(dataset)} for {dataset.name}, got {count}")
     # disable=None: a bar only on a terminal
-    for i in tqdm(range(n), desc=f"export {dataset.name}", unit="img", disable=None if progress else True):
+    for i in tqdm(
+        range(n), desc=f"export {dataset.name}", unit="img", disable=None if progress else True
+    ):
         yield dataset[i]
 
 
@@ -77,7 +79,7 @@ def _voc_xml(sample: dict, filename: str, class_names: list) -> ET.ElementTree:
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = str(int(bool(difficult)))
         bnd = ET.SubElement(obj, "bndbox")
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
         for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
             ET.SubElement(bnd, tag).text = str(value)
     tree = ET.ElementTree(root)
@@ -85,8 +87,14 @@ def _voc_xml(sample: dict, filename: str, class_names: list) -> ET.ElementTree:
     return tree
 
 
-def export_voc(dataset, out: str, count: int | None = None, split: str = "test",
-               image_format: str = "png", progress: bool = False) -> str:
+def export_voc(
+    dataset,
+    out: str,
+    count: int | None = None,
+    split: str = "test",
+    image_format: str = "png",
+    progress: bool = False,
+) -> str:
     """Write ``dataset`` (its first ``count`` images) as a VOC folder; returns the root folder."""
     out = _prepare_dir(out)
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
@@ -97,7 +105,9 @@ def export_voc(dataset, out: str, count: int | None = None, split: str = "test",
         filename = f"{image_id}.{image_format}"
         _save_image(sample["image"], os.path.join(out, "JPEGImages", filename))
         _voc_xml(sample, filename, dataset.class_names).write(
-            os.path.join(out, "Annotations", f"{image_id}.xml"), encoding="utf-8", xml_declaration=False
+            os.path.join(out, "Annotations", f"{image_id}.xml"),
+            encoding="utf-8",
+            xml_declaration=False,
         )
         ids.append(image_id)
     with open(os.path.join(out, "ImageSets", "Main", f"{split}.txt"), "w", encoding="utf-8") as f:
@@ -105,8 +115,9 @@ def export_voc(dataset, out: str, count: int | None = None, split: str = "test",
     return out
 
 
-def export_coco(dataset, out: str, count: int | None = None, image_format: str = "png",
-                progress: bool = False) -> str:
+def export_coco(
+    dataset, out: str, count: int | None = None, image_format: str = "png", progress: bool = False
+) -> str:
     """Write ``dataset`` as ``out/annotations.json`` + ``out/images/``; returns the JSON path."""
     out = _prepare_dir(out)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
@@ -118,11 +129,16 @@ def export_coco(dataset, out: str, count: int | None = None, image_format: str =
         images.append({"id": k + 1, "file_name": filename, "width": int(w), "height": int(h)})
         for box, label, difficult in zip(sample["boxes"], sample["labels"], sample["difficult"]):
             x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": k + 1, "category_id": int(label),
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                "iscrowd": int(bool(difficult)),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": k + 1,
+                    "category_id": int(label),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(bool(difficult)),
+                }
+            )
     categories = [{"id": k, "name": name} for k, name in enumerate(dataset.class_names) if k > 0]
     path = os.path.join(out, "annotations.json")
     with open(path, "w", encoding="utf-8") as f:
@@ -130,8 +146,9 @@ def export_coco(dataset, out: str, count: int | None = None, image_format: str =
     return path
 
 
-def export_csv(dataset, out: str, count: int | None = None, image_format: str = "png",
-               progress: bool = False) -> str:
+def export_csv(
+    dataset, out: str, count: int | None = None, image_format: str = "png", progress: bool = False
+) -> str:
     """Write ``dataset`` as ``out/annotations.csv`` + ``out/images/``; returns the CSV path."""
     out = _prepare_dir(out)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
@@ -145,15 +162,33 @@ def export_csv(dataset, out: str, count: int | None = None, image_format: str = 
             _save_image(sample["image"], os.path.join(out, "images", f"{image_id}.{image_format}"))
             if len(sample["boxes"]) == 0:
                 writer.writerow([image_id, "", "", "", "", "", ""])
-            for box, label, difficult in zip(sample["boxes"], sample["labels"], sample["difficult"]):
+            for box, label, difficult in zip(
+                sample["boxes"], sample["labels"], sample["difficult"]
+            ):
                 x1, y1, x2, y2 = (float(v) for v in box)
-                writer.writerow([image_id, dataset.class_names[int(label)], repr(x1 / w), repr(x2 / w),
-                                 repr(y1 / h), repr(y2 / h), int(bool(difficult))])
+                writer.writerow(
+                    [
+                        image_id,
+                        dataset.class_names[int(label)],
+                        repr(x1 / w),
+                        repr(x2 / w),
+                        repr(y1 / h),
+                        repr(y2 / h),
+                        int(bool(difficult)),
+                    ]
+                )
     return path
 
 
-def export_dataset(dataset, fmt: str, out: str, count: int | None = None, split: str = "test",
-                   image_format: str = "png", progress: bool = False) -> str:
+def export_dataset(
+    dataset,
+    fmt: str,
+    out: str,
+    count: int | None = None,
+    split: str = "test",
+    image_format: str = "png",
+    progress: bool = False,
+) -> str:
     """Write ``dataset`` in format ``fmt`` (voc, coco, csv) under ``out``.
 
     Returns:
@@ -165,7 +200,9 @@ def export_dataset(dataset, fmt: str, out: str, count: int | None = None, split:
     if image_format not in ("png", "jpg"):
         raise MinirccnError(f"--image-format: expected png or jpg, got {image_format!r}")
     if fmt == "voc":
-        return export_voc(dataset, out, count, split=split, image_format=image_format, progress=progress)
+        return export_voc(
+            dataset, out, count, split=split, image_format=image_format, progress=progress
+        )
     if fmt == "coco":
         return export_coco(dataset, out, count, image_format=image_format, progress=progress)
     return export_csv(dataset, out, count, image_format=image_format, progress=progress)
@@ -181,8 +218,11 @@ def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -
     pictures = []
     for i in range(n):
         s = dataset[i]
-        pictures.append(draw_detections(s["image"], s["boxes"], s["labels"],
-                                        class_names=dataset.class_names, scale=scale))
+        pictures.append(
+            draw_detections(
+                s["image"], s["boxes"], s["labels"], class_names=dataset.class_names, scale=scale
+            )
+        )
     return save_grid(pictures, out, cols=cols)
 
 
@@ -191,8 +231,11 @@ def add_arguments(parser) -> None:
     """The ``minirccn data`` subcommands: ``export`` and ``preview``."""
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
-    ex = sub.add_parser("export", help="write a dataset (default shapes) as VOC, COCO or CSV",
-                        description="write a dataset (default shapes) as VOC, COCO or CSV")
+    ex = sub.add_parser(
+        "export",
+        help="write a dataset (default shapes) as VOC, COCO or CSV",
+        description="write a dataset (default shapes) as VOC, COCO or CSV",
+    )
     ex.add_argument("--format", required=True, choices=FORMATS, help="annotation format")
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument("--data", default="shapes", help="dataset to export (default: shapes)")
@@ -200,9 +243,14 @@ def add_arguments(parser) -> None:
     ex.add_argument("--split", default="test", help="split to export (default: test)")
     ex.add_argument("--count", type=int, default=None, help="export only the first N images")
     ex.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
-    ex.add_argument("--image-format", default="png", choices=("png", "jpg"), help="image files (default: png)")
-    pv = sub.add_parser("preview", help="save a grid of images with their ground-truth boxes",
-                        description="save a grid of images with their ground-truth boxes")
+    ex.add_argument(
+        "--image-format", default="png", choices=("png", "jpg"), help="image files (default: png)"
+    )
+    pv = sub.add_parser(
+        "preview",
+        help="save a grid of images with their ground-truth boxes",
+        description="save a grid of images with their ground-truth boxes",
+    )
     pv.add_argument("--out", default="preview.png", help="output PNG (default: preview.png)")
     pv.add_argument("--data", default="shapes", help="dataset (default: shapes)")
     pv.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
@@ -216,8 +264,15 @@ def run(args) -> int:
 
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if args.data_command == "export":
-        path = export_dataset(dataset, args.format, args.out, count=args.count, split=args.split,
-                              image_format=args.image_format, progress=True)
+        path = export_dataset(
+            dataset,
+            args.format,
+            args.out,
+            count=args.count,
+            split=args.split,
+            image_format=args.image_format,
+            progress=True,
+        )
         n = len(dataset) if args.count is None else args.count
         print(f"wrote {n} images of {dataset.name} as {args.format}: {path}")
     else:

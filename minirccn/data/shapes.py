@@ -75,7 +75,9 @@ def _background(rng: np.random.Generator, cfg: ShapesConfig) -> np.ndarray:
         period = rng.uniform(6.0, 24.0)
         amplitude = rng.uniform(4.0, 12.0)
         x = np.arange(s, dtype=np.float32)
-        phase = (np.float32(np.cos(b)) * x[None, :] + np.float32(np.sin(b)) * x[:, None]) / np.float32(period)
+        phase = (
+            np.float32(np.cos(b)) * x[None, :] + np.float32(np.sin(b)) * x[:, None]
+        ) / np.float32(period)
         img += np.float32(amplitude) * np.sin(np.float32(2.0 * np.pi) * phase)
     return img
 
@@ -202,7 +204,9 @@ class ShapesDataset(DetectionDataset):
 
     def __init__(self, split: str = "train", seed: int = 0, config: ShapesConfig | None = None):
         if split not in SPLITS:
-            raise MinirccnError(f"shapes: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise MinirccnError(
+                f"shapes: unknown split {split!r}; choose one of {', '.join(SPLITS)}"
+            )
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise MinirccnError(f"shapes: seed must be a non-negative integer, got {seed!r}")
         self.config = config or ShapesConfig()

@@ -77,7 +77,7 @@ def resize(image: np.ndarray, boxes: np.ndarray, min_size: float, max_size: floa
         raise ValueError(f"min_size, max_size: expected positive sizes, got {min_size}, {max_size}")
     h, w = image.shape[:2]
     scale = resize_scale(h, w, min_size, max_size)
-    new_h, new_w = max(int(math.floor(h * scale)), 1), max(int(math.floor(w * scale)), 1)
+    new_h, new_w = max(math.floor(h * scale), 1), max(math.floor(w * scale), 1)
     if (new_h, new_w) == (h, w):
         return image.copy(), boxes.copy(), scale
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))

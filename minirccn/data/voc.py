@@ -33,9 +33,26 @@ from ..errors import MinirccnError
 from .common import BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, read_image
 
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ]
 
 
@@ -83,7 +100,9 @@ def parse_voc_xml(path: str) -> dict:
         box = obj.find("bndbox")
         if box is None:
             raise MinirccnError(f"{where} ({name}): missing <bndbox>")
-        xmin, ymin, xmax, ymax = (_number(box, t, f"{where} ({name})") for t in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            _number(box, t, f"{where} ({name})") for t in ("xmin", "ymin", "xmax", "ymax")
+        )
         x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax
         if not check_box(x1, y1, x2, y2, f"{where} ({name})"):
             continue
@@ -106,7 +125,9 @@ class VOCDataset(DetectionDataset):
         img_dir = os.path.join(self.root, "JPEGImages")
         for folder in (ann_dir, img_dir):
             if not os.path.isdir(folder):
-                raise MinirccnError(f"{folder}: folder not found (is {self.root} a VOC root folder?)")
+                raise MinirccnError(
+                    f"{folder}: folder not found (is {self.root} a VOC root folder?)"
+                )
         all_ids = sorted(f[:-4] for f in os.listdir(ann_dir) if f.endswith(".xml"))
         if split == "all":
             ids = all_ids
@@ -122,11 +143,22 @@ class VOCDataset(DetectionDataset):
             if not os.path.isfile(xml):
                 raise MinirccnError(f"{xml}: annotation file not found (listed in split {split!r})")
             rec = parse_voc_xml(xml)
-            candidates = ([rec["filename"]] if rec["filename"] else []) + [f"{image_id}.jpg", f"{image_id}.png"]
-            image_path = next((os.path.join(img_dir, c) for c in candidates
-                               if os.path.isfile(os.path.join(img_dir, c))), None)
+            candidates = ([rec["filename"]] if rec["filename"] else []) + [
+                f"{image_id}.jpg",
+                f"{image_id}.png",
+            ]
+            image_path = next(
+                (
+                    os.path.join(img_dir, c)
+                    for c in candidates
+                    if os.path.isfile(os.path.join(img_dir, c))
+                ),
+                None,
+            )
             if image_path is None:
-                raise MinirccnError(f"{os.path.join(img_dir, candidates[0])}: image file not found (for {xml})")
+                raise MinirccnError(
+                    f"{os.path.join(img_dir, candidates[0])}: image file not found (for {xml})"
+                )
             records.append((image_id, image_path, xml, rec["objects"]))
         names = {name for *_, objects in records for name, _, _ in objects}
         if names <= set(VOC_CLASSES):
@@ -136,10 +168,14 @@ class VOCDataset(DetectionDataset):
         self.class_names = [BACKGROUND] + classes
         index = {name: k for k, name in enumerate(self.class_names)}
         self._records = [
-            (image_id, image_path, xml,
-             np.array([o[1] for o in objects], np.float32).reshape(-1, 4),
-             np.array([index[o[0]] for o in objects], np.int64),
-             np.array([o[2] for o in objects], bool))
+            (
+                image_id,
+                image_path,
+                xml,
+                np.array([o[1] for o in objects], np.float32).reshape(-1, 4),
+                np.array([index[o[0]] for o in objects], np.int64),
+                np.array([o[2] for o in objects], bool),
+            )
             for image_id, image_path, xml, objects in records
         ]
         self.split = split
@@ -154,7 +190,11 @@ class VOCDataset(DetectionDataset):
                 continue
             path = os.path.join(ann_dir, f"{image_id}.xml")
             try:
-                names.update(n.text.strip() for n in ET.parse(path).getroot().findall("object/name") if n.text)
+                names.update(
+                    n.text.strip()
+                    for n in ET.parse(path).getroot().findall("object/name")
+                    if n.text
+                )
             except ET.ParseError:
                 continue  # not part of this split; it will be reported when its split is read
         return names
