@@ -117,7 +117,8 @@ def roi_pool_forward_cpu(features, batch, hstart, hend, wstart, wend):
     out = np.empty((r, c, ph, pw), dtype=features.dtype)
     argmax = np.empty((r, c, ph, pw), dtype=np.int64)
     if out.size:
-        _forward_cpu(features, batch, hstart, hend, wstart, wend, features.dtype.type(LOWEST), out, argmax)
+        lowest = features.dtype.type(LOWEST)
+        _forward_cpu(features, batch, hstart, hend, wstart, wend, lowest, out, argmax)
     return out, argmax
 
 
@@ -247,7 +248,7 @@ def _suffix(dtype):
 
 
 def roi_pool_forward_rawkernel(features, batch, hstart, hend, wstart, wend):
-    """As :func:`roi_pool_forward_cuda`, with the CUDA C kernel of ``cuda/roi_pool.cu`` (CuPy arrays)."""
+    """As :func:`roi_pool_forward_cuda`, with the CUDA C kernel of ``cuda/roi_pool.cu`` (CuPy)."""
     import cupy
 
     r, c, ph, pw = batch.shape[0], features.shape[1], hstart.shape[1], wstart.shape[1]
@@ -256,10 +257,9 @@ def roi_pool_forward_rawkernel(features, batch, hstart, hend, wstart, wend):
     if out.size:
         kernel = _raw_module().get_function(f"roi_pool_forward_{_suffix(features.dtype)}")
         sizes = [np.int64(v) for v in (r, c, features.shape[2], features.shape[3], ph, pw)]
-        kernel(
-            (_blocks(out.size),), (_THREADS,),
-            (features, batch, hstart, hend, wstart, wend, features.dtype.type(LOWEST), *sizes, out, argmax),
-        )
+        lowest = features.dtype.type(LOWEST)
+        args = (features, batch, hstart, hend, wstart, wend, lowest, *sizes, out, argmax)
+        kernel((_blocks(out.size),), (_THREADS,), args)
     return out, argmax
 
 

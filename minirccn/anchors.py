@@ -124,7 +124,8 @@ def _positive_list(values, name):
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a sequence of numbers, got {values!r}") from None
     if arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
-        raise ValueError(f"{name}: expected a non-empty sequence of positive numbers, got {values!r}")
+        raise ValueError(
+            f"{name}: expected a non-empty sequence of positive numbers, got {values!r}")
     return arr.astype(np.float32)
 
 
@@ -139,5 +140,6 @@ def _pair(value, name, integer=True, allow_zero=False):
         kind = "integers" if integer else "numbers"
         raise TypeError(f"{name}: expected {kind}, got {value!r}") from None
     if not all(np.isfinite(v) and (v > 0 or (allow_zero and v == 0)) for v in pair):
-        raise ValueError(f"{name}: expected {'non-negative' if allow_zero else 'positive'} values, got {value!r}")
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}: expected {kind} values, got {value!r}")
     return pair

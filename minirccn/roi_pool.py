@@ -155,8 +155,8 @@ def roi_pool_reference(features, rois, output_size, spatial_scale=1.0):
                     continue  # empty bin: 0 and -1, as initialised
                 window = fmap[:, h0:h1, w0:w1].reshape(c, -1)  # (C, bh * bw), rows then columns
                 out[k, :, i, j], pos = _first_max(window)
-                # flat index into the map; -1 where nothing was taken
-                argmax[k, :, i, j] = np.where(pos >= 0, (h0 + pos // (w1 - w0)) * width + w0 + pos % (w1 - w0), -1)
+                row, col = h0 + pos // (w1 - w0), w0 + pos % (w1 - w0)
+                argmax[k, :, i, j] = np.where(pos >= 0, row * width + col, -1)  # flat index into H * W
     return out, argmax
 
 
@@ -205,7 +205,8 @@ def roi_pool_backward_reference(grad_out, rois, argmax, input_shape):
     batch = rois[:, 0].astype(np.int64)
     channel = np.arange(c)
     # flat index into (N, C, H, W) of every output's argmax cell: (R, C, ph, pw)
-    cell = (batch[:, None, None, None] * c + channel[None, :, None, None]) * (height * width) + argmax
+    plane = batch[:, None, None, None] * c + channel[None, :, None, None]  # (R, C, 1, 1)
+    cell = plane * (height * width) + argmax
     taken = argmax >= 0
     grad = np.zeros(n * c * height * width, dtype=grad_out.dtype)
     np.add.at(grad, cell[taken], grad_out[taken])  # unbuffered: repeated cells accumulate
@@ -312,7 +313,8 @@ def roi_pool_forward(features, rois, output_size, spatial_scale, *, backend=None
 
 def roi_pool_layer_backward(dout, cache: RoIPoolCache):
     """Layer form of :func:`roi_pool_backward`: ``dfeatures`` ``(N, C, H, W)`` from ``dout``."""
-    return roi_pool_backward(dout, cache.rois, cache.argmax, cache.input_shape, backend=cache.backend)
+    return roi_pool_backward(dout, cache.rois, cache.argmax, cache.input_shape,
+                             backend=cache.backend)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -337,7 +339,8 @@ def _check_rois(rois, n, like, like_name):
 def _check_coordinates(rois, spatial_scale, xp):
     """Raise ``ValueError`` if a scaled coordinate leaves ``(-MAX_COORD, MAX_COORD)``."""
     if rois.shape[0] and not bool((xp.abs(rois[:, 1:5]) * spatial_scale < MAX_COORD).all()):
-        raise ValueError(f"rois: coordinates times spatial_scale must stay within +-{MAX_COORD:.0f}")
+        raise ValueError(
+            f"rois: coordinates times spatial_scale must stay within +-{MAX_COORD:.0f}")
 
 
 def _check_output_size(output_size):
@@ -359,9 +362,11 @@ def _check_input_shape(input_shape):
     try:
         shape = tuple(operator.index(v) for v in input_shape)
     except TypeError:
-        raise TypeError(f"input_shape: expected 4 integers (N, C, H, W), got {input_shape!r}") from None
+        raise TypeError(
+            f"input_shape: expected 4 integers (N, C, H, W), got {input_shape!r}") from None
     if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"input_shape: expected 4 non-negative integers (N, C, H, W), got {input_shape!r}")
+        raise ValueError(
+            f"input_shape: expected 4 non-negative integers (N, C, H, W), got {input_shape!r}")
     return shape
 
 
