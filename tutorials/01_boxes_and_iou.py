@@ -221,10 +221,7 @@ def draw_conventions(scale=40):
 
 a_box, b_box = (1.0, 1.0, 5.0, 5.0), (3.0, 2.0, 7.0, 6.0)
 T.check(np.isclose(ops.box_iou(np.array([a_box]), np.array([b_box]))[0, 0], 6 / 26), "picture: IoU = 6/26")
-from minirccn import viz  # noqa: E402
-
-viz.save_grid([draw_iou_picture(a_box, b_box), draw_conventions()], T.out_dir() / "01_iou.png", cols=2)
-print("wrote", T.out_dir() / "01_iou.png")
+T.save_grid([draw_iou_picture(a_box, b_box), draw_conventions()], "01_iou.png")
 
 # %% [markdown]
 # ## Summary
