@@ -325,9 +325,10 @@ def max_pool2d_backward_reference(dout, argmax, x_shape):
     """
     xp = _backend.get_array_module(dout)
     n, c, h, w = x_shape
+    per_plane = argmax.shape[2] * argmax.shape[3]
     dx = xp.zeros((n * c, h * w), dtype=dout.dtype)
     plane = xp.arange(n * c).reshape(n * c, 1)
-    xp.add.at(dx, (plane, argmax.reshape(n * c, -1)), dout.reshape(n * c, -1))
+    xp.add.at(dx, (plane, argmax.reshape(n * c, per_plane)), dout.reshape(n * c, per_plane))
     return dx.reshape(n, c, h, w)
 
 
