@@ -16,6 +16,12 @@ so float32 results equal the reference bit for bit. Two traps make that work:
   libdevice's ``fmul_rn`` / ``dmul_rn``, which are never fused. (The simulator
   runs plain Python, which never fuses, so it uses ``*``.)
 
+The CUDA device function also avoids ``min()``/``max()``: Numba 0.68's
+built-in CUDA target cannot type its new vararg ``min``/``max`` overloads (a
+"Signature mismatch" at compile time that the simulator never shows), so it
+uses conditional expressions. ``tests/test_nms.py`` compiles the real kernels
+to PTX to catch both problems without a GPU.
+
 A NaN coordinate makes the box's area NaN, so the union and the IoU are NaN
 whichever way ``min``/``max`` treat NaN; the kernels agree with the reference.
 """
@@ -113,7 +119,7 @@ def _plain_mul(a, b):
     return a * b
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def iou_device_function(dtype):
     """The CUDA device function ``iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b)``.
 
@@ -136,8 +142,12 @@ def iou_device_function(dtype):
 
     @cuda.jit(device=True)
     def iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b):
-        w = max(min(ax2, bx2) - max(ax1, bx1), zero)
-        h = max(min(ay2, by2) - max(ay1, by1), zero)
+        # conditional expressions, not min()/max(): Numba 0.68's built-in CUDA
+        # target fails to type the new vararg min/max overloads
+        w = (ax2 if ax2 < bx2 else bx2) - (ax1 if ax1 > bx1 else bx1)  # noqa: FURB136
+        h = (ay2 if ay2 < by2 else by2) - (ay1 if ay1 > by1 else by1)  # noqa: FURB136
+        w = w if w > zero else zero  # noqa: FURB136
+        h = h if h > zero else zero  # noqa: FURB136
         inter = mul(w, h)
         union = area_a + area_b - inter
         if union == zero:
@@ -147,7 +157,7 @@ def iou_device_function(dtype):
     return iou
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _iou_pairs_kernel(dtype):
     """The ``@cuda.jit`` kernel ``(boxes1, area1, boxes2, area2, out)``: one thread per pair."""
     iou = iou_device_function(dtype)
@@ -156,8 +166,18 @@ def _iou_pairs_kernel(dtype):
     def iou_pairs(boxes1, area1, boxes2, area2, out):
         j, i = cuda.grid(2)  # x runs along columns so neighbouring threads write neighbours
         if i < out.shape[0] and j < out.shape[1]:
-            out[i, j] = iou(boxes1[i, 0], boxes1[i, 1], boxes1[i, 2], boxes1[i, 3], area1[i],
-                            boxes2[j, 0], boxes2[j, 1], boxes2[j, 2], boxes2[j, 3], area2[j])
+            out[i, j] = iou(
+                boxes1[i, 0],
+                boxes1[i, 1],
+                boxes1[i, 2],
+                boxes1[i, 3],
+                area1[i],
+                boxes2[j, 0],
+                boxes2[j, 1],
+                boxes2[j, 2],
+                boxes2[j, 3],
+                area2[j],
+            )
 
     return iou_pairs
 

@@ -63,23 +63,28 @@ CUDA_SOURCE = Path(__file__).with_name("cuda") / "nms.cu"
 
 
 @numba.njit(cache=True)
-def _suppress_overlaps(ax1, ay1, ax2, ay2, area_a, x1, y1, x2, y2, areas, zero, threshold, suppressed):
-    """``suppressed[j] |= IoU(a, box j) > threshold`` for every ``j``: one branch-free pass.
+def _suppress_overlaps(x1, y1, x2, y2, areas, i, hi, zero, threshold, suppressed):
+    """``suppressed[j] |= IoU(box i, box j) > threshold`` for ``i < j < hi``: one branch-free pass.
 
     Args:
-        ax1, ay1, ax2, ay2, area_a: box ``a`` (the box just kept) and its area, dtype ``T``.
-        x1, y1, x2, y2, areas: ``(M,)`` contiguous ``T``, the boxes after ``a``.
+        x1, y1, x2, y2, areas: ``(N,)`` contiguous ``T``, the sorted boxes as columns.
+        i: the box just kept.
+        hi: the end of its segment.
         zero: ``T(0)``.
         threshold: float64.
-        suppressed: ``(M,)`` uint8 flags, updated.
+        suppressed: ``(N,)`` uint8 flags, updated in ``(i, hi)``.
 
-    Like :func:`minirccn.kernels.iou.iou_row`, ``j`` counts from 0 and nothing
-    branches, so LLVM vectorises it; that beats skipping already-suppressed
-    boxes one by one.
+    The later boxes are taken as slices so that ``j`` counts from 0 (as in
+    :func:`minirccn.kernels.iou.iou_row`): with no branch in the body, LLVM
+    vectorises the loop, and that beats testing each box's flag to skip it.
     """
-    for j in range(suppressed.shape[0]):
-        iou = iou_pair(ax1, ay1, ax2, ay2, area_a, x1[j], y1[j], x2[j], y2[j], areas[j], zero)
-        suppressed[j] |= iou > threshold
+    rest = slice(i + 1, hi)
+    bx1, by1, bx2, by2 = x1[rest], y1[rest], x2[rest], y2[rest]
+    barea, flags = areas[rest], suppressed[rest]
+    ax1, ay1, ax2, ay2, area_a = x1[i], y1[i], x2[i], y2[i], areas[i]
+    for j in range(flags.shape[0]):
+        iou = iou_pair(ax1, ay1, ax2, ay2, area_a, bx1[j], by1[j], bx2[j], by2[j], barea[j], zero)
+        flags[j] |= iou > threshold
 
 
 @numba.njit(cache=True)
@@ -96,9 +101,7 @@ def _greedy(x1, y1, x2, y2, areas, lo, hi, threshold, suppressed):
     for i in range(lo, hi):
         if suppressed[i]:
             continue  # early skip: a suppressed box suppresses nothing
-        rest = slice(i + 1, hi)
-        _suppress_overlaps(x1[i], y1[i], x2[i], y2[i], areas[i], x1[rest], y1[rest], x2[rest], y2[rest],
-                           areas[rest], zero, threshold, suppressed[rest])
+        _suppress_overlaps(x1, y1, x2, y2, areas, i, hi, zero, threshold, suppressed)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -138,14 +141,16 @@ def nms_segments_cpu(boxes, areas, starts, threshold):
     if len(starts) == 2:
         _greedy(*columns, areas, int(starts[0]), int(starts[1]), float(threshold), suppressed)
     else:
-        _greedy_segments(*columns, areas, np.asarray(starts, dtype=np.int64), float(threshold), suppressed)
+        _greedy_segments(
+            *columns, areas, np.asarray(starts, dtype=np.int64), float(threshold), suppressed
+        )
     return suppressed == 0
 
 
 # ----------------------------------------------------------------------------- GPU: the mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nms_mask_kernel(dtype):
     """The ``@cuda.jit`` kernel ``(boxes, areas, labels, threshold, mask)`` for ``dtype``.
 
@@ -181,13 +186,33 @@ def _nms_mask_kernel(dtype):
         r = row_block * BLOCK + t
         if r >= n:
             return
-        cols = min(n - col_block * BLOCK, BLOCK)
+        cols = n - col_block * BLOCK  # the last column block may be partial
+        if cols > BLOCK:  # noqa: PLR1730 (no min() in CUDA kernels: see kernels/iou.py)
+            cols = BLOCK
         first = t + 1 if col_block == row_block else 0  # only boxes after r
-        ax1, ay1, ax2, ay2, area_a, label = boxes[r, 0], boxes[r, 1], boxes[r, 2], boxes[r, 3], areas[r], labels[r]
+        ax1, ay1, ax2, ay2, area_a, label = (
+            boxes[r, 0],
+            boxes[r, 1],
+            boxes[r, 2],
+            boxes[r, 3],
+            areas[r],
+            labels[r],
+        )
         word = numba.uint64(0)
         for k in range(first, cols):
             if tile_label[k] == label:
-                v = iou(ax1, ay1, ax2, ay2, area_a, tile[k, 0], tile[k, 1], tile[k, 2], tile[k, 3], tile_area[k])
+                v = iou(
+                    ax1,
+                    ay1,
+                    ax2,
+                    ay2,
+                    area_a,
+                    tile[k, 0],
+                    tile[k, 1],
+                    tile[k, 2],
+                    tile[k, 3],
+                    tile_area[k],
+                )
                 if v > threshold:
                     word |= numba.uint64(1) << numba.uint64(k)
         mask[r, col_block] = word
@@ -195,9 +220,9 @@ def _nms_mask_kernel(dtype):
     return nms_mask
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _raw_kernel(dtype):
-    """The CUDA C mask kernel of ``cuda/nms.cu`` for ``dtype``, as a CuPy ``RawKernel`` (GPU only)."""
+    """The CUDA C mask kernel of ``cuda/nms.cu`` for ``dtype`` as a CuPy ``RawKernel`` (GPU)."""
     import cupy
 
     name = "nms_mask_f32" if np.dtype(dtype) == np.float32 else "nms_mask_f64"
@@ -224,10 +249,15 @@ def nms_mask_cuda(boxes, areas, labels, threshold, xp, impl="numba"):
     blocks = (n + BLOCK - 1) // BLOCK
     mask = xp.zeros((n, blocks), dtype=np.uint64)
     if impl == "numba":
-        _nms_mask_kernel(boxes.dtype.type)[(blocks, blocks), BLOCK](boxes, areas, labels, np.float64(threshold), mask)
+        _nms_mask_kernel(boxes.dtype.type)[(blocks, blocks), BLOCK](
+            boxes, areas, labels, np.float64(threshold), mask
+        )
     elif impl == "cupy":
-        _raw_kernel(boxes.dtype.type)((blocks, blocks), (BLOCK,),
-                                      (np.int32(n), np.float64(threshold), boxes, areas, labels, mask))
+        _raw_kernel(boxes.dtype.type)(
+            (blocks, blocks),
+            (BLOCK,),
+            (np.int32(n), np.float64(threshold), boxes, areas, labels, mask),
+        )
     else:
         raise ValueError(f"impl: expected 'numba' or 'cupy', got {impl!r}")
     return mask

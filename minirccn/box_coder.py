@@ -103,7 +103,7 @@ def decode_boxes_reference(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0)):
 
 
 def encode_boxes(reference_boxes, proposals, weights=(1.0, 1.0, 1.0, 1.0), *, backend=None):
-    """Regression targets of ``proposals`` towards ``reference_boxes`` (torchvision ``encode_single``).
+    """Deltas moving ``proposals`` onto ``reference_boxes`` (torchvision ``encode_single``).
 
     Args:
         reference_boxes: ``(N, 4)`` float32 or float64, the target boxes.
@@ -115,13 +115,16 @@ def encode_boxes(reference_boxes, proposals, weights=(1.0, 1.0, 1.0, 1.0), *, ba
         ``(N, 4)`` deltas ``(dx, dy, dw, dh)`` in the inputs' common dtype.
     """
     reference_boxes = check_boxes(reference_boxes, "reference_boxes")
-    proposals = check_shape(check_boxes(proposals, "proposals"), "proposals", (reference_boxes.shape[0], 4))
+    proposals = check_shape(
+        check_boxes(proposals, "proposals"), "proposals", (reference_boxes.shape[0], 4)
+    )
     same_module("reference_boxes", reference_boxes, "proposals", proposals)
     weights = _check_weights(weights)
     name = _backend.resolve(backend, reference_boxes, proposals)
     dtype = np.result_type(reference_boxes.dtype, proposals.dtype)
-    reference_boxes, proposals = (_backend.to_backend(a, name).astype(dtype, copy=False)
-                                  for a in (reference_boxes, proposals))
+    reference_boxes, proposals = (
+        _backend.to_backend(a, name).astype(dtype, copy=False) for a in (reference_boxes, proposals)
+    )
     return encode_boxes_reference(reference_boxes, proposals, weights)
 
 
@@ -139,13 +142,17 @@ def decode_boxes(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0), *, backend=None):
     """
     deltas = check_float(deltas, "deltas")
     if deltas.ndim != 2 or deltas.shape[1] == 0 or deltas.shape[1] % 4:
-        raise ValueError(f"deltas: expected shape (N, 4 * K) with K >= 1, got {tuple(deltas.shape)}")
+        raise ValueError(
+            f"deltas: expected shape (N, 4 * K) with K >= 1, got {tuple(deltas.shape)}"
+        )
     boxes = check_shape(check_boxes(boxes, "boxes"), "boxes", (deltas.shape[0], 4))
     same_module("deltas", deltas, "boxes", boxes)
     weights = _check_weights(weights)
     name = _backend.resolve(backend, deltas, boxes)
     dtype = np.result_type(deltas.dtype, boxes.dtype)
-    deltas, boxes = (_backend.to_backend(a, name).astype(dtype, copy=False) for a in (deltas, boxes))
+    deltas, boxes = (
+        _backend.to_backend(a, name).astype(dtype, copy=False) for a in (deltas, boxes)
+    )
     return decode_boxes_reference(deltas, boxes, weights)
 
 
@@ -154,7 +161,9 @@ def _check_weights(weights) -> tuple[float, float, float, float]:
     try:
         values = tuple(weights)
     except TypeError:
-        raise TypeError(f"weights: expected four numbers (wx, wy, ww, wh), got {weights!r}") from None
+        raise TypeError(
+            f"weights: expected four numbers (wx, wy, ww, wh), got {weights!r}"
+        ) from None
     if len(values) != 4:
         raise ValueError(f"weights: expected four numbers (wx, wy, ww, wh), got {weights!r}")
     return tuple(check_positive(w, "weights") for w in values)

@@ -172,7 +172,7 @@ def clip_boxes(boxes, image_size, *, backend=None):
 
 
 def remove_small_boxes(boxes, min_size, *, backend=None):
-    """Indices of boxes at least ``min_size`` wide and high (``torchvision.ops.remove_small_boxes``).
+    """Indices of the boxes at least ``min_size`` wide and high (torchvision semantics).
 
     Args:
         boxes: ``(N, 4)`` float32 or float64.
@@ -190,7 +190,7 @@ def remove_small_boxes(boxes, min_size, *, backend=None):
 
 
 def _check_image_size(image_size) -> tuple[float, float]:
-    """``(height, width)`` as two non-negative floats, or a ``ValueError``/``TypeError`` naming it."""
+    """``(height, width)`` as two non-negative floats, else an error naming ``image_size``."""
     size = as_array(image_size, "image_size")
     if size.shape != (2,):
         raise ValueError(f"image_size: expected (height, width), got {image_size!r}")

@@ -49,7 +49,9 @@ def score_order(scores):
     """
     xp = _backend.get_array_module(scores)
     # a stable sort of -scores: decreasing, ties keep index order, NaN (also -NaN) last
-    order = xp.argsort(-scores, kind="stable") if xp is np else xp.argsort(-scores)  # CuPy's is stable
+    order = (
+        xp.argsort(-scores, kind="stable") if xp is np else xp.argsort(-scores)
+    )  # CuPy's is stable
     n_nan = int(xp.isnan(scores).sum())
     return xp.roll(order, n_nan).astype(np.int64)  # move the NaN tail, in index order, to the front
 
@@ -91,8 +93,8 @@ def nms_reference(boxes, scores, iou_threshold):
         if suppressed[i]:
             continue
         keep.append(i)
-        iou = box_iou_reference(ordered[i:i + 1], ordered[i + 1:])[0]  # (N - i - 1,)
-        suppressed[i + 1:] |= _backend.to_numpy(iou.astype(np.float64) > iou_threshold)
+        iou = box_iou_reference(ordered[i : i + 1], ordered[i + 1 :])[0]  # (N - i - 1,)
+        suppressed[i + 1 :] |= _backend.to_numpy(iou.astype(np.float64) > iou_threshold)
     return order[xp.asarray(np.array(keep, dtype=np.int64))]
 
 
@@ -198,8 +200,9 @@ def _nms_kernel(name, boxes, scores, idxs, iou_threshold):
     if name == "cuda":
         labels = xp.zeros(n, dtype=np.int64) if idxs is None else idxs[order]
         ordered = xp.ascontiguousarray(boxes[order])
-        positions = kernels.nms_cuda(ordered, box_area_reference(ordered), xp.ascontiguousarray(labels),
-                                     iou_threshold, xp)
+        positions = kernels.nms_cuda(
+            ordered, box_area_reference(ordered), xp.ascontiguousarray(labels), iou_threshold, xp
+        )
         return order[xp.asarray(positions)]
     if idxs is None:
         starts = np.array([0, n], dtype=np.int64)  # one segment

@@ -53,7 +53,9 @@ def test_empty_environment_variable_means_default(monkeypatch):
 def test_cupy_array_selects_cuda(monkeypatch):
     monkeypatch.setenv("MINIRCCN_BACKEND", "numpy")
     assert B.is_cupy_array(FakeCupyArray()) and not B.is_cupy_array(np.zeros(1))
-    assert B.resolve(None, np.zeros(3), FakeCupyArray()) == "cuda"  # the simulator makes cuda available
+    assert (
+        B.resolve(None, np.zeros(3), FakeCupyArray()) == "cuda"
+    )  # the simulator makes cuda available
 
 
 def test_unknown_name_is_a_value_error(monkeypatch):
@@ -68,7 +70,9 @@ def test_cuda_unavailable_without_gpu_or_simulator(no_gpu, no_env):
     assert not B.gpu_available()
     with pytest.raises(BackendUnavailable, match="cuda") as err:
         B.resolve("cuda")
-    assert isinstance(err.value, MinirccnError) and "\n" not in str(err.value)  # one line for the CLI
+    assert isinstance(err.value, MinirccnError) and "\n" not in str(
+        err.value
+    )  # one line for the CLI
     assert B.resolve("numba") == "numba"  # the CPU backends are unaffected
     assert B.resolve("numpy") == "numpy"
 
@@ -81,9 +85,11 @@ def test_cuda_unavailable_from_the_environment(no_gpu, monkeypatch):
 
 def test_ops_refuse_unavailable_cuda(no_gpu):
     boxes = np.array([[0, 0, 1, 1]], np.float32)
-    for call in (lambda: ops.box_iou(boxes, boxes, backend="cuda"),
-                 lambda: ops.nms(boxes, np.ones(1, np.float32), 0.5, backend="cuda"),
-                 lambda: ops.decode_boxes(np.zeros((1, 4), np.float32), boxes, backend="cuda")):
+    for call in (
+        lambda: ops.box_iou(boxes, boxes, backend="cuda"),
+        lambda: ops.nms(boxes, np.ones(1, np.float32), 0.5, backend="cuda"),
+        lambda: ops.decode_boxes(np.zeros((1, 4), np.float32), boxes, backend="cuda"),
+    ):
         with pytest.raises(BackendUnavailable):
             call()
 

@@ -38,7 +38,9 @@ def box_pairs(draw, max_n=10):
 
     def boxes():
         xy = draw(hnp.arrays(np.float64, (n, 2), elements=st.floats(-500, 500)))
-        wh = draw(hnp.arrays(np.float64, (n, 2), elements=st.floats(4, 200)))  # size ratios < 1000/16: no clamp
+        wh = draw(
+            hnp.arrays(np.float64, (n, 2), elements=st.floats(4, 200))
+        )  # size ratios < 1000/16: no clamp
         return np.concatenate([xy, xy + wh], axis=1).astype(dtype)
 
     weights = draw(st.sampled_from([(1.0, 1.0, 1.0, 1.0), RCNN_WEIGHTS, (2.0, 0.5, 3.0, 1.5)]))
@@ -52,7 +54,9 @@ def box_pairs(draw, max_n=10):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_encode_by_hand(backend, dtype):
     proposals = np.array([[0, 0, 10, 20], [0, 0, 10, 20], [0, 0, 10, 20]], dtype)
-    targets = np.array([[0, 0, 10, 20], [10, 20, 20, 40], [-5, -10, 15, 30]], dtype)  # same, shifted, doubled
+    targets = np.array(
+        [[0, 0, 10, 20], [10, 20, 20, 40], [-5, -10, 15, 30]], dtype
+    )  # same, shifted, doubled
     deltas = as_np(encode_boxes(targets, proposals, backend=backend))
     assert deltas.dtype == dtype and deltas.shape == (3, 4)
     expected = [[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, math.log(2), math.log(2)]]
@@ -65,7 +69,9 @@ def test_encode_by_hand(backend, dtype):
 def test_decode_by_hand(backend):
     boxes = np.array([[0, 0, 10, 20]], np.float64)
     deltas = np.array([[1, 1, math.log(2), 0]], np.float64)  # move by one box, double the width
-    np.testing.assert_allclose(as_np(decode_boxes(deltas, boxes, backend=backend)), [[5, 20, 25, 40]])
+    np.testing.assert_allclose(
+        as_np(decode_boxes(deltas, boxes, backend=backend)), [[5, 20, 25, 40]]
+    )
 
 
 def test_clamp():
@@ -74,10 +80,13 @@ def test_clamp():
     out = decode_boxes_reference(deltas, boxes)
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[0, 2] - out[0, 0], 1000, rtol=1e-5)  # 16 * exp(log(1000/16))
-    np.testing.assert_allclose(out[0, 3] - out[0, 1], 16 * math.exp(-100), atol=1e-6)  # no lower clamp
+    np.testing.assert_allclose(
+        out[0, 3] - out[0, 1], 16 * math.exp(-100), atol=1e-6
+    )  # no lower clamp
     # the clamp acts after dividing by the weights: 5 * log(1000/16) is just at the limit
-    weighted = decode_boxes_reference(np.array([[0, 0, 5 * BBOX_XFORM_CLIP, 0]]), boxes.astype(np.float64),
-                                      RCNN_WEIGHTS)
+    weighted = decode_boxes_reference(
+        np.array([[0, 0, 5 * BBOX_XFORM_CLIP, 0]]), boxes.astype(np.float64), RCNN_WEIGHTS
+    )
     np.testing.assert_allclose(weighted[0, 2] - weighted[0, 0], 1000)
     assert BBOX_XFORM_CLIP == math.log(1000 / 16)
 
@@ -89,7 +98,9 @@ def test_matches_torchvision_numbers():
     deltas = encode_boxes_reference(targets, proposals, RCNN_WEIGHTS)
     expected = [[1.5, 0.6666667, 0.911608, 0.911608], [0.0, 5.0, -1.6823611, 1.4384105]]
     np.testing.assert_allclose(deltas, expected, rtol=1e-6)
-    np.testing.assert_allclose(decode_boxes_reference(deltas, proposals, RCNN_WEIGHTS), targets, rtol=1e-6)
+    np.testing.assert_allclose(
+        decode_boxes_reference(deltas, proposals, RCNN_WEIGHTS), targets, rtol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------- properties
@@ -113,8 +124,10 @@ def test_per_class_deltas(case, k):
     out = decode_boxes_reference(deltas, boxes, weights)
     assert out.shape == deltas.shape and out.dtype == boxes.dtype
     for c in range(k):  # class c's columns decode exactly like a (N, 4) call
-        np.testing.assert_array_equal(out[:, 4 * c:4 * c + 4],
-                                      decode_boxes_reference(deltas[:, 4 * c:4 * c + 4], boxes, weights))
+        np.testing.assert_array_equal(
+            out[:, 4 * c : 4 * c + 4],
+            decode_boxes_reference(deltas[:, 4 * c : 4 * c + 4], boxes, weights),
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -124,10 +137,13 @@ def test_backends_agree(backend):
     boxes[:, 2:] += boxes[:, :2] + 1
     targets = boxes[::-1].copy()
     deltas = rng.normal(0, 1, (6, 8)).astype(np.float32)
-    np.testing.assert_array_equal(as_np(encode_boxes(targets, boxes, RCNN_WEIGHTS, backend=backend)),
-                                  encode_boxes_reference(targets, boxes, RCNN_WEIGHTS))
-    np.testing.assert_array_equal(as_np(decode_boxes(deltas, boxes, backend=backend)),
-                                  decode_boxes_reference(deltas, boxes))
+    np.testing.assert_array_equal(
+        as_np(encode_boxes(targets, boxes, RCNN_WEIGHTS, backend=backend)),
+        encode_boxes_reference(targets, boxes, RCNN_WEIGHTS),
+    )
+    np.testing.assert_array_equal(
+        as_np(decode_boxes(deltas, boxes, backend=backend)), decode_boxes_reference(deltas, boxes)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -135,7 +151,11 @@ def test_empty_and_mixed_dtypes(backend):
     empty = np.zeros((0, 4), np.float32)
     assert as_np(encode_boxes(empty, empty, backend=backend)).shape == (0, 4)
     assert as_np(decode_boxes(np.zeros((0, 8), np.float32), empty, backend=backend)).shape == (0, 8)
-    out = as_np(decode_boxes(np.zeros((1, 4), np.float32), np.array([[0, 0, 1, 1]], np.float64), backend=backend))
+    out = as_np(
+        decode_boxes(
+            np.zeros((1, 4), np.float32), np.array([[0, 0, 1, 1]], np.float64), backend=backend
+        )
+    )
     assert out.dtype == np.float64
 
 
@@ -153,15 +173,31 @@ def test_zero_size_proposal_gives_inf_not_a_warning():
     [
         (lambda: encode_boxes(np.zeros((2, 4)), np.zeros((3, 4))), ValueError, "proposals"),
         (lambda: encode_boxes(np.zeros((2, 3)), np.zeros((2, 4))), ValueError, "reference_boxes"),
-        (lambda: encode_boxes(np.zeros((2, 4), np.int64), np.zeros((2, 4))), TypeError, "reference_boxes"),
-        (lambda: encode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), (1, 1, 1)), ValueError, "weights"),
+        (
+            lambda: encode_boxes(np.zeros((2, 4), np.int64), np.zeros((2, 4))),
+            TypeError,
+            "reference_boxes",
+        ),
+        (
+            lambda: encode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), (1, 1, 1)),
+            ValueError,
+            "weights",
+        ),
         (lambda: encode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), 1.0), TypeError, "weights"),
         (lambda: decode_boxes(np.zeros((2, 5)), np.zeros((2, 4))), ValueError, "deltas"),
         (lambda: decode_boxes(np.zeros((2, 0)), np.zeros((2, 4))), ValueError, "deltas"),
         (lambda: decode_boxes(np.zeros((2, 4), np.int32), np.zeros((2, 4))), TypeError, "deltas"),
         (lambda: decode_boxes(np.zeros((2, 4)), np.zeros((3, 4))), ValueError, "boxes"),
-        (lambda: decode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), (1, 1, 0, 1)), ValueError, "weights"),
-        (lambda: decode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), backend="metal"), ValueError, "backend"),
+        (
+            lambda: decode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), (1, 1, 0, 1)),
+            ValueError,
+            "weights",
+        ),
+        (
+            lambda: decode_boxes(np.zeros((2, 4)), np.zeros((2, 4)), backend="metal"),
+            ValueError,
+            "backend",
+        ),
     ],
 )
 def test_validation_names_the_argument(call, error, name):
@@ -185,6 +221,10 @@ def test_gpu_box_coder_matches_reference(dtype):
     deltas = rng.normal(0, 1, (1000, 12)).astype(dtype)
     enc = encode_boxes(cupy.asarray(targets), cupy.asarray(boxes), RCNN_WEIGHTS)
     assert isinstance(enc, cupy.ndarray)
-    np.testing.assert_allclose(enc.get(), encode_boxes_reference(targets, boxes, RCNN_WEIGHTS), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        enc.get(), encode_boxes_reference(targets, boxes, RCNN_WEIGHTS), rtol=1e-5, atol=1e-5
+    )
     dec = decode_boxes(cupy.asarray(deltas), cupy.asarray(boxes), RCNN_WEIGHTS)
-    np.testing.assert_allclose(dec.get(), decode_boxes_reference(deltas, boxes, RCNN_WEIGHTS), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        dec.get(), decode_boxes_reference(deltas, boxes, RCNN_WEIGHTS), rtol=1e-5, atol=1e-3
+    )

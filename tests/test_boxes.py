@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from minirccn.kernels import iou as kernels
 
 from minirccn.backend import gpu_available
 from minirccn.boxes import (
@@ -22,7 +23,6 @@ from minirccn.boxes import (
     remove_small_boxes,
     remove_small_boxes_reference,
 )
-from minirccn.kernels import iou as kernels
 
 FLOATS = [np.float32, np.float64]
 FAST = ["numba", "cuda"]  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
@@ -49,7 +49,9 @@ def boxes_of(draw, dtype, max_n=8, nan=False):
     return boxes
 
 
-pairs = st.sampled_from(FLOATS).flatmap(lambda t: st.tuples(boxes_of(t, nan=True), boxes_of(t, nan=True)))
+pairs = st.sampled_from(FLOATS).flatmap(
+    lambda t: st.tuples(boxes_of(t, nan=True), boxes_of(t, nan=True))
+)
 
 
 # ----------------------------------------------------------------------------- area
@@ -71,7 +73,10 @@ def test_box_area(backend, dtype):
 def test_iou_by_hand():
     a = np.array([[0, 0, 2, 2], [0, 0, 0, 0]], np.float64)
     b = np.array([[1, 1, 3, 3], [0, 0, 2, 2], [2, 0, 4, 2], [5, 5, 6, 6], [0, 0, 0, 0]], np.float64)
-    expected = [[1 / 7, 1, 0, 0, 0], [0, 0, 0, 0, 0]]  # overlap, same, touching, disjoint, zero-area
+    expected = [
+        [1 / 7, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]  # overlap, same, touching, disjoint, zero-area
     np.testing.assert_allclose(box_iou_reference(a, b), expected, rtol=1e-15)
     # torchvision gives NaN for the two zero-area boxes; the union is 0 and minirccn defines 0
     assert box_iou_reference(a[1:], b[4:])[0, 0] == 0
@@ -89,8 +94,9 @@ def test_iou_properties(pair):
     assert np.all((valid >= 0) & (valid <= 1))
     zero_area = (box_area_reference(a) == 0)[:, None] | (box_area_reference(b) == 0)[None, :]
     assert np.all(iou[zero_area & ~nan_rows] == 0)
-    disjoint = (np.maximum(a[:, None, 0], b[None, :, 0]) >= np.minimum(a[:, None, 2], b[None, :, 2])) | (
-        np.maximum(a[:, None, 1], b[None, :, 1]) >= np.minimum(a[:, None, 3], b[None, :, 3]))
+    disjoint = (
+        np.maximum(a[:, None, 0], b[None, :, 0]) >= np.minimum(a[:, None, 2], b[None, :, 2])
+    ) | (np.maximum(a[:, None, 1], b[None, :, 1]) >= np.minimum(a[:, None, 3], b[None, :, 3]))
     assert np.all(iou[disjoint & ~nan_rows] == 0)
     self_iou = np.diag(box_iou_reference(a, a))
     positive = box_area_reference(a) > 0
@@ -136,10 +142,17 @@ def test_iou_mixed_dtypes_compute_in_float64(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_clip_boxes(backend, dtype):
-    boxes = np.array([[-5, -5, 300, 200], [10, 20, 30, 40], [300, 120, 400, 150], [np.nan, 1, 2, 3]], dtype)
+    boxes = np.array(
+        [[-5, -5, 300, 200], [10, 20, 30, 40], [300, 120, 400, 150], [np.nan, 1, 2, 3]], dtype
+    )
     out = as_np(clip_boxes(boxes, (100, 250), backend=backend))
     assert out.dtype == dtype
-    expected = [[0, 0, 250, 100], [10, 20, 30, 40], [250, 100, 250, 100], [np.nan, 1, 2, 3]]  # torchvision
+    expected = [
+        [0, 0, 250, 100],
+        [10, 20, 30, 40],
+        [250, 100, 250, 100],
+        [np.nan, 1, 2, 3],
+    ]  # torchvision
     np.testing.assert_array_equal(out, np.array(expected, dtype))
     assert boxes[0, 0] == -5  # the input is left alone
 
@@ -149,8 +162,12 @@ def test_clip_properties(boxes, height, width):
     out = clip_boxes_reference(boxes, (height, width))
     assert np.all((out[:, 0::2] >= 0) & (out[:, 0::2] <= width))
     assert np.all((out[:, 1::2] >= 0) & (out[:, 1::2] <= height))
-    inside = (boxes[:, 0::2] >= 0).all(1) & (boxes[:, 0::2] <= width).all(1) & (
-        boxes[:, 1::2] >= 0).all(1) & (boxes[:, 1::2] <= height).all(1)
+    inside = (
+        (boxes[:, 0::2] >= 0).all(1)
+        & (boxes[:, 0::2] <= width).all(1)
+        & (boxes[:, 1::2] >= 0).all(1)
+        & (boxes[:, 1::2] <= height).all(1)
+    )
     np.testing.assert_array_equal(out[inside], boxes[inside])
     np.testing.assert_array_equal(clip_boxes_reference(out, (height, width)), out)  # idempotent
 
@@ -158,11 +175,15 @@ def test_clip_properties(boxes, height, width):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_remove_small_boxes(backend, dtype):
-    boxes = np.array([[0, 0, 1, 1], [0, 0, 0.5, 2], [0, 0, 2, 2], [0, 0, 2, 0.999], [np.nan, 0, 2, 2]], dtype)
+    boxes = np.array(
+        [[0, 0, 1, 1], [0, 0, 0.5, 2], [0, 0, 2, 2], [0, 0, 2, 0.999], [np.nan, 0, 2, 2]], dtype
+    )
     keep = as_np(remove_small_boxes(boxes, 1.0, backend=backend))
     assert keep.dtype == np.int64
     np.testing.assert_array_equal(keep, [0, 2])  # torchvision: width and height >= min_size
-    np.testing.assert_array_equal(as_np(remove_small_boxes(boxes[:0], 1.0, backend=backend)), np.zeros(0))
+    np.testing.assert_array_equal(
+        as_np(remove_small_boxes(boxes[:0], 1.0, backend=backend)), np.zeros(0)
+    )
     np.testing.assert_array_equal(remove_small_boxes_reference(boxes, 0), [0, 1, 2, 3])
 
 
@@ -207,8 +228,14 @@ def test_gpu_box_ops_match_reference(dtype):
     ga, gb = cupy.asarray(a), cupy.asarray(b)
     iou = box_iou(ga, gb)  # CuPy arrays select the cuda backend
     assert isinstance(iou, cupy.ndarray)
-    np.testing.assert_array_equal(iou.get(), box_iou_reference(a, b))  # libdevice multiplies: no FMA
+    np.testing.assert_array_equal(
+        iou.get(), box_iou_reference(a, b)
+    )  # libdevice multiplies: no FMA
     np.testing.assert_array_equal(kernels.box_iou_cuda(ga, gb, cupy).get(), box_iou_reference(a, b))
     np.testing.assert_allclose(box_area(ga).get(), box_area_reference(a), rtol=1e-6)
-    np.testing.assert_allclose(clip_boxes(ga, (300, 200)).get(), clip_boxes_reference(a, (300, 200)))
-    np.testing.assert_array_equal(remove_small_boxes(ga, 20.0).get(), remove_small_boxes_reference(a, 20.0))
+    np.testing.assert_allclose(
+        clip_boxes(ga, (300, 200)).get(), clip_boxes_reference(a, (300, 200))
+    )
+    np.testing.assert_array_equal(
+        remove_small_boxes(ga, 20.0).get(), remove_small_boxes_reference(a, 20.0)
+    )

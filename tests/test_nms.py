@@ -1,4 +1,4 @@
-"""NMS and batched NMS: the reference's rules, every backend against the reference, the kernels' parts.
+"""NMS and batched NMS: the rules, every backend against the reference, the kernels' parts.
 
 Expected index lists marked "torchvision" were computed by hand with
 ``torchvision.ops.nms`` / ``batched_nms`` (torchvision 0.29.2, CPU) and are
@@ -6,18 +6,20 @@ written out so the suite never imports torch.
 """
 
 import math
+import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from minirccn.kernels import nms as kernels
 
 from minirccn.backend import gpu_available
 from minirccn.boxes import box_iou_reference
-from minirccn.kernels import nms as kernels
 from minirccn.nms import batched_nms, batched_nms_reference, nms, nms_reference, score_order
 
 FLOATS = [np.float32, np.float64]
@@ -78,7 +80,10 @@ def check_greedy(boxes, scores, idxs, threshold, keep):
     assert keep.dtype == np.int64 and keep.ndim == 1
     assert len(np.unique(keep)) == len(keep) and np.all((keep >= 0) & (keep < n))
     # score order: decreasing, ties by lower index, NaN first
-    key = [(0 if math.isnan(scores[k]) else 1, 0 if math.isnan(scores[k]) else -scores[k], k) for k in keep]
+    key = [
+        (0 if math.isnan(scores[k]) else 1, 0 if math.isnan(scores[k]) else -scores[k], k)
+        for k in keep
+    ]
     assert key == sorted(key)
     same = idxs[:, None] == idxs[None, :]
     iou = box_iou_reference(boxes, boxes).astype(np.float64)
@@ -95,8 +100,12 @@ def check_greedy(boxes, scores, idxs, threshold, keep):
 @given(nms_inputs(max_n=16))
 def test_reference_properties(case):
     boxes, scores, idxs, threshold = case
-    check_greedy(boxes, scores, np.zeros_like(idxs), threshold, nms_reference(boxes, scores, threshold))
-    check_greedy(boxes, scores, idxs, threshold, batched_nms_reference(boxes, scores, idxs, threshold))
+    check_greedy(
+        boxes, scores, np.zeros_like(idxs), threshold, nms_reference(boxes, scores, threshold)
+    )
+    check_greedy(
+        boxes, scores, idxs, threshold, batched_nms_reference(boxes, scores, idxs, threshold)
+    )
 
 
 @given(nms_inputs(max_n=16))
@@ -109,7 +118,7 @@ def test_batched_is_nms_per_category(case):
         np.testing.assert_array_equal(keep[idxs[keep] == c], expected)
 
 
-# ----------------------------------------------------------------------------- backends vs reference
+# ------------------------------------------------------------------------- backends vs reference
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -117,10 +126,14 @@ def test_batched_is_nms_per_category(case):
 @given(case=nms_inputs())
 def test_backend_matches_reference(backend, case):
     boxes, scores, idxs, threshold = case
-    np.testing.assert_array_equal(as_np(nms(boxes, scores, threshold, backend=backend)),
-                                  nms_reference(boxes, scores, threshold))
-    np.testing.assert_array_equal(as_np(batched_nms(boxes, scores, idxs, threshold, backend=backend)),
-                                  batched_nms_reference(boxes, scores, idxs, threshold))
+    np.testing.assert_array_equal(
+        as_np(nms(boxes, scores, threshold, backend=backend)),
+        nms_reference(boxes, scores, threshold),
+    )
+    np.testing.assert_array_equal(
+        as_np(batched_nms(boxes, scores, idxs, threshold, backend=backend)),
+        batched_nms_reference(boxes, scores, idxs, threshold),
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -133,8 +146,10 @@ def test_numba_matches_reference_clustered(dtype, threshold):
     keep = nms(boxes, scores, threshold, backend="numba")
     np.testing.assert_array_equal(keep, nms_reference(boxes, scores, threshold))
     assert 15 <= len(keep) < 750  # the case really suppresses (15 clusters, 1500 boxes)
-    np.testing.assert_array_equal(batched_nms(boxes, scores, idxs, threshold, backend="numba"),
-                                  batched_nms_reference(boxes, scores, idxs, threshold))
+    np.testing.assert_array_equal(
+        batched_nms(boxes, scores, idxs, threshold, backend="numba"),
+        batched_nms_reference(boxes, scores, idxs, threshold),
+    )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -143,12 +158,16 @@ def test_cuda_matches_reference_several_blocks(dtype):
     rng = np.random.default_rng(1)
     boxes, scores = clustered(rng, 150, 4, dtype)
     idxs = rng.integers(0, 2, 150)
-    np.testing.assert_array_equal(as_np(nms(boxes, scores, 0.5, backend="cuda")), nms_reference(boxes, scores, 0.5))
-    np.testing.assert_array_equal(as_np(batched_nms(boxes, scores, idxs, 0.5, backend="cuda")),
-                                  batched_nms_reference(boxes, scores, idxs, 0.5))
+    np.testing.assert_array_equal(
+        as_np(nms(boxes, scores, 0.5, backend="cuda")), nms_reference(boxes, scores, 0.5)
+    )
+    np.testing.assert_array_equal(
+        as_np(batched_nms(boxes, scores, idxs, 0.5, backend="cuda")),
+        batched_nms_reference(boxes, scores, idxs, 0.5),
+    )
 
 
-# ----------------------------------------------------------------------------- the rules, by example
+# ------------------------------------------------------------------------- the rules, by example
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -156,24 +175,39 @@ class TestRules:
     def test_empty(self, backend):
         for dtype in FLOATS:
             empty = np.zeros((0, 4), dtype)
-            for keep in (nms(empty, np.zeros(0, dtype), 0.5, backend=backend),
-                         batched_nms(empty, np.zeros(0, dtype), np.zeros(0, np.int64), 0.5, backend=backend)):
+            for keep in (
+                nms(empty, np.zeros(0, dtype), 0.5, backend=backend),
+                batched_nms(empty, np.zeros(0, dtype), np.zeros(0, np.int64), 0.5, backend=backend),
+            ):
                 assert as_np(keep).dtype == np.int64 and as_np(keep).shape == (0,)
 
     def test_one_box(self, backend):
-        keep = as_np(nms(np.array([[0, 0, 1, 1]], np.float32), np.array([0.5], np.float32), 0.5, backend=backend))
+        keep = as_np(
+            nms(
+                np.array([[0, 0, 1, 1]], np.float32),
+                np.array([0.5], np.float32),
+                0.5,
+                backend=backend,
+            )
+        )
         np.testing.assert_array_equal(keep, [0])
 
     def test_equal_scores_keep_lower_index(self, backend):
         boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (4, 1))
         # torchvision: [1] and [0]
-        np.testing.assert_array_equal(as_np(nms(boxes, np.array([1, 2, 2, 1], np.float32), 0.5, backend=backend)), [1])
-        np.testing.assert_array_equal(as_np(nms(boxes, np.ones(4, np.float32), 0.5, backend=backend)), [0])
+        np.testing.assert_array_equal(
+            as_np(nms(boxes, np.array([1, 2, 2, 1], np.float32), 0.5, backend=backend)), [1]
+        )
+        np.testing.assert_array_equal(
+            as_np(nms(boxes, np.ones(4, np.float32), 0.5, backend=backend)), [0]
+        )
 
     def test_strictly_greater_suppresses(self, backend):
         boxes = np.array([[0, 0, 2, 1], [0, 0, 1, 1]], np.float32)  # IoU exactly 0.5
         scores = np.array([2, 1], np.float32)
-        np.testing.assert_array_equal(as_np(nms(boxes, scores, 0.5, backend=backend)), [0, 1])  # torchvision
+        np.testing.assert_array_equal(
+            as_np(nms(boxes, scores, 0.5, backend=backend)), [0, 1]
+        )  # torchvision
         np.testing.assert_array_equal(as_np(nms(boxes, scores, 0.4999, backend=backend)), [0])
 
     def test_threshold_compared_in_float64(self, backend):
@@ -189,22 +223,34 @@ class TestRules:
         zero = np.array([[1, 1, 1, 1], [1, 1, 1, 1]], np.float64)  # union 0: IoU 0, both kept
         np.testing.assert_array_equal(as_np(nms(zero, np.ones(2), 0.0, backend=backend)), [0, 1])
         touching = np.array([[0, 0, 1, 1], [1, 0, 2, 1]], np.float64)  # IoU 0 is not > 0
-        np.testing.assert_array_equal(as_np(nms(touching, np.ones(2), 0.0, backend=backend)), [0, 1])
+        np.testing.assert_array_equal(
+            as_np(nms(touching, np.ones(2), 0.0, backend=backend)), [0, 1]
+        )
 
     def test_nan_scores_rank_first(self, backend):
-        boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], np.float32)
+        boxes = np.array(
+            [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], np.float32
+        )
         scores = np.array([1, np.nan, 3, np.inf], np.float32)
-        np.testing.assert_array_equal(as_np(nms(boxes, scores, 0.5, backend=backend)), [1, 3, 2, 0])  # torchvision
+        np.testing.assert_array_equal(
+            as_np(nms(boxes, scores, 0.5, backend=backend)), [1, 3, 2, 0]
+        )  # torchvision
 
     def test_nan_boxes_neither_suppress_nor_are_suppressed(self, backend):
-        boxes = np.array([[0, 0, 10, 10], [np.nan, 0, 10, 10], [0, 0, 10, 10], [0, np.nan, 10, 10]], np.float32)
+        boxes = np.array(
+            [[0, 0, 10, 10], [np.nan, 0, 10, 10], [0, 0, 10, 10], [0, np.nan, 10, 10]], np.float32
+        )
         scores = np.array([4, 3, 2, 1], np.float32)
         np.testing.assert_array_equal(as_np(nms(boxes, scores, 0.5, backend=backend)), [0, 1, 3])
-        np.testing.assert_array_equal(as_np(batched_nms(boxes, scores, np.zeros(4, np.int64), 0.5, backend=backend)),
-                                      [0, 1, 3])
+        np.testing.assert_array_equal(
+            as_np(batched_nms(boxes, scores, np.zeros(4, np.int64), 0.5, backend=backend)),
+            [0, 1, 3],
+        )
 
     def test_batched_only_within_category(self, backend):
-        boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+        boxes = np.array(
+            [[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32
+        )
         scores = np.array([0.9, 0.8, 0.95, 0.5], np.float32)
         keep = batched_nms(boxes, scores, np.array([0, 0, 1, 1]), 0.5, backend=backend)
         np.testing.assert_array_equal(as_np(keep), [2, 0, 3])  # torchvision
@@ -240,7 +286,9 @@ def test_reduce_mask_by_hand():
 
 
 def test_mask_bits_by_hand():
-    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [100, 100, 110, 110]], np.float32)
+    boxes = np.array(
+        [[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [100, 100, 110, 110]], np.float32
+    )
     areas = np.full(4, 100, np.float32)
     labels = np.array([0, 0, 1, 0], np.int64)
     mask = kernels.nms_mask_cuda(boxes, areas, labels, 0.5, np)
@@ -257,16 +305,53 @@ def test_segments_are_independent():
 
 def test_unknown_impl():
     with pytest.raises(ValueError, match="impl"):
-        kernels.nms_mask_cuda(np.zeros((1, 4)), np.zeros(1), np.zeros(1, np.int64), 0.5, np, impl="opencl")
+        kernels.nms_mask_cuda(
+            np.zeros((1, 4)), np.zeros(1), np.zeros(1, np.int64), 0.5, np, impl="opencl"
+        )
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on the PATH")
 def test_cuda_source_compiles(tmp_path):
     out = tmp_path / "nms.ptx"
-    subprocess.run(["nvcc", "-ptx", str(kernels.CUDA_SOURCE), "-o", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        ["nvcc", "-ptx", str(kernels.CUDA_SOURCE), "-o", str(out)], check=True, capture_output=True
+    )
     ptx = out.read_text()
     assert ".entry nms_mask_f32" in ptx and ".entry nms_mask_f64" in ptx
     assert "fma." not in ptx  # the products must not be fused into the adds
+
+
+PTX_SCRIPT = """
+import types
+import numba
+import numba.cuda.dispatcher as dispatcher
+from numba import cuda
+from minirccn.kernels import iou, nms
+
+# compile_ptx asks the device only for the compute capability of device functions
+dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
+for name, suffix in (("float32", "f32"), ("float64", "f64")):
+    a1, a2 = getattr(numba, name)[::1], getattr(numba, name)[:, ::1]
+    mask_sig = (a2, a1, numba.int64[::1], numba.float64, numba.uint64[:, ::1])
+    for f, sig in ((nms._nms_mask_kernel(name), mask_sig),
+                   (iou._iou_pairs_kernel(name), (a2, a1, a2, a1, a2))):
+        ptx, _ = cuda.compile_ptx(f.py_func, sig, cc=(8, 0))
+        assert "fma." not in ptx and "mul.rn." + suffix in ptx, (f.__name__, name)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit (NVVM) on this machine")
+def test_numba_cuda_kernels_compile_to_ptx():
+    # the simulator never compiles: compile the real kernels to PTX in a process without it,
+    # and check that the IoU products stay unfused (libdevice mul.rn, no fma)
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    run = subprocess.run(
+        [sys.executable, "-c", PTX_SCRIPT], env=env, capture_output=True, text=True, check=False
+    )
+    if "NvvmSupportError" in run.stderr or "libNVVM cannot be found" in run.stderr:
+        pytest.skip("libNVVM not found")
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -285,7 +370,11 @@ def test_cuda_source_compiles(tmp_path):
         (lambda: nms(np.zeros((2, 4)), np.zeros(2), "high"), TypeError, "iou_threshold"),
         (lambda: nms(np.zeros((2, 4)), np.zeros(2), 0.5, backend="tpu"), ValueError, "backend"),
         (lambda: batched_nms(np.zeros((2, 4)), np.zeros(2), np.zeros(2), 0.5), TypeError, "idxs"),
-        (lambda: batched_nms(np.zeros((2, 4)), np.zeros(2), np.zeros(3, np.int64), 0.5), ValueError, "idxs"),
+        (
+            lambda: batched_nms(np.zeros((2, 4)), np.zeros(2), np.zeros(3, np.int64), 0.5),
+            ValueError,
+            "idxs",
+        ),
     ],
 )
 def test_validation_names_the_argument(call, error, name):
@@ -310,13 +399,19 @@ def test_gpu_matches_reference(impl, dtype):
     scores = np.round(scores * 50).astype(dtype)
     idxs = rng.integers(0, 5, 3000)
     expected = nms_reference(boxes, scores, 0.7)
-    keep = nms(cupy.asarray(boxes), cupy.asarray(scores), 0.7)  # CuPy arrays select the cuda backend
+    keep = nms(
+        cupy.asarray(boxes), cupy.asarray(scores), 0.7
+    )  # CuPy arrays select the cuda backend
     assert isinstance(keep, cupy.ndarray)
     np.testing.assert_array_equal(keep.get(), expected)
-    np.testing.assert_array_equal(batched_nms(cupy.asarray(boxes), cupy.asarray(scores), cupy.asarray(idxs), 0.7).get(),
-                                  batched_nms_reference(boxes, scores, idxs, 0.7))
+    np.testing.assert_array_equal(
+        batched_nms(cupy.asarray(boxes), cupy.asarray(scores), cupy.asarray(idxs), 0.7).get(),
+        batched_nms_reference(boxes, scores, idxs, 0.7),
+    )
     # the chosen mask kernel directly, on the sorted boxes
     order = score_order(scores)
     ordered = cupy.asarray(boxes[order])
-    positions = kernels.nms_cuda(ordered, box_area_reference(ordered), cupy.zeros(3000, np.int64), 0.7, cupy, impl)
+    positions = kernels.nms_cuda(
+        ordered, box_area_reference(ordered), cupy.zeros(3000, np.int64), 0.7, cupy, impl
+    )
     np.testing.assert_array_equal(order[positions], expected)

@@ -17,9 +17,14 @@ __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, 
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 template <typename T>
+__device__ __forceinline__ T min_(T a, T b) { return a < b ? a : b; }
+template <typename T>
+__device__ __forceinline__ T max_(T a, T b) { return a > b ? a : b; }
+
+template <typename T>
 __device__ __forceinline__ T iou(const T* a, T area_a, const T* b, T area_b) {
-    T w = fmax(fmin(a[2], b[2]) - fmax(a[0], b[0]), T(0));
-    T h = fmax(fmin(a[3], b[3]) - fmax(a[1], b[1]), T(0));
+    T w = max_(min_(a[2], b[2]) - max_(a[0], b[0]), T(0));
+    T h = max_(min_(a[3], b[3]) - max_(a[1], b[1]), T(0));
     T inter = mul_rn(w, h);
     T uni = area_a + area_b - inter;
     return uni == T(0) ? T(0) : inter / uni;
