@@ -167,7 +167,7 @@ def caption(image: Image.Image, text: str, size: int = 13) -> Image.Image:
 
 
 def bar_chart(values: dict, path_name: str, title: str = "", unit: str = "ms", log: bool = True,
-              size=(760, 420)) -> Path:
+              width: int = 760, bar_h: int = 26) -> Path:
     """A horizontal bar chart of ``values`` (group -> {bar name: value}), saved as a PNG.
 
     Args:
@@ -177,17 +177,16 @@ def bar_chart(values: dict, path_name: str, title: str = "", unit: str = "ms", l
         title: drawn on top.
         unit: appended to each bar's number.
         log: logarithmic length (timings that differ by orders of magnitude stay readable).
+        width, bar_h: picture width and pixels per bar (the height follows from the bar count).
     """
     names: list[str] = []
     for bars in values.values():
         names += [n for n in bars if n not in names]
     palette = [(0, 130, 200), (230, 25, 75), (60, 180, 75), (245, 130, 48), (145, 30, 180), (0, 128, 128)]
     colour = {n: palette[k % len(palette)] for k, n in enumerate(names)}
-    width, height = size
     f, fb = font(12), font(15)
     rows = sum(len(b) for b in values.values()) + len(values)
-    bar_h = max(10, min(26, (height - 70) // max(rows, 1)))
-    height = max(height, 70 + rows * bar_h)
+    height = 40 + rows * bar_h + 30
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     left, right = 210, 110

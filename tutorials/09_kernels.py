@@ -1,0 +1,315 @@
+# %% [markdown]
+# # Tutorial 9: kernels, from the NumPy reference to Numba and CUDA
+#
+# Every op in minirccn has a plain NumPy reference: the specification. The hot
+# ones also have fast kernels, in `minirccn.kernels` (the `kernels/` folder):
+#
+# | backend | arrays | kernels |
+# | --- | --- | --- |
+# | `numpy` | NumPy | the reference itself |
+# | `numba` | NumPy | `@numba.njit(parallel=True, cache=True)` CPU code |
+# | `cuda` | CuPy (GPU) | `@numba.cuda.jit` kernels; CUDA C `RawKernel`s where C is clearer |
+#
+# This tutorial runs the same ops on every backend available here, checks that
+# they agree (a kernel is only as good as its comparison with the reference),
+# times them honestly, and looks at the one trap that parallel code sets for
+# gradients: two threads adding into the same cell.
+#
+# Without an NVIDIA GPU the `cuda` backend runs in **Numba's CUDA simulator**:
+# the same kernel code, executed thread by thread in Python on NumPy arrays.
+# It proves the kernels correct on any machine, but it is very slow, so it
+# gets tiny inputs and is never timed. It must be switched on before Numba is
+# imported: that is the first cell.
+
+# %%
+import _common as T
+
+GPU = T.use_cuda_simulator_without_gpu()  # before anything imports numba
+
+import inspect  # noqa: E402
+import time  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from minirccn import backend, bench, ops  # noqa: E402
+from minirccn.kernels import iou as iou_kernels  # noqa: E402
+from minirccn.kernels import nms as nms_kernels  # noqa: E402
+from minirccn.kernels import roi_pool as roi_kernels  # noqa: E402
+from minirccn.roi_pool import roi_bins  # noqa: E402
+
+print("machine:", bench.machine_description())
+print("cuda backend:", "a real GPU (CuPy arrays)" if GPU else "Numba's CUDA simulator (no GPU here): correctness only")
+rng = np.random.default_rng(9)
+
+
+def source(kernel, lines=40):
+    """The Python source of a Numba kernel (CPU dispatcher or CUDA kernel), first ``lines`` lines."""
+    fn = getattr(kernel, "py_func", kernel)
+    text = inspect.getsource(fn).splitlines()
+    return "\n".join(text[:lines])
+
+
+# %% [markdown]
+# ## 1. box_iou three ways
+#
+# * **NumPy** (`minirccn.boxes.box_iou_reference`) broadcasts `(N, 1, 2)`
+#   corners against `(1, M, 2)`: short, but it allocates several `N x M x 2`
+#   temporaries and walks memory many times.
+# * **Numba CPU** (`kernels/iou.py`): `prange` over the rows of `boxes1`
+#   (each thread writes its own rows of `out`, so no two threads touch the same
+#   memory), an inner loop over `boxes2` stored as separate coordinate columns
+#   so LLVM turns it into SIMD instructions.
+# * **Numba CUDA**: one GPU thread per pair `(i, j)`, `x` along `j` so that
+#   neighbouring threads write neighbouring addresses.
+#
+# All three do the same operations in the same order and dtype, so float32
+# results agree **bit for bit**. (On a GPU that needs care: the compiler would
+# fuse `a + b - w * h` into one fused multiply-add, rounded once instead of
+# twice; the kernel multiplies with `fmul_rn`, which is never fused.)
+
+# %%
+print(source(iou_kernels._box_iou_rows))
+
+# %%
+def awkward_boxes(n, dtype):
+    """Random boxes plus duplicates, zero-area boxes and boxes off the image."""
+    xy = rng.uniform(-50, 300, size=(n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0, 120, size=(n, 2))], axis=1)
+    boxes[: n // 4, 2:] = boxes[: n // 4, :2]            # zero area
+    boxes[n // 4: n // 2] = boxes[0]                     # duplicates
+    return boxes.astype(dtype)
+
+
+for dtype in (np.float32, np.float64):
+    a, b = awkward_boxes(T.pick(24, 12), dtype), awkward_boxes(T.pick(20, 10), dtype)
+    ref = ops.box_iou(a, b, backend="numpy")
+    for name in ("numba", "cuda"):
+        got = backend.to_numpy(ops.box_iou(a, b, backend=name))
+        T.check(got.dtype == dtype and np.array_equal(got, ref), f"box_iou {np.dtype(dtype).name}: {name} == numpy, bit for bit")
+T.check(ops.box_iou(np.zeros((0, 4)), np.zeros((5, 4)), backend="numba").shape == (0, 5), "empty input: (0, 5) result")
+
+# %% [markdown]
+# ## 2. NMS: a sequential walk, made fast two ways
+#
+# Greedy NMS (tutorial 3) is sequential. The CPU kernel keeps the walk and
+# makes each step a branch-free, vectorised pass over the later boxes; for
+# `batched_nms` the categories are independent, so they run in parallel
+# (`prange` over categories: again, disjoint memory). The GPU version computes
+# all pairwise suppressions in parallel as 64-bit masks, then walks the mask on
+# the host. The CUDA C twin of the mask kernel lives in `kernels/cuda/nms.cu`.
+
+# %%
+boxes, scores = bench.clustered_boxes(rng, T.pick(300, 120), clusters=12)
+scores[:6] = scores[6:12]                                 # some tied scores
+idxs = rng.integers(0, 3, len(boxes))
+ref = ops.nms(boxes, scores, 0.5, backend="numpy")
+ref_b = ops.batched_nms(boxes, scores, idxs, 0.5, backend="numpy")
+for name in ("numba", "cuda"):
+    T.check(np.array_equal(backend.to_numpy(ops.nms(boxes, scores, 0.5, backend=name)), ref), f"nms: {name} == numpy")
+    T.check(np.array_equal(backend.to_numpy(ops.batched_nms(boxes, scores, idxs, 0.5, backend=name)), ref_b),
+            f"batched_nms: {name} == numpy")
+if GPU:
+    import cupy
+
+    order = np.argsort(-scores, kind="stable")
+    s = cupy.asarray(np.ascontiguousarray(boxes[order]))
+    areas = (s[:, 2] - s[:, 0]) * (s[:, 3] - s[:, 1])
+    kept = nms_kernels.nms_cuda(s, areas, cupy.zeros(len(s), dtype=np.int64), 0.5, cupy, impl="cupy")
+    T.check(np.array_equal(order[kept], ref), "nms: CUDA C RawKernel (kernels/cuda/nms.cu) == numpy")
+else:
+    print("no GPU: the CUDA C RawKernel of kernels/cuda/nms.cu is not run (it needs CuPy and a device)")
+
+# %% [markdown]
+# ## 3. RoI pooling: forward and the backward scatter
+#
+# The bins of every RoI are computed once, vectorised, by
+# `minirccn.roi_pool.roi_bins` (the rounding rule of tutorial 4); every
+# kernel receives them and only does the two loops that are slow in Python:
+# the max over each bin and the backward scatter. Forward: the CPU kernel runs
+# in parallel over `(RoI, channel)` pairs, the CUDA kernel uses one thread per
+# output value. Both only *read* shared memory, so there is nothing to race on.
+
+# %%
+features = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
+features[0, 0, :3, :3] = 1.0                                 # ties
+rois = np.concatenate([rng.integers(0, 2, (6, 1)), rng.uniform(-40, 180, (6, 2))], axis=1)
+rois = np.concatenate([rois, rois[:, 1:3] + rng.uniform(0, 100, (6, 2))], axis=1).astype(np.float32)
+rois[0] = [0, -300, -300, -200, -200]                         # off the map: empty bins
+out_ref, arg_ref = ops.roi_pool(features, rois, 2, 1 / 16, backend="numpy")
+dout = rng.standard_normal(out_ref.shape).astype(np.float32)
+grad_ref = ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend="numpy")
+for name in ("numba", "cuda"):
+    out, arg = (backend.to_numpy(v) for v in ops.roi_pool(features, rois, 2, 1 / 16, backend=name))
+    T.check(np.array_equal(out, out_ref) and np.array_equal(arg, arg_ref), f"roi_pool forward: {name} == numpy, exactly")
+    grad = backend.to_numpy(ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend=name))
+    exact = np.array_equal(grad, grad_ref)
+    T.check(np.allclose(grad, grad_ref, rtol=1e-6, atol=1e-6),
+            f"roi_pool backward: {name} == numpy ({'bit for bit' if exact else 'to float32 rounding: atomics add in another order'})")
+if GPU:
+    import cupy
+
+    bins = roi_bins(cupy.asarray(rois), (2, 2), 1 / 16, 10, 10, cupy)
+    out, arg = roi_kernels.roi_pool_forward_rawkernel(cupy.asarray(features), *bins)
+    T.check(np.array_equal(out.get(), out_ref) and np.array_equal(arg.get(), arg_ref), "roi_pool: CUDA C RawKernel == numpy")
+else:
+    print("no GPU: the CUDA C RawKernels of kernels/cuda/roi_pool.cu are not run")
+
+# %% [markdown]
+# ## 4. The scatter trap: `out[idx] += v` inside `prange`
+#
+# The backward of RoI pooling (and of max pooling, and `col2im`) *adds* into
+# the input gradient at positions chosen by data (the argmax). Two bins may
+# pick the same cell. If two threads run `g[k] += v` on the same `k` at the
+# same time, each reads the old value, adds its own `v` and writes back: one
+# update is lost. Numba does not warn about it: `prange` trusts you.
+#
+# A toy scatter shows it: 2 million ones added into 4 cells. (These little
+# demo kernels are compiled without `cache=True`, so nothing is written next
+# to the tutorial; minirccn's own kernels are cached.)
+
+# %%
+@numba.njit(parallel=True)
+def scatter_racy(idx, values, out):
+    for k in numba.prange(idx.shape[0]):
+        out[idx[k]] += values[k]  # RACE: two threads may update the same cell at once
+
+
+@numba.njit(parallel=True)
+def scatter_disjoint(idx, values, out):
+    for cell in numba.prange(out.shape[0]):  # each thread owns whole cells: nobody else writes them
+        acc = 0
+        for k in range(idx.shape[0]):
+            if idx[k] == cell:
+                acc += values[k]
+        out[cell] = acc
+
+
+n = T.pick(2_000_000, 400_000)
+idx = rng.integers(0, 4, n)
+values = np.ones(n, dtype=np.int64)
+truth = np.bincount(idx, minlength=4)
+racy = np.zeros(4, dtype=np.int64)
+scatter_racy(idx, values, racy)
+safe = np.zeros(4, dtype=np.int64)
+start = time.perf_counter()
+scatter_disjoint(idx, values, safe)              # the first call compiles the kernel (no cache)
+first_call = time.perf_counter() - start
+print(f"threads: {numba.get_num_threads()}; truth {truth.tolist()}")
+print(f"racy scatter:     {racy.tolist()}  ({int(truth.sum() - racy.sum())} updates lost this run; "
+      "the number changes from run to run, and may be 0 on a quiet or single-core machine)")
+print(f"disjoint scatter: {safe.tolist()}")
+T.check(np.array_equal(safe, truth), "parallel over a disjoint axis: exact, every run")
+
+# %% [markdown]
+# There are three ways out, and minirccn uses each where it fits:
+#
+# 1. **Parallelise over a disjoint axis.** The CPU RoI-pool backward runs one
+#    thread per `(image, channel)` map; each thread walks every RoI of its
+#    image and adds only into its own map. No race, no atomics, and the sums
+#    happen in the reference's order: the result is bit-identical to NumPy.
+# 2. **Gather instead of scatter.** The GPU max-pool backward and `col2im`
+#    use one thread per *input* pixel, which sums the contributions that land
+#    on it. Each output is written by exactly one thread.
+# 3. **Atomics.** The GPU RoI-pool backward uses `cuda.atomic.add` (CUDA C:
+#    `atomicAdd`): the hardware serialises updates of the same address. It is
+#    correct, but the order of the additions depends on thread timing, and
+#    float addition is not associative, so the last bits may change from run
+#    to run:
+
+# %%
+a, b, c = np.float32(1e8), np.float32(-1e8), np.float32(1.0)
+print("(a + b) + c =", (a + b) + c, "   a + (b + c) =", a + (b + c))
+T.check((a + b) + c != a + (b + c), "float32 addition is not associative")
+
+print("\nThe CPU backward (disjoint axis):\n" + source(roi_kernels._backward_cpu, 18))
+print("\nThe CUDA backward (atomics):\n" + source(roi_kernels._backward_cuda, 15))
+
+# %% [markdown]
+# ## 5. Timing, honestly
+#
+# `minirccn.bench.time_call` (the engine of `minirccn bench`) calls the
+# function once to warm up (Numba compiles, or loads its cache, on the first
+# call: that is not run time), then repeats it and reports the **median**.
+# Inputs are built once, outside the timed call; GPU calls synchronise before
+# the clock stops. The `cuda` column only appears on a real GPU: simulator
+# timings measure Python, not the kernel. `minirccn bench` prints the full
+# table, with torchvision's ops as a baseline when PyTorch is installed.
+
+# %%
+steady = bench.time_call(lambda: scatter_disjoint(idx, values, safe))
+print(f"scatter_disjoint: first call {first_call:.2f} s (compiling), then median {steady['median'] * 1e3:.2f} ms "
+      f"over {steady['repeats']} calls")
+T.check(first_call > steady["median"], "the first call (compile) is slower than the steady state")
+
+min_time = T.pick(0.3, 0.05)
+n_iou, n_nms, n_rois, channels, hw = T.pick((2000, 6000, 256, 256, 64), (400, 1000, 32, 32, 32))
+timed_backends = ["numpy", "numba"] + (["cuda"] if GPU else [])
+cases = {}
+boxes1, boxes2 = bench.random_boxes(rng, n_iou), bench.random_boxes(rng, n_iou)
+cases[f"box_iou {n_iou}x{n_iou}"] = lambda be, x=(boxes1, boxes2): (
+    lambda a=backend.to_backend(x[0], be), b=backend.to_backend(x[1], be): ops.box_iou(a, b, backend=be))
+cluster_boxes, cluster_scores = bench.clustered_boxes(rng, n_nms, clusters=max(n_nms // 100, 10))
+cases[f"nms {n_nms} clustered @0.7"] = lambda be: (
+    lambda b=backend.to_backend(cluster_boxes, be), s=backend.to_backend(cluster_scores, be): ops.nms(b, s, 0.7, backend=be))
+feats = rng.standard_normal((1, channels, hw, hw)).astype(np.float32)
+props = bench.proposal_rois(rng, n_rois, hw * 16.0)
+grad_out = rng.standard_normal((n_rois, channels, 7, 7)).astype(np.float32)
+
+
+def roi_case(be):
+    f, r, g = (backend.to_backend(v, be) for v in (feats, props, grad_out))
+
+    def run():
+        _, argmax = ops.roi_pool(f, r, 7, 1 / 16, backend=be)
+        return ops.roi_pool_backward(g, r, argmax, f.shape, backend=be)
+
+    return run
+
+
+cases[f"roi_pool fwd+bwd {n_rois} RoIs 1x{channels}x{hw}x{hw}"] = roi_case
+
+timings = {}
+for case, make in cases.items():
+    timings[case] = {}
+    for be in timed_backends:
+        t = bench.time_call(make(be), sync=be, min_time=min_time)
+        timings[case][be] = t["median"] * 1e3
+    line = ", ".join(f"{be} {ms:.3g} ms" for be, ms in timings[case].items())
+    print(f"{case}: {line}  (numba {timings[case]['numpy'] / timings[case]['numba']:.1f}x numpy)")
+T.check(all(v > 0 for t in timings.values() for v in t.values()), "every timing is a positive median")
+T.bar_chart(timings, "09_kernel_timings.png",
+            title=f"median time per call ({'with GPU' if GPU else 'CPU only'}; {numba.get_num_threads()} Numba threads)")
+
+# %% [markdown]
+# Read the numbers with the machine in mind. On two cores the Numba kernels
+# win mostly by not allocating temporaries and by skipping work (the NMS walk
+# jumps over suppressed boxes, the RoI-pool kernel scans each bin once), not by
+# parallelism. Every `prange` loop ends with a join: the calling thread waits
+# for the others. On a machine busier than its core count, OpenMP's default
+# spin-waiting can make that join cost tens of milliseconds, and a small
+# `box_iou` then looks slower in Numba than in NumPy; run with
+# `OMP_WAIT_POLICY=PASSIVE` (or `NUMBA_NUM_THREADS=1`) to see the kernel's own
+# time. On a GPU the picture changes with size: the
+# launch and the copy of the mask to the host cost tens of microseconds, so
+# small inputs are faster on the CPU.
+#
+# ## Summary
+#
+# * One reference, several kernels, each compared with the reference on
+#   random and awkward inputs; the simulator runs the CUDA kernels anywhere.
+# * Parallel loops must write disjoint memory: parallelise over a disjoint
+#   axis, gather instead of scatter, or use atomics (and accept a run-to-run
+#   order of additions).
+# * Time after a warm-up, report the median, build inputs outside the clock,
+#   and synchronise the GPU.
+#
+# ## Exercises
+#
+# 1. Fix `scatter_racy` with per-thread buffers: `numba.get_num_threads()`
+#    private copies of `out`, each thread adding into its own (hint:
+#    `numba.get_thread_id()`), summed at the end.
+# 2. Time `ops.box_iou` for N = 100, 1000, 4000 on `numpy` and `numba`.
+#    Where does the reference's memory traffic start to hurt?
+# 3. Why can the NMS mask kernel not use `prange`'s trick of a disjoint axis
+#    for the greedy walk itself?
