@@ -30,7 +30,7 @@ from . import layers
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: ``convs`` 3x3 convs of ``channels`` output channels, then a 2x2 pool if ``pool``."""
+    """One stage: ``convs`` 3x3 convs with ``channels`` outputs, then a 2x2 pool if ``pool``."""
 
     channels: int
     convs: int = 1
@@ -50,7 +50,8 @@ class BackboneSpec:
 PRESETS = {
     "tiny": BackboneSpec(stages=(Stage(16), Stage(32), Stage(64), Stage(128)), batch_norm=True),
     "vgg16": BackboneSpec(
-        stages=(Stage(64, 2), Stage(128, 2), Stage(256, 3), Stage(512, 3), Stage(512, 3, pool=False)),
+        stages=(Stage(64, 2), Stage(128, 2), Stage(256, 3), Stage(512, 3),
+                Stage(512, 3, pool=False)),
         batch_norm=False,
     ),
 }
@@ -91,7 +92,8 @@ def init_backbone(spec, rng: np.random.Generator, dtype=np.float32) -> dict:
     spec = get_spec(spec)
     params = {}
     for name, c_in, c_out, _pool in _convs(spec):
-        params[f"{name}.w"], params[f"{name}.b"] = _init.conv_params(c_in, c_out, spec.kernel_size, rng, dtype=dtype)
+        w, b = _init.conv_params(c_in, c_out, spec.kernel_size, rng, dtype=dtype)
+        params[f"{name}.w"], params[f"{name}.b"] = w, b
         if spec.batch_norm:
             params[f"{name}.bn.gamma"] = np.ones(c_out, dtype=dtype)
             params[f"{name}.bn.beta"] = np.zeros(c_out, dtype=dtype)
@@ -102,7 +104,8 @@ def init_backbone(spec, rng: np.random.Generator, dtype=np.float32) -> dict:
 
 def count_params(params: dict, trainable_only: bool = True) -> int:
     """Number of scalars in ``params`` (without BN running statistics if ``trainable_only``)."""
-    return sum(int(np.prod(p.shape)) for k, p in params.items() if not (trainable_only and ".running_" in k))
+    return sum(int(np.prod(p.shape)) for k, p in params.items()
+               if not (trainable_only and ".running_" in k))
 
 
 class BackboneCache(NamedTuple):
@@ -112,7 +115,8 @@ class BackboneCache(NamedTuple):
     backend: str
 
 
-def backbone_forward(params: dict, x, spec, train: bool = True, backend=None) -> tuple[Any, BackboneCache]:
+def backbone_forward(params: dict, x, spec, train: bool = True,
+                     backend=None) -> tuple[Any, BackboneCache]:
     """Run the stack.
 
     Args:
@@ -129,7 +133,8 @@ def backbone_forward(params: dict, x, spec, train: bool = True, backend=None) ->
     pad = spec.kernel_size // 2
     steps = []
     for name, _c_in, _c_out, pool in _convs(spec):
-        x, cache = layers.conv2d_forward(x, params[f"{name}.w"], params[f"{name}.b"], 1, pad, backend=backend)
+        w, b = params[f"{name}.w"], params[f"{name}.b"]
+        x, cache = layers.conv2d_forward(x, w, b, 1, pad, backend=backend)
         backend = cache.backend
         steps.append((name, "conv", cache))
         if spec.batch_norm:

@@ -25,7 +25,8 @@ import numpy as np
 
 def _check_float64(x, name: str) -> None:
     if not isinstance(x, np.ndarray) or x.dtype != np.float64:
-        raise TypeError(f"{name}: finite differences need a float64 NumPy array, got {getattr(x, 'dtype', type(x).__name__)}")
+        got = getattr(x, "dtype", type(x).__name__)
+        raise TypeError(f"{name}: finite differences need a float64 NumPy array, got {got}")
 
 
 def rel_error(a, b) -> float:
@@ -85,8 +86,8 @@ def _directional(f, x, analytic_grad, rng, n_dirs, eps) -> tuple[float, float]:
     return err, scale
 
 
-def directional_grad_check(f: Callable[[], float], x: np.ndarray, analytic_grad, rng: np.random.Generator,
-                           n_dirs: int = 8, eps: float = 1e-6) -> float:
+def directional_grad_check(f: Callable[[], float], x: np.ndarray, analytic_grad,
+                           rng: np.random.Generator, n_dirs: int = 8, eps: float = 1e-6) -> float:
     """Compare ``analytic_grad`` with finite differences along ``n_dirs`` random unit directions.
 
     For tensors too big to difference coordinate by coordinate: 2 evaluations per direction.
@@ -110,8 +111,8 @@ def directional_grad_check(f: Callable[[], float], x: np.ndarray, analytic_grad,
 
 
 def check_layer(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray], *,
-                rng: np.random.Generator | None = None, eps: float = 1e-6, wrt: Sequence[int] | None = None,
-                max_full: int = 2000, n_dirs: int = 8) -> float:
+                rng: np.random.Generator | None = None, eps: float = 1e-6,
+                wrt: Sequence[int] | None = None, max_full: int = 2000, n_dirs: int = 8) -> float:
     """Check a layer's backward against finite differences; returns the max relative error.
 
     Args:

@@ -33,12 +33,12 @@ def normal(shape, std: float, rng: np.random.Generator, dtype=np.float32) -> np.
 
 
 def fan_in(shape) -> int:
-    """Inputs feeding one output: ``C*kh*kw`` for a conv ``(F, C, kh, kw)``, ``D`` for a linear ``(D, M)``."""
+    """Inputs feeding one output: ``C*kh*kw`` for a conv ``(F, C, kh, kw)``, ``D`` for ``(D, M)``."""
     if len(shape) == 4:
         return int(shape[1] * shape[2] * shape[3])
     if len(shape) == 2:
         return int(shape[0])
-    raise ValueError(f"shape: expected a conv (F, C, kh, kw) or linear (D, M) weight shape, got {tuple(shape)}")
+    raise ValueError(f"shape: expected a conv (F, C, kh, kw) or linear (D, M) shape, got {tuple(shape)}")
 
 
 def he_normal(shape, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:

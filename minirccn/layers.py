@@ -67,7 +67,7 @@ def _prepare(backend, name_arrays: dict):
     names = list(name_arrays)
     for n, a in zip(names[1:], arrays[1:]):
         if a.dtype != arrays[0].dtype:
-            raise TypeError(f"{n}: dtype {a.dtype} differs from {names[0]}'s dtype {arrays[0].dtype}")
+            raise TypeError(f"{n}: dtype {a.dtype} differs from {names[0]}'s {arrays[0].dtype}")
     return backend, xp, arrays
 
 
@@ -82,6 +82,16 @@ def _check_grad(dout, name: str, shape, dtype, xp):
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a conv / pool along one axis: ``floor((size + 2p - k) / s) + 1``."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def _geometry(kernel_size, stride, padding):
+    """``((kh, kw), (sh, sw), (ph, pw))`` from ints or pairs."""
+    return _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding")
+
+
+def _offset_view(a, i, j, ho, wo, sh, sw):
+    """``a[:, :, i + oh*sh, j + ow*sw]`` for all ``oh < ho``, ``ow < wo``: a strided view."""
+    return a[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
 
 
 # ----------------------------------------------------------------------------- im2col
@@ -103,14 +113,14 @@ def im2col(x, kernel_size, stride=1, padding=0):
     One strided slice per kernel offset ``(i, j)``: ``kh * kw`` vectorised copies.
     """
     xp = _backend.get_array_module(x)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding")
+    (kh, kw), (sh, sw), (ph, pw) = _geometry(kernel_size, stride, padding)
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = xpad[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+            cols[:, :, i, j] = _offset_view(xpad, i, j, ho, wo, sh, sw)
     return cols.reshape(n, c * kh * kw, ho * wo)
 
 
@@ -127,14 +137,14 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
         kernel-offset order ``(i, j) = (0, 0), (0, 1), ...``.
     """
     xp = _backend.get_array_module(cols)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding")
+    (kh, kw), (sh, sw), (ph, pw) = _geometry(kernel_size, stride, padding)
     n, c, h, w = x_shape
     ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxpad[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += cols[:, :, i, j]
+            _offset_view(dxpad, i, j, ho, wo, sh, sw)[...] += cols[:, :, i, j]
     return dxpad[:, :, ph : ph + h, pw : pw + w]
 
 
@@ -192,7 +202,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
 
     Returns:
         out: ``(N, F, Ho, Wo)`` with ``Ho = (H + 2ph - kh) // sh + 1``:
-            ``out[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f, c, i, j] * xpad[n, c, oh*sh + i, ow*sw + j]``,
+            ``out[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f,c,i,j] * xpad[n, c, oh*sh+i, ow*sw+j]``,
             computed per image as ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``.
         cache: :class:`Conv2dCache`.
     """
@@ -237,7 +247,8 @@ def conv2d_backward(dout, cache: Conv2dCache):
     xp = _backend.get_array_module(cols)
     f, c, kh, kw = w.shape
     n = x_shape[0]
-    ho, wo = conv_output_size(x_shape[2], kh, stride[0], padding[0]), conv_output_size(x_shape[3], kw, stride[1], padding[1])
+    ho = conv_output_size(x_shape[2], kh, stride[0], padding[0])
+    wo = conv_output_size(x_shape[3], kw, stride[1], padding[1])
     dout = _check_grad(dout, "dout", (n, f, ho, wo), w.dtype, xp).reshape(n, f, ho * wo)
     db = dout.sum(axis=(0, 2))
     w2 = w.reshape(f, c * kh * kw)
@@ -306,9 +317,8 @@ def max_pool2d_reference(x, kernel_size, stride):
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
     # windows[k] = the k-th element (k = i*kw + j) of every window: (kh*kw, N, C, Ho, Wo)
-    windows = xp.stack(
-        [x[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] for i in range(kh) for j in range(kw)]
-    )
+    windows = xp.stack([_offset_view(x, i, j, ho, wo, sh, sw)
+                        for i in range(kh) for j in range(kw)])
     k = windows.argmax(axis=0)  # first occurrence of the maximum (NaN is the maximum)
     out = xp.take_along_axis(windows, k[None], axis=0)[0]
     i, j = k // kw, k % kw
@@ -428,7 +438,7 @@ def linear_backward(dout, cache: LinearCache):
     """Gradients of :func:`linear_forward`.
 
     Returns:
-        dx: ``(N, D)`` = ``dout @ w^T``; dw: ``(D, M)`` = ``x^T @ dout``; db: ``(M,)`` = ``sum_n dout``.
+        dx ``(N, D)`` = ``dout @ w^T``; dw ``(D, M)`` = ``x^T @ dout``; db ``(M,)`` = ``sum_n dout``.
     """
     x, w, _backend_name = cache
     xp = _backend.get_array_module(x)
@@ -498,7 +508,8 @@ class BatchNorm2dCache(NamedTuple):
     backend: str
 
 
-def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, train=True, momentum=0.1, eps=1e-5, *, backend=None):
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, train=True, momentum=0.1,
+                        eps=1e-5, *, backend=None):
     """Batch normalisation over ``(N, H, W)`` per channel (torch's ``BatchNorm2d``).
 
     Args:
@@ -525,7 +536,9 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, train=True, m
     if train:
         m = x.shape[0] * x.shape[2] * x.shape[3]
         if m < 2:
-            raise ValueError(f"x: batch norm in train mode needs more than 1 value per channel, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"x: batch norm in train mode needs more than 1 value per channel, got {tuple(x.shape)}"
+            )
         mean = x.mean(axis=(0, 2, 3))
         var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
         running_mean *= 1 - momentum

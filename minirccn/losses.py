@@ -7,13 +7,13 @@ The loss itself is a Python ``float``.
 
 Reductions follow torch's defaults as Faster R-CNN uses them:
 
-==========================  ===========================================  ==============================
-function                    loss                                         torch equivalent
-==========================  ===========================================  ==============================
-``softmax_cross_entropy``   mean over labels >= 0 of ``-log p[label]``   ``cross_entropy(ignore_index=-1)``
-``sigmoid_bce``             mean over elements (optionally weighted)     ``binary_cross_entropy_with_logits``
-``smooth_l1``               *sum* over elements                          ``smooth_l1_loss(reduction="sum")``
-==========================  ===========================================  ==============================
+=========================  ====================================  ===================================
+function                   loss                                  torch equivalent
+=========================  ====================================  ===================================
+``softmax_cross_entropy``  mean over labels >= 0 of ``-log p``   ``cross_entropy(ignore_index=-1)``
+``sigmoid_bce``            mean over elements (opt. weighted)    ``binary_cross_entropy_with_logits``
+``smooth_l1``              *sum* over elements                   ``smooth_l1_loss(reduction="sum")``
+=========================  ====================================  ===================================
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def softmax_cross_entropy(logits, labels):
     xp = _backend.get_array_module(logits)
     r, k = logits.shape
     if r and (int(labels.min()) < -1 or int(labels.max()) >= k):
-        raise ValueError(f"labels: expected values in [0, {k}) or -1 (ignore), got range [{int(labels.min())}, {int(labels.max())}]")
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"labels: expected values in [0, {k}) or -1 (ignore), got range [{lo}, {hi}]")
     valid = labels >= 0
     n_valid = int(valid.sum())
     if n_valid == 0:
@@ -107,7 +108,9 @@ def sigmoid_bce(logits, targets, weights=None):
         try:
             np.broadcast_shapes(w.shape, logits.shape)
         except ValueError:
-            raise ValueError(f"weights: shape {tuple(w.shape)} does not broadcast to logits' {tuple(logits.shape)}") from None
+            raise ValueError(
+                f"weights: shape {tuple(w.shape)} does not broadcast to {tuple(logits.shape)}"
+            ) from None
     n = logits.size
     if n == 0:
         return 0.0, xp.zeros_like(logits)

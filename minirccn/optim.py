@@ -41,7 +41,8 @@ class SGD:
             raise TypeError(f"params: expected a dict name -> array, got {type(params).__name__}")
         for name, p in params.items():
             if not hasattr(p, "dtype") or p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"params[{name!r}]: expected a float32/float64 array, got {getattr(p, 'dtype', type(p).__name__)}")
+                got = getattr(p, "dtype", type(p).__name__)
+                raise TypeError(f"params[{name!r}]: expected a float32/float64 array, got {got}")
         for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
@@ -60,7 +61,9 @@ class SGD:
                 raise ValueError(f"grads: {name!r} is not a parameter of this optimizer")
             p = self.params[name]
             if tuple(g.shape) != tuple(p.shape):
-                raise ValueError(f"grads[{name!r}]: shape {tuple(g.shape)} differs from the parameter's {tuple(p.shape)}")
+                raise ValueError(
+                    f"grads[{name!r}]: shape {tuple(g.shape)} differs from the parameter's {tuple(p.shape)}"
+                )
             xp = _backend.get_array_module(p)
             g = xp.asarray(g).astype(p.dtype, copy=False)
             if self.weight_decay:
@@ -101,7 +104,9 @@ class SGD:
                 raise ValueError(f"state: buffer {name!r} has no matching parameter")
             p = self.params[name]
             if tuple(np.shape(value)) != tuple(p.shape):
-                raise ValueError(f"state: buffer {name!r} has shape {tuple(np.shape(value))}, parameter has {tuple(p.shape)}")
+                raise ValueError(
+                    f"state: buffer {name!r} has shape {tuple(np.shape(value))}, parameter {tuple(p.shape)}"
+                )
             xp = _backend.get_array_module(p)
             buffers[name] = xp.array(value, dtype=p.dtype)  # a copy
         self.lr = float(state["lr"])
