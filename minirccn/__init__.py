@@ -9,8 +9,10 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "anchors", "backend", "box_coder", "boxes", "data", "errors", "evaluation", "gradcheck",
-    "layers", "losses", "nms", "ops", "optim", "roi_pool",
+    "anchor_targets", "anchors", "backbone", "backend", "bench", "box_coder", "boxes", "checkpoint",
+    "cli", "config", "data", "errors", "evaluation", "gradcheck", "head", "init", "layers", "losses",
+    "model", "nms", "ops", "optim", "predict", "proposal_targets", "proposals", "roi_pool", "rpn",
+    "train", "viz",
 }
 
 
