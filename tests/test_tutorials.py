@@ -29,9 +29,17 @@ def test_tutorials_exist():
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_tutorial_runs(script, tmp_path):
     out = tmp_path / "figures"
-    env = dict(os.environ, MINIRCCN_TUTORIAL_FAST="1", MINIRCCN_TUTORIAL_OUT=str(out), PYTHONHASHSEED="0")
+    env = dict(
+        os.environ, MINIRCCN_TUTORIAL_FAST="1", MINIRCCN_TUTORIAL_OUT=str(out), PYTHONHASHSEED="0"
+    )
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,  # the return code is asserted below, with the output
     )
     tail = (result.stdout[-3000:] + "\n--- stderr ---\n" + result.stderr[-3000:]).strip()
     assert result.returncode == 0, f"{script.name} exited {result.returncode}:\n{tail}"

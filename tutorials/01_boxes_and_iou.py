@@ -34,6 +34,7 @@ rng = np.random.default_rng(0)
 # columns 10..29 is `x1 = 10, x2 = 30`, and its width is `x2 - x1 = 20`, with
 # no "+1". The conversions are one line each:
 
+
 # %%
 def xyxy_to_cxcywh(b):
     """(N, 4) xyxy -> (N, 4) cxcywh."""
@@ -43,8 +44,15 @@ def xyxy_to_cxcywh(b):
 
 def cxcywh_to_xyxy(b):
     """(N, 4) cxcywh -> (N, 4) xyxy."""
-    return np.stack([b[:, 0] - 0.5 * b[:, 2], b[:, 1] - 0.5 * b[:, 3],
-                     b[:, 0] + 0.5 * b[:, 2], b[:, 1] + 0.5 * b[:, 3]], axis=1)
+    return np.stack(
+        [
+            b[:, 0] - 0.5 * b[:, 2],
+            b[:, 1] - 0.5 * b[:, 3],
+            b[:, 0] + 0.5 * b[:, 2],
+            b[:, 1] + 0.5 * b[:, 3],
+        ],
+        axis=1,
+    )
 
 
 def xyxy_to_xywh(b):
@@ -56,7 +64,10 @@ box = np.array([[10.0, 20.0, 30.0, 60.0]])
 print("xyxy   ", box[0])
 print("cxcywh ", xyxy_to_cxcywh(box)[0])
 print("xywh   ", xyxy_to_xywh(box)[0])
-T.check(np.array_equal(cxcywh_to_xyxy(xyxy_to_cxcywh(box)), box), "xyxy -> cxcywh -> xyxy is the identity")
+T.check(
+    np.array_equal(cxcywh_to_xyxy(xyxy_to_cxcywh(box)), box),
+    "xyxy -> cxcywh -> xyxy is the identity",
+)
 T.check(ops.box_area(box)[0] == 20 * 40, "box_area = (x2 - x1) * (y2 - y1) = 20 * 40")
 
 # %% [markdown]
@@ -73,6 +84,7 @@ T.check(ops.box_area(box)[0] == 20 * 40, "box_area = (x2 - x1) * (y2 - y1) = 20 
 # "intersection".
 #
 # ## 3. A naive loop
+
 
 # %%
 def iou_loop(boxes1, boxes2):
@@ -108,29 +120,48 @@ n = T.pick(300, 60)
 xy = rng.uniform(-20, 200, size=(n, 2))
 wh = rng.uniform(0, 80, size=(n, 2))
 random_boxes = np.concatenate([xy, xy + wh], axis=1)
-awkward = np.array([
-    [0, 0, 10, 10],     # the reference box
-    [0, 0, 10, 10],     # identical: IoU 1
-    [10, 0, 20, 10],    # touches the right edge: IoU 0
-    [2, 2, 5, 5],       # inside: IoU = 9 / 100
-    [5, 5, 5, 5],       # zero area (a point)
-    [5, 5, 5, 5],       # the same point: union 0 -> IoU 0
-    [-8, -8, 2, 2],     # partly off the image
-], dtype=np.float64)
+awkward = np.array(
+    [
+        [0, 0, 10, 10],  # the reference box
+        [0, 0, 10, 10],  # identical: IoU 1
+        [10, 0, 20, 10],  # touches the right edge: IoU 0
+        [2, 2, 5, 5],  # inside: IoU = 9 / 100
+        [5, 5, 5, 5],  # zero area (a point)
+        [5, 5, 5, 5],  # the same point: union 0 -> IoU 0
+        [-8, -8, 2, 2],  # partly off the image
+    ],
+    dtype=np.float64,
+)
 boxes = np.concatenate([awkward, random_boxes])
 
 loop = iou_loop(boxes, boxes)
 ref = ops.box_iou(boxes, boxes, backend="numpy")
 print("IoU of the awkward boxes with each other:\n", np.round(ref[:7, :7], 3))
-T.check(np.array_equal(loop, ref), f"naive loop == box_iou reference, bit for bit, on {len(boxes)}x{len(boxes)} float64 pairs")
-T.check(np.array_equal(ref, ops.box_iou(boxes, boxes, backend="numba")),
-        "the Numba kernel gives the same bits (same operations, same order)")
+T.check(
+    np.array_equal(loop, ref),
+    f"naive loop == box_iou reference, bit for bit, on {len(boxes)}x{len(boxes)} float64 pairs",
+)
+T.check(
+    np.array_equal(ref, ops.box_iou(boxes, boxes, backend="numba")),
+    "the Numba kernel gives the same bits (same operations, same order)",
+)
 ref32 = ops.box_iou(boxes.astype(np.float32), boxes.astype(np.float32), backend="numpy")
 gap = np.abs(ref32 - ref).max()
-print(f"float32 vs float64 IoU: largest difference {gap:.2e} (float32 rounds the coordinates first)")
-T.check(ref32.dtype == np.float32 and gap < 1e-5, "float32 boxes give float32 IoU, within 1e-5 of float64")
-T.check(np.allclose(ref, ref.T) and np.all((ref >= 0) & (ref <= 1)), "IoU is symmetric and lies in [0, 1]")
-T.check(ref[4, 5] == 0 and ref[0, 2] == 0 and abs(ref[0, 3] - 0.09) < 1e-12, "point boxes 0, touching boxes 0, box inside 9/100")
+print(
+    f"float32 vs float64 IoU: largest difference {gap:.2e} (float32 rounds the coordinates first)"
+)
+T.check(
+    ref32.dtype == np.float32 and gap < 1e-5,
+    "float32 boxes give float32 IoU, within 1e-5 of float64",
+)
+T.check(
+    np.allclose(ref, ref.T) and np.all((ref >= 0) & (ref <= 1)),
+    "IoU is symmetric and lies in [0, 1]",
+)
+T.check(
+    ref[4, 5] == 0 and ref[0, 2] == 0 and abs(ref[0, 3] - 0.09) < 1e-12,
+    "point boxes 0, touching boxes 0, box inside 9/100",
+)
 
 # %% [markdown]
 # ## 5. The "+1" convention, and why mixing conventions breaks IoU
@@ -147,6 +178,7 @@ T.check(ref[4, 5] == 0 and ref[0, 2] == 0 and abs(ref[0, 3] - 0.09) < 1e-12, "po
 # One pixel is nothing for a 200-pixel box and everything for a 4-pixel one.
 # Take two `s x s` boxes, one shifted right by a single pixel:
 
+
 # %%
 def iou_plus_one(a, b):
     """Legacy IoU with inclusive pixel indices: widths are x2 - x1 + 1 (teaching only)."""
@@ -160,15 +192,18 @@ def iou_plus_one(a, b):
 print(f"{'size s':>7} {'true IoU':>9} {'inclusive boxes, no +1':>23} {'continuous boxes, +1':>21}")
 rows = []
 for s in (2, 4, 8, 16, 64, 256):
-    cont = np.array([[0, 0, s, s], [1, 0, s + 1, s]], dtype=np.float64)    # continuous coordinates
-    incl = cont - np.array([0, 0, 1, 1])                                    # the same pixels, inclusive
+    cont = np.array([[0, 0, s, s], [1, 0, s + 1, s]], dtype=np.float64)  # continuous coordinates
+    incl = cont - np.array([0, 0, 1, 1])  # the same pixels, inclusive
     true = ops.box_iou(cont[:1], cont[1:])[0, 0]
     mixed_a = ops.box_iou(incl[:1], incl[1:])[0, 0]
     mixed_b = iou_plus_one(cont[0], cont[1])
     consistent = iou_plus_one(incl[0], incl[1])  # inclusive boxes, +1 formula: consistent again
     rows.append((s, true, mixed_a, mixed_b, consistent))
     print(f"{s:7d} {true:9.3f} {mixed_a:23.3f} {mixed_b:21.3f}")
-T.check(all(np.isclose(r[4], r[1]) for r in rows), "inclusive boxes with the +1 formula give the true IoU at every size")
+T.check(
+    all(np.isclose(r[4], r[1]) for r in rows),
+    "inclusive boxes with the +1 formula give the true IoU at every size",
+)
 print("For s=4 the pair is a duplicate for NMS at threshold 0.5 (0.6 > 0.5) only if the")
 print("convention matches: with inclusive boxes and no +1 it is exactly 0.5, not > 0.5.")
 T.check(rows[1][1] > 0.5 >= rows[1][2], "s=4: true IoU 0.6 is above 0.5, the mixed-up IoU is not")
@@ -181,6 +216,7 @@ T.check(abs(rows[-1][1] - rows[-1][2]) < 0.01, "s=256: the conventions differ by
 # two conventions on a pixel grid: the same 4x4 pixels are `(1, 1, 5, 5)`
 # continuous but `(1, 1, 4, 4)` inclusive, and reading the inclusive numbers as
 # continuous coordinates loses a row and a column (the dashed box).
+
 
 # %%
 def draw_iou_picture(a, b, scale=40):
@@ -208,19 +244,32 @@ def draw_conventions(scale=40):
     for r in range(8):
         for c in range(8):
             inside = 1 <= r <= 4 and 1 <= c <= 4
-            d.rectangle([c * scale, r * scale, (c + 1) * scale, (r + 1) * scale],
-                        fill=(255, 215, 120) if inside else (250, 250, 250), outline=(200, 200, 200))
+            d.rectangle(
+                [c * scale, r * scale, (c + 1) * scale, (r + 1) * scale],
+                fill=(255, 215, 120) if inside else (250, 250, 250),
+                outline=(200, 200, 200),
+            )
     d.rectangle([1 * scale, 1 * scale, 5 * scale, 5 * scale], outline=(0, 90, 200), width=3)
     for k in range(1 * scale, 4 * scale, 12):  # dashed: (1, 1, 4, 4) read as continuous
-        for (p, q) in (((k, scale), (k + 6, scale)), ((k, 4 * scale), (k + 6, 4 * scale)),
-                       ((scale, k), (scale, k + 6)), ((4 * scale, k), (4 * scale, k + 6))):
+        for p, q in (
+            ((k, scale), (k + 6, scale)),
+            ((k, 4 * scale), (k + 6, 4 * scale)),
+            ((scale, k), (scale, k + 6)),
+            ((4 * scale, k), (4 * scale, k + 6)),
+        ):
             d.line([p, q], fill=(220, 30, 60), width=3)
-    return T.caption(img, "4x4 pixels: continuous (1,1,5,5), width 4 (blue)\n"
-                          "inclusive (1,1,4,4) read without +1: width 3 (red)")
+    return T.caption(
+        img,
+        "4x4 pixels: continuous (1,1,5,5), width 4 (blue)\n"
+        "inclusive (1,1,4,4) read without +1: width 3 (red)",
+    )
 
 
 a_box, b_box = (1.0, 1.0, 5.0, 5.0), (3.0, 2.0, 7.0, 6.0)
-T.check(np.isclose(ops.box_iou(np.array([a_box]), np.array([b_box]))[0, 0], 6 / 26), "picture: IoU = 6/26")
+T.check(
+    np.isclose(ops.box_iou(np.array([a_box]), np.array([b_box]))[0, 0], 6 / 26),
+    "picture: IoU = 6/26",
+)
 T.save_grid([draw_iou_picture(a_box, b_box), draw_conventions()], "01_iou.png")
 
 # %% [markdown]

@@ -35,6 +35,7 @@ from minirccn.data import load_dataset
 # `round` is half-to-even (NumPy's and torch's `round`), so a size-5 square
 # becomes `(-2, -2, 2, 2)`, 4 pixels wide, and so does a size-3 square.
 
+
 # %%
 def base_anchors_loop(sizes, ratios):
     """The base anchors, one at a time (teaching version of minirccn.anchors.base_anchors)."""
@@ -55,8 +56,10 @@ print("base anchors (x1, y1, x2, y2), width x height:")
 for row in ref:
     print(f"  {row}   {row[2] - row[0]:.0f} x {row[3] - row[1]:.0f}")
 T.check(np.array_equal(loop, ref), "naive loop == minirccn.anchors.base_anchors, exactly")
-T.check(np.array_equal(anchors.base_anchors([5, 3], [1.0]), [[-2, -2, 2, 2], [-2, -2, 2, 2]]),
-        "half-to-even: sizes 5 and 3 both round to 4-pixel squares")
+T.check(
+    np.array_equal(anchors.base_anchors([5, 3], [1.0]), [[-2, -2, 2, 2], [-2, -2, 2, 2]]),
+    "half-to-even: sizes 5 and 3 both round to 4-pixel squares",
+)
 
 # %% [markdown]
 # ## 2. The grid: every anchor of a feature map
@@ -67,6 +70,7 @@ T.check(np.array_equal(anchors.base_anchors([5, 3], [1.0]), [[-2, -2, 2, 2], [-2
 # are the base anchors shifted there. The result is **location-major**: row
 # `(i * W + j) * A + a` is anchor `a` of cell `(i, j)`, matching how the RPN's
 # `(A * 4, H, W)` outputs are flattened.
+
 
 # %%
 def grid_anchors_loop(height, width, stride, base, offset):
@@ -82,7 +86,10 @@ def grid_anchors_loop(height, width, stride, base, offset):
 for offset in (0.0, 0.5):
     loop = grid_anchors_loop(3, 5, 16, ref, offset)
     fast = anchors.generate_anchors((3, 5), 16, sizes, ratios, offset=offset)
-    T.check(np.array_equal(loop, fast), f"offset {offset}: loop == generate_anchors on a 3x5 map, exactly")
+    T.check(
+        np.array_equal(loop, fast),
+        f"offset {offset}: loop == generate_anchors on a 3x5 map, exactly",
+    )
 
 # %% [markdown]
 # ## 3. The 1764 anchors of a 224 x 224 VGG16 input
@@ -99,7 +106,10 @@ feature, stride = 224 // 16, 16
 for anchor_sizes in ((128, 256, 512), (32, 64, 128)):
     all_anchors = anchors.generate_anchors(feature, stride, anchor_sizes, ratios, offset=0.5)
     inside = anchors.anchors_inside(all_anchors, (224, 224))
-    print(f"sizes {anchor_sizes}: {all_anchors.shape[0]} anchors, {int(inside.sum())} inside the image")
+    print(
+        f"sizes {anchor_sizes}: {all_anchors.shape[0]} anchors, "
+        f"{int(inside.sum())} inside the image"
+    )
     T.check(all_anchors.shape == (14 * 14 * 9, 4) == (1764, 4), "14 x 14 cells x 9 anchors = 1764")
 
 # %% [markdown]
@@ -117,12 +127,20 @@ for anchor_sizes in ((128, 256, 512), (32, 64, 128)):
 for offset in (0.0, 0.5):
     a = anchors.generate_anchors(feature, stride, (32, 64, 128), ratios, offset=offset)
     centres = (a[:, :2] + a[:, 2:]) / 2
-    print(f"offset {offset}: centres from {centres.min(axis=0)} to {centres.max(axis=0)}, "
-          f"mean {centres.mean(axis=0)} (image centre 112)")
+    print(
+        f"offset {offset}: centres from {centres.min(axis=0)} to {centres.max(axis=0)}, "
+        f"mean {centres.mean(axis=0)} (image centre 112)"
+    )
 a0 = anchors.generate_anchors(feature, stride, (32, 64, 128), ratios, offset=0.0)
 a5 = anchors.generate_anchors(feature, stride, (32, 64, 128), ratios, offset=0.5)
-T.check(np.array_equal(a5 - a0, np.full_like(a0, 8.0)), "offset 0.5 moves every anchor by S/2 = 8 pixels")
-T.check(np.allclose(((a5[:, :2] + a5[:, 2:]) / 2).mean(axis=0), 112), "offset 0.5: anchor centres are symmetric about the image centre")
+T.check(
+    np.array_equal(a5 - a0, np.full_like(a0, 8.0)),
+    "offset 0.5 moves every anchor by S/2 = 8 pixels",
+)
+T.check(
+    np.allclose(((a5[:, :2] + a5[:, 2:]) / 2).mean(axis=0), 112),
+    "offset 0.5: anchor centres are symmetric about the image centre",
+)
 
 # %% [markdown]
 # ## 5. Anchors on a real image
@@ -138,14 +156,20 @@ sample = load_dataset("shapes", split="train", seed=0)[T.pick(3, 3)]
 image, gt, labels = sample["image"], sample["boxes"], sample["labels"]
 tiny_sizes, tiny_stride = (16, 32, 64), 16
 grid = anchors.generate_anchors(128 // tiny_stride, tiny_stride, tiny_sizes, ratios, offset=0.5)
-iou = ops.box_iou(grid, gt)                       # (576, G)
-best = iou.argmax(axis=0)                          # (G,) best anchor of each object
+iou = ops.box_iou(grid, gt)  # (576, G)
+best = iou.argmax(axis=0)  # (G,) best anchor of each object
 print(f"{len(grid)} anchors; ground truth:\n{gt}")
 for g, k in enumerate(best):
     cell, a = divmod(int(k), 9)
-    print(f"  object {g}: best anchor {k} = cell {divmod(cell, 8)}, anchor {a}, box {grid[k]}, IoU {iou[k, g]:.2f}")
+    print(
+        f"  object {g}: best anchor {k} = cell {divmod(cell, 8)}, anchor {a}, "
+        f"box {grid[k]}, IoU {iou[k, g]:.2f}"
+    )
 T.check(len(grid) == 8 * 8 * 9, "tiny preset on 128 x 128: 8 x 8 x 9 = 576 anchors")
-T.check(np.all(iou[best, np.arange(len(gt))] == iou.max(axis=0)), "argmax picks each object's highest-IoU anchor")
+T.check(
+    np.all(iou[best, np.arange(len(gt))] == iou.max(axis=0)),
+    "argmax picks each object's highest-IoU anchor",
+)
 
 scale = T.pick(3, 2)
 
@@ -165,16 +189,30 @@ def centres_panel(offset):
 
 # the 9 anchors of the cell holding the first object's best anchor
 cell = int(best[0]) // 9
-nine = grid[cell * 9:(cell + 1) * 9]
-panel_nine = T.caption(viz.draw_detections(image, nine, np.arange(9) // 3, class_names=["1:2", "1:1", "2:1"],
-                                           scale=scale, width=2),
-                       "the 9 anchors of one cell\n(tag = height:width)")
-objects = viz.draw_detections(image, gt, np.zeros(len(gt), int), class_names=["object"], scale=scale, width=2)
+nine = grid[cell * 9 : (cell + 1) * 9]
+panel_nine = T.caption(
+    viz.draw_detections(
+        image, nine, np.arange(9) // 3, class_names=["1:2", "1:1", "2:1"], scale=scale, width=2
+    ),
+    "the 9 anchors of one cell\n(tag = height:width)",
+)
+objects = viz.draw_detections(
+    image, gt, np.zeros(len(gt), int), class_names=["object"], scale=scale, width=2
+)
 panel_best = T.caption(
-    viz.draw_detections(objects, grid[best] * scale, np.ones(len(gt), int), iou[best, np.arange(len(gt))],
-                        class_names=["", "anchor"], width=2),
-    "objects (red) and their best anchors\n(green, tag = IoU)")
-T.save_grid([centres_panel(0.0), centres_panel(0.5), panel_nine, panel_best], "02_anchors.png", colours=256)
+    viz.draw_detections(
+        objects,
+        grid[best] * scale,
+        np.ones(len(gt), int),
+        iou[best, np.arange(len(gt))],
+        class_names=["", "anchor"],
+        width=2,
+    ),
+    "objects (red) and their best anchors\n(green, tag = IoU)",
+)
+T.save_grid(
+    [centres_panel(0.0), centres_panel(0.5), panel_nine, panel_best], "02_anchors.png", colours=256
+)
 
 # %% [markdown]
 # ## Summary

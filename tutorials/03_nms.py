@@ -42,7 +42,7 @@ sample = load_dataset("shapes", split="train", seed=0)[3]
 image, gt = sample["image"], sample["boxes"].astype(np.float64)
 k = 5
 object_score = np.array([0.35, 0.9, 0.75, 0.6])[: len(gt)]
-which = np.repeat(np.arange(len(gt)), k)                       # (G * k,) object of each box
+which = np.repeat(np.arange(len(gt)), k)  # (G * k,) object of each box
 size = (gt[:, 2:] - gt[:, :2])[which][:, [0, 1, 0, 1]]
 boxes = np.round(gt[which] + rng.normal(0, 0.05, size=(len(which), 4)) * size, 1)
 scores = np.round(np.clip(object_score[which] + rng.normal(0, 0.06, len(which)), 0.01, 0.99), 3)
@@ -61,6 +61,7 @@ print(f"{len(boxes)} boxes around {len(gt)} objects")
 # whether box 5 survives depends on whether box 2 (which might have suppressed
 # it) was itself kept.
 
+
 # %%
 def nms_loop(boxes, scores, threshold, verbose=False):
     """Greedy NMS, one kept box at a time (teaching version of minirccn.nms.nms_reference)."""
@@ -69,11 +70,15 @@ def nms_loop(boxes, scores, threshold, verbose=False):
     while remaining:
         best = remaining.pop(0)
         keep.append(int(best))
-        iou = ops.box_iou(boxes[best:best + 1], boxes[remaining])[0]  # (len(remaining),)
-        gone = [int(r) for r, v in zip(remaining, iou) if v > threshold]
+        iou = ops.box_iou(boxes[best : best + 1], boxes[remaining])[0]  # (len(remaining),)
         if verbose:
-            print(f"  step {len(keep)}: keep box {best:2d} (score {scores[best]:.3f}); suppress "
-                  + (", ".join(f"{g} ({v:.2f})" for g, v in zip(remaining, iou) if v > threshold) or "nothing"))
+            print(
+                f"  step {len(keep)}: keep box {best:2d} (score {scores[best]:.3f}); suppress "
+                + (
+                    ", ".join(f"{g} ({v:.2f})" for g, v in zip(remaining, iou) if v > threshold)
+                    or "nothing"
+                )
+            )
         remaining = [r for r, v in zip(remaining, iou) if v <= threshold]
     return np.array(keep, dtype=np.int64)
 
@@ -83,7 +88,10 @@ keep_loop = nms_loop(boxes, scores, threshold, verbose=True)
 print("kept:", keep_loop, "-> objects", which[keep_loop])
 keep_ref = ops.nms(boxes, scores, threshold, backend="numpy")
 T.check(np.array_equal(keep_loop, keep_ref), "naive loop == minirccn.ops.nms reference")
-T.check(np.array_equal(keep_ref, ops.nms(boxes, scores, threshold, backend="numba")), "Numba CPU kernel agrees")
+T.check(
+    np.array_equal(keep_ref, ops.nms(boxes, scores, threshold, backend="numba")),
+    "Numba CPU kernel agrees",
+)
 T.check(sorted(which[keep_ref]) == list(range(len(gt))), "one box kept per object")
 
 # %% [markdown]
@@ -94,9 +102,14 @@ T.check(sorted(which[keep_ref]) == list(range(len(gt))), "one box kept per objec
 # %%
 twins = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 5]], dtype=np.float64)
 print("IoU of box 0 with its twin and with its top half:", ops.box_iou(twins[:1], twins[1:])[0])
-T.check(list(ops.nms(twins, np.array([0.5, 0.5, 0.4]), 0.5)) == [0, 2],
-        "tie: index 0 goes first and removes its twin; the half box (IoU exactly 0.5) survives")
-T.check(list(ops.nms(twins, np.array([0.5, 0.5, 0.4]), 1.0)) == [0, 1, 2], "IoU 1 is not > 1.0: nothing suppressed")
+T.check(
+    list(ops.nms(twins, np.array([0.5, 0.5, 0.4]), 0.5)) == [0, 2],
+    "tie: index 0 goes first and removes its twin; the half box (IoU exactly 0.5) survives",
+)
+T.check(
+    list(ops.nms(twins, np.array([0.5, 0.5, 0.4]), 1.0)) == [0, 1, 2],
+    "IoU 1 is not > 1.0: nothing suppressed",
+)
 T.check(ops.nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,), "no boxes: empty int64 result")
 
 # %% [markdown]
@@ -115,9 +128,11 @@ for t in (0.5, 0.8):
     print(f"score > {t}: {len(kept)} boxes, per object {counts.tolist()}")
 counts_nms = np.bincount(which[keep_ref], minlength=len(gt))
 print(f"NMS @ {threshold}: {len(keep_ref)} boxes, per object {counts_nms.tolist()}")
-T.check(np.bincount(which[scores > 0.5], minlength=len(gt)).max() > 1 and
-        np.bincount(which[scores > 0.5], minlength=len(gt)).min() == 0,
-        "score > 0.5 keeps duplicates of one object and nothing of another")
+T.check(
+    np.bincount(which[scores > 0.5], minlength=len(gt)).max() > 1
+    and np.bincount(which[scores > 0.5], minlength=len(gt)).min() == 0,
+    "score > 0.5 keeps duplicates of one object and nothing of another",
+)
 
 # %% [markdown]
 # ## 4. Batched NMS: one NMS per class
@@ -135,14 +150,19 @@ pair = np.array([[10, 10, 50, 50], [12, 11, 52, 49]], dtype=np.float64)
 pair_scores = np.array([0.9, 0.8])
 print("same class:      ", ops.batched_nms(pair, pair_scores, np.array([1, 1]), 0.5))
 print("different class: ", ops.batched_nms(pair, pair_scores, np.array([1, 2]), 0.5))
-T.check(len(ops.batched_nms(pair, pair_scores, np.array([1, 2]), 0.5)) == 2, "different classes never suppress each other")
+T.check(
+    len(ops.batched_nms(pair, pair_scores, np.array([1, 2]), 0.5)) == 2,
+    "different classes never suppress each other",
+)
 
 labels = rng.integers(1, 4, size=len(boxes))
 offset_boxes = boxes + (labels * (boxes.max() + 1))[:, None]
 trick = ops.nms(offset_boxes, scores, threshold)
 for name in ("numpy", "numba", "cuda"):
-    T.check(np.array_equal(ops.batched_nms(boxes, scores, labels, threshold, backend=name), trick),
-            f"batched_nms ({name}) == plain NMS on class-shifted boxes")
+    T.check(
+        np.array_equal(ops.batched_nms(boxes, scores, labels, threshold, backend=name), trick),
+        f"batched_nms ({name}) == plain NMS on class-shifted boxes",
+    )
 
 # %% [markdown]
 # ## 5. NMS on a GPU: the 64-bit suppression mask
@@ -165,15 +185,17 @@ for name in ("numpy", "numba", "cuda"):
 # Here is step 1 in NumPy on our boxes (one word per row, since N <= 64):
 # character `j` of row `i` is bit `j`.
 
+
 # %%
 def suppression_mask(sorted_boxes, threshold):
-    """(N, ceil(N/64)) uint64: bit j of word b of row i set iff j = 64b + bit > i and IoU > threshold."""
+    """(N, ceil(N/64)) uint64 masks: bit k of word b of row i is set
+    iff box j = 64 b + k comes after i (j > i) and IoU(i, j) > threshold."""
     n = len(sorted_boxes)
     blocks = (n + 63) // 64
     iou = ops.box_iou(sorted_boxes, sorted_boxes, backend="numpy")
     later = np.arange(n)[None, :] > np.arange(n)[:, None]
     hit = np.zeros((n, blocks * 64), dtype=np.uint64)
-    hit[:, :n] = (later & (iou.astype(np.float64) > threshold))
+    hit[:, :n] = later & (iou.astype(np.float64) > threshold)
     shifted = hit.reshape(n, blocks, 64) << np.arange(64, dtype=np.uint64)
     return np.bitwise_or.reduce(shifted, axis=2)
 
@@ -190,7 +212,10 @@ for i in range(n):
     if not is_removed:
         kept_positions.append(i)
         removed |= mask[i]
-    print(f"  {i:3d} (box {order[i]:2d}) | {T.bits(mask[i, 0], n)} | {'removed' if is_removed else 'KEEP'}")
+    print(
+        f"  {i:3d} (box {order[i]:2d}) | {T.bits(mask[i, 0], n)} | "
+        + ("removed" if is_removed else "KEEP")
+    )
 T.check(np.array_equal(order[kept_positions], keep_ref), "mask + sequential reduce == greedy NMS")
 
 # %% [markdown]
@@ -203,30 +228,56 @@ T.check(np.array_equal(order[kept_positions], keep_ref), "mask + sequential redu
 # on a real GPU with CuPy arrays.
 
 # %%
-xp = backend.array_module("cuda")               # cupy on a GPU, numpy in the simulator
+xp = backend.array_module("cuda")  # cupy on a GPU, numpy in the simulator
 dev_boxes = xp.asarray(sorted_boxes)
-dev_mask = nms_kernels.nms_mask_cuda(dev_boxes, box_area_reference(dev_boxes),
-                                     xp.zeros(n, dtype=np.int64), threshold, xp)
-T.check(np.array_equal(backend.to_numpy(dev_mask), mask), "Numba-CUDA mask kernel == NumPy mask, every bit")
-T.check(np.array_equal(nms_kernels.reduce_mask(backend.to_numpy(dev_mask)), kept_positions), "reduce_mask == our walk")
-T.check(np.array_equal(ops.nms(boxes, scores, threshold, backend="cuda"), keep_ref), "ops.nms(backend='cuda') == reference")
+dev_mask = nms_kernels.nms_mask_cuda(
+    dev_boxes, box_area_reference(dev_boxes), xp.zeros(n, dtype=np.int64), threshold, xp
+)
+T.check(
+    np.array_equal(backend.to_numpy(dev_mask), mask),
+    "Numba-CUDA mask kernel == NumPy mask, every bit",
+)
+T.check(
+    np.array_equal(nms_kernels.reduce_mask(backend.to_numpy(dev_mask)), kept_positions),
+    "reduce_mask == our walk",
+)
+T.check(
+    np.array_equal(ops.nms(boxes, scores, threshold, backend="cuda"), keep_ref),
+    "ops.nms(backend='cuda') == reference",
+)
 
 # more than 64 boxes: two words per row, a 2 x 2 grid of CUDA blocks (kept small for the simulator)
 m = T.pick(120, 80)
 centres = rng.uniform(0, 200, size=(m // 8, 2))
-many = np.concatenate([centres, centres + 40], axis=1)[rng.integers(0, m // 8, m)] + rng.normal(0, 4, (m, 4))
+many = np.concatenate([centres, centres + 40], axis=1)[rng.integers(0, m // 8, m)] + rng.normal(
+    0, 4, (m, 4)
+)
 many_scores = rng.random(m)
 many_sorted = np.ascontiguousarray(many[np.argsort(-many_scores, kind="stable")])
 big_mask = suppression_mask(many_sorted, 0.5)
 dev = xp.asarray(many_sorted)
-big_kernel = nms_kernels.nms_mask_cuda(dev, box_area_reference(dev), xp.zeros(m, dtype=np.int64), 0.5, xp)
-T.check(big_mask.shape == (m, 2) and np.array_equal(backend.to_numpy(big_kernel), big_mask),
-        f"{m} boxes: ({m}, 2) words, kernel == NumPy")
-T.check(np.array_equal(ops.nms(many, many_scores, 0.5, backend="cuda"), ops.nms(many, many_scores, 0.5, backend="numpy")),
-        f"{m} boxes: cuda backend == reference")
+big_kernel = nms_kernels.nms_mask_cuda(
+    dev, box_area_reference(dev), xp.zeros(m, dtype=np.int64), 0.5, xp
+)
+T.check(
+    big_mask.shape == (m, 2) and np.array_equal(backend.to_numpy(big_kernel), big_mask),
+    f"{m} boxes: ({m}, 2) words, kernel == NumPy",
+)
+T.check(
+    np.array_equal(
+        ops.nms(many, many_scores, 0.5, backend="cuda"),
+        ops.nms(many, many_scores, 0.5, backend="numpy"),
+    ),
+    f"{m} boxes: cuda backend == reference",
+)
 if GPU:
-    raw = nms_kernels.nms_cuda(dev, box_area_reference(dev), xp.zeros(m, dtype=np.int64), 0.5, xp, impl="cupy")
-    T.check(np.array_equal(raw, nms_kernels.reduce_mask(big_mask)), "the CUDA C RawKernel (kernels/cuda/nms.cu) agrees")
+    raw = nms_kernels.nms_cuda(
+        dev, box_area_reference(dev), xp.zeros(m, dtype=np.int64), 0.5, xp, impl="cupy"
+    )
+    T.check(
+        np.array_equal(raw, nms_kernels.reduce_mask(big_mask)),
+        "the CUDA C RawKernel (kernels/cuda/nms.cu) agrees",
+    )
 else:
     print("no GPU: the CUDA C RawKernel (kernels/cuda/nms.cu, impl='cupy') needs one; skipped")
 
@@ -236,11 +287,22 @@ else:
 # %%
 scale = T.pick(3, 2)
 names = [f"obj{g}" for g in range(len(gt))]
-before = T.caption(viz.draw_detections(image, boxes, which, class_names=names, scale=scale, width=2),
-                   f"before: {len(boxes)} boxes")
-after = T.caption(viz.draw_detections(image, boxes[keep_ref], which[keep_ref], scores[keep_ref], class_names=names,
-                                      scale=scale, width=2),
-                  f"after NMS @ {threshold}: {len(keep_ref)} boxes")
+before = T.caption(
+    viz.draw_detections(image, boxes, which, class_names=names, scale=scale, width=2),
+    f"before: {len(boxes)} boxes",
+)
+after = T.caption(
+    viz.draw_detections(
+        image,
+        boxes[keep_ref],
+        which[keep_ref],
+        scores[keep_ref],
+        class_names=names,
+        scale=scale,
+        width=2,
+    ),
+    f"after NMS @ {threshold}: {len(keep_ref)} boxes",
+)
 T.save_grid([before, after], "03_nms.png", colours=256)
 
 # %% [markdown]

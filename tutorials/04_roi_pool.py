@@ -48,7 +48,10 @@ print("corners * s          :", rois[0, 1:] / 16)
 print("rounded (C round)    :", c_round(rois[0, 1:] / 16))
 print("rows of the 3 bins   :", [(int(a), int(b)) for a, b in zip(hstart[0], hend[0])])
 print("columns of the 3 bins:", [(int(a), int(b)) for a, b in zip(wstart[0], wend[0])])
-T.check(list(wstart[0]) == [3, 6, 10] and list(wend[0]) == [7, 11, 14], "roi_w = 13 - 3 + 1 = 11 cells, bin_w = 11/3: columns [3,7), [6,11), [10,14)")
+T.check(
+    list(wstart[0]) == [3, 6, 10] and list(wend[0]) == [7, 11, 14],
+    "roi_w = 13 - 3 + 1 = 11 cells, bin_w = 11/3: columns [3,7), [6,11), [10,14)",
+)
 
 # %% [markdown]
 # ## 2. C round is not NumPy's round
@@ -63,19 +66,25 @@ xs = np.array([8.0, 24.0, 40.0, -8.0, 56.0])
 print(f"{'x':>6} {'x/16':>6} {'C round':>8} {'np.round':>9}")
 for x, c, e in zip(xs, c_round(xs / 16), np.round(xs / 16)):
     print(f"{x:6.0f} {x / 16:6.2f} {c:8.0f} {e:9.0f}")
-T.check(np.array_equal(c_round(xs / 16), [1, 2, 3, -1, 4]) and np.array_equal(np.round(xs / 16), [0, 2, 2, -0.0, 4]),
-        "8/16 = 0.5 -> 1 (C) but 0 (NumPy); 40/16 = 2.5 -> 3 vs 2")
+T.check(
+    np.array_equal(c_round(xs / 16), [1, 2, 3, -1, 4])
+    and np.array_equal(np.round(xs / 16), [0, 2, 2, -0.0, 4]),
+    "8/16 = 0.5 -> 1 (C) but 0 (NumPy); 40/16 = 2.5 -> 3 vs 2",
+)
 
 # A map with one strong value in column 0; RoI x1 = 8 image pixels = 0.5 cells.
 fmap = np.zeros((1, 1, 4, 4))
 fmap[0, 0, :, 0] = 5.0
 roi = np.array([[0, 8, 0, 40, 48]], dtype=np.float64)
 even = roi.copy()
-even[:, 1:] = np.round(roi[:, 1:] / 16) * 16   # the same RoI as half-to-even rounding would see it
+even[:, 1:] = np.round(roi[:, 1:] / 16) * 16  # the same RoI as half-to-even rounding would see it
 out_c, _ = ops.roi_pool(fmap, roi, 1, 1 / 16)
 out_even, _ = ops.roi_pool(fmap, even, 1, 1 / 16)
 print("pooled with C round:", out_c.ravel(), "  with half-to-even:", out_even.ravel())
-T.check(out_c.ravel()[0] == 0 and out_even.ravel()[0] == 5, "one rounding rule starts at column 1, the other at column 0")
+T.check(
+    out_c.ravel()[0] == 0 and out_even.ravel()[0] == 5,
+    "one rounding rule starts at column 1, the other at column 0",
+)
 
 # %% [markdown]
 # ## 3. A naive loop, then the reference
@@ -85,14 +94,15 @@ T.check(out_c.ravel()[0] == 0 and out_even.ravel()[0] == 5, "one rounding rule s
 # taken, and an empty bin (a RoI off the map) outputs 0 with argmax -1. The
 # argmax is the flat index `h * W + w` into the map: the backward needs it.
 
+
 # %%
 def c_round_scalar(x):
     return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
 
 
 def roi_pool_loop(features, rois, ph, pw, s):
-    """RoI max pooling one bin at a time (teaching version of minirccn.roi_pool.roi_pool_reference)."""
-    n, c, height, width = features.shape
+    """RoI max pooling one bin at a time (teaching version of roi_pool_reference)."""
+    _, c, height, width = features.shape
     out = np.zeros((len(rois), c, ph, pw), dtype=features.dtype)
     argmax = np.full((len(rois), c, ph, pw), -1, dtype=np.int64)
     for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
@@ -105,7 +115,7 @@ def roi_pool_loop(features, rois, ph, pw, s):
                 w0 = min(max(math.floor(j * bin_w) + x1, 0), width)
                 w1 = min(max(math.ceil((j + 1) * bin_w) + x1, 0), width)
                 if h1 <= h0 or w1 <= w0:
-                    continue                                    # empty bin: 0, argmax -1
+                    continue  # empty bin: 0, argmax -1
                 for ch in range(c):
                     best, best_at = LOWEST, -1
                     for h in range(h0, h1):
@@ -118,26 +128,45 @@ def roi_pool_loop(features, rois, ph, pw, s):
 
 size = T.pick(24, 12)
 features = rng.standard_normal((2, 3, size, size))
-features[0, 0, :4, :4] = 1.0                                  # a plateau: ties, the first one wins
+features[0, 0, :4, :4] = 1.0  # a plateau: ties, the first one wins
 boxes = rng.uniform(-64, 16 * size + 32, size=(T.pick(12, 6), 2, 2)).reshape(-1, 4)
-boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
-special = np.array([
-    [0, 0, 0, 63, 63],                    # over the plateau
-    [1, 8, 8, 8, 8],                      # a single point: a 1x1 RoI
-    [0, 24, 40, 24 + 160, 40 + 48],       # halves everywhere (24/16 = 1.5, 40/16 = 2.5)
-    [1, -200, -200, -100, -100],          # entirely off the map: empty bins
-    [0, 16 * size - 8, 0, 16 * size + 300, 90],  # hanging over the right edge
-], dtype=np.float64)
-rois = np.concatenate([special, np.concatenate([rng.integers(0, 2, (len(boxes), 1)), boxes], axis=1)])
+boxes = np.concatenate(
+    [np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1
+)
+special = np.array(
+    [
+        [0, 0, 0, 63, 63],  # over the plateau
+        [1, 8, 8, 8, 8],  # a single point: a 1x1 RoI
+        [0, 24, 40, 24 + 160, 40 + 48],  # halves everywhere (24/16 = 1.5, 40/16 = 2.5)
+        [1, -200, -200, -100, -100],  # entirely off the map: empty bins
+        [0, 16 * size - 8, 0, 16 * size + 300, 90],  # hanging over the right edge
+    ],
+    dtype=np.float64,
+)
+rois = np.concatenate(
+    [special, np.concatenate([rng.integers(0, 2, (len(boxes), 1)), boxes], axis=1)]
+)
 out_loop, arg_loop = roi_pool_loop(features, rois, 3, 2, 1 / 16)
 out_ref, arg_ref = ops.roi_pool(features, rois, (3, 2), 1 / 16, backend="numpy")
 out_nb, arg_nb = ops.roi_pool(features, rois, (3, 2), 1 / 16, backend="numba")
-T.check(np.array_equal(out_loop, out_ref) and np.array_equal(arg_loop, arg_ref), f"naive loop == reference on {len(rois)} RoIs (values and argmax)")
-T.check(np.array_equal(out_nb, out_ref) and np.array_equal(arg_nb, arg_ref), "Numba kernel == reference, exactly")
-T.check(np.all(arg_ref[3] == -1) and np.all(out_ref[3] == 0), "the off-map RoI: every bin empty, 0 and argmax -1")
+T.check(
+    np.array_equal(out_loop, out_ref) and np.array_equal(arg_loop, arg_ref),
+    f"naive loop == reference on {len(rois)} RoIs (values and argmax)",
+)
+T.check(
+    np.array_equal(out_nb, out_ref) and np.array_equal(arg_nb, arg_ref),
+    "Numba kernel == reference, exactly",
+)
+T.check(
+    np.all(arg_ref[3] == -1) and np.all(out_ref[3] == 0),
+    "the off-map RoI: every bin empty, 0 and argmax -1",
+)
 T.check(arg_ref[0, 0, 0, 0] == 0, "plateau of equal values: the first cell (index 0) wins the tie")
 out32, arg32 = ops.roi_pool(features.astype(np.float32), rois.astype(np.float32), (3, 2), 1 / 16)
-T.check(np.array_equal(arg32, arg_ref) and np.array_equal(out32, out_ref.astype(np.float32)), "float32: same argmax, same values rounded to float32")
+T.check(
+    np.array_equal(arg32, arg_ref) and np.array_equal(out32, out_ref.astype(np.float32)),
+    "float32: same argmax, same values rounded to float32",
+)
 
 # %% [markdown]
 # ## 4. The backward pass: gradients follow the argmax
@@ -154,20 +183,28 @@ T.check(np.array_equal(arg32, arg_ref) and np.array_equal(out32, out_ref.astype(
 # need care (tutorial 9).
 
 # %%
-small = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)       # increasing: the max is bottom-right
+small = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)  # increasing: the max is bottom-right
 two = np.array([[0, 0, 0, 5, 5], [0, 2, 2, 5, 5]], dtype=np.float64)  # overlapping RoIs, scale 1
 out, argmax = ops.roi_pool(small, two, 2, 1.0)
 grad = ops.roi_pool_backward(np.ones_like(out), two, argmax, small.shape)
 print("argmax of RoI 0:", argmax[0, 0].tolist(), " of RoI 1:", argmax[1, 0].tolist())
 print("gradient of sum(out) w.r.t. the map:\n", grad[0, 0].astype(int))
-T.check(grad[0, 0, 5, 5] == 2 and grad.sum() == out.size, "cell (5, 5) is the max of a bin of both RoIs: gradient 2; total = number of bins")
+T.check(
+    grad[0, 0, 5, 5] == 2 and grad.sum() == out.size,
+    "cell (5, 5) is the max of a bin of both RoIs: gradient 2; total = number of bins",
+)
 
 dout = rng.standard_normal(out_ref.shape)
 dx = ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend="numpy")
 taken = arg_ref >= 0
-T.check(np.isclose((dx * features).sum(), (dout * out_ref)[taken].sum()), "adjoint: <dx, x> == <dout, out> over the bins that took a cell")
-T.check(np.array_equal(ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend="numba"), dx),
-        "Numba backward == reference, bit for bit (each thread owns one (n, c) map)")
+T.check(
+    np.isclose((dx * features).sum(), (dout * out_ref)[taken].sum()),
+    "adjoint: <dx, x> == <dout, out> over the bins that took a cell",
+)
+T.check(
+    np.array_equal(ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend="numba"), dx),
+    "Numba backward == reference, bit for bit (each thread owns one (n, c) map)",
+)
 
 # %% [markdown]
 # ## 5. A float64 gradient check
@@ -181,8 +218,11 @@ T.check(np.array_equal(ops.roi_pool_backward(dout, rois, arg_ref, features.shape
 x = rng.standard_normal((1, 2, 8, 8))
 grad_rois = np.array([[0, 0, 0, 31, 31], [0, 10, 6, 30, 28], [0, -20, 3, 12, 20]], dtype=np.float64)
 for name in ("numpy", "numba"):
-    err = gradcheck.check_layer(lambda f: roi_pool_forward(f, grad_rois, (3, 3), 1 / 4, backend=name),
-                                roi_pool_layer_backward, [x])
+    err = gradcheck.check_layer(
+        lambda f, be=name: roi_pool_forward(f, grad_rois, (3, 3), 1 / 4, backend=be),
+        roi_pool_layer_backward,
+        [x],
+    )
     print(f"{name}: max relative error {err:.2e}")
     T.check(err < 1e-7, f"roi_pool backward ({name}) matches finite differences")
 
@@ -197,9 +237,10 @@ for name in ("numpy", "numba"):
 # bilinear sampling but avoids the rounding; it samples points and then
 # takes their max or mean.)
 
+
 # %%
 def resize_crop(fmap, x1, y1, x2, y2, out):
-    """Crop rows y1:y2, columns x1:x2 of a 2-D map and resize it bilinearly to out x out (Pillow)."""
+    """Crop rows y1:y2, columns x1:x2 of a 2-D map, resize it bilinearly to out x out."""
     crop = Image.fromarray(fmap[y1:y2, x1:x2].astype(np.float32), mode="F")
     return np.asarray(crop.resize((out, out), Image.BILINEAR))
 
@@ -212,9 +253,18 @@ for col in (0, 1):
     resized = resize_crop(spike[0, 0], 0, 0, 8, 8, 2)
     pooled_tl.append(pooled[0, 0, 0, 0])
     resized_tl.append(resized[0, 0])
-    print(f"spike at column {col}: roi_pool top-left bin {pooled[0, 0, 0, 0]:.2f}, resized crop top-left {resized[0, 0]:.2f}")
-T.check(pooled_tl == [10.0, 10.0] and max(resized_tl) < 10.0, "max pooling keeps the 10, resizing dilutes it")
-T.check(resized_tl[0] != resized_tl[1], "moving the spike by one cell inside the bin changes the resized value, not the pooled one")
+    print(
+        f"spike at column {col}: roi_pool top-left bin {pooled[0, 0, 0, 0]:.2f}, "
+        f"resized crop top-left {resized[0, 0]:.2f}"
+    )
+T.check(
+    pooled_tl == [10.0, 10.0] and max(resized_tl) < 10.0,
+    "max pooling keeps the 10, resizing dilutes it",
+)
+T.check(
+    resized_tl[0] != resized_tl[1],
+    "moving the spike by one cell inside the bin changes the resized value, not the pooled one",
+)
 
 # %% [markdown]
 # ## 7. A picture
@@ -227,8 +277,10 @@ T.check(resized_tl[0] != resized_tl[1], "moving the spike by one cell inside the
 
 # %%
 yy, xx = np.mgrid[0:16, 0:16]
-smooth = sum(np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * w ** 2)) * a
-             for cx, cy, w, a in rng.uniform([0, 0, 1.5, -1], [16, 16, 3.5, 1], size=(10, 4)))
+smooth = sum(
+    np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * w**2)) * a
+    for cx, cy, w, a in rng.uniform([0, 0, 1.5, -1], [16, 16, 3.5, 1], size=(10, 4))
+)
 fmap = smooth[None, None]
 roi = np.array([[0, 40, 24, 200, 130]], dtype=np.float64)
 out, argmax = ops.roi_pool(fmap, roi, 3, 1 / 16)
@@ -239,18 +291,33 @@ lo, hi = smooth.min(), smooth.max()
 left = T.heatmap(smooth, cell, lo, hi)
 draw = ImageDraw.Draw(left, "RGBA")
 for i in range(3):
-    for j in range(3):  # every bin lightly shaded: where bins share a row or column the shade doubles
-        draw.rectangle([ws[0, j] * cell, hs[0, i] * cell, we[0, j] * cell - 1, he[0, i] * cell - 1],
-                       fill=(0, 0, 0, 45), outline=(60, 60, 60, 255))
+    for j in range(
+        3
+    ):  # every bin lightly shaded: where bins share a row or column the shade doubles
+        draw.rectangle(
+            [ws[0, j] * cell, hs[0, i] * cell, we[0, j] * cell - 1, he[0, i] * cell - 1],
+            fill=(0, 0, 0, 45),
+            outline=(60, 60, 60, 255),
+        )
         h, w = divmod(int(argmax[0, 0, i, j]), 16)
-        draw.ellipse([w * cell + 7, h * cell + 7, w * cell + 17, h * cell + 17], fill=(255, 210, 0), outline=(0, 0, 0))
+        draw.ellipse(
+            [w * cell + 7, h * cell + 7, w * cell + 17, h * cell + 17],
+            fill=(255, 210, 0),
+            outline=(0, 0, 0),
+        )
 roi_box = [ws[0, 0] * cell, hs[0, 0] * cell, we[0, -1] * cell - 1, he[0, -1] * cell - 1]
 draw.rectangle(roi_box, outline=(0, 0, 0), width=3)
 right = T.grey(grad[0, 0], cell)
 ImageDraw.Draw(right).rectangle(roi_box, outline=(230, 25, 75), width=2)
-panels = [T.caption(left, "feature map, the RoI's 3 x 3 bins (shaded;\nshared rows/columns darker), argmax dots"),
-          T.caption(T.heatmap(out[0, 0], 3 * cell, lo, hi), "pooled 3 x 3\n(same colour scale)"),
-          T.caption(right, "gradient of sum(out): 1 (grey) per argmax,\n2 (white) where two bins took one cell")]
+panels = [
+    T.caption(
+        left, "feature map, the RoI's 3 x 3 bins (shaded;\nshared rows/columns darker), argmax dots"
+    ),
+    T.caption(T.heatmap(out[0, 0], 3 * cell, lo, hi), "pooled 3 x 3\n(same colour scale)"),
+    T.caption(
+        right, "gradient of sum(out): 1 (grey) per argmax,\n2 (white) where two bins took one cell"
+    ),
+]
 T.save_grid(panels, "04_roi_pool.png", cols=3)
 
 # %% [markdown]

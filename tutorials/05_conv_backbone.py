@@ -34,6 +34,7 @@ rng = np.random.default_rng(5)
 # (Deep learning's "convolution" is a cross-correlation: the kernel is not
 # flipped.)
 
+
 # %%
 def conv_loop(x, w, b, stride, pad):
     """Six nested loops: the definition, literally (tiny inputs only)."""
@@ -50,7 +51,10 @@ def conv_loop(x, w, b, stride, pad):
                     for i_c in range(c):
                         for i in range(kh):
                             for j in range(kw):
-                                acc += w[i_f, i_c, i, j] * xpad[i_n, i_c, oh * stride + i, ow * stride + j]
+                                acc += (
+                                    w[i_f, i_c, i, j]
+                                    * xpad[i_n, i_c, oh * stride + i, ow * stride + j]
+                                )
                     out[i_n, i_f, oh, ow] = acc
     return out
 
@@ -62,8 +66,12 @@ for stride, pad in ((1, 1), (2, 0), (2, 1)):
     slow = conv_loop(x, w, b, stride, pad)
     fast, _ = layers.conv2d_forward(x, w, b, stride=stride, padding=pad, backend="numpy")
     numba_out, _ = layers.conv2d_forward(x, w, b, stride=stride, padding=pad, backend="numba")
-    T.check(slow.shape == fast.shape and np.allclose(slow, fast, rtol=1e-12, atol=1e-12) and np.allclose(numba_out, fast, rtol=1e-12, atol=1e-12),
-            f"stride {stride}, padding {pad}: loop == conv2d_forward (numpy and numba), output {fast.shape}")
+    T.check(
+        slow.shape == fast.shape
+        and np.allclose(slow, fast, rtol=1e-12, atol=1e-12)
+        and np.allclose(numba_out, fast, rtol=1e-12, atol=1e-12),
+        f"stride {stride}, padding {pad}: loop == conv2d_forward (numpy, numba), out {fast.shape}",
+    )
 
 # %% [markdown]
 # ## 2. im2col: a convolution is one matrix product
@@ -84,8 +92,10 @@ tiny = np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
 cols = layers.im2col(tiny, (2, 2))
 print("image:\n", tiny[0, 0])
 print("cols (rows: kernel offsets (0,0) (0,1) (1,0) (1,1); columns: the 4 patches):\n", cols[0])
-T.check(np.array_equal(cols[0][:, 0], [1, 2, 4, 5]), "the first column is the top-left patch 1 2 / 4 5")
-cols_x = layers.im2col(x, (3, 3), 1, 1)                                   # (N, C*9, Ho*Wo)
+T.check(
+    np.array_equal(cols[0][:, 0], [1, 2, 4, 5]), "the first column is the top-left patch 1 2 / 4 5"
+)
+cols_x = layers.im2col(x, (3, 3), 1, 1)  # (N, C*9, Ho*Wo)
 gemm = (w.reshape(4, -1) @ cols_x + b[:, None]).reshape(2, 4, 7, 6)
 T.check(np.allclose(gemm, conv_loop(x, w, b, 1, 1)), "W @ im2col(x) + b == the six loops")
 
@@ -106,7 +116,7 @@ T.check(np.allclose(gemm, conv_loop(x, w, b, 1, 1)), "W @ im2col(x) + b == the s
 # `x`, `y`: a one-line test that catches most indexing bugs.
 
 # %%
-unfolded = layers.im2col(x, (3, 3), 2, 1)                               # stride 2, padding 1
+unfolded = layers.im2col(x, (3, 3), 2, 1)  # stride 2, padding 1
 y = rng.standard_normal(unfolded.shape)
 lhs = (unfolded * y).sum()
 rhs = (x * layers.col2im(y, x.shape, (3, 3), 2, 1)).sum()
@@ -126,11 +136,20 @@ bs = rng.standard_normal(4)
 for name in ("numpy", "numba"):
     errs = {
         "conv2d (stride 2, padding 1)": gradcheck.check_layer(
-            lambda a, k, c: layers.conv2d_forward(a, k, c, stride=2, padding=1, backend=name),
-            layers.conv2d_backward, [xs, ws, bs]),
-        "relu": gradcheck.check_layer(lambda a: layers.relu_forward(a, backend=name), layers.relu_backward, [xs]),
-        "max_pool2d 2x2/2": gradcheck.check_layer(lambda a: layers.max_pool2d_forward(a, 2, 2, backend=name),
-                                                 layers.max_pool2d_backward, [xs]),
+            lambda a, k, c, be=name: layers.conv2d_forward(
+                a, k, c, stride=2, padding=1, backend=be
+            ),
+            layers.conv2d_backward,
+            [xs, ws, bs],
+        ),
+        "relu": gradcheck.check_layer(
+            lambda a, be=name: layers.relu_forward(a, backend=be), layers.relu_backward, [xs]
+        ),
+        "max_pool2d 2x2/2": gradcheck.check_layer(
+            lambda a, be=name: layers.max_pool2d_forward(a, 2, 2, backend=be),
+            layers.max_pool2d_backward,
+            [xs],
+        ),
     }
     for layer, err in errs.items():
         T.check(err < 1e-7, f"{name:5s} {layer}: relative error {err:.1e}")
@@ -150,6 +169,7 @@ for name in ("numpy", "numba"):
 # one image through each preset and read the shapes off the layer caches the
 # forward returns (the backward's to-do list).
 
+
 # %%
 def describe(preset, size):
     spec = backbone.get_spec(preset)
@@ -167,12 +187,24 @@ def describe(preset, size):
             shape = c.argmax.shape
         else:
             continue
-        count = sum(int(np.prod(params[k].shape)) for k in params
-                    if k.startswith(layer + ".") and ".running_" not in k) if kind == "relu" else 0
-        print(f"  {layer + (' + relu' if kind == 'relu' else ' pool'):26s} {str(tuple(shape)):>20s} {count:>11,d}")
+        count = (
+            sum(
+                int(np.prod(params[k].shape))
+                for k in params
+                if k.startswith(layer + ".") and ".running_" not in k
+            )
+            if kind == "relu"
+            else 0
+        )
+        print(
+            f"  {layer + (' + relu' if kind == 'relu' else ' pool'):26s} "
+            f"{tuple(shape)!s:>20s} {count:>11,d}"
+        )
     total = backbone.count_params(params)
-    print(f"  features {tuple(features.shape)}, stride {backbone.stride(spec)}, "
-          f"{total:,d} trainable parameters, forward {seconds:.2f} s")
+    print(
+        f"  features {tuple(features.shape)}, stride {backbone.stride(spec)}, "
+        f"{total:,d} trainable parameters, forward {seconds:.2f} s"
+    )
     return features, total
 
 
@@ -180,8 +212,13 @@ f_tiny, n_tiny = describe("tiny", 128)
 T.check(f_tiny.shape == (1, 128, 8, 8), "tiny: 128 x 128 -> 128 x 8 x 8")
 size = T.pick(224, 64)
 f_vgg, n_vgg = describe("vgg16", size)
-T.check(f_vgg.shape == (1, 512, size // 16, size // 16), f"vgg16: {size} x {size} -> 512 x {size // 16} x {size // 16}")
-T.check(n_vgg == 14_714_688, "vgg16 has 14,714,688 conv parameters (torchvision's vgg16().features)")
+T.check(
+    f_vgg.shape == (1, 512, size // 16, size // 16),
+    f"vgg16: {size} x {size} -> 512 x {size // 16} x {size // 16}",
+)
+T.check(
+    n_vgg == 14_714_688, "vgg16 has 14,714,688 conv parameters (torchvision's vgg16().features)"
+)
 
 # %% [markdown]
 # The whole stack's backward walks the cached layers in reverse
@@ -204,12 +241,19 @@ def loss():
 
 
 for key in grads:
-    if key.endswith(".b"):  # a conv bias right before batch norm: BN subtracts the mean, so dL/db = 0
+    if key.endswith(
+        ".b"
+    ):  # a conv bias right before batch norm: BN subtracts the mean, so dL/db = 0
         numeric = gradcheck.numerical_grad(loss, params[key])
-        T.check(np.abs(grads[key]).max() < 1e-9 and np.abs(numeric).max() < 1e-6,
-                f"backbone gradient of {key:24s} is 0 (analytic {np.abs(grads[key]).max():.0e}, numeric {np.abs(numeric).max():.0e})")
+        T.check(
+            np.abs(grads[key]).max() < 1e-9 and np.abs(numeric).max() < 1e-6,
+            f"backbone gradient of {key:24s} is 0 (analytic {np.abs(grads[key]).max():.0e}, "
+            f"numeric {np.abs(numeric).max():.0e})",
+        )
         continue
-    err = gradcheck.directional_grad_check(loss, params[key], grads[key], np.random.default_rng(3), n_dirs=4)
+    err = gradcheck.directional_grad_check(
+        loss, params[key], grads[key], np.random.default_rng(3), n_dirs=4
+    )
     T.check(err < 1e-6, f"backbone gradient of {key:24s} relative error {err:.1e}")
 
 # %% [markdown]
@@ -222,7 +266,7 @@ for key in grads:
 
 # %%
 sample = load_dataset("shapes", split="train", seed=0)[3]
-image = normalize(sample["image"])[None]                                    # (1, 3, 128, 128) float32
+image = normalize(sample["image"])[None]  # (1, 3, 128, 128) float32
 tiny_spec = backbone.get_spec("tiny")
 tiny_params = backbone.init_backbone(tiny_spec, np.random.default_rng(0))
 panels = []
@@ -230,11 +274,13 @@ for k in range(1, 5):
     spec_k = backbone.BackboneSpec(stages=tiny_spec.stages[:k], batch_norm=True)
     fmap, _ = backbone.backbone_forward(tiny_params, image, spec_k, train=True)
     up = 128 // fmap.shape[2]
-    energy = fmap[0].reshape(fmap.shape[1], -1).std(axis=1)                 # most varied channels first
+    energy = fmap[0].reshape(fmap.shape[1], -1).std(axis=1)  # most varied channels first
     picks = np.argsort(-energy, kind="stable")[:4]
-    panels.append(T.caption(Image.fromarray(sample["image"]), f"stage {k} output\n{tuple(fmap.shape[1:])}"))
+    panels.append(
+        T.caption(Image.fromarray(sample["image"]), f"stage {k} output\n{tuple(fmap.shape[1:])}")
+    )
     panels += [T.caption(T.grey(fmap[0, c], up), f"channel {c}\n") for c in picks]
-    T.check(fmap.shape[2] == 128 // 2 ** k, f"stage {k}: {128 // 2 ** k} x {128 // 2 ** k} map")
+    T.check(fmap.shape[2] == 128 // 2**k, f"stage {k}: {128 // 2**k} x {128 // 2**k} map")
 T.save_grid(panels, "05_feature_maps.png", cols=5, colours=128)
 
 # %% [markdown]

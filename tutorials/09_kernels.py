@@ -39,12 +39,15 @@ from minirccn.kernels import roi_pool as roi_kernels  # noqa: E402
 from minirccn.roi_pool import roi_bins  # noqa: E402
 
 print("machine:", bench.machine_description())
-print("cuda backend:", "a real GPU (CuPy arrays)" if GPU else "Numba's CUDA simulator (no GPU here): correctness only")
+print(
+    "cuda backend:",
+    "a real GPU (CuPy arrays)" if GPU else "Numba's CUDA simulator (no GPU here): correctness only",
+)
 rng = np.random.default_rng(9)
 
 
 def source(kernel, lines=40):
-    """The Python source of a Numba kernel (CPU dispatcher or CUDA kernel), first ``lines`` lines."""
+    """The first ``lines`` lines of a Numba kernel's Python source (CPU or CUDA)."""
     fn = getattr(kernel, "py_func", kernel)
     text = inspect.getsource(fn).splitlines()
     return "\n".join(text[:lines])
@@ -71,13 +74,14 @@ def source(kernel, lines=40):
 # %%
 print(source(iou_kernels._box_iou_rows))
 
+
 # %%
 def awkward_boxes(n, dtype):
     """Random boxes plus duplicates, zero-area boxes and boxes off the image."""
     xy = rng.uniform(-50, 300, size=(n, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(0, 120, size=(n, 2))], axis=1)
-    boxes[: n // 4, 2:] = boxes[: n // 4, :2]            # zero area
-    boxes[n // 4: n // 2] = boxes[0]                     # duplicates
+    boxes[: n // 4, 2:] = boxes[: n // 4, :2]  # zero area
+    boxes[n // 4 : n // 2] = boxes[0]  # duplicates
     return boxes.astype(dtype)
 
 
@@ -86,8 +90,14 @@ for dtype in (np.float32, np.float64):
     ref = ops.box_iou(a, b, backend="numpy")
     for name in ("numba", "cuda"):
         got = backend.to_numpy(ops.box_iou(a, b, backend=name))
-        T.check(got.dtype == dtype and np.array_equal(got, ref), f"box_iou {np.dtype(dtype).name}: {name} == numpy, bit for bit")
-T.check(ops.box_iou(np.zeros((0, 4)), np.zeros((5, 4)), backend="numba").shape == (0, 5), "empty input: (0, 5) result")
+        T.check(
+            got.dtype == dtype and np.array_equal(got, ref),
+            f"box_iou {np.dtype(dtype).name}: {name} == numpy, bit for bit",
+        )
+T.check(
+    ops.box_iou(np.zeros((0, 4)), np.zeros((5, 4)), backend="numba").shape == (0, 5),
+    "empty input: (0, 5) result",
+)
 
 # %% [markdown]
 # ## 2. NMS: a sequential walk, made fast two ways
@@ -101,24 +111,37 @@ T.check(ops.box_iou(np.zeros((0, 4)), np.zeros((5, 4)), backend="numba").shape =
 
 # %%
 boxes, scores = bench.clustered_boxes(rng, T.pick(300, 120), clusters=12)
-scores[:6] = scores[6:12]                                 # some tied scores
+scores[:6] = scores[6:12]  # some tied scores
 idxs = rng.integers(0, 3, len(boxes))
 ref = ops.nms(boxes, scores, 0.5, backend="numpy")
 ref_b = ops.batched_nms(boxes, scores, idxs, 0.5, backend="numpy")
 for name in ("numba", "cuda"):
-    T.check(np.array_equal(backend.to_numpy(ops.nms(boxes, scores, 0.5, backend=name)), ref), f"nms: {name} == numpy")
-    T.check(np.array_equal(backend.to_numpy(ops.batched_nms(boxes, scores, idxs, 0.5, backend=name)), ref_b),
-            f"batched_nms: {name} == numpy")
+    T.check(
+        np.array_equal(backend.to_numpy(ops.nms(boxes, scores, 0.5, backend=name)), ref),
+        f"nms: {name} == numpy",
+    )
+    T.check(
+        np.array_equal(
+            backend.to_numpy(ops.batched_nms(boxes, scores, idxs, 0.5, backend=name)), ref_b
+        ),
+        f"batched_nms: {name} == numpy",
+    )
 if GPU:
     import cupy
 
     order = np.argsort(-scores, kind="stable")
     s = cupy.asarray(np.ascontiguousarray(boxes[order]))
     areas = (s[:, 2] - s[:, 0]) * (s[:, 3] - s[:, 1])
-    kept = nms_kernels.nms_cuda(s, areas, cupy.zeros(len(s), dtype=np.int64), 0.5, cupy, impl="cupy")
-    T.check(np.array_equal(order[kept], ref), "nms: CUDA C RawKernel (kernels/cuda/nms.cu) == numpy")
+    kept = nms_kernels.nms_cuda(
+        s, areas, cupy.zeros(len(s), dtype=np.int64), 0.5, cupy, impl="cupy"
+    )
+    T.check(
+        np.array_equal(order[kept], ref), "nms: CUDA C RawKernel (kernels/cuda/nms.cu) == numpy"
+    )
 else:
-    print("no GPU: the CUDA C RawKernel of kernels/cuda/nms.cu is not run (it needs CuPy and a device)")
+    print(
+        "no GPU: the CUDA C RawKernel of kernels/cuda/nms.cu is not run (it needs CuPy + a device)"
+    )
 
 # %% [markdown]
 # ## 3. RoI pooling: forward and the backward scatter
@@ -132,26 +155,37 @@ else:
 
 # %%
 features = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
-features[0, 0, :3, :3] = 1.0                                 # ties
+features[0, 0, :3, :3] = 1.0  # ties
 rois = np.concatenate([rng.integers(0, 2, (6, 1)), rng.uniform(-40, 180, (6, 2))], axis=1)
 rois = np.concatenate([rois, rois[:, 1:3] + rng.uniform(0, 100, (6, 2))], axis=1).astype(np.float32)
-rois[0] = [0, -300, -300, -200, -200]                         # off the map: empty bins
+rois[0] = [0, -300, -300, -200, -200]  # off the map: empty bins
 out_ref, arg_ref = ops.roi_pool(features, rois, 2, 1 / 16, backend="numpy")
 dout = rng.standard_normal(out_ref.shape).astype(np.float32)
 grad_ref = ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend="numpy")
 for name in ("numba", "cuda"):
     out, arg = (backend.to_numpy(v) for v in ops.roi_pool(features, rois, 2, 1 / 16, backend=name))
-    T.check(np.array_equal(out, out_ref) and np.array_equal(arg, arg_ref), f"roi_pool forward: {name} == numpy, exactly")
-    grad = backend.to_numpy(ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend=name))
+    T.check(
+        np.array_equal(out, out_ref) and np.array_equal(arg, arg_ref),
+        f"roi_pool forward: {name} == numpy, exactly",
+    )
+    grad = backend.to_numpy(
+        ops.roi_pool_backward(dout, rois, arg_ref, features.shape, backend=name)
+    )
     exact = np.array_equal(grad, grad_ref)
-    T.check(np.allclose(grad, grad_ref, rtol=1e-6, atol=1e-6),
-            f"roi_pool backward: {name} == numpy ({'bit for bit' if exact else 'to float32 rounding: atomics add in another order'})")
+    T.check(
+        np.allclose(grad, grad_ref, rtol=1e-6, atol=1e-6),
+        f"roi_pool backward: {name} == numpy "
+        + ("(bit for bit)" if exact else "(to float32 rounding: atomics add in another order)"),
+    )
 if GPU:
     import cupy
 
     bins = roi_bins(cupy.asarray(rois), (2, 2), 1 / 16, 10, 10, cupy)
     out, arg = roi_kernels.roi_pool_forward_rawkernel(cupy.asarray(features), *bins)
-    T.check(np.array_equal(out.get(), out_ref) and np.array_equal(arg.get(), arg_ref), "roi_pool: CUDA C RawKernel == numpy")
+    T.check(
+        np.array_equal(out.get(), out_ref) and np.array_equal(arg.get(), arg_ref),
+        "roi_pool: CUDA C RawKernel == numpy",
+    )
 else:
     print("no GPU: the CUDA C RawKernels of kernels/cuda/roi_pool.cu are not run")
 
@@ -167,6 +201,7 @@ else:
 # A toy scatter shows it: 2 million ones added into 4 cells. (These little
 # demo kernels are compiled without `cache=True`, so nothing is written next
 # to the tutorial; minirccn's own kernels are cached.)
+
 
 # %%
 @numba.njit(parallel=True)
@@ -193,11 +228,13 @@ racy = np.zeros(4, dtype=np.int64)
 scatter_racy(idx, values, racy)
 safe = np.zeros(4, dtype=np.int64)
 start = time.perf_counter()
-scatter_disjoint(idx, values, safe)              # the first call compiles the kernel (no cache)
+scatter_disjoint(idx, values, safe)  # the first call compiles the kernel (no cache)
 first_call = time.perf_counter() - start
 print(f"threads: {numba.get_num_threads()}; truth {truth.tolist()}")
-print(f"racy scatter:     {racy.tolist()}  ({int(truth.sum() - racy.sum())} updates lost this run; "
-      "the number changes from run to run, and may be 0 on a quiet or single-core machine)")
+print(
+    f"racy scatter:     {racy.tolist()}  ({int(truth.sum() - racy.sum())} updates lost this run; "
+    "the number changes from run to run, and may be 0 on a quiet or single-core machine)"
+)
 print(f"disjoint scatter: {safe.tolist()}")
 T.check(np.array_equal(safe, truth), "parallel over a disjoint axis: exact, every run")
 
@@ -238,8 +275,11 @@ print("\nThe CUDA backward (atomics):\n" + source(roi_kernels._backward_cuda, 15
 
 # %%
 steady = bench.time_call(lambda: scatter_disjoint(idx, values, safe))
-print(f"scatter_disjoint: first call {first_call:.2f} s (compiling), then median {steady['median'] * 1e3:.2f} ms "
-      f"over {steady['repeats']} calls")
+print(
+    f"scatter_disjoint: first call {first_call:.2f} s (compiling), "
+    f"then median {steady['median'] * 1e3:.2f} ms "
+    f"over {steady['repeats']} calls"
+)
 T.check(first_call > steady["median"], "the first call (compile) is slower than the steady state")
 
 min_time = T.pick(0.3, 0.05)
@@ -247,11 +287,22 @@ n_iou, n_nms, n_rois, channels, hw = T.pick((2000, 6000, 256, 256, 64), (400, 10
 timed_backends = ["numpy", "numba"] + (["cuda"] if GPU else [])
 cases = {}
 boxes1, boxes2 = bench.random_boxes(rng, n_iou), bench.random_boxes(rng, n_iou)
-cases[f"box_iou {n_iou}x{n_iou}"] = lambda be, x=(boxes1, boxes2): (
-    lambda a=backend.to_backend(x[0], be), b=backend.to_backend(x[1], be): ops.box_iou(a, b, backend=be))
 cluster_boxes, cluster_scores = bench.clustered_boxes(rng, n_nms, clusters=max(n_nms // 100, 10))
-cases[f"nms {n_nms} clustered @0.7"] = lambda be: (
-    lambda b=backend.to_backend(cluster_boxes, be), s=backend.to_backend(cluster_scores, be): ops.nms(b, s, 0.7, backend=be))
+
+
+def iou_case(be):
+    """A no-argument call of box_iou on ``be``, inputs moved to the backend beforehand."""
+    a, b = backend.to_backend(boxes1, be), backend.to_backend(boxes2, be)
+    return lambda: ops.box_iou(a, b, backend=be)
+
+
+def nms_case(be):
+    b, s = backend.to_backend(cluster_boxes, be), backend.to_backend(cluster_scores, be)
+    return lambda: ops.nms(b, s, 0.7, backend=be)
+
+
+cases[f"box_iou {n_iou}x{n_iou}"] = iou_case
+cases[f"nms {n_nms} clustered @0.7"] = nms_case
 feats = rng.standard_normal((1, channels, hw, hw)).astype(np.float32)
 props = bench.proposal_rois(rng, n_rois, hw * 16.0)
 grad_out = rng.standard_normal((n_rois, channels, 7, 7)).astype(np.float32)
@@ -277,9 +328,15 @@ for case, make in cases.items():
         timings[case][be] = t["median"] * 1e3
     line = ", ".join(f"{be} {ms:.3g} ms" for be, ms in timings[case].items())
     print(f"{case}: {line}  (numba {timings[case]['numpy'] / timings[case]['numba']:.1f}x numpy)")
-T.check(all(v > 0 for t in timings.values() for v in t.values()), "every timing is a positive median")
-T.bar_chart(timings, "09_kernel_timings.png",
-            title=f"median time per call ({'with GPU' if GPU else 'CPU only'}; {numba.get_num_threads()} Numba threads)")
+T.check(
+    all(v > 0 for t in timings.values() for v in t.values()), "every timing is a positive median"
+)
+T.bar_chart(
+    timings,
+    "09_kernel_timings.png",
+    title=f"median time per call ({'with GPU' if GPU else 'CPU only'}; "
+    f"{numba.get_num_threads()} Numba threads)",
+)
 
 # %% [markdown]
 # Read the numbers with the machine in mind. On two cores the Numba kernels

@@ -59,7 +59,7 @@ def use_cuda_simulator_without_gpu() -> bool:
         import cupy
 
         gpu = cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device
+    except Exception:  # noqa: BLE001 - ImportError, CUDARuntimeError, ...: no usable GPU
         gpu = False
     if not gpu:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
@@ -107,7 +107,9 @@ def save(image: Image.Image, name: str, colours: int | None = None) -> Path:
     """
     image = image.convert("RGB")
     if colours:
-        image = image.quantize(colors=colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        image = image.quantize(
+            colors=colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+        )
     path = out_dir() / name
     image.save(path, format="PNG", optimize=True)
     print(f"wrote {path}")
@@ -138,7 +140,11 @@ def heatmap(values, scale: int = 1, lo=None, hi=None) -> Image.Image:
     lo = np.nanmin(v) if lo is None else lo
     hi = np.nanmax(v) if hi is None else hi
     t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1)[..., None]  # (H, W, 1) in [0, 1]
-    blue, white, red = np.array([40, 80, 200.0]), np.array([250, 250, 250.0]), np.array([210, 40, 40.0])
+    blue, white, red = (
+        np.array([40, 80, 200.0]),
+        np.array([250, 250, 250.0]),
+        np.array([210, 40, 40.0]),
+    )
     rgb = np.where(t < 0.5, blue + (white - blue) * (2 * t), white + (red - white) * (2 * t - 1))
     image = Image.fromarray(rgb.astype(np.uint8))
     return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
@@ -166,13 +172,21 @@ def caption(image: Image.Image, text: str, size: int = 13) -> Image.Image:
     return out
 
 
-def bar_chart(values: dict, path_name: str, title: str = "", unit: str = "ms", log: bool = True,
-              width: int = 760, bar_h: int = 26) -> Path:
+def bar_chart(
+    values: dict,
+    path_name: str,
+    title: str = "",
+    unit: str = "ms",
+    log: bool = True,
+    width: int = 760,
+    bar_h: int = 26,
+) -> Path:
     """A horizontal bar chart of ``values`` (group -> {bar name: value}), saved as a PNG.
 
     Args:
-        values: ``{group: {name: value}}``, e.g. ``{"box_iou 2000x2000": {"numpy": 41.0, "numba": 3.2}}``;
-            bars of a group are drawn together, one colour per bar name.
+        values: ``{group: {name: value}}``, e.g.
+            ``{"box_iou 2000x2000": {"numpy": 41.0, "numba": 3.2}}``; bars of a
+            group are drawn together, one colour per bar name.
         path_name: file name in :func:`out_dir`.
         title: drawn on top.
         unit: appended to each bar's number.
@@ -182,7 +196,14 @@ def bar_chart(values: dict, path_name: str, title: str = "", unit: str = "ms", l
     names: list[str] = []
     for bars in values.values():
         names += [n for n in bars if n not in names]
-    palette = [(0, 130, 200), (230, 25, 75), (60, 180, 75), (245, 130, 48), (145, 30, 180), (0, 128, 128)]
+    palette = [
+        (0, 130, 200),
+        (230, 25, 75),
+        (60, 180, 75),
+        (245, 130, 48),
+        (145, 30, 180),
+        (0, 128, 128),
+    ]
     colour = {n: palette[k % len(palette)] for k, n in enumerate(names)}
     f, fb = font(12), font(15)
     rows = sum(len(b) for b in values.values()) + len(values)
@@ -210,8 +231,12 @@ def bar_chart(values: dict, path_name: str, title: str = "", unit: str = "ms", l
         y += bar_h
         for name, v in bars.items():
             draw.text((24, y + 2), name, fill=(60, 60, 60), font=f)
-            draw.rectangle([left, y + 2, left + max(1, int(length(v))), y + bar_h - 3], fill=colour[name])
-            draw.text((left + int(length(v)) + 6, y + 2), f"{v:.3g} {unit}", fill=(20, 20, 20), font=f)
+            draw.rectangle(
+                [left, y + 2, left + max(1, int(length(v))), y + bar_h - 3], fill=colour[name]
+            )
+            draw.text(
+                (left + int(length(v)) + 6, y + 2), f"{v:.3g} {unit}", fill=(20, 20, 20), font=f
+            )
             y += bar_h
     if log:
         draw.text((10, height - 18), "bar length: log scale", fill=(120, 120, 120), font=f)
