@@ -104,7 +104,7 @@ def clustered_boxes(rng: np.random.Generator, n: int, clusters: int = 60, size: 
 def proposal_rois(rng: np.random.Generator, r: int, image_size: float = 1024.0,
                   dtype=np.float32) -> np.ndarray:
     """``(r, 5)`` RoIs ``(0, x1, y1, x2, y2)`` with aspect ratio (short/long side) <= 1."""
-    boxes = random_boxes(rng, r, image_size, 16, 512, np.float64)
+    boxes = random_boxes(rng, r, image_size, 16, min(512.0, image_size / 2), np.float64)
     return np.concatenate([np.zeros((r, 1)), boxes], axis=1).astype(dtype)
 
 
@@ -278,9 +278,15 @@ def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
     """The benchmark cases of the requested ``groups`` (ops, layers, sweep, train)."""
     cases: list[Case] = []
     if "ops" in groups:
-        cases += [_case_box_iou(2000), _case_nms(6000), _case_roi_pool()]
+        if quick:
+            cases += [_case_box_iou(200), _case_nms(500), _case_roi_pool(r=16, c=8, hw=16)]
+        else:
+            cases += [_case_box_iou(2000), _case_nms(6000), _case_roi_pool()]
     if "layers" in groups:
-        cases += [_case_conv2d(), _case_max_pool()]
+        if quick:
+            cases += [_case_conv2d(n=1, c=8, hw=16, f=16), _case_max_pool(n=1, c=8, hw=16)]
+        else:
+            cases += [_case_conv2d(), _case_max_pool()]
     if "sweep" in groups:
         sizes = (1000, 5000) if quick else (1000, 5000, 10000, 20000, 50000)
         cases += [_case_nms(n, sweep=True) for n in sizes]
