@@ -1,0 +1,452 @@
+# %% [markdown]
+# # Tutorial 6: training the region proposal network
+#
+# Tutorial 2 built the anchors: `H * W * A` fixed boxes, 576 of them on a
+# 128 x 128 `shapes` image with the `tiny` preset. The RPN predicts, for each
+# anchor, two objectness scores (background, object) and four box deltas. To
+# train it we must say, for every anchor, what the right answer is:
+#
+# * **anchor targets**: which anchors are objects (positive), which are
+#   background (negative), which we do not care about (ignored);
+# * **sampling**: 256 of the labelled anchors per image, at most half positive,
+#   so the few positives are not drowned by hundreds of easy negatives;
+# * **box encoding**: for each positive anchor, the four numbers that would
+#   move it onto its object;
+# * **the loss**: softmax cross-entropy on the scores, smooth L1 on the deltas.
+#
+# None of the first three steps is differentiable: they produce constants the
+# loss compares against. We write each one as a loop, check it against
+# `minirccn.anchor_targets` and `minirccn.rpn`, and end with an image that has
+# no object at all.
+
+# %%
+import math
+
+import numpy as np
+from PIL import ImageDraw
+
+import _common as T
+from minirccn import gradcheck, losses, ops, viz
+from minirccn.anchor_targets import anchor_targets, assign_anchors, sample_labels
+from minirccn.backbone import backbone_forward
+from minirccn.config import preset
+from minirccn.data import load_dataset
+from minirccn.model import FasterRCNN, backbone_spec
+from minirccn.rpn import rpn_forward, rpn_losses
+
+cfg = preset("tiny", dtype="float64")  # float64: the loss check at the end is exact
+data = load_dataset("shapes", split="train", seed=0)
+model = FasterRCNN(cfg, data.class_names, rng=np.random.default_rng(6))
+anchors = model.anchors((128 // model.stride, 128 // model.stride))  # (576, 4) float64
+sample = data[3]
+image, gt = sample["image"], sample["boxes"].astype(np.float64)
+print(f"{len(anchors)} anchors (8 x 8 cells x {cfg.num_anchors}), {len(gt)} objects:\n{gt}")
+
+# %% [markdown]
+# ## 1. Labels: positive, negative, ignored
+#
+# With the `(M, G)` IoU matrix between the `M` anchors and the `G` objects
+# (tutorial 1's `ops.box_iou`), each anchor looks at its best object:
+#
+#     best_i = max_g IoU(anchor_i, gt_g)
+#     label_i = 1 (positive)  if best_i >= 0.7
+#               0 (negative)  if best_i <  0.3
+#              -1 (ignored)   otherwise: neither clearly an object nor clearly not
+#
+# The 0.7 rule alone can leave an object with no positive anchor at all: a
+# 10-pixel object has IoU at most `100 / 256 = 0.39` with a 16 x 16 anchor. So
+# there is a second rule (paper Sec. 3.1.2): **for each object, the anchor(s)
+# with its highest IoU are positive**, whatever that IoU is, and on a tie *all*
+# of the tied anchors are (torchvision's `allow_low_quality_matches`). An
+# object that touches no anchor at all (best IoU 0) gets none.
+
+
+# %%
+def assign_loop(anchors, gt, fg=0.7, bg=0.3):
+    """Label each anchor (1 / 0 / -1) and name its best object, one anchor at a time."""
+    m, g = len(anchors), len(gt)
+    labels = np.full(m, -1, dtype=np.int64)
+    matched = np.zeros(m, dtype=np.int64)
+    if g == 0:
+        labels[:] = 0  # no object: every anchor is background
+        return labels, matched
+    iou = ops.box_iou(anchors, gt)  # (M, G), tutorial 1
+    for i in range(m):  # rule 1: each anchor's best object
+        for j in range(1, g):
+            if iou[i, j] > iou[i, matched[i]]:  # strict: the first object wins a tie
+                matched[i] = j
+        if iou[i, matched[i]] < bg:
+            labels[i] = 0
+        if iou[i, matched[i]] >= fg:
+            labels[i] = 1
+    for j in range(g):  # rule 2: each object's best anchor(s), ties included
+        best = max(iou[i, j] for i in range(m))
+        for i in range(m):
+            if best > 0 and iou[i, j] == best:
+                labels[i] = 1
+    return labels, matched
+
+
+labels_loop, matched_loop = assign_loop(anchors, gt)
+labels, matched = assign_anchors(anchors, gt, cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh)
+iou = ops.box_iou(anchors, gt)
+print(
+    f"positive {int((labels == 1).sum())}, negative {int((labels == 0).sum())}, "
+    f"ignored {int((labels == -1).sum())}"
+)
+for g in range(len(gt)):
+    w, h = gt[g, 2:] - gt[g, :2]
+    print(
+        f"  object {g} ({w:.0f} x {h:.0f} px): best IoU {iou[:, g].max():.2f}, "
+        f"{int(((labels == 1) & (matched == g)).sum())} positive anchor(s) matched to it"
+    )
+T.check(
+    np.array_equal(labels_loop, labels) and np.array_equal(matched_loop, matched),
+    "naive loop == minirccn.anchor_targets.assign_anchors (labels and matches)",
+)
+T.check(
+    all(labels[iou[:, g].argmax()] == 1 for g in range(len(gt))),
+    "every object has at least one positive anchor (rule 2), even below IoU 0.7",
+)
+
+# %% [markdown]
+# ### A tie, and an object no anchor touches
+#
+# A 32 x 32 object centred at `x = 16`, exactly between the cell centres
+# `x = 8` and `x = 24`: the two square 32-pixel anchors there overlap it by
+# 24 x 32 pixels each, IoU `768 / 1280 = 0.6`. Neither reaches 0.7, both are
+# the object's best, so both are positive. A second "object" far outside the
+# image overlaps nothing and gets no anchor.
+
+# %%
+tie_gt = np.array([[0, 24, 32, 56], [500, 500, 520, 520]], dtype=np.float64)
+tie_labels, tie_matched = assign_anchors(anchors, tie_gt)
+tie_iou = ops.box_iou(anchors, tie_gt)
+winners = np.nonzero(tie_labels == 1)[0]
+print("positive anchors:", winners, "boxes:\n", anchors[winners], "\nIoU:", tie_iou[winners, 0])
+T.check(
+    len(winners) == 2 and np.allclose(tie_iou[winners, 0], 0.6),
+    "two anchors tie at IoU 0.6 with the first object: both positive",
+)
+T.check(
+    np.array_equal(assign_loop(anchors, tie_gt)[0], tie_labels) and not np.any(tie_matched == 1),
+    "the loop agrees; the off-image object has no anchor",
+)
+
+# %% [markdown]
+# ## 2. Sampling 256 anchors, at most half positive
+#
+# An image has a handful of positive anchors and hundreds of negatives; the
+# loss would be dominated by easy background. So each image contributes a
+# *mini-batch* of `256` labelled anchors, drawn uniformly at random without
+# replacement:
+#
+#     num_pos = min(#positives, 256 * 0.5)
+#     num_neg = min(#negatives, 256 - num_pos)
+#
+# positives first, then negatives filling the rest; every other anchor
+# becomes -1 (no loss). The draws come from an explicit
+# `numpy.random.Generator`, so a seed fixes the sample.
+
+
+# %%
+def sample_loop(labels, batch_size, fraction, rng):
+    """Keep a random subset: shuffle the positives, keep the first few, then the negatives."""
+    out = np.full_like(labels, -1)
+    pos, neg = np.nonzero(labels == 1)[0], np.nonzero(labels == 0)[0]
+    num_pos = min(len(pos), int(batch_size * fraction))
+    num_neg = min(len(neg), batch_size - num_pos)
+    for k in rng.permutation(len(pos))[:num_pos]:
+        out[pos[k]] = 1
+    for k in rng.permutation(len(neg))[:num_neg]:
+        out[neg[k]] = 0
+    return out
+
+
+sampled = sample_labels(labels, 256, 0.5, np.random.default_rng(0))
+print(
+    f"sampled: {int((sampled == 1).sum())} positive + {int((sampled == 0).sum())} negative "
+    f"= {int((sampled >= 0).sum())}"
+)
+T.check(
+    np.array_equal(sample_loop(labels, 256, 0.5, np.random.default_rng(0)), sampled),
+    "naive loop == sample_labels with the same seed",
+)
+T.check(
+    (sampled == 1).sum() == (labels == 1).sum() and (sampled >= 0).sum() == 256,
+    "few positives: all of them kept, negatives fill the 256",
+)
+
+# the other extreme: 192 "objects", exactly the 16-pixel anchors -> 192 positives, capped at 128
+small_anchors = anchors.reshape(64, cfg.num_anchors, 4)[:, [0, 3, 6]].reshape(-1, 4)
+crowd = assign_anchors(anchors, small_anchors)[0]
+crowd_sampled = sample_labels(crowd, 256, 0.5, np.random.default_rng(0))
+print(
+    f"crowded image: {int((crowd == 1).sum())} positives -> sampled "
+    f"{int((crowd_sampled == 1).sum())} positive + {int((crowd_sampled == 0).sum())} negative"
+)
+T.check(
+    (crowd_sampled == 1).sum() == 128 and (crowd_sampled >= 0).sum() == 256,
+    "many positives: at most 256 * 0.5 = 128 of them",
+)
+
+# %% [markdown]
+# ## 3. Box encoding: four deltas per positive anchor
+#
+# The RPN does not predict corners; it predicts how to move and stretch its
+# anchor `a` onto the matched object `g` (R-CNN's parametrisation), in
+# centre / size form:
+#
+#     dx = (gx - ax) / aw          dw = ln(gw / aw)
+#     dy = (gy - ay) / ah          dh = ln(gh / ah)
+#
+# Dividing the shift by the anchor's size makes the targets scale-invariant:
+# a 16-pixel anchor 2 pixels off and a 64-pixel anchor 8 pixels off both have
+# `dx = 0.125`. The logarithm makes the size change symmetric (twice as large
+# is `+0.69`, half as large `-0.69`) and decoding, `gw = aw * exp(dw)`, can never
+# give a negative width. The RPN uses weights `(1, 1, 1, 1)`; the head will
+# use `(10, 10, 5, 5)` (tutorial 7).
+
+
+# %%
+def encode_loop(gt_boxes, anchor_boxes):
+    """The four deltas of each (object, anchor) pair, with Python's math."""
+    out = []
+    for (g1, g2, g3, g4), (a1, a2, a3, a4) in zip(gt_boxes.tolist(), anchor_boxes.tolist()):
+        aw, ah, gw, gh = a3 - a1, a4 - a2, g3 - g1, g4 - g2
+        ax, ay, gx, gy = a1 + 0.5 * aw, a2 + 0.5 * ah, g1 + 0.5 * gw, g2 + 0.5 * gh
+        out.append([(gx - ax) / aw, (gy - ay) / ah, math.log(gw / aw), math.log(gh / ah)])
+    return np.array(out)
+
+
+rng = np.random.default_rng(0)
+lab, targets = anchor_targets(anchors, gt, (128, 128), rng)
+pos = np.nonzero(lab == 1)[0]
+loop_targets = encode_loop(gt[matched[pos]], anchors[pos])
+print("targets of the first positive anchors (dx, dy, dw, dh):\n", targets[pos[:4]].round(3))
+T.check(
+    np.allclose(loop_targets, targets[pos], rtol=1e-12, atol=1e-12),
+    "naive loop == anchor_targets' regression targets (ops.encode_boxes)",
+)
+T.check(
+    np.allclose(ops.decode_boxes(targets[pos], anchors[pos]), gt[matched[pos]]),
+    "decode(encode(gt)) == gt: the deltas move each positive anchor exactly onto its object",
+)
+T.check(np.all(targets[lab != 1] == 0), "anchors that are not sampled positives: zero targets")
+
+# %% [markdown]
+# ### Why the natural log, not log10?
+#
+# Decoding uses `exp`, so encoding must use `ln`: with `log10` a box twice as
+# wide encodes to `log10(2) = 0.30`, and `exp(0.30) = 1.35`, not 2. Even used
+# consistently (`log10` with `10 **`) it changes the learning problem. The
+# size deltas shrink by `ln(10) = 2.30` compared with the shifts, so in the
+# smooth-L1 loss (section 4) a size error counts 2.3 times less than the
+# same error measured in natural units, and below the switch point
+# `beta = 1/9`, where the loss is quadratic, its gradient is
+# `ln(10)^2 = 5.3` times smaller. Sizes would be learned last; the clamp
+# `log(1000 / 16)` of decoding (natural units) would also no longer mean
+# what it says. With `ln`, the four targets have comparable spreads.
+
+# %%
+two_x = np.array([[0.0, 0.0, 20.0, 10.0]]), np.array([[5.0, 0.0, 15.0, 10.0]])  # twice as wide
+dw_ln, dw_log10 = math.log(2.0), math.log10(2.0)
+decoded_wrong = ops.decode_boxes(np.array([[0.0, 0.0, dw_log10, 0.0]]), two_x[1])
+print(f"2x wider: ln -> dw = {dw_ln:.3f}, log10 -> dw = {dw_log10:.3f}")
+print(f"decoding the log10 delta with exp gives width {np.ptp(decoded_wrong[0, [0, 2]]):.2f}, not 20")
+T.check(
+    np.isclose(ops.encode_boxes(*two_x)[0, 2], dw_ln),
+    "ops.encode_boxes uses the natural log: dw = ln 2",
+)
+
+# spreads of the four targets over the positive anchors of many images
+many = []
+for k in range(T.pick(60, 15)):
+    s = data[k]
+    if len(s["boxes"]):
+        lab_k, t_k = anchor_targets(anchors, s["boxes"].astype(np.float64), (128, 128), rng)
+        many.append(t_k[lab_k == 1])
+many = np.concatenate(many)
+std_ln = many.std(axis=0)
+std_log10 = std_ln / np.array([1, 1, math.log(10), math.log(10)])
+print(f"std of (dx, dy, dw, dh) over {len(many)} positive anchors: ln {std_ln.round(3)}")
+print(f"                                              log10 {std_log10.round(3)}")
+
+# gradient of the smooth-L1 loss w.r.t. the predicted ln-width, prediction 0, target = true size
+print(f"{'true size':>10} {'d/d ln(w), ln targets':>22} {'log10 targets':>14} {'ratio':>6}")
+grads = []
+for factor in (1.05, 1.1, 1.5, 2.0):
+    g_ln = -float(np.clip(math.log(factor) * 9, -1, 1))  # smooth L1, beta 1/9
+    g_10 = -float(np.clip(math.log10(factor) * 9, -1, 1)) / math.log(10)  # chain rule: 1/ln 10
+    grads.append((g_ln, g_10))
+    print(f"{factor:>9}x {g_ln:>22.3f} {g_10:>14.3f} {g_ln / g_10:>6.2f}")
+T.check(
+    np.isclose(losses.smooth_l1(np.zeros(1), np.array([math.log(1.1)]))[1][0], grads[1][0]),
+    "losses.smooth_l1 gives the same gradient for a 10% size error",
+)
+T.check(
+    np.isclose(grads[0][0] / grads[0][1], math.log(10) ** 2)
+    and np.isclose(grads[3][0] / grads[3][1], math.log(10)),
+    "log10 targets: gradient 5.3x smaller for small errors, 2.3x for large ones",
+)
+
+# %% [markdown]
+# ## 4. The loss
+#
+# Over the `S` sampled anchors of a batch (paper Eq. 1, normalised as
+# torchvision does):
+#
+#     loss_objectness  = (1 / S) sum_{sampled i} -ln softmax(logits_i)[label_i]
+#     loss_rpn_box_reg = (1 / S) sum_{positive i} sum_{j=1..4} smoothL1(delta_ij - t_ij)
+#
+#     smoothL1(d) = 0.5 d^2 / beta  if |d| < beta,   |d| - 0.5 beta  otherwise   (beta = 1/9)
+#
+# The scores are two logits per anchor and a softmax, as in the paper
+# (torchvision uses one logit and a sigmoid: the same model, parametrised
+# differently). Negatives contribute to the first loss only: there is no box
+# to regress. We run the untrained `tiny` network (backbone + RPN head) on the
+# image; its objectness weights are `N(0, 0.01^2)`, so both scores are near 0
+# and the loss starts near `ln 2 = 0.693`.
+
+
+# %%
+def rpn_loss_loop(logits, deltas, labels, targets, beta=1.0 / 9):
+    """Both RPN losses, one sampled anchor at a time."""
+    cls, box, s = 0.0, 0.0, 0
+    for i in range(len(labels)):
+        if labels[i] < 0:
+            continue
+        s += 1
+        l0, l1 = logits[i]
+        top = max(l0, l1)
+        log_sum = top + math.log(math.exp(l0 - top) + math.exp(l1 - top))  # stable log-sum-exp
+        cls += log_sum - logits[i, labels[i]]
+        if labels[i] == 1:
+            for d in deltas[i] - targets[i]:
+                box += 0.5 * d * d / beta if abs(d) < beta else abs(d) - 0.5 * beta
+    return cls / s, box / s
+
+
+x = model.preprocess(image)[0][None]  # resize (no-op here) and normalise: (1, 3, 128, 128) float64
+features, _ = backbone_forward(model.params, x, backbone_spec(cfg), train=False)
+logits, deltas, _ = rpn_forward(model.params, features)  # (1, 576, 2), (1, 576, 4)
+print("features", features.shape, "-> logits", logits.shape, "deltas", deltas.shape)
+lab, targets = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(1))
+loss_obj, loss_box, dlogits, ddeltas = rpn_losses(
+    logits, deltas, lab[None], targets[None], beta=cfg.rpn_box_beta
+)
+print(f"loss_objectness {loss_obj:.6f}, loss_rpn_box_reg {loss_box:.6f}")
+T.check(
+    np.allclose(rpn_loss_loop(logits[0], deltas[0], lab, targets), (loss_obj, loss_box), rtol=1e-12),
+    "naive loop == minirccn.rpn.rpn_losses",
+)
+T.check(abs(loss_obj - math.log(2)) < 0.02, "untrained: objectness loss ~ ln 2 (a coin toss)")
+err_cls = gradcheck.check_loss(
+    lambda z: rpn_losses(z, deltas, lab[None], targets[None])[0::2], logits.copy()
+)
+err_box = gradcheck.check_loss(
+    lambda z: rpn_losses(logits, z, lab[None], targets[None])[1::2], deltas.copy()
+)
+print(f"finite differences: objectness {err_cls:.1e}, box {err_box:.1e} (relative error)")
+T.check(max(err_cls, err_box) < 1e-6, "both loss gradients match float64 finite differences")
+
+# %% [markdown]
+# ## 5. An image with no object
+#
+# About 10% of `shapes` images are empty, as are many real photographs for
+# any one class. There is nothing to match: every anchor is negative, the
+# sample is 256 negatives, the box loss is an empty sum (0, not 0/0), and the
+# objectness loss is finite; the network learns from them that empty
+# background is background.
+
+# %%
+empty = data[7]
+T.check(len(empty["boxes"]) == 0, "shapes train image 7 has no object")
+lab0, t0 = anchor_targets(anchors, empty["boxes"], (128, 128), np.random.default_rng(2))
+loss0 = rpn_losses(logits, deltas, lab0[None], t0[None])
+print(
+    f"no object: {int((lab0 == 0).sum())} negatives sampled, {int((lab0 == 1).sum())} positives; "
+    f"losses {loss0[0]:.4f}, {loss0[1]:.4f}"
+)
+T.check(
+    (lab0 == 0).sum() == 256 and (lab0 == 1).sum() == 0 and np.all(t0 == 0),
+    "no ground truth: 256 negatives, no positive, zero targets",
+)
+T.check(
+    np.isfinite(loss0[0]) and loss0[1] == 0 and np.all(loss0[3] == 0),
+    "finite objectness loss, zero box loss and zero box gradient",
+)
+
+# %% [markdown]
+# ## 6. A picture
+#
+# Left: the objects (red) and every positive anchor (green, before sampling).
+# Middle: one sample of 256: positives (green) and one in four of the
+# sampled negatives (blue; drawing all of them would hide the image).
+# Right: per cell, the best IoU of its 9 anchors with any object: cells above
+# 0.7 hold positives, those below 0.3 only negatives.
+
+# %%
+scale = T.pick(3, 2)
+
+
+def outline(img, boxes, colour, width=1):
+    """Draw ``boxes`` (image pixels) as outlines on ``img``, which is ``scale`` times larger."""
+    draw = ImageDraw.Draw(img)
+    for x1, y1, x2, y2 in np.asarray(boxes) * scale:
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=colour, width=width)
+    return img
+
+
+labels_all, _ = assign_anchors(anchors, gt)
+left = viz.draw_detections(
+    image, gt, np.zeros(len(gt), int), class_names=["object"], scale=scale, width=2
+)
+outline(left, anchors[labels_all == 1], (40, 170, 60), 2)
+lab_s, _ = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0))
+middle = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=scale)
+outline(middle, anchors[lab_s == 0][::4], (40, 80, 200), 1)
+outline(middle, anchors[lab_s == 1], (40, 170, 60), 2)
+cell_best = iou.max(axis=1).reshape(8, 8, cfg.num_anchors).max(axis=2)  # (8, 8)
+right = T.heatmap(cell_best, 16 * scale, 0.0, 1.0)
+d = ImageDraw.Draw(right)
+for (i, j), v in np.ndenumerate(cell_best):
+    d.text((j * 16 * scale + 4, i * 16 * scale + 4), f"{v:.2f}", fill=(0, 0, 0), font=T.font(11))
+T.save_grid(
+    [
+        T.caption(left, f"objects (red), all {int((labels_all == 1).sum())} positive\nanchors (green)"),
+        T.caption(
+            middle,
+            f"a sample: {int((lab_s == 1).sum())} positives (green),\n"
+            f"1 in 4 of {int((lab_s == 0).sum())} negatives (blue)",
+        ),
+        T.caption(right, "best anchor IoU per cell\n(blue 0 ... red 1)"),
+    ],
+    "06_rpn_targets.png",
+    cols=3,
+    colours=256,
+)
+
+# %% [markdown]
+# ## Summary
+#
+# * Anchor labels: IoU >= 0.7 positive, < 0.3 negative, in between ignored;
+#   plus each object's best anchor(s), ties included, so no object is left
+#   without a positive.
+# * 256 anchors sampled per image, at most 128 positive, with an explicit
+#   random generator.
+# * Targets `(dx, dy, dw, dh) = ((gx - ax) / aw, (gy - ay) / ah, ln(gw / aw),
+#   ln(gh / ah))`: the natural log, because decoding uses `exp` and so the
+#   four targets have comparable scales.
+# * Loss: mean softmax cross-entropy over the sample + smooth L1 over the
+#   positives divided by the sample size; an empty image gives 256 negatives
+#   and a finite loss.
+#
+# ## Exercises
+#
+# 1. Set `rpn_allowed_border=0` (the paper's rule: ignore anchors crossing the
+#    image border). How many of the 576 anchors remain on a 128 x 128 image?
+# 2. Remove rule 2 from `assign_loop`. Which objects of the first 40 training
+#    images lose all their positive anchors? What size are they?
+# 3. Change the sample to 64 anchors with 25% positives. What changes in the
+#    balance of `loss_objectness` between positives and negatives?
