@@ -274,6 +274,113 @@ def _case_max_pool(n=2, c=128, hw=64) -> Case:
     return Case("max_pool2d fwd+bwd", f"{n}x{c}x{hw}x{hw}, 2x2/2", run, make, torch_run, tags=("layers",))
 
 
+def torchvision_faster_rcnn(config, num_classes: int):
+    """torchvision's ``FasterRCNN`` built to match minirccn's ``config`` (the peer for ``train``).
+
+    Same backbone stack (3x3 conv [+BN] + ReLU [+2x2 max pool] per stage), anchors,
+    proposal numbers, RoI *max* pooling 7x7 and a two-fc head of the same width.
+    Differences that remain (torchvision's own design): one sigmoid objectness
+    score per anchor instead of a 2-way softmax, and an RPN conv as wide as the
+    backbone output.
+    """
+    import torch
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import AnchorGenerator
+
+    from .model import backbone_spec
+
+    spec = backbone_spec(config)
+    layers, c_in, stride = [], spec.in_channels, 1
+    for stage in spec.stages:
+        for _ in range(stage.convs):
+            layers.append(torch.nn.Conv2d(c_in, stage.channels, 3, padding=1))
+            if spec.batch_norm:
+                layers.append(torch.nn.BatchNorm2d(stage.channels))
+            layers.append(torch.nn.ReLU(inplace=True))
+            c_in = stage.channels
+        if stage.pool:
+            layers.append(torch.nn.MaxPool2d(2, 2))
+            stride *= 2
+    backbone = torch.nn.Sequential(*layers)
+    backbone.out_channels = c_in
+
+    class RoIMaxPool(torchvision.ops.MultiScaleRoIAlign):  # FasterRCNN insists on this type
+        def __init__(self):
+            super().__init__(["0"], config.roi_output_size, 0)
+            self.pool = torchvision.ops.RoIPool(config.roi_output_size, 1.0 / stride)
+
+        def forward(self, features, proposals, image_shapes):
+            return self.pool(features["0"], proposals)
+
+    size = config.roi_output_size
+    return FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+        rpn_anchor_generator=AnchorGenerator((tuple(config.anchor_sizes),), (tuple(config.aspect_ratios),)),
+        rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=config.rpn_batch_size_per_image,
+        box_roi_pool=RoIMaxPool(),
+        box_head=TwoMLPHead(c_in * size * size, config.representation_size),
+        box_predictor=FastRCNNPredictor(config.representation_size, num_classes),
+        box_batch_size_per_image=config.box_batch_size_per_image,
+        box_score_thresh=config.box_score_thresh,
+        box_detections_per_img=config.box_detections_per_img,
+    )
+
+
+def _torch_train_step(inputs: dict, device: str):
+    """One SGD step of :func:`torchvision_faster_rcnn` on the case's image (tiny preset)."""
+    import torch
+
+    from .config import preset
+
+    config = preset("tiny")
+    data = inputs["data"]
+    torch.manual_seed(inputs["seed"] % (2**31))
+    model = torchvision_faster_rcnn(config, len(data.class_names)).to(device).train()
+    sample = data[inputs["index"]]
+    image = torch.from_numpy(sample["image"]).permute(2, 0, 1).float().div(255).to(device)
+    target = {"boxes": torch.from_numpy(sample["boxes"]).to(device),
+              "labels": torch.from_numpy(sample["labels"]).to(device)}
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+
+    def fn():
+        opt.zero_grad()
+        loss = sum(model([image], [target]).values())
+        loss.backward()
+        opt.step()
+        return loss
+
+    return fn
+
+
+def _torch_predict(inputs: dict, device: str):
+    """One inference of :func:`torchvision_faster_rcnn` on the case's image."""
+    import torch
+
+    from .config import preset
+
+    data = inputs["data"]
+    model = torchvision_faster_rcnn(preset("tiny"), len(data.class_names)).to(device).eval()
+    image = torch.from_numpy(data[inputs["index"]]["image"]).permute(2, 0, 1).float().div(255).to(device)
+
+    def fn():
+        with torch.no_grad():
+            return model([image])
+
+    return fn
+
+
 def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
     """The benchmark cases of the requested ``groups`` (ops, layers, sweep, train)."""
     cases: list[Case] = []
@@ -293,7 +400,10 @@ def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
     if "train" in groups:
         from .train import bench_cases as train_cases  # the detector's own throughput cases
 
-        cases += train_cases(quick=quick)
+        peers = {"train step (tiny)": _torch_train_step, "predict (tiny)": _torch_predict}
+        for case in train_cases(quick=quick):
+            case.torch_run = case.torch_run or peers.get(case.name)
+            cases.append(case)
     return cases
 
 
