@@ -86,6 +86,8 @@ class FasterRCNNConfig:
     iters: int = 1000                          # training iterations (SGD steps)
     images_per_batch: int = 1                  # images per SGD step
     flip: bool = True                          # random horizontal flip while training
+    bn_freeze_iter: int = 0                    # > 0: from this iteration on, batch norm uses (and
+                                               #   keeps) its running statistics, as at inference
     dtype: str = "float32"                     # parameter / activation dtype
 
     def replace(self, **changes) -> "FasterRCNNConfig":

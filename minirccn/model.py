@@ -211,7 +211,7 @@ class DetectorCache(NamedTuple):
 
 def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.random.Generator,
                      *, backend=None, stages=("rpn", "head"), proposals=None, samples=None,
-                     train_backbone: bool = True):
+                     train_backbone: bool = True, batch_stats: bool | None = None):
     """Training forward: the four losses and the cache of :func:`model_backward`.
 
     Args:
@@ -229,6 +229,9 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
         samples: optional :class:`Samples` from an earlier call: reuse its choices.
         train_backbone: False freezes the backbone (no backbone gradients; batch norm
             in inference mode), as steps 3-4 of the alternating training do.
+        batch_stats: batch norm normalises with the batch's statistics (and updates the
+            running ones) if True, with the running statistics if False ("frozen" batch
+            norm, still trained through gamma and beta). Default: ``train_backbone``.
 
     Returns:
         losses: dict of the four losses (floats; 0.0 for a stage that is off).
@@ -242,7 +245,9 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
     n = images.shape[0]
 
     # 1. backbone: the shared feature map
-    features, bb_cache = _bb.backbone_forward(p, images, backbone_spec(cfg), train=train_backbone,
+    if batch_stats is None:
+        batch_stats = train_backbone
+    features, bb_cache = _bb.backbone_forward(p, images, backbone_spec(cfg), train=batch_stats,
                                               backend=backend)
     anchors = model.anchors(features.shape[2:], xp)
     anchors_host = model.anchors(features.shape[2:], np)

@@ -114,9 +114,11 @@ def train_step(model, optimizer, batch, rng, step: int, *, backend: str, stages=
                proposals=None, train_backbone: bool = True) -> dict:
     """One SGD step; returns the losses (floats). Raises :class:`TrainingDiverged` on NaN/inf."""
     images, sizes, targets = batch
+    cfg = model.config
+    batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
     losses, cache, _ = detector_forward(model, images, sizes, targets, rng, backend=backend,
                                         stages=stages, proposals=proposals,
-                                        train_backbone=train_backbone)
+                                        train_backbone=train_backbone, batch_stats=batch_stats)
     total = sum(losses.values())
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
