@@ -97,7 +97,8 @@ def head_forward(params: dict, features, rois, spatial_scale: float, *, output_s
         class_logits: ``(R, K)``; box_deltas: ``(R, 4K)``; cache: :class:`HeadCache`.
     """
     pooled, pool_cache = roi_pool_forward(features, rois, output_size, spatial_scale, backend=backend)
-    x = pooled.reshape(pooled.shape[0], -1)
+    r, c, ph, pw = pooled.shape
+    x = pooled.reshape(r, c * ph * pw)                       # explicit: R may be 0
     x, fc6 = layers.linear_forward(x, params["head.fc6.w"], params["head.fc6.b"], backend=backend)
     x, relu6 = layers.relu_forward(x)
     drop6 = None

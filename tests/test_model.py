@@ -105,6 +105,18 @@ def test_image_without_ground_truth():
     assert all(np.all(np.isfinite(g)) for g in grads.values())
 
 
+def test_no_roi_at_all():
+    """An image without ground truth and without proposals: zero RoIs, finite losses."""
+    net = M.FasterRCNN(tiny_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
+    images, sizes, targets = batch(np.float32, empty=True)
+    no_props = [np.zeros((0, 4), np.float32)] * 2
+    losses, cache, samples = M.detector_forward(net, images, sizes, targets, np.random.default_rng(0),
+                                                backend="numpy", proposals=no_props)
+    assert samples.rois.shape == (0, 5)
+    assert losses["loss_classifier"] == 0 and losses["loss_box_reg"] == 0
+    assert all(np.all(np.isfinite(g)) for g in M.model_backward(cache).values())
+
+
 def test_zero_width_ground_truth_is_dropped_with_a_warning():
     boxes = np.array([[1, 1, 1, 5], [2, 2, 6, 6], [3, 4, 9, 4]], np.float32)
     with pytest.warns(UserWarning, match="dropped 2"):
