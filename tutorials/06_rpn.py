@@ -253,7 +253,9 @@ two_x = np.array([[0.0, 0.0, 20.0, 10.0]]), np.array([[5.0, 0.0, 15.0, 10.0]])  
 dw_ln, dw_log10 = math.log(2.0), math.log10(2.0)
 decoded_wrong = ops.decode_boxes(np.array([[0.0, 0.0, dw_log10, 0.0]]), two_x[1])
 print(f"2x wider: ln -> dw = {dw_ln:.3f}, log10 -> dw = {dw_log10:.3f}")
-print(f"decoding the log10 delta with exp gives width {np.ptp(decoded_wrong[0, [0, 2]]):.2f}, not 20")
+print(
+    f"decoding the log10 delta with exp gives width {np.ptp(decoded_wrong[0, [0, 2]]):.2f}, not 20"
+)
 T.check(
     np.isclose(ops.encode_boxes(*two_x)[0, 2], dw_ln),
     "ops.encode_boxes uses the natural log: dw = ln 2",
@@ -337,7 +339,9 @@ loss_obj, loss_box, dlogits, ddeltas = rpn_losses(
 )
 print(f"loss_objectness {loss_obj:.6f}, loss_rpn_box_reg {loss_box:.6f}")
 T.check(
-    np.allclose(rpn_loss_loop(logits[0], deltas[0], lab, targets), (loss_obj, loss_box), rtol=1e-12),
+    np.allclose(
+        rpn_loss_loop(logits[0], deltas[0], lab, targets), (loss_obj, loss_box), rtol=1e-12
+    ),
     "naive loop == minirccn.rpn.rpn_losses",
 )
 T.check(abs(loss_obj - math.log(2)) < 0.02, "untrained: objectness loss ~ ln 2 (a coin toss)")
@@ -414,7 +418,9 @@ for (i, j), v in np.ndenumerate(cell_best):
     d.text((j * 16 * scale + 4, i * 16 * scale + 4), f"{v:.2f}", fill=(0, 0, 0), font=T.font(11))
 T.save_grid(
     [
-        T.caption(left, f"objects (red), all {int((labels_all == 1).sum())} positive\nanchors (green)"),
+        T.caption(
+            left, f"objects (red), all {int((labels_all == 1).sum())} positive\nanchors (green)"
+        ),
         T.caption(
             middle,
             f"a sample: {int((lab_s == 1).sum())} positives (green),\n"

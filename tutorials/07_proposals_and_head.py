@@ -102,9 +102,13 @@ def proposals_loop(logits, deltas, anchors, image_size, pre, post, nms_thresh, m
     scores = objectness_scores(logits)  # softmax(logits)[:, 1] = 1 / (1 + exp(l0 - l1))
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[:pre]
     boxes = ops.decode_boxes(deltas[order], anchors[order])
-    boxes = np.array([[min(max(v, 0), lim) for v, lim in zip(b, (width, height) * 2)] for b in boxes])
+    boxes = np.array(
+        [[min(max(v, 0), lim) for v, lim in zip(b, (width, height) * 2)] for b in boxes]
+    )
     scores = scores[order]
-    big = [i for i, (x1, y1, x2, y2) in enumerate(boxes) if x2 - x1 >= min_size and y2 - y1 >= min_size]
+    big = [
+        i for i, (x1, y1, x2, y2) in enumerate(boxes) if x2 - x1 >= min_size and y2 - y1 >= min_size
+    ]
     keep = greedy_nms_loop(boxes[big], scores[big], nms_thresh)[:post]
     print(
         f"{len(logits)} anchors -> top {len(order)} -> {len(big)} after min size "
@@ -118,8 +122,14 @@ loop_boxes, loop_scores = proposals_loop(
     logits, deltas, anchors, (128, 128), pre, post, cfg.rpn_nms_thresh, cfg.rpn_min_size
 )
 proposals, prop_scores = proposals_one_image(
-    logits, deltas, anchors, (128, 128), pre_nms_top_n=pre, post_nms_top_n=post,
-    nms_thresh=cfg.rpn_nms_thresh, min_size=cfg.rpn_min_size,
+    logits,
+    deltas,
+    anchors,
+    (128, 128),
+    pre_nms_top_n=pre,
+    post_nms_top_n=post,
+    nms_thresh=cfg.rpn_nms_thresh,
+    min_size=cfg.rpn_min_size,
 )
 print("best 5 proposals:\n", np.c_[proposals[:5].round(1), prop_scores[:5].round(3)])
 T.check(
@@ -188,22 +198,38 @@ def proposal_targets_loop(proposals, gt, gt_labels, rng, batch_size, fraction, w
 
 w = np.array(cfg.bbox_reg_weights)
 rois, roi_labels, roi_targets = proposal_targets(
-    proposals, gt, gt_labels, np.random.default_rng(0), batch_size=cfg.box_batch_size_per_image,
-    positive_fraction=cfg.box_positive_fraction, weights=cfg.bbox_reg_weights,
+    proposals,
+    gt,
+    gt_labels,
+    np.random.default_rng(0),
+    batch_size=cfg.box_batch_size_per_image,
+    positive_fraction=cfg.box_positive_fraction,
+    weights=cfg.bbox_reg_weights,
 )
 loop = proposal_targets_loop(
-    proposals, gt, gt_labels, np.random.default_rng(0), cfg.box_batch_size_per_image,
-    cfg.box_positive_fraction, w,
+    proposals,
+    gt,
+    gt_labels,
+    np.random.default_rng(0),
+    cfg.box_batch_size_per_image,
+    cfg.box_positive_fraction,
+    w,
 )
 fg = roi_labels >= 1
 print(
     f"{len(proposals)} proposals + {len(gt)} ground truth -> {len(rois)} RoIs: "
     f"{int(fg.sum())} foreground, {int((~fg).sum())} background"
 )
-print("spread of the foreground targets before the weights:", (roi_targets[fg] / w).std(axis=0).round(3))
-print("                                  after (10, 10, 5, 5):", roi_targets[fg].std(axis=0).round(3))
+print(
+    "spread of the foreground targets before the weights:",
+    (roi_targets[fg] / w).std(axis=0).round(3),
+)
+print(
+    "                                  after (10, 10, 5, 5):", roi_targets[fg].std(axis=0).round(3)
+)
 T.check(
-    np.array_equal(loop[0], rois) and np.array_equal(loop[1], roi_labels)
+    np.array_equal(loop[0], rois)
+    and np.array_equal(loop[1], roi_labels)
     and np.allclose(loop[2], roi_targets, rtol=1e-12, atol=1e-12),
     "naive loop == minirccn.proposal_targets.proposal_targets (same seed)",
 )
@@ -214,14 +240,18 @@ T.check(
 )
 T.check(
     np.allclose(
-        ops.encode_boxes(gt[ops.box_iou(rois[fg], gt).argmax(axis=1)], rois[fg], cfg.bbox_reg_weights),
+        ops.encode_boxes(
+            gt[ops.box_iou(rois[fg], gt).argmax(axis=1)], rois[fg], cfg.bbox_reg_weights
+        ),
         roi_targets[fg],
     ),
     "weighted targets == encode_boxes(..., weights=(10, 10, 5, 5))",
 )
 
 # an image without objects: every proposal is background, no box target
-r0, l0, t0 = proposal_targets(proposals, np.zeros((0, 4)), np.zeros(0, np.int64), np.random.default_rng(0))
+r0, l0, t0 = proposal_targets(
+    proposals, np.zeros((0, 4)), np.zeros(0, np.int64), np.random.default_rng(0)
+)
 T.check(np.all(l0 == 0) and np.all(t0 == 0) and len(r0) > 0, "no objects: only background RoIs")
 
 # %% [markdown]
@@ -244,7 +274,12 @@ T.check(np.all(l0 == 0) and np.all(t0 == 0) and len(r0) > 0, "no objects: only b
 # %%
 roi_rows = np.c_[np.zeros(len(rois)), rois]  # (R, 5): all from image 0
 class_logits, box_deltas, cache = head_forward(
-    model.params, features, roi_rows, 1 / model.stride, output_size=cfg.roi_output_size, backend="numpy"
+    model.params,
+    features,
+    roi_rows,
+    1 / model.stride,
+    output_size=cfg.roi_output_size,
+    backend="numpy",
 )
 pooled, _ = ops.roi_pool(features, roi_rows, cfg.roi_output_size, 1 / model.stride)
 p = model.params
@@ -262,11 +297,11 @@ T.check(
 
 loss_cls, loss_box, _, ddeltas = head_losses(class_logits, box_deltas, roi_labels, roi_targets)
 own = np.stack([box_deltas[r, 4 * c : 4 * c + 4] for r, c in enumerate(roi_labels)])
-cls_by_hand = -np.mean(
-    [losses.log_softmax(class_logits[r])[c] for r, c in enumerate(roi_labels)]
-)
+cls_by_hand = -np.mean([losses.log_softmax(class_logits[r])[c] for r, c in enumerate(roi_labels)])
 box_by_hand = losses.smooth_l1(own[fg], roi_targets[fg], beta=cfg.box_beta)[0] / len(rois)
-print(f"loss_classifier {loss_cls:.4f} (untrained: ~ln 4 = {np.log(4):.4f}), loss_box_reg {loss_box:.4f}")
+print(
+    f"loss_classifier {loss_cls:.4f} (untrained: ~ln 4 = {np.log(4):.4f}), loss_box_reg {loss_box:.4f}"
+)
 T.check(
     np.isclose(cls_by_hand, loss_cls) and np.isclose(box_by_hand, loss_box),
     "head losses by hand (own-class deltas, foreground only) == head_losses",
@@ -307,7 +342,9 @@ head_logits = rng.normal(0, 0.5, (len(proposals), k))
 head_logits[np.arange(len(proposals)), gt_labels[obj]] += 10 * (iou_p.max(axis=1) - 0.3)
 head_logits[:, 0] += 10 * (0.5 - iou_p.max(axis=1))  # background: strong where nothing overlaps
 head_deltas = rng.normal(0, 1.0, (len(proposals), 4 * k))
-true = ops.encode_boxes(gt[obj], proposals, cfg.bbox_reg_weights) + rng.normal(0, 0.3, (len(proposals), 4))
+true = ops.encode_boxes(gt[obj], proposals, cfg.bbox_reg_weights) + rng.normal(
+    0, 0.3, (len(proposals), 4)
+)
 for r, c in enumerate(gt_labels[obj]):
     head_deltas[r, 4 * c : 4 * c + 4] = true[r]
 
@@ -320,29 +357,42 @@ def postprocess_loop(class_logits, box_deltas, rois, image_size, thresh, nms_thr
     for c in range(1, class_logits.shape[1]):  # class 0 is background
         cand = []
         for r in range(len(rois)):
-            box = ops.decode_boxes(box_deltas[r : r + 1, 4 * c : 4 * c + 4], rois[r : r + 1],
-                                   cfg.bbox_reg_weights)[0]
+            box = ops.decode_boxes(
+                box_deltas[r : r + 1, 4 * c : 4 * c + 4], rois[r : r + 1], cfg.bbox_reg_weights
+            )[0]
             box = np.array([min(max(v, 0), lim) for v, lim in zip(box, (width, height) * 2)])
             if scores[r, c] > thresh and box[2] - box[0] >= 1e-2 and box[3] - box[1] >= 1e-2:
                 cand.append((scores[r, c], box))
         if cand:
-            keep = greedy_nms_loop(np.array([b for _, b in cand]), np.array([s for s, _ in cand]),
-                                   nms_thresh)
+            keep = greedy_nms_loop(
+                np.array([b for _, b in cand]), np.array([s for s, _ in cand]), nms_thresh
+            )
             found += [(cand[i][0], c, cand[i][1]) for i in keep]
     found.sort(key=lambda f: -f[0])
     found = found[:top]
-    return (np.array([f[2] for f in found]).reshape(-1, 4), np.array([f[0] for f in found]),
-            np.array([f[1] for f in found], dtype=np.int64))
+    return (
+        np.array([f[2] for f in found]).reshape(-1, 4),
+        np.array([f[0] for f in found]),
+        np.array([f[1] for f in found], dtype=np.int64),
+    )
 
 
-loop_det = postprocess_loop(head_logits, head_deltas, proposals, (128, 128), cfg.box_score_thresh,
-                            cfg.box_nms_thresh, cfg.box_detections_per_img)
+loop_det = postprocess_loop(
+    head_logits,
+    head_deltas,
+    proposals,
+    (128, 128),
+    cfg.box_score_thresh,
+    cfg.box_nms_thresh,
+    cfg.box_detections_per_img,
+)
 det = postprocess_detections(head_logits, head_deltas, proposals, (128, 128), cfg, backend="numpy")
 print(f"{len(proposals)} proposals x {k - 1} classes -> {len(det['boxes'])} detections; the best:")
 for b, s, lab in list(zip(det["boxes"], det["scores"], det["labels"]))[:6]:
     print(f"  {data.class_names[lab]:9s} {s:.3f} {b.round(1)}")
 T.check(
-    np.allclose(loop_det[0], det["boxes"]) and np.allclose(loop_det[1], det["scores"])
+    np.allclose(loop_det[0], det["boxes"])
+    and np.allclose(loop_det[1], det["scores"])
     and np.array_equal(loop_det[2], det["labels"]),
     "naive per-class loop == minirccn.model.postprocess_detections",
 )
@@ -351,10 +401,21 @@ T.check(
     "every detection scores above 0.05; at most 100",
 )
 best_iou = ops.box_iou(gt, det["boxes"]).max(axis=1)
-T.check(np.all(best_iou > 0.5), f"each object has a detection with IoU > 0.5 (best IoUs {best_iou.round(2)})")
-few = postprocess_detections(head_logits, head_deltas, proposals, (128, 128),
-                             cfg.replace(box_detections_per_img=3), backend="numpy")
-T.check(np.array_equal(few["scores"], det["scores"][:3]), "box_detections_per_img keeps the best ones")
+T.check(
+    np.all(best_iou > 0.5),
+    f"each object has a detection with IoU > 0.5 (best IoUs {best_iou.round(2)})",
+)
+few = postprocess_detections(
+    head_logits,
+    head_deltas,
+    proposals,
+    (128, 128),
+    cfg.replace(box_detections_per_img=3),
+    backend="numpy",
+)
+T.check(
+    np.array_equal(few["scores"], det["scores"][:3]), "box_detections_per_img keeps the best ones"
+)
 
 # %% [markdown]
 # ## 5. A picture
@@ -375,21 +436,36 @@ def outline(img, boxes, colour, width=1):
     return img
 
 
-left = viz.draw_detections(image, proposals[:12], np.zeros(12, int), prop_scores[:12],
-                           class_names=[""], color_by_label=False, scale=scale)
+left = viz.draw_detections(
+    image,
+    proposals[:12],
+    np.zeros(12, int),
+    prop_scores[:12],
+    class_names=[""],
+    color_by_label=False,
+    scale=scale,
+)
 middle = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=scale)
 outline(middle, rois[~fg][::2], (40, 80, 200), 1)
 outline(middle, rois[fg], (40, 170, 60), 2)
 right = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=scale)
 outline(right, gt, (160, 160, 160), 3)
 strong = det["scores"] > 0.5
-right = viz.draw_detections(np.asarray(right), det["boxes"][strong] * scale, det["labels"][strong],
-                            det["scores"][strong], data.class_names)
+right = viz.draw_detections(
+    np.asarray(right),
+    det["boxes"][strong] * scale,
+    det["labels"][strong],
+    det["scores"][strong],
+    data.class_names,
+)
 T.save_grid(
     [
         T.caption(left, "the 12 best proposals\n(tag = objectness)"),
-        T.caption(middle, f"sampled RoIs: {int(fg.sum())} foreground (green),\n"
-                          f"1 in 2 of {int((~fg).sum())} background (blue)"),
+        T.caption(
+            middle,
+            f"sampled RoIs: {int(fg.sum())} foreground (green),\n"
+            f"1 in 2 of {int((~fg).sum())} background (blue)",
+        ),
         T.caption(right, f"{int(strong.sum())} detections scoring > 0.5\n(ground truth in grey)"),
     ],
     "07_proposals_and_head.png",

@@ -91,7 +91,9 @@ def fresh_model(seed=SEED):
 net, rng = fresh_model()
 velocity = {}
 for step in range(2):
-    batch = tr.load_batch(train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND)
+    batch = tr.load_batch(
+        train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND
+    )
     images, sizes, targets = batch
     losses, cache, samples = M.detector_forward(net, images, sizes, targets, rng, backend=BACKEND)
     grads = M.model_backward(cache)
@@ -112,7 +114,9 @@ print(
 lib, rng2 = fresh_model()
 opt = optim.SGD(lib.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 for step in range(2):
-    batch = tr.load_batch(train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng2, BACKEND)
+    batch = tr.load_batch(
+        train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng2, BACKEND
+    )
     tr.train_step(lib, opt, batch, rng2, step, backend=BACKEND)
 T.check(
     all(np.array_equal(net.params[k], lib.params[k]) for k in net.params),
@@ -147,29 +151,43 @@ print(body)
 
 # %%
 small = preset(
-    "tiny", backbone_stages=((4, 1, True), (6, 1, True)), min_size=16, max_size=16,
-    anchor_sizes=(4, 8), aspect_ratios=(1.0,), rpn_channels=5, representation_size=7,
-    roi_output_size=2, rpn_batch_size_per_image=16, box_batch_size_per_image=8,
-    rpn_pre_nms_top_n_train=20, rpn_post_nms_top_n_train=10, dtype="float64",
+    "tiny",
+    backbone_stages=((4, 1, True), (6, 1, True)),
+    min_size=16,
+    max_size=16,
+    anchor_sizes=(4, 8),
+    aspect_ratios=(1.0,),
+    rpn_channels=5,
+    representation_size=7,
+    roi_output_size=2,
+    rpn_batch_size_per_image=16,
+    box_batch_size_per_image=8,
+    rpn_pre_nms_top_n_train=20,
+    rpn_post_nms_top_n_train=10,
+    dtype="float64",
 )
 g_rng = np.random.default_rng(8)
 tiny_net = M.FasterRCNN(small, ["__background__", "a", "b"], rng=g_rng)
 for k in ("head.cls.w", "head.bbox.w", "rpn.cls.w", "rpn.bbox.w"):
-    tiny_net.params[k] = tiny_net.params[k] * 50  # larger than the init: every path carries gradient
+    tiny_net.params[k] = (
+        tiny_net.params[k] * 50
+    )  # larger than the init: every path carries gradient
 x16 = g_rng.normal(size=(2, 3, 16, 16))
 t16 = [
     {"boxes": np.array([[1.0, 2, 9, 8], [6, 6, 15, 14]]), "labels": np.array([1, 2])},
     {"boxes": np.array([[3.0, 3, 12, 11]]), "labels": np.array([2])},
 ]
 props = [np.array([[0.0, 0, 10, 9], [5, 5, 16, 15]]), np.array([[2.0, 2, 13, 12], [0, 0, 16, 16]])]
-_, c16, s16 = M.detector_forward(tiny_net, x16, [(16, 16)] * 2, t16, g_rng, backend="numpy",
-                                 proposals=props)
+_, c16, s16 = M.detector_forward(
+    tiny_net, x16, [(16, 16)] * 2, t16, g_rng, backend="numpy", proposals=props
+)
 g16 = M.model_backward(c16)
 
 
 def total_loss():
-    out, _, _ = M.detector_forward(tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy",
-                                   samples=s16)
+    out, _, _ = M.detector_forward(
+        tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy", samples=s16
+    )
     return sum(out.values())
 
 
@@ -177,18 +195,29 @@ worst = 0.0
 for name, g in g16.items():
     if name.startswith("backbone.") and name.endswith(".b"):
         continue  # a conv bias before batch norm cancels out: true gradient 0 (tutorial 5)
-    worst = max(worst, gradcheck.directional_grad_check(total_loss, tiny_net.params[name], g, g_rng, 2))
-full = gradcheck.rel_error(g16["head.cls.w"], gradcheck.numerical_grad(total_loss, tiny_net.params["head.cls.w"]))
-print(f"{len(g16)} gradients; worst directional relative error {worst:.1e}, head.cls.w (every entry) {full:.1e}")
-T.check(max(worst, full) < 1e-5, "model_backward matches float64 finite differences for every parameter")
+    worst = max(
+        worst, gradcheck.directional_grad_check(total_loss, tiny_net.params[name], g, g_rng, 2)
+    )
+full = gradcheck.rel_error(
+    g16["head.cls.w"], gradcheck.numerical_grad(total_loss, tiny_net.params["head.cls.w"])
+)
+print(
+    f"{len(g16)} gradients; worst directional relative error {worst:.1e}, head.cls.w (every entry) {full:.1e}"
+)
+T.check(
+    max(worst, full) < 1e-5, "model_backward matches float64 finite differences for every parameter"
+)
 
 parts = []
 for stages in (("rpn",), ("head",)):
-    _, c, _ = M.detector_forward(tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy",
-                                 samples=s16, stages=stages)
+    _, c, _ = M.detector_forward(
+        tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy", samples=s16, stages=stages
+    )
     parts.append(M.model_backward(c))
 T.check(
-    np.allclose(g16["backbone.conv1_1.w"], parts[0]["backbone.conv1_1.w"] + parts[1]["backbone.conv1_1.w"]),
+    np.allclose(
+        g16["backbone.conv1_1.w"], parts[0]["backbone.conv1_1.w"] + parts[1]["backbone.conv1_1.w"]
+    ),
     "backbone gradient (both stages) == RPN-only + head-only: the map's gradient is a sum",
 )
 
@@ -199,6 +228,7 @@ T.check(
 # (`train.batch_indices`). This is exactly what `minirccn train` runs
 # (`minirccn.train.train`, which adds checkpoints, progress bars and the
 # evaluation); we check that on its first three steps.
+
 
 # %%
 def evaluate_on_test(model):
@@ -214,11 +244,14 @@ def evaluate_on_test(model):
 
 
 # the metric itself: perfect predictions score 1, predictions shifted off their objects score 0
-truth = [{"boxes": test_data[i]["boxes"], "labels": test_data[i]["labels"]} for i in range(EVAL_IMAGES)]
+truth = [
+    {"boxes": test_data[i]["boxes"], "labels": test_data[i]["labels"]} for i in range(EVAL_IMAGES)
+]
 perfect = [dict(t, scores=np.ones(len(t["boxes"]))) for t in truth]
 shifted = [dict(p, boxes=p["boxes"] + 200) for p in perfect]
 T.check(
-    evaluation.evaluate(perfect, truth)["map"] == 1.0 and evaluation.evaluate(shifted, truth)["map"] == 0.0,
+    evaluation.evaluate(perfect, truth)["map"] == 1.0
+    and evaluation.evaluate(shifted, truth)["map"] == 0.0,
     "mAP is 1 for the ground truth itself and 0 for boxes off every object",
 )
 
@@ -228,22 +261,34 @@ opt = optim.SGD(model.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_deca
 history = {k: [] for k in (*M.LOSS_NAMES, "loss")}
 t0, cpu0 = time.perf_counter(), time.process_time()
 for step in range(STEPS):
-    batch = tr.load_batch(train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND)
+    batch = tr.load_batch(
+        train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND
+    )
     losses = tr.train_step(model, opt, batch, rng, step, backend=BACKEND)
     for k, v in losses.items():
         history[k].append(v)
     if step == 2:
         after_three = {k: v.copy() for k, v in model.params.items()}
     if step % max(1, STEPS // 8) == 0 or step == STEPS - 1:
-        print(f"step {step:4d}  " + "  ".join(f"{k.replace('loss_', '')} {v:.3f}" for k, v in losses.items()))
+        print(
+            f"step {step:4d}  "
+            + "  ".join(f"{k.replace('loss_', '')} {v:.3f}" for k, v in losses.items())
+        )
 joint_seconds, joint_cpu = time.perf_counter() - t0, time.process_time() - cpu0
 print(
     f"joint training: {STEPS} steps in {joint_seconds:.1f} s ({joint_seconds / STEPS * 1000:.0f} ms/step), "
     f"{joint_cpu:.1f} CPU seconds"
 )
 
-lib_three = tr.train(cfg.replace(iters=3), train_data=train_data, out=None, backend=BACKEND, seed=SEED,
-                     eval_split="", progress=False)["model"]
+lib_three = tr.train(
+    cfg.replace(iters=3),
+    train_data=train_data,
+    out=None,
+    backend=BACKEND,
+    seed=SEED,
+    eval_split="",
+    progress=False,
+)["model"]
 T.check(
     all(np.array_equal(after_three[k], lib_three.params[k]) for k in after_three),
     "this loop == minirccn.train.train (3 steps, same seed), bit for bit",
@@ -253,8 +298,12 @@ print(f"mean total loss: first quarter of the steps {first:.3f}, last quarter {l
 T.check(last < first, "the total loss went down")
 
 curves = {k: history[k] for k in (*M.LOSS_NAMES, "loss")}
-path = viz.plot_curves(curves, T.out_dir() / "08_loss_curves.png", smoothing=0.9,
-                       title=f"joint training, {STEPS} steps (faint: per step; solid: moving average)")
+path = viz.plot_curves(
+    curves,
+    T.out_dir() / "08_loss_curves.png",
+    smoothing=0.9,
+    title=f"joint training, {STEPS} steps (faint: per step; solid: moving average)",
+)
 print(f"wrote {path}")
 
 # %% [markdown]
@@ -281,19 +330,26 @@ print(f"{'':12} {'COCO mAP':>9} {'mAP@0.5':>8} {'VOC07 AP@0.5':>13}   ({EVAL_IMA
 for name, m in (("untrained", before), (f"{STEPS} steps", after)):
     print(f"{name:12} {m['map']:9.3f} {m['map50']:8.3f} {m['voc07_map50']:13.3f}")
 if not T.FAST:  # 12 steps (fast mode) are too few to promise anything
-    T.check(after["map50"] > before["map50"], "training improved mAP@0.5 over the untrained network")
+    T.check(
+        after["map50"] > before["map50"], "training improved mAP@0.5 over the untrained network"
+    )
 
 tiles = []
 for row, preds in (("untrained", before_preds), (f"after {STEPS} steps", after_preds)):
     for i in range(4):
         p, n = preds[i], len(test_data[i]["boxes"])  # show as many detections as there are objects
-        tile = viz.draw_detections(test_data[i]["image"], p["boxes"][:n], p["labels"][:n],
-                                   p["scores"][:n], names, scale=2)
+        tile = viz.draw_detections(
+            test_data[i]["image"], p["boxes"][:n], p["labels"][:n], p["scores"][:n], names, scale=2
+        )
         tiles.append(T.caption(tile, f"{row}: the {n} best"))
 for i in range(4):
     s = test_data[i]
-    tiles.append(T.caption(viz.draw_detections(s["image"], s["boxes"], s["labels"], None, names, scale=2),
-                           "ground truth"))
+    tiles.append(
+        T.caption(
+            viz.draw_detections(s["image"], s["boxes"], s["labels"], None, names, scale=2),
+            "ground truth",
+        )
+    )
 T.save_grid(tiles, "08_detections.png", cols=4, colours=256)
 
 # %% [markdown]
@@ -316,8 +372,16 @@ T.save_grid(tiles, "08_detections.png", cols=4, colours=256)
 
 # %%
 t0, cpu0 = time.perf_counter(), time.process_time()
-alt = tr.train(cfg, train_data=train_data, out=None, backend=BACKEND, seed=SEED, alternating=True,
-               eval_split="", progress=False)
+alt = tr.train(
+    cfg,
+    train_data=train_data,
+    out=None,
+    backend=BACKEND,
+    seed=SEED,
+    alternating=True,
+    eval_split="",
+    progress=False,
+)
 alt_seconds, alt_cpu = time.perf_counter() - t0, time.process_time() - cpu0
 alt_preds, alt_metrics = evaluate_on_test(alt["model"])
 h = alt["history"]
@@ -340,8 +404,10 @@ print(
     f"{'':12} {'seconds':>8} {'CPU s':>6} {'objectness':>11} {'classifier':>11} "
     f"{'COCO mAP':>9} {'mAP@0.5':>8}"
 )
-runs = (("joint", joint_seconds, joint_cpu, history, after),
-        ("alternating", alt_seconds, alt_cpu, h, alt_metrics))
+runs = (
+    ("joint", joint_seconds, joint_cpu, history, after),
+    ("alternating", alt_seconds, alt_cpu, h, alt_metrics),
+)
 for name, secs, cpu, hist, m in runs:
     print(
         f"{name:12} {secs:8.1f} {cpu:6.1f} {tail(hist['loss_objectness']):11.3f} "
@@ -350,7 +416,9 @@ for name, secs, cpu, hist, m in runs:
 T.bar_chart(
     {
         f"mAP@0.5 on {EVAL_IMAGES} test images (x100)": {
-            "joint": 100 * after["map50"], "alternating": 100 * alt_metrics["map50"]},
+            "joint": 100 * after["map50"],
+            "alternating": 100 * alt_metrics["map50"],
+        },
         f"CPU seconds for {STEPS} steps": {"joint": joint_cpu, "alternating": alt_cpu},
     },
     "08_joint_vs_alternating.png",
