@@ -42,13 +42,15 @@ SEED = 0
 STEPS = T.pick(800, 12)  # SGD steps of each training run below (divisible by 4)
 EVAL_IMAGES = T.pick(100, 4)  # test images scored for mAP
 
-# The tiny preset, with its warmup and LR step scaled to this short run (same fractions).
+# The tiny preset, with its schedule (warmup, LR steps, batch-norm freeze) scaled to this
+# short run: the same fractions of the run.
 base = preset("tiny")
 f = STEPS / base.iters
 cfg = base.replace(
     iters=STEPS,
     warmup_iters=max(1, round(base.warmup_iters * f)),
     milestones=tuple(max(1, round(m * f)) for m in base.milestones),
+    bn_freeze_iter=max(2, round(base.bn_freeze_iter * f)) if base.bn_freeze_iter > 0 else 0,
 )
 train_data = load_dataset("shapes", split="train", seed=0)
 test_data = load_dataset("shapes", split="test", seed=0)
@@ -63,9 +65,11 @@ print(
 #
 # A batch is one image (`images_per_batch = 1`, as in the paper), resized
 # (a no-op for 128 x 128 `shapes`), flipped left-right with probability 1/2,
-# normalised. `detector_forward` runs tutorial 5's backbone, tutorial 6's RPN
-# and anchor targets, tutorial 7's proposals, proposal targets and head, and
-# returns the four losses plus a cache. `model_backward` turns the cache into
+# normalised. `detector_forward` runs tutorial 5's backbone (batch norm with
+# the batch's statistics, or frozen running statistics late in training if
+# the preset's `bn_freeze_iter` says so), tutorial 6's RPN and anchor
+# targets, tutorial 7's proposals, proposal targets and head, and returns
+# the four losses plus a cache. `model_backward` turns the cache into
 # one gradient per trainable parameter. SGD with momentum (torch's rule):
 #
 #     g = grad + weight_decay * p
@@ -95,7 +99,10 @@ for step in range(2):
         train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND
     )
     images, sizes, targets = batch
-    losses, cache, samples = M.detector_forward(net, images, sizes, targets, rng, backend=BACKEND)
+    batch_stats = not (0 < cfg.bn_freeze_iter <= step)  # batch norm: batch statistics or frozen
+    losses, cache, samples = M.detector_forward(
+        net, images, sizes, targets, rng, backend=BACKEND, batch_stats=batch_stats
+    )
     grads = M.model_backward(cache)
     lr = tr.lr_at(step, cfg)
     for name, g in grads.items():
