@@ -123,8 +123,13 @@ class FasterRCNNConfig:
 def preset(name: str, **overrides) -> FasterRCNNConfig:
     """The config of preset ``name`` (``"tiny"`` or ``"vgg16"``) with ``overrides`` applied."""
     if name == "tiny":
+        # measured on the shapes dataset (README numbers): stride 8 (the tiny backbone's last
+        # pool dropped) and frozen batch norm for the last 20 % of the steps were the two
+        # changes that mattered (mAP@0.5 0.09 -> 0.60 at equal time, see train.py's docstring)
         cfg = FasterRCNNConfig(
             backbone="tiny",
+            backbone_stages=((16, 1, True), (32, 1, True), (64, 1, True), (128, 1, False)),
+            backbone_batch_norm=True,
             min_size=128,
             max_size=128,
             anchor_sizes=(16, 32, 64),
@@ -137,10 +142,12 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
             rpn_batch_size_per_image=256,
             representation_size=256,
             box_batch_size_per_image=64,
-            lr=0.02,
-            warmup_iters=100,
-            iters=2000,
-            milestones=(1500,),
+            box_positive_fraction=0.5,
+            lr=0.005,
+            warmup_iters=200,
+            iters=3000,
+            milestones=(2400,),
+            bn_freeze_iter=2400,
             images_per_batch=1,
         )
     elif name == "vgg16":
