@@ -449,7 +449,8 @@ def _summary(r):
     return (
         [r["map50"]]
         + ([r["map"], r["map75"], r["mar_100"]] if "map" in r else [])
-        + sorted(r["per_class"].items())
+        + [float(label) for label in sorted(r["per_class"])]
+        + [float(ap) for _, ap in sorted(r["per_class"].items())]
     )
 
 
