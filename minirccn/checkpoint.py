@@ -133,7 +133,8 @@ def load_checkpoint(path):
             files = {k: z[k] for k in z.files}
         meta = json.loads(str(files.pop("meta")))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise MinirccnError(f"{path}: not a readable minirccn checkpoint ({exc.__class__.__name__}: {exc})") from None
+        raise MinirccnError(f"{path}: not a readable minirccn checkpoint "
+                            f"({exc.__class__.__name__}: {exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MinirccnError(f"{path}: not a minirccn checkpoint")
     if meta.get("version") != VERSION:

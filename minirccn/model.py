@@ -41,7 +41,7 @@ from . import backbone as _bb
 from . import ops
 from .anchor_targets import anchor_targets
 from .anchors import generate_anchors
-from .backend import array_module, resolve, to_numpy
+from .backend import array_module, get_array_module, resolve, to_numpy
 from .config import FasterRCNNConfig
 from .data import transforms
 from .head import head_backward, head_forward, head_losses, init_head
@@ -103,7 +103,9 @@ class FasterRCNN:
 
     def trainable(self, prefixes=("backbone.", "rpn.", "head.")) -> dict:
         """The parameters that get gradients (names starting with ``prefixes``; no BN statistics)."""
-        return {k: v for k, v in self.params.items() if k.startswith(tuple(prefixes)) and ".running_" not in k}
+        prefixes = tuple(prefixes)
+        return {k: v for k, v in self.params.items()
+                if k.startswith(prefixes) and ".running_" not in k}
 
     def preprocess(self, image):
         """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float and the resize scale."""
@@ -368,8 +370,8 @@ def model_backward(cache: DetectorCache) -> dict:
 # ------------------------------------------------------------------------ inference
 
 
-def postprocess_detections(class_logits, box_deltas, proposals, image_size, config: FasterRCNNConfig,
-                           backend=None) -> dict:
+def postprocess_detections(class_logits, box_deltas, proposals, image_size,
+                           config: FasterRCNNConfig, backend=None) -> dict:
     """Final detections of one image from the head's outputs.
 
     Args:
@@ -386,8 +388,6 @@ def postprocess_detections(class_logits, box_deltas, proposals, image_size, conf
     ``score > box_score_thresh`` and boxes at least 0.01 px wide; NMS per class
     (``batched_nms``); the ``box_detections_per_img`` best.
     """
-    from .backend import get_array_module
-
     xp = get_array_module(class_logits)
     r, k = class_logits.shape
     z = class_logits - class_logits.max(axis=1, keepdims=True)

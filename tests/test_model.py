@@ -1,6 +1,5 @@
 """The whole detector: end-to-end float64 gradient check, edge cases, inference, the VGG16 preset."""
 
-import warnings
 
 import numpy as np
 import pytest

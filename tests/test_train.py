@@ -1,7 +1,6 @@
 """Training: outputs, exact resume, divergence guard, alternating training, the CLI (tiny settings)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
