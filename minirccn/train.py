@@ -62,16 +62,9 @@ import json
 import os
 import time
 
-# One BLAS thread unless the user says otherwise. The GEMMs of a training step are
-# small; with OpenBLAS's default (one thread per core) a 2-core machine that is busy
-# with anything else ran a tiny-preset step 20x slower (1.1 s vs 0.05 s, measured);
-# on an idle machine one thread was as fast. Only takes effect if NumPy is not
-# imported yet (as in ``minirccn train``).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from . import optim  # noqa: E402
+from . import optim
 from .backend import array_module, resolve
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, preset
