@@ -50,6 +50,16 @@ What the tiny preset's choices bought (shapes, 200 test images, numba backend,
 * ``minirccn train`` (no arguments) with 5000 steps: 3 min 16 s wall in all,
   190 s training (26 img/s), 0.73 / 0.42. With the preset's 6000 steps: 4 min 13 s
   wall, 245 s training (24 img/s), eval 6 s, 0.76 / 0.45 (mAP75 0.48, VOC07 0.74).
+* Where the stride-8 model lost its mAP (6000 steps, 458 test objects by size):
+  found at IoU 0.5: 0.92 (< 12 px) to 1.00 (>= 24 px); top label right: 0.62
+  (< 12 px), 0.88 (12-16 px), 0.91 (16-24 px), 0.97-0.98 (>= 24 px). Localisation
+  was fine; telling an 8-pixel circle from a square on a stride-8 map was not.
+* Stride 4 (the last two pools dropped; 32x32 map; anchors every 4 px), 6000
+  steps, frozen BN from 3600: 0.95 / 0.63 (map_small 0.57 vs 0.32 at stride 8).
+  Square anchors only, eight sizes 8..90 at stride 8: 0.78 / 0.43 (vs 0.76 / 0.45).
+* The preset: stride 4, 5000 steps, frozen BN from 3000, LR x0.1 at 4000.
+  ``minirccn train`` (no arguments, idle 2-core AMD EPYC): 257 s wall in all,
+  251 s training (19.9 img/s), eval 4.6 s: 0.927 / 0.601 (mAP75 0.685, VOC07 0.876).
 * A larger learning rate (0.02) kills most of fc6's ReLUs (6272 non-negative
   inputs: one step moves a unit's pre-activation by ~lr * |x|^2): 2-5 % active
   after 500 steps versus ~20 % at lr 0.003-0.005.
