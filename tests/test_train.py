@@ -115,3 +115,29 @@ def test_cli_train_and_bad_flags(tmp_path, capsys):
     assert len(err) == 1 and "--iters" in err[0]
     assert main(["train", "--out", str(tmp_path / "none"), "--resume", "--iters", "2"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_cuda_backend_step_and_predict_match_numba(data):
+    """The same detector code on the cuda backend (Numba-CUDA kernels; the simulator here)
+    gives the numba backend's losses, gradients' effect and detections."""
+    cfg = tiny(backbone_stages=((4, 1, True), (4, 1, True)), min_size=32, max_size=32,
+               anchor_sizes=(8, 16), aspect_ratios=(1.0,), rpn_channels=4, representation_size=8,
+               roi_output_size=2, box_batch_size_per_image=4, rpn_batch_size_per_image=16,
+               rpn_pre_nms_top_n_train=20, rpn_post_nms_top_n_train=6,
+               rpn_pre_nms_top_n_test=20, rpn_post_nms_top_n_test=6)
+    results = {}
+    for backend in ("numba", "cuda"):
+        model = T.FasterRCNN(cfg, data[0].class_names, rng=np.random.default_rng(0)).to(backend)
+        opt = T._make_optimizer(model, cfg, ("backbone.", "rpn.", "head."))
+        batch = T.load_batch(data[0], [0], cfg, None, backend)
+        losses = T.train_step(model, opt, batch, np.random.default_rng(1), cfg.warmup_iters,
+                              backend=backend)
+        image = data[1][0]["image"]
+        results[backend] = (losses, model.params, model.predict(image, backend=backend))
+    (l1, p1, d1), (l2, p2, d2) = results["numba"], results["cuda"]
+    for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+        assert l2[k] == pytest.approx(l1[k], rel=1e-4, abs=1e-6), k
+    for k in p1:
+        np.testing.assert_allclose(np.asarray(p2[k]), p1[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert len(d1["boxes"]) == len(d2["boxes"])
+    np.testing.assert_allclose(d2["scores"], d1["scores"], rtol=1e-4, atol=1e-6)
