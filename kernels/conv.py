@@ -34,6 +34,17 @@ from numba import cuda
 # --------------------------------------------------------------------------- CPU
 
 
+@numba.njit(cache=True)
+def _valid_range(j, sw, pw, wo, width):
+    """Output columns ``ow`` whose input column ``ow*sw - pw + j`` lies in ``[0, width)``:
+    ``[lo, hi)``. Hoisting the bounds test out of the inner loops lets them vectorise."""
+    lo = -((j - pw) // sw)  # ceil((pw - j) / sw)
+    hi = (width - 1 + pw - j) // sw + 1
+    lo = max(lo, 0)
+    hi = min(hi, wo)
+    return lo, max(hi, lo)
+
+
 @numba.njit(parallel=True, cache=True)
 def _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
     n_img, n_ch, height, width = x.shape
@@ -43,6 +54,7 @@ def _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
+                lo, hi = _valid_range(j, sw, pw, wo, width)
                 for oh in range(ho):
                     h = oh * sh - ph + i
                     base = oh * wo
@@ -50,12 +62,12 @@ def _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
                         for ow in range(wo):
                             cols[n, row, base + ow] = 0
                     else:
-                        for ow in range(wo):
-                            w = ow * sw - pw + j
-                            if w >= 0 and w < width:
-                                cols[n, row, base + ow] = x[n, c, h, w]
-                            else:
-                                cols[n, row, base + ow] = 0
+                        for ow in range(lo):
+                            cols[n, row, base + ow] = 0
+                        for ow in range(lo, hi):
+                            cols[n, row, base + ow] = x[n, c, h, ow * sw - pw + j]
+                        for ow in range(hi, wo):
+                            cols[n, row, base + ow] = 0
 
 
 @numba.njit(parallel=True, cache=True)
@@ -70,15 +82,14 @@ def _col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
+                lo, hi = _valid_range(j, sw, pw, wo, width)
                 for oh in range(ho):
                     h = oh * sh - ph + i
                     if h < 0 or h >= height:
                         continue
                     base = oh * wo
-                    for ow in range(wo):
-                        w = ow * sw - pw + j
-                        if w >= 0 and w < width:
-                            dx[n, c, h, w] += cols[n, row, base + ow]
+                    for ow in range(lo, hi):
+                        dx[n, c, h, ow * sw - pw + j] += cols[n, row, base + ow]
 
 
 def _out_size(height, width, kh, kw, sh, sw, ph, pw):
