@@ -477,7 +477,9 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         if (r["case"], r["size"]) not in keys:
             keys.append((r["case"], r["size"]))
-    head = "| op | size | " + " | ".join(f"{'numpy (reference)' if i == 'numpy' else i} ms" for i in impls) + " | numba speed-up vs numpy | numba speed-up vs torchvision-cpu |"
+    names = [("numpy (reference)" if i == "numpy" else i) + " ms" for i in impls]
+    head = ("| op | size | " + " | ".join(names)
+            + " | numba speed-up vs numpy | numba speed-up vs torchvision-cpu |")
     lines = [head, "|" + " --- |" * (len(impls) + 4)]
     for key in keys:
         cell = {r["impl"]: r for r in rows if (r["case"], r["size"]) == key}
