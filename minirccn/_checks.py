@@ -57,7 +57,9 @@ def check_positive(value, name: str, allow_zero: bool = False) -> float:
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a number, got {value!r}") from None
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        raise ValueError(
+            f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
+        )
     return v
 
 

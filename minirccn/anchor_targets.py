@@ -32,8 +32,9 @@ from . import ops
 from .anchors import anchors_inside
 
 
-def assign_anchors(anchors, gt_boxes, fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3,
-                   valid=None):
+def assign_anchors(
+    anchors, gt_boxes, fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3, valid=None
+):
     """Label every anchor 1 / 0 / -1 and name its best ground truth (steps 1-4 above).
 
     Args:
@@ -54,13 +55,13 @@ def assign_anchors(anchors, gt_boxes, fg_iou_thresh: float = 0.7, bg_iou_thresh:
     if gt_boxes.shape[0] == 0:
         labels[:] = 0
     elif m > 0:
-        iou = ops.box_iou(anchors, gt_boxes.astype(anchors.dtype), backend="numpy")   # (M, G)
+        iou = ops.box_iou(anchors, gt_boxes.astype(anchors.dtype), backend="numpy")  # (M, G)
         matched = iou.argmax(axis=1)
         best = iou[np.arange(m), matched]
         labels[best < bg_iou_thresh] = 0
         labels[best >= fg_iou_thresh] = 1
         # each ground truth's best anchor(s), ties included, are positive
-        gt_best = iou.max(axis=0)                                                     # (G,)
+        gt_best = iou.max(axis=0)  # (G,)
         is_best = (iou == gt_best[None, :]) & (gt_best[None, :] > 0)
         labels[is_best.any(axis=1)] = 1
     if valid is not None:
@@ -97,10 +98,18 @@ def sample_labels(labels, batch_size: int, positive_fraction: float, rng: np.ran
     return out
 
 
-def anchor_targets(anchors, gt_boxes, image_size, rng: np.random.Generator, *,
-                   fg_iou_thresh: float = 0.7, bg_iou_thresh: float = 0.3,
-                   batch_size: int = 256, positive_fraction: float = 0.5,
-                   allowed_border: int = -1):
+def anchor_targets(
+    anchors,
+    gt_boxes,
+    image_size,
+    rng: np.random.Generator,
+    *,
+    fg_iou_thresh: float = 0.7,
+    bg_iou_thresh: float = 0.3,
+    batch_size: int = 256,
+    positive_fraction: float = 0.5,
+    allowed_border: int = -1,
+):
     """Sampled labels and regression targets of one image's anchors.
 
     Args:

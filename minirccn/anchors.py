@@ -125,7 +125,8 @@ def _positive_list(values, name):
         raise TypeError(f"{name}: expected a sequence of numbers, got {values!r}") from None
     if arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
         raise ValueError(
-            f"{name}: expected a non-empty sequence of positive numbers, got {values!r}")
+            f"{name}: expected a non-empty sequence of positive numbers, got {values!r}"
+        )
     return arr.astype(np.float32)
 
 

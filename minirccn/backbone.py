@@ -50,8 +50,13 @@ class BackboneSpec:
 PRESETS = {
     "tiny": BackboneSpec(stages=(Stage(16), Stage(32), Stage(64), Stage(128)), batch_norm=True),
     "vgg16": BackboneSpec(
-        stages=(Stage(64, 2), Stage(128, 2), Stage(256, 3), Stage(512, 3),
-                Stage(512, 3, pool=False)),
+        stages=(
+            Stage(64, 2),
+            Stage(128, 2),
+            Stage(256, 3),
+            Stage(512, 3),
+            Stage(512, 3, pool=False),
+        ),
         batch_norm=False,
     ),
 }
@@ -104,8 +109,11 @@ def init_backbone(spec, rng: np.random.Generator, dtype=np.float32) -> dict:
 
 def count_params(params: dict, trainable_only: bool = True) -> int:
     """Number of scalars in ``params`` (without BN running statistics if ``trainable_only``)."""
-    return sum(int(np.prod(p.shape)) for k, p in params.items()
-               if not (trainable_only and ".running_" in k))
+    return sum(
+        int(np.prod(p.shape))
+        for k, p in params.items()
+        if not (trainable_only and ".running_" in k)
+    )
 
 
 class BackboneCache(NamedTuple):
@@ -115,8 +123,9 @@ class BackboneCache(NamedTuple):
     backend: str
 
 
-def backbone_forward(params: dict, x, spec, train: bool = True,
-                     backend=None) -> tuple[Any, BackboneCache]:
+def backbone_forward(
+    params: dict, x, spec, train: bool = True, backend=None
+) -> tuple[Any, BackboneCache]:
     """Run the stack.
 
     Args:
@@ -140,8 +149,13 @@ def backbone_forward(params: dict, x, spec, train: bool = True,
         if spec.batch_norm:
             bn = f"{name}.bn"
             x, cache = layers.batchnorm2d_forward(
-                x, params[f"{bn}.gamma"], params[f"{bn}.beta"], params[f"{bn}.running_mean"],
-                params[f"{bn}.running_var"], train=train, backend=backend,
+                x,
+                params[f"{bn}.gamma"],
+                params[f"{bn}.beta"],
+                params[f"{bn}.running_mean"],
+                params[f"{bn}.running_var"],
+                train=train,
+                backend=backend,
             )
             steps.append((bn, "bn", cache))
         x, cache = layers.relu_forward(x, backend=backend)

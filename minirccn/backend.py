@@ -88,7 +88,9 @@ def resolve(backend: str | None = None, *arrays) -> str:
         else:
             backend = os.environ.get("MINIRCCN_BACKEND") or DEFAULT_BACKEND
     if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
     check_available(backend)
     return backend
 

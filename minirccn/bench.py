@@ -48,8 +48,13 @@ def _sync(kind: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], object], sync: str = "", min_time: float = 0.3, max_repeats: int = 50,
-              min_repeats: int = 3) -> dict:
+def time_call(
+    fn: Callable[[], object],
+    sync: str = "",
+    min_time: float = 0.3,
+    max_repeats: int = 50,
+    min_repeats: int = 3,
+) -> dict:
     """Median wall time of ``fn()`` in seconds, after one warm-up call.
 
     Returns:
@@ -59,7 +64,9 @@ def time_call(fn: Callable[[], object], sync: str = "", min_time: float = 0.3, m
     _sync(sync)
     times = []
     start = time.perf_counter()
-    while len(times) < min_repeats or (len(times) < max_repeats and time.perf_counter() - start < min_time):
+    while len(times) < min_repeats or (
+        len(times) < max_repeats and time.perf_counter() - start < min_time
+    ):
         t0 = time.perf_counter()
         fn()
         _sync(sync)
@@ -81,16 +88,23 @@ def traced_peak_mib(fn: Callable[[], object]) -> float:
 # --------------------------------------------------------------------------- inputs
 
 
-def random_boxes(rng: np.random.Generator, n: int, size: float = 1024.0, min_wh: float = 8.0,
-                 max_wh: float = 256.0, dtype=np.float32) -> np.ndarray:
+def random_boxes(
+    rng: np.random.Generator,
+    n: int,
+    size: float = 1024.0,
+    min_wh: float = 8.0,
+    max_wh: float = 256.0,
+    dtype=np.float32,
+) -> np.ndarray:
     """``(n, 4)`` random boxes inside a ``size`` x ``size`` image."""
     wh = rng.uniform(min_wh, max_wh, size=(n, 2))
     xy = rng.uniform(0, size - wh)
     return np.concatenate([xy, xy + wh], axis=1).astype(dtype)
 
 
-def clustered_boxes(rng: np.random.Generator, n: int, clusters: int = 60, size: float = 1024.0,
-                    dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def clustered_boxes(
+    rng: np.random.Generator, n: int, clusters: int = 60, size: float = 1024.0, dtype=np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` boxes jittered around ``clusters`` objects (what an RPN emits), and their scores."""
     centres = random_boxes(rng, clusters, size, 32, 256, np.float64)
     which = rng.integers(0, clusters, size=n)
@@ -101,8 +115,9 @@ def clustered_boxes(rng: np.random.Generator, n: int, clusters: int = 60, size: 
     return boxes.astype(dtype), rng.random(n).astype(dtype)
 
 
-def proposal_rois(rng: np.random.Generator, r: int, image_size: float = 1024.0,
-                  dtype=np.float32) -> np.ndarray:
+def proposal_rois(
+    rng: np.random.Generator, r: int, image_size: float = 1024.0, dtype=np.float32
+) -> np.ndarray:
     """``(r, 5)`` RoIs ``(0, x1, y1, x2, y2)`` with aspect ratio (short/long side) <= 1."""
     boxes = random_boxes(rng, r, image_size, 16, min(512.0, image_size / 2), np.float64)
     return np.concatenate([np.zeros((r, 1)), boxes], axis=1).astype(dtype)
@@ -126,7 +141,9 @@ class Case:
 
 def _on(backend: str, arrays: dict) -> dict:
     """The case's inputs as arrays of ``backend`` (CuPy on a GPU)."""
-    return {k: B.to_backend(v, backend) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+    return {
+        k: B.to_backend(v, backend) if isinstance(v, np.ndarray) else v for k, v in arrays.items()
+    }
 
 
 def _case_box_iou(n: int) -> Case:
@@ -165,8 +182,15 @@ def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
         b, s = (torch.from_numpy(x[k]).to(dev) for k in ("boxes", "scores"))
         return lambda: torchvision.ops.nms(b, s, threshold)
 
-    return Case("nms" if not sweep else "nms sweep", f"{n} clustered @{threshold}", run, make, torch_run,
-                skip_numpy=n > 20000, tags=("ops",) if not sweep else ("sweep",))
+    return Case(
+        "nms" if not sweep else "nms sweep",
+        f"{n} clustered @{threshold}",
+        run,
+        make,
+        torch_run,
+        skip_numpy=n > 20000,
+        tags=("ops",) if not sweep else ("sweep",),
+    )
 
 
 def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Case:
@@ -203,7 +227,9 @@ def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Ca
 
         return fn
 
-    return Case("roi_pool fwd+bwd", f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16", run, make, torch_run, tags=("ops",))
+    return Case(
+        "roi_pool fwd+bwd", f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16", run, make, torch_run, tags=("ops",)
+    )
 
 
 def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
@@ -219,7 +245,9 @@ def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
 
     def run(backend, x):
         def fn():
-            out, cache = layers.conv2d_forward(x["x"], x["w"], x["b"], stride=1, padding=1, backend=backend)
+            out, cache = layers.conv2d_forward(
+                x["x"], x["w"], x["b"], stride=1, padding=1, backend=backend
+            )
             return layers.conv2d_backward(x["dout"], cache)
 
         return fn
@@ -239,7 +267,14 @@ def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
 
         return fn
 
-    return Case("conv2d fwd+bwd", f"{n}x{c}x{hw}x{hw} -> {f}, 3x3 pad 1", run, make, torch_run, tags=("layers",))
+    return Case(
+        "conv2d fwd+bwd",
+        f"{n}x{c}x{hw}x{hw} -> {f}, 3x3 pad 1",
+        run,
+        make,
+        torch_run,
+        tags=("layers",),
+    )
 
 
 def _case_max_pool(n=2, c=128, hw=64) -> Case:
@@ -271,7 +306,9 @@ def _case_max_pool(n=2, c=128, hw=64) -> Case:
 
         return fn
 
-    return Case("max_pool2d fwd+bwd", f"{n}x{c}x{hw}x{hw}, 2x2/2", run, make, torch_run, tags=("layers",))
+    return Case(
+        "max_pool2d fwd+bwd", f"{n}x{c}x{hw}x{hw}, 2x2/2", run, make, torch_run, tags=("layers",)
+    )
 
 
 def torchvision_faster_rcnn(config, num_classes: int):
@@ -322,7 +359,9 @@ def torchvision_faster_rcnn(config, num_classes: int):
         max_size=config.max_size,
         image_mean=list(config.image_mean),
         image_std=list(config.image_std),
-        rpn_anchor_generator=AnchorGenerator((tuple(config.anchor_sizes),), (tuple(config.aspect_ratios),)),
+        rpn_anchor_generator=AnchorGenerator(
+            (tuple(config.anchor_sizes),), (tuple(config.aspect_ratios),)
+        ),
         rpn_pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
@@ -349,10 +388,13 @@ def _torch_train_step(inputs: dict, device: str):
     model = torchvision_faster_rcnn(config, len(data.class_names)).to(device).train()
     sample = data[inputs["index"]]
     image = torch.from_numpy(sample["image"]).permute(2, 0, 1).float().div(255).to(device)
-    target = {"boxes": torch.from_numpy(sample["boxes"]).to(device),
-              "labels": torch.from_numpy(sample["labels"]).to(device)}
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    target = {
+        "boxes": torch.from_numpy(sample["boxes"]).to(device),
+        "labels": torch.from_numpy(sample["labels"]).to(device),
+    }
+    opt = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
     def fn():
         opt.zero_grad()
@@ -372,7 +414,13 @@ def _torch_predict(inputs: dict, device: str):
 
     data = inputs["data"]
     model = torchvision_faster_rcnn(preset("tiny"), len(data.class_names)).to(device).eval()
-    image = torch.from_numpy(data[inputs["index"]]["image"]).permute(2, 0, 1).float().div(255).to(device)
+    image = (
+        torch.from_numpy(data[inputs["index"]]["image"])
+        .permute(2, 0, 1)
+        .float()
+        .div(255)
+        .to(device)
+    )
 
     def fn():
         with torch.no_grad():
@@ -420,8 +468,9 @@ def torch_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def run_case(case: Case, backends: list[str], devices: list[str], seed: int, min_time: float,
-             memory: bool) -> list[dict]:
+def run_case(
+    case: Case, backends: list[str], devices: list[str], seed: int, min_time: float, memory: bool
+) -> list[dict]:
     """Time ``case`` on every backend and torch device; one result row per column."""
     inputs = case.make(np.random.default_rng(seed))
     rows = []
@@ -452,7 +501,9 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    text = f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
+    text = (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
+    )
     try:
         import numba
 
@@ -478,24 +529,34 @@ def format_table(rows: list[dict]) -> str:
         if (r["case"], r["size"]) not in keys:
             keys.append((r["case"], r["size"]))
     names = [("numpy (reference)" if i == "numpy" else i) + " ms" for i in impls]
-    head = ("| op | size | " + " | ".join(names)
-            + " | numba speed-up vs numpy | numba speed-up vs torchvision-cpu |")
+    head = (
+        "| op | size | "
+        + " | ".join(names)
+        + " | numba speed-up vs numpy | numba speed-up vs torchvision-cpu |"
+    )
     lines = [head, "|" + " --- |" * (len(impls) + 4)]
     for key in keys:
         cell = {r["impl"]: r for r in rows if (r["case"], r["size"]) == key}
         vals = []
         for i in impls:
             r = cell.get(i)
-            vals.append("" if r is None else f"{r['median'] * 1e3:.3g}" + (
-                f" ({r['peak_mib']:.0f} MiB)" if "peak_mib" in r else ""))
+            vals.append(
+                ""
+                if r is None
+                else f"{r['median'] * 1e3:.3g}"
+                + (f" ({r['peak_mib']:.0f} MiB)" if "peak_mib" in r else "")
+            )
 
         def ratio(a, b):
             if a in cell and b in cell:
                 return f"{cell[b]['median'] / cell[a]['median']:.1f}x"
             return ""
 
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(vals)
-                     + f" | {ratio('numba', 'numpy')} | {ratio('numba', 'torchvision-cpu')} |")
+        lines.append(
+            f"| {key[0]} | {key[1]} | "
+            + " | ".join(vals)
+            + f" | {ratio('numba', 'numpy')} | {ratio('numba', 'torchvision-cpu')} |"
+        )
     return "\n".join(lines)
 
 
@@ -510,16 +571,30 @@ def available_backends(requested: list[str]) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--groups", default="ops,layers,sweep,train",
-                        help="comma-separated case groups: ops, layers, sweep, train (default: all)")
-    parser.add_argument("--backends", default="numpy,numba,cuda",
-                        help="comma-separated backends (cuda is skipped without a GPU)")
+    parser.add_argument(
+        "--groups",
+        default="ops,layers,sweep,train",
+        help="comma-separated case groups: ops, layers, sweep, train (default: all)",
+    )
+    parser.add_argument(
+        "--backends",
+        default="numpy,numba,cuda",
+        help="comma-separated backends (cuda is skipped without a GPU)",
+    )
     parser.add_argument("--no-torch", action="store_true", help="do not time torchvision's ops")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per cell")
-    parser.add_argument("--quick", action="store_true", help="fewer and smaller cases (for smoke tests)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass")
+    parser.add_argument(
+        "--min-time", type=float, default=0.3, help="seconds of timed calls per cell"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer and smaller cases (for smoke tests)"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", dest="json_path", default="bench.json", help="where to write the JSON results")
+    parser.add_argument(
+        "--json", dest="json_path", default="bench.json", help="where to write the JSON results"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -530,7 +605,9 @@ def run(args: argparse.Namespace) -> int:
     requested = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in requested:
         if b not in B.BACKENDS:
-            raise ValueError(f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}")
+            raise ValueError(
+                f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}"
+            )
     backends = available_backends(requested)
     devices = [] if args.no_torch else torch_devices()
     machine = machine_description()
@@ -539,7 +616,9 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     for case in build_cases(groups, quick=args.quick):
         print(f"  {case.name} [{case.size}] ...", flush=True)
-        rows += run_case(case, backends, devices, args.seed, args.min_time, memory=not args.no_memory)
+        rows += run_case(
+            case, backends, devices, args.seed, args.min_time, memory=not args.no_memory
+        )
     print()
     print(format_table(rows))
     with open(args.json_path, "w") as fh:

@@ -59,8 +59,9 @@ def _unflatten(skeleton, arrays):
     return skeleton
 
 
-def save_checkpoint(path, model, *, optimizer_state=None, step: int = 0, rng_state=None,
-                    extra: dict | None = None) -> str:
+def save_checkpoint(
+    path, model, *, optimizer_state=None, step: int = 0, rng_state=None, extra: dict | None = None
+) -> str:
     """Write ``model`` and training state to ``path`` atomically.
 
     Args:
@@ -79,11 +80,18 @@ def save_checkpoint(path, model, *, optimizer_state=None, step: int = 0, rng_sta
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
-    optim_skeleton = _flatten(optimizer_state, "optim", arrays) if optimizer_state is not None else None
+    optim_skeleton = (
+        _flatten(optimizer_state, "optim", arrays) if optimizer_state is not None else None
+    )
     meta = {
-        "format": FORMAT, "version": VERSION, "config": json.loads(model.config.to_json()),
-        "class_names": list(model.class_names), "step": int(step), "rng_state": rng_state,
-        "optimizer": optim_skeleton, "extra": extra or {},
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.loads(model.config.to_json()),
+        "class_names": list(model.class_names),
+        "step": int(step),
+        "rng_state": rng_state,
+        "optimizer": optim_skeleton,
+        "extra": extra or {},
     }
     arrays["meta"] = np.array(json.dumps(meta))
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
@@ -132,32 +140,48 @@ def load_checkpoint(path):
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
         meta = json.loads(str(files.pop("meta")))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise MinirccnError(f"{path}: not a readable minirccn checkpoint "
-                            f"({exc.__class__.__name__}: {exc})") from None
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+    ) as exc:
+        raise MinirccnError(
+            f"{path}: not a readable minirccn checkpoint ({exc.__class__.__name__}: {exc})"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MinirccnError(f"{path}: not a minirccn checkpoint")
     if meta.get("version") != VERSION:
-        raise MinirccnError(f"{path}: checkpoint format version {meta.get('version')} is not supported "
-                            f"(this minirccn reads version {VERSION})")
+        raise MinirccnError(
+            f"{path}: checkpoint format version {meta.get('version')} is not supported "
+            f"(this minirccn reads version {VERSION})"
+        )
     try:
         config = FasterRCNNConfig.from_json(json.dumps(meta["config"]))
         class_names = list(meta["class_names"])
-        params = {k[len("param/"):]: v for k, v in files.items() if k.startswith("param/")}
+        params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
         # the arrays must be exactly the ones this code's model has
         want = init_params(config, len(class_names), np.random.default_rng(0))
         missing = sorted(set(want) - set(params))
         unknown = sorted(set(params) - set(want))
         bad = sorted(k for k in set(want) & set(params) if params[k].shape != want[k].shape)
         if missing or unknown or bad:
-            raise ValueError(f"parameters do not match the config: missing {missing[:3]}, "
-                             f"unexpected {unknown[:3]}, wrong shape {bad[:3]}")
+            raise ValueError(
+                f"parameters do not match the config: missing {missing[:3]}, "
+                f"unexpected {unknown[:3]}, wrong shape {bad[:3]}"
+            )
         model = FasterRCNN(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)
     except (ValueError, TypeError, KeyError) as exc:
         raise MinirccnError(f"{path}: incompatible checkpoint ({exc})") from None
-    state = {"step": int(meta.get("step", 0)), "optimizer": optimizer,
-             "rng_state": meta.get("rng_state"), "extra": meta.get("extra", {})}
+    state = {
+        "step": int(meta.get("step", 0)),
+        "optimizer": optimizer,
+        "rng_state": meta.get("rng_state"),
+        "extra": meta.get("extra", {}),
+    }
     return model, state

@@ -47,7 +47,8 @@ def _hooks(command: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="minirccn", description="Faster R-CNN from scratch: NumPy reference, Numba and CUDA kernels."
+        prog="minirccn",
+        description="Faster R-CNN from scratch: NumPy reference, Numba and CUDA kernels.",
     )
     parser.add_argument("--version", action="version", version=f"minirccn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

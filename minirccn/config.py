@@ -29,66 +29,66 @@ class FasterRCNNConfig:
     """All hyper-parameters of the model and of its training (see the module docstring)."""
 
     # ---- backbone -------------------------------------------------------------
-    backbone: str = "tiny"                     # backbone preset name (minirccn.backbone)
-    backbone_stages: tuple = ()                # optional custom stack: ((channels, convs, pool), ...)
-    backbone_batch_norm: bool = True           # batch norm in a custom stack
+    backbone: str = "tiny"  # backbone preset name (minirccn.backbone)
+    backbone_stages: tuple = ()  # optional custom stack: ((channels, convs, pool), ...)
+    backbone_batch_norm: bool = True  # batch norm in a custom stack
 
     # ---- image transform (GeneralizedRCNNTransform) --------------------------
-    min_size: int = 128                        # shorter side is resized to this ...
-    max_size: int = 128                        # ... unless the longer side would exceed this
+    min_size: int = 128  # shorter side is resized to this ...
+    max_size: int = 128  # ... unless the longer side would exceed this
     image_mean: tuple = (0.485, 0.456, 0.406)  # per-channel mean of [0, 1] pixels
-    image_std: tuple = (0.229, 0.224, 0.225)   # per-channel std of [0, 1] pixels
+    image_std: tuple = (0.229, 0.224, 0.225)  # per-channel std of [0, 1] pixels
 
     # ---- anchors (AnchorGenerator) --------------------------------------------
-    anchor_sizes: tuple = (16, 32, 64)         # anchor side lengths in input pixels (sqrt of area)
-    aspect_ratios: tuple = (0.5, 1.0, 2.0)     # height / width of the anchors
-    anchor_offset: float = 0.5                 # 0.5: anchors centred on cells (paper); 0.0: torchvision
+    anchor_sizes: tuple = (16, 32, 64)  # anchor side lengths in input pixels (sqrt of area)
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)  # height / width of the anchors
+    anchor_offset: float = 0.5  # 0.5: anchors centred on cells (paper); 0.0: torchvision
 
     # ---- RPN -------------------------------------------------------------------
-    rpn_channels: int = 128                    # channels of the RPN's 3x3 conv
-    rpn_pre_nms_top_n_train: int = 2000        # proposals kept by score before NMS (training)
-    rpn_pre_nms_top_n_test: int = 1000         # proposals kept by score before NMS (inference)
-    rpn_post_nms_top_n_train: int = 2000       # proposals kept after NMS (training)
-    rpn_post_nms_top_n_test: int = 1000        # proposals kept after NMS (inference)
-    rpn_nms_thresh: float = 0.7                # NMS IoU threshold of the proposal layer
-    rpn_min_size: float = 1e-3                 # proposals smaller than this (pixels) are dropped
-    rpn_fg_iou_thresh: float = 0.7             # anchor IoU >= this: positive
-    rpn_bg_iou_thresh: float = 0.3             # anchor max IoU < this: negative
-    rpn_batch_size_per_image: int = 256        # anchors sampled per image for the RPN losses
-    rpn_positive_fraction: float = 0.5         # at most this fraction of the samples positive
-    rpn_allowed_border: int = -1               # >= 0: ignore anchors crossing the border by more
-                                               #   than this many pixels (paper: 0); -1: keep all
-    rpn_box_beta: float = 1.0 / 9              # smooth-L1 beta of the RPN box loss
+    rpn_channels: int = 128  # channels of the RPN's 3x3 conv
+    rpn_pre_nms_top_n_train: int = 2000  # proposals kept by score before NMS (training)
+    rpn_pre_nms_top_n_test: int = 1000  # proposals kept by score before NMS (inference)
+    rpn_post_nms_top_n_train: int = 2000  # proposals kept after NMS (training)
+    rpn_post_nms_top_n_test: int = 1000  # proposals kept after NMS (inference)
+    rpn_nms_thresh: float = 0.7  # NMS IoU threshold of the proposal layer
+    rpn_min_size: float = 1e-3  # proposals smaller than this (pixels) are dropped
+    rpn_fg_iou_thresh: float = 0.7  # anchor IoU >= this: positive
+    rpn_bg_iou_thresh: float = 0.3  # anchor max IoU < this: negative
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
+    rpn_positive_fraction: float = 0.5  # at most this fraction of the samples positive
+    rpn_allowed_border: int = -1  # >= 0: ignore anchors crossing the border by more
+    #   than this many pixels (paper: 0); -1: keep all
+    rpn_box_beta: float = 1.0 / 9  # smooth-L1 beta of the RPN box loss
 
     # ---- RoI heads --------------------------------------------------------------
-    roi_output_size: int = 7                   # RoI max pool output (ph = pw)
-    representation_size: int = 1024            # width of the two fc layers of the box head
-    dropout: float = 0.0                       # dropout probability after each fc ReLU (0: off)
-    box_score_thresh: float = 0.05             # detections scoring <= this are dropped
-    box_nms_thresh: float = 0.5                # per-class NMS IoU threshold at inference
-    box_detections_per_img: int = 100          # detections kept per image
-    box_fg_iou_thresh: float = 0.5             # RoI IoU >= this: foreground
-    box_bg_iou_thresh: float = 0.5             # RoI IoU < this (and >= box_bg_iou_lo): background
-    box_bg_iou_lo: float = 0.0                 # low bound of background IoU (Fast R-CNN used 0.1)
-    box_batch_size_per_image: int = 128        # RoIs sampled per image for the head losses
-    box_positive_fraction: float = 0.25        # at most this fraction of them foreground
+    roi_output_size: int = 7  # RoI max pool output (ph = pw)
+    representation_size: int = 1024  # width of the two fc layers of the box head
+    dropout: float = 0.0  # dropout probability after each fc ReLU (0: off)
+    box_score_thresh: float = 0.05  # detections scoring <= this are dropped
+    box_nms_thresh: float = 0.5  # per-class NMS IoU threshold at inference
+    box_detections_per_img: int = 100  # detections kept per image
+    box_fg_iou_thresh: float = 0.5  # RoI IoU >= this: foreground
+    box_bg_iou_thresh: float = 0.5  # RoI IoU < this (and >= box_bg_iou_lo): background
+    box_bg_iou_lo: float = 0.0  # low bound of background IoU (Fast R-CNN used 0.1)
+    box_batch_size_per_image: int = 128  # RoIs sampled per image for the head losses
+    box_positive_fraction: float = 0.25  # at most this fraction of them foreground
     bbox_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh) target normalisation
-    box_beta: float = 1.0 / 9                  # smooth-L1 beta of the head box loss
+    box_beta: float = 1.0 / 9  # smooth-L1 beta of the head box loss
 
     # ---- training ----------------------------------------------------------------
-    lr: float = 0.01                           # base learning rate (after warmup)
-    momentum: float = 0.9                      # SGD momentum
-    weight_decay: float = 5e-4                 # L2 weight decay (on every trained parameter)
-    warmup_iters: int = 100                    # linear warmup length in iterations
-    warmup_factor: float = 0.001               # LR multiplier at iteration 0 of the warmup
-    milestones: tuple = ()                     # iterations at which the LR is multiplied by gamma
-    gamma: float = 0.1                         # LR decay factor at each milestone
-    iters: int = 1000                          # training iterations (SGD steps)
-    images_per_batch: int = 1                  # images per SGD step
-    flip: bool = True                          # random horizontal flip while training
-    bn_freeze_iter: int = 0                    # > 0: from this iteration on, batch norm uses (and
-                                               #   keeps) its running statistics, as at inference
-    dtype: str = "float32"                     # parameter / activation dtype
+    lr: float = 0.01  # base learning rate (after warmup)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay (on every trained parameter)
+    warmup_iters: int = 100  # linear warmup length in iterations
+    warmup_factor: float = 0.001  # LR multiplier at iteration 0 of the warmup
+    milestones: tuple = ()  # iterations at which the LR is multiplied by gamma
+    gamma: float = 0.1  # LR decay factor at each milestone
+    iters: int = 1000  # training iterations (SGD steps)
+    images_per_batch: int = 1  # images per SGD step
+    flip: bool = True  # random horizontal flip while training
+    bn_freeze_iter: int = 0  # > 0: from this iteration on, batch norm uses (and
+    #   keeps) its running statistics, as at inference
+    dtype: str = "float32"  # parameter / activation dtype
 
     def replace(self, **changes) -> "FasterRCNNConfig":
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
@@ -113,6 +113,7 @@ class FasterRCNNConfig:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"config: unknown field(s) {', '.join(unknown)}")
+
         def tup(v):
             return tuple(tup(x) for x in v) if isinstance(v, list) else v
 

@@ -86,8 +86,14 @@ def _directional(f, x, analytic_grad, rng, n_dirs, eps) -> tuple[float, float]:
     return err, scale
 
 
-def directional_grad_check(f: Callable[[], float], x: np.ndarray, analytic_grad,
-                           rng: np.random.Generator, n_dirs: int = 8, eps: float = 1e-6) -> float:
+def directional_grad_check(
+    f: Callable[[], float],
+    x: np.ndarray,
+    analytic_grad,
+    rng: np.random.Generator,
+    n_dirs: int = 8,
+    eps: float = 1e-6,
+) -> float:
     """Compare ``analytic_grad`` with finite differences along ``n_dirs`` random unit directions.
 
     For tensors too big to difference coordinate by coordinate: 2 evaluations per direction.
@@ -110,9 +116,17 @@ def directional_grad_check(f: Callable[[], float], x: np.ndarray, analytic_grad,
     return err / max(scale, 1e-12)
 
 
-def check_layer(forward: Callable, backward: Callable, inputs: Sequence[np.ndarray], *,
-                rng: np.random.Generator | None = None, eps: float = 1e-6,
-                wrt: Sequence[int] | None = None, max_full: int = 2000, n_dirs: int = 8) -> float:
+def check_layer(
+    forward: Callable,
+    backward: Callable,
+    inputs: Sequence[np.ndarray],
+    *,
+    rng: np.random.Generator | None = None,
+    eps: float = 1e-6,
+    wrt: Sequence[int] | None = None,
+    max_full: int = 2000,
+    n_dirs: int = 8,
+) -> float:
     """Check a layer's backward against finite differences; returns the max relative error.
 
     Args:

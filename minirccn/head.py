@@ -26,8 +26,14 @@ from .backend import get_array_module
 from .roi_pool import roi_pool_forward, roi_pool_layer_backward
 
 
-def init_head(in_channels: int, num_classes: int, representation_size: int, rng,
-              roi_output_size: int = 7, dtype="float32") -> dict:
+def init_head(
+    in_channels: int,
+    num_classes: int,
+    representation_size: int,
+    rng,
+    roi_output_size: int = 7,
+    dtype="float32",
+) -> dict:
     """Head parameters.
 
     fc6 / fc7 weights ~ N(0, 2 / fan_in) (He, they feed ReLUs); ``cls`` weights
@@ -79,8 +85,17 @@ class HeadCache(NamedTuple):
     bbox: tuple
 
 
-def head_forward(params: dict, features, rois, spatial_scale: float, *, output_size: int = 7,
-                 dropout: float = 0.0, rng=None, backend=None):
+def head_forward(
+    params: dict,
+    features,
+    rois,
+    spatial_scale: float,
+    *,
+    output_size: int = 7,
+    dropout: float = 0.0,
+    rng=None,
+    backend=None,
+):
     """Class scores and per-class deltas of each RoI.
 
     Args:
@@ -96,9 +111,11 @@ def head_forward(params: dict, features, rois, spatial_scale: float, *, output_s
     Returns:
         class_logits: ``(R, K)``; box_deltas: ``(R, 4K)``; cache: :class:`HeadCache`.
     """
-    pooled, pool_cache = roi_pool_forward(features, rois, output_size, spatial_scale, backend=backend)
+    pooled, pool_cache = roi_pool_forward(
+        features, rois, output_size, spatial_scale, backend=backend
+    )
     r, c, ph, pw = pooled.shape
-    x = pooled.reshape(r, c * ph * pw)                       # explicit: R may be 0
+    x = pooled.reshape(r, c * ph * pw)  # explicit: R may be 0
     x, fc6 = layers.linear_forward(x, params["head.fc6.w"], params["head.fc6.b"], backend=backend)
     x, relu6 = layers.relu_forward(x)
     drop6 = None
@@ -109,8 +126,12 @@ def head_forward(params: dict, features, rois, spatial_scale: float, *, output_s
     drop7 = None
     if dropout > 0:
         x, drop7 = layers.dropout_forward(x, dropout, rng)
-    class_logits, cls = layers.linear_forward(x, params["head.cls.w"], params["head.cls.b"], backend=backend)
-    box_deltas, bbox = layers.linear_forward(x, params["head.bbox.w"], params["head.bbox.b"], backend=backend)
+    class_logits, cls = layers.linear_forward(
+        x, params["head.cls.w"], params["head.cls.b"], backend=backend
+    )
+    box_deltas, bbox = layers.linear_forward(
+        x, params["head.bbox.w"], params["head.bbox.b"], backend=backend
+    )
     cache = HeadCache(pool_cache, pooled.shape, fc6, relu6, drop6, fc7, relu7, drop7, cls, bbox)
     return class_logits, box_deltas, cache
 
@@ -143,7 +164,7 @@ def head_losses(class_logits, box_deltas, labels, regression_targets, beta: floa
     fg = xp.nonzero(labels >= 1)[0]
     loss_box = 0.0
     if fg.size:
-        cols = 4 * labels[fg][:, None] + xp.arange(4)[None, :]               # (F, 4)
+        cols = 4 * labels[fg][:, None] + xp.arange(4)[None, :]  # (F, 4)
         pred = box_deltas[fg[:, None], cols]
         loss_box, dpred = losses.smooth_l1(pred, regression_targets[fg], beta=beta)
         loss_box = float(loss_box) / r
@@ -176,7 +197,13 @@ def head_backward(dlogits, ddeltas, cache: HeadCache):
     dx, dw6, db6 = layers.linear_backward(dx, cache.fc6)
     dfeatures = roi_pool_layer_backward(dx.reshape(cache.pooled_shape), cache.pool)
     grads = {
-        "head.fc6.w": dw6, "head.fc6.b": db6, "head.fc7.w": dw7, "head.fc7.b": db7,
-        "head.cls.w": dw_cls, "head.cls.b": db_cls, "head.bbox.w": dw_box, "head.bbox.b": db_box,
+        "head.fc6.w": dw6,
+        "head.fc6.b": db6,
+        "head.fc7.w": dw7,
+        "head.fc7.b": db7,
+        "head.cls.w": dw_cls,
+        "head.cls.b": db_cls,
+        "head.bbox.w": dw_box,
+        "head.bbox.b": db_box,
     }
     return dfeatures, grads

@@ -38,7 +38,9 @@ def fan_in(shape) -> int:
         return int(shape[1] * shape[2] * shape[3])
     if len(shape) == 2:
         return int(shape[0])
-    raise ValueError(f"shape: expected a conv (F, C, kh, kw) or linear (D, M) shape, got {tuple(shape)}")
+    raise ValueError(
+        f"shape: expected a conv (F, C, kh, kw) or linear (D, M) shape, got {tuple(shape)}"
+    )
 
 
 def he_normal(shape, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
@@ -46,16 +48,27 @@ def he_normal(shape, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
     return normal(shape, math.sqrt(2.0 / fan_in(shape)), rng, dtype)
 
 
-def conv_params(in_channels: int, out_channels: int, kernel_size: int, rng: np.random.Generator,
-                std: float | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def conv_params(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    rng: np.random.Generator,
+    std: float | None = None,
+    dtype=np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(w (F, C, k, k), b (F,))``: He normal weights (or ``N(0, std^2)``), zero bias."""
     shape = (out_channels, in_channels, kernel_size, kernel_size)
     w = he_normal(shape, rng, dtype) if std is None else normal(shape, std, rng, dtype)
     return w, np.zeros(out_channels, dtype=dtype)
 
 
-def linear_params(in_features: int, out_features: int, rng: np.random.Generator,
-                  std: float | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def linear_params(
+    in_features: int,
+    out_features: int,
+    rng: np.random.Generator,
+    std: float | None = None,
+    dtype=np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(w (D, M), b (M,))``: He normal weights (or ``N(0, std^2)``), zero bias."""
     shape = (in_features, out_features)
     w = he_normal(shape, rng, dtype) if std is None else normal(shape, std, rng, dtype)

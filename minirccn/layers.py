@@ -317,8 +317,9 @@ def max_pool2d_reference(x, kernel_size, stride):
     n, c, h, w = x.shape
     ho, wo = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
     # windows[k] = the k-th element (k = i*kw + j) of every window: (kh*kw, N, C, Ho, Wo)
-    windows = xp.stack([_offset_view(x, i, j, ho, wo, sh, sw)
-                        for i in range(kh) for j in range(kw)])
+    windows = xp.stack(
+        [_offset_view(x, i, j, ho, wo, sh, sw) for i in range(kh) for j in range(kw)]
+    )
     k = windows.argmax(axis=0)  # first occurrence of the maximum (NaN is the maximum)
     out = xp.take_along_axis(windows, k[None], axis=0)[0]
     i, j = k // kw, k % kw
@@ -508,8 +509,9 @@ class BatchNorm2dCache(NamedTuple):
     backend: str
 
 
-def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, train=True, momentum=0.1,
-                        eps=1e-5, *, backend=None):
+def batchnorm2d_forward(
+    x, gamma, beta, running_mean, running_var, train=True, momentum=0.1, eps=1e-5, *, backend=None
+):
     """Batch normalisation over ``(N, H, W)`` per channel (torch's ``BatchNorm2d``).
 
     Args:

@@ -68,7 +68,9 @@ def softmax_cross_entropy(logits, labels):
     r, k = logits.shape
     if r and (int(labels.min()) < -1 or int(labels.max()) >= k):
         lo, hi = int(labels.min()), int(labels.max())
-        raise ValueError(f"labels: expected values in [0, {k}) or -1 (ignore), got range [{lo}, {hi}]")
+        raise ValueError(
+            f"labels: expected values in [0, {k}) or -1 (ignore), got range [{lo}, {hi}]"
+        )
     valid = labels >= 0
     n_valid = int(valid.sum())
     if n_valid == 0:

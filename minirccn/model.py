@@ -63,8 +63,13 @@ class FasterRCNN:
             no gradient and are updated in place by training forwards).
     """
 
-    def __init__(self, config: FasterRCNNConfig, class_names, params=None,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        config: FasterRCNNConfig,
+        class_names,
+        params=None,
+        rng: np.random.Generator | None = None,
+    ):
         self.config = config
         self.class_names = list(class_names)
         if len(self.class_names) < 2 or self.class_names[0] != "__background__":
@@ -90,8 +95,9 @@ class FasterRCNN:
         key = (tuple(int(s) for s in feature_size), xp.__name__)
         if key not in self._anchors:
             cfg = self.config
-            a = generate_anchors(key[0], self.stride, cfg.anchor_sizes, cfg.aspect_ratios,
-                                 offset=cfg.anchor_offset)
+            a = generate_anchors(
+                key[0], self.stride, cfg.anchor_sizes, cfg.aspect_ratios, offset=cfg.anchor_offset
+            )
             self._anchors[key] = xp.asarray(np.asarray(a, dtype=cfg.dtype))
         return self._anchors[key]
 
@@ -104,13 +110,16 @@ class FasterRCNN:
     def trainable(self, prefixes=("backbone.", "rpn.", "head.")) -> dict:
         """The parameters that get gradients (names starting with ``prefixes``; no BN statistics)."""
         prefixes = tuple(prefixes)
-        return {k: v for k, v in self.params.items()
-                if k.startswith(prefixes) and ".running_" not in k}
+        return {
+            k: v for k, v in self.params.items() if k.startswith(prefixes) and ".running_" not in k
+        }
 
     def preprocess(self, image):
         """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float and the resize scale."""
         cfg = self.config
-        resized, _, scale = transforms.resize(image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size)
+        resized, _, scale = transforms.resize(
+            image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size
+        )
         x = transforms.normalize(resized, cfg.image_mean, cfg.image_std).astype(cfg.dtype)
         return x, scale
 
@@ -127,7 +136,9 @@ class FasterRCNN:
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+            )
         backend = resolve(backend)
         xp = array_module(backend)
         x, scale = self.preprocess(image)
@@ -135,8 +146,11 @@ class FasterRCNN:
         det = detect(self, xp.asarray(x[None]), [(h, w)], backend=backend)[0]
         boxes = det["boxes"] / np.float32(scale)
         boxes = ops.clip_boxes(boxes, image.shape[:2], backend="numpy").astype(np.float32)
-        return {"boxes": boxes, "scores": det["scores"].astype(np.float32),
-                "labels": det["labels"].astype(np.int64)}
+        return {
+            "boxes": boxes,
+            "scores": det["scores"].astype(np.float32),
+            "labels": det["labels"].astype(np.int64),
+        }
 
 
 def backbone_spec(config: FasterRCNNConfig):
@@ -155,8 +169,9 @@ def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Gener
     params = _bb.init_backbone(spec, rng, dtype)
     c = _bb.out_channels(spec)
     params.update(init_rpn(c, config.rpn_channels, config.num_anchors, rng, dtype))
-    params.update(init_head(c, num_classes, config.representation_size, rng,
-                            config.roi_output_size, dtype))
+    params.update(
+        init_head(c, num_classes, config.representation_size, rng, config.roi_output_size, dtype)
+    )
     return params
 
 
@@ -176,8 +191,10 @@ def clean_targets(boxes, labels, where: str = "target"):
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     if not ok.all():
-        warnings.warn(f"{where}: dropped {int((~ok).sum())} ground-truth box(es) of zero width or height",
-                      stacklevel=2)
+        warnings.warn(
+            f"{where}: dropped {int((~ok).sum())} ground-truth box(es) of zero width or height",
+            stacklevel=2,
+        )
     return boxes[ok], labels[ok]
 
 
@@ -191,29 +208,40 @@ class Samples(NamedTuple):
     with the same choices, e.g. for a finite-difference gradient check.
     """
 
-    rpn_labels: np.ndarray    # (N, M) int64: 1 / 0 / -1 (not sampled)
-    rpn_targets: np.ndarray   # (N, M, 4) encoded anchor targets
-    rois: np.ndarray          # (R, 5) (batch_index, x1, y1, x2, y2) sampled RoIs
-    roi_labels: np.ndarray    # (R,) int64 classes, 0 background
-    roi_targets: np.ndarray   # (R, 4) encoded targets, weights (10, 10, 5, 5)
+    rpn_labels: np.ndarray  # (N, M) int64: 1 / 0 / -1 (not sampled)
+    rpn_targets: np.ndarray  # (N, M, 4) encoded anchor targets
+    rois: np.ndarray  # (R, 5) (batch_index, x1, y1, x2, y2) sampled RoIs
+    roi_labels: np.ndarray  # (R,) int64 classes, 0 background
+    roi_targets: np.ndarray  # (R, 4) encoded targets, weights (10, 10, 5, 5)
 
 
 class DetectorCache(NamedTuple):
     """What :func:`model_backward` needs: layer caches and the losses' gradients."""
 
-    backbone: object          # backbone cache
-    rpn: object               # RPNCache, or None when the RPN losses are off
-    d_objectness: object      # (N, M, 2) dloss/dlogits
-    d_rpn_deltas: object      # (N, M, 4)
-    head: object              # HeadCache, or None when the head losses are off
-    d_class_logits: object    # (R, K)
-    d_box_deltas: object      # (R, 4K)
-    trainable: tuple          # parameter-name prefixes that get gradients
+    backbone: object  # backbone cache
+    rpn: object  # RPNCache, or None when the RPN losses are off
+    d_objectness: object  # (N, M, 2) dloss/dlogits
+    d_rpn_deltas: object  # (N, M, 4)
+    head: object  # HeadCache, or None when the head losses are off
+    d_class_logits: object  # (R, K)
+    d_box_deltas: object  # (R, 4K)
+    trainable: tuple  # parameter-name prefixes that get gradients
 
 
-def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.random.Generator,
-                     *, backend=None, stages=("rpn", "head"), proposals=None, samples=None,
-                     train_backbone: bool = True, batch_stats: bool | None = None):
+def detector_forward(
+    model: FasterRCNN,
+    images,
+    image_sizes,
+    targets,
+    rng: np.random.Generator,
+    *,
+    backend=None,
+    stages=("rpn", "head"),
+    proposals=None,
+    samples=None,
+    train_backbone: bool = True,
+    batch_stats: bool | None = None,
+):
     """Training forward: the four losses and the cache of :func:`model_backward`.
 
     Args:
@@ -249,8 +277,9 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
     # 1. backbone: the shared feature map
     if batch_stats is None:
         batch_stats = train_backbone
-    features, bb_cache = _bb.backbone_forward(p, images, backbone_spec(cfg), train=batch_stats,
-                                              backend=backend)
+    features, bb_cache = _bb.backbone_forward(
+        p, images, backbone_spec(cfg), train=batch_stats, backend=backend
+    )
     anchors = model.anchors(features.shape[2:], xp)
     anchors_host = model.anchors(features.shape[2:], np)
 
@@ -262,10 +291,16 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
         labels, reg = [], []
         for i in range(n):
             lab, t = anchor_targets(
-                anchors_host, targets[i]["boxes"], image_sizes[i], rng,
-                fg_iou_thresh=cfg.rpn_fg_iou_thresh, bg_iou_thresh=cfg.rpn_bg_iou_thresh,
-                batch_size=cfg.rpn_batch_size_per_image, positive_fraction=cfg.rpn_positive_fraction,
-                allowed_border=cfg.rpn_allowed_border)
+                anchors_host,
+                targets[i]["boxes"],
+                image_sizes[i],
+                rng,
+                fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+                bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+                batch_size=cfg.rpn_batch_size_per_image,
+                positive_fraction=cfg.rpn_positive_fraction,
+                allowed_border=cfg.rpn_allowed_border,
+            )
             labels.append(lab)
             reg.append(t)
         rpn_labels, rpn_targets = np.stack(labels), np.stack(reg)
@@ -277,20 +312,29 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
     d_obj = d_rpn = None
     if "rpn" in stages:
         (losses["loss_objectness"], losses["loss_rpn_box_reg"], d_obj, d_rpn) = rpn_losses(
-            logits, deltas, xp.asarray(rpn_labels), xp.asarray(rpn_targets), beta=cfg.rpn_box_beta)
+            logits, deltas, xp.asarray(rpn_labels), xp.asarray(rpn_targets), beta=cfg.rpn_box_beta
+        )
 
     if "head" not in stages:
-        cache = DetectorCache(bb_cache, rpn_cache, d_obj, d_rpn, None, None, None,
-                              _trainable(stages, train_backbone))
+        cache = DetectorCache(
+            bb_cache, rpn_cache, d_obj, d_rpn, None, None, None, _trainable(stages, train_backbone)
+        )
         return losses, cache, Samples(rpn_labels, rpn_targets, *_empty_rois(cfg.dtype))
 
     # 5. proposals (constants): the RPN's boxes after NMS
     if samples is None:
         if proposals is None:
             props = generate_proposals(
-                logits, deltas, anchors, image_sizes,
-                pre_nms_top_n=cfg.rpn_pre_nms_top_n_train, post_nms_top_n=cfg.rpn_post_nms_top_n_train,
-                nms_thresh=cfg.rpn_nms_thresh, min_size=cfg.rpn_min_size, backend=backend)
+                logits,
+                deltas,
+                anchors,
+                image_sizes,
+                pre_nms_top_n=cfg.rpn_pre_nms_top_n_train,
+                post_nms_top_n=cfg.rpn_post_nms_top_n_train,
+                nms_thresh=cfg.rpn_nms_thresh,
+                min_size=cfg.rpn_min_size,
+                backend=backend,
+            )
             proposals = [to_numpy(b) for b, _ in props]
 
         # 6. proposal targets (constants, host): sampled RoIs with class and box targets
@@ -298,26 +342,56 @@ def detector_forward(model: FasterRCNN, images, image_sizes, targets, rng: np.ra
         for i in range(n):
             r, lab, t = proposal_targets(
                 np.asarray(proposals[i], dtype=cfg.dtype).reshape(-1, 4),
-                targets[i]["boxes"], targets[i]["labels"], rng,
-                fg_iou_thresh=cfg.box_fg_iou_thresh, bg_iou_thresh=cfg.box_bg_iou_thresh,
-                bg_iou_lo=cfg.box_bg_iou_lo, batch_size=cfg.box_batch_size_per_image,
-                positive_fraction=cfg.box_positive_fraction, weights=cfg.bbox_reg_weights)
+                targets[i]["boxes"],
+                targets[i]["labels"],
+                rng,
+                fg_iou_thresh=cfg.box_fg_iou_thresh,
+                bg_iou_thresh=cfg.box_bg_iou_thresh,
+                bg_iou_lo=cfg.box_bg_iou_lo,
+                batch_size=cfg.box_batch_size_per_image,
+                positive_fraction=cfg.box_positive_fraction,
+                weights=cfg.bbox_reg_weights,
+            )
             rois.append(np.concatenate([np.full((r.shape[0], 1), i, dtype=r.dtype), r], axis=1))
             roi_labels.append(lab)
             roi_targets.append(t)
-        samples = Samples(rpn_labels, rpn_targets, np.concatenate(rois),
-                          np.concatenate(roi_labels), np.concatenate(roi_targets))
+        samples = Samples(
+            rpn_labels,
+            rpn_targets,
+            np.concatenate(rois),
+            np.concatenate(roi_labels),
+            np.concatenate(roi_targets),
+        )
 
     # 7. RoI head on the sampled RoIs, and its losses
     class_logits, box_deltas, head_cache = head_forward(
-        p, features, xp.asarray(samples.rois), 1.0 / model.stride, output_size=cfg.roi_output_size,
-        dropout=cfg.dropout, rng=rng, backend=backend)
+        p,
+        features,
+        xp.asarray(samples.rois),
+        1.0 / model.stride,
+        output_size=cfg.roi_output_size,
+        dropout=cfg.dropout,
+        rng=rng,
+        backend=backend,
+    )
     (losses["loss_classifier"], losses["loss_box_reg"], d_cls, d_box) = head_losses(
-        class_logits, box_deltas, xp.asarray(samples.roi_labels), xp.asarray(samples.roi_targets),
-        beta=cfg.box_beta)
+        class_logits,
+        box_deltas,
+        xp.asarray(samples.roi_labels),
+        xp.asarray(samples.roi_targets),
+        beta=cfg.box_beta,
+    )
 
-    cache = DetectorCache(bb_cache, rpn_cache if "rpn" in stages else None, d_obj, d_rpn,
-                          head_cache, d_cls, d_box, _trainable(stages, train_backbone))
+    cache = DetectorCache(
+        bb_cache,
+        rpn_cache if "rpn" in stages else None,
+        d_obj,
+        d_rpn,
+        head_cache,
+        d_cls,
+        d_box,
+        _trainable(stages, train_backbone),
+    )
     return losses, cache, samples
 
 
@@ -350,7 +424,9 @@ def model_backward(cache: DetectorCache) -> dict:
     # second stage, in reverse: head losses -> cls/bbox fc -> fc7 -> fc6 -> RoI max pool
     # backward, which scatters each pooled gradient to the feature cell that won the max
     if cache.head is not None:
-        dfeatures_head, head_grads = head_backward(cache.d_class_logits, cache.d_box_deltas, cache.head)
+        dfeatures_head, head_grads = head_backward(
+            cache.d_class_logits, cache.d_box_deltas, cache.head
+        )
         grads.update(head_grads)
         dfeatures = dfeatures + dfeatures_head
 
@@ -370,8 +446,9 @@ def model_backward(cache: DetectorCache) -> dict:
 # ------------------------------------------------------------------------ inference
 
 
-def postprocess_detections(class_logits, box_deltas, proposals, image_size,
-                           config: FasterRCNNConfig, backend=None) -> dict:
+def postprocess_detections(
+    class_logits, box_deltas, proposals, image_size, config: FasterRCNNConfig, backend=None
+) -> dict:
     """Final detections of one image from the head's outputs.
 
     Args:
@@ -392,20 +469,31 @@ def postprocess_detections(class_logits, box_deltas, proposals, image_size,
     r, k = class_logits.shape
     z = class_logits - class_logits.max(axis=1, keepdims=True)
     e = xp.exp(z)
-    scores = e / e.sum(axis=1, keepdims=True)                                        # (R, K)
-    boxes = ops.decode_boxes(box_deltas.reshape(r * k, 4), xp.repeat(proposals, k, axis=0),
-                             config.bbox_reg_weights, backend=backend)
+    scores = e / e.sum(axis=1, keepdims=True)  # (R, K)
+    boxes = ops.decode_boxes(
+        box_deltas.reshape(r * k, 4),
+        xp.repeat(proposals, k, axis=0),
+        config.bbox_reg_weights,
+        backend=backend,
+    )
     boxes = ops.clip_boxes(boxes, image_size, backend=backend).reshape(r, k, 4)
     labels = xp.broadcast_to(xp.arange(k, dtype=xp.int64)[None, :], (r, k))
-    boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+    boxes, scores, labels = (
+        boxes[:, 1:].reshape(-1, 4),
+        scores[:, 1:].reshape(-1),
+        labels[:, 1:].reshape(-1),
+    )
     keep = xp.nonzero(scores > config.box_score_thresh)[0]
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = ops.remove_small_boxes(boxes, 1e-2, backend=backend)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = ops.batched_nms(boxes, scores, labels, config.box_nms_thresh, backend=backend)
     keep = keep[: config.box_detections_per_img]
-    return {"boxes": to_numpy(boxes[keep]), "scores": to_numpy(scores[keep]),
-            "labels": to_numpy(labels[keep]).astype(np.int64)}
+    return {
+        "boxes": to_numpy(boxes[keep]),
+        "scores": to_numpy(scores[keep]),
+        "labels": to_numpy(labels[keep]).astype(np.int64),
+    }
 
 
 def detect_proposals(model: FasterRCNN, images, image_sizes, *, train: bool = False, backend=None):
@@ -427,15 +515,24 @@ def _proposals(model, images, image_sizes, train, backend):
     """``(features, [(boxes, scores)])`` of a batch with the backbone in inference mode."""
     xp = array_module(backend)
     cfg = model.config
-    features, _ = _bb.backbone_forward(model.params, images, backbone_spec(cfg), train=False,
-                                       backend=backend)
+    features, _ = _bb.backbone_forward(
+        model.params, images, backbone_spec(cfg), train=False, backend=backend
+    )
     anchors = model.anchors(features.shape[2:], xp)
     logits, deltas, _ = rpn_forward(model.params, features, backend=backend)
     pre = cfg.rpn_pre_nms_top_n_train if train else cfg.rpn_pre_nms_top_n_test
     post = cfg.rpn_post_nms_top_n_train if train else cfg.rpn_post_nms_top_n_test
-    props = generate_proposals(logits, deltas, anchors, image_sizes, pre_nms_top_n=pre,
-                               post_nms_top_n=post, nms_thresh=cfg.rpn_nms_thresh,
-                               min_size=cfg.rpn_min_size, backend=backend)
+    props = generate_proposals(
+        logits,
+        deltas,
+        anchors,
+        image_sizes,
+        pre_nms_top_n=pre,
+        post_nms_top_n=post,
+        nms_thresh=cfg.rpn_nms_thresh,
+        min_size=cfg.rpn_min_size,
+        backend=backend,
+    )
     return features, props
 
 
@@ -457,13 +554,26 @@ def detect(model: FasterRCNN, images, image_sizes, backend=None) -> list:
     out = []
     for i, (boxes, _) in enumerate(props):
         if boxes.shape[0] == 0:
-            out.append({"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                        "labels": np.zeros(0, np.int64)})
+            out.append(
+                {
+                    "boxes": np.zeros((0, 4), np.float32),
+                    "scores": np.zeros(0, np.float32),
+                    "labels": np.zeros(0, np.int64),
+                }
+            )
             continue
         rois = xp.concatenate([xp.full((boxes.shape[0], 1), i, dtype=boxes.dtype), boxes], axis=1)
         class_logits, box_deltas, _ = head_forward(
-            model.params, features, rois, 1.0 / model.stride, output_size=cfg.roi_output_size,
-            backend=backend)
-        out.append(postprocess_detections(class_logits, box_deltas, boxes, image_sizes[i], cfg,
-                                          backend=backend))
+            model.params,
+            features,
+            rois,
+            1.0 / model.stride,
+            output_size=cfg.roi_output_size,
+            backend=backend,
+        )
+        out.append(
+            postprocess_detections(
+                class_logits, box_deltas, boxes, image_sizes[i], cfg, backend=backend
+            )
+        )
     return out

@@ -99,7 +99,7 @@ class SGD:
         for key, value in state.items():
             if not key.startswith("buffer."):
                 continue
-            name = key[len("buffer."):]
+            name = key[len("buffer.") :]
             if name not in self.params:
                 raise ValueError(f"state: buffer {name!r} has no matching parameter")
             p = self.params[name]
@@ -115,8 +115,14 @@ class SGD:
         self.buffers = buffers
 
 
-def lr_at(step: int, base_lr: float, warmup_iters: int = 0, warmup_factor: float = 1.0 / 1000,
-          milestones=(), gamma: float = 0.1) -> float:
+def lr_at(
+    step: int,
+    base_lr: float,
+    warmup_iters: int = 0,
+    warmup_factor: float = 1.0 / 1000,
+    milestones=(),
+    gamma: float = 0.1,
+) -> float:
     """Learning rate at ``step`` (0-based): linear warmup, then step decay.
 
     ``lr = base_lr * warmup * gamma ** (number of milestones <= step)``, where

@@ -28,8 +28,14 @@ import numpy as np
 from . import ops
 
 
-def label_proposals(proposals, gt_boxes, gt_labels, fg_iou_thresh: float = 0.5,
-                    bg_iou_thresh: float = 0.5, bg_iou_lo: float = 0.0):
+def label_proposals(
+    proposals,
+    gt_boxes,
+    gt_labels,
+    fg_iou_thresh: float = 0.5,
+    bg_iou_thresh: float = 0.5,
+    bg_iou_lo: float = 0.0,
+):
     """Class label (or -1: ignored) and best ground truth of each proposal (steps 2-3).
 
     Args:
@@ -45,7 +51,7 @@ def label_proposals(proposals, gt_boxes, gt_labels, fg_iou_thresh: float = 0.5,
     p = proposals.shape[0]
     if gt_boxes.shape[0] == 0:
         return np.zeros(p, dtype=np.int64), np.zeros(p, dtype=np.int64)
-    iou = ops.box_iou(proposals, gt_boxes, backend="numpy")                   # (P, G)
+    iou = ops.box_iou(proposals, gt_boxes, backend="numpy")  # (P, G)
     matched = iou.argmax(axis=1) if p else np.zeros(0, dtype=np.int64)
     best = iou[np.arange(p), matched]
     labels = np.full(p, -1, dtype=np.int64)
@@ -76,10 +82,19 @@ def sample_rois(labels, batch_size: int, positive_fraction: float, rng: np.rando
     return np.concatenate([keep_fg, keep_bg]).astype(np.int64)
 
 
-def proposal_targets(proposals, gt_boxes, gt_labels, rng: np.random.Generator, *,
-                     fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5,
-                     bg_iou_lo: float = 0.0, batch_size: int = 128,
-                     positive_fraction: float = 0.25, weights=(10.0, 10.0, 5.0, 5.0)):
+def proposal_targets(
+    proposals,
+    gt_boxes,
+    gt_labels,
+    rng: np.random.Generator,
+    *,
+    fg_iou_thresh: float = 0.5,
+    bg_iou_thresh: float = 0.5,
+    bg_iou_lo: float = 0.0,
+    batch_size: int = 128,
+    positive_fraction: float = 0.25,
+    weights=(10.0, 10.0, 5.0, 5.0),
+):
     """Sampled RoIs of one image with their class labels and regression targets.
 
     Args:
@@ -99,8 +114,9 @@ def proposal_targets(proposals, gt_boxes, gt_labels, rng: np.random.Generator, *
     gt_boxes = np.asarray(gt_boxes, dtype=dtype).reshape(-1, 4)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     boxes = np.concatenate([proposals, gt_boxes], axis=0)
-    labels, matched = label_proposals(boxes, gt_boxes, gt_labels,
-                                      fg_iou_thresh, bg_iou_thresh, bg_iou_lo)
+    labels, matched = label_proposals(
+        boxes, gt_boxes, gt_labels, fg_iou_thresh, bg_iou_thresh, bg_iou_lo
+    )
     keep = sample_rois(labels, batch_size, positive_fraction, rng)
     rois, labels, matched = boxes[keep], labels[keep], matched[keep]
     targets = np.zeros_like(rois)

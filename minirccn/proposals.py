@@ -52,9 +52,18 @@ def top_n(scores, n: int):
     return order[:n].astype(xp.int64)
 
 
-def proposals_one_image(logits, deltas, anchors, image_size, *, pre_nms_top_n: int,
-                        post_nms_top_n: int, nms_thresh: float = 0.7, min_size: float = 1e-3,
-                        backend=None):
+def proposals_one_image(
+    logits,
+    deltas,
+    anchors,
+    image_size,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float = 0.7,
+    min_size: float = 1e-3,
+    backend=None,
+):
     """Proposals of one image (steps 1-6 of the module docstring).
 
     Args:
@@ -80,9 +89,18 @@ def proposals_one_image(logits, deltas, anchors, image_size, *, pre_nms_top_n: i
     return boxes[keep], scores[keep]
 
 
-def generate_proposals(logits, deltas, anchors, image_sizes, *, pre_nms_top_n: int,
-                       post_nms_top_n: int, nms_thresh: float = 0.7, min_size: float = 1e-3,
-                       backend=None):
+def generate_proposals(
+    logits,
+    deltas,
+    anchors,
+    image_sizes,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float = 0.7,
+    min_size: float = 1e-3,
+    backend=None,
+):
     """Proposals of a batch: :func:`proposals_one_image` on each image.
 
     Args:
@@ -95,8 +113,16 @@ def generate_proposals(logits, deltas, anchors, image_sizes, *, pre_nms_top_n: i
         list of ``N`` pairs ``(boxes (P_i, 4), scores (P_i,))``.
     """
     return [
-        proposals_one_image(logits[i], deltas[i], anchors, image_sizes[i],
-                            pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
-                            nms_thresh=nms_thresh, min_size=min_size, backend=backend)
+        proposals_one_image(
+            logits[i],
+            deltas[i],
+            anchors,
+            image_sizes[i],
+            pre_nms_top_n=pre_nms_top_n,
+            post_nms_top_n=post_nms_top_n,
+            nms_thresh=nms_thresh,
+            min_size=min_size,
+            backend=backend,
+        )
         for i in range(logits.shape[0])
     ]

@@ -156,7 +156,9 @@ def roi_pool_reference(features, rois, output_size, spatial_scale=1.0):
                 window = fmap[:, h0:h1, w0:w1].reshape(c, -1)  # (C, bh * bw), rows then columns
                 out[k, :, i, j], pos = _first_max(window)
                 row, col = h0 + pos // (w1 - w0), w0 + pos % (w1 - w0)
-                argmax[k, :, i, j] = np.where(pos >= 0, row * width + col, -1)  # flat index into H * W
+                argmax[k, :, i, j] = np.where(
+                    pos >= 0, row * width + col, -1
+                )  # flat index into H * W
     return out, argmax
 
 
@@ -313,8 +315,9 @@ def roi_pool_forward(features, rois, output_size, spatial_scale, *, backend=None
 
 def roi_pool_layer_backward(dout, cache: RoIPoolCache):
     """Layer form of :func:`roi_pool_backward`: ``dfeatures`` ``(N, C, H, W)`` from ``dout``."""
-    return roi_pool_backward(dout, cache.rois, cache.argmax, cache.input_shape,
-                             backend=cache.backend)
+    return roi_pool_backward(
+        dout, cache.rois, cache.argmax, cache.input_shape, backend=cache.backend
+    )
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -340,7 +343,8 @@ def _check_coordinates(rois, spatial_scale, xp):
     """Raise ``ValueError`` if a scaled coordinate leaves ``(-MAX_COORD, MAX_COORD)``."""
     if rois.shape[0] and not bool((xp.abs(rois[:, 1:5]) * spatial_scale < MAX_COORD).all()):
         raise ValueError(
-            f"rois: coordinates times spatial_scale must stay within +-{MAX_COORD:.0f}")
+            f"rois: coordinates times spatial_scale must stay within +-{MAX_COORD:.0f}"
+        )
 
 
 def _check_output_size(output_size):
@@ -363,10 +367,12 @@ def _check_input_shape(input_shape):
         shape = tuple(operator.index(v) for v in input_shape)
     except TypeError:
         raise TypeError(
-            f"input_shape: expected 4 integers (N, C, H, W), got {input_shape!r}") from None
+            f"input_shape: expected 4 integers (N, C, H, W), got {input_shape!r}"
+        ) from None
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(
-            f"input_shape: expected 4 non-negative integers (N, C, H, W), got {input_shape!r}")
+            f"input_shape: expected 4 non-negative integers (N, C, H, W), got {input_shape!r}"
+        )
     return shape
 
 

@@ -46,6 +46,7 @@ def init_rpn(in_channels: int, channels: int, num_anchors: int, rng, dtype="floa
         ``rpn.cls.w`` (2A, Cr, 1, 1), ``rpn.cls.b`` (2A,),
         ``rpn.bbox.w`` (4A, Cr, 1, 1), ``rpn.bbox.b`` (4A,).
     """
+
     def normal(*shape):
         return (rng.standard_normal(shape) * 0.01).astype(dtype)
 
@@ -99,10 +100,15 @@ def rpn_forward(params: dict, features, backend=None):
     n, _, h, w = features.shape
     a = params["rpn.cls.w"].shape[0] // 2
     t, conv_cache = layers.conv2d_forward(
-        features, params["rpn.conv.w"], params["rpn.conv.b"], stride=1, padding=1, backend=backend)
+        features, params["rpn.conv.w"], params["rpn.conv.b"], stride=1, padding=1, backend=backend
+    )
     t, relu_cache = layers.relu_forward(t)
-    cls, cls_cache = layers.conv2d_forward(t, params["rpn.cls.w"], params["rpn.cls.b"], backend=backend)
-    box, bbox_cache = layers.conv2d_forward(t, params["rpn.bbox.w"], params["rpn.bbox.b"], backend=backend)
+    cls, cls_cache = layers.conv2d_forward(
+        t, params["rpn.cls.w"], params["rpn.cls.b"], backend=backend
+    )
+    box, bbox_cache = layers.conv2d_forward(
+        t, params["rpn.bbox.w"], params["rpn.bbox.b"], backend=backend
+    )
     logits = _to_anchor_order(cls, n, a, 2)
     deltas = _to_anchor_order(box, n, a, 4)
     return logits, deltas, RPNCache(conv_cache, relu_cache, cls_cache, bbox_cache, (n, a, h, w))
@@ -139,7 +145,8 @@ def rpn_losses(logits, deltas, labels, regression_targets, beta: float = 1.0 / 9
     loss_box = 0.0
     if pos.size:
         loss_box, dpos = losses.smooth_l1(
-            deltas.reshape(n * m, 4)[pos], regression_targets.reshape(n * m, 4)[pos], beta=beta)
+            deltas.reshape(n * m, 4)[pos], regression_targets.reshape(n * m, 4)[pos], beta=beta
+        )
         loss_box = float(loss_box) / num_sampled
         ddeltas[pos] = dpos / num_sampled
     return float(loss_cls), loss_box, dlogits.reshape(n, m, 2), ddeltas.reshape(n, m, 4)
@@ -165,8 +172,11 @@ def rpn_backward(dlogits, ddeltas, cache: RPNCache):
     dt = layers.relu_backward(dt_cls + dt_box, cache.relu)
     dfeatures, dw_conv, db_conv = layers.conv2d_backward(dt, cache.conv)
     grads = {
-        "rpn.conv.w": dw_conv, "rpn.conv.b": db_conv,
-        "rpn.cls.w": dw_cls, "rpn.cls.b": db_cls,
-        "rpn.bbox.w": dw_box, "rpn.bbox.b": db_box,
+        "rpn.conv.w": dw_conv,
+        "rpn.conv.b": db_conv,
+        "rpn.cls.w": dw_cls,
+        "rpn.cls.b": db_cls,
+        "rpn.bbox.w": dw_box,
+        "rpn.bbox.b": db_box,
     }
     return dfeatures, grads

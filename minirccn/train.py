@@ -93,8 +93,9 @@ class TrainingDiverged(MinirccnError):
 def lr_at(step: int, config) -> float:
     """Learning rate of SGD step ``step`` (0-based): :func:`minirccn.optim.lr_at` with the
     config's ``lr``, ``warmup_iters``, ``warmup_factor``, ``milestones`` and ``gamma``."""
-    return optim.lr_at(step, config.lr, config.warmup_iters, config.warmup_factor,
-                       config.milestones, config.gamma)
+    return optim.lr_at(
+        step, config.lr, config.warmup_iters, config.warmup_factor, config.milestones, config.gamma
+    )
 
 
 def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
@@ -126,12 +127,17 @@ def load_batch(dataset, indices, config, rng: np.random.Generator | None, backen
     xs, targets = [], []
     for i in indices:
         sample = dataset[i]
-        boxes, labels = clean_targets(sample["boxes"], sample["labels"], where=str(sample["image_id"]))
-        image, boxes, _ = transforms.resize(sample["image"], boxes.astype(config.dtype),
-                                            config.min_size, config.max_size)
+        boxes, labels = clean_targets(
+            sample["boxes"], sample["labels"], where=str(sample["image_id"])
+        )
+        image, boxes, _ = transforms.resize(
+            sample["image"], boxes.astype(config.dtype), config.min_size, config.max_size
+        )
         if config.flip and rng is not None and rng.random() < 0.5:
             image, boxes = transforms.hflip(image, boxes)
-        xs.append(transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype))
+        xs.append(
+            transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype)
+        )
         targets.append({"boxes": boxes.astype(config.dtype), "labels": labels})
     from .backbone import stride
     from .model import backbone_spec
@@ -142,19 +148,42 @@ def load_batch(dataset, indices, config, rng: np.random.Generator | None, backen
 
 def _make_optimizer(model, config, prefixes):
     """SGD over the trainable parameters whose names start with ``prefixes``."""
-    return optim.SGD(model.trainable(prefixes), lr=config.lr, momentum=config.momentum,
-                     weight_decay=config.weight_decay)
+    return optim.SGD(
+        model.trainable(prefixes),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
 
 
-def train_step(model, optimizer, batch, rng, step: int, *, backend: str, stages=("rpn", "head"),
-               proposals=None, train_backbone: bool = True) -> dict:
+def train_step(
+    model,
+    optimizer,
+    batch,
+    rng,
+    step: int,
+    *,
+    backend: str,
+    stages=("rpn", "head"),
+    proposals=None,
+    train_backbone: bool = True,
+) -> dict:
     """One SGD step; returns the losses (floats). Raises :class:`TrainingDiverged` on NaN/inf."""
     images, sizes, targets = batch
     cfg = model.config
     batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
-    losses, cache, _ = detector_forward(model, images, sizes, targets, rng, backend=backend,
-                                        stages=stages, proposals=proposals,
-                                        train_backbone=train_backbone, batch_stats=batch_stats)
+    losses, cache, _ = detector_forward(
+        model,
+        images,
+        sizes,
+        targets,
+        rng,
+        backend=backend,
+        stages=stages,
+        proposals=proposals,
+        train_backbone=train_backbone,
+        batch_stats=batch_stats,
+    )
     total = sum(losses.values())
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
@@ -169,11 +198,26 @@ def train_step(model, optimizer, batch, rng, step: int, *, backend: str, stages=
 # ------------------------------------------------------------------------ the loop
 
 
-def train(config=None, *, train_data=None, test_data=None, data: str = "shapes", images=None,
-          out: str | None = "runs/train", backend=None, seed: int = 0, iters: int | None = None,
-          preset_name: str = "tiny", alternating: bool = False, resume: bool = False,
-          eval_split: str = "test", eval_images: int | None = None, checkpoint_every: int = 500,
-          progress: bool = True, outputs: bool = True) -> dict:
+def train(
+    config=None,
+    *,
+    train_data=None,
+    test_data=None,
+    data: str = "shapes",
+    images=None,
+    out: str | None = "runs/train",
+    backend=None,
+    seed: int = 0,
+    iters: int | None = None,
+    preset_name: str = "tiny",
+    alternating: bool = False,
+    resume: bool = False,
+    eval_split: str = "test",
+    eval_images: int | None = None,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+    outputs: bool = True,
+) -> dict:
     """Train a detector and (optionally) evaluate it and write its outputs.
 
     Args:
@@ -230,25 +274,50 @@ def train(config=None, *, train_data=None, test_data=None, data: str = "shapes",
     if alternating:
         model = _train_alternating(model, train_data, config, rng, seed, backend, history, progress)
     else:
-        _train_joint(model, optimizer, train_data, config, rng, seed, backend, start, history,
-                     progress, ckpt, checkpoint_every)
+        _train_joint(
+            model,
+            optimizer,
+            train_data,
+            config,
+            rng,
+            seed,
+            backend,
+            start,
+            history,
+            progress,
+            ckpt,
+            checkpoint_every,
+        )
     train_seconds = time.perf_counter() - t0
     steps_run = config.iters - start
     metrics = {
-        "iters": config.iters, "backend": backend, "preset": config.backbone, "seed": seed,
-        "alternating": alternating, "train_seconds": round(train_seconds, 3),
-        "images_per_second": round(steps_run * config.images_per_batch / max(train_seconds, 1e-9), 3),
+        "iters": config.iters,
+        "backend": backend,
+        "preset": config.backbone,
+        "seed": seed,
+        "alternating": alternating,
+        "train_seconds": round(train_seconds, 3),
+        "images_per_second": round(
+            steps_run * config.images_per_batch / max(train_seconds, 1e-9), 3
+        ),
         "final_losses": {k: _tail_mean(v) for k, v in history.items()},
     }
     if ckpt:
-        save_checkpoint(ckpt, model, optimizer_state=None if alternating else optimizer.state_dict(),
-                        step=config.iters, rng_state=rng.bit_generator.state,
-                        extra={"history": history, "seed": seed})
+        save_checkpoint(
+            ckpt,
+            model,
+            optimizer_state=None if alternating else optimizer.state_dict(),
+            step=config.iters,
+            rng_state=rng.bit_generator.state,
+            extra={"history": history, "seed": seed},
+        )
     if eval_split and test_data is not None:
         from .predict import evaluate_model
 
         t1 = time.perf_counter()
-        result = evaluate_model(model, test_data, backend=backend, progress=progress, limit=eval_images)
+        result = evaluate_model(
+            model, test_data, backend=backend, progress=progress, limit=eval_images
+        )
         metrics["eval_seconds"] = round(time.perf_counter() - t1, 3)
         metrics.update({k: v for k, v in result.items() if k != "per_class"})
         metrics["per_class"] = result.get("per_class")
@@ -264,8 +333,20 @@ def _tail_mean(values, n: int = 50):
     return float(np.mean(values)) if values else None
 
 
-def _train_joint(model, optimizer, data, config, rng, seed, backend, start, history, progress,
-                 ckpt, checkpoint_every):
+def _train_joint(
+    model,
+    optimizer,
+    data,
+    config,
+    rng,
+    seed,
+    backend,
+    start,
+    history,
+    progress,
+    ckpt,
+    checkpoint_every,
+):
     """Approximate joint training from step ``start`` to ``config.iters``."""
     from tqdm import tqdm
 
@@ -277,12 +358,23 @@ def _train_joint(model, optimizer, data, config, rng, seed, backend, start, hist
         for k, v in losses.items():
             history[k].append(float(v))
         if progress and step % 10 == 0:
-            bar.set_postfix({k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}"
-                             for k in (*LOSS_NAMES, "loss")}, refresh=False)
+            bar.set_postfix(
+                {
+                    k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}"
+                    for k in (*LOSS_NAMES, "loss")
+                },
+                refresh=False,
+            )
         done = step + 1
         if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < config.iters:
-            save_checkpoint(ckpt, model, optimizer_state=optimizer.state_dict(), step=done,
-                            rng_state=rng.bit_generator.state, extra={"history": history, "seed": seed})
+            save_checkpoint(
+                ckpt,
+                model,
+                optimizer_state=optimizer.state_dict(),
+                step=done,
+                rng_state=rng.bit_generator.state,
+                extra={"history": history, "seed": seed},
+            )
 
 
 def _train_alternating(model, data, config, rng, seed, backend, history, progress):
@@ -305,22 +397,40 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
     step = 0
     for stage, (net, stages, train_backbone, proposer) in enumerate(plan, start=1):
         if stage == 3:  # the detector takes over the RPN layers trained in step 1
-            det_model.params.update({k: v.copy() for k, v in rpn_model.params.items()
-                                     if k.startswith("rpn.")})
+            det_model.params.update(
+                {k: v.copy() for k, v in rpn_model.params.items() if k.startswith("rpn.")}
+            )
         prefixes = tuple(s + "." for s in stages) + (("backbone.",) if train_backbone else ())
         opt = _make_optimizer(net, config, prefixes)
-        bar = tqdm(range(quarter), desc=f"alternating step {stage}/4", disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            range(quarter),
+            desc=f"alternating step {stage}/4",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         for i in bar:
             idx = batch_indices(seed, step, config.images_per_batch, len(data))
             batch = load_batch(data, idx, config, rng, backend)
             proposals = None
             if proposer is not None:
-                proposals = detect_proposals(proposer, batch[0], batch[1], train=True, backend=backend)
-            losses = train_step(net, opt, batch, rng, i, backend=backend, stages=stages,
-                                proposals=proposals, train_backbone=train_backbone)
+                proposals = detect_proposals(
+                    proposer, batch[0], batch[1], train=True, backend=backend
+                )
+            losses = train_step(
+                net,
+                opt,
+                batch,
+                rng,
+                i,
+                backend=backend,
+                stages=stages,
+                proposals=proposals,
+                train_backbone=train_backbone,
+            )
             for k in history:
-                history[k].append(float(losses[k]) if k in stages_losses(stages) or k == "loss" else None)
+                history[k].append(
+                    float(losses[k]) if k in stages_losses(stages) or k == "loss" else None
+                )
             step += 1
     return det_model
 
@@ -348,18 +458,35 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
         if pts:
             curves[k] = ([p[0] for p in pts], [p[1] for p in pts])
     if curves:
-        viz.plot_curves(curves, os.path.join(out, "loss_curve.png"), title="training losses",
-                        smoothing=0.9)
+        viz.plot_curves(
+            curves, os.path.join(out, "loss_curve.png"), title="training losses", smoothing=0.9
+        )
     if test_data is not None and len(test_data):
         tiles = []
         for i in range(min(8, len(test_data))):
             sample = test_data[i]
             det = model.predict(sample["image"], backend=backend)
             keep = det["scores"] >= 0.5
-            tiles.append(viz.draw_detections(sample["image"], det["boxes"][keep], det["labels"][keep],
-                                             det["scores"][keep], model.class_names, scale=2))
-            tiles.append(viz.draw_detections(sample["image"], sample["boxes"], sample["labels"], None,
-                                             model.class_names, scale=2))
+            tiles.append(
+                viz.draw_detections(
+                    sample["image"],
+                    det["boxes"][keep],
+                    det["labels"][keep],
+                    det["scores"][keep],
+                    model.class_names,
+                    scale=2,
+                )
+            )
+            tiles.append(
+                viz.draw_detections(
+                    sample["image"],
+                    sample["boxes"],
+                    sample["labels"],
+                    None,
+                    model.class_names,
+                    scale=2,
+                )
+            )
         viz.save_grid(tiles, os.path.join(out, "detections.png"), cols=4)
 
 
@@ -368,8 +495,11 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``minirccn train``."""
-    parser.add_argument("--data", default="shapes",
-                        help="'shapes' (default), a VOC root folder, a COCO .json or a .csv file")
+    parser.add_argument(
+        "--data",
+        default="shapes",
+        help="'shapes' (default), a VOC root folder, a COCO .json or a .csv file",
+    )
     parser.add_argument("--images", default=None, help="image folder for COCO / CSV annotations")
     parser.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
@@ -378,10 +508,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    parser.add_argument("--alternating", action="store_true",
-                        help="the paper's 4-step alternating training instead of joint training")
-    parser.add_argument("--eval-split", default="test", help="split evaluated after training ('' : none)")
-    parser.add_argument("--eval-images", type=int, default=None, help="evaluate only this many images")
+    parser.add_argument(
+        "--alternating",
+        action="store_true",
+        help="the paper's 4-step alternating training instead of joint training",
+    )
+    parser.add_argument(
+        "--eval-split", default="test", help="split evaluated after training ('' : none)"
+    )
+    parser.add_argument(
+        "--eval-images", type=int, default=None, help="evaluate only this many images"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -394,15 +531,39 @@ def run(args) -> int:
         if not args.lr > 0:
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
         config = config.replace(lr=args.lr)
-    result = train(config, data=args.data, images=args.images, out=args.out, backend=args.backend,
-                   seed=args.seed, iters=args.iters, alternating=args.alternating, resume=args.resume,
-                   eval_split=args.eval_split, eval_images=args.eval_images,
-                   progress=not args.no_progress)
+    result = train(
+        config,
+        data=args.data,
+        images=args.images,
+        out=args.out,
+        backend=args.backend,
+        seed=args.seed,
+        iters=args.iters,
+        alternating=args.alternating,
+        resume=args.resume,
+        eval_split=args.eval_split,
+        eval_images=args.eval_images,
+        progress=not args.no_progress,
+    )
     m = result["metrics"]
-    summary = {k: m.get(k) for k in ("map50", "map", "map75", "voc07_map50", "train_seconds",
-                                     "eval_seconds", "images_per_second", "iters", "backend")}
+    summary = {
+        k: m.get(k)
+        for k in (
+            "map50",
+            "map",
+            "map75",
+            "voc07_map50",
+            "train_seconds",
+            "eval_seconds",
+            "images_per_second",
+            "iters",
+            "backend",
+        )
+    }
     print(json.dumps(summary))
-    print(f"wrote {os.path.join(args.out, 'checkpoint.npz')}, metrics.json, loss_curve.png, detections.png")
+    print(
+        f"wrote {os.path.join(args.out, 'checkpoint.npz')}, metrics.json, loss_curve.png, detections.png"
+    )
     return 0
 
 
@@ -421,18 +582,23 @@ def bench_cases(quick: bool = False) -> list:
 
     def run_step(backend, inputs):
         data = inputs["data"]
-        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(backend)
+        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(
+            backend
+        )
         opt = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
         batch = load_batch(data, [inputs["index"]], config, None, backend)
         rng = np.random.default_rng(0)
 
         def fn():
             return train_step(model, opt, batch, rng, config.warmup_iters, backend=backend)
+
         return fn
 
     def run_detect(backend, inputs):
         data = inputs["data"]
-        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(backend)
+        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(
+            backend
+        )
         image = data[inputs["index"]]["image"]
         return lambda: model.predict(image, backend=backend)
 

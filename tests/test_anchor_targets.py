@@ -12,6 +12,7 @@ from minirccn.box_coder import decode_boxes_reference
 
 def brute_force_labels(anchors, gt, fg=0.7, bg=0.3):
     """The rule written as plain loops over anchors and ground truths."""
+
     def iou(a, b):
         iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
         ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -48,11 +49,11 @@ def test_assignment_matches_brute_force(seed, g, snap):
     rng = np.random.default_rng(seed)
     anchors = generate_anchors((4, 4), 16, (16, 32), (0.5, 1.0, 2.0)).astype(np.float64)
     gt = random_boxes(rng, g)
-    if snap:                      # integer corners: exact ties between anchors are common
+    if snap:  # integer corners: exact ties between anchors are common
         gt = np.round(gt / 8) * 8
         gt[:, 2:] = np.maximum(gt[:, 2:], gt[:, :2] + 8)
     if g and seed % 3 == 0:
-        gt[0] = anchors[5]        # an exact anchor: IoU 1
+        gt[0] = anchors[5]  # an exact anchor: IoU 1
     labels, matched = assign_anchors(anchors, gt)
     assert labels.tolist() == brute_force_labels(anchors, gt)
     assert labels.dtype == np.int64 and matched.shape == (anchors.shape[0],)
@@ -60,8 +61,9 @@ def test_assignment_matches_brute_force(seed, g, snap):
 
 def test_no_ground_truth_gives_all_negative_samples():
     anchors = generate_anchors((8, 8), 16, (16, 32, 64), (0.5, 1.0, 2.0))
-    labels, targets = anchor_targets(anchors, np.zeros((0, 4), np.float32), (128, 128),
-                                     np.random.default_rng(0))
+    labels, targets = anchor_targets(
+        anchors, np.zeros((0, 4), np.float32), (128, 128), np.random.default_rng(0)
+    )
     assert (labels == 1).sum() == 0
     assert (labels == 0).sum() == 256
     assert np.all(targets == 0)
@@ -78,7 +80,7 @@ def test_each_gt_best_anchor_is_positive_with_ties():
 
 def test_object_larger_than_every_anchor_gets_its_best_anchor():
     anchors = generate_anchors((8, 8), 16, (16,), (1.0,), offset=0.5)
-    gt = np.array([[0, 0, 128, 128]], np.float32)     # IoU <= 1/64 with every anchor
+    gt = np.array([[0, 0, 128, 128]], np.float32)  # IoU <= 1/64 with every anchor
     labels, _ = assign_anchors(anchors, gt)
     assert (labels == 1).sum() >= 1
     lab, targets = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0))
@@ -127,12 +129,16 @@ def test_sampling_is_deterministic_and_random():
 
 
 def test_border_anchors_are_ignored():
-    anchors = generate_anchors((8, 8), 16, (32,), (1.0,), offset=0.0)   # first row/col cross
+    anchors = generate_anchors((8, 8), 16, (32,), (1.0,), offset=0.0)  # first row/col cross
     gt = np.array([[0, 0, 20, 20]], np.float32)
     lab, _ = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0), allowed_border=0)
-    outside = (anchors[:, 0] < 0) | (anchors[:, 1] < 0) | (anchors[:, 2] > 128) | (anchors[:, 3] > 128)
+    outside = (
+        (anchors[:, 0] < 0) | (anchors[:, 1] < 0) | (anchors[:, 2] > 128) | (anchors[:, 3] > 128)
+    )
     assert outside.any() and np.all(lab[outside] == -1)
-    lab_all, _ = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0), allowed_border=-1)
+    lab_all, _ = anchor_targets(
+        anchors, gt, (128, 128), np.random.default_rng(0), allowed_border=-1
+    )
     assert np.any(lab_all[outside] >= 0)
 
 

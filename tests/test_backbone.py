@@ -12,7 +12,10 @@ def test_vgg16_parameter_count_names_and_geometry():
     params = backbone.init_backbone("vgg16", np.random.default_rng(0))
     assert backbone.count_params(params) == 14_714_688
     assert len(params) == 26 and "backbone.conv1_1.w" in params and "backbone.conv5_3.b" in params
-    assert params["backbone.conv3_3.w"].shape == (256, 256, 3, 3) and params["backbone.conv1_1.w"].dtype == np.float32
+    assert (
+        params["backbone.conv3_3.w"].shape == (256, 256, 3, 3)
+        and params["backbone.conv1_1.w"].dtype == np.float32
+    )
     assert backbone.out_channels("vgg16") == 512 and backbone.stride("vgg16") == 16
 
 
@@ -65,7 +68,11 @@ def _backbone_check(spec, x, params, backend="numpy"):
 
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_small_backbone_gradcheck(batch_norm):
-    spec = BackboneSpec(stages=(Stage(3, convs=2), Stage(4, pool=False), Stage(2)), batch_norm=batch_norm, in_channels=2)
+    spec = BackboneSpec(
+        stages=(Stage(3, convs=2), Stage(4, pool=False), Stage(2)),
+        batch_norm=batch_norm,
+        in_channels=2,
+    )
     rng = np.random.default_rng(2)
     params = backbone.init_backbone(spec, rng, dtype=np.float64)
     for k in params:  # non-trivial BN affine parameters and biases

@@ -18,8 +18,21 @@ def test_time_call_reports_a_median_after_warm_up():
 
 def test_bench_quick_writes_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    status = main(["bench", "--quick", "--groups", "ops,layers", "--backends", "numpy,numba",
-                   "--no-torch", "--min-time", "0", "--json", str(out)])
+    status = main(
+        [
+            "bench",
+            "--quick",
+            "--groups",
+            "ops,layers",
+            "--backends",
+            "numpy,numba",
+            "--no-torch",
+            "--min-time",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     text = capsys.readouterr().out
     assert "| box_iou |" in text and "| conv2d fwd+bwd |" in text

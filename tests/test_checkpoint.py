@@ -16,8 +16,13 @@ NAMES = ["__background__", "x", "y"]
 
 
 def small_model(seed=0):
-    cfg = preset("tiny", backbone_stages=((4, 1, True), (6, 1, True)), rpn_channels=4,
-                 representation_size=8, roi_output_size=2)
+    cfg = preset(
+        "tiny",
+        backbone_stages=((4, 1, True), (6, 1, True)),
+        rpn_channels=4,
+        representation_size=8,
+        roi_output_size=2,
+    )
     return FasterRCNN(cfg, NAMES, rng=np.random.default_rng(seed))
 
 
@@ -27,8 +32,14 @@ def test_round_trip(tmp_path):
     opt.step({k: np.ones_like(v) for k, v in model.trainable().items()})
     rng = np.random.default_rng(9)
     rng.random(3)
-    path = C.save_checkpoint(tmp_path / "c.npz", model, optimizer_state=opt.state_dict(), step=17,
-                             rng_state=rng.bit_generator.state, extra={"note": [1, 2]})
+    path = C.save_checkpoint(
+        tmp_path / "c.npz",
+        model,
+        optimizer_state=opt.state_dict(),
+        step=17,
+        rng_state=rng.bit_generator.state,
+        extra={"note": [1, 2]},
+    )
     loaded, state = C.load_checkpoint(path)
     assert loaded.config == model.config and loaded.class_names == NAMES
     assert set(loaded.params) == set(model.params)
@@ -64,7 +75,7 @@ def test_incompatible_checkpoint_names_it(tmp_path):
     with np.load(path) as z:
         files = {k: z[k] for k in z.files}
     meta = json.loads(str(files["meta"]))
-    meta["config"]["representation_size"] = 16          # weights no longer fit the config
+    meta["config"]["representation_size"] = 16  # weights no longer fit the config
     files["meta"] = np.array(json.dumps(meta))
     np.savez(tmp_path / "d.npz", **files)
     with pytest.raises(MinirccnError, match="d.npz.*incompatible"):
@@ -87,8 +98,8 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(C.np, "savez", crash)
     with pytest.raises(OSError):
         C.save_checkpoint(path, small_model(1), step=2)
-    assert path.read_bytes() == before                       # the old checkpoint is intact
-    assert os.listdir(tmp_path) == ["c.npz"]                 # no temporary file left behind
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    assert os.listdir(tmp_path) == ["c.npz"]  # no temporary file left behind
     monkeypatch.undo()
     C.save_checkpoint(path, small_model(1), step=2)
     assert C.load_checkpoint(path)[1]["step"] == 2

@@ -8,12 +8,27 @@ from minirccn.config import FasterRCNNConfig, preset
 
 # keyword arguments of torchvision.models.detection.FasterRCNN that the config mirrors
 TORCHVISION_NAMES = [
-    "min_size", "max_size", "image_mean", "image_std",
-    "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
-    "rpn_post_nms_top_n_test", "rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh",
-    "rpn_batch_size_per_image", "rpn_positive_fraction", "box_score_thresh", "box_nms_thresh",
-    "box_detections_per_img", "box_fg_iou_thresh", "box_bg_iou_thresh",
-    "box_batch_size_per_image", "box_positive_fraction", "bbox_reg_weights",
+    "min_size",
+    "max_size",
+    "image_mean",
+    "image_std",
+    "rpn_pre_nms_top_n_train",
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train",
+    "rpn_post_nms_top_n_test",
+    "rpn_nms_thresh",
+    "rpn_fg_iou_thresh",
+    "rpn_bg_iou_thresh",
+    "rpn_batch_size_per_image",
+    "rpn_positive_fraction",
+    "box_score_thresh",
+    "box_nms_thresh",
+    "box_detections_per_img",
+    "box_fg_iou_thresh",
+    "box_bg_iou_thresh",
+    "box_batch_size_per_image",
+    "box_positive_fraction",
+    "bbox_reg_weights",
 ]
 
 

@@ -67,4 +67,6 @@ def test_check_loss():
 
 def test_rel_error():
     assert gradcheck.rel_error(np.zeros(3), np.zeros(3)) == 0.0
-    assert gradcheck.rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(0.2 / 2.2)
+    assert gradcheck.rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.2])) == pytest.approx(
+        0.2 / 2.2
+    )

@@ -11,9 +11,9 @@ def test_box_loss_uses_each_rois_own_class():
     k = 3
     logits = np.zeros((3, k))
     deltas = np.zeros((3, 4 * k))
-    deltas[0, 4:8] = 1.0          # class 1's deltas of RoI 0 (its class): counted
-    deltas[0, 8:12] = 7.0         # class 2's deltas of RoI 0: ignored
-    deltas[2, :] = 9.0            # background RoI: ignored
+    deltas[0, 4:8] = 1.0  # class 1's deltas of RoI 0 (its class): counted
+    deltas[0, 8:12] = 7.0  # class 2's deltas of RoI 0: ignored
+    deltas[2, :] = 9.0  # background RoI: ignored
     labels = np.array([1, 2, 0])
     targets = np.zeros((3, 4))
     lc, lb, dl, dd = head_losses(logits, deltas, labels, targets, beta=1 / 9)
@@ -24,9 +24,13 @@ def test_box_loss_uses_each_rois_own_class():
 
 
 def test_all_background_and_empty():
-    lc, lb, dl, dd = head_losses(np.zeros((4, 3)), np.ones((4, 12)), np.zeros(4, np.int64), np.ones((4, 4)))
+    lc, lb, dl, dd = head_losses(
+        np.zeros((4, 3)), np.ones((4, 12)), np.zeros(4, np.int64), np.ones((4, 4))
+    )
     assert lb == 0.0 and not dd.any() and np.isfinite(lc)
-    lc, lb, dl, dd = head_losses(np.zeros((0, 3)), np.zeros((0, 12)), np.zeros(0, np.int64), np.zeros((0, 4)))
+    lc, lb, dl, dd = head_losses(
+        np.zeros((0, 3)), np.zeros((0, 12)), np.zeros(0, np.int64), np.zeros((0, 4))
+    )
     assert (lc, lb) == (0.0, 0.0) and dl.shape == (0, 3)
 
 
@@ -35,7 +39,9 @@ def _setup(seed=0, dropout=0.0):
     params = init_head(2, 3, 6, rng, roi_output_size=2, dtype=np.float64)
     params = {k: v + rng.normal(size=v.shape) * 0.3 for k, v in params.items()}
     feats = rng.normal(size=(2, 2, 5, 6))
-    rois = np.array([[0, 0, 0, 40, 30], [1, 8, 8, 60, 60], [0, 20, 4, 90, 70], [1, 0, 0, 15, 15]], np.float64)
+    rois = np.array(
+        [[0, 0, 0, 40, 30], [1, 8, 8, 60, 60], [0, 20, 4, 90, 70], [1, 0, 0, 15, 15]], np.float64
+    )
     labels = np.array([1, 2, 0, 1])
     targets = rng.normal(size=(4, 4)) * 0.3
     return params, feats, rois, labels, targets
@@ -46,13 +52,29 @@ def test_gradient_check(dropout):
     params, feats, rois, labels, targets = _setup(dropout=dropout)
 
     def loss():
-        lg, dl, _ = head_forward(params, feats, rois, 1 / 16, output_size=2, dropout=dropout,
-                                 rng=np.random.default_rng(1), backend="numpy")
+        lg, dl, _ = head_forward(
+            params,
+            feats,
+            rois,
+            1 / 16,
+            output_size=2,
+            dropout=dropout,
+            rng=np.random.default_rng(1),
+            backend="numpy",
+        )
         a, b, _, _ = head_losses(lg, dl, labels, targets)
         return a + b
 
-    lg, dl, cache = head_forward(params, feats, rois, 1 / 16, output_size=2, dropout=dropout,
-                                 rng=np.random.default_rng(1), backend="numpy")
+    lg, dl, cache = head_forward(
+        params,
+        feats,
+        rois,
+        1 / 16,
+        output_size=2,
+        dropout=dropout,
+        rng=np.random.default_rng(1),
+        backend="numpy",
+    )
     assert lg.shape == (4, 3) and dl.shape == (4, 12)
     _, _, dlg, ddl = head_losses(lg, dl, labels, targets)
     dfeats, grads = head_backward(dlg, ddl, cache)

@@ -32,7 +32,9 @@ def naive_conv2d(x, w, b, s, p):
     for i in range(ho):
         for j in range(wo):
             patch = xp[:, :, i * s : i * s + kh, j * s : j * s + kw]
-            out[:, :, i, j] = np.tensordot(patch, w.astype(np.float64), axes=([1, 2, 3], [1, 2, 3])) + b
+            out[:, :, i, j] = (
+                np.tensordot(patch, w.astype(np.float64), axes=([1, 2, 3], [1, 2, 3])) + b
+            )
     return out
 
 
@@ -103,7 +105,9 @@ def test_col2im_is_the_adjoint_of_im2col(g, seed):
     x = rng.standard_normal(shape)
     cols = layers.im2col(x, k, s, p)
     c = rng.standard_normal(cols.shape)
-    assert np.isclose((cols * c).sum(), (x * layers.col2im(c, shape, k, s, p)).sum(), rtol=1e-10, atol=1e-10)
+    assert np.isclose(
+        (cols * c).sum(), (x * layers.col2im(c, shape, k, s, p)).sum(), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_im2col_layout_is_documented_one():
@@ -118,17 +122,27 @@ def test_im2col_layout_is_documented_one():
 # ----------------------------------------------------------------------------- conv2d
 
 
-@pytest.mark.parametrize("s,p,k", [(1, 0, 3), (1, 1, 3), (2, 1, 3), (3, 2, 2), (1, 0, 1), (2, 0, 5)])
+@pytest.mark.parametrize(
+    "s,p,k", [(1, 0, 3), (1, 1, 3), (2, 1, 3), (3, 2, 2), (1, 0, 1), (2, 0, 5)]
+)
 def test_conv2d_reference_matches_naive_loops(s, p, k):
     rng = rng_for(0)
-    x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, k, k)), rng.standard_normal(4)
+    x, w, b = (
+        rng.standard_normal((2, 3, 7, 6)),
+        rng.standard_normal((4, 3, k, k)),
+        rng.standard_normal(4),
+    )
     out, _ = layers.conv2d_forward(x, w, b, s, p, backend="numpy")
     np.testing.assert_allclose(out, naive_conv2d(x, w, b, s, p), rtol=1e-12, atol=1e-12)
 
 
 def test_conv2d_rectangular_stride_and_padding():
     rng = rng_for(1)
-    x, w, b = rng.standard_normal((1, 2, 6, 7)), rng.standard_normal((3, 2, 3, 2)), rng.standard_normal(3)
+    x, w, b = (
+        rng.standard_normal((1, 2, 6, 7)),
+        rng.standard_normal((3, 2, 3, 2)),
+        rng.standard_normal(3),
+    )
     out, _ = layers.conv2d_forward(x, w, b, stride=(2, 1), padding=(0, 1), backend="numpy")
     xp = np.pad(x, ((0, 0), (0, 0), (0, 0), (1, 1)))
     assert out.shape == (1, 3, 2, 8)
@@ -167,7 +181,9 @@ def test_conv2d_same_bits_twice():
 
 
 def test_conv2d_empty_batch():
-    out, c = layers.conv2d_forward(np.zeros((0, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="numba")
+    out, c = layers.conv2d_forward(
+        np.zeros((0, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="numba"
+    )
     assert out.shape == (0, 3, 3, 3)
     dx, dw, db = layers.conv2d_backward(out, c)
     assert dx.shape == (0, 2, 5, 5) and not dw.any() and not db.any()
@@ -177,7 +193,11 @@ def test_conv2d_empty_batch():
 @pytest.mark.parametrize("s,p", [(1, 0), (1, 1), (2, 1), (2, 0)])
 def test_conv2d_gradcheck(backend, s, p):
     rng = rng_for(4)
-    x, w, b = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    x, w, b = (
+        rng.standard_normal((2, 2, 5, 4)),
+        rng.standard_normal((3, 2, 3, 3)),
+        rng.standard_normal(3),
+    )
     fwd = lambda x, w, b: layers.conv2d_forward(x, w, b, s, p, backend=backend)  # noqa: E731
     assert check_layer(fwd, layers.conv2d_backward, [x, w, b]) < 1e-7
 
@@ -202,7 +222,12 @@ def test_relu_gradcheck():
 # ----------------------------------------------------------------------------- max pool
 
 pool_geometry = st.tuples(
-    st.integers(0, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7), st.integers(1, 3), st.integers(1, 3)
+    st.integers(0, 2),
+    st.integers(1, 3),
+    st.integers(1, 7),
+    st.integers(1, 7),
+    st.integers(1, 3),
+    st.integers(1, 3),
 ).filter(lambda g: g[2] >= g[4] and g[3] >= g[4])
 
 
@@ -221,23 +246,31 @@ def test_max_pool_first_max_wins_on_ties():
     for backend in BACKENDS:
         out, c = layers.max_pool2d_forward(x, 2, backend=backend)
         assert out[0, 0, 0, 0] == 5 and c.argmax[0, 0, 0, 0] == 0
-        np.testing.assert_array_equal(layers.max_pool2d_backward(np.ones((1, 1, 1, 1)), c)[0, 0], [[1, 0], [0, 0]])
+        np.testing.assert_array_equal(
+            layers.max_pool2d_backward(np.ones((1, 1, 1, 1)), c)[0, 0], [[1, 0], [0, 0]]
+        )
 
 
 @pytest.mark.parametrize("backend", ["numba", "cuda"])
-@given(g=pool_geometry, dtype=st.sampled_from(DTYPES), ties=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    g=pool_geometry, dtype=st.sampled_from(DTYPES), ties=st.booleans(), seed=st.integers(0, 2**16)
+)
 @settings(max_examples=25)
 def test_max_pool_kernels_match_reference_bit_for_bit(backend, g, dtype, ties, seed):
     n, c, h, w, k, s = g
     rng = rng_for(seed)
-    x = (rng.integers(-2, 2, (n, c, h, w)) if ties else rng.standard_normal((n, c, h, w))).astype(dtype)
+    x = (rng.integers(-2, 2, (n, c, h, w)) if ties else rng.standard_normal((n, c, h, w))).astype(
+        dtype
+    )
     ref, rc = layers.max_pool2d_forward(x, k, s, backend="numpy")
     out, fc = layers.max_pool2d_forward(x, k, s, backend=backend)
     assert out.dtype == dtype and fc.argmax.dtype == np.int64
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(fc.argmax, rc.argmax)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    np.testing.assert_array_equal(layers.max_pool2d_backward(dout, fc), layers.max_pool2d_backward(dout, rc))
+    np.testing.assert_array_equal(
+        layers.max_pool2d_backward(dout, fc), layers.max_pool2d_backward(dout, rc)
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -294,7 +327,10 @@ def test_dropout_mask_from_generator_and_scaling():
 
 def test_dropout_inactive_and_extremes():
     x = rng_for(10).standard_normal((3, 4))
-    for out, c in [layers.dropout_forward(x, 0.5, None, train=False), layers.dropout_forward(x, 0.0, None)]:
+    for out, c in [
+        layers.dropout_forward(x, 0.5, None, train=False),
+        layers.dropout_forward(x, 0.0, None),
+    ]:
         np.testing.assert_array_equal(out, x)
         np.testing.assert_array_equal(layers.dropout_backward(x, c), x)
     out, c = layers.dropout_forward(x, 1.0, np.random.default_rng(0))
@@ -322,15 +358,21 @@ def test_batchnorm_train_normalises_and_updates_running_stats():
     out, _ = layers.batchnorm2d_forward(x, gamma, beta, rm, rv, train=True, momentum=0.1)
     xhat = (out - beta[None, :, None, None]) / gamma[None, :, None, None]
     np.testing.assert_allclose(xhat.mean(axis=(0, 2, 3)), 0, atol=1e-12)
-    np.testing.assert_allclose(xhat.var(axis=(0, 2, 3)), 1 / (1 + 1e-5 / x.var(axis=(0, 2, 3))), rtol=1e-9)
+    np.testing.assert_allclose(
+        xhat.var(axis=(0, 2, 3)), 1 / (1 + 1e-5 / x.var(axis=(0, 2, 3))), rtol=1e-9
+    )
     np.testing.assert_allclose(rm, 0.1 * x.mean(axis=(0, 2, 3)), rtol=1e-12)
-    np.testing.assert_allclose(rv, 0.9 + 0.1 * x.var(axis=(0, 2, 3), ddof=1), rtol=1e-12)  # unbiased
+    np.testing.assert_allclose(
+        rv, 0.9 + 0.1 * x.var(axis=(0, 2, 3), ddof=1), rtol=1e-12
+    )  # unbiased
 
 
 def test_batchnorm_eval_uses_running_stats():
     x = rng_for(13).standard_normal((2, 2, 3, 3))
     rm, rv = np.array([0.5, -1.0]), np.array([4.0, 0.25])
-    out, _ = layers.batchnorm2d_forward(x, np.ones(2), np.zeros(2), rm.copy(), rv.copy(), train=False)
+    out, _ = layers.batchnorm2d_forward(
+        x, np.ones(2), np.zeros(2), rm.copy(), rv.copy(), train=False
+    )
     want = (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
     np.testing.assert_allclose(out, want, rtol=1e-12)
 
@@ -338,7 +380,11 @@ def test_batchnorm_eval_uses_running_stats():
 @pytest.mark.parametrize("train", [True, False])
 def test_batchnorm_gradcheck(train):
     rng = rng_for(14)
-    x, gamma, beta = rng.standard_normal((3, 2, 3, 4)), rng.standard_normal(2) + 1, rng.standard_normal(2)
+    x, gamma, beta = (
+        rng.standard_normal((3, 2, 3, 4)),
+        rng.standard_normal(2) + 1,
+        rng.standard_normal(2),
+    )
     rv = rng.random(2) + 0.5
 
     def fwd(x, g, b):
@@ -349,7 +395,9 @@ def test_batchnorm_gradcheck(train):
 
 def test_batchnorm_needs_two_values_per_channel():
     with pytest.raises(ValueError, match="x"):
-        layers.batchnorm2d_forward(np.ones((1, 2, 1, 1)), np.ones(2), np.zeros(2), np.zeros(2), np.ones(2))
+        layers.batchnorm2d_forward(
+            np.ones((1, 2, 1, 1)), np.ones(2), np.zeros(2), np.zeros(2), np.ones(2)
+        )
 
 
 # ----------------------------------------------------------------------------- checks
@@ -367,20 +415,86 @@ def test_gradcheck_catches_a_wrong_backward():
 @pytest.mark.parametrize(
     "call, exc, name",
     [
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5)), np.ones((3, 2, 3, 3)), np.zeros(3)), ValueError, "x"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 1, 3, 3)), np.zeros(3)), ValueError, "w"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(4)), ValueError, "b"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3), np.float32), np.zeros(3)), TypeError, "w"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5), int), np.ones((3, 2, 3, 3)), np.zeros(3)), TypeError, "x"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), stride=0), ValueError, "stride"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), padding=-1), ValueError, "padding"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), stride=1.5), TypeError, "stride"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 2, 2)), np.ones((3, 2, 3, 3)), np.zeros(3)), ValueError, "x"),
-        (lambda: layers.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="tpu"), ValueError, "backend"),
+        (
+            lambda: layers.conv2d_forward(np.ones((1, 2, 5)), np.ones((3, 2, 3, 3)), np.zeros(3)),
+            ValueError,
+            "x",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 1, 3, 3)), np.zeros(3)
+            ),
+            ValueError,
+            "w",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(4)
+            ),
+            ValueError,
+            "b",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3), np.float32), np.zeros(3)
+            ),
+            TypeError,
+            "w",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5), int), np.ones((3, 2, 3, 3)), np.zeros(3)
+            ),
+            TypeError,
+            "x",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), stride=0
+            ),
+            ValueError,
+            "stride",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), padding=-1
+            ),
+            ValueError,
+            "padding",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), stride=1.5
+            ),
+            TypeError,
+            "stride",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 2, 2)), np.ones((3, 2, 3, 3)), np.zeros(3)
+            ),
+            ValueError,
+            "x",
+        ),
+        (
+            lambda: layers.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="tpu"
+            ),
+            ValueError,
+            "backend",
+        ),
         (lambda: layers.max_pool2d_forward(np.ones((1, 1, 1, 1)), 2), ValueError, "x"),
         (lambda: layers.max_pool2d_forward(np.ones((1, 1, 4, 4)), 0), ValueError, "kernel_size"),
-        (lambda: layers.linear_forward(np.ones((2, 3)), np.ones((4, 5)), np.zeros(5)), ValueError, "w"),
-        (lambda: layers.linear_forward(np.ones((2, 3)), np.ones((3, 5)), np.zeros(4)), ValueError, "b"),
+        (
+            lambda: layers.linear_forward(np.ones((2, 3)), np.ones((4, 5)), np.zeros(5)),
+            ValueError,
+            "w",
+        ),
+        (
+            lambda: layers.linear_forward(np.ones((2, 3)), np.ones((3, 5)), np.zeros(4)),
+            ValueError,
+            "b",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(call, exc, name):

@@ -45,7 +45,12 @@ def test_cross_entropy_huge_logits_stay_finite():
     assert np.isclose(loss, 1e4) and np.all(np.isfinite(d))
 
 
-@given(seed=st.integers(0, 2**16), r=st.integers(1, 6), k=st.integers(2, 5), dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    seed=st.integers(0, 2**16),
+    r=st.integers(1, 6),
+    k=st.integers(2, 5),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_cross_entropy_gradient_is_softmax_minus_onehot(seed, r, k, dtype):
     rng = np.random.default_rng(seed)
     z = (rng.standard_normal((r, k)) * 3).astype(dtype)
@@ -65,12 +70,20 @@ def test_cross_entropy_gradient_is_softmax_minus_onehot(seed, r, k, dtype):
 def test_cross_entropy_gradcheck():
     rng = np.random.default_rng(1)
     labels = np.array([0, -1, 2, 1, 2])
-    assert check_loss(lambda z: losses.softmax_cross_entropy(z, labels), rng.standard_normal((5, 3))) < 1e-7
+    assert (
+        check_loss(lambda z: losses.softmax_cross_entropy(z, labels), rng.standard_normal((5, 3)))
+        < 1e-7
+    )
 
 
 @pytest.mark.parametrize(
     "labels, exc",
-    [(np.array([0, 3]), ValueError), (np.array([0, -2]), ValueError), (np.array([0.0, 1.0]), TypeError), (np.array([0]), ValueError)],
+    [
+        (np.array([0, 3]), ValueError),
+        (np.array([0, -2]), ValueError),
+        (np.array([0.0, 1.0]), TypeError),
+        (np.array([0]), ValueError),
+    ],
 )
 def test_cross_entropy_bad_labels(labels, exc):
     with pytest.raises(exc, match="labels"):

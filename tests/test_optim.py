@@ -65,7 +65,9 @@ def test_sgd_state_dict_round_trip_continues_identically():
     o2 = optim.SGD({"p": p2}, 0.1)
     for g in grads[:3]:
         o2.step({"p": g})
-    state = {k: np.asarray(v) for k, v in o2.state_dict().items()}  # as np.load would give them back
+    state = {
+        k: np.asarray(v) for k, v in o2.state_dict().items()
+    }  # as np.load would give them back
     assert set(state) == {"lr", "momentum", "weight_decay", "buffer.p"}
     p3 = p2.copy()
     o3 = optim.SGD({"p": p3}, 99.0, momentum=0.0)
@@ -79,9 +81,13 @@ def test_sgd_state_dict_round_trip_continues_identically():
 def test_sgd_load_state_dict_rejects_mismatch():
     opt = optim.SGD({"p": np.ones(3)}, 0.1)
     with pytest.raises(ValueError, match="buffer"):
-        opt.load_state_dict({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "buffer.q": np.ones(3)})
+        opt.load_state_dict(
+            {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "buffer.q": np.ones(3)}
+        )
     with pytest.raises(ValueError, match="shape"):
-        opt.load_state_dict({"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "buffer.p": np.ones(2)})
+        opt.load_state_dict(
+            {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "buffer.p": np.ones(2)}
+        )
     with pytest.raises(ValueError, match="lr"):
         opt.load_state_dict({})
 
@@ -96,9 +102,21 @@ def test_sgd_bad_arguments():
 
 
 def test_lr_schedule_warmup_then_steps():
-    lrs = [optim.lr_at(s, 0.02, warmup_iters=5, warmup_factor=1 / 3, milestones=[7, 9], gamma=0.1) for s in range(11)]
-    want = [0.02 * (1 / 3 * (1 - s / 5) + s / 5) for s in range(5)] + [0.02, 0.02, 0.002, 0.002, 0.0002, 0.0002]
+    lrs = [
+        optim.lr_at(s, 0.02, warmup_iters=5, warmup_factor=1 / 3, milestones=[7, 9], gamma=0.1)
+        for s in range(11)
+    ]
+    want = [0.02 * (1 / 3 * (1 - s / 5) + s / 5) for s in range(5)] + [
+        0.02,
+        0.02,
+        0.002,
+        0.002,
+        0.0002,
+        0.0002,
+    ]
     np.testing.assert_allclose(lrs, want, rtol=1e-12)
-    assert optim.lr_at(0, 0.1) == 0.1 and optim.lr_at(100, 0.1, milestones=(100,)) == pytest.approx(0.01)
+    assert optim.lr_at(0, 0.1) == 0.1 and optim.lr_at(100, 0.1, milestones=(100,)) == pytest.approx(
+        0.01
+    )
     with pytest.raises(ValueError, match="step"):
         optim.lr_at(-1, 0.1)

@@ -54,7 +54,9 @@ def test_small_example_by_hand(backend):
 
 
 def test_c_round_is_half_away_from_zero_and_exact():
-    v = np.array([0.5, -0.5, 1.5, 2.5, -2.5, 0.49999997, -0.49999997, 2.0**23 + 1, 0.0, -0.0], np.float32)
+    v = np.array(
+        [0.5, -0.5, 1.5, 2.5, -2.5, 0.49999997, -0.49999997, 2.0**23 + 1, 0.0, -0.0], np.float32
+    )
     want = np.array([1, -1, 2, 3, -3, 0, 0, 2.0**23 + 1, 0, 0], np.float32)
     np.testing.assert_array_equal(c_round(v), want)
     assert c_round(v).dtype == np.float32
@@ -62,12 +64,15 @@ def test_c_round_is_half_away_from_zero_and_exact():
 
 
 @pytest.mark.parametrize("backend", ["numpy", *FAST])
-@pytest.mark.parametrize("x1, expected", [
-    (8.0, [[260, 263], [452, 455]]),     # 8/16 = 0.5 rounds up to 1
-    (-8.0, [[130, 134], [386, 390]]),    # -0.5 rounds to -1 (away from zero), then clipped
-    (24.0, [[325, 328], [517, 520]]),    # 1.5 -> 2
-    (7.99, [[195, 199], [451, 455]]),    # just under the half -> 0
-])
+@pytest.mark.parametrize(
+    "x1, expected",
+    [
+        (8.0, [[260, 263], [452, 455]]),  # 8/16 = 0.5 rounds up to 1
+        (-8.0, [[130, 134], [386, 390]]),  # -0.5 rounds to -1 (away from zero), then clipped
+        (24.0, [[325, 328], [517, 520]]),  # 1.5 -> 2
+        (7.99, [[195, 199], [451, 455]]),  # just under the half -> 0
+    ],
+)
 def test_half_way_rounding_matches_torchvision(backend, x1, expected):
     x = np.arange(64 * 64, dtype=np.float32).reshape(1, 1, 64, 64)
     rois = np.array([[0, x1, x1, x1 + 100, x1 + 100]], np.float32)
@@ -135,7 +140,9 @@ def test_ties_first_maximum_wins(backend):
     x[0, 0, 1, 1] = x[0, 0, 1, 0] = x[0, 0, 0, 2] = 3  # bin (0, 0) = rows 0-1, columns 0-2
     out, argmax = roi_pool(x, np.array([[0, 0, 0, 5, 3]], np.float32), 2, backend=backend)
     assert argmax[0, 0, 0, 0] == 2  # row-major scan: (0, 2) comes before (1, 0) and (1, 1)
-    np.testing.assert_array_equal(argmax[0, 0], [[2, 3], [12, 15]])  # all-zero bins: their first cell
+    np.testing.assert_array_equal(
+        argmax[0, 0], [[2, 3], [12, 15]]
+    )  # all-zero bins: their first cell
     np.testing.assert_array_equal(out[0, 0], [[3, 0], [0, 0]])
 
 
@@ -170,18 +177,29 @@ def roi_cases(draw, max_side=8, max_rois=5, max_channels=3, max_bins=4):
     """Small maps with ties, NaN, +-inf and -FLT_MAX; RoIs on half-pixel edges, off the map, empty."""
     dtype = draw(st.sampled_from(FLOATS))
     n = draw(st.integers(1, 2))
-    shape = (n, draw(st.integers(1, max_channels)), draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+    shape = (
+        n,
+        draw(st.integers(1, max_channels)),
+        draw(st.integers(1, max_side)),
+        draw(st.integers(1, max_side)),
+    )
     special = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, np.nan, -np.inf, np.inf, LOWEST])
     elements = st.one_of(special, st.integers(-2, 2).map(float), st.floats(-10, 10, width=32))
     features = draw(hnp.arrays(dtype, shape, elements=elements))
     scale = draw(st.sampled_from([1.0, 0.5, 0.25, 1 / 16, 0.7]))
     side = max(shape[2:])
     coord = st.one_of(
-        st.integers(-6, 2 * side + 6).map(lambda k: k * 0.5 / scale),  # lands on .0 or .5 after scaling
+        st.integers(-6, 2 * side + 6).map(
+            lambda k: k * 0.5 / scale
+        ),  # lands on .0 or .5 after scaling
         st.floats(-math.ceil(3 / scale), math.ceil((side + 3) / scale), width=32),
     )
     r = draw(st.integers(0, max_rois))
-    rows = draw(st.lists(st.tuples(st.integers(0, n - 1), coord, coord, coord, coord), min_size=r, max_size=r))
+    rows = draw(
+        st.lists(
+            st.tuples(st.integers(0, n - 1), coord, coord, coord, coord), min_size=r, max_size=r
+        )
+    )
     rois = np.array(rows, dtype=dtype).reshape(r, 5)
     output_size = (draw(st.integers(1, max_bins)), draw(st.integers(1, max_bins)))
     return features, rois, output_size, scale
@@ -250,14 +268,20 @@ def test_backward_sums_shared_cells():
 def test_layer_gradient_matches_finite_differences(backend):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 2, 5, 6))  # continuous values: no ties, gaps >> eps
-    rois = np.array([[0, 0, 0, 9, 7], [1, 2, 1, 11, 9], [1, 4, 4, 4, 5], [0, -2, 3, 5, 13]], np.float64)
+    rois = np.array(
+        [[0, 0, 0, 9, 7], [1, 2, 1, 11, 9], [1, 4, 4, 4, 5], [0, -2, 3, 5, 13]], np.float64
+    )
     weights = rng.standard_normal((4, 2, 2, 3))
 
     def loss(features):
         return np.sum(roi_pool_reference(features, rois, (2, 3), 0.5)[0] * weights)
 
     out, cache = roi_pool_forward(x, rois, (2, 3), 0.5, backend=backend)
-    assert isinstance(cache, RoIPoolCache) and cache.backend == backend and cache.input_shape == x.shape
+    assert (
+        isinstance(cache, RoIPoolCache)
+        and cache.backend == backend
+        and cache.input_shape == x.shape
+    )
     dx = roi_pool_layer_backward(weights, cache)
     eps = 1e-6
     numeric = np.zeros_like(x)
@@ -294,34 +318,70 @@ def test_rois_are_cast_to_the_features_dtype():
         assert_same_bits(argmax, ref[1])
 
 
-@pytest.mark.parametrize("call, exc, name", [
-    (lambda x, r: roi_pool(x[0], r, 2), ValueError, "features"),
-    (lambda x, r: roi_pool(x.astype(np.int32), r, 2), TypeError, "features"),
-    (lambda x, r: roi_pool(x, r[:, :4], 2), ValueError, "rois"),
-    (lambda x, r: roi_pool(x, r.astype(np.int64), 2), TypeError, "rois"),
-    (lambda x, r: roi_pool(x, r + [[0.5, 0, 0, 0, 0]], 2), ValueError, "rois"),
-    (lambda x, r: roi_pool(x, r + [[2, 0, 0, 0, 0]], 2), ValueError, "rois"),
-    (lambda x, r: roi_pool(x, r - [[2, 0, 0, 0, 0]], 2), ValueError, "rois"),
-    (lambda x, r: roi_pool(x, r + [[0, np.nan, 0, 0, 0]], 2), ValueError, "rois"),
-    (lambda x, r: roi_pool(x, r + [[0, 1e9, 0, 0, 0]], 2), ValueError, "rois"),
-    (lambda x, r: roi_pool(x, r, 0), ValueError, "output_size"),
-    (lambda x, r: roi_pool(x, r, (2, 2, 2)), ValueError, "output_size"),
-    (lambda x, r: roi_pool(x, r, 1.5), TypeError, "output_size"),
-    (lambda x, r: roi_pool(x, r, 2, 0.0), ValueError, "spatial_scale"),
-    (lambda x, r: roi_pool(x, r, 2, backend="tpu"), ValueError, "backend"),
-    (lambda x, r: roi_pool_backward(np.ones((1, 3, 2, 2), np.float32), r, np.zeros((1, 3, 2, 2), np.int64),
-                                    (2, 2, 4, 4)), ValueError, "grad_out"),
-    (lambda x, r: roi_pool_backward(np.ones((1, 2, 2, 2), np.float32), r, np.zeros((1, 2, 2, 3), np.int64),
-                                    x.shape), ValueError, "argmax"),
-    (lambda x, r: roi_pool_backward(np.ones((1, 2, 2, 2), np.float32), r, np.zeros((1, 2, 2, 2)),
-                                    x.shape), TypeError, "argmax"),
-    (lambda x, r: roi_pool_backward(np.ones((1, 2, 2, 2), np.float32), r, np.full((1, 2, 2, 2), 16),
-                                    x.shape), ValueError, "argmax"),
-    (lambda x, r: roi_pool_backward(np.ones((1, 2, 2, 2), np.float32), r, np.zeros((1, 2, 2, 2), np.int64),
-                                    (2, 2, 4)), ValueError, "input_shape"),
-    (lambda x, r: roi_pool_backward(np.ones((1, 2, 2, 2), np.float32), np.zeros((2, 5), np.float32),
-                                    np.zeros((1, 2, 2, 2), np.int64), x.shape), ValueError, "rois"),
-])
+@pytest.mark.parametrize(
+    "call, exc, name",
+    [
+        (lambda x, r: roi_pool(x[0], r, 2), ValueError, "features"),
+        (lambda x, r: roi_pool(x.astype(np.int32), r, 2), TypeError, "features"),
+        (lambda x, r: roi_pool(x, r[:, :4], 2), ValueError, "rois"),
+        (lambda x, r: roi_pool(x, r.astype(np.int64), 2), TypeError, "rois"),
+        (lambda x, r: roi_pool(x, r + [[0.5, 0, 0, 0, 0]], 2), ValueError, "rois"),
+        (lambda x, r: roi_pool(x, r + [[2, 0, 0, 0, 0]], 2), ValueError, "rois"),
+        (lambda x, r: roi_pool(x, r - [[2, 0, 0, 0, 0]], 2), ValueError, "rois"),
+        (lambda x, r: roi_pool(x, r + [[0, np.nan, 0, 0, 0]], 2), ValueError, "rois"),
+        (lambda x, r: roi_pool(x, r + [[0, 1e9, 0, 0, 0]], 2), ValueError, "rois"),
+        (lambda x, r: roi_pool(x, r, 0), ValueError, "output_size"),
+        (lambda x, r: roi_pool(x, r, (2, 2, 2)), ValueError, "output_size"),
+        (lambda x, r: roi_pool(x, r, 1.5), TypeError, "output_size"),
+        (lambda x, r: roi_pool(x, r, 2, 0.0), ValueError, "spatial_scale"),
+        (lambda x, r: roi_pool(x, r, 2, backend="tpu"), ValueError, "backend"),
+        (
+            lambda x, r: roi_pool_backward(
+                np.ones((1, 3, 2, 2), np.float32), r, np.zeros((1, 3, 2, 2), np.int64), (2, 2, 4, 4)
+            ),
+            ValueError,
+            "grad_out",
+        ),
+        (
+            lambda x, r: roi_pool_backward(
+                np.ones((1, 2, 2, 2), np.float32), r, np.zeros((1, 2, 2, 3), np.int64), x.shape
+            ),
+            ValueError,
+            "argmax",
+        ),
+        (
+            lambda x, r: roi_pool_backward(
+                np.ones((1, 2, 2, 2), np.float32), r, np.zeros((1, 2, 2, 2)), x.shape
+            ),
+            TypeError,
+            "argmax",
+        ),
+        (
+            lambda x, r: roi_pool_backward(
+                np.ones((1, 2, 2, 2), np.float32), r, np.full((1, 2, 2, 2), 16), x.shape
+            ),
+            ValueError,
+            "argmax",
+        ),
+        (
+            lambda x, r: roi_pool_backward(
+                np.ones((1, 2, 2, 2), np.float32), r, np.zeros((1, 2, 2, 2), np.int64), (2, 2, 4)
+            ),
+            ValueError,
+            "input_shape",
+        ),
+        (
+            lambda x, r: roi_pool_backward(
+                np.ones((1, 2, 2, 2), np.float32),
+                np.zeros((2, 5), np.float32),
+                np.zeros((1, 2, 2, 2), np.int64),
+                x.shape,
+            ),
+            ValueError,
+            "rois",
+        ),
+    ],
+)
 def test_bad_arguments_are_named(call, exc, name):
     x = np.ones((2, 2, 4, 4), np.float32)
     rois = np.array([[1, 0, 0, 2, 2]], np.float32)
@@ -336,11 +396,18 @@ def test_bad_arguments_are_named(call, exc, name):
 def test_cuda_c_source_compiles(tmp_path):
     result = subprocess.run(
         ["nvcc", "-ptx", str(kernels.CU_SOURCE), "-o", str(tmp_path / "roi_pool.ptx")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     ptx = (tmp_path / "roi_pool.ptx").read_text()
-    for name in ("roi_pool_forward_f32", "roi_pool_forward_f64", "roi_pool_backward_f32", "roi_pool_backward_f64"):
+    for name in (
+        "roi_pool_forward_f32",
+        "roi_pool_forward_f64",
+        "roi_pool_backward_f32",
+        "roi_pool_backward_f64",
+    ):
         assert name in ptx
 
 

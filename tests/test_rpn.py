@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from minirccn.gradcheck import numerical_grad, rel_error
-from minirccn.rpn import _from_anchor_order, _to_anchor_order, init_rpn, rpn_backward, rpn_forward, rpn_losses
+from minirccn.rpn import (
+    _from_anchor_order,
+    _to_anchor_order,
+    init_rpn,
+    rpn_backward,
+    rpn_forward,
+    rpn_losses,
+)
 
 
 def test_anchor_order_matches_loops():
@@ -22,8 +29,10 @@ def test_anchor_order_matches_loops():
 
 def _setup(dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
-    params = {k: (v * 30 if k.endswith(".w") else v + rng.normal(size=v.shape) * 0.1).astype(dtype)
-              for k, v in init_rpn(3, 4, 2, rng, dtype).items()}
+    params = {
+        k: (v * 30 if k.endswith(".w") else v + rng.normal(size=v.shape) * 0.1).astype(dtype)
+        for k, v in init_rpn(3, 4, 2, rng, dtype).items()
+    }
     x = rng.normal(size=(2, 3, 3, 4)).astype(dtype)
     m = 3 * 4 * 2
     labels = rng.integers(-1, 2, size=(2, m))
@@ -45,7 +54,7 @@ def test_losses_normalisation():
     targets = np.zeros((1, 4, 4))
     lo, lb, dlo, dd = rpn_losses(logits, deltas, labels, targets, beta=1 / 9)
     assert lo == pytest.approx(np.log(2))
-    assert lb == pytest.approx((1 - 0.5 / 9) / 3)          # one positive delta of 1, 3 samples
+    assert lb == pytest.approx((1 - 0.5 / 9) / 3)  # one positive delta of 1, 3 samples
     assert np.all(dd[0, 2] == 0) and np.all(dlo[0, 2] == 0)  # the ignored anchor
     lo, lb, dlo, dd = rpn_losses(logits, deltas, -np.ones((1, 4), np.int64), targets)
     assert (lo, lb) == (0.0, 0.0) and not dlo.any() and not dd.any()

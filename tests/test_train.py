@@ -11,30 +11,46 @@ from minirccn.cli import main
 from minirccn.config import preset
 from minirccn.data import ShapesConfig, load_dataset
 
-SHAPES = ShapesConfig(image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2,
-                      test_size=3)
+SHAPES = ShapesConfig(
+    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
+)
 
 
 def tiny(**kw):
-    base = dict(backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)), min_size=64, max_size=64,
-                anchor_sizes=(8, 16, 32), rpn_channels=8, representation_size=16, roi_output_size=3,
-                box_batch_size_per_image=16, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20,
-                rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, warmup_iters=2,
-                milestones=(3,), lr=0.01)
+    base = dict(
+        backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
+        min_size=64,
+        max_size=64,
+        anchor_sizes=(8, 16, 32),
+        rpn_channels=8,
+        representation_size=16,
+        roi_output_size=3,
+        box_batch_size_per_image=16,
+        rpn_pre_nms_top_n_train=50,
+        rpn_post_nms_top_n_train=20,
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=20,
+        warmup_iters=2,
+        milestones=(3,),
+        lr=0.01,
+    )
     base.update(kw)
     return preset("tiny", **base)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return (load_dataset("shapes", "train", shapes_config=SHAPES),
-            load_dataset("shapes", "test", shapes_config=SHAPES))
+    return (
+        load_dataset("shapes", "train", shapes_config=SHAPES),
+        load_dataset("shapes", "test", shapes_config=SHAPES),
+    )
 
 
 def run(cfg, data, out, **kw):
     kw.setdefault("eval_split", "")
-    return T.train(cfg, train_data=data[0], test_data=data[1], out=out, backend="numba",
-                   progress=False, **kw)
+    return T.train(
+        cfg, train_data=data[0], test_data=data[1], out=out, backend="numba", progress=False, **kw
+    )
 
 
 def test_outputs(data, tmp_path):
@@ -42,11 +58,28 @@ def test_outputs(data, tmp_path):
     for name in ("checkpoint.npz", "metrics.json", "loss_curve.png", "detections.png"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("map50", "map", "map75", "voc07_map50", "train_seconds", "eval_seconds", "iters",
-                "images_per_second", "backend", "preset", "seed", "final_losses"):
+    for key in (
+        "map50",
+        "map",
+        "map75",
+        "voc07_map50",
+        "train_seconds",
+        "eval_seconds",
+        "iters",
+        "images_per_second",
+        "backend",
+        "preset",
+        "seed",
+        "final_losses",
+    ):
         assert key in metrics, key
     assert metrics["iters"] == 3 and metrics["backend"] == "numba"
-    assert set(metrics["final_losses"]) >= {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert set(metrics["final_losses"]) >= {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+    }
     assert len(result["history"]["loss"]) == 3
     model, state = load_checkpoint(tmp_path / "checkpoint.npz")
     assert state["step"] == 3 and model.class_names == data[0].class_names
@@ -63,7 +96,9 @@ def test_resume_continues_bit_for_bit(data, tmp_path):
     assert other["history"]["loss"] != whole["history"]["loss"][:2]
 
 
-def test_divergence_stops_with_one_message_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
+def test_divergence_stops_with_one_message_and_keeps_the_last_checkpoint(
+    data, tmp_path, monkeypatch
+):
     real = T.detector_forward
     calls = {"n": 0}
 
@@ -92,7 +127,9 @@ def test_alternating_training_runs_all_four_steps(data, tmp_path):
 
 
 def test_lr_schedule():
-    cfg = preset("tiny", lr=0.1, warmup_iters=10, warmup_factor=0.001, milestones=(20, 30), gamma=0.1)
+    cfg = preset(
+        "tiny", lr=0.1, warmup_iters=10, warmup_factor=0.001, milestones=(20, 30), gamma=0.1
+    )
     assert T.lr_at(0, cfg) == pytest.approx(1e-4)
     assert T.lr_at(10, cfg) == pytest.approx(0.1)
     assert T.lr_at(25, cfg) == pytest.approx(0.01)
@@ -106,7 +143,9 @@ def test_batch_indices_visit_every_image_once_per_epoch():
 
 
 def test_cli_train_and_bad_flags(tmp_path, capsys):
-    rc = main(["train", "--out", str(tmp_path), "--iters", "2", "--eval-images", "2", "--no-progress"])
+    rc = main(
+        ["train", "--out", str(tmp_path), "--iters", "2", "--eval-images", "2", "--no-progress"]
+    )
     assert rc == 0
     assert (tmp_path / "checkpoint.npz").is_file() and (tmp_path / "metrics.json").is_file()
     assert "map50" in capsys.readouterr().out
@@ -120,18 +159,30 @@ def test_cli_train_and_bad_flags(tmp_path, capsys):
 def test_cuda_backend_step_and_predict_match_numba(data):
     """The same detector code on the cuda backend (Numba-CUDA kernels; the simulator here)
     gives the numba backend's losses, gradients' effect and detections."""
-    cfg = tiny(backbone_stages=((4, 1, True), (4, 1, True)), min_size=32, max_size=32,
-               anchor_sizes=(8, 16), aspect_ratios=(1.0,), rpn_channels=4, representation_size=8,
-               roi_output_size=2, box_batch_size_per_image=4, rpn_batch_size_per_image=16,
-               rpn_pre_nms_top_n_train=20, rpn_post_nms_top_n_train=6,
-               rpn_pre_nms_top_n_test=20, rpn_post_nms_top_n_test=6)
+    cfg = tiny(
+        backbone_stages=((4, 1, True), (4, 1, True)),
+        min_size=32,
+        max_size=32,
+        anchor_sizes=(8, 16),
+        aspect_ratios=(1.0,),
+        rpn_channels=4,
+        representation_size=8,
+        roi_output_size=2,
+        box_batch_size_per_image=4,
+        rpn_batch_size_per_image=16,
+        rpn_pre_nms_top_n_train=20,
+        rpn_post_nms_top_n_train=6,
+        rpn_pre_nms_top_n_test=20,
+        rpn_post_nms_top_n_test=6,
+    )
     results = {}
     for backend in ("numba", "cuda"):
         model = T.FasterRCNN(cfg, data[0].class_names, rng=np.random.default_rng(0)).to(backend)
         opt = T._make_optimizer(model, cfg, ("backbone.", "rpn.", "head."))
         batch = T.load_batch(data[0], [0], cfg, None, backend)
-        losses = T.train_step(model, opt, batch, np.random.default_rng(1), cfg.warmup_iters,
-                              backend=backend)
+        losses = T.train_step(
+            model, opt, batch, np.random.default_rng(1), cfg.warmup_iters, backend=backend
+        )
         image = data[1][0]["image"]
         results[backend] = (losses, model.params, model.predict(image, backend=backend))
     (l1, p1, d1), (l2, p2, d2) = results["numba"], results["cuda"]
