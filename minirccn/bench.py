@@ -26,7 +26,7 @@ import platform
 import statistics
 import time
 import tracemalloc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -136,7 +136,6 @@ class Case:
     make: Callable[[np.random.Generator], dict]
     torch_run: Callable[[dict, str], Callable[[], object]] | None = None  # (inputs, device) -> fn()
     skip_numpy: bool = False  # the reference is too slow at this size
-    tags: tuple = field(default_factory=tuple)
 
 
 def _on(backend: str, arrays: dict) -> dict:
@@ -162,7 +161,7 @@ def _case_box_iou(n: int) -> Case:
         a, b = (torch.from_numpy(x[k]).to(dev) for k in ("a", "b"))
         return lambda: torchvision.ops.box_iou(a, b)
 
-    return Case("box_iou", f"{n}x{n}", run, make, torch_run, tags=("ops",))
+    return Case("box_iou", f"{n}x{n}", run, make, torch_run)
 
 
 def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
@@ -189,7 +188,6 @@ def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
         make,
         torch_run,
         skip_numpy=n > 20000,
-        tags=("ops",) if not sweep else ("sweep",),
     )
 
 
@@ -227,9 +225,7 @@ def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Ca
 
         return fn
 
-    return Case(
-        "roi_pool fwd+bwd", f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16", run, make, torch_run, tags=("ops",)
-    )
+    return Case("roi_pool fwd+bwd", f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16", run, make, torch_run)
 
 
 def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
@@ -273,7 +269,6 @@ def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
         run,
         make,
         torch_run,
-        tags=("layers",),
     )
 
 
@@ -306,9 +301,7 @@ def _case_max_pool(n=2, c=128, hw=64) -> Case:
 
         return fn
 
-    return Case(
-        "max_pool2d fwd+bwd", f"{n}x{c}x{hw}x{hw}, 2x2/2", run, make, torch_run, tags=("layers",)
-    )
+    return Case("max_pool2d fwd+bwd", f"{n}x{c}x{hw}x{hw}, 2x2/2", run, make, torch_run)
 
 
 def torchvision_faster_rcnn(config, num_classes: int):

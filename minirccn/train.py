@@ -603,6 +603,6 @@ def bench_cases(quick: bool = False) -> list:
         return lambda: model.predict(image, backend=backend)
 
     return [
-        Case("train step (tiny)", "1x3x128x128", run_step, make, tags=("train",)),
-        Case("predict (tiny)", "128x128", run_detect, make, tags=("train",)),
+        Case("train step (tiny)", "1x3x128x128", run_step, make),
+        Case("predict (tiny)", "128x128", run_detect, make),
     ]
