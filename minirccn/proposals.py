@@ -47,8 +47,7 @@ def top_n(scores, n: int):
         ``(min(n, M),)`` int64 indices.
     """
     xp = get_array_module(scores)
-    # NumPy needs kind="stable" for ties; CuPy's sort is always stable (and takes no kind)
-    order = xp.argsort(-scores, kind="stable") if xp.__name__ == "numpy" else xp.argsort(-scores)
+    order = xp.argsort(-scores, kind="stable")  # NumPy and CuPy alike: ties keep index order
     return order[:n].astype(xp.int64)
 
 

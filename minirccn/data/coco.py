@@ -35,11 +35,18 @@ from .common import (
 )
 
 
-def default_image_dir(annotation_file: str) -> str:
-    """``images/`` beside ``annotation_file`` if it exists, else the file's own folder."""
-    here = os.path.dirname(os.path.abspath(annotation_file))
-    sub = os.path.join(here, "images")
-    return sub if os.path.isdir(sub) else here
+def image_dir(annotation_file: str, images: str | None) -> str:
+    """The image folder of ``annotation_file``: ``images`` if given, else ``images/`` beside
+    the file if it exists, else the file's own folder; ``MinirccnError`` if it is missing."""
+    if images is not None:
+        folder = os.fspath(images)
+    else:
+        here = os.path.dirname(os.path.abspath(annotation_file))
+        sub = os.path.join(here, "images")
+        folder = sub if os.path.isdir(sub) else here
+    if not os.path.isdir(folder):
+        raise MinirccnError(f"{folder}: image folder not found")
+    return folder
 
 
 def _load_json(path: str) -> dict:
@@ -78,9 +85,7 @@ class COCODataset(DetectionDataset):
     def __init__(self, path: str, split: str = "train", images: str | None = None):
         self.path = os.fspath(path)
         data = _load_json(self.path)
-        image_dir = os.fspath(images) if images is not None else default_image_dir(self.path)
-        if not os.path.isdir(image_dir):
-            raise MinirccnError(f"{image_dir}: image folder not found")
+        image_folder = image_dir(self.path, images)
 
         categories = {}
         for k, cat in enumerate(data["categories"]):
@@ -136,7 +141,7 @@ class COCODataset(DetectionDataset):
             ) from None
         self._records = []
         for iid in ids:
-            image_path = os.path.join(image_dir, files[iid])
+            image_path = os.path.join(image_folder, files[iid])
             if not os.path.isfile(image_path):
                 raise MinirccnError(
                     f"{image_path}: image file not found (image id {iid!r} in {self.path})"

@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from ..errors import MinirccnError
-from .coco import default_image_dir
+from .coco import image_dir
 from .common import (
     BACKGROUND,
     IMAGE_EXTENSIONS,
@@ -69,10 +69,10 @@ def _read_rows(path: str):
     return rows
 
 
-def find_image(image_dir: str, image_id: str) -> str | None:
-    """Path of ``<image_dir>/<image_id>.<ext>`` for the first extension that exists, else None."""
+def find_image(folder: str, image_id: str) -> str | None:
+    """Path of ``<folder>/<image_id>.<ext>`` for the first extension that exists, else None."""
     for ext in IMAGE_EXTENSIONS:
-        candidate = os.path.join(image_dir, image_id + ext)
+        candidate = os.path.join(folder, image_id + ext)
         if os.path.isfile(candidate):
             return candidate
     return None
@@ -89,9 +89,7 @@ class CSVDataset(DetectionDataset):
 
     def __init__(self, path: str, split: str = "train", images: str | None = None):
         self.path = os.fspath(path)
-        image_dir = os.fspath(images) if images is not None else default_image_dir(self.path)
-        if not os.path.isdir(image_dir):
-            raise MinirccnError(f"{image_dir}: image folder not found")
+        image_folder = image_dir(self.path, images)
         objects: dict[str, list] = {}
         for line, row in _read_rows(self.path):
             where = f"{self.path}: line {line}"
@@ -121,10 +119,10 @@ class CSVDataset(DetectionDataset):
         label_of = {name: k for k, name in enumerate(self.class_names)}
         self._records = []
         for image_id in partition(list(objects), split, self.path):
-            image_path = find_image(image_dir, image_id)
+            image_path = find_image(image_folder, image_id)
             if image_path is None:
                 raise MinirccnError(
-                    f"{os.path.join(image_dir, image_id)}.jpg: image file not found "
+                    f"{os.path.join(image_folder, image_id)}.jpg: image file not found "
                     f"(also tried {', '.join(IMAGE_EXTENSIONS[1:4])}; ImageID in {self.path})"
                 )
             obj = objects[image_id]
