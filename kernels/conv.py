@@ -1,6 +1,6 @@
 """Fast im2col / col2im for conv2d: Numba on the CPU, Numba-CUDA on the GPU.
 
-The specification is :func:`minirccn.layers.im2col` / :func:`minirccn.layers.col2im`
+The specification is :func:`minirccn.nn.layers.im2col` / :func:`minirccn.nn.layers.col2im`
 (plain NumPy, a loop over the ``kh * kw`` kernel offsets). The kernels here
 compute exactly the same numbers, element by element, in the same order.
 

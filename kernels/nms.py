@@ -1,9 +1,9 @@
 """Greedy non-maximum suppression kernels: Numba CPU, Numba-CUDA and CUDA C.
 
-The specification is :func:`minirccn.nms.nms_reference`: walk the boxes by
+The specification is :func:`minirccn.ops.nms.nms_reference`: walk the boxes by
 decreasing score; keep a box unless a kept box before it overlaps it with
 ``IoU > threshold`` (IoU in the boxes' dtype, compared in float64). The caller
-(:mod:`minirccn.nms`) sorts the boxes and computes their areas with the
+(:mod:`minirccn.ops.nms`) sorts the boxes and computes their areas with the
 reference code, so every kernel here receives boxes **already in score order**
 and returns positions in that order.
 
@@ -51,7 +51,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .iou import iou_device_function, iou_pair
+from minirccn.kernels.boxes import iou_device_function, iou_pair
 
 #: boxes per mask word: one bit per box of a column block
 BLOCK = 64
@@ -75,7 +75,7 @@ def _suppress_overlaps(x1, y1, x2, y2, areas, i, hi, zero, threshold, suppressed
         suppressed: ``(N,)`` uint8 flags, updated in ``(i, hi)``.
 
     The later boxes are taken as slices so that ``j`` counts from 0 (as in
-    :func:`minirccn.kernels.iou.iou_row`): with no branch in the body, LLVM
+    :func:`minirccn.kernels.boxes.iou_row`): with no branch in the body, LLVM
     vectorises the loop, and that beats testing each box's flag to skip it.
     """
     rest = slice(i + 1, hi)

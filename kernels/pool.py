@@ -1,7 +1,7 @@
 """Fast 2-D max pooling, forward and backward: Numba on the CPU, Numba-CUDA on the GPU.
 
-The specification is :func:`minirccn.layers.max_pool2d_reference` and
-:func:`minirccn.layers.max_pool2d_backward_reference`: windows of ``kh x kw``
+The specification is :func:`minirccn.nn.layers.max_pool2d_reference` and
+:func:`minirccn.nn.layers.max_pool2d_backward_reference`: windows of ``kh x kw``
 every ``(sh, sw)`` pixels, no padding, floor mode (torch's defaults); within a
 window the *first* maximum in row-major order wins, and a NaN counts as the
 maximum (the first NaN wins), as ``numpy.argmax`` and torch do.

@@ -1,8 +1,8 @@
 """RoI max pooling kernels: Numba CPU, Numba-CUDA, and CUDA C (CuPy ``RawKernel``).
 
-The rule is specified by :func:`minirccn.roi_pool.roi_pool_reference`. Its bins
+The rule is specified by :func:`minirccn.ops.roi_pool.roi_pool_reference`. Its bins
 (projection, C rounding, floor/ceil, clipping) are computed once, vectorised, by
-:func:`minirccn.roi_pool.roi_bins` and handed to every kernel here, so the
+:func:`minirccn.ops.roi_pool.roi_bins` and handed to every kernel here, so the
 kernels hold only the two loops that are slow in Python:
 
 * forward: per output ``(r, c, i, j)``, scan the bin rows then columns starting
@@ -46,7 +46,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ..backend import get_array_module
+from minirccn.backend import get_array_module
 
 #: -FLT_MAX, where every max starts (torchvision uses it for float64 maps too).
 LOWEST = float(np.finfo(np.float32).min)

@@ -1,11 +1,12 @@
 """minirccn: Faster R-CNN written from scratch so that a reader can follow every number.
 
-Submodules are imported on first use (``minirccn.ops``, ``minirccn.layers``, ...)
+Submodules are imported on first use (``minirccn.ops``, ``minirccn.nn.layers``, ...)
 so that ``import minirccn`` is cheap and the CLI starts fast.
 """
 
 import importlib
 import os
+import sys
 
 # Numba's parallel kernels run on an OpenMP pool. By default its idle threads
 # spin; when the machine has other work (two cores, a test runner, a second
@@ -18,39 +19,60 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "anchor_targets",
-    "anchors",
-    "backbone",
     "backend",
     "bench",
-    "box_coder",
-    "boxes",
     "checkpoint",
     "cli",
     "config",
     "data",
+    "detector",
     "errors",
     "evaluation",
-    "gradcheck",
-    "head",
-    "init",
-    "layers",
-    "losses",
-    "model",
-    "nms",
+    "kernels",
+    "nn",
     "ops",
-    "optim",
     "predict",
-    "proposal_targets",
-    "proposals",
-    "roi_pool",
-    "rpn",
     "train",
     "viz",
 }
+
+#: the contract names of DESIGN.md that lived at the top level before the regrouping:
+#: ``from minirccn import layers`` and ``import minirccn.layers`` keep working
+ALIASES = {
+    "layers": "minirccn.nn.layers",
+    "losses": "minirccn.nn.losses",
+    "optim": "minirccn.nn.optim",
+    "anchors": "minirccn.detector.anchors",
+}
+
+
+class _AliasFinder:
+    """Import ``minirccn.<alias>`` as the module it now lives in (see :data:`ALIASES`)."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        prefix, _, leaf = fullname.partition(".")
+        if prefix != __name__ or leaf not in ALIASES:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _AliasFinder)
+
+    @staticmethod
+    def create_module(spec):
+        return importlib.import_module(ALIASES[spec.name.partition(".")[2]])
+
+    @staticmethod
+    def exec_module(module):
+        pass
+
+
+sys.meta_path.append(_AliasFinder)
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in ALIASES:
+        return importlib.import_module(ALIASES[name])
     raise AttributeError(f"module 'minirccn' has no attribute {name!r}")

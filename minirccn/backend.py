@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from .errors import BackendUnavailable
+from minirccn.errors import BackendUnavailable
 
 BACKENDS = ("numpy", "numba", "cuda")
 DEFAULT_BACKEND = "numba"

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import backend as B
+from minirccn import backend as B
 
 # --------------------------------------------------------------------------- timing
 
@@ -146,7 +146,7 @@ def _on(backend: str, arrays: dict) -> dict:
 
 
 def _case_box_iou(n: int) -> Case:
-    from . import ops
+    from minirccn import ops
 
     def make(rng):
         return {"a": random_boxes(rng, n), "b": random_boxes(rng, n)}
@@ -165,7 +165,7 @@ def _case_box_iou(n: int) -> Case:
 
 
 def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
-    from . import ops
+    from minirccn import ops
 
     def make(rng):
         boxes, scores = clustered_boxes(rng, n, clusters=max(n // 100, 10))
@@ -192,7 +192,7 @@ def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
 
 
 def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Case:
-    from .roi_pool import roi_pool, roi_pool_backward
+    from minirccn.ops.roi_pool import roi_pool, roi_pool_backward
 
     shape = (1, c, hw, hw)
 
@@ -229,7 +229,7 @@ def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Ca
 
 
 def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
-    from . import layers
+    from minirccn.nn import layers
 
     def make(rng):
         return {
@@ -273,7 +273,7 @@ def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
 
 
 def _case_max_pool(n=2, c=128, hw=64) -> Case:
-    from . import layers
+    from minirccn.nn import layers
 
     def make(rng):
         return {
@@ -319,7 +319,7 @@ def torchvision_faster_rcnn(config, num_classes: int):
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.rpn import AnchorGenerator
 
-    from .model import backbone_spec
+    from minirccn.detector.model import backbone_spec
 
     spec = backbone_spec(config)
     layers, c_in, stride = [], spec.in_channels, 1
@@ -373,7 +373,7 @@ def _torch_train_step(inputs: dict, device: str):
     """One SGD step of :func:`torchvision_faster_rcnn` on the case's image (tiny preset)."""
     import torch
 
-    from .config import preset
+    from minirccn.config import preset
 
     config = preset("tiny")
     data = inputs["data"]
@@ -403,7 +403,7 @@ def _torch_predict(inputs: dict, device: str):
     """One inference of :func:`torchvision_faster_rcnn` on the case's image."""
     import torch
 
-    from .config import preset
+    from minirccn.config import preset
 
     data = inputs["data"]
     model = torchvision_faster_rcnn(preset("tiny"), len(data.class_names)).to(device).eval()
@@ -439,7 +439,7 @@ def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
         sizes = (1000, 5000) if quick else (1000, 5000, 10000, 20000, 50000)
         cases += [_case_nms(n, sweep=True) for n in sizes]
     if "train" in groups:
-        from .train import bench_cases as train_cases  # the detector's own throughput cases
+        from minirccn.train import bench_cases as train_cases  # the detector's own throughput cases
 
         peers = {"train step (tiny)": _torch_train_step, "predict (tiny)": _torch_predict}
         for case in train_cases(quick=quick):

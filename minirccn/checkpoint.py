@@ -26,9 +26,9 @@ import zipfile
 
 import numpy as np
 
-from .backend import to_numpy
-from .config import FasterRCNNConfig
-from .errors import MinirccnError
+from minirccn.backend import to_numpy
+from minirccn.config import FasterRCNNConfig
+from minirccn.errors import MinirccnError
 
 FORMAT = "minirccn-checkpoint"
 VERSION = 1
@@ -66,7 +66,7 @@ def save_checkpoint(
 
     Args:
         path: target ``.npz`` file (its folder is created if missing).
-        model: a :class:`~minirccn.model.FasterRCNN`.
+        model: a :class:`~minirccn.detector.model.FasterRCNN`.
         optimizer_state: the optimiser's ``state_dict()`` (nested dicts of arrays
             and JSON scalars), or None.
         step: SGD steps done.
@@ -123,7 +123,7 @@ def load_checkpoint(path):
         path: the ``.npz`` file.
 
     Returns:
-        ``(model, state)``: a :class:`~minirccn.model.FasterRCNN` with host (NumPy)
+        ``(model, state)``: a :class:`~minirccn.detector.model.FasterRCNN` with host (NumPy)
         arrays, and a dict with ``step``, ``optimizer`` (state dict or None),
         ``rng_state`` (or None), ``extra``.
 
@@ -131,7 +131,7 @@ def load_checkpoint(path):
         MinirccnError: naming ``path`` if it is missing, corrupt, or not a
             compatible minirccn checkpoint.
     """
-    from .model import FasterRCNN, init_params
+    from minirccn.detector.model import FasterRCNN, init_params
 
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -25,8 +25,8 @@ import importlib
 import os
 import sys
 
-from . import __version__
-from .errors import MinirccnError
+from minirccn import __version__
+from minirccn.errors import MinirccnError
 
 # command -> (module, help, add_arguments name, run name)
 COMMANDS = {

@@ -29,7 +29,7 @@ class FasterRCNNConfig:
     """All hyper-parameters of the model and of its training (see the module docstring)."""
 
     # ---- backbone -------------------------------------------------------------
-    backbone: str = "tiny"  # backbone preset name (minirccn.backbone)
+    backbone: str = "tiny"  # backbone preset name (minirccn.detector.backbone)
     backbone_stages: tuple = ()  # optional custom stack: ((channels, convs, pool), ...)
     backbone_batch_norm: bool = True  # batch norm in a custom stack
 

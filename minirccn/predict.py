@@ -31,9 +31,9 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from .backend import BACKENDS, resolve, to_numpy
-from .errors import MinirccnError
-from .evaluation import evaluate
+from minirccn.backend import BACKENDS, resolve, to_numpy
+from minirccn.errors import MinirccnError
+from minirccn.evaluation import evaluate
 
 DEFAULT_SCORE_THRESH = 0.5
 
@@ -44,7 +44,7 @@ def _load_model(path: str):
     if not os.path.isfile(path):
         raise MinirccnError(f"{path}: checkpoint file not found")
     try:
-        from .checkpoint import load_checkpoint
+        from minirccn.checkpoint import load_checkpoint
     except ImportError as exc:  # the detector package is not installed in this tree
         raise MinirccnError(f"{path}: cannot load checkpoints here ({exc})") from None
     model, _state = load_checkpoint(path)
@@ -179,8 +179,8 @@ def _output_stems(paths: list) -> list:
 
 
 def run_detect(args) -> int:
-    from .data.common import read_image
-    from .viz import draw_detections
+    from minirccn.data.common import read_image
+    from minirccn.viz import draw_detections
 
     if not 0.0 <= args.score_thresh <= 1.0:
         raise MinirccnError(f"--score-thresh: expected a number in [0, 1], got {args.score_thresh}")
@@ -239,7 +239,7 @@ def add_arguments_eval(parser) -> None:
 
 
 def run_eval(args) -> int:
-    from .data import load_dataset
+    from minirccn.data import load_dataset
 
     if args.limit is not None and args.limit < 1:
         raise MinirccnError(f"--limit: expected a positive number of images, got {args.limit}")

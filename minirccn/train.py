@@ -74,13 +74,13 @@ import time
 
 import numpy as np
 
-from . import optim
-from .backend import array_module, resolve
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import PRESETS, preset
-from .data import load_dataset, transforms
-from .errors import MinirccnError
-from .model import LOSS_NAMES, FasterRCNN, clean_targets, detector_forward, model_backward
+from minirccn.nn import optim
+from minirccn.backend import array_module, resolve
+from minirccn.checkpoint import load_checkpoint, save_checkpoint
+from minirccn.config import PRESETS, preset
+from minirccn.data import load_dataset, transforms
+from minirccn.errors import MinirccnError
+from minirccn.detector.model import LOSS_NAMES, FasterRCNN, clean_targets, detector_forward, model_backward
 
 
 class TrainingDiverged(MinirccnError):
@@ -91,7 +91,7 @@ class TrainingDiverged(MinirccnError):
 
 
 def lr_at(step: int, config) -> float:
-    """Learning rate of SGD step ``step`` (0-based): :func:`minirccn.optim.lr_at` with the
+    """Learning rate of SGD step ``step`` (0-based): :func:`minirccn.nn.optim.lr_at` with the
     config's ``lr``, ``warmup_iters``, ``warmup_factor``, ``milestones`` and ``gamma``."""
     return optim.lr_at(
         step, config.lr, config.warmup_iters, config.warmup_factor, config.milestones, config.gamma
@@ -139,8 +139,8 @@ def load_batch(dataset, indices, config, rng: np.random.Generator | None, backen
             transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype)
         )
         targets.append({"boxes": boxes.astype(config.dtype), "labels": labels})
-    from .backbone import stride
-    from .model import backbone_spec
+    from minirccn.detector.backbone import stride
+    from minirccn.detector.model import backbone_spec
 
     batch, sizes = transforms.batch_images(xs, size_divisible=stride(backbone_spec(config)))
     return array_module(backend).asarray(batch), sizes, targets
@@ -312,7 +312,7 @@ def train(
             extra={"history": history, "seed": seed},
         )
     if eval_split and test_data is not None:
-        from .predict import evaluate_model
+        from minirccn.predict import evaluate_model
 
         t1 = time.perf_counter()
         result = evaluate_model(
@@ -381,7 +381,7 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
     """The paper's 4-step alternating training (module docstring); returns the final model."""
     from tqdm import tqdm
 
-    from .model import detect_proposals
+    from minirccn.detector.model import detect_proposals
 
     quarter = max(config.iters // 4, 1)
     # step 1: backbone + RPN
@@ -447,7 +447,7 @@ def stages_losses(stages) -> tuple:
 
 def _write_outputs(out, model, metrics, history, test_data, backend):
     """metrics.json, loss_curve.png and detections.png in ``out``."""
-    from . import viz
+    from minirccn import viz
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as fh:
@@ -572,7 +572,7 @@ def run(args) -> int:
 
 def bench_cases(quick: bool = False) -> list:
     """Cases for ``minirccn bench``: one training step and one inference of the tiny preset."""
-    from .bench import Case
+    from minirccn.bench import Case
 
     config = preset("tiny")
 

@@ -9,8 +9,8 @@ import pytest
 from minirccn import checkpoint as C
 from minirccn.config import preset
 from minirccn.errors import MinirccnError
-from minirccn.model import FasterRCNN
-from minirccn.optim import SGD
+from minirccn.detector.model import FasterRCNN
+from minirccn.nn.optim import SGD
 
 NAMES = ["__background__", "x", "y"]
 

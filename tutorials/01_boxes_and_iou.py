@@ -108,7 +108,7 @@ print("iou_loop:", iou_loop(a, b)[0, 0])
 # %% [markdown]
 # ## 4. The vectorised reference: `minirccn.ops.box_iou`
 #
-# `minirccn.boxes.box_iou_reference` computes all `N x M` pairs at once by
+# `minirccn.ops.boxes.box_iou_reference` computes all `N x M` pairs at once by
 # broadcasting `(N, 1, 2)` corners against `(1, M, 2)` corners. We check it on
 # random boxes plus the awkward cases: identical boxes, boxes touching along an
 # edge (IoU 0), a box inside another, zero-area boxes (union 0: IoU 0, where

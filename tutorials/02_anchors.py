@@ -9,7 +9,7 @@
 # questions the network answers.
 #
 # This tutorial builds anchors by hand, checks them against
-# `minirccn.anchors.generate_anchors` (which reproduces torchvision's
+# `minirccn.detector.anchors.generate_anchors` (which reproduces torchvision's
 # `AnchorGenerator` numbers), counts the 1764 anchors of the classic VGG16
 # set-up, and draws them on a `shapes` image.
 
@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import _common as T
-from minirccn import anchors, ops, viz
+from minirccn.detector import anchors
+from minirccn import ops, viz
 from minirccn.data import load_dataset
 
 # %% [markdown]
@@ -38,7 +39,7 @@ from minirccn.data import load_dataset
 
 # %%
 def base_anchors_loop(sizes, ratios):
-    """The base anchors, one at a time (teaching version of minirccn.anchors.base_anchors)."""
+    """The base anchors, one at a time (teaching version of minirccn.detector.anchors.base_anchors)."""
     rows = []
     for r in ratios:
         h_ratio = np.sqrt(np.float32(r))
@@ -55,7 +56,7 @@ ref = anchors.base_anchors(sizes, ratios)
 print("base anchors (x1, y1, x2, y2), width x height:")
 for row in ref:
     print(f"  {row}   {row[2] - row[0]:.0f} x {row[3] - row[1]:.0f}")
-T.check(np.array_equal(loop, ref), "naive loop == minirccn.anchors.base_anchors, exactly")
+T.check(np.array_equal(loop, ref), "naive loop == minirccn.detector.anchors.base_anchors, exactly")
 T.check(
     np.array_equal(anchors.base_anchors([5, 3], [1.0]), [[-2, -2, 2, 2], [-2, -2, 2, 2]]),
     "half-to-even: sizes 5 and 3 both round to 4-pixel squares",

@@ -23,7 +23,7 @@ GPU = T.use_cuda_simulator_without_gpu()  # before anything imports numba
 import numpy as np  # noqa: E402
 
 from minirccn import backend, ops, viz  # noqa: E402
-from minirccn.boxes import box_area_reference  # noqa: E402
+from minirccn.ops.boxes import box_area_reference  # noqa: E402
 from minirccn.data import load_dataset  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
 
@@ -64,7 +64,7 @@ print(f"{len(boxes)} boxes around {len(gt)} objects")
 
 # %%
 def nms_loop(boxes, scores, threshold, verbose=False):
-    """Greedy NMS, one kept box at a time (teaching version of minirccn.nms.nms_reference)."""
+    """Greedy NMS, one kept box at a time (teaching version of minirccn.ops.nms.nms_reference)."""
     remaining = list(np.argsort(-scores, kind="stable"))
     keep = []
     while remaining:

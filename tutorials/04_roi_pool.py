@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import _common as T
-from minirccn import gradcheck, ops
-from minirccn.roi_pool import LOWEST, c_round, roi_bins, roi_pool_forward, roi_pool_layer_backward
+from minirccn.nn import gradcheck
+from minirccn import ops
+from minirccn.ops.roi_pool import LOWEST, c_round, roi_bins, roi_pool_forward, roi_pool_layer_backward
 
 rng = np.random.default_rng(4)
 
@@ -209,7 +210,7 @@ T.check(
 # %% [markdown]
 # ## 5. A float64 gradient check
 #
-# Finite differences (`minirccn.gradcheck`) do not trust our reasoning: they
+# Finite differences (`minirccn.nn.gradcheck`) do not trust our reasoning: they
 # nudge every input by `+-1e-6` and watch `L = sum(out * R)` change. Max
 # pooling is piecewise linear, so with distinct random inputs (no ties within
 # 1e-6) the check is exact up to rounding.

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 import _common as T
-from minirccn import backbone, gradcheck, layers
+from minirccn.detector import backbone
+from minirccn.nn import gradcheck, layers
 from minirccn.data import load_dataset
 from minirccn.data.transforms import normalize
 
@@ -123,7 +124,7 @@ rhs = (x * layers.col2im(y, x.shape, (3, 3), 2, 1)).sum()
 T.check(np.isclose(lhs, rhs, rtol=1e-12), f"<im2col(x), y> == <x, col2im(y)>  ({lhs:.10f})")
 
 # %% [markdown]
-# Now the finite-difference check (`minirccn.gradcheck.check_layer`): it
+# Now the finite-difference check (`minirccn.nn.gradcheck.check_layer`): it
 # turns a layer into the scalar `L = sum(out * R)` for a fixed random `R`,
 # perturbs every input entry by `+-1e-6` in float64, and compares with the
 # hand-written backward. Conv, ReLU and max pooling each get checked, on the
@@ -157,7 +158,7 @@ for name in ("numpy", "numba"):
 # %% [markdown]
 # ## 4. The backbone presets
 #
-# `minirccn.backbone` stacks stages of `3x3 conv (padding 1) [+ batch norm] +
+# `minirccn.detector.backbone` stacks stages of `3x3 conv (padding 1) [+ batch norm] +
 # ReLU`, each ending in a 2x2 max pool that halves the map. The convs keep the
 # size, so the stride is `2 ** (number of pools)`:
 #

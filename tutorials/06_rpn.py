@@ -16,7 +16,7 @@
 #
 # None of the first three steps is differentiable: they produce constants the
 # loss compares against. We write each one as a loop, check it against
-# `minirccn.anchor_targets` and `minirccn.rpn`, and end with an image that has
+# `minirccn.detector.anchor_targets` and `minirccn.detector.rpn`, and end with an image that has
 # no object at all.
 
 # %%
@@ -26,13 +26,14 @@ import numpy as np
 from PIL import ImageDraw
 
 import _common as T
-from minirccn import gradcheck, losses, ops, viz
-from minirccn.anchor_targets import anchor_targets, assign_anchors, sample_labels
-from minirccn.backbone import backbone_forward
+from minirccn.nn import gradcheck, losses
+from minirccn import ops, viz
+from minirccn.detector.anchor_targets import anchor_targets, assign_anchors, sample_labels
+from minirccn.detector.backbone import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.model import FasterRCNN, backbone_spec
-from minirccn.rpn import rpn_forward, rpn_losses
+from minirccn.detector.model import FasterRCNN, backbone_spec
+from minirccn.detector.rpn import rpn_forward, rpn_losses
 
 # float64: the loss check at the end is exact. The stack is pinned to four
 # conv+pool stages (stride 16, an 8 x 8 map on 128 x 128 images) so that the
@@ -106,7 +107,7 @@ for g in range(len(gt)):
     )
 T.check(
     np.array_equal(labels_loop, labels) and np.array_equal(matched_loop, matched),
-    "naive loop == minirccn.anchor_targets.assign_anchors (labels and matches)",
+    "naive loop == minirccn.detector.anchor_targets.assign_anchors (labels and matches)",
 )
 T.check(
     all(labels[iou[:, g].argmax()] == 1 for g in range(len(gt))),
@@ -346,7 +347,7 @@ T.check(
     np.allclose(
         rpn_loss_loop(logits[0], deltas[0], lab, targets), (loss_obj, loss_box), rtol=1e-12
     ),
-    "naive loop == minirccn.rpn.rpn_losses",
+    "naive loop == minirccn.detector.rpn.rpn_losses",
 )
 T.check(abs(loss_obj - math.log(2)) < 0.02, "untrained: objectness loss ~ ln 2 (a coin toss)")
 err_cls = gradcheck.check_loss(

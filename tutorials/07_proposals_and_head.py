@@ -24,14 +24,15 @@ import numpy as np
 from PIL import ImageDraw
 
 import _common as T
-from minirccn import losses, ops, viz
-from minirccn.backbone import backbone_forward
+from minirccn.nn import losses
+from minirccn import ops, viz
+from minirccn.detector.backbone import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.head import head_forward, head_losses
-from minirccn.model import FasterRCNN, backbone_spec, postprocess_detections
-from minirccn.proposal_targets import proposal_targets
-from minirccn.proposals import objectness_scores, proposals_one_image
+from minirccn.detector.head import head_forward, head_losses
+from minirccn.detector.model import FasterRCNN, backbone_spec, postprocess_detections
+from minirccn.detector.proposal_targets import proposal_targets
+from minirccn.detector.proposals import objectness_scores, proposals_one_image
 
 cfg = preset("tiny", dtype="float64")  # float64 throughout: the loops below agree exactly
 data = load_dataset("shapes", split="train", seed=0)
@@ -134,7 +135,7 @@ proposals, prop_scores = proposals_one_image(
 print("best 5 proposals:\n", np.c_[proposals[:5].round(1), prop_scores[:5].round(3)])
 T.check(
     np.array_equal(loop_boxes, proposals) and np.array_equal(loop_scores, prop_scores),
-    f"naive loop == minirccn.proposals.proposals_one_image ({len(proposals)} boxes, exactly)",
+    f"naive loop == minirccn.detector.proposals.proposals_one_image ({len(proposals)} boxes, exactly)",
 )
 T.check(
     proposals.min() >= 0 and proposals[:, 0::2].max() <= 128 and proposals[:, 1::2].max() <= 128,
@@ -231,7 +232,7 @@ T.check(
     np.array_equal(loop[0], rois)
     and np.array_equal(loop[1], roi_labels)
     and np.allclose(loop[2], roi_targets, rtol=1e-12, atol=1e-12),
-    "naive loop == minirccn.proposal_targets.proposal_targets (same seed)",
+    "naive loop == minirccn.detector.proposal_targets.proposal_targets (same seed)",
 )
 T.check(
     fg.sum() <= int(cfg.box_batch_size_per_image * cfg.box_positive_fraction)
@@ -292,7 +293,7 @@ print(
 T.check(
     np.allclose(h7 @ p["head.cls.w"] + p["head.cls.b"], class_logits)
     and np.allclose(h7 @ p["head.bbox.w"] + p["head.bbox.b"], box_deltas),
-    "roi_pool + two fc layers by hand == minirccn.head.head_forward",
+    "roi_pool + two fc layers by hand == minirccn.detector.head.head_forward",
 )
 
 loss_cls, loss_box, _, ddeltas = head_losses(class_logits, box_deltas, roi_labels, roi_targets)
@@ -394,7 +395,7 @@ T.check(
     np.allclose(loop_det[0], det["boxes"])
     and np.allclose(loop_det[1], det["scores"])
     and np.array_equal(loop_det[2], det["labels"]),
-    "naive per-class loop == minirccn.model.postprocess_detections",
+    "naive per-class loop == minirccn.detector.model.postprocess_detections",
 )
 T.check(
     det["scores"].min() > cfg.box_score_thresh and len(det["boxes"]) <= 100,
@@ -492,6 +493,6 @@ T.save_grid(
 #    proposals survive? What does the head lose in each case?
 # 2. Skip step 1 of the proposal targets (no ground truth appended) and
 #    re-run: how many foreground RoIs are left with the *untrained* RPN's
-#    proposals (`minirccn.model.detect_proposals`)?
+#    proposals (`minirccn.detector.model.detect_proposals`)?
 # 3. Replace the per-class NMS by one NMS over all classes. Put a circle and
 #    a square side by side with IoU 0.6: what happens to the weaker one?

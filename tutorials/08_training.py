@@ -31,8 +31,9 @@ import time
 import numpy as np
 
 import _common as T
-from minirccn import evaluation, gradcheck, optim, viz
-from minirccn import model as M
+from minirccn import evaluation, viz
+from minirccn.nn import gradcheck, optim
+from minirccn.detector import model as M
 from minirccn import train as tr
 from minirccn.config import preset
 from minirccn.data import load_dataset

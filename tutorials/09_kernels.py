@@ -33,10 +33,10 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minirccn import backend, bench, ops  # noqa: E402
-from minirccn.kernels import iou as iou_kernels  # noqa: E402
+from minirccn.kernels import boxes as iou_kernels  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
 from minirccn.kernels import roi_pool as roi_kernels  # noqa: E402
-from minirccn.roi_pool import roi_bins  # noqa: E402
+from minirccn.ops.roi_pool import roi_bins  # noqa: E402
 
 print("machine:", bench.machine_description())
 print(
@@ -56,7 +56,7 @@ def source(kernel, lines=40):
 # %% [markdown]
 # ## 1. box_iou three ways
 #
-# * **NumPy** (`minirccn.boxes.box_iou_reference`) broadcasts `(N, 1, 2)`
+# * **NumPy** (`minirccn.ops.boxes.box_iou_reference`) broadcasts `(N, 1, 2)`
 #   corners against `(1, M, 2)`: short, but it allocates several `N x M x 2`
 #   temporaries and walks memory many times.
 # * **Numba CPU** (`kernels/iou.py`): `prange` over the rows of `boxes1`
@@ -147,7 +147,7 @@ else:
 # ## 3. RoI pooling: forward and the backward scatter
 #
 # The bins of every RoI are computed once, vectorised, by
-# `minirccn.roi_pool.roi_bins` (the rounding rule of tutorial 4); every
+# `minirccn.ops.roi_pool.roi_bins` (the rounding rule of tutorial 4); every
 # kernel receives them and only does the two loops that are slow in Python:
 # the max over each bin and the backward scatter. Forward: the CPU kernel runs
 # in parallel over `(RoI, channel)` pairs, the CUDA kernel uses one thread per

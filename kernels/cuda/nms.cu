@@ -7,7 +7,7 @@
 // when column box c = 64 j + k comes after r, has the same label and overlaps
 // r with IoU > threshold. The caller then walks the mask on the host.
 //
-// IoU is the reference formula (minirccn.boxes) in T, in the same order; the
+// IoU is the reference formula (minirccn.ops.boxes) in T, in the same order; the
 // products use __fmul_rn / __dmul_rn so the compiler cannot fuse them into
 // the following add (a fused multiply-add rounds once and would change bits).
 

@@ -1,6 +1,6 @@
 // RoI max pooling in CUDA C, for CuPy RawKernel (see minirccn/kernels/roi_pool.py).
 //
-// The rule is minirccn.roi_pool.roi_pool_reference. The bins (projection, C
+// The rule is minirccn.ops.roi_pool.roi_pool_reference. The bins (projection, C
 // rounding, floor/ceil, clipping to the map) arrive precomputed as int64 arrays:
 //   batch (R,), hstart/hend (R, ph), wstart/wend (R, pw).
 // All arrays are C-contiguous. One thread per output element (r, c, i, j).

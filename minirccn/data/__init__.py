@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 
-from ..errors import MinirccnError
-from .common import BACKGROUND, DataWarning, DetectionDataset
-from .shapes import ShapesConfig, ShapesDataset
+from minirccn.errors import MinirccnError
+from minirccn.data.common import BACKGROUND, DataWarning, DetectionDataset
+from minirccn.data.shapes import ShapesConfig, ShapesDataset
 
 __all__ = [
     "BACKGROUND",
@@ -63,7 +63,7 @@ def load_dataset(
     if spec == "shapes":
         return ShapesDataset(split=split, seed=seed, config=shapes_config)
     if os.path.isdir(spec):
-        from .voc import VOCDataset
+        from minirccn.data.voc import VOCDataset
 
         return VOCDataset(spec, split=split)
     lower = spec.lower()
@@ -71,10 +71,10 @@ def load_dataset(
         if not os.path.isfile(spec):
             raise MinirccnError(f"{spec}: annotation file not found")
         if lower.endswith(".json"):
-            from .coco import COCODataset
+            from minirccn.data.coco import COCODataset
 
             return COCODataset(spec, split=split, images=images)
-        from .csvfile import CSVDataset
+        from minirccn.data.csvfile import CSVDataset
 
         return CSVDataset(spec, split=split, images=images)
     if not os.path.exists(spec):

@@ -23,16 +23,8 @@ import os
 
 import numpy as np
 
-from ..errors import MinirccnError
-from .common import (
-    BACKGROUND,
-    DetectionDataset,
-    check_box,
-    clip_to_image,
-    make_sample,
-    partition,
-    read_image,
-)
+from minirccn.errors import MinirccnError
+from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, partition, read_image, )
 
 
 def image_dir(annotation_file: str, images: str | None) -> str:

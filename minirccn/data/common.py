@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from ..errors import MinirccnError
+from minirccn.errors import MinirccnError
 
 BACKGROUND = "__background__"
 

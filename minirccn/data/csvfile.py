@@ -26,18 +26,9 @@ import os
 
 import numpy as np
 
-from ..errors import MinirccnError
-from .coco import image_dir
-from .common import (
-    BACKGROUND,
-    IMAGE_EXTENSIONS,
-    DetectionDataset,
-    check_box,
-    clip_to_image,
-    make_sample,
-    partition,
-    read_image,
-)
+from minirccn.errors import MinirccnError
+from minirccn.data.coco import image_dir
+from minirccn.data.common import ( BACKGROUND, IMAGE_EXTENSIONS, DetectionDataset, check_box, clip_to_image, make_sample, partition, read_image, )
 
 COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 TOLERANCE = 1e-6  # normalised coordinates may stray this far outside [0, 1] (rounding)

@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import MinirccnError
+from minirccn.errors import MinirccnError
 
 FORMATS = ("voc", "coco", "csv")
 
@@ -210,7 +210,7 @@ def export_dataset(
 
 def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -> str:
     """Save a grid of the first ``count`` images of ``dataset`` with their boxes drawn."""
-    from ..viz import draw_detections, save_grid
+    from minirccn.viz import draw_detections, save_grid
 
     n = min(int(count), len(dataset))
     if n < 1:
@@ -260,7 +260,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from . import load_dataset
+    from minirccn.data import load_dataset
 
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if args.data_command == "export":

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import MinirccnError
-from .common import BACKGROUND, DetectionDataset, make_sample
+from minirccn.errors import MinirccnError
+from minirccn.data.common import BACKGROUND, DetectionDataset, make_sample
 
 #: class names, alphabetical so that VOC/COCO/CSV exports load back with the same labels
 CLASS_NAMES = [BACKGROUND, "circle", "square", "triangle"]

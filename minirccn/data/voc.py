@@ -29,8 +29,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from ..errors import MinirccnError
-from .common import BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, read_image
+from minirccn.errors import MinirccnError
+from minirccn.data.common import BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, read_image
 
 VOC_CLASSES = [
     "aeroplane",

@@ -1,0 +1,34 @@
+"""The two-stage detector, built from ``minirccn.ops`` and ``minirccn.nn``.
+
+==================================  ====================================================
+module                              what
+==================================  ====================================================
+``anchors``                         the anchor grid
+``anchor_targets``                  RPN training targets (label and sample anchors)
+``proposals``                       RPN outputs -> proposals (decode, clip, NMS, top-n)
+``proposal_targets``                RoI head training targets (label and sample RoIs)
+``backbone``                        VGG-style conv stacks
+``rpn``                             the region proposal network
+``head``                            the Fast R-CNN box head (RoI pool -> fc -> fc)
+``model``                           the whole detector: forward, backward, inference
+==================================  ====================================================
+"""
+
+import importlib
+
+_SUBMODULES = {
+    "anchors",
+    "anchor_targets",
+    "proposals",
+    "proposal_targets",
+    "backbone",
+    "rpn",
+    "head",
+    "model",
+}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

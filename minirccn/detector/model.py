@@ -1,0 +1,579 @@
+"""Faster R-CNN: the forward pass, its ONE hand-written backward, and inference.
+
+Read :func:`detector_forward` and :func:`model_backward` side by side: the
+backward visits the forward's steps in reverse.
+
+Forward (training), for a batch of images ``(N, 3, H, W)``::
+
+    backbone                      -> features (N, C, H/s, W/s)
+    ├── RPN head                  -> objectness (N, M, 2), deltas (N, M, 4)   M = H/s * W/s * A
+    │   ├── anchor targets        (constants: labels, regression targets)
+    │   ├── RPN losses            loss_objectness, loss_rpn_box_reg
+    │   └── proposal layer        (constants: boxes; no gradient flows through them)
+    └── proposal targets          (constants: sampled RoIs, labels, targets)
+        RoI head on the RoIs      -> class scores (R, K), deltas (R, 4K)
+        head losses               loss_classifier, loss_box_reg
+
+Backward::
+
+    head losses -> fc layers -> RoI pool backward    -> dfeatures (head)
+    RPN losses  -> 1x1 convs -> ReLU -> 3x3 conv     -> dfeatures (RPN)
+    dfeatures = dfeatures (head) + dfeatures (RPN)        the map feeds both
+    backbone backward                                -> backbone gradients
+
+The proposals are treated as constants: this is the paper's "approximate joint
+training" (Sec. 3.2): the gradient w.r.t. the proposal coordinates is ignored.
+
+Where the host is involved (``cuda`` backend): anchor and proposal target
+sampling (a ``numpy.random.Generator`` draws the samples; arrays of a few
+thousand rows), the sizes of NMS results, and the loss values (Python floats).
+Everything else stays on the arrays' device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from minirccn.detector import backbone as _bb
+from minirccn import ops
+from minirccn.detector.anchor_targets import anchor_targets
+from minirccn.detector.anchors import generate_anchors
+from minirccn.backend import array_module, get_array_module, resolve, to_numpy
+from minirccn.config import FasterRCNNConfig
+from minirccn.data import transforms
+from minirccn.detector.head import head_backward, head_forward, head_losses, init_head
+from minirccn.detector.proposal_targets import proposal_targets
+from minirccn.detector.proposals import generate_proposals
+from minirccn.detector.rpn import init_rpn, rpn_backward, rpn_forward, rpn_losses
+
+LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+class FasterRCNN:
+    """The detector's state: config, class names and parameters (plain dicts of arrays).
+
+    Attributes:
+        config: :class:`~minirccn.config.FasterRCNNConfig`.
+        class_names: ``K`` names, ``class_names[0] == "__background__"``.
+        params: dict name -> array, keys ``backbone.*``, ``rpn.*``, ``head.*`` (batch-norm
+            running statistics ``*.running_mean`` / ``*.running_var`` included: they get
+            no gradient and are updated in place by training forwards).
+    """
+
+    def __init__(
+        self,
+        config: FasterRCNNConfig,
+        class_names,
+        params=None,
+        rng: np.random.Generator | None = None,
+    ):
+        self.config = config
+        self.class_names = list(class_names)
+        if len(self.class_names) < 2 or self.class_names[0] != "__background__":
+            raise ValueError("class_names: expected ['__background__', <at least one class>, ...]")
+        if params is None:
+            rng = rng if rng is not None else np.random.default_rng(0)
+            params = init_params(config, len(self.class_names), rng)
+        self.params = params
+        self._anchors = {}
+
+    @property
+    def num_classes(self) -> int:
+        """``K``, including the background class 0."""
+        return len(self.class_names)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per feature-map cell."""
+        return _bb.stride(backbone_spec(self.config))
+
+    def anchors(self, feature_size, xp=np):
+        """``(Hf * Wf * A, 4)`` anchors of a ``feature_size = (Hf, Wf)`` map (cached), config dtype."""
+        key = (tuple(int(s) for s in feature_size), xp.__name__)
+        if key not in self._anchors:
+            cfg = self.config
+            a = generate_anchors(
+                key[0], self.stride, cfg.anchor_sizes, cfg.aspect_ratios, offset=cfg.anchor_offset
+            )
+            self._anchors[key] = xp.asarray(np.asarray(a, dtype=cfg.dtype))
+        return self._anchors[key]
+
+    def to(self, backend: str) -> "FasterRCNN":
+        """Move the parameters to ``backend``'s array module, in place; returns self."""
+        xp = array_module(backend)
+        self.params = {k: xp.asarray(v) for k, v in self.params.items()}
+        return self
+
+    def trainable(self, prefixes=("backbone.", "rpn.", "head.")) -> dict:
+        """The parameters that get gradients (names starting with ``prefixes``; no BN statistics)."""
+        prefixes = tuple(prefixes)
+        return {
+            k: v for k, v in self.params.items() if k.startswith(prefixes) and ".running_" not in k
+        }
+
+    def preprocess(self, image):
+        """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float and the resize scale."""
+        cfg = self.config
+        resized, _, scale = transforms.resize(
+            image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size
+        )
+        x = transforms.normalize(resized, cfg.image_mean, cfg.image_std).astype(cfg.dtype)
+        return x, scale
+
+    def predict(self, image, backend=None) -> dict:
+        """Detections of one image, in that image's pixel coordinates.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB image.
+            backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None.
+
+        Returns:
+            dict ``boxes`` ``(D, 4)`` float32, ``scores`` ``(D,)`` float32 (decreasing),
+            ``labels`` ``(D,)`` int64 in 1..K-1.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+            )
+        backend = resolve(backend)
+        xp = array_module(backend)
+        x, scale = self.preprocess(image)
+        h, w = x.shape[1:]
+        det = detect(self, xp.asarray(x[None]), [(h, w)], backend=backend)[0]
+        boxes = det["boxes"] / np.float32(scale)
+        boxes = ops.clip_boxes(boxes, image.shape[:2], backend="numpy").astype(np.float32)
+        return {
+            "boxes": boxes,
+            "scores": det["scores"].astype(np.float32),
+            "labels": det["labels"].astype(np.int64),
+        }
+
+
+def backbone_spec(config: FasterRCNNConfig):
+    """The :class:`~minirccn.detector.backbone.BackboneSpec` of ``config``: the named preset, or
+    ``config.backbone_stages`` (``(channels, convs, pool)`` triples) if given."""
+    if not config.backbone_stages:
+        return _bb.get_spec(config.backbone)
+    stages = tuple(_bb.Stage(int(c), int(k), bool(p)) for c, k, p in config.backbone_stages)
+    return _bb.BackboneSpec(stages=stages, batch_norm=config.backbone_batch_norm)
+
+
+def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Generator) -> dict:
+    """Fresh parameters of backbone, RPN and head, all drawn from ``rng``."""
+    dtype = np.dtype(config.dtype)
+    spec = backbone_spec(config)
+    params = _bb.init_backbone(spec, rng, dtype)
+    c = _bb.out_channels(spec)
+    params.update(init_rpn(c, config.rpn_channels, config.num_anchors, rng, dtype))
+    params.update(
+        init_head(c, num_classes, config.representation_size, rng, config.roi_output_size, dtype)
+    )
+    return params
+
+
+# ------------------------------------------------------------------------ ground truth
+
+
+def clean_targets(boxes, labels, where: str = "target"):
+    """Drop ground-truth boxes with zero (or negative) width or height, with a warning.
+
+    Args:
+        boxes: ``(G, 4)`` float; labels: ``(G,)`` int.
+
+    Returns:
+        ``(boxes (G', 4), labels (G',))`` with only boxes of positive width and height.
+    """
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not ok.all():
+        warnings.warn(
+            f"{where}: dropped {int((~ok).sum())} ground-truth box(es) of zero width or height",
+            stacklevel=2,
+        )
+    return boxes[ok], labels[ok]
+
+
+# ------------------------------------------------------------------------ forward
+
+
+class Samples(NamedTuple):
+    """The non-differentiable choices of one training forward (all host NumPy arrays).
+
+    Pass them back to :func:`detector_forward` (``samples=``) to repeat a forward
+    with the same choices, e.g. for a finite-difference gradient check.
+    """
+
+    rpn_labels: np.ndarray  # (N, M) int64: 1 / 0 / -1 (not sampled)
+    rpn_targets: np.ndarray  # (N, M, 4) encoded anchor targets
+    rois: np.ndarray  # (R, 5) (batch_index, x1, y1, x2, y2) sampled RoIs
+    roi_labels: np.ndarray  # (R,) int64 classes, 0 background
+    roi_targets: np.ndarray  # (R, 4) encoded targets, weights (10, 10, 5, 5)
+
+
+class DetectorCache(NamedTuple):
+    """What :func:`model_backward` needs: layer caches and the losses' gradients."""
+
+    backbone: object  # backbone cache
+    rpn: object  # RPNCache, or None when the RPN losses are off
+    d_objectness: object  # (N, M, 2) dloss/dlogits
+    d_rpn_deltas: object  # (N, M, 4)
+    head: object  # HeadCache, or None when the head losses are off
+    d_class_logits: object  # (R, K)
+    d_box_deltas: object  # (R, 4K)
+    trainable: tuple  # parameter-name prefixes that get gradients
+
+
+def detector_forward(
+    model: FasterRCNN,
+    images,
+    image_sizes,
+    targets,
+    rng: np.random.Generator,
+    *,
+    backend=None,
+    stages=("rpn", "head"),
+    proposals=None,
+    samples=None,
+    train_backbone: bool = True,
+    batch_stats: bool | None = None,
+):
+    """Training forward: the four losses and the cache of :func:`model_backward`.
+
+    Args:
+        model: the detector.
+        images: ``(N, 3, H, W)`` float normalised images (padded to a common size).
+        image_sizes: ``N`` pairs ``(height, width)`` of the unpadded images.
+        targets: ``N`` dicts with ``boxes`` ``(G, 4)`` float and ``labels`` ``(G,)`` int64
+            (1..K-1), in the coordinates of ``images``.
+        rng: the source of every random choice (anchor and RoI sampling, dropout).
+        backend: backend of every op.
+        stages: which losses to compute: ``"rpn"`` and/or ``"head"`` (alternating
+            training trains one at a time).
+        proposals: optional ``N`` arrays ``(P, 4)``: use these instead of this
+            model's RPN proposals (alternating training step 2; gradient checks).
+        samples: optional :class:`Samples` from an earlier call: reuse its choices.
+        train_backbone: False freezes the backbone (no backbone gradients; batch norm
+            in inference mode), as steps 3-4 of the alternating training do.
+        batch_stats: batch norm normalises with the batch's statistics (and updates the
+            running ones) if True, with the running statistics if False ("frozen" batch
+            norm, still trained through gamma and beta). Default: ``train_backbone``.
+
+    Returns:
+        losses: dict of the four losses (floats; 0.0 for a stage that is off).
+        cache: :class:`DetectorCache`.
+        samples: the :class:`Samples` used.
+    """
+    backend = resolve(backend, images)
+    xp = array_module(backend)
+    cfg = model.config
+    p = model.params
+    n = images.shape[0]
+
+    # 1. backbone: the shared feature map
+    if batch_stats is None:
+        batch_stats = train_backbone
+    features, bb_cache = _bb.backbone_forward(
+        p, images, backbone_spec(cfg), train=batch_stats, backend=backend
+    )
+    anchors = model.anchors(features.shape[2:], xp)
+    anchors_host = model.anchors(features.shape[2:], np)
+
+    # 2. RPN: scores and deltas of every anchor
+    logits, deltas, rpn_cache = rpn_forward(p, features, backend=backend)
+
+    # 3. anchor targets (constants, host): which anchors are objects, where they should go
+    if samples is None:
+        labels, reg = [], []
+        for i in range(n):
+            lab, t = anchor_targets(
+                anchors_host,
+                targets[i]["boxes"],
+                image_sizes[i],
+                rng,
+                fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+                bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+                batch_size=cfg.rpn_batch_size_per_image,
+                positive_fraction=cfg.rpn_positive_fraction,
+                allowed_border=cfg.rpn_allowed_border,
+            )
+            labels.append(lab)
+            reg.append(t)
+        rpn_labels, rpn_targets = np.stack(labels), np.stack(reg)
+    else:
+        rpn_labels, rpn_targets = samples.rpn_labels, samples.rpn_targets
+
+    # 4. RPN losses and their gradients w.r.t. the RPN outputs
+    losses = dict.fromkeys(LOSS_NAMES, 0.0)
+    d_obj = d_rpn = None
+    if "rpn" in stages:
+        (losses["loss_objectness"], losses["loss_rpn_box_reg"], d_obj, d_rpn) = rpn_losses(
+            logits, deltas, xp.asarray(rpn_labels), xp.asarray(rpn_targets), beta=cfg.rpn_box_beta
+        )
+
+    if "head" not in stages:
+        cache = DetectorCache(
+            bb_cache, rpn_cache, d_obj, d_rpn, None, None, None, _trainable(stages, train_backbone)
+        )
+        return losses, cache, Samples(rpn_labels, rpn_targets, *_empty_rois(cfg.dtype))
+
+    # 5. proposals (constants): the RPN's boxes after NMS
+    if samples is None:
+        if proposals is None:
+            props = generate_proposals(
+                logits,
+                deltas,
+                anchors,
+                image_sizes,
+                pre_nms_top_n=cfg.rpn_pre_nms_top_n_train,
+                post_nms_top_n=cfg.rpn_post_nms_top_n_train,
+                nms_thresh=cfg.rpn_nms_thresh,
+                min_size=cfg.rpn_min_size,
+                backend=backend,
+            )
+            proposals = [to_numpy(b) for b, _ in props]
+
+        # 6. proposal targets (constants, host): sampled RoIs with class and box targets
+        rois, roi_labels, roi_targets = [], [], []
+        for i in range(n):
+            r, lab, t = proposal_targets(
+                np.asarray(proposals[i], dtype=cfg.dtype).reshape(-1, 4),
+                targets[i]["boxes"],
+                targets[i]["labels"],
+                rng,
+                fg_iou_thresh=cfg.box_fg_iou_thresh,
+                bg_iou_thresh=cfg.box_bg_iou_thresh,
+                bg_iou_lo=cfg.box_bg_iou_lo,
+                batch_size=cfg.box_batch_size_per_image,
+                positive_fraction=cfg.box_positive_fraction,
+                weights=cfg.bbox_reg_weights,
+            )
+            rois.append(np.concatenate([np.full((r.shape[0], 1), i, dtype=r.dtype), r], axis=1))
+            roi_labels.append(lab)
+            roi_targets.append(t)
+        samples = Samples(
+            rpn_labels,
+            rpn_targets,
+            np.concatenate(rois),
+            np.concatenate(roi_labels),
+            np.concatenate(roi_targets),
+        )
+
+    # 7. RoI head on the sampled RoIs, and its losses
+    class_logits, box_deltas, head_cache = head_forward(
+        p,
+        features,
+        xp.asarray(samples.rois),
+        1.0 / model.stride,
+        output_size=cfg.roi_output_size,
+        dropout=cfg.dropout,
+        rng=rng,
+        backend=backend,
+    )
+    (losses["loss_classifier"], losses["loss_box_reg"], d_cls, d_box) = head_losses(
+        class_logits,
+        box_deltas,
+        xp.asarray(samples.roi_labels),
+        xp.asarray(samples.roi_targets),
+        beta=cfg.box_beta,
+    )
+
+    cache = DetectorCache(
+        bb_cache,
+        rpn_cache if "rpn" in stages else None,
+        d_obj,
+        d_rpn,
+        head_cache,
+        d_cls,
+        d_box,
+        _trainable(stages, train_backbone),
+    )
+    return losses, cache, samples
+
+
+def _empty_rois(dtype):
+    return (np.zeros((0, 5), dtype), np.zeros(0, np.int64), np.zeros((0, 4), dtype))
+
+
+def _trainable(stages, train_backbone: bool) -> tuple:
+    """Parameter-name prefixes that receive gradients."""
+    names = tuple(s + "." for s in stages)
+    return names + (("backbone.",) if train_backbone else ())
+
+
+# ------------------------------------------------------------------------ backward
+
+
+def model_backward(cache: DetectorCache) -> dict:
+    """Gradients of the summed losses w.r.t. every trainable parameter: THE backward pass.
+
+    Args:
+        cache: from :func:`detector_forward`.
+
+    Returns:
+        dict name -> gradient, same shapes and dtypes as the parameters (only the
+        trainable ones: see ``cache.trainable``).
+    """
+    grads = {}
+    dfeatures = 0
+
+    # second stage, in reverse: head losses -> cls/bbox fc -> fc7 -> fc6 -> RoI max pool
+    # backward, which scatters each pooled gradient to the feature cell that won the max
+    if cache.head is not None:
+        dfeatures_head, head_grads = head_backward(
+            cache.d_class_logits, cache.d_box_deltas, cache.head
+        )
+        grads.update(head_grads)
+        dfeatures = dfeatures + dfeatures_head
+
+    # first stage, in reverse: RPN losses -> 1x1 cls / bbox convs -> ReLU -> 3x3 conv
+    if cache.rpn is not None:
+        dfeatures_rpn, rpn_grads = rpn_backward(cache.d_objectness, cache.d_rpn_deltas, cache.rpn)
+        grads.update(rpn_grads)
+        dfeatures = dfeatures + dfeatures_rpn
+
+    # the feature map feeds both stages, so its gradient is the SUM of the two;
+    # then the backbone, layer by layer in reverse
+    if "backbone." in cache.trainable:
+        grads.update(_bb.backbone_backward(dfeatures, cache.backbone))
+    return {k: v for k, v in grads.items() if k.startswith(cache.trainable)}
+
+
+# ------------------------------------------------------------------------ inference
+
+
+def postprocess_detections(
+    class_logits, box_deltas, proposals, image_size, config: FasterRCNNConfig, backend=None
+) -> dict:
+    """Final detections of one image from the head's outputs.
+
+    Args:
+        class_logits: ``(R, K)`` float; box_deltas: ``(R, 4K)`` float.
+        proposals: ``(R, 4)`` float boxes the head looked at.
+        image_size: ``(height, width)`` to clip to.
+        config: thresholds ``box_score_thresh``, ``box_nms_thresh``, ``box_detections_per_img``.
+
+    Returns:
+        dict ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)`` int64 (host NumPy arrays).
+
+    Steps: ``softmax`` over classes; each RoI's box decoded once per class
+    (weights ``bbox_reg_weights``) and clipped; the background column dropped; keep
+    ``score > box_score_thresh`` and boxes at least 0.01 px wide; NMS per class
+    (``batched_nms``); the ``box_detections_per_img`` best.
+    """
+    xp = get_array_module(class_logits)
+    r, k = class_logits.shape
+    z = class_logits - class_logits.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    scores = e / e.sum(axis=1, keepdims=True)  # (R, K)
+    boxes = ops.decode_boxes(
+        box_deltas.reshape(r * k, 4),
+        xp.repeat(proposals, k, axis=0),
+        config.bbox_reg_weights,
+        backend=backend,
+    )
+    boxes = ops.clip_boxes(boxes, image_size, backend=backend).reshape(r, k, 4)
+    labels = xp.broadcast_to(xp.arange(k, dtype=xp.int64)[None, :], (r, k))
+    boxes, scores, labels = (
+        boxes[:, 1:].reshape(-1, 4),
+        scores[:, 1:].reshape(-1),
+        labels[:, 1:].reshape(-1),
+    )
+    keep = xp.nonzero(scores > config.box_score_thresh)[0]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = ops.remove_small_boxes(boxes, 1e-2, backend=backend)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = ops.batched_nms(boxes, scores, labels, config.box_nms_thresh, backend=backend)
+    keep = keep[: config.box_detections_per_img]
+    return {
+        "boxes": to_numpy(boxes[keep]),
+        "scores": to_numpy(scores[keep]),
+        "labels": to_numpy(labels[keep]).astype(np.int64),
+    }
+
+
+def detect_proposals(model: FasterRCNN, images, image_sizes, *, train: bool = False, backend=None):
+    """The RPN's proposals of a batch (no gradients): backbone -> RPN -> proposal layer.
+
+    Args:
+        model: the detector.
+        images: ``(N, 3, H, W)`` float normalised images.
+        image_sizes: ``N`` pairs ``(height, width)``.
+        train: use the training top-n numbers (``rpn_*_train``) instead of the test ones.
+
+    Returns:
+        list of ``N`` ``(P_i, 4)`` boxes (arrays of the backend), best first.
+    """
+    return [b for b, _ in _proposals(model, images, image_sizes, train, backend)[1]]
+
+
+def _proposals(model, images, image_sizes, train, backend):
+    """``(features, [(boxes, scores)])`` of a batch with the backbone in inference mode."""
+    xp = array_module(backend)
+    cfg = model.config
+    features, _ = _bb.backbone_forward(
+        model.params, images, backbone_spec(cfg), train=False, backend=backend
+    )
+    anchors = model.anchors(features.shape[2:], xp)
+    logits, deltas, _ = rpn_forward(model.params, features, backend=backend)
+    pre = cfg.rpn_pre_nms_top_n_train if train else cfg.rpn_pre_nms_top_n_test
+    post = cfg.rpn_post_nms_top_n_train if train else cfg.rpn_post_nms_top_n_test
+    props = generate_proposals(
+        logits,
+        deltas,
+        anchors,
+        image_sizes,
+        pre_nms_top_n=pre,
+        post_nms_top_n=post,
+        nms_thresh=cfg.rpn_nms_thresh,
+        min_size=cfg.rpn_min_size,
+        backend=backend,
+    )
+    return features, props
+
+
+def detect(model: FasterRCNN, images, image_sizes, backend=None) -> list:
+    """Inference on a batch of preprocessed images.
+
+    Args:
+        model: the detector.
+        images: ``(N, 3, H, W)`` float normalised images.
+        image_sizes: ``N`` pairs ``(height, width)`` of the unpadded images.
+
+    Returns:
+        ``N`` dicts of :func:`postprocess_detections`, in the coordinates of ``images``.
+    """
+    backend = resolve(backend, images)
+    xp = array_module(backend)
+    cfg = model.config
+    features, props = _proposals(model, images, image_sizes, False, backend)
+    out = []
+    for i, (boxes, _) in enumerate(props):
+        if boxes.shape[0] == 0:
+            out.append(
+                {
+                    "boxes": np.zeros((0, 4), np.float32),
+                    "scores": np.zeros(0, np.float32),
+                    "labels": np.zeros(0, np.int64),
+                }
+            )
+            continue
+        rois = xp.concatenate([xp.full((boxes.shape[0], 1), i, dtype=boxes.dtype), boxes], axis=1)
+        class_logits, box_deltas, _ = head_forward(
+            model.params,
+            features,
+            rois,
+            1.0 / model.stride,
+            output_size=cfg.roi_output_size,
+            backend=backend,
+        )
+        out.append(
+            postprocess_detections(
+                class_logits, box_deltas, boxes, image_sizes[i], cfg, backend=backend
+            )
+        )
+    return out

@@ -1,0 +1,127 @@
+"""The proposal layer: from every anchor's score and deltas to a few hundred boxes.
+
+Not differentiable: proposals are treated as constants by the rest of the
+network ("approximate joint training", paper Sec. 3.2), so this returns plain
+arrays and has no backward.
+
+Per image (paper Sec. 3.3; torchvision's ``RegionProposalNetwork.filter_proposals``):
+
+1. ``score = softmax(logits)[:, 1]``, the object probability of each anchor;
+2. keep the ``pre_nms_top_n`` highest scores (ties: lower anchor index first);
+3. ``boxes = decode_boxes(deltas, anchors)`` and clip them to the image;
+4. drop boxes whose width or height is below ``min_size``;
+5. NMS with IoU threshold ``nms_thresh``;
+6. keep the ``post_nms_top_n`` best.
+
+Array work stays on the arrays' device; the sizes after steps 4-5 are
+data-dependent (the host learns them, as with any NMS).
+"""
+
+from __future__ import annotations
+
+from minirccn import ops
+from minirccn.backend import get_array_module
+
+
+def objectness_scores(logits):
+    """Object probability ``softmax(logits)[..., 1] = 1 / (1 + exp(l0 - l1))``.
+
+    Args:
+        logits: ``(..., 2)`` float (background, object) scores.
+
+    Returns:
+        ``(...)`` float probabilities in [0, 1], logits' dtype.
+    """
+    xp = get_array_module(logits)
+    return (1.0 / (1.0 + xp.exp(logits[..., 0] - logits[..., 1]))).astype(logits.dtype)
+
+
+def top_n(scores, n: int):
+    """Indices of the ``n`` highest scores, best first, ties by lower index (stable).
+
+    Args:
+        scores: ``(M,)`` float.
+        n: how many to keep (all if ``n >= M``).
+
+    Returns:
+        ``(min(n, M),)`` int64 indices.
+    """
+    xp = get_array_module(scores)
+    order = xp.argsort(-scores, kind="stable")  # NumPy and CuPy alike: ties keep index order
+    return order[:n].astype(xp.int64)
+
+
+def proposals_one_image(
+    logits,
+    deltas,
+    anchors,
+    image_size,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float = 0.7,
+    min_size: float = 1e-3,
+    backend=None,
+):
+    """Proposals of one image (steps 1-6 of the module docstring).
+
+    Args:
+        logits: ``(M, 2)`` float objectness scores of the anchors.
+        deltas: ``(M, 4)`` float predicted deltas (weights 1, 1, 1, 1).
+        anchors: ``(M, 4)`` float anchors in input pixels.
+        image_size: ``(height, width)`` of the input image.
+        pre_nms_top_n, post_nms_top_n, nms_thresh, min_size: see above.
+        backend: backend of decode / NMS.
+
+    Returns:
+        boxes: ``(P, 4)`` float proposals, best first, ``P <= post_nms_top_n``.
+        scores: ``(P,)`` float object probabilities.
+    """
+    scores = objectness_scores(logits)
+    idx = top_n(scores, pre_nms_top_n)
+    scores, deltas, anchors = scores[idx], deltas[idx], anchors[idx]
+    boxes = ops.decode_boxes(deltas, anchors, backend=backend)
+    boxes = ops.clip_boxes(boxes, image_size, backend=backend)
+    keep = ops.remove_small_boxes(boxes, min_size, backend=backend)
+    boxes, scores = boxes[keep], scores[keep]
+    keep = ops.nms(boxes, scores, nms_thresh, backend=backend)[:post_nms_top_n]
+    return boxes[keep], scores[keep]
+
+
+def generate_proposals(
+    logits,
+    deltas,
+    anchors,
+    image_sizes,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float = 0.7,
+    min_size: float = 1e-3,
+    backend=None,
+):
+    """Proposals of a batch: :func:`proposals_one_image` on each image.
+
+    Args:
+        logits: ``(N, M, 2)`` float.
+        deltas: ``(N, M, 4)`` float.
+        anchors: ``(M, 4)`` float, shared by the batch.
+        image_sizes: ``N`` pairs ``(height, width)`` (the unpadded size of each image).
+
+    Returns:
+        list of ``N`` pairs ``(boxes (P_i, 4), scores (P_i,))``.
+    """
+    return [
+        proposals_one_image(
+            logits[i],
+            deltas[i],
+            anchors,
+            image_sizes[i],
+            pre_nms_top_n=pre_nms_top_n,
+            post_nms_top_n=post_nms_top_n,
+            nms_thresh=nms_thresh,
+            min_size=min_size,
+            backend=backend,
+        )
+        for i in range(logits.shape[0])
+    ]

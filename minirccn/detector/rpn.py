@@ -1,0 +1,182 @@
+"""The Region Proposal Network head, its two losses and its backward pass.
+
+The RPN slides a small network over the backbone's feature map (paper, Sec. 3.1)::
+
+    features (N, C, H, W)
+      -> 3x3 conv (C -> Cr, padding 1) -> ReLU          "rpn.conv"
+      -> 1x1 conv (Cr -> 2A)   objectness logits       "rpn.cls"
+      -> 1x1 conv (Cr -> 4A)   box deltas              "rpn.bbox"
+
+``A`` anchors per location. Channel ``2a + c`` of ``rpn.cls`` is the score of
+class ``c`` (0 background, 1 object) of anchor ``a``; channel ``4a + j`` of
+``rpn.bbox`` is delta ``j`` (dx, dy, dw, dh) of anchor ``a``. Both are reordered
+to the anchors' order (location-major, then anchor: see
+:func:`minirccn.detector.anchors.generate_anchors`), giving ``(N, H*W*A, 2)`` and
+``(N, H*W*A, 4)``.
+
+Losses (paper Eq. 1, normalised as torchvision does):
+
+* ``loss_objectness`` = softmax cross-entropy averaged over the sampled anchors;
+* ``loss_rpn_box_reg`` = smooth-L1 (beta 1/9) summed over the positive samples'
+  four deltas, divided by the number of sampled anchors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minirccn.nn import layers, losses
+from minirccn.backend import get_array_module
+
+
+def init_rpn(in_channels: int, channels: int, num_anchors: int, rng, dtype="float32") -> dict:
+    """RPN parameters, weights ~ N(0, 0.01^2), biases 0 (as the paper and torchvision).
+
+    Args:
+        in_channels: ``C``, channels of the feature map.
+        channels: ``Cr``, channels of the 3x3 conv.
+        num_anchors: ``A``, anchors per location.
+        rng: ``numpy.random.Generator``.
+        dtype: parameter dtype.
+
+    Returns:
+        dict name -> array: ``rpn.conv.w`` (Cr, C, 3, 3), ``rpn.conv.b`` (Cr,),
+        ``rpn.cls.w`` (2A, Cr, 1, 1), ``rpn.cls.b`` (2A,),
+        ``rpn.bbox.w`` (4A, Cr, 1, 1), ``rpn.bbox.b`` (4A,).
+    """
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * 0.01).astype(dtype)
+
+    a = num_anchors
+    return {
+        "rpn.conv.w": normal(channels, in_channels, 3, 3),
+        "rpn.conv.b": np.zeros(channels, dtype),
+        "rpn.cls.w": normal(2 * a, channels, 1, 1),
+        "rpn.cls.b": np.zeros(2 * a, dtype),
+        "rpn.bbox.w": normal(4 * a, channels, 1, 1),
+        "rpn.bbox.b": np.zeros(4 * a, dtype),
+    }
+
+
+class RPNCache(NamedTuple):
+    """What :func:`rpn_backward` needs: the three conv caches, the ReLU cache, the map shape."""
+
+    conv: tuple
+    relu: tuple
+    cls: tuple
+    bbox: tuple
+    shape: tuple  # (N, A, H, W)
+
+
+def _to_anchor_order(x, n: int, a: int, k: int):
+    """``(N, A*k, H, W)`` conv output -> ``(N, H*W*A, k)`` in the anchors' order."""
+    _, _, h, w = x.shape
+    return x.reshape(n, a, k, h, w).transpose(0, 3, 4, 1, 2).reshape(n, h * w * a, k)
+
+
+def _from_anchor_order(g, n: int, a: int, k: int, h: int, w: int):
+    """Inverse of :func:`_to_anchor_order`: ``(N, H*W*A, k)`` -> ``(N, A*k, H, W)``."""
+    xp = get_array_module(g)
+    g = g.reshape(n, h, w, a, k).transpose(0, 3, 4, 1, 2).reshape(n, a * k, h, w)
+    return xp.ascontiguousarray(g)
+
+
+def rpn_forward(params: dict, features, backend=None):
+    """Objectness logits and box deltas of every anchor.
+
+    Args:
+        params: from :func:`init_rpn`.
+        features: ``(N, C, H, W)`` float feature map.
+        backend: backend of the convolutions.
+
+    Returns:
+        logits: ``(N, H*W*A, 2)`` (background, object) scores, anchor order.
+        deltas: ``(N, H*W*A, 4)`` (dx, dy, dw, dh), anchor order.
+        cache: :class:`RPNCache`.
+    """
+    n, _, h, w = features.shape
+    a = params["rpn.cls.w"].shape[0] // 2
+    t, conv_cache = layers.conv2d_forward(
+        features, params["rpn.conv.w"], params["rpn.conv.b"], stride=1, padding=1, backend=backend
+    )
+    t, relu_cache = layers.relu_forward(t)
+    cls, cls_cache = layers.conv2d_forward(
+        t, params["rpn.cls.w"], params["rpn.cls.b"], backend=backend
+    )
+    box, bbox_cache = layers.conv2d_forward(
+        t, params["rpn.bbox.w"], params["rpn.bbox.b"], backend=backend
+    )
+    logits = _to_anchor_order(cls, n, a, 2)
+    deltas = _to_anchor_order(box, n, a, 4)
+    return logits, deltas, RPNCache(conv_cache, relu_cache, cls_cache, bbox_cache, (n, a, h, w))
+
+
+def rpn_losses(logits, deltas, labels, regression_targets, beta: float = 1.0 / 9):
+    """The two RPN losses and their gradients.
+
+    Args:
+        logits: ``(N, M, 2)`` float objectness scores.
+        deltas: ``(N, M, 4)`` float predicted deltas.
+        labels: ``(N, M)`` int64: 1 positive, 0 negative, -1 not sampled.
+        regression_targets: ``(N, M, 4)`` float encoded targets (used where label is 1).
+        beta: smooth-L1 beta.
+
+    Returns:
+        loss_objectness, loss_rpn_box_reg: Python floats.
+        dlogits: ``(N, M, 2)``, dL/dlogits of ``loss_objectness``.
+        ddeltas: ``(N, M, 4)``, dL/ddeltas of ``loss_rpn_box_reg``.
+
+    ``loss_objectness = mean over sampled anchors of -log softmax(logits)[label]``;
+    ``loss_rpn_box_reg = sum_{label = 1} smooth_l1(deltas - targets) / #sampled``.
+    With no sampled anchor both losses are 0 and so are the gradients.
+    """
+    xp = get_array_module(logits)
+    n, m, _ = logits.shape
+    flat_labels = labels.reshape(-1)
+    num_sampled = int((flat_labels >= 0).sum())
+    if num_sampled == 0:
+        return 0.0, 0.0, xp.zeros_like(logits), xp.zeros_like(deltas)
+    loss_cls, dlogits = losses.softmax_cross_entropy(logits.reshape(n * m, 2), flat_labels)
+    pos = xp.nonzero(flat_labels == 1)[0]
+    ddeltas = xp.zeros((n * m, 4), dtype=deltas.dtype)
+    loss_box = 0.0
+    if pos.size:
+        loss_box, dpos = losses.smooth_l1(
+            deltas.reshape(n * m, 4)[pos], regression_targets.reshape(n * m, 4)[pos], beta=beta
+        )
+        loss_box = float(loss_box) / num_sampled
+        ddeltas[pos] = dpos / num_sampled
+    return float(loss_cls), loss_box, dlogits.reshape(n, m, 2), ddeltas.reshape(n, m, 4)
+
+
+def rpn_backward(dlogits, ddeltas, cache: RPNCache):
+    """Backward of :func:`rpn_forward`, in reverse order of the forward.
+
+    Args:
+        dlogits: ``(N, H*W*A, 2)`` gradient of the loss w.r.t. the logits.
+        ddeltas: ``(N, H*W*A, 4)`` gradient of the loss w.r.t. the deltas.
+        cache: from :func:`rpn_forward`.
+
+    Returns:
+        dfeatures: ``(N, C, H, W)`` gradient w.r.t. the feature map.
+        grads: dict with the same keys as the RPN parameters.
+    """
+    n, a, h, w = cache.shape
+    dcls = _from_anchor_order(dlogits, n, a, 2, h, w)
+    dbox = _from_anchor_order(ddeltas, n, a, 4, h, w)
+    dt_cls, dw_cls, db_cls = layers.conv2d_backward(dcls, cache.cls)
+    dt_box, dw_box, db_box = layers.conv2d_backward(dbox, cache.bbox)
+    dt = layers.relu_backward(dt_cls + dt_box, cache.relu)
+    dfeatures, dw_conv, db_conv = layers.conv2d_backward(dt, cache.conv)
+    grads = {
+        "rpn.conv.w": dw_conv,
+        "rpn.conv.b": db_conv,
+        "rpn.cls.w": dw_cls,
+        "rpn.cls.b": db_cls,
+        "rpn.bbox.w": dw_box,
+        "rpn.bbox.b": db_box,
+    }
+    return dfeatures, grads
