@@ -1,0 +1,187 @@
+"""RoI pooling over a feature pyramid: torchvision's ``LevelMapper`` and ``MultiScaleRoIAlign``.
+
+Each RoI is pooled from ONE level, chosen by its size (FPN paper, Eq. 1)::
+
+    k = floor(k0 + log2(sqrt(w * h) / s0) + eps)      s0 = 224, k0 = 4, eps = 1e-6
+    k = clamp(k, k_min, k_max)                        the levels present
+
+so a 224 x 224 RoI goes to P4 (stride 16), one of half that side (112) to P3, one of
+twice (448) to P5, and everything below 112 to P2 (the finest level present). The
+``eps`` makes a box that sits exactly on a boundary (side 112: ``log2(1/2) = -1``) go to
+the upper level even after rounding. The levels present come from the maps' strides:
+``k_min = log2(finest stride)``, ``k_max = log2(coarsest stride)`` (torchvision infers them
+from the map and image sizes; here the strides are known).
+
+Pooling is :func:`minirccn.ops.roi_align` on each level's map with that level's
+``spatial_scale = 1 / stride`` (torchvision's ``MultiScaleRoIAlign(..., sampling_ratio=2)``,
+``aligned=False``), written back into the RoIs' original order. The backward routes each
+RoI's gradient to the level it was pooled from (:func:`minirccn.ops.roi_align_backward`
+on that level alone); levels no RoI chose get a zero gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from minirccn import ops
+from minirccn.backend import get_array_module
+
+
+class LevelMapper:
+    """Assign RoIs to pyramid levels (torchvision's ``LevelMapper``), thresholds owned.
+
+    Args:
+        k_min, k_max: the finest and coarsest level present (``log2`` of their strides).
+        canonical_scale: ``s0`` (224, an ImageNet-sized box).
+        canonical_level: ``k0`` (4: a 224-pixel box is pooled from the stride-16 map).
+        eps: added before the floor (1e-6).
+    """
+
+    def __init__(self, k_min: int, k_max: int, canonical_scale=224, canonical_level=4, eps=1e-6):
+        if not k_min <= k_max:
+            raise ValueError(f"k_min: expected k_min <= k_max, got {k_min} > {k_max}")
+        if not canonical_scale > 0:
+            raise ValueError(f"canonical_scale: expected a positive number, got {canonical_scale}")
+        self.k_min, self.k_max = int(k_min), int(k_max)
+        self.s0, self.lvl0, self.eps = canonical_scale, canonical_level, eps
+
+    @classmethod
+    def from_strides(cls, strides, canonical_scale=224, canonical_level=4, eps=1e-6):
+        """The mapper of maps with these strides (powers of two), finest first."""
+        levels = [math.log2(s) for s in strides]
+        if any(lv != round(lv) for lv in levels):
+            raise ValueError(f"strides: expected powers of two, got {tuple(strides)}")
+        return cls(round(levels[0]), round(levels[-1]), canonical_scale, canonical_level, eps)
+
+    def target_levels(self, boxes):
+        """``k`` of each box before clamping (float, boxes' dtype): ``floor(k0 + log2(sqrt(area)
+        / s0) + eps)``.
+
+        Args:
+            boxes: ``(R, 4)`` float ``(x1, y1, x2, y2)`` in input pixels.
+        """
+        xp = get_array_module(boxes)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        s = xp.sqrt(area)
+        eps = xp.asarray(self.eps, dtype=s.dtype)
+        return xp.floor(self.lvl0 + xp.log2(s / self.s0) + eps)
+
+    def __call__(self, boxes):
+        """Index of each box's level among the levels present (0 = finest).
+
+        Args:
+            boxes: ``(R, 4)`` float.
+
+        Returns:
+            ``(R,)`` int64 in ``[0, k_max - k_min]``.
+        """
+        xp = get_array_module(boxes)
+        k = xp.clip(self.target_levels(boxes), self.k_min, self.k_max)
+        return k.astype(xp.int64) - self.k_min
+
+
+class MultiScaleCache(NamedTuple):
+    """What the backward needs: the RoIs, each RoI's level, the maps' shapes."""
+
+    rois: object  # (R, 5)
+    levels: object  # (R,) int64
+    shapes: list  # (N, C, H_l, W_l) per level
+    dtype: object
+
+
+class MultiScaleRoIAlign:
+    """RoIAlign from the level each RoI is assigned to (see the module docstring).
+
+    Args:
+        strides: input pixels per cell of each map used for pooling, finest first
+            (torchvision pools from P2..P5, not from the extra ``pool`` level).
+        output_size: pooled ``P`` (``(P, P)`` bins per RoI).
+        sampling_ratio: samples per bin side (torchvision's detector: 2).
+        aligned: the half-pixel shift of :func:`minirccn.ops.roi_align`.
+        canonical_scale, canonical_level: see :class:`LevelMapper`.
+    """
+
+    def __init__(
+        self,
+        strides,
+        output_size: int = 7,
+        sampling_ratio: int = 2,
+        aligned: bool = False,
+        canonical_scale=224,
+        canonical_level=4,
+    ):
+        self.strides = tuple(int(s) for s in strides)
+        self.scales = tuple(1.0 / s for s in self.strides)
+        self.output_size = int(output_size)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        self.mapper = LevelMapper.from_strides(self.strides, canonical_scale, canonical_level)
+
+    def forward(self, maps, rois, backend=None):
+        """Pool every RoI from its level.
+
+        Args:
+            maps: list of ``(N, C, H_l, W_l)`` float maps, one per stride.
+            rois: ``(R, 5)`` float rows ``(batch_index, x1, y1, x2, y2)`` in input pixels.
+
+        Returns:
+            pooled ``(R, C, P, P)`` in the order of ``rois``; cache: :class:`MultiScaleCache`.
+        """
+        if len(maps) != len(self.strides):
+            raise ValueError(f"maps: expected {len(self.strides)} levels, got {len(maps)}")
+        xp = get_array_module(maps[0])
+        r, c, p = rois.shape[0], maps[0].shape[1], self.output_size
+        levels = self.mapper(rois[:, 1:])
+        out = xp.zeros((r, c, p, p), dtype=maps[0].dtype)
+        for lv, (m, scale) in enumerate(zip(maps, self.scales)):
+            idx = xp.nonzero(levels == lv)[0]
+            if idx.size == 0:
+                continue
+            out[idx] = ops.roi_align(
+                m,
+                rois[idx],
+                p,
+                spatial_scale=scale,
+                sampling_ratio=self.sampling_ratio,
+                aligned=self.aligned,
+                backend=backend,
+            )
+        return out, MultiScaleCache(rois, levels, [tuple(m.shape) for m in maps], maps[0].dtype)
+
+    def backward(self, dpooled, cache: MultiScaleCache, backend=None):
+        """Gradient of each map: every RoI's ``(C, P, P)`` gradient goes to its own level.
+
+        Args:
+            dpooled: ``(R, C, P, P)``.
+
+        Returns:
+            list of ``(N, C, H_l, W_l)``, one per level (zeros where no RoI was pooled).
+        """
+        xp = get_array_module(dpooled)
+        dmaps = []
+        for lv, (shape, scale) in enumerate(zip(cache.shapes, self.scales)):
+            idx = xp.nonzero(cache.levels == lv)[0]
+            if idx.size == 0:
+                dmaps.append(xp.zeros(shape, dtype=dpooled.dtype))
+                continue
+            dmaps.append(
+                ops.roi_align_backward(
+                    xp.ascontiguousarray(dpooled[idx]),
+                    cache.rois[idx],
+                    shape,
+                    self.output_size,
+                    spatial_scale=scale,
+                    sampling_ratio=self.sampling_ratio,
+                    aligned=self.aligned,
+                    backend=backend,
+                )
+            )
+        return dmaps
+
+
+def level_counts(levels, num_levels: int) -> np.ndarray:
+    """How many RoIs each level received: ``(num_levels,)`` int64 (for printing)."""
+    return np.bincount(np.asarray(levels, dtype=np.int64), minlength=num_levels)
