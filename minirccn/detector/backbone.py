@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from minirccn.detector import resnet as _resnet
 from minirccn.nn import init as _init
 from minirccn.nn import layers
 
@@ -62,13 +63,17 @@ PRESETS = {
 }
 
 
-def get_spec(spec) -> BackboneSpec:
-    """``spec`` itself, or the preset it names (``"tiny"``, ``"vgg16"``)."""
+def get_spec(spec):
+    """``spec`` itself, or the preset it names (``"tiny"``, ``"vgg16"``, or a ResNet preset of
+    :mod:`minirccn.detector.resnet`, whose last stage is then the feature map)."""
     if isinstance(spec, BackboneSpec):
         return spec
     if isinstance(spec, str) and spec in PRESETS:
         return PRESETS[spec]
-    raise ValueError(f"spec: expected a BackboneSpec or one of {', '.join(PRESETS)}, got {spec!r}")
+    if _resnet.is_resnet(spec):
+        return _resnet.get_spec(spec)
+    names = ", ".join((*PRESETS, *_resnet.PRESETS))
+    raise ValueError(f"spec: expected a BackboneSpec or one of {names}, got {spec!r}")
 
 
 def _convs(spec: BackboneSpec):
@@ -83,11 +88,15 @@ def _convs(spec: BackboneSpec):
 def out_channels(spec) -> int:
     """Channels of the feature map (the last stage's)."""
     spec = get_spec(spec)
+    if isinstance(spec, _resnet.ResNetSpec):
+        return _resnet.out_channels(spec)
     return spec.stages[-1].channels if spec.stages else spec.in_channels
 
 
 def stride(spec) -> int:
     """Input pixels per feature-map cell: ``2 ** (number of pools)``."""
+    if isinstance(get_spec(spec), _resnet.ResNetSpec):
+        return _resnet.stride(spec)
     return 2 ** sum(1 for st in get_spec(spec).stages if st.pool)
 
 
@@ -95,6 +104,8 @@ def init_backbone(spec, rng: np.random.Generator, dtype=np.float32) -> dict:
     """Parameters of ``spec``: He-normal conv weights, zero biases, BN gamma 1 / beta 0,
     running mean 0 / var 1. Returns ``{name: array}`` in forward order."""
     spec = get_spec(spec)
+    if isinstance(spec, _resnet.ResNetSpec):
+        return _resnet.init_resnet(spec, rng, dtype)
     params = {}
     for name, c_in, c_out, _pool in _convs(spec):
         w, b = _init.conv_params(c_in, c_out, spec.kernel_size, rng, dtype=dtype)
@@ -139,6 +150,9 @@ def backbone_forward(
             even halvings; cache: :class:`BackboneCache`.
     """
     spec = get_spec(spec)
+    if isinstance(spec, _resnet.ResNetSpec):  # a ResNet: its last stage is the feature map
+        stages, cache = _resnet.resnet_forward(params, x, spec, train=train, backend=backend)
+        return stages[-1], cache
     pad = spec.kernel_size // 2
     steps = []
     for name, _c_in, _c_out, pool in _convs(spec):
@@ -176,6 +190,8 @@ def backbone_backward(dfeatures, cache: BackboneCache) -> dict:
         ``{name: gradient}`` for every ``.w``, ``.b`` (and ``.bn.gamma``, ``.bn.beta``).
         The gradient of the input images is dropped (nothing upstream needs it).
     """
+    if isinstance(cache, _resnet.ResNetCache):
+        return _resnet.resnet_backward([None] * (len(cache.stages) - 1) + [dfeatures], cache)
     grads = {}
     d = dfeatures
     for name, kind, c in reversed(cache.steps):

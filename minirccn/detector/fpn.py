@@ -3,12 +3,12 @@
 torchvision's ``FeaturePyramidNetwork`` + ``LastLevelMaxPool``, on backbone maps
 ``C2 .. C5`` (strides 4 .. 32, channels ``C_i``), every output with ``F`` channels::
 
-    inner_i = conv1x1(C_i)                                     lateral    "fpn.inner{i}"
+    inner_i = conv1x1(C_i)                                     lateral    "backbone.fpn.inner{i}"
     last    = inner_top                                        (the coarsest map)
-    P_top   = conv3x3(last)                                    output     "fpn.layer{top}"
+    P_top   = conv3x3(last)                                    output     "backbone.fpn.layer{top}"
     for i from top-1 down to 0:
         last = inner_i + upsample_nearest(last, size of inner_i)   top-down pathway
-        P_i  = conv3x3(last)                                   output     "fpn.layer{i}"
+        P_i  = conv3x3(last)                                   output     "backbone.fpn.layer{i}"
     P_pool = max_pool(P_top, kernel 1, stride 2)               the extra level ("pool")
 
 The upsampling is nearest-neighbour to the lateral's size, as ``F.interpolate(...,
@@ -114,8 +114,10 @@ def init_fpn(in_channels, out_channels: int, rng: np.random.Generator, dtype=np.
         out_channels: ``F``.
 
     Returns:
-        ``fpn.inner{i}.w`` ``(F, C_i, 1, 1)``, ``fpn.inner{i}.b`` ``(F,)``,
-        ``fpn.layer{i}.w`` ``(F, F, 3, 3)``, ``fpn.layer{i}.b`` ``(F,)`` for every level ``i``.
+        ``backbone.fpn.inner{i}.w`` ``(F, C_i, 1, 1)``, ``backbone.fpn.inner{i}.b`` ``(F,)``,
+        ``backbone.fpn.layer{i}.w`` ``(F, F, 3, 3)``, ``backbone.fpn.layer{i}.b`` ``(F,)`` for
+        every level ``i`` (under ``backbone.`` as in torchvision's ``model.backbone.fpn``: the
+        neck is trained, frozen and saved with the backbone).
     """
     params = {}
 
@@ -125,10 +127,10 @@ def init_fpn(in_channels, out_channels: int, rng: np.random.Generator, dtype=np.
 
     f = int(out_channels)
     for i, c in enumerate(in_channels):
-        params[f"fpn.inner{i}.w"] = uniform((f, int(c), 1, 1))
-        params[f"fpn.inner{i}.b"] = np.zeros(f, dtype)
-        params[f"fpn.layer{i}.w"] = uniform((f, f, 3, 3))
-        params[f"fpn.layer{i}.b"] = np.zeros(f, dtype)
+        params[f"backbone.fpn.inner{i}.w"] = uniform((f, int(c), 1, 1))
+        params[f"backbone.fpn.inner{i}.b"] = np.zeros(f, dtype)
+        params[f"backbone.fpn.layer{i}.w"] = uniform((f, f, 3, 3))
+        params[f"backbone.fpn.layer{i}.b"] = np.zeros(f, dtype)
     return params
 
 
@@ -166,7 +168,10 @@ def fpn_forward(params: dict, features, extra_pool: bool = True, backend=None):
     last = None
     for i in reversed(range(n_levels)):
         lateral, inner[i] = layers.conv2d_forward(
-            features[i], params[f"fpn.inner{i}.w"], params[f"fpn.inner{i}.b"], backend=backend
+            features[i],
+            params[f"backbone.fpn.inner{i}.w"],
+            params[f"backbone.fpn.inner{i}.b"],
+            backend=backend,
         )
         backend = inner[i].backend
         if last is None:
@@ -175,7 +180,12 @@ def fpn_forward(params: dict, features, extra_pool: bool = True, backend=None):
             top_down, up[i] = upsample_nearest_forward(last, lateral.shape[2:])
             last = lateral + top_down
         outs[i], layer[i] = layers.conv2d_forward(
-            last, params[f"fpn.layer{i}.w"], params[f"fpn.layer{i}.b"], 1, 1, backend=backend
+            last,
+            params[f"backbone.fpn.layer{i}.w"],
+            params[f"backbone.fpn.layer{i}.b"],
+            1,
+            1,
+            backend=backend,
         )
     pool = None
     if extra_pool:
@@ -198,7 +208,9 @@ def fpn_backward(dmaps, cache: FPNCache):
     n_levels = len(cache.layer)
     dmaps = list(dmaps)
     if len(dmaps) != n_levels + (cache.pool is not None):
-        raise ValueError(f"dmaps: expected {n_levels + (cache.pool is not None)} maps, got {len(dmaps)}")
+        raise ValueError(
+            f"dmaps: expected {n_levels + (cache.pool is not None)} maps, got {len(dmaps)}"
+        )
     if cache.pool is not None and dmaps[-1] is not None:
         # the extra level is a strided view of the top output: its gradient lands there
         dpool = layers.max_pool2d_backward(dmaps[-1], cache.pool)
@@ -209,17 +221,20 @@ def fpn_backward(dmaps, cache: FPNCache):
         w = cache.layer[i].w
         xp = get_array_module(w)
         if dmaps[i] is not None:
-            dlast, grads[f"fpn.layer{i}.w"], grads[f"fpn.layer{i}.b"] = layers.conv2d_backward(
-                dmaps[i], cache.layer[i]
+            dlast, grads[f"backbone.fpn.layer{i}.w"], grads[f"backbone.fpn.layer{i}.b"] = (
+                layers.conv2d_backward(dmaps[i], cache.layer[i])
             )
         else:  # no loss looked at this output
             dlast = xp.zeros(cache.layer[i].x_shape, w.dtype)
-            grads[f"fpn.layer{i}.w"], grads[f"fpn.layer{i}.b"] = xp.zeros_like(w), xp.zeros_like(w[:, 0, 0, 0])
+            grads[f"backbone.fpn.layer{i}.w"], grads[f"backbone.fpn.layer{i}.b"] = (
+                xp.zeros_like(w),
+                xp.zeros_like(w[:, 0, 0, 0]),
+            )
         if dlast_below is not None:
             dlast = dlast + dlast_below
         # last_i = lateral_i + upsample(last_{i+1}): the same gradient reaches both terms
-        dfeatures[i], grads[f"fpn.inner{i}.w"], grads[f"fpn.inner{i}.b"] = layers.conv2d_backward(
-            dlast, cache.inner[i]
+        dfeatures[i], grads[f"backbone.fpn.inner{i}.w"], grads[f"backbone.fpn.inner{i}.b"] = (
+            layers.conv2d_backward(dlast, cache.inner[i])
         )
         up = cache.upsample[i]
         dlast_below = upsample_nearest_backward(dlast, up) if up is not None else None

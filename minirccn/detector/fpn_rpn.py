@@ -150,8 +150,17 @@ def proposals_one_image_levels(
 
 
 def generate_proposals_levels(
-    logits, deltas, anchors, counts, image_sizes, *, pre_nms_top_n, post_nms_top_n,
-    nms_thresh=0.7, min_size=1e-3, backend=None,
+    logits,
+    deltas,
+    anchors,
+    counts,
+    image_sizes,
+    *,
+    pre_nms_top_n,
+    post_nms_top_n,
+    nms_thresh=0.7,
+    min_size=1e-3,
+    backend=None,
 ):
     """:func:`proposals_one_image_levels` on each image of a batch.
 

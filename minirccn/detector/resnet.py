@@ -86,9 +86,13 @@ class ResNetSpec:
         if not len(self.widths) == len(self.blocks) == len(self.strides) >= 1:
             raise ValueError("ResNetSpec: widths, blocks and strides need the same length >= 1")
         if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"ResNetSpec: block must be 'basic' or 'bottleneck', got {self.block!r}")
+            raise ValueError(
+                f"ResNetSpec: block must be 'basic' or 'bottleneck', got {self.block!r}"
+            )
         if self.stem_pool not in ("max3", "max2", ""):
-            raise ValueError(f"ResNetSpec: stem_pool must be 'max3', 'max2' or '', got {self.stem_pool!r}")
+            raise ValueError(
+                f"ResNetSpec: stem_pool must be 'max3', 'max2' or '', got {self.stem_pool!r}"
+            )
 
 
 PRESETS = {
@@ -217,7 +221,9 @@ def init_resnet(spec, rng: np.random.Generator, dtype=np.float32) -> dict:
     spec = get_spec(spec)
     k = spec.stem_kernel
     params = {
-        "backbone.stem.conv.w": _init.he_normal((spec.stem_channels, spec.in_channels, k, k), rng, dtype)
+        "backbone.stem.conv.w": _init.he_normal(
+            (spec.stem_channels, spec.in_channels, k, k), rng, dtype
+        )
     }
     params.update(_bn_params("backbone.stem.bn", spec.stem_channels, dtype))
     for prefix, c_in, inner, c_out, st, down in _blocks(spec):
@@ -340,7 +346,14 @@ def block_forward(params, spec: ResNetSpec, x, block, train: bool, backend):
     shortcut = None
     if down:
         sc, shortcut = conv_bn_forward(
-            params, f"{prefix}.downsample.conv", f"{prefix}.downsample.bn", x, st, False, train, backend
+            params,
+            f"{prefix}.downsample.conv",
+            f"{prefix}.downsample.bn",
+            x,
+            st,
+            False,
+            train,
+            backend,
         )
     else:
         sc = x
@@ -354,12 +367,18 @@ def block_backward(dy, cache: BlockCache, grads: dict):
     d = layers.relu_backward(dy, cache.relu)
     dx_main = d
     for name, c in reversed(cache.units):
-        dx_main = conv_bn_backward(dx_main, c, f"{cache.prefix}.conv{name}", f"{cache.prefix}.bn{name}", grads)
+        dx_main = conv_bn_backward(
+            dx_main, c, f"{cache.prefix}.conv{name}", f"{cache.prefix}.bn{name}", grads
+        )
     if cache.shortcut is None:
         dx_short = d  # identity shortcut
     else:
         dx_short = conv_bn_backward(
-            d, cache.shortcut, f"{cache.prefix}.downsample.conv", f"{cache.prefix}.downsample.bn", grads
+            d,
+            cache.shortcut,
+            f"{cache.prefix}.downsample.conv",
+            f"{cache.prefix}.downsample.bn",
+            grads,
         )
     return dx_main + dx_short
 

@@ -100,7 +100,7 @@ def test_backbone_backends_agree():
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="spec"):
-        backbone.get_spec("resnet50")
+        backbone.get_spec("resnet51")
 
 
 # ----------------------------------------------------------------------------- init

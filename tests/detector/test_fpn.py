@@ -60,10 +60,14 @@ def _pyramid_by_hand(params, feats):
             x, params[f"{name}.w"], params[f"{name}.b"], 1, pad, backend="numpy"
         )[0]
 
-    l3 = conv(feats[2], "fpn.inner2", 0)
-    l2 = conv(feats[1], "fpn.inner1", 0) + l3.repeat(2, 2).repeat(2, 3)
-    l1 = conv(feats[0], "fpn.inner0", 0) + l2.repeat(2, 2).repeat(2, 3)
-    p = [conv(l1, "fpn.layer0", 1), conv(l2, "fpn.layer1", 1), conv(l3, "fpn.layer2", 1)]
+    l3 = conv(feats[2], "backbone.fpn.inner2", 0)
+    l2 = conv(feats[1], "backbone.fpn.inner1", 0) + l3.repeat(2, 2).repeat(2, 3)
+    l1 = conv(feats[0], "backbone.fpn.inner0", 0) + l2.repeat(2, 2).repeat(2, 3)
+    p = [
+        conv(l1, "backbone.fpn.layer0", 1),
+        conv(l2, "backbone.fpn.layer1", 1),
+        conv(l3, "backbone.fpn.layer2", 1),
+    ]
     return p + [p[2][:, :, ::2, ::2]]  # LastLevelMaxPool: kernel 1, stride 2
 
 
@@ -85,7 +89,7 @@ def test_forward_matches_the_pathway_by_hand():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert fpn.level_strides((4, 8, 16)) == (4, 8, 16, 32)
     # torchvision's init: uniform in +-sqrt(3 / fan_in)
-    w = fpn.init_fpn((64,), 256, np.random.default_rng(0))["fpn.layer0.w"]
+    w = fpn.init_fpn((64,), 256, np.random.default_rng(0))["backbone.fpn.layer0.w"]
     assert np.abs(w).max() <= np.sqrt(3 / (256 * 9)) and w.std() == pytest.approx(
         np.sqrt(1 / (256 * 9)), rel=0.02
     )
@@ -135,7 +139,7 @@ def test_fpn_backward_without_the_pool_level_and_with_unused_maps():
     # only the pool level used: its gradient goes to the top map, then down the pyramid
     dfeats, grads = fpn.fpn_backward([None, None, np.ones_like(outs[2])], cache)
     assert set(grads) == set(params)
-    assert not grads["fpn.layer0.w"].any() and grads["fpn.layer1.w"].any()
+    assert not grads["backbone.fpn.layer0.w"].any() and grads["backbone.fpn.layer1.w"].any()
     assert not dfeats[0].any() and dfeats[1].any()
     with pytest.raises(ValueError, match="dmaps"):
         fpn.fpn_backward([None], cache)

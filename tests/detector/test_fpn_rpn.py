@@ -40,7 +40,10 @@ def test_level_mapper_matches_torchvision_at_the_boundaries(dtype):
     k = mapper.target_levels(np.array([[0, 0, 112, 112], [0, 0, 224, 224], [0, 0, 8, 8]], dtype))
     assert k.tolist() == [3.0, 4.0, -1.0]  # 4 + log2(8 / 224) = -0.81 -> floor -1 -> clamp 2
     # sqrt of the AREA, not the side: 56 x 224 has sqrt(area) 112 (torchvision: level 3)
-    assert (mapper(np.array([[10, 20, 66, 244], [0, 0, 100, 125.44]], dtype)) + 2).tolist() == [3, 3]
+    assert (mapper(np.array([[10, 20, 66, 244], [0, 0, 100, 125.44]], dtype)) + 2).tolist() == [
+        3,
+        3,
+    ]
 
 
 def test_level_mapper_from_strides_and_other_canonical_scales():
@@ -125,8 +128,16 @@ def test_proposals_per_level_against_a_loop(pre, post):
     deltas = (rng.standard_normal((m, 4)) * 0.3).astype(np.float32)
     for backend in ("numpy", "numba"):
         boxes, scores, levels = fpn_rpn.proposals_one_image_levels(
-            logits, deltas, anchors, counts, (24, 24), pre_nms_top_n=pre,
-            post_nms_top_n=post, nms_thresh=0.5, min_size=1.0, backend=backend,
+            logits,
+            deltas,
+            anchors,
+            counts,
+            (24, 24),
+            pre_nms_top_n=pre,
+            post_nms_top_n=post,
+            nms_thresh=0.5,
+            min_size=1.0,
+            backend=backend,
         )
         ref = _by_hand(logits, deltas, anchors, counts, (24, 24), pre, post, 0.5, 1.0)
         assert len(ref) == len(boxes) <= post
@@ -145,8 +156,14 @@ def test_levels_never_suppress_each_other():
         logits, deltas, anchors, [2, 1], (20, 20), pre_nms_top_n=10, post_nms_top_n=10
     )
     assert levels.tolist() == [0, 1] and len(boxes) == 2
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp([-3.0, -1.0])), rtol=1e-6)
     batch = fpn_rpn.generate_proposals_levels(
-        np.stack([logits, logits[::-1]]), np.stack([deltas, deltas]), anchors, [2, 1],
-        [(20, 20), (20, 20)], pre_nms_top_n=10, post_nms_top_n=1,
+        np.stack([logits, logits[::-1]]),
+        np.stack([deltas, deltas]),
+        anchors,
+        [2, 1],
+        [(20, 20), (20, 20)],
+        pre_nms_top_n=10,
+        post_nms_top_n=1,
     )
     assert [b[2].tolist() for b in batch] == [[0], [1]]  # post top-n is over all levels

@@ -107,8 +107,15 @@ def test_block_output_is_relu_of_main_plus_shortcut():
     """An independent calculation of one basic block with an identity shortcut."""
     from minirccn.nn import layers
 
-    spec = ResNetSpec(widths=(3,), blocks=(1,), strides=(1,), stem_channels=3, stem_kernel=1,
-                      stem_stride=1, stem_pool="")
+    spec = ResNetSpec(
+        widths=(3,),
+        blocks=(1,),
+        strides=(1,),
+        stem_channels=3,
+        stem_kernel=1,
+        stem_stride=1,
+        stem_pool="",
+    )
     rng = np.random.default_rng(3)
     params = _perturb(resnet.init_resnet(spec, rng, dtype=np.float64), rng)
     x = rng.standard_normal((2, 3, 5, 6))
@@ -121,7 +128,9 @@ def test_block_output_is_relu_of_main_plus_shortcut():
 
     def conv(h, name):
         w = params[f"{name}.w"]
-        return layers.conv2d_forward(h, w, np.zeros(w.shape[0]), 1, w.shape[2] // 2, backend="numpy")[0]
+        return layers.conv2d_forward(
+            h, w, np.zeros(w.shape[0]), 1, w.shape[2] // 2, backend="numpy"
+        )[0]
 
     stem = np.maximum(bn(conv(x, "backbone.stem.conv"), "backbone.stem.bn"), 0)
     p = "backbone.layer1.0"
