@@ -70,11 +70,10 @@ def init_head(
     }
 
 
-class HeadCache(NamedTuple):
-    """What :func:`head_backward` needs: one cache per layer (``None`` for an absent dropout)."""
+class BoxHeadCache(NamedTuple):
+    """What :func:`box_head_backward` needs: one cache per fc layer (``None`` for an absent
+    dropout)."""
 
-    pool: tuple
-    pooled_shape: tuple
     fc6: tuple
     relu6: tuple
     drop6: tuple | None
@@ -83,6 +82,45 @@ class HeadCache(NamedTuple):
     drop7: tuple | None
     cls: tuple
     bbox: tuple
+
+
+class HeadCache(NamedTuple):
+    """What :func:`head_backward` needs: the pooling's cache, the pooled shape, the fc layers'."""
+
+    pool: tuple
+    pooled_shape: tuple
+    box: BoxHeadCache
+
+
+def box_head_forward(params: dict, x, *, dropout: float = 0.0, rng=None, backend=None):
+    """The fc part of the head on pooled RoI features (torchvision's ``TwoMLPHead`` +
+    ``FastRCNNPredictor``), whatever pooled them.
+
+    Args:
+        params: from :func:`init_head`.
+        x: ``(R, C*P*P)`` float flattened pooled features.
+        dropout, rng, backend: as :func:`head_forward`.
+
+    Returns:
+        class_logits: ``(R, K)``; box_deltas: ``(R, 4K)``; cache: :class:`BoxHeadCache`.
+    """
+    x, fc6 = layers.linear_forward(x, params["head.fc6.w"], params["head.fc6.b"], backend=backend)
+    x, relu6 = layers.relu_forward(x)
+    drop6 = None
+    if dropout > 0:
+        x, drop6 = layers.dropout_forward(x, dropout, rng)
+    x, fc7 = layers.linear_forward(x, params["head.fc7.w"], params["head.fc7.b"], backend=backend)
+    x, relu7 = layers.relu_forward(x)
+    drop7 = None
+    if dropout > 0:
+        x, drop7 = layers.dropout_forward(x, dropout, rng)
+    class_logits, cls = layers.linear_forward(
+        x, params["head.cls.w"], params["head.cls.b"], backend=backend
+    )
+    box_deltas, bbox = layers.linear_forward(
+        x, params["head.bbox.w"], params["head.bbox.b"], backend=backend
+    )
+    return class_logits, box_deltas, BoxHeadCache(fc6, relu6, drop6, fc7, relu7, drop7, cls, bbox)
 
 
 def head_forward(
@@ -116,24 +154,10 @@ def head_forward(
     )
     r, c, ph, pw = pooled.shape
     x = pooled.reshape(r, c * ph * pw)  # explicit: R may be 0
-    x, fc6 = layers.linear_forward(x, params["head.fc6.w"], params["head.fc6.b"], backend=backend)
-    x, relu6 = layers.relu_forward(x)
-    drop6 = None
-    if dropout > 0:
-        x, drop6 = layers.dropout_forward(x, dropout, rng)
-    x, fc7 = layers.linear_forward(x, params["head.fc7.w"], params["head.fc7.b"], backend=backend)
-    x, relu7 = layers.relu_forward(x)
-    drop7 = None
-    if dropout > 0:
-        x, drop7 = layers.dropout_forward(x, dropout, rng)
-    class_logits, cls = layers.linear_forward(
-        x, params["head.cls.w"], params["head.cls.b"], backend=backend
+    class_logits, box_deltas, box = box_head_forward(
+        params, x, dropout=dropout, rng=rng, backend=backend
     )
-    box_deltas, bbox = layers.linear_forward(
-        x, params["head.bbox.w"], params["head.bbox.b"], backend=backend
-    )
-    cache = HeadCache(pool_cache, pooled.shape, fc6, relu6, drop6, fc7, relu7, drop7, cls, bbox)
-    return class_logits, box_deltas, cache
+    return class_logits, box_deltas, HeadCache(pool_cache, pooled.shape, box)
 
 
 def head_losses(class_logits, box_deltas, labels, regression_targets, beta: float = 1.0 / 9):
@@ -172,16 +196,11 @@ def head_losses(class_logits, box_deltas, labels, regression_targets, beta: floa
     return float(loss_cls), loss_box, dlogits, ddeltas
 
 
-def head_backward(dlogits, ddeltas, cache: HeadCache):
-    """Backward of :func:`head_forward`, in reverse order of the forward.
-
-    Args:
-        dlogits: ``(R, K)`` gradient w.r.t. the class scores.
-        ddeltas: ``(R, 4K)`` gradient w.r.t. the box deltas.
-        cache: from :func:`head_forward`.
+def box_head_backward(dlogits, ddeltas, cache: BoxHeadCache):
+    """Backward of :func:`box_head_forward`, in reverse order of the forward.
 
     Returns:
-        dfeatures: ``(N, C, H, W)`` gradient w.r.t. the feature map.
+        dx: ``(R, C*P*P)`` gradient w.r.t. the flattened pooled features;
         grads: dict with the same keys as the head parameters.
     """
     dx_cls, dw_cls, db_cls = layers.linear_backward(dlogits, cache.cls)
@@ -195,7 +214,6 @@ def head_backward(dlogits, ddeltas, cache: HeadCache):
         dx = layers.dropout_backward(dx, cache.drop6)
     dx = layers.relu_backward(dx, cache.relu6)
     dx, dw6, db6 = layers.linear_backward(dx, cache.fc6)
-    dfeatures = roi_pool_layer_backward(dx.reshape(cache.pooled_shape), cache.pool)
     grads = {
         "head.fc6.w": dw6,
         "head.fc6.b": db6,
@@ -206,4 +224,21 @@ def head_backward(dlogits, ddeltas, cache: HeadCache):
         "head.bbox.w": dw_box,
         "head.bbox.b": db_box,
     }
+    return dx, grads
+
+
+def head_backward(dlogits, ddeltas, cache: HeadCache):
+    """Backward of :func:`head_forward`, in reverse order of the forward.
+
+    Args:
+        dlogits: ``(R, K)`` gradient w.r.t. the class scores.
+        ddeltas: ``(R, 4K)`` gradient w.r.t. the box deltas.
+        cache: from :func:`head_forward`.
+
+    Returns:
+        dfeatures: ``(N, C, H, W)`` gradient w.r.t. the feature map.
+        grads: dict with the same keys as the head parameters.
+    """
+    dx, grads = box_head_backward(dlogits, ddeltas, cache.box)
+    dfeatures = roi_pool_layer_backward(dx.reshape(cache.pooled_shape), cache.pool)
     return dfeatures, grads
