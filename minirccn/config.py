@@ -33,6 +33,12 @@ class FasterRCNNConfig:
     backbone_stages: tuple = ()  # optional custom stack: ((channels, convs, pool), ...)
     backbone_batch_norm: bool = True  # batch norm in a custom stack
 
+    # ---- feature pyramid (FPN; minirccn.detector.fpn_model) ----------------------
+    fpn_channels: int = 0  # > 0: an FPN of this width on every stage of a ResNet backbone,
+    #   plus a max-pooled level; anchor_sizes then holds ONE size per pyramid level
+    roi_canonical_scale: int = 224  # LevelMapper: a RoI of sqrt(area) s is pooled from level
+    roi_canonical_level: int = 4  #   floor(level + log2(s / scale) + 1e-6), clamped
+
     # ---- image transform (GeneralizedRCNNTransform) --------------------------
     min_size: int = 128  # shorter side is resized to this ...
     max_size: int = 128  # ... unless the longer side would exceed this
@@ -96,7 +102,10 @@ class FasterRCNNConfig:
 
     @property
     def num_anchors(self) -> int:
-        """``A``: anchors per feature-map location."""
+        """``A``: anchors per feature-map location (with an FPN: per location of each level,
+        which has one anchor size)."""
+        if self.fpn_channels:
+            return len(self.aspect_ratios)
         return len(self.anchor_sizes) * len(self.aspect_ratios)
 
     def to_json(self) -> str:

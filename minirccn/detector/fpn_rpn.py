@@ -182,3 +182,55 @@ def generate_proposals_levels(
         )
         for i in range(logits.shape[0])
     ]
+
+
+class LevelsProposalCreator:
+    """The multi-level proposal layer with its numbers, built once, then called with data.
+
+    Args:
+        pre_nms_top_n: proposals kept per LEVEL by score before NMS.
+        post_nms_top_n: proposals kept per image after NMS (over all levels).
+        nms_thresh: NMS IoU threshold (per level).
+        min_size: boxes narrower or lower than this (pixels) are dropped.
+    """
+
+    def __init__(
+        self, pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float = 0.7, min_size=1e-3
+    ):
+        self.pre_nms_top_n = int(pre_nms_top_n)
+        self.post_nms_top_n = int(post_nms_top_n)
+        self.nms_thresh = float(nms_thresh)
+        self.min_size = min_size
+
+    def __repr__(self) -> str:
+        return (
+            f"LevelsProposalCreator(pre_nms_top_n={self.pre_nms_top_n} per level, "
+            f"post_nms_top_n={self.post_nms_top_n}, nms_thresh={self.nms_thresh}, "
+            f"min_size={self.min_size})"
+        )
+
+    @classmethod
+    def from_config(cls, config, training: bool) -> "LevelsProposalCreator":
+        """The ``rpn_*_train`` numbers if ``training``, else the ``rpn_*_test`` ones."""
+        return cls(
+            config.rpn_pre_nms_top_n_train if training else config.rpn_pre_nms_top_n_test,
+            config.rpn_post_nms_top_n_train if training else config.rpn_post_nms_top_n_test,
+            config.rpn_nms_thresh,
+            config.rpn_min_size,
+        )
+
+    def __call__(self, logits, deltas, anchors, counts, image_sizes, backend=None):
+        """:func:`generate_proposals_levels` with this layer's numbers: ``N`` triples
+        ``(boxes (P_i, 4), scores (P_i,), levels (P_i,))``."""
+        return generate_proposals_levels(
+            logits,
+            deltas,
+            anchors,
+            counts,
+            image_sizes,
+            pre_nms_top_n=self.pre_nms_top_n,
+            post_nms_top_n=self.post_nms_top_n,
+            nms_thresh=self.nms_thresh,
+            min_size=self.min_size,
+            backend=backend,
+        )

@@ -164,6 +164,10 @@ def backbone_spec(config: FasterRCNNConfig):
 
 def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Generator) -> dict:
     """Fresh parameters of backbone, RPN and head, all drawn from ``rng``."""
+    if config.fpn_channels:  # ResNet + FPN: minirccn.detector.fpn_model
+        from minirccn.detector import fpn_model
+
+        return fpn_model.init_params(config, num_classes, rng)
     dtype = np.dtype(config.dtype)
     spec = backbone_spec(config)
     params = _bb.init_backbone(spec, rng, dtype)
@@ -268,6 +272,22 @@ def detector_forward(
         cache: :class:`DetectorCache`.
         samples: the :class:`Samples` used.
     """
+    if model.config.fpn_channels:  # a feature pyramid: minirccn.detector.fpn_model
+        from minirccn.detector import fpn_model
+
+        return fpn_model.fpn_detector_forward(
+            model,
+            images,
+            image_sizes,
+            targets,
+            rng,
+            backend=backend,
+            parts=stages,
+            proposals=proposals,
+            samples=samples,
+            train_backbone=train_backbone,
+            batch_stats=batch_stats,
+        )
     backend = resolve(backend, images)
     xp = array_module(backend)
     cfg = model.config
@@ -418,6 +438,10 @@ def model_backward(cache: DetectorCache) -> dict:
         dict name -> gradient, same shapes and dtypes as the parameters (only the
         trainable ones: see ``cache.trainable``).
     """
+    if not isinstance(cache, DetectorCache):  # a feature pyramid's cache
+        from minirccn.detector import fpn_model
+
+        return fpn_model.fpn_detector_backward(cache)
     grads = {}
     dfeatures = 0
 
@@ -513,6 +537,11 @@ def detect_proposals(model: FasterRCNN, images, image_sizes, *, train: bool = Fa
 
 def _proposals(model, images, image_sizes, train, backend):
     """``(features, [(boxes, scores)])`` of a batch with the backbone in inference mode."""
+    if model.config.fpn_channels:  # (maps, [(boxes, scores, levels)]): fpn_model
+        from minirccn.detector import fpn_model
+
+        maps, props = fpn_model.fpn_proposals(model, images, image_sizes, train, backend)
+        return maps, [(b, s) for b, s, _ in props]
     xp = array_module(backend)
     cfg = model.config
     features, _ = _bb.backbone_forward(
@@ -547,6 +576,10 @@ def detect(model: FasterRCNN, images, image_sizes, backend=None) -> list:
     Returns:
         ``N`` dicts of :func:`postprocess_detections`, in the coordinates of ``images``.
     """
+    if model.config.fpn_channels:
+        from minirccn.detector import fpn_model
+
+        return fpn_model.fpn_detect(model, images, image_sizes, backend=backend)
     backend = resolve(backend, images)
     xp = array_module(backend)
     cfg = model.config
