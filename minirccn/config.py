@@ -21,7 +21,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-PRESETS = ("tiny", "vgg16")
+PRESETS = ("tiny", "vgg16", "resnet-tiny", "resnet-fpn-tiny", "resnet50-fpn")
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,54 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
             iters=70000,
             milestones=(50000,),
         )
+    elif name in ("resnet-tiny", "resnet-fpn-tiny", "resnet50-fpn"):
+        cfg = _resnet_preset(name)
     else:
         raise ValueError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return cfg.replace(**overrides) if overrides else cfg
+
+
+def _resnet_preset(name: str) -> FasterRCNNConfig:
+    """The ResNet presets (see minirccn.detector.resnet and docs/fpn.md for the numbers).
+
+    * ``resnet-tiny``: the ``tiny`` preset's detector on a small ResNet (basic blocks, one
+      stride-4 map);
+    * ``resnet-fpn-tiny``: a small ResNet + FPN (P2..P5 and pool, strides 4..64, 32
+      channels), one anchor size per level, multi-scale RoIAlign (sampling ratio 2);
+    * ``resnet50-fpn``: torchvision's ``fasterrcnn_resnet50_fpn`` shape (800-pixel images,
+      ResNet-50, FPN 256, anchors 32..512); far too slow to train on a CPU.
+    """
+    tiny = preset("tiny")
+    if name == "resnet-tiny":
+        return tiny.replace(backbone="resnet-tiny", backbone_stages=())
+    if name == "resnet-fpn-tiny":
+        return tiny.replace(
+            backbone="resnet-fpn-tiny",
+            backbone_stages=(),
+            fpn_channels=32,
+            anchor_sizes=(8, 16, 32, 64, 128),
+            rpn_channels=32,
+            rpn_pre_nms_top_n_train=300,  # per level
+            rpn_pre_nms_top_n_test=150,  # per level
+        )
+    return FasterRCNNConfig(
+        backbone="resnet50",
+        fpn_channels=256,
+        min_size=800,
+        max_size=1333,
+        anchor_sizes=(32, 64, 128, 256, 512),
+        aspect_ratios=(0.5, 1.0, 2.0),
+        anchor_offset=0.0,
+        rpn_channels=256,
+        rpn_pre_nms_top_n_train=2000,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_train=2000,
+        rpn_post_nms_top_n_test=1000,
+        representation_size=1024,
+        box_batch_size_per_image=512,
+        lr=0.02,
+        warmup_iters=1000,
+        iters=90000,
+        milestones=(60000, 80000),
+        images_per_batch=2,
+    )
