@@ -296,7 +296,7 @@ def fpn_detector_forward(
         )
         r = pooled.shape[0]
         class_logits, box_deltas, head_cache = box_head_forward(
-            p, pooled.reshape(r, -1), dropout=cfg.dropout, rng=rng, backend=backend
+            p, pooled.reshape(r, int(np.prod(pooled.shape[1:]))), dropout=cfg.dropout, rng=rng, backend=backend
         )
         (losses["loss_classifier"], losses["loss_box_reg"], d_cls, d_box) = head_losses(
             class_logits,
@@ -405,7 +405,7 @@ def fpn_detect(model, images, image_sizes, backend=None) -> list:
         rois = xp.concatenate([xp.full((boxes.shape[0], 1), i, dtype=boxes.dtype), boxes], axis=1)
         pooled, _ = pyr.roi_pool.forward(maps[:-1], rois, backend=backend)
         class_logits, box_deltas, _ = box_head_forward(
-            model.params, pooled.reshape(pooled.shape[0], -1), backend=backend
+            model.params, pooled.reshape(len(pooled), int(np.prod(pooled.shape[1:]))), backend=backend
         )
         out.append(
             postprocess_detections(
