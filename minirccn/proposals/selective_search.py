@@ -64,6 +64,7 @@ COLOUR_BINS = 25
 TEXTURE_ORIENTATIONS = 8
 TEXTURE_BINS = 10
 TEXTURE_SIGMA = 1.0
+FLAT = 1e-6  # a channel whose largest gradient response is below this is flat
 MEASURES = ("colour", "texture", "size", "fill")
 COLOUR_SPACES = ("rgb", "hsv", "lab", "rgi", "h", "i")
 
@@ -208,7 +209,7 @@ def texture_histograms(image: np.ndarray, labels: np.ndarray, n: int) -> np.ndar
 
     Each channel's responses (:func:`oriented_gradients`) are binned over ``[0, R_c]``,
     ``R_c`` that channel's largest response in the image: bin ``min(floor(10 r / R_c), 9)``
-    (all bin 0 for a flat channel).
+    (all bin 0 for a channel whose largest response is below :data:`FLAT`: flat up to rounding).
 
     Args:
         image: ``(H, W, C)`` float in ``[0, 255]``.
@@ -220,7 +221,7 @@ def texture_histograms(image: np.ndarray, labels: np.ndarray, n: int) -> np.ndar
     resp = oriented_gradients(np.asarray(image, dtype=np.float64))  # (H, W, C, 8)
     c = image.shape[2]
     top = resp.reshape(-1, c, TEXTURE_ORIENTATIONS).max(axis=(0, 2))  # (C,)
-    scaled = resp / np.where(top > 0, top, 1.0)[:, None]
+    scaled = resp / np.where(top > FLAT, top, np.inf)[:, None]
     bins = np.minimum((scaled * TEXTURE_BINS).astype(np.int64), TEXTURE_BINS - 1)
     per_region = c * TEXTURE_ORIENTATIONS * TEXTURE_BINS
     slot = (np.arange(c)[:, None] * TEXTURE_ORIENTATIONS + np.arange(TEXTURE_ORIENTATIONS)) * TEXTURE_BINS
