@@ -244,9 +244,9 @@ _, cache, samples = M.detector_forward(
     np.random.default_rng(0),
     backend="numpy",
     proposals=[chosen],
-    stages=("head",),
+    parts=("head",),
 )
-grads = M.model_backward(cache)
+grads = M.detector_backward(cache)
 used = sorted(set(cache.pool.levels.tolist()))
 print(f"{len(samples.rois)} sampled RoIs, pooled from levels {[names[i] for i in used]}")
 for i in range(4):

@@ -37,7 +37,6 @@ import numpy as np
 
 from minirccn.backend import array_module, resolve, to_numpy
 from minirccn.detector import fpn, resnet
-from minirccn.detector.anchor_targets import anchor_targets
 from minirccn.detector.fpn_rpn import (
     LevelsProposalCreator,
     multilevel_anchors,
@@ -46,7 +45,6 @@ from minirccn.detector.fpn_rpn import (
 )
 from minirccn.detector.head import box_head_backward, box_head_forward, head_losses, init_head
 from minirccn.detector.poolers import MultiScaleRoIAlign
-from minirccn.detector.proposal_targets import proposal_targets
 from minirccn.detector.rpn import init_rpn, rpn_losses
 
 
@@ -111,11 +109,10 @@ def pooling_options(config) -> tuple:
 
 
 def pyramid_of(model) -> Pyramid:
-    """The model's :class:`Pyramid` (built on first use and kept on the model)."""
-    p = getattr(model, "_pyramid", None)
-    if p is None or p.config is not model.config:
-        p = model._pyramid = Pyramid(model.config)
-    return p
+    """The model's :class:`Pyramid` (``model.pyramid``, built with the model)."""
+    if model.pyramid is None:
+        raise ValueError("model: its config has no feature pyramid (fpn_channels is 0)")
+    return model.pyramid
 
 
 # ------------------------------------------------------------------------ parameters
@@ -181,47 +178,14 @@ class FPNDetectorCache(NamedTuple):
 
 
 def _sample_anchors(model, anchors, image_sizes, targets, rng):
-    """RPN training samples of a batch (host): labels ``(N, M)``, targets ``(N, M, 4)``."""
-    cfg = model.config
-    labels, reg = [], []
-    for t, size in zip(targets, image_sizes):
-        lab, tg = anchor_targets(
-            anchors,
-            t["boxes"],
-            size,
-            rng,
-            fg_iou_thresh=cfg.rpn_fg_iou_thresh,
-            bg_iou_thresh=cfg.rpn_bg_iou_thresh,
-            batch_size=cfg.rpn_batch_size_per_image,
-            positive_fraction=cfg.rpn_positive_fraction,
-            allowed_border=cfg.rpn_allowed_border,
-        )
-        labels.append(lab)
-        reg.append(tg)
-    return np.stack(labels), np.stack(reg)
-
-
-def _sample_rois(model, proposals, targets, rng):
-    """RoI head training samples of a batch (host): rois ``(R, 5)``, labels, targets."""
-    cfg = model.config
-    rois, labels, reg = [], [], []
-    for i, (boxes, t) in enumerate(zip(proposals, targets)):
-        r, lab, tg = proposal_targets(
-            np.asarray(boxes, dtype=cfg.dtype).reshape(-1, 4),
-            t["boxes"],
-            t["labels"],
-            rng,
-            fg_iou_thresh=cfg.box_fg_iou_thresh,
-            bg_iou_thresh=cfg.box_bg_iou_thresh,
-            bg_iou_lo=cfg.box_bg_iou_lo,
-            batch_size=cfg.box_batch_size_per_image,
-            positive_fraction=cfg.box_positive_fraction,
-            weights=cfg.bbox_reg_weights,
-        )
-        rois.append(np.concatenate([np.full((r.shape[0], 1), i, dtype=r.dtype), r], axis=1))
-        labels.append(lab)
-        reg.append(tg)
-    return np.concatenate(rois), np.concatenate(labels), np.concatenate(reg)
+    """RPN training samples of a batch (host, the model's ``anchor_targets`` creator): labels
+    ``(N, M)`` and targets ``(N, M, 4)`` over every level's anchors at once."""
+    per_image = [
+        model.anchor_targets(anchors, t["boxes"], size, rng)
+        for t, size in zip(targets, image_sizes)
+    ]
+    labels, regression = zip(*per_image)
+    return np.stack(labels), np.stack(regression)
 
 
 def fpn_detector_forward(
@@ -247,7 +211,7 @@ def fpn_detector_forward(
         losses (dict of floats), cache (:class:`FPNDetectorCache`), samples
         (:class:`~minirccn.detector.model.Samples`).
     """
-    from minirccn.detector.model import LOSS_NAMES, Samples
+    from minirccn.detector.model import LOSS_NAMES, Samples, _no_rois, sample_rois
 
     backend = resolve(backend, images)
     xp = array_module(backend)
@@ -283,20 +247,17 @@ def fpn_detector_forward(
                 anchors, counts = pyr.anchors(sizes, xp)
                 props = pyr.train_proposals(logits, deltas, anchors, counts, image_sizes, backend)
                 proposals = [to_numpy(b) for b, _, _ in props]
-            samples = samples._replace(
-                **dict(
-                    zip(
-                        ("rois", "roi_labels", "roi_targets"),
-                        _sample_rois(model, proposals, targets, rng),
-                    )
-                )
-            )
+            samples = sample_rois(model, samples, proposals, targets, rng)
         pooled, pool_cache = pyr.roi_pool.forward(
             maps[:-1], xp.asarray(samples.rois), backend=backend
         )
         r = pooled.shape[0]
         class_logits, box_deltas, head_cache = box_head_forward(
-            p, pooled.reshape(r, int(np.prod(pooled.shape[1:]))), dropout=cfg.dropout, rng=rng, backend=backend
+            p,
+            pooled.reshape(r, int(np.prod(pooled.shape[1:]))),
+            dropout=cfg.dropout,
+            rng=rng,
+            backend=backend,
         )
         (losses["loss_classifier"], losses["loss_box_reg"], d_cls, d_box) = head_losses(
             class_logits,
@@ -306,11 +267,7 @@ def fpn_detector_forward(
             beta=cfg.box_beta,
         )
     elif samples.rois is None:
-        samples = samples._replace(
-            rois=np.zeros((0, 5), cfg.dtype),
-            roi_labels=np.zeros(0, np.int64),
-            roi_targets=np.zeros((0, 4), cfg.dtype),
-        )
+        samples = samples._replace(**_no_rois(cfg.dtype))
     trainable = tuple(s + "." for s in parts) + (("backbone.",) if train_backbone else ())
     cache = FPNDetectorCache(
         pyr_cache,
@@ -405,7 +362,9 @@ def fpn_detect(model, images, image_sizes, backend=None) -> list:
         rois = xp.concatenate([xp.full((boxes.shape[0], 1), i, dtype=boxes.dtype), boxes], axis=1)
         pooled, _ = pyr.roi_pool.forward(maps[:-1], rois, backend=backend)
         class_logits, box_deltas, _ = box_head_forward(
-            model.params, pooled.reshape(len(pooled), int(np.prod(pooled.shape[1:]))), backend=backend
+            model.params,
+            pooled.reshape(len(pooled), int(np.prod(pooled.shape[1:]))),
+            backend=backend,
         )
         out.append(
             postprocess_detections(

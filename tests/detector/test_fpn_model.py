@@ -144,7 +144,7 @@ def test_fpn_end_to_end_gradient_check(tiny_fpn):
     )
     assert all(v > 0 for v in losses.values()), losses
     assert set(cache.pool.levels.tolist()) == {0, 1, 2, 3}  # every pooled level is exercised
-    grads = M.model_backward(cache)
+    grads = M.detector_backward(cache)
     assert set(grads) == set(net.trainable())
 
     def total():
@@ -189,19 +189,19 @@ def test_each_level_gets_its_own_gradient(tiny_fpn):
         np.random.default_rng(1),
         backend="numpy",
         proposals=props,
-        stages=("head",),
+        parts=("head",),
     )
     assert set(cache.pool.levels.tolist()) == {1}
-    g = M.model_backward(cache)
+    g = M.detector_backward(cache)
     used = {i: bool(np.abs(g[f"backbone.fpn.layer{i}.w"]).max() > 0) for i in range(4)}
     assert used == {0: False, 1: True, 2: False, 3: False}
     lateral = {i: bool(np.abs(g[f"backbone.fpn.inner{i}.w"]).max() > 0) for i in range(4)}
     assert lateral == {0: False, 1: True, 2: True, 3: True}
     assert not any(k.startswith("rpn.") for k in g)
     _, cache, samples = M.detector_forward(
-        net, images, sizes, targets, np.random.default_rng(1), backend="numpy", stages=("rpn",)
+        net, images, sizes, targets, np.random.default_rng(1), backend="numpy", parts=("rpn",)
     )
-    g = M.model_backward(cache)
+    g = M.detector_backward(cache)
     # the levels whose anchors were sampled (the pool level is a view of the stride-16 map)
     counts = cache.rpn.counts
     sampled = set(fpn_rpn.level_ids(counts)[(samples.rpn_labels >= 0).any(axis=0)].tolist())
