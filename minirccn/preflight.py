@@ -77,6 +77,9 @@ RANGES = {
     "iters": (1, MAX_ITERS),
     "images_per_batch": (1, 1024),
     "bn_freeze_iter": (0, MAX_ITERS),
+    "fpn_channels": (0, MAX_CHANNELS),
+    "roi_canonical_scale": (1, MAX_SIDE * 4),
+    "roi_canonical_level": (0, MAX_LIST),
 }
 #: tuple fields: (length or None, element low, element high, element type)
 TUPLES = {
@@ -176,7 +179,9 @@ def check_config(config, where: str = "config") -> None:
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
     if config.dtype not in DTYPES:
-        raise MinirccnError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+        raise MinirccnError(
+            f"{where}: dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}"
+        )
     stages = config.backbone_stages
     if len(stages) > MAX_LIST or not all(
         isinstance(s, (tuple, list))
@@ -192,13 +197,26 @@ def check_config(config, where: str = "config") -> None:
             f"{where}: backbone_stages must be a list of [channels 1..{MAX_CHANNELS}, "
             f"convs 1..{MAX_LIST}, pool true/false], got {json.dumps(stages, default=repr)}"
         )
-    if not stages:
-        from minirccn.detector.backbone import PRESETS
+    from minirccn.detector import resnet
+    from minirccn.detector.backbone import PRESETS
 
-        if config.backbone not in PRESETS:
+    if not stages and config.backbone not in PRESETS and config.backbone not in resnet.PRESETS:
+        names = ", ".join((*PRESETS, *resnet.PRESETS))
+        raise MinirccnError(
+            f"{where}: backbone must be one of {names} (or give backbone_stages), "
+            f"got {config.backbone!r}"
+        )
+    if config.fpn_channels:  # a feature pyramid: a ResNet, one anchor size per level
+        if config.backbone not in resnet.PRESETS:
             raise MinirccnError(
-                f"{where}: backbone must be one of {', '.join(PRESETS)} (or give backbone_stages), "
+                f"{where}: fpn_channels needs a ResNet backbone ({', '.join(resnet.PRESETS)}), "
                 f"got {config.backbone!r}"
+            )
+        levels = len(resnet.PRESETS[config.backbone].widths) + 1  # + the max-pooled level
+        if len(config.anchor_sizes) != levels:
+            raise MinirccnError(
+                f"{where}: anchor_sizes must hold one size per pyramid level ({levels}) with "
+                f"fpn_channels, got {json.dumps(config.anchor_sizes)}"
             )
 
 
@@ -397,7 +415,9 @@ def inspect_checkpoint(path: str) -> dict:
             )
             if part
         )
-        raise MinirccnError(f"{path}: incompatible checkpoint: its parameters do not match its config ({detail})")
+        raise MinirccnError(
+            f"{path}: incompatible checkpoint: its parameters do not match its config ({detail})"
+        )
     stored = sum(h[2] for h in headers.values())
     if stored > 4 * total + MAX_META_BYTES:  # parameters, momentum, metadata
         raise MinirccnError(

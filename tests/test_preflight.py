@@ -74,19 +74,31 @@ def test_every_preset_passes_and_bad_fields_are_named():
         (dict(backbone_stages=((4, 1, "yes"),)), "backbone_stages must be"),
         (dict(backbone_stages=(), backbone="nope"), "backbone must be one of"),
         (dict(milestones=(1.5,)), "milestones must be a list of integers"),
+        (dict(fpn_channels=8), "fpn_channels needs a ResNet backbone"),
+        (dict(fpn_channels=-1), "fpn_channels must be in"),
     ]:
         with pytest.raises(MinirccnError, match=f"^here: {match}"):
             preflight.check_config(tiny_config(**change), "here")
+    with pytest.raises(MinirccnError, match="^here: anchor_sizes must hold one size per pyramid"):
+        preflight.check_config(preset("resnet-fpn-tiny", anchor_sizes=(8, 16)), "here")
 
 
 def test_param_shapes_are_the_model_s_own_and_cost_no_memory():
-    for cfg in (tiny_config(), preset("tiny"), tiny_config(backbone_stages=(), backbone="tiny")):
+    for cfg in (
+        tiny_config(),
+        preset("tiny"),
+        tiny_config(backbone_stages=(), backbone="tiny"),
+        preset("resnet-tiny"),
+        preset("resnet-fpn-tiny"),
+    ):
         real = init_params(cfg, 4, np.random.default_rng(0))
         traced = preflight.param_shapes(cfg, 4)
         assert traced == {k: (v.shape, v.dtype) for k, v in real.items()}
     tracemalloc.start()
     try:
-        huge = preflight.param_shapes(tiny_config(representation_size=65536, roi_output_size=64), 1000)
+        huge = preflight.param_shapes(
+            tiny_config(representation_size=65536, roi_output_size=64), 1000
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -196,7 +208,9 @@ def train(data, out, **kw):
 
 def test_resume_is_checked_against_the_data_steps_and_seed(data, tmp_path):
     train(data, tmp_path, iters=2, seed=1)
-    with pytest.raises(MinirccnError, match=r"--iters 1: fewer than the 2 steps .*--iters 2 or more"):
+    with pytest.raises(
+        MinirccnError, match=r"--iters 1: fewer than the 2 steps .*--iters 2 or more"
+    ):
         train(data, tmp_path, iters=1, seed=1, resume=True)
     with pytest.raises(MinirccnError, match="--seed 5: .* was trained with --seed 1; .*--reseed"):
         train(data, tmp_path, iters=3, seed=5, resume=True)
@@ -296,7 +310,9 @@ def test_no_readable_image_and_an_image_lost_mid_run_are_clear(coco, tmp_path, d
 
         calls = 0
 
-    with pytest.raises(MinirccnError, match=r"lost.png: image file not found; checkpoint at step 2"):
+    with pytest.raises(
+        MinirccnError, match=r"lost.png: image file not found; checkpoint at step 2"
+    ):
         train((Fails(), None), tmp_path / "r", iters=5)
     assert load_checkpoint(tmp_path / "r" / "checkpoint.npz")[1]["step"] == 2
 
