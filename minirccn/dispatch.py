@@ -35,6 +35,7 @@ _BOXES = "minirccn.ops.boxes"
 _BOX_CODER = "minirccn.ops.box_coder"
 _NMS = "minirccn.ops.nms"
 _ROI_POOL = "minirccn.ops.roi_pool"
+_ROI_ALIGN = "minirccn.ops.roi_align"
 _CONV = "minirccn.nn.conv"
 _POOL = "minirccn.nn.pool"
 
@@ -77,6 +78,19 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.roi_pool:roi_pool_backward_numba",
         "cuda": "minirccn.kernels.roi_pool:roi_pool_backward_cuda",
         "cudac": "minirccn.kernels.roi_pool:roi_pool_backward_cudac",
+    },
+    # minirccn.ops.roi_align: the sample tables come from sample_tables on every backend
+    "roi_align": {
+        "numpy": f"{_ROI_ALIGN}:roi_align_tables_reference",
+        "numba": "minirccn.kernels.roi_align:roi_align_numba",
+        "cuda": "minirccn.kernels.roi_align:roi_align_cuda",
+        "cudac": "minirccn.kernels.roi_align:roi_align_cudac",
+    },
+    "roi_align_backward": {
+        "numpy": f"{_ROI_ALIGN}:roi_align_backward_tables_reference",
+        "numba": "minirccn.kernels.roi_align:roi_align_backward_numba",
+        "cuda": "minirccn.kernels.roi_align:roi_align_backward_cuda",
+        "cudac": "minirccn.kernels.roi_align:roi_align_backward_cudac",
     },
     # minirccn.nn.conv: conv2d is im2col + GEMM (forward), GEMM + col2im (backward)
     "im2col": {

@@ -19,6 +19,7 @@ USERS = {
     "minirccn/ops/box_coder.py": {"encode_boxes", "decode_boxes"},
     "minirccn/ops/nms.py": {"nms_sorted"},
     "minirccn/ops/roi_pool.py": {"roi_pool", "roi_pool_backward"},
+    "minirccn/ops/roi_align.py": {"roi_align", "roi_align_backward"},
     "minirccn/nn/conv.py": {"im2col", "col2im"},
     "minirccn/nn/pool.py": {"max_pool2d", "max_pool2d_backward"},
 }
