@@ -230,3 +230,19 @@ def test_fpn_inference_and_backends(tiny_fpn):
         np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=1e-9, atol=1e-9)
     props = M.detect_proposals(net, images, sizes, backend="numpy")
     assert len(props) == 2 and all(len(p) <= 10 for p in props)
+
+
+def test_fpn_checkpoint_round_trip(tiny_fpn, tmp_path):
+    """The checkpoint stores the config: a loaded FPN model predicts the same boxes."""
+    from minirccn.checkpoint import load_checkpoint, save_checkpoint
+
+    net = M.FasterRCNN(tiny_fpn, NAMES, rng=np.random.default_rng(0))
+    net.params["head.cls.w"] = net.params["head.cls.w"] * 300
+    path = save_checkpoint(tmp_path / "fpn.npz", net, step=3)
+    loaded, state = load_checkpoint(path)
+    assert loaded.config == tiny_fpn and state["step"] == 3 and loaded.pyramid is not None
+    image = (np.random.default_rng(4).random((32, 32, 3)) * 255).astype(np.uint8)
+    a, b = net.predict(image, backend="numpy"), loaded.predict(image, backend="numpy")
+    assert len(a["boxes"]) > 0
+    np.testing.assert_array_equal(a["boxes"], b["boxes"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])
