@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 sys.path.insert(0, ".")
-from minirccn import losses  # noqa: E402
+from minirccn import losses
 
 
 def main(n_cases: int = 3000, seed: int = 0) -> int:

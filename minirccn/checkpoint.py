@@ -131,7 +131,8 @@ def load_checkpoint(path):
         MinirccnError: naming ``path`` if it is missing, corrupt, or not a
             compatible minirccn checkpoint.
     """
-    from minirccn.detector.model import FasterRCNN, init_params
+    from minirccn.detector.model import FasterRCNN
+    from minirccn.detector.model import init_params as init_faster_rcnn
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -161,6 +162,10 @@ def load_checkpoint(path):
     try:
         config = FasterRCNNConfig.from_json(json.dumps(meta["config"]))
         class_names = list(meta["class_names"])
+        model_class, init_params = FasterRCNN, init_faster_rcnn
+        if config.model == "retinanet":
+            from minirccn.detector.retinanet import RetinaNet as model_class
+            from minirccn.detector.retinanet import init_params
         params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
         # the arrays must be exactly the ones this code's model has
         want = init_params(config, len(class_names), np.random.default_rng(0))
@@ -172,7 +177,7 @@ def load_checkpoint(path):
                 f"parameters do not match the config: missing {missing[:3]}, "
                 f"unexpected {unknown[:3]}, wrong shape {bad[:3]}"
             )
-        model = FasterRCNN(config, class_names, params=params)
+        model = model_class(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)

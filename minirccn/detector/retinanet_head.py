@@ -152,7 +152,11 @@ def _subnet_forward(params, name, x, backend):
     t = x
     for i in range(num_convs_of(params)):
         t, cc = layers.conv2d_forward(
-            t, params[f"head.{name}.conv{i}.w"], params[f"head.{name}.conv{i}.b"], 1, 1,
+            t,
+            params[f"head.{name}.conv{i}.w"],
+            params[f"head.{name}.conv{i}.b"],
+            1,
+            1,
             backend=backend,
         )
         t, rc = layers.relu_forward(t)
@@ -261,7 +265,7 @@ def retinanet_losses(logits, deltas, labels, box_targets, *, alpha=0.25, gamma=2
     batch loss is the mean of the images' losses.
     """
     xp = get_array_module(logits)
-    n, m, kc = logits.shape
+    n, _, kc = logits.shape
     labels = xp.asarray(labels)
     box_targets = xp.asarray(box_targets)
     dlogits = xp.zeros_like(logits)

@@ -13,7 +13,7 @@ function                   loss                                  torch equivalen
 ``softmax_cross_entropy``  mean over labels >= 0 of ``-log p``   ``cross_entropy(ignore_index=-1)``
 ``sigmoid_bce``            mean over elements (opt. weighted)    ``binary_cross_entropy_with_logits``
 ``smooth_l1``              *sum* over elements                   ``smooth_l1_loss(reduction="sum")``
-``sigmoid_focal_loss``     *sum* (or mean / none)                ``torchvision.ops.sigmoid_focal_loss``
+``sigmoid_focal_loss``     *sum* (or mean / none)                ``ops.sigmoid_focal_loss``
 =========================  ====================================  ===================================
 """
 
@@ -173,6 +173,11 @@ def _sigmoid_pair(x):
     return xp.where(pos, big, small), xp.where(pos, small, big)
 
 
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` without overflow, in ``x``'s dtype (see :func:`_sigmoid_pair`)."""
+    return _sigmoid_pair(x)[0]
+
+
 FOCAL_REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -198,21 +203,22 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="sum"):
         dp/dx   = p (1 - p)                                (the sigmoid's derivative)
         dce/dx  = p - t                                    (BCE-with-logits)
         dq/dx   = (1 - t) dp/dx - t dp/dx = (1 - 2t) p (1 - p)
-        dloss/dx = alpha_t * [ (p - t) q**gamma  +  gamma * ce * q**(gamma - 1) * (1 - 2t) p (1 - p) ]
+        dloss/dx = alpha_t * [(p - t) q**gamma + gamma * ce * q**(gamma - 1) * (1 - 2t) p (1 - p)]
 
     (product rule on ``ce * q**gamma``). The second term is computed as
-    ``gamma * ce * q**gamma * (1 - 2t) * r`` with ``r = p (1 - p) / q``: since
-    ``q`` is a convex combination of ``p`` and ``1 - p``, ``q >= min(p, 1 - p) >= p (1 - p)``,
-    so ``0 <= r <= 1`` and no ``0 * inf`` appears even for ``gamma < 1`` (where
-    ``q**(gamma - 1)`` itself would be infinite at ``q = 0``). ``gamma = 0`` drops the term.
+    ``gamma * ce * q**gamma * (1 - 2t) * r`` with ``r = p (1 - p) / q``: ``q`` is a
+    convex combination of ``p`` and ``1 - p``, so ``q >= min(p, 1 - p) >= p (1 - p)``
+    and ``0 <= r <= 1``; no ``0 * inf`` appears even for ``gamma < 1``, where
+    ``q**(gamma - 1)`` itself is infinite at ``q = 0``. ``gamma = 0`` drops the term.
 
     Numerical stability: ``p`` and ``1 - p`` both come from ``exp(-|x|)`` (never
-    ``1 - sigmoid(x)``), ``ce = max(x, 0) - x t + log1p(exp(-|x|))``, and ``q`` is
-    formed from ``p`` and ``1 - p`` without a subtraction (and so is ``p - t = p (1 - t) - (1 - p) t``),
-    so logits of +-40 (or +-1000)
-    give finite, accurate values: e.g. ``x = 40, t = 1`` gives ``q = 4.2e-18`` where
-    ``1 - sigmoid(40)`` rounds to 0. (torchvision forms ``1 - p_t`` literally; the two
-    agree to rounding wherever ``q`` is representable, and both give ~0 where it is not.)
+    ``1 - sigmoid(x)``); ``ce = max(x, 0) - x t + log1p(exp(-|x|))``; ``q`` and
+    ``p - t = p (1 - t) - (1 - p) t`` are formed from ``p`` and ``1 - p`` without a
+    cancelling subtraction. So logits of +-40 (or +-1000) give finite, accurate values:
+    ``x = 40, t = 1`` gives ``q = 4.2e-18`` where ``1 - sigmoid(40)`` rounds to 0, and
+    the gradient ``-alpha (1 + gamma) e^(-40 (1 + gamma))`` to full relative accuracy.
+    torchvision forms ``1 - p_t`` literally; the two agree to rounding wherever ``q``
+    is representable, and both give ~0 where it is not.
 
     Args:
         logits: any shape ``S``, float32/float64 (NumPy or CuPy).

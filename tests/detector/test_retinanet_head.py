@@ -77,8 +77,15 @@ def test_levels_share_the_weights_and_concatenate_in_order():
     # one hand-run class subnet on level 2: conv, relu, conv, relu, out conv
     t = f2
     for i in range(2):
-        t = np.maximum(layers.conv2d_forward(t, p[f"head.cls.conv{i}.w"], p[f"head.cls.conv{i}.b"], 1, 1, backend="numpy")[0], 0)
-    out = layers.conv2d_forward(t, p["head.cls.out.w"], p["head.cls.out.b"], 1, 1, backend="numpy")[0]
+        t = np.maximum(
+            layers.conv2d_forward(
+                t, p[f"head.cls.conv{i}.w"], p[f"head.cls.conv{i}.b"], 1, 1, backend="numpy"
+            )[0],
+            0,
+        )
+    out = layers.conv2d_forward(t, p["head.cls.out.w"], p["head.cls.out.b"], 1, 1, backend="numpy")[
+        0
+    ]
     np.testing.assert_allclose(lg2, to_anchor_order(out, 3))
 
 
@@ -143,10 +150,16 @@ def test_losses_mean_over_images_and_gradcheck():
     labels = np.array([[0, 1, 3, -1, 0, 0, 2], [0, 0, -1, 0, 0, 0, 0]])
     targets = rng.standard_normal((2, 7, 4))
     cls, box, dlog, ddel = retinanet_losses(logits, deltas, labels, targets, alpha=0.3, gamma=1.5)
-    c0, b0, _, _ = retinanet_losses(logits[:1], deltas[:1], labels[:1], targets[:1], alpha=0.3, gamma=1.5)
-    c1, b1, _, _ = retinanet_losses(logits[1:], deltas[1:], labels[1:], targets[1:], alpha=0.3, gamma=1.5)
+    c0, b0, _, _ = retinanet_losses(
+        logits[:1], deltas[:1], labels[:1], targets[:1], alpha=0.3, gamma=1.5
+    )
+    c1, b1, _, _ = retinanet_losses(
+        logits[1:], deltas[1:], labels[1:], targets[1:], alpha=0.3, gamma=1.5
+    )
     assert cls == pytest.approx((c0 + c1) / 2) and box == pytest.approx((b0 + b1) / 2)
-    f_cls = lambda: retinanet_losses(logits, deltas, labels, targets, alpha=0.3, gamma=1.5)[0]  # noqa: E731
-    f_box = lambda: retinanet_losses(logits, deltas, labels, targets, alpha=0.3, gamma=1.5)[1]  # noqa: E731
-    assert rel_error(dlog, numerical_grad(f_cls, logits)) < 1e-7
-    assert rel_error(ddel, numerical_grad(f_box, deltas)) < 1e-7
+
+    def f(k):
+        return lambda: retinanet_losses(logits, deltas, labels, targets, alpha=0.3, gamma=1.5)[k]
+
+    assert rel_error(dlog, numerical_grad(f(0), logits)) < 1e-7
+    assert rel_error(ddel, numerical_grad(f(1), deltas)) < 1e-7

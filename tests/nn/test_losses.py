@@ -224,7 +224,9 @@ def test_focal_loss_defaults_and_special_cases():
     rng = np.random.default_rng(4)
     x, t = rng.standard_normal(10) * 3, rng.integers(0, 2, 10).astype(float)
     # defaults: alpha 0.25, gamma 2, reduction "sum"
-    assert losses.sigmoid_focal_loss(x, t)[0] == losses.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum")[0]
+    assert (
+        losses.sigmoid_focal_loss(x, t)[0] == losses.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum")[0]
+    )
     # gamma 0 and alpha < 0: plain binary cross-entropy (sigmoid_bce is its mean)
     bce, dbce = losses.sigmoid_bce(x, t)
     loss, d = losses.sigmoid_focal_loss(x, t, alpha=-1, gamma=0, reduction="mean")
