@@ -4,7 +4,7 @@ One SGD step (approximate joint training, the default)::
 
     images, targets = next batch (random horizontal flip)
     losses, cache, _ = detector_forward(model, images, sizes, targets, rng)
-    grads = model_backward(cache)          # the hand-written backward, model.py
+    grads = detector_backward(cache)       # the hand-written backward, model.py
     optimizer.step(grads)                  # SGD, momentum 0.9, weight decay 5e-4
 
 with the learning rate warmed up linearly for ``warmup_iters`` steps, then
@@ -74,13 +74,20 @@ import time
 
 import numpy as np
 
+from minirccn import runs
 from minirccn.nn import optim
 from minirccn.backend import array_module, resolve
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, preset
 from minirccn.data import load_dataset, transforms
 from minirccn.errors import MinirccnError
-from minirccn.detector.model import LOSS_NAMES, FasterRCNN, clean_targets, detector_forward, model_backward
+from minirccn.detector.model import (
+    LOSS_NAMES,
+    FasterRCNN,
+    clean_targets,
+    detector_backward,
+    detector_forward,
+)
 
 
 class TrainingDiverged(MinirccnError):
@@ -98,7 +105,7 @@ def model_family(config):
         return r.RetinaNet, r.retinanet_forward, r.retinanet_backward, r.LOSS_NAMES
     if config.model != "fasterrcnn":
         raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
-    return FasterRCNN, detector_forward, model_backward, LOSS_NAMES
+    return FasterRCNN, detector_forward, detector_backward, LOSS_NAMES
 
 
 # ------------------------------------------------------------------------ pieces
@@ -178,7 +185,7 @@ def train_step(
     step: int,
     *,
     backend: str,
-    stages=("rpn", "head"),
+    parts=("rpn", "head"),
     proposals=None,
     train_backbone: bool = True,
 ) -> dict:
@@ -194,7 +201,7 @@ def train_step(
         targets,
         rng,
         backend=backend,
-        stages=stages,
+        parts=parts,
         proposals=proposals,
         train_backbone=train_backbone,
         batch_stats=batch_stats,
@@ -213,6 +220,7 @@ def train_step(
 # ------------------------------------------------------------------------ the loop
 
 
+@runs.guarded_run
 def train(
     config=None,
     *,
@@ -227,6 +235,7 @@ def train(
     preset_name: str = "tiny",
     alternating: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     eval_split: str = "test",
     eval_images: int | None = None,
     checkpoint_every: int = 500,
@@ -245,6 +254,9 @@ def train(
         iters: SGD steps (default ``config.iters``).
         alternating: the paper's 4-step alternating training instead of joint training.
         resume: continue from ``out/checkpoint.npz`` (same config and seed).
+        overwrite: replace the run that ``out`` holds (without it, or ``resume``, a folder
+            holding a run is refused). The folder checks, the run lock and Ctrl-C / SIGTERM
+            handling are :func:`minirccn.runs.guarded_run`'s.
         eval_split: split evaluated after training ("" or None: no evaluation).
         eval_images: evaluate only the first this many images of the split.
         checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
@@ -259,6 +271,9 @@ def train(
     config = config if config is not None else preset(preset_name)
     if iters is not None:
         config = config.replace(iters=int(iters))
+    model_class, _, _, loss_names = model_family(config)
+    if alternating and config.model != "fasterrcnn":
+        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     if train_data is None:
         train_data = load_dataset(data, "train", images=images)
     if eval_split and test_data is None:
@@ -266,9 +281,6 @@ def train(
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
 
     rng = np.random.default_rng(seed)
-    model_class, _, _, loss_names = model_family(config)
-    if alternating and config.model != "fasterrcnn":
-        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     start, history = 0, {k: [] for k in (*loss_names, "loss")}
     if resume:
         if alternating:
@@ -329,6 +341,10 @@ def train(
             rng_state=rng.bit_generator.state,
             extra={"history": history, "seed": seed},
         )
+    stop = runs.current_stop()
+    if stop.requested():  # a signal during the last step: the run is complete and saved
+        raise stop.interrupted(config.iters, ckpt)
+    stop.defer = False  # evaluation stops at once on a signal
     if eval_split and test_data is not None:
         from minirccn.predict import evaluate_model
 
@@ -368,6 +384,18 @@ def _train_joint(
     """Approximate joint training from step ``start`` to ``config.iters``."""
     from tqdm import tqdm
 
+    def save(done):
+        save_checkpoint(
+            ckpt,
+            model,
+            optimizer_state=optimizer.state_dict(),
+            step=done,
+            rng_state=rng.bit_generator.state,
+            extra={"history": history, "seed": seed},
+        )
+
+    stop = runs.current_stop()
+    stop.defer = True  # a signal now stops after the current step (saved below)
     bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
@@ -382,14 +410,12 @@ def _train_joint(
             )
         done = step + 1
         if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < config.iters:
-            save_checkpoint(
-                ckpt,
-                model,
-                optimizer_state=optimizer.state_dict(),
-                step=done,
-                rng_state=rng.bit_generator.state,
-                extra={"history": history, "seed": seed},
-            )
+            save(done)
+        if stop.requested() and done < config.iters:
+            bar.close()
+            if ckpt:
+                save(done)
+            raise stop.interrupted(done, ckpt)
 
 
 def _train_alternating(model, data, config, rng, seed, backend, history, progress):
@@ -410,16 +436,16 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
         (det_model, ("head",), False, det_model),
     ]
     step = 0
-    for stage, (net, stages, train_backbone, proposer) in enumerate(plan, start=1):
-        if stage == 3:  # the detector takes over the RPN layers trained in step 1
+    for alt_step, (net, parts, train_backbone, proposer) in enumerate(plan, start=1):
+        if alt_step == 3:  # the detector takes over the RPN layers trained in step 1
             det_model.params.update(
                 {k: v.copy() for k, v in rpn_model.params.items() if k.startswith("rpn.")}
             )
-        prefixes = tuple(s + "." for s in stages) + (("backbone.",) if train_backbone else ())
+        prefixes = tuple(s + "." for s in parts) + (("backbone.",) if train_backbone else ())
         opt = _make_optimizer(net, config, prefixes)
         bar = tqdm(
             range(quarter),
-            desc=f"alternating step {stage}/4",
+            desc=f"alternating step {alt_step}/4",
             disable=not progress,
             dynamic_ncols=True,
         )
@@ -438,24 +464,24 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
                 rng,
                 i,
                 backend=backend,
-                stages=stages,
+                parts=parts,
                 proposals=proposals,
                 train_backbone=train_backbone,
             )
             for k in history:
                 history[k].append(
-                    float(losses[k]) if k in stages_losses(stages) or k == "loss" else None
+                    float(losses[k]) if k in parts_losses(parts) or k == "loss" else None
                 )
             step += 1
     return det_model
 
 
-def stages_losses(stages) -> tuple:
-    """The loss names that a tuple of stages computes."""
+def parts_losses(parts) -> tuple:
+    """The loss names that a tuple of detector parts (``"rpn"``, ``"head"``) computes."""
     names = ()
-    if "rpn" in stages:
+    if "rpn" in parts:
         names += ("loss_objectness", "loss_rpn_box_reg")
-    if "head" in stages:
+    if "head" in parts:
         names += ("loss_classifier", "loss_box_reg")
     return names
 
@@ -465,8 +491,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
     from minirccn import viz
 
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as fh:
-        json.dump(metrics, fh, indent=2, default=float)
+    runs.write_json(os.path.join(out, "metrics.json"), metrics, "metrics", indent=2, default=float)
     curves = {}
     for k in history:
         pts = [(i, v) for i, v in enumerate(history[k]) if v is not None]
@@ -516,7 +541,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'shapes' (default), a VOC root folder, a COCO .json or a .csv file",
     )
     parser.add_argument("--images", default=None, help="image folder for COCO / CSV annotations")
-    parser.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}2, ... when it holds a run)",
+    )
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
     parser.add_argument(
         "--model",
@@ -528,7 +557,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.npz (default OUT: the latest run folder)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run that --out holds"
+    )
     parser.add_argument(
         "--alternating",
         action="store_true",
@@ -543,6 +579,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+DEFAULT_OUT = "runs/train"
+
+
+def resolve_out(out: str | None, resume: bool) -> str:
+    """The output folder: ``out`` as given, else the next free ``runs/train``, ``runs/train2``,
+    ... (with ``--resume``: the latest of them that holds a checkpoint)."""
+    if out is not None:
+        return out
+    if resume:
+        latest = runs.latest_run_folder(DEFAULT_OUT)
+        if latest is None:
+            raise MinirccnError(f"--resume: no checkpoint in {DEFAULT_OUT} (give --out)")
+        if latest != DEFAULT_OUT:
+            runs.note(f"--resume: continuing the latest run, {latest}")
+        return latest
+    folder = runs.next_run_folder(DEFAULT_OUT)
+    if folder != DEFAULT_OUT:
+        runs.note(f"{DEFAULT_OUT} holds a run; this run writes to {folder}")
+    return folder
+
+
 def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the metrics summary."""
     if args.iters is not None and args.iters < 1:
@@ -552,11 +609,13 @@ def run(args) -> int:
         if not args.lr > 0:
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
         config = config.replace(lr=args.lr)
+    args.out = resolve_out(args.out, resume=args.resume)
     result = train(
         config,
         data=args.data,
         images=args.images,
         out=args.out,
+        overwrite=args.overwrite,
         backend=args.backend,
         seed=args.seed,
         iters=args.iters,

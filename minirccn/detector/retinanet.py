@@ -319,7 +319,7 @@ def retinanet_forward(
         samples: optional :class:`RetinaNetSamples` to reuse.
         train_backbone: False: no backbone gradients.
         batch_stats: batch norm with the batch's statistics (default ``train_backbone``).
-        _two_stage_only: Faster R-CNN's ``stages`` / ``proposals`` (ignored).
+        _two_stage_only: Faster R-CNN's ``parts`` / ``proposals`` (ignored).
 
     Returns:
         losses: dict ``classification``, ``bbox_regression`` (floats).
