@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -287,3 +288,17 @@ def test_cli_train_detect_eval_retinanet(tmp_path, capsys, monkeypatch):
     argv = ["train", "--model", "retinanet", "--alternating", "--out", str(tmp_path / "r2")]
     assert main(argv) == 2
     assert "--alternating" in capsys.readouterr().err
+
+
+def test_preflight_knows_the_retinanet_config_and_its_parameters():
+    from minirccn.errors import MinirccnError
+    from minirccn.preflight import check_config, param_shapes
+
+    cfg = preset("tiny", model="retinanet")
+    check_config(cfg)
+    model = RetinaNet(cfg, ["__background__", "a", "b", "c"])
+    want = {k: (v.shape, v.dtype) for k, v in model.params.items()}
+    assert param_shapes(cfg, 4) == want
+    for bad in ({"model": "yolo"}, {"retina_channels": 0}, {"focal_gamma": -1.0}):
+        with pytest.raises(MinirccnError, match=next(iter(bad))):
+            check_config(cfg.replace(**bad))
