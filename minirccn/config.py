@@ -201,7 +201,6 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-<<<<<<< HEAD
 def _resnet_preset(name: str) -> FasterRCNNConfig:
     """The ResNet presets (see minirccn.detector.resnet and docs/fpn.md for the numbers).
 
@@ -246,7 +245,8 @@ def _resnet_preset(name: str) -> FasterRCNNConfig:
         milestones=(60000, 80000),
         images_per_batch=2,
     )
-=======
+
+
 def retinanet_preset(name: str) -> FasterRCNNConfig:
     """RetinaNet on the backbone of preset ``name`` (see docs/retinanet.md for the numbers).
 
@@ -258,4 +258,3 @@ def retinanet_preset(name: str) -> FasterRCNNConfig:
     if name == "tiny":
         cfg = cfg.replace(retina_channels=32)
     return cfg
->>>>>>> main
