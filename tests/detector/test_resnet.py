@@ -168,8 +168,8 @@ def test_tiny_presets_shapes_and_backends_agree():
     assert resnet.stride("resnet-tiny") == 4 and resnet.out_channels("resnet-tiny") == 64
     assert resnet.stage_strides("resnet-fpn-tiny") == (4, 8, 16, 32)
     assert resnet.feature_shapes("resnet-fpn-tiny", 128, 128) == [
-        (16, 32, 32),
-        (32, 16, 16),
+        (32, 32, 32),
+        (64, 16, 16),
         (64, 8, 8),
         (64, 4, 4),
     ]
