@@ -161,7 +161,7 @@ print(f"the preset uses s0 = {cfg.roi_canonical_scale}, level {cfg.roi_canonical
 # %% [markdown]
 # ## 4. Proposals per level
 #
-# A short training run (the full preset trains for 5000 steps), then the
+# A short training run (the preset itself trains for many more steps), then the
 # proposal layer on one image: each level keeps its own best
 # `rpn_pre_nms_top_n_test` anchors (so the thousands of P2 anchors cannot crowd
 # out the few coarse ones), NMS runs per level (torchvision's `batched_nms`
@@ -177,7 +177,9 @@ boxes, scores, levels = props[0]
 rpn_counts = level_counts(levels, len(names))
 pool_levels = t_pyr.roi_pool.mapper(boxes)
 pool_counts = level_counts(pool_levels, len(t_pyr.roi_pool.strides))
-print(f"{steps} training steps; {len(boxes)} proposals on image 3 ({len(sample['boxes'])} objects)")
+print(
+    f"{steps} training steps (the preset: {cfg.iters}); {len(boxes)} proposals on image 3 ({len(sample['boxes'])} objects)"
+)
 print("level  proposals from its anchors   RoIs pooled from it")
 for i, name in enumerate(names):
     pooled = str(pool_counts[i]) if i < len(pool_counts) else "- (not pooled)"
