@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import FAST, FLOATS
 from hypothesis.extra import numpy as hnp
 from minirccn.kernels import roi_align as kernels
 
@@ -29,9 +30,6 @@ from minirccn.ops.roi_align import (
     roi_align_reference,
     sample_tables,
 )
-
-FLOATS = [np.float32, np.float64]
-FAST = ["numba", "cuda"]  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
 
 
 def assert_close(a, b, dtype):
