@@ -22,6 +22,7 @@ if "numba" in sys.modules:  # pytest imported numba early to resolve a filterwar
     _numba_config.reload_config()  # re-read NUMBA_ENABLE_CUDASIM before numba.cuda is imported
 
 import pytest  # noqa: E402
+from helpers import BACKENDS, FAST, FLOATS  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
@@ -34,23 +35,20 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minirccn"))
 
 
-from helpers import BACKENDS, FAST, FLOATS  # noqa: E402
-
-
-# session scope: hypothesis' @given accepts them (it refuses function-scoped fixtures)
-@pytest.fixture(params=BACKENDS, scope="session")
+# module scope: hypothesis' @given accepts them (it refuses function-scoped fixtures)
+@pytest.fixture(params=BACKENDS, scope="module")
 def backend(request):
     """Each backend: ``"numpy"`` (the reference), ``"numba"``, ``"cuda"`` (simulator here)."""
     return request.param
 
 
-@pytest.fixture(params=FAST, scope="session")
+@pytest.fixture(params=FAST, scope="module")
 def fast_backend(request):
     """Each backend with kernels of its own: ``"numba"``, ``"cuda"``."""
     return request.param
 
 
-@pytest.fixture(params=FLOATS, ids=["float32", "float64"], scope="session")
+@pytest.fixture(params=FLOATS, ids=["float32", "float64"], scope="module")
 def dtype(request):
     """Each float dtype the ops accept."""
     return request.param

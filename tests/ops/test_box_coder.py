@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from helpers import FLOATS, as_np, assert_matches_reference
 from hypothesis import given
 from hypothesis import strategies as st
-from helpers import FLOATS, as_np, assert_matches_reference
 from hypothesis.extra import numpy as hnp
 
 from minirccn.backend import gpu_available
