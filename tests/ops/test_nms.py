@@ -293,15 +293,14 @@ def test_sorted_walk_keeps_categories_apart(backend):
     assert as_np(walk(np.zeros((0, 4)), None, 0.5)).shape == (0,)
 
 
-@pytest.mark.parametrize("backend", FAST)
 @settings(max_examples=20)
 @given(data=nms_inputs(max_n=12))
-def test_sorted_walk_kernels_match_its_reference(backend, data):
+def test_sorted_walk_kernels_match_its_reference(fast_backend, data):
     boxes, scores, idxs, threshold = data
     ordered = boxes[score_order(scores)]
     for labels in (None, idxs.astype(np.int64)):
         np.testing.assert_array_equal(
-            as_np(kernel("nms_sorted", backend)(ordered, labels, threshold)),
+            as_np(kernel("nms_sorted", fast_backend)(ordered, labels, threshold)),
             nms_sorted_reference(ordered, labels, threshold),
         )
 
