@@ -581,6 +581,8 @@ def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the metrics summary."""
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     config = preset(args.preset)
