@@ -7,9 +7,40 @@ the same lists also come as fixtures (``backend``, ``fast_backend``, ``dtype``) 
 
 import numpy as np
 
+from minirccn.config import preset
+from minirccn.data import ShapesConfig
+
 FLOATS = (np.float32, np.float64)
+
+#: a shapes dataset of a few 64x64 images, for tests that train or evaluate end to end
+SHAPES = ShapesConfig(
+    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
+)
+#: the tiny preset shrunk to train a few steps on SHAPES in well under a second per step
+TINY = dict(
+    backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
+    min_size=64,
+    max_size=64,
+    anchor_sizes=(8, 16, 32),
+    rpn_channels=8,
+    representation_size=16,
+    roi_output_size=3,
+    box_batch_size_per_image=16,
+    rpn_pre_nms_top_n_train=50,
+    rpn_post_nms_top_n_train=20,
+    rpn_pre_nms_top_n_test=50,
+    rpn_post_nms_top_n_test=20,
+    warmup_iters=2,
+    milestones=(3,),
+    lr=0.01,
+)
 FAST = ("numba", "cuda")  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
 BACKENDS = ("numpy", *FAST)
+
+
+def tiny_config(**overrides):
+    """The ``tiny`` preset with :data:`TINY` and then ``overrides`` applied."""
+    return preset("tiny", **{**TINY, **overrides})
 
 
 def as_np(x):
