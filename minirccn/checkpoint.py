@@ -131,7 +131,7 @@ def load_checkpoint(path):
         MinirccnError: naming ``path`` if it is missing, corrupt, or not a
             compatible minirccn checkpoint.
     """
-    from minirccn.detector.model import FasterRCNN, init_params
+    from minirccn.detector.registry import build_model, init_model_params
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -163,7 +163,7 @@ def load_checkpoint(path):
         class_names = list(meta["class_names"])
         params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
         # the arrays must be exactly the ones this code's model has
-        want = init_params(config, len(class_names), np.random.default_rng(0))
+        want = init_model_params(config, len(class_names), np.random.default_rng(0))
         missing = sorted(set(want) - set(params))
         unknown = sorted(set(params) - set(want))
         bad = sorted(k for k in set(want) & set(params) if params[k].shape != want[k].shape)
@@ -172,7 +172,7 @@ def load_checkpoint(path):
                 f"parameters do not match the config: missing {missing[:3]}, "
                 f"unexpected {unknown[:3]}, wrong shape {bad[:3]}"
             )
-        model = FasterRCNN(config, class_names, params=params)
+        model = build_model(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)

@@ -90,6 +90,19 @@ class FasterRCNNConfig:
     #   keeps) its running statistics, as at inference
     dtype: str = "float32"  # parameter / activation dtype
 
+    # ---- the lineage: R-CNN and Fast R-CNN on external proposals (docs/lineage.md) --
+    model: str = "faster_rcnn"  # "faster_rcnn"; "fast_rcnn": backbone + RoI head on external
+    #   proposals (minirccn.detector.fast_rcnn); "rcnn": a CNN per warped proposal crop
+    #   (minirccn.detector.rcnn)
+    proposals: str = "selective-search"  # fast_rcnn / rcnn: "selective-search" or a JSON file
+    max_proposals: int = 2000  # fast_rcnn / rcnn: proposals used per image (paper: ~2000)
+    selective_search_mode: str = "fast"  # "fast" or "quality" (Uijlings et al.)
+    selective_search_min_size: int = 10  # smallest segment in pixels (paper: k, on ~500x375
+    #   images; shapes' 128x128 images have 11x fewer pixels, and k lost the 8-px objects)
+    rcnn_crop_size: int = 32  # rcnn: each proposal is warped to this square (paper: 227)
+    rcnn_context_padding: float = 16.0  # rcnn: context around the box, in pixels of a
+    #   227-pixel crop (the paper's p = 16), scaled to rcnn_crop_size
+
     def replace(self, **changes) -> "FasterRCNNConfig":
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
         return dataclasses.replace(self, **changes)

@@ -80,6 +80,7 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, preset
 from minirccn.data import load_dataset, transforms
 from minirccn.errors import MinirccnError
+from minirccn.detector.registry import MODELS, build_model
 from minirccn.detector.model import (
     LOSS_NAMES,
     FasterRCNN,
@@ -201,6 +202,23 @@ def train_step(
     return losses
 
 
+def external_train_step(model, optimizer, data, indices, rng, step: int, *, backend: str) -> dict:
+    """One SGD step of a model with external proposals (:mod:`minirccn.detector.fast_rcnn`,
+    :mod:`minirccn.detector.rcnn`): its ``losses_and_grads`` on the batch, then as
+    :func:`train_step`: divergence check, learning rate, SGD."""
+    cfg = model.config
+    batch_stats = not (0 < cfg.bn_freeze_iter <= step)
+    losses, grads = model.losses_and_grads(data, indices, rng, backend=backend, batch_stats=batch_stats)
+    total = sum(losses.values())
+    if not np.isfinite(total):
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
+        raise TrainingDiverged(f"training diverged at step {step}: {bad}")
+    optimizer.lr = lr_at(step, cfg)
+    optimizer.step(grads)
+    losses["loss"] = total
+    return losses
+
+
 # ------------------------------------------------------------------------ the loop
 
 
@@ -256,6 +274,8 @@ def train(
         test_data = load_dataset(data, eval_split, images=images)
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
 
+    if alternating and config.model != "faster_rcnn":
+        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     rng = np.random.default_rng(seed)
     start, history = 0, {k: [] for k in (*LOSS_NAMES, "loss")}
     if resume:
@@ -273,7 +293,7 @@ def train(
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
         optimizer.load_state_dict(state["optimizer"])
     else:
-        model = FasterRCNN(config, train_data.class_names, rng=rng).to(backend)
+        model = build_model(config, train_data.class_names, rng=rng).to(backend)
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
 
     t0 = time.perf_counter()
@@ -308,6 +328,9 @@ def train(
         ),
         "final_losses": {k: _tail_mean(v) for k, v in history.items()},
     }
+    if config.model != "faster_rcnn":
+        metrics["model"] = config.model
+        metrics["proposals"] = model.source.record()
     if ckpt:
         save_checkpoint(
             ckpt,
@@ -359,8 +382,11 @@ def _train_joint(
     bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
-        batch = load_batch(data, idx, config, rng, backend)
-        losses = train_step(model, optimizer, batch, rng, step, backend=backend)
+        if hasattr(model, "losses_and_grads"):  # R-CNN / Fast R-CNN: external proposals
+            losses = external_train_step(model, optimizer, data, idx, rng, step, backend=backend)
+        else:
+            batch = load_batch(data, idx, config, rng, backend)
+            losses = train_step(model, optimizer, batch, rng, step, backend=backend)
         for k, v in losses.items():
             history[k].append(float(v))
         if progress and step % 10 == 0:
@@ -454,6 +480,7 @@ def parts_losses(parts) -> tuple:
 def _write_outputs(out, model, metrics, history, test_data, backend):
     """metrics.json, loss_curve.png and detections.png in ``out``."""
     from minirccn import viz
+    from minirccn.predict import run_model
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as fh:
@@ -471,7 +498,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
         tiles = []
         for i in range(min(8, len(test_data))):
             sample = test_data[i]
-            det = model.predict(sample["image"], backend=backend)
+            det = run_model(model, sample["image"], backend, sample["image_id"])
             keep = det["scores"] >= 0.5
             tiles.append(
                 viz.draw_detections(
@@ -526,6 +553,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-images", type=int, default=None, help="evaluate only this many images"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    lineage = parser.add_argument_group("R-CNN and Fast R-CNN (docs/lineage.md)")
+    lineage.add_argument(
+        "--model",
+        default=None,
+        choices=MODELS,
+        help="faster_rcnn (default); fast_rcnn: RoI head on --proposals; rcnn: a CNN per "
+        "warped proposal (slow by design)",
+    )
+    lineage.add_argument(
+        "--proposals",
+        default=None,
+        metavar="selective-search|FILE",
+        help="external proposals (implies --model fast_rcnn): selective search, or a JSON file "
+        "{image_id: [[x1, y1, x2, y2], ...]}",
+    )
+    lineage.add_argument(
+        "--max-proposals", type=int, default=None, help="proposals used per image (default 2000)"
+    )
+    lineage.add_argument(
+        "--selective-search-mode",
+        default=None,
+        choices=("fast", "quality"),
+        help="selective search diversification (default fast)",
+    )
+
+
+def lineage_config(config, args):
+    """``config`` with ``--model``, ``--proposals``, ``--max-proposals`` and
+    ``--selective-search-mode`` applied (checked; a proposal file's path made absolute)."""
+    model = args.model or ("fast_rcnn" if args.proposals else config.model)
+    external = model in ("fast_rcnn", "rcnn")
+    given = [f for f in ("proposals", "max_proposals", "selective_search_mode") if getattr(args, f) is not None]
+    if given and not external:
+        flag = "--" + given[0].replace("_", "-")
+        raise MinirccnError(f"{flag}: only for --model fast_rcnn or rcnn (external proposals)")
+    changes = {"model": model}
+    if args.proposals is not None:
+        spec = args.proposals
+        if spec != "selective-search":
+            if not os.path.isfile(spec):
+                raise MinirccnError(f"--proposals: {spec}: no such file (or use selective-search)")
+            spec = os.path.abspath(spec)
+        changes["proposals"] = spec
+    if args.max_proposals is not None:
+        if args.max_proposals < 1:
+            raise MinirccnError(f"--max-proposals: expected a positive number, got {args.max_proposals}")
+        changes["max_proposals"] = args.max_proposals
+    if args.selective_search_mode is not None:
+        changes["selective_search_mode"] = args.selective_search_mode
+    return config.replace(**changes) if model != config.model or len(changes) > 1 else config
 
 
 def run(args) -> int:
@@ -537,6 +614,7 @@ def run(args) -> int:
         if not args.lr > 0:
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
         config = config.replace(lr=args.lr)
+    config = lineage_config(config, args)
     result = train(
         config,
         data=args.data,
