@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -675,6 +676,8 @@ def resolve_out(out: str | None, resume: bool) -> str:
     """The output folder: ``out`` as given, else the next free ``runs/train``, ``runs/train2``,
     ... (with ``--resume``: the latest of them that holds a checkpoint)."""
     if out is not None:
+        if not out.strip():
+            raise MinirccnError("--out: expected a folder name, got an empty string")
         return out
     if resume:
         latest = runs.latest_run_folder(DEFAULT_OUT)
@@ -693,9 +696,11 @@ def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the metrics summary."""
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    if args.eval_images is not None and args.eval_images < 1:
+        raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     config = preset(args.preset)
     if args.lr is not None:
-        if not args.lr > 0:
+        if not (args.lr > 0 and math.isfinite(args.lr)):
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
         config = config.replace(lr=args.lr)
     config = lineage_config(config, args)
