@@ -137,7 +137,7 @@ class FasterRCNNConfig:
 def preset(name: str, **overrides) -> FasterRCNNConfig:
     """The config of preset ``name`` (``"tiny"`` or ``"vgg16"``) with ``overrides`` applied."""
     if name == "tiny":
-        # measured on the shapes dataset (see train.py's docstring): stride 4 (the tiny
+        # measured on the shapes dataset (docs/presets.md): stride 4 (the tiny
         # backbone's last two pools dropped, so 8-pixel objects span two cells) and frozen
         # batch norm for the last part of training were the changes that mattered; then
         # as many steps as fit in the time budget
