@@ -77,16 +77,24 @@ def load_batch_with_proposals(dataset, indices, config, rng, backend: str, sourc
     xs, targets, proposals = [], [], []
     for i in indices:
         sample = dataset[i]
-        boxes, labels = clean_targets(sample["boxes"], sample["labels"], where=str(sample["image_id"]))
+        boxes, labels = clean_targets(
+            sample["boxes"], sample["labels"], where=str(sample["image_id"])
+        )
         props = source(sample["image"], sample["image_id"]).astype(config.dtype)
         joint = np.concatenate([boxes.astype(config.dtype), props])  # one resize, one flip
-        image, joint, _ = transforms.resize(sample["image"], joint, config.min_size, config.max_size)
+        image, joint, _ = transforms.resize(
+            sample["image"], joint, config.min_size, config.max_size
+        )
         if config.flip and rng is not None and rng.random() < 0.5:
             image, joint = transforms.hflip(image, joint)
         g = len(boxes)
-        xs.append(transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype))
+        xs.append(
+            transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype)
+        )
         targets.append({"boxes": joint[:g], "labels": labels})
-        proposals.append(ops.clip_boxes(joint[g:], image.shape[:2], backend="numpy").astype(config.dtype))
+        proposals.append(
+            ops.clip_boxes(joint[g:], image.shape[:2], backend="numpy").astype(config.dtype)
+        )
     batch, sizes = transforms.batch_images(xs, size_divisible=_bb.stride(_spec(config)))
     return array_module(backend).asarray(batch), sizes, targets, proposals
 
@@ -158,12 +166,16 @@ class ExternalProposalModel:
     def trainable(self, prefixes=("backbone.", "head.")) -> dict:
         """The parameters that get gradients (names starting with ``prefixes``; no BN statistics)."""
         prefixes = tuple(prefixes)
-        return {k: v for k, v in self.params.items() if k.startswith(prefixes) and ".running_" not in k}
+        return {
+            k: v for k, v in self.params.items() if k.startswith(prefixes) and ".running_" not in k
+        }
 
     def preprocess(self, image):
         """``(H, W, 3)`` uint8 -> normalised ``(3, H', W')`` and the resize scale."""
         cfg = self.config
-        resized, _, scale = transforms.resize(image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size)
+        resized, _, scale = transforms.resize(
+            image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size
+        )
         return transforms.normalize(resized, cfg.image_mean, cfg.image_std).astype(cfg.dtype), scale
 
     def predict(self, image, backend=None, image_id=None) -> dict:
@@ -175,7 +187,9 @@ class ExternalProposalModel:
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+            )
         backend = resolve(backend)
         x, scale = self.preprocess(image)
         props = self.source(image, image_id).astype(self.config.dtype)

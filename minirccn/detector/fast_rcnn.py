@@ -53,7 +53,12 @@ class FastRCNN(ExternalProposalModel):
         params = _bb.init_backbone(spec, rng, dtype)
         params.update(
             init_head(
-                _bb.out_channels(spec), num_classes, config.representation_size, rng, config.roi_output_size, dtype
+                _bb.out_channels(spec),
+                num_classes,
+                config.representation_size,
+                rng,
+                config.roi_output_size,
+                dtype,
             )
         )
         return params
@@ -62,22 +67,38 @@ class FastRCNN(ExternalProposalModel):
         """One preprocessed image ``(3, H, W)``: backbone once, RoI head on every proposal."""
         backend = resolve(backend)
         xp = array_module(backend)
-        features, _ = _bb.backbone_forward(self.params, xp.asarray(x[None]), self.backbone_spec, train=False, backend=backend)
+        features, _ = _bb.backbone_forward(
+            self.params, xp.asarray(x[None]), self.backbone_spec, train=False, backend=backend
+        )
         boxes = xp.asarray(proposals)
         rois = xp.concatenate([xp.zeros((boxes.shape[0], 1), dtype=boxes.dtype), boxes], axis=1)
         class_logits, box_deltas, _ = _head(self, features, rois, backend, training=False)
-        return postprocess_detections(class_logits, box_deltas, boxes, x.shape[1:], self.config, backend=backend)
+        return postprocess_detections(
+            class_logits, box_deltas, boxes, x.shape[1:], self.config, backend=backend
+        )
 
     def losses_and_grads(self, dataset, indices, rng, *, backend, batch_stats=True):
         """One training batch: losses (floats) and gradients of every trainable parameter."""
-        images, sizes, targets, proposals = load_batch_with_proposals(
+        images, _sizes, targets, proposals = load_batch_with_proposals(
             dataset, indices, self.config, rng, backend, self.source
         )
-        losses, cache, _ = fast_rcnn_forward(self, images, targets, proposals, rng, backend=backend, batch_stats=batch_stats)
+        losses, cache, _ = fast_rcnn_forward(
+            self, images, targets, proposals, rng, backend=backend, batch_stats=batch_stats
+        )
         return losses, detector_backward(cache)
 
 
-def fast_rcnn_forward(model: FastRCNN, images, targets, proposals, rng, *, backend=None, batch_stats=True, samples=None):
+def fast_rcnn_forward(
+    model: FastRCNN,
+    images,
+    targets,
+    proposals,
+    rng,
+    *,
+    backend=None,
+    batch_stats=True,
+    samples=None,
+):
     """Training forward of Fast R-CNN: the two head losses and the cache of ``detector_backward``.
 
     Args:
@@ -95,12 +116,26 @@ def fast_rcnn_forward(model: FastRCNN, images, targets, proposals, rng, *, backe
     """
     backend = resolve(backend, images)
     xp = array_module(backend)
-    features, bb_cache = _bb.backbone_forward(model.params, images, model.backbone_spec, train=batch_stats, backend=backend)
+    features, bb_cache = _bb.backbone_forward(
+        model.params, images, model.backbone_spec, train=batch_stats, backend=backend
+    )
     if samples is None:
-        samples = sample_rois(model, Samples(None, None, None, None, None), [to_numpy(p) for p in proposals], targets, rng)
+        samples = sample_rois(
+            model,
+            Samples(None, None, None, None, None),
+            [to_numpy(p) for p in proposals],
+            targets,
+            rng,
+        )
     class_logits, box_deltas, head_cache = _head(model, features, samples.rois, backend, rng)
     loss_cls, loss_box, d_cls, d_box = head_losses(
-        class_logits, box_deltas, xp.asarray(samples.roi_labels), xp.asarray(samples.roi_targets), beta=model.config.box_beta
+        class_logits,
+        box_deltas,
+        xp.asarray(samples.roi_labels),
+        xp.asarray(samples.roi_targets),
+        beta=model.config.box_beta,
     )
-    cache = DetectorCache(bb_cache, None, None, None, head_cache, d_cls, d_box, ("head.", "backbone."))
+    cache = DetectorCache(
+        bb_cache, None, None, None, head_cache, d_cls, d_box, ("head.", "backbone.")
+    )
     return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}, cache, samples

@@ -58,7 +58,9 @@ def context_boxes(boxes: np.ndarray, crop_size: int, context_padding: float) -> 
     boxes = np.asarray(boxes, dtype=np.float64)
     p = context_padding * crop_size / PAPER_CROP
     if not 0 <= 2 * p < crop_size:
-        raise ValueError(f"context_padding: {context_padding} leaves no box in a {crop_size}-pixel crop")
+        raise ValueError(
+            f"context_padding: {context_padding} leaves no box in a {crop_size}-pixel crop"
+        )
     factor = crop_size / (crop_size - 2.0 * p)
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
     half = (boxes[:, 2:] - boxes[:, :2]) / 2.0 * factor
@@ -81,7 +83,7 @@ def warp_crops(image: np.ndarray, boxes: np.ndarray, crop_size: int) -> np.ndarr
     Returns:
         ``(R, C, S, S)`` of the image's dtype.
     """
-    c, h, w = image.shape
+    _, h, w = image.shape
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     steps = (np.arange(crop_size) + 0.5) / crop_size
     xs = boxes[:, 0:1] + steps * (boxes[:, 2:3] - boxes[:, 0:1]) - 0.5  # (R, S)
@@ -148,9 +150,17 @@ def classifier_forward(params, features, *, dropout=0.0, rng=None, backend=None)
     x, relu7 = layers.relu_forward(x)
     if dropout > 0:
         x, drop7 = layers.dropout_forward(x, dropout, rng)
-    logits, cls = layers.linear_forward(x, params["head.cls.w"], params["head.cls.b"], backend=backend)
-    deltas, bbox = layers.linear_forward(x, params["head.bbox.w"], params["head.bbox.b"], backend=backend)
-    return logits, deltas, ClassifierCache(features.shape, fc6, relu6, drop6, fc7, relu7, drop7, cls, bbox)
+    logits, cls = layers.linear_forward(
+        x, params["head.cls.w"], params["head.cls.b"], backend=backend
+    )
+    deltas, bbox = layers.linear_forward(
+        x, params["head.bbox.w"], params["head.bbox.b"], backend=backend
+    )
+    return (
+        logits,
+        deltas,
+        ClassifierCache(features.shape, fc6, relu6, drop6, fc7, relu7, drop7, cls, bbox),
+    )
 
 
 def classifier_backward(dlogits, ddeltas, cache: ClassifierCache):
@@ -202,7 +212,9 @@ class RCNN(ExternalProposalModel):
 
         s = _bb.stride(backbone_spec(config))
         if config.rcnn_crop_size % s:
-            raise ValueError(f"rcnn_crop_size: {config.rcnn_crop_size} is not a multiple of the backbone stride {s}")
+            raise ValueError(
+                f"rcnn_crop_size: {config.rcnn_crop_size} is not a multiple of the backbone stride {s}"
+            )
         super().__init__(config, class_names, params=params, rng=rng, source=source)
 
     @property
@@ -222,13 +234,21 @@ class RCNN(ExternalProposalModel):
         spec = backbone_spec(config)
         params = _bb.init_backbone(spec, rng, dtype)
         side = config.rcnn_crop_size // _bb.stride(spec)
-        params.update(init_head(_bb.out_channels(spec), num_classes, config.representation_size, rng, side, dtype))
+        params.update(
+            init_head(
+                _bb.out_channels(spec), num_classes, config.representation_size, rng, side, dtype
+            )
+        )
         return params
 
     def crops(self, x, boxes) -> np.ndarray:
         """``(R, 3, S, S)`` warped crops (with context) of boxes ``(R, 4)`` of image ``x (3, H, W)``."""
         cfg = self.config
-        return warp_crops(x, context_boxes(boxes, cfg.rcnn_crop_size, cfg.rcnn_context_padding), cfg.rcnn_crop_size)
+        return warp_crops(
+            x,
+            context_boxes(boxes, cfg.rcnn_crop_size, cfg.rcnn_context_padding),
+            cfg.rcnn_crop_size,
+        )
 
     def detect(self, x, proposals, backend) -> dict:
         """One preprocessed image ``(3, H, W)``: one CNN pass per proposal crop (in chunks)."""
@@ -237,13 +257,20 @@ class RCNN(ExternalProposalModel):
         logits, deltas = [], []
         for start in range(0, len(proposals), self.CHUNK):
             crops = xp.asarray(self.crops(x, proposals[start : start + self.CHUNK]))
-            feats, _ = _bb.backbone_forward(self.params, crops, self.backbone_spec, train=False, backend=backend)
+            feats, _ = _bb.backbone_forward(
+                self.params, crops, self.backbone_spec, train=False, backend=backend
+            )
             lg, dl, _ = classifier_forward(self.params, feats, backend=backend)
             logits.append(lg)
             deltas.append(dl)
         boxes = xp.asarray(proposals)
         return postprocess_detections(
-            xp.concatenate(logits), xp.concatenate(deltas), boxes, x.shape[1:], self.config, backend=backend
+            xp.concatenate(logits),
+            xp.concatenate(deltas),
+            boxes,
+            x.shape[1:],
+            self.config,
+            backend=backend,
         )
 
     def losses_and_grads(self, dataset, indices, rng, *, backend, batch_stats=True):
@@ -252,12 +279,30 @@ class RCNN(ExternalProposalModel):
             dataset, indices, self.config, rng, backend, self.source
         )
         losses, cache, _ = rcnn_forward(
-            self, to_numpy(images), sizes, targets, proposals, rng, backend=backend, batch_stats=batch_stats
+            self,
+            to_numpy(images),
+            sizes,
+            targets,
+            proposals,
+            rng,
+            backend=backend,
+            batch_stats=batch_stats,
         )
         return losses, rcnn_backward(cache)
 
 
-def rcnn_forward(model: RCNN, images, image_sizes, targets, proposals, rng, *, backend=None, batch_stats=True, samples=None):
+def rcnn_forward(
+    model: RCNN,
+    images,
+    image_sizes,
+    targets,
+    proposals,
+    rng,
+    *,
+    backend=None,
+    batch_stats=True,
+    samples=None,
+):
     """Training forward of R-CNN: sample RoIs per image, warp each to a crop, classify the crops.
 
     Args:
@@ -277,7 +322,13 @@ def rcnn_forward(model: RCNN, images, image_sizes, targets, proposals, rng, *, b
     xp = array_module(backend)
     images = to_numpy(images)
     if samples is None:
-        samples = sample_rois(model, Samples(None, None, None, None, None), [to_numpy(p) for p in proposals], targets, rng)
+        samples = sample_rois(
+            model,
+            Samples(None, None, None, None, None),
+            [to_numpy(p) for p in proposals],
+            targets,
+            rng,
+        )
     rois = samples.rois
     if rois.shape[0] == 0:  # no ground truth and no proposal: nothing to learn from
         return {"loss_classifier": 0.0, "loss_box_reg": 0.0}, None, samples
@@ -285,11 +336,19 @@ def rcnn_forward(model: RCNN, images, image_sizes, targets, proposals, rng, *, b
     crops = np.concatenate(
         [model.crops(images[n], rois[rois[:, 0] == n, 1:]) for n in range(images.shape[0])]
     )
-    feats, bb_cache = _bb.backbone_forward(model.params, xp.asarray(crops), model.backbone_spec, train=batch_stats, backend=backend)
+    feats, bb_cache = _bb.backbone_forward(
+        model.params, xp.asarray(crops), model.backbone_spec, train=batch_stats, backend=backend
+    )
     cfg = model.config
-    logits, deltas, cl_cache = classifier_forward(model.params, feats, dropout=cfg.dropout, rng=rng, backend=backend)
+    logits, deltas, cl_cache = classifier_forward(
+        model.params, feats, dropout=cfg.dropout, rng=rng, backend=backend
+    )
     loss_cls, loss_box, d_cls, d_box = head_losses(
-        logits, deltas, xp.asarray(samples.roi_labels), xp.asarray(samples.roi_targets), beta=cfg.box_beta
+        logits,
+        deltas,
+        xp.asarray(samples.roi_labels),
+        xp.asarray(samples.roi_targets),
+        beta=cfg.box_beta,
     )
     cache = RCNNCache(bb_cache, cl_cache, d_cls, d_box)
     return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}, cache, samples
@@ -300,6 +359,8 @@ def rcnn_backward(cache: RCNNCache) -> dict:
     ``{}`` for a batch without RoIs (``cache`` None)."""
     if cache is None:
         return {}
-    dfeatures, grads = classifier_backward(cache.d_class_logits, cache.d_box_deltas, cache.classifier)
+    dfeatures, grads = classifier_backward(
+        cache.d_class_logits, cache.d_box_deltas, cache.classifier
+    )
     grads.update(_bb.backbone_backward(dfeatures, cache.backbone))
     return grads

@@ -97,7 +97,9 @@ def bilinear_zero_outside(img, y, x):
 def test_warp_crops_against_a_loop():
     rng = np.random.default_rng(0)
     img = rng.normal(size=(3, 7, 9))
-    boxes = np.array([[1.0, 1.0, 6.0, 5.0], [-4.0, -3.0, 3.5, 2.0], [5.0, 4.0, 12.0, 11.0], [2.0, 2.0, 2.0, 6.0]])
+    boxes = np.array(
+        [[1.0, 1.0, 6.0, 5.0], [-4.0, -3.0, 3.5, 2.0], [5.0, 4.0, 12.0, 11.0], [2.0, 2.0, 2.0, 6.0]]
+    )
     s = 5
     got = warp_crops(img, boxes, s)
     assert got.shape == (4, 3, s, s) and got.dtype == img.dtype
@@ -106,7 +108,9 @@ def test_warp_crops_against_a_loop():
             for j in range(s):
                 y = y1 + (i + 0.5) * (y2 - y1) / s - 0.5
                 x = x1 + (j + 0.5) * (x2 - x1) / s - 0.5
-                np.testing.assert_allclose(got[r, :, i, j], bilinear_zero_outside(img, y, x), atol=1e-12)
+                np.testing.assert_allclose(
+                    got[r, :, i, j], bilinear_zero_outside(img, y, x), atol=1e-12
+                )
 
 
 def test_warp_of_the_whole_image_at_its_size_is_the_image():
@@ -148,13 +152,19 @@ def test_fast_rcnn_gradient_check(tmp_path):
     for k in ("head.cls.w", "head.bbox.w"):
         net.params[k] = net.params[k] * 50
     images, _, targets, proposals = batch()
-    losses, cache, samples = fast_rcnn_forward(net, images, targets, proposals, np.random.default_rng(1), backend="numpy")
-    assert set(losses) == {"loss_classifier", "loss_box_reg"} and all(v > 0 for v in losses.values())
+    losses, cache, samples = fast_rcnn_forward(
+        net, images, targets, proposals, np.random.default_rng(1), backend="numpy"
+    )
+    assert set(losses) == {"loss_classifier", "loss_box_reg"} and all(
+        v > 0 for v in losses.values()
+    )
     grads = detector_backward(cache)
     assert set(grads) == set(net.trainable()) and not any(k.startswith("rpn.") for k in net.params)
 
     def total():
-        out, _, _ = fast_rcnn_forward(net, images, targets, None, None, backend="numpy", samples=samples)
+        out, _, _ = fast_rcnn_forward(
+            net, images, targets, None, None, backend="numpy", samples=samples
+        )
         return sum(out.values())
 
     check_grads(total, net.params, grads, ("backbone.conv1_1.w", "head.fc6.w", "head.bbox.w"))
@@ -166,13 +176,17 @@ def test_rcnn_gradient_check(tmp_path):
     for k in ("head.cls.w", "head.bbox.w"):
         net.params[k] = net.params[k] * 50
     images, sizes, targets, proposals = batch()
-    losses, cache, samples = rcnn_forward(net, images, sizes, targets, proposals, np.random.default_rng(1), backend="numpy")
+    losses, cache, samples = rcnn_forward(
+        net, images, sizes, targets, proposals, np.random.default_rng(1), backend="numpy"
+    )
     assert all(v > 0 for v in losses.values()), losses
     grads = rcnn_backward(cache)
     assert set(grads) == set(net.trainable())
 
     def total():
-        out, _, _ = rcnn_forward(net, images, sizes, targets, None, None, backend="numpy", samples=samples)
+        out, _, _ = rcnn_forward(
+            net, images, sizes, targets, None, None, backend="numpy", samples=samples
+        )
         return sum(out.values())
 
     check_grads(total, net.params, grads, ("backbone.conv2_1.w", "head.fc6.w", "head.cls.w"))
@@ -182,7 +196,9 @@ def test_rcnn_without_any_roi(tmp_path):
     net = RCNN(tiny_config(tmp_path, "rcnn"), NAMES, rng=np.random.default_rng(0))
     images, sizes, _, _ = batch()
     empty = [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}] * 2
-    losses, cache, _ = rcnn_forward(net, images, sizes, empty, [np.zeros((0, 4))] * 2, np.random.default_rng(0))
+    losses, cache, _ = rcnn_forward(
+        net, images, sizes, empty, [np.zeros((0, 4))] * 2, np.random.default_rng(0)
+    )
     assert losses == {"loss_classifier": 0.0, "loss_box_reg": 0.0} and rcnn_backward(cache) == {}
 
 
@@ -190,14 +206,22 @@ def test_rcnn_without_any_roi(tmp_path):
 
 
 def test_fast_rcnn_detect_equals_the_head_on_each_roi_alone(tmp_path):
-    net = FastRCNN(tiny_config(tmp_path, "fast_rcnn", box_score_thresh=0.0), NAMES, rng=np.random.default_rng(3))
+    net = FastRCNN(
+        tiny_config(tmp_path, "fast_rcnn", box_score_thresh=0.0),
+        NAMES,
+        rng=np.random.default_rng(3),
+    )
     net.params["head.cls.w"] = net.params["head.cls.w"] * 300
     x = np.random.default_rng(4).normal(size=(3, 16, 16))
     props = np.array([[0.0, 0, 10, 9], [5, 5, 16, 15], [2, 1, 8, 9], [0, 0, 16, 16]])
     got = net.detect(x, props, "numpy")
-    feats, _ = _bb.backbone_forward(net.params, x[None], net.backbone_spec, train=False, backend="numpy")
+    feats, _ = _bb.backbone_forward(
+        net.params, x[None], net.backbone_spec, train=False, backend="numpy"
+    )
     rows = [
-        head_forward(net.params, feats, np.array([[0.0, *b]]), 1 / net.stride, output_size=2, backend="numpy")
+        head_forward(
+            net.params, feats, np.array([[0.0, *b]]), 1 / net.stride, output_size=2, backend="numpy"
+        )
         for b in props
     ]
     logits = np.concatenate([r[0] for r in rows])
@@ -209,7 +233,9 @@ def test_fast_rcnn_detect_equals_the_head_on_each_roi_alone(tmp_path):
 
 
 def test_rcnn_detect_equals_one_crop_at_a_time(tmp_path, monkeypatch):
-    net = RCNN(tiny_config(tmp_path, "rcnn", box_score_thresh=0.0), NAMES, rng=np.random.default_rng(3))
+    net = RCNN(
+        tiny_config(tmp_path, "rcnn", box_score_thresh=0.0), NAMES, rng=np.random.default_rng(3)
+    )
     net.params["head.cls.w"] = net.params["head.cls.w"] * 300
     monkeypatch.setattr(RCNN, "CHUNK", 2)  # three chunks of the five proposals
     x = np.random.default_rng(4).normal(size=(3, 16, 16))
@@ -218,11 +244,15 @@ def test_rcnn_detect_equals_one_crop_at_a_time(tmp_path, monkeypatch):
     logits, deltas = [], []
     for b in props:
         crop = warp_crops(x, context_boxes(b[None], 8, 16.0), 8)
-        feats, _ = _bb.backbone_forward(net.params, crop, net.backbone_spec, train=False, backend="numpy")
+        feats, _ = _bb.backbone_forward(
+            net.params, crop, net.backbone_spec, train=False, backend="numpy"
+        )
         lg, dl, _ = classifier_forward(net.params, feats, backend="numpy")
         logits.append(lg)
         deltas.append(dl)
-    want = postprocess_detections(np.concatenate(logits), np.concatenate(deltas), props, (16, 16), net.config, backend="numpy")
+    want = postprocess_detections(
+        np.concatenate(logits), np.concatenate(deltas), props, (16, 16), net.config, backend="numpy"
+    )
     assert len(want["boxes"]) > 0
     for k in ("boxes", "scores", "labels"):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-10)
@@ -230,22 +260,34 @@ def test_rcnn_detect_equals_one_crop_at_a_time(tmp_path, monkeypatch):
 
 def test_predict_scales_proposals_in_and_detections_out(tmp_path, monkeypatch):
     path = proposal_file(tmp_path, {"im": [[4, 8, 20, 40], [0, 0, 64, 64], [10, 10, 70, 30]]})
-    cfg = tiny_config(tmp_path, "fast_rcnn", proposals=path, min_size=32, max_size=32, dtype="float32")
+    cfg = tiny_config(
+        tmp_path, "fast_rcnn", proposals=path, min_size=32, max_size=32, dtype="float32"
+    )
     net = FastRCNN(cfg, NAMES, rng=np.random.default_rng(0))
     seen = {}
 
     def fake_detect(x, props, backend):
         seen["x"], seen["props"] = x.shape, props.copy()
-        return {"boxes": props, "scores": np.ones(len(props), np.float32), "labels": np.ones(len(props), np.int64)}
+        return {
+            "boxes": props,
+            "scores": np.ones(len(props), np.float32),
+            "labels": np.ones(len(props), np.int64),
+        }
 
     monkeypatch.setattr(net, "detect", fake_detect)
     image = np.zeros((64, 64, 3), np.uint8)
     assert net.needs_image_id
     out = net.predict(image, image_id="im")
     assert seen["x"] == (3, 32, 32)
-    assert seen["props"].tolist() == [[2, 4, 10, 20], [0, 0, 32, 32], [5, 5, 32, 15]]  # halved, clipped
+    assert seen["props"].tolist() == [
+        [2, 4, 10, 20],
+        [0, 0, 32, 32],
+        [5, 5, 32, 15],
+    ]  # halved, clipped
     assert out["boxes"].tolist() == [[4, 8, 20, 40], [0, 0, 64, 64], [10, 10, 64, 30]]
-    assert scale_proposals(np.array([[1.0, 1, 3, 3]]), (4, 8), (8, 4)).tolist() == [[0.5, 2, 1.5, 6]]
+    assert scale_proposals(np.array([[1.0, 1, 3, 3]]), (4, 8), (8, 4)).tolist() == [
+        [0.5, 2, 1.5, 6]
+    ]
     with pytest.raises(MinirccnError, match="no proposals for image"):
         FastRCNN(cfg, NAMES).predict(image, image_id="other")
 
@@ -253,12 +295,16 @@ def test_predict_scales_proposals_in_and_detections_out(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- training
 
 
-SHAPES = ShapesConfig(image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3)
+SHAPES = ShapesConfig(
+    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
+)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset("shapes", "train", shapes_config=SHAPES), load_dataset("shapes", "test", shapes_config=SHAPES)
+    return load_dataset("shapes", "train", shapes_config=SHAPES), load_dataset(
+        "shapes", "test", shapes_config=SHAPES
+    )
 
 
 def small(model, **kw):
@@ -336,7 +382,10 @@ def test_a_checkpoint_whose_proposal_file_is_gone(tmp_path):
 def test_cli_file_proposals_rcnn_and_detect(tmp_path, capsys):
     train, test = load_dataset("shapes", "train"), load_dataset("shapes", "test")
     ids = {}
-    for ds, idx in ((train, T.batch_indices(0, 0, 1, len(train)) + T.batch_indices(0, 1, 1, len(train))), (test, range(8))):  # eval 2, pictures of 8
+    for ds, idx in (
+        (train, T.batch_indices(0, 0, 1, len(train)) + T.batch_indices(0, 1, 1, len(train))),
+        (test, range(8)),
+    ):  # eval 2, pictures of 8
         for i in idx:
             s = ds[i]
             ids[s["image_id"]] = np.concatenate([s["boxes"] + 1, [[0, 0, 128, 128]]])
@@ -345,14 +394,31 @@ def test_cli_file_proposals_rcnn_and_detect(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--iters", "2", "--eval-images", "2", "--no-progress"]
     assert main([*args, "--proposals", path, "--max-proposals", "5"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["proposals"] == {"source": path, "max_proposals": 5}
+    assert json.loads((out / "metrics.json").read_text())["proposals"] == {
+        "source": path,
+        "max_proposals": 5,
+    }
     from PIL import Image
 
     Image.fromarray(test[0]["image"]).save(tmp_path / "img0.png")
-    assert main(["detect", "--checkpoint", str(out / "checkpoint.npz"), str(tmp_path / "img0.png"), "--out", str(tmp_path / "d")]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "--checkpoint",
+                str(out / "checkpoint.npz"),
+                str(tmp_path / "img0.png"),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     flags = dict(model=None, proposals=None, max_proposals=None, selective_search_mode=None)
-    cfg = T.lineage_config(preset("tiny"), argparse.Namespace(**{**flags, "model": "rcnn", "max_proposals": 9}))
+    cfg = T.lineage_config(
+        preset("tiny"), argparse.Namespace(**{**flags, "model": "rcnn", "max_proposals": 9})
+    )
     assert (cfg.model, cfg.proposals, cfg.max_proposals) == ("rcnn", "selective-search", 9)
     assert T.lineage_config(preset("tiny"), argparse.Namespace(**flags)) is not None
     assert T.lineage_config(preset("tiny"), argparse.Namespace(**flags)) == preset("tiny")
