@@ -199,8 +199,8 @@ def run_lineage(
         )
     configs = {
         "rcnn": scaled_config("rcnn", iters, base_config, max_proposals=rcnn_max_proposals),
-        "fast_rcnn": scaled_config("fast_rcnn", iters, base_config),
-        "faster_rcnn": scaled_config("faster_rcnn", iters, base_config),
+        "fastrcnn": scaled_config("fastrcnn", iters, base_config),
+        "fasterrcnn": scaled_config("fasterrcnn", iters, base_config),
     }
     report = {
         "settings": {
@@ -211,12 +211,12 @@ def run_lineage(
             "rpn_top_n": rpn_top_n,
             "backend": backend,
             "seed": seed,
-            "selective_search": proposal_source(configs["fast_rcnn"], cache_dir="").record(),
+            "selective_search": proposal_source(configs["fastrcnn"], cache_dir="").record(),
         }
     }
 
     # 1. selective search on the test images, timed without the cache (then cached)
-    source = proposal_source(configs["fast_rcnn"])
+    source = proposal_source(configs["fastrcnn"])
     ss_boxes, ss_seconds, gts = [], [], []
     for i in tqdm(range(n), desc="selective search", disable=not progress, leave=False):
         s = test_data[i]
@@ -225,7 +225,7 @@ def run_lineage(
         ss_seconds.append(time.perf_counter() - t0)
         if source.cache is not None:
             source.cache.put(source.cache_key(s["image"]), boxes)
-        ss_boxes.append(boxes[: configs["fast_rcnn"].max_proposals])
+        ss_boxes.append(boxes[: configs["fastrcnn"].max_proposals])
         gts.append(s["boxes"])
 
     # 2. the three detectors, trained the same way
@@ -247,13 +247,13 @@ def run_lineage(
         rows[name] = {"train_seconds": result["metrics"]["train_seconds"], "iters": iters}
     if rpn_checkpoint:
         rpn_model, state = load_checkpoint(rpn_checkpoint)
-        if rpn_model.config.model != "faster_rcnn":
+        if rpn_model.config.model != "fasterrcnn":
             raise MinirccnError(f"--rpn-checkpoint {rpn_checkpoint}: not a Faster R-CNN checkpoint")
         rpn_model.to(backend)
-        models["faster_rcnn_checkpoint"] = rpn_model
-        rows["faster_rcnn_checkpoint"] = {"train_seconds": None, "iters": state["step"]}
+        models["fasterrcnn_checkpoint"] = rpn_model
+        rows["fasterrcnn_checkpoint"] = {"train_seconds": None, "iters": state["step"]}
     else:
-        rpn_model = models["faster_rcnn"]
+        rpn_model = models["fasterrcnn"]
 
     # 3. RPN proposals and recall curves
     rpn_boxes = [
@@ -272,7 +272,7 @@ def run_lineage(
         ev = evaluate_timed(model, test_data, n, backend, progress)
         row = rows[name]
         row.update(ev)
-        if name in ("rcnn", "fast_rcnn"):
+        if name in ("rcnn", "fastrcnn"):
             cap = model.config.max_proposals
             props = [b[:cap] for b in ss_boxes]
             row.update(proposal_seconds=ss_time, proposals="selective search")
@@ -301,9 +301,9 @@ def run_lineage(
 
 LABELS = {
     "rcnn": "R-CNN",
-    "fast_rcnn": "Fast R-CNN",
-    "faster_rcnn": "Faster R-CNN",
-    "faster_rcnn_checkpoint": "Faster R-CNN (checkpoint)",
+    "fastrcnn": "Fast R-CNN",
+    "fasterrcnn": "Faster R-CNN",
+    "fasterrcnn_checkpoint": "Faster R-CNN (checkpoint)",
 }
 
 
@@ -412,7 +412,7 @@ def proposals_picture(
         draw_boxes(img, ss_boxes[:top], caption=f"selective search: first {top}"),
         draw_boxes(img, rpn_boxes[:top], caption=f"RPN: first {top}"),
     ]
-    for name in ("rcnn", "fast_rcnn", "faster_rcnn"):
+    for name in ("rcnn", "fastrcnn", "fasterrcnn"):
         model = models[name]
         det = run_model(model, img, backend, sample["image_id"])
         keep = det["scores"] >= 0.5

@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from minirccn.detector.registry import MODELS
 from minirccn.errors import MinirccnError
 
 # ----------------------------------------------------------------------------- config
@@ -81,6 +82,17 @@ RANGES = {
     "selective_search_min_size": (0, MAX_SIDE * MAX_SIDE),
     "rcnn_crop_size": (1, MAX_SIDE),
     "rcnn_context_padding": (0.0, 100.0),
+    "retina_channels": (1, MAX_CHANNELS),
+    "retina_num_convs": (0, MAX_LIST),
+    "retina_prior_probability": (1e-12, 1 - 1e-12),
+    "retina_fg_iou_thresh": _UNIT,
+    "retina_bg_iou_thresh": _UNIT,
+    "focal_alpha": (None, 1.0),
+    "focal_gamma": (0.0, None),
+    "retina_score_thresh": _UNIT,
+    "retina_topk_candidates": (1, MAX_COUNT),
+    "retina_nms_thresh": _UNIT,
+    "retina_detections_per_img": (1, MAX_COUNT),
 }
 #: tuple fields: (length or None, element low, element high, element type)
 TUPLES = {
@@ -179,8 +191,6 @@ def check_config(config, where: str = "config") -> None:
         raise MinirccnError(
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
-    from minirccn.detector.registry import MODELS
-
     if config.model not in MODELS:
         raise MinirccnError(f"{where}: model must be one of {', '.join(MODELS)}, got {config.model!r}")
     if config.selective_search_mode not in ("fast", "quality"):

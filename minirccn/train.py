@@ -48,7 +48,8 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, preset
 from minirccn.data import load_dataset, transforms
 from minirccn.errors import MinirccnError
-from minirccn.detector.registry import MODELS, build_model
+from minirccn.detector import registry
+from minirccn.detector.registry import EXTERNAL_MODELS, MODELS
 from minirccn.detector.model import (
     LOSS_NAMES,
     FasterRCNN,
@@ -60,6 +61,21 @@ from minirccn.detector.model import (
 
 class TrainingDiverged(MinirccnError):
     """A loss became NaN or infinite."""
+
+
+def model_family(config):
+    """``(model class, training forward, backward, loss names)`` of ``config.model``
+    (R-CNN and Fast R-CNN bring their own batches: forward and backward None, see
+    :func:`external_train_step`)."""
+    if config.model in EXTERNAL_MODELS:
+        return registry.model_class(config), None, None, ("loss_classifier", "loss_box_reg")
+    if config.model == "retinanet":
+        from minirccn.detector import retinanet as r
+
+        return r.RetinaNet, r.retinanet_forward, r.retinanet_backward, r.LOSS_NAMES
+    if config.model != "fasterrcnn":
+        raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
+    return FasterRCNN, detector_forward, detector_backward, LOSS_NAMES
 
 
 # ------------------------------------------------------------------------ pieces
@@ -147,7 +163,8 @@ def train_step(
     images, sizes, targets = batch
     cfg = model.config
     batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
-    losses, cache, _ = detector_forward(
+    _, forward, backward, _ = model_family(cfg)
+    losses, cache, _ = forward(
         model,
         images,
         sizes,
@@ -163,7 +180,7 @@ def train_step(
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
-    grads = detector_backward(cache)
+    grads = backward(cache)
     optimizer.lr = lr_at(step, model.config)
     optimizer.step(grads)
     losses["loss"] = total
@@ -244,6 +261,9 @@ def train(
     config = config if config is not None else preset(preset_name)
     if iters is not None:
         config = config.replace(iters=int(iters))
+    model_class, _, _, loss_names = model_family(config)
+    if alternating and config.model != "fasterrcnn":
+        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     if train_data is None:
         train_data = load_dataset(data, "train", images=images)
     if eval_split and test_data is None:
@@ -255,10 +275,8 @@ def train(
         test_data = preflight.check_images(test_data, "--data")
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
 
-    if alternating and config.model != "faster_rcnn":
-        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     rng = np.random.default_rng(seed)
-    start, history = 0, {k: [] for k in (*LOSS_NAMES, "loss")}
+    start, history = 0, {k: [] for k in (*loss_names, "loss")}
     if resume:
         if alternating:
             raise MinirccnError("--resume: not supported with --alternating")
@@ -284,7 +302,7 @@ def train(
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
         optimizer.load_state_dict(state["optimizer"])
     else:
-        model = build_model(config, train_data.class_names, rng=rng).to(backend)
+        model = model_class(config, train_data.class_names, rng=rng).to(backend)
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
 
     t0 = time.perf_counter()
@@ -319,7 +337,7 @@ def train(
         ),
         "final_losses": {k: _tail_mean(v) for k, v in history.items()},
     }
-    if config.model != "faster_rcnn":
+    if config.model in EXTERNAL_MODELS:
         metrics["model"] = config.model
         metrics["proposals"] = model.source.record()
     if ckpt:
@@ -408,10 +426,7 @@ def _train_joint(
             history[k].append(float(v))
         if progress and step % 10 == 0:
             bar.set_postfix(
-                {
-                    k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}"
-                    for k in (*LOSS_NAMES, "loss")
-                },
+                {k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}" for k in history},
                 refresh=False,
             )
         done = step + 1
@@ -500,7 +515,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
     os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, "metrics.json"), metrics, "metrics", indent=2, default=float)
     curves = {}
-    for k in (*LOSS_NAMES, "loss"):
+    for k in history:
         pts = [(i, v) for i, v in enumerate(history[k]) if v is not None]
         if pts:
             curves[k] = ([p[0] for p in pts], [p[1] for p in pts])
@@ -554,6 +569,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"output folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}2, ... when it holds a run)",
     )
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=MODELS,
+        help="fasterrcnn (default; with --proposals: fastrcnn), retinanet (the preset's "
+        "RetinaNet, docs/retinanet.md), fastrcnn (RoI head on --proposals) or rcnn (a CNN per "
+        "warped proposal, slow by design; docs/lineage.md)",
+    )
     parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
     parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -585,17 +608,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     lineage = parser.add_argument_group("R-CNN and Fast R-CNN (docs/lineage.md)")
     lineage.add_argument(
-        "--model",
-        default=None,
-        choices=MODELS,
-        help="faster_rcnn (default); fast_rcnn: RoI head on --proposals; rcnn: a CNN per "
-        "warped proposal (slow by design)",
-    )
-    lineage.add_argument(
         "--proposals",
         default=None,
         metavar="selective-search|FILE",
-        help="external proposals (implies --model fast_rcnn): selective search, or a JSON file "
+        help="external proposals (implies --model fastrcnn): selective search, or a JSON file "
         "{image_id: [[x1, y1, x2, y2], ...]}",
     )
     lineage.add_argument(
@@ -609,16 +625,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def chosen_model(args) -> str:
+    """``--model``, else ``fastrcnn`` when ``--proposals`` is given, else ``fasterrcnn``."""
+    return args.model or ("fastrcnn" if args.proposals else "fasterrcnn")
+
+
 def lineage_config(config, args):
-    """``config`` with ``--model``, ``--proposals``, ``--max-proposals`` and
-    ``--selective-search-mode`` applied (checked; a proposal file's path made absolute)."""
-    model = args.model or ("fast_rcnn" if args.proposals else config.model)
-    external = model in ("fast_rcnn", "rcnn")
+    """``config`` with ``--proposals``, ``--max-proposals`` and ``--selective-search-mode``
+    applied (checked: only for R-CNN / Fast R-CNN; a proposal file's path made absolute)."""
     given = [f for f in ("proposals", "max_proposals", "selective_search_mode") if getattr(args, f) is not None]
-    if given and not external:
+    if given and config.model not in EXTERNAL_MODELS:
         flag = "--" + given[0].replace("_", "-")
-        raise MinirccnError(f"{flag}: only for --model fast_rcnn or rcnn (external proposals)")
-    changes = {"model": model}
+        raise MinirccnError(f"{flag}: only for --model fastrcnn or rcnn (external proposals)")
+    changes = {}
     if args.proposals is not None:
         spec = args.proposals
         if spec != "selective-search":
@@ -632,7 +651,7 @@ def lineage_config(config, args):
         changes["max_proposals"] = args.max_proposals
     if args.selective_search_mode is not None:
         changes["selective_search_mode"] = args.selective_search_mode
-    return config.replace(**changes) if model != config.model or len(changes) > 1 else config
+    return config.replace(**changes) if changes else config
 
 
 DEFAULT_OUT = "runs/train"
@@ -662,9 +681,14 @@ def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the metrics summary."""
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     config = preset(args.preset)
+    model = chosen_model(args)
+    if model != config.model:
+        config = preset(args.preset, model=model)
     if args.lr is not None:
         if not (args.lr > 0 and math.isfinite(args.lr)):
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")

@@ -87,7 +87,7 @@ def test_a_tiny_lineage_run(tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     assert json.loads((out / "lineage.json").read_text()) == report
     rows = report["rows"]
-    assert list(rows) == ["rcnn", "fast_rcnn", "faster_rcnn"]
+    assert list(rows) == ["rcnn", "fastrcnn", "fasterrcnn"]
     assert rows["rcnn"]["proposals_per_image"] <= 5
     for r in rows.values():
         assert r["total_seconds"] == pytest.approx(r["network_seconds"] + r["proposal_seconds"])

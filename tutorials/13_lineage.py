@@ -162,7 +162,7 @@ def counting_forward(params, x, spec, train=True, backend=None):
 
 
 _bb.backbone_forward = counting_forward
-for cls, name in ((RCNN, "rcnn"), (FastRCNN, "fast_rcnn")):
+for cls, name in ((RCNN, "rcnn"), (FastRCNN, "fastrcnn")):
     model = cls(preset("tiny", model=name, max_proposals=COUNTED), names)
     model.source.cache = None  # recompute: we time it
     calls.clear()

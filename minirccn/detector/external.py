@@ -28,8 +28,7 @@ from minirccn.detector import backbone as _bb
 from minirccn.detector.proposal_targets import ProposalTargetCreator
 from minirccn.proposals.source import ProposalSource
 
-#: the models that read proposals from outside the network
-EXTERNAL_MODELS = ("fast_rcnn", "rcnn")
+from minirccn.detector.registry import EXTERNAL_MODELS  # noqa: F401  (re-exported)
 
 
 def proposal_source(config, cache_dir: str | None = None) -> ProposalSource:

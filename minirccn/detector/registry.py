@@ -1,10 +1,12 @@
-"""Which detector class a config builds (``config.model``), for training and checkpoints.
+"""Which detector class a config builds (``config.model``), for training, checkpoints and
+the preflight checks.
 
 =============  =====================================================  ===================
 ``model``      class                                                  proposals
 =============  =====================================================  ===================
-faster_rcnn    :class:`minirccn.detector.model.FasterRCNN`            its own RPN
-fast_rcnn      :class:`minirccn.detector.fast_rcnn.FastRCNN`          external (config)
+fasterrcnn     :class:`minirccn.detector.model.FasterRCNN`            its own RPN
+retinanet      :class:`minirccn.detector.retinanet.RetinaNet`         none (dense)
+fastrcnn       :class:`minirccn.detector.fast_rcnn.FastRCNN`          external (config)
 rcnn           :class:`minirccn.detector.rcnn.RCNN`                   external (config)
 =============  =====================================================  ===================
 """
@@ -13,16 +15,22 @@ from __future__ import annotations
 
 from minirccn.errors import MinirccnError
 
-MODELS = ("faster_rcnn", "fast_rcnn", "rcnn")
+MODELS = ("fasterrcnn", "retinanet", "fastrcnn", "rcnn")
+#: the models that read proposals from outside the network (selective search or a file)
+EXTERNAL_MODELS = ("fastrcnn", "rcnn")
 
 
 def model_class(config):
     """The class of ``config.model``."""
-    if config.model == "faster_rcnn":
+    if config.model == "fasterrcnn":
         from minirccn.detector.model import FasterRCNN
 
         return FasterRCNN
-    if config.model == "fast_rcnn":
+    if config.model == "retinanet":
+        from minirccn.detector.retinanet import RetinaNet
+
+        return RetinaNet
+    if config.model == "fastrcnn":
         from minirccn.detector.fast_rcnn import FastRCNN
 
         return FastRCNN
@@ -30,7 +38,7 @@ def model_class(config):
         from minirccn.detector.rcnn import RCNN
 
         return RCNN
-    raise MinirccnError(f"model: unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
 
 
 def build_model(config, class_names, params=None, rng=None):
@@ -40,8 +48,10 @@ def build_model(config, class_names, params=None, rng=None):
 
 def init_model_params(config, num_classes: int, rng) -> dict:
     """Fresh parameters of ``config.model`` (what a checkpoint of that model must hold)."""
-    if config.model == "faster_rcnn":
+    if config.model == "fasterrcnn":
         from minirccn.detector.model import init_params
-
-        return init_params(config, num_classes, rng)
-    return model_class(config).init_params(config, num_classes, rng)
+    elif config.model == "retinanet":
+        from minirccn.detector.retinanet import init_params
+    else:
+        init_params = model_class(config).init_params
+    return init_params(config, num_classes, rng)
