@@ -203,3 +203,21 @@ def test_roi_align_checkpoint_detect_and_eval(tmp_path, capsys):
     assert main(["eval", "--checkpoint", path, "--limit", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.0 <= result["map50"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"box_roi_pool": "roi_max"}, "box_roi_pool must be one of roi_pool, roi_align"),
+        ({"box_roi_pool_sampling_ratio": 1.5}, "box_roi_pool_sampling_ratio must be an integer"),
+        ({"box_roi_pool_sampling_ratio": 65}, "box_roi_pool_sampling_ratio must be in"),
+        ({"box_roi_pool_aligned": "yes"}, "box_roi_pool_aligned must be true or false"),
+    ],
+)
+def test_preflight_names_bad_pooling_fields(change, match):
+    from minirccn import preflight
+    from minirccn.errors import MinirccnError
+
+    preflight.check_config(preset("tiny-align"))
+    with pytest.raises(MinirccnError, match=f"^here: {match}"):
+        preflight.check_config(preset("tiny").replace(**change), "here")
