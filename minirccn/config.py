@@ -131,7 +131,7 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
     if name == "tiny-align":  # tiny with RoIAlign in the head, as MultiScaleRoIAlign's defaults
         return preset("tiny", box_roi_pool="roi_align", **overrides)
     if name == "tiny":
-        # measured on the shapes dataset (see train.py's docstring): stride 4 (the tiny
+        # measured on the shapes dataset (docs/presets.md): stride 4 (the tiny
         # backbone's last two pools dropped, so 8-pixel objects span two cells) and frozen
         # batch norm for the last part of training were the changes that mattered; then
         # as many steps as fit in the time budget

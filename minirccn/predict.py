@@ -242,12 +242,17 @@ def add_arguments_eval(parser) -> None:
 def run_eval(args) -> int:
     from minirccn.data import load_dataset
 
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.limit is not None and args.limit < 1:
         raise MinirccnError(f"--limit: expected a positive number of images, got {args.limit}")
     backend = resolve(args.backend) if args.backend else None
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if len(dataset) == 0:
         raise MinirccnError(f"{args.data}: split {args.split!r} has no images")
+    from minirccn.preflight import check_images
+
+    dataset = check_images(dataset, "--data")  # unreadable images: skipped, each named
     model = _load_model(args.checkpoint)
     if list(model.class_names) != list(dataset.class_names):
         raise MinirccnError(

@@ -29,7 +29,7 @@ import numpy as np
 from minirccn import ops
 from minirccn.nn import gradcheck
 from minirccn.ops.roi_align import (
-    roi_align_forward,
+    roi_align_layer_forward,
     roi_align_layer_backward,
     sample_tables,
 )
@@ -212,7 +212,7 @@ print(np.round(np.stack([tab.y.w_lo[0], tab.y.w_hi[0]], axis=-1), 3).tolist())
 # %%
 small = rng.standard_normal((1, 1, 8, 8))
 box = np.array([[0, 1.7, 1.2, 6.1, 5.9]])
-out, cache = roi_align_forward(small, box, 2, 1.0, 2, False)
+out, cache = roi_align_layer_forward(small, box, 2, 1.0, 2, False)
 onehot = np.zeros_like(out)
 onehot[0, 0, 0, 1] = 1.0  # the gradient of bin (0, 1) alone
 grad = roi_align_layer_backward(onehot, cache)
@@ -225,7 +225,9 @@ T.check(
 )
 for backend in ("numpy", "numba"):
     err = gradcheck.check_layer(
-        lambda f, backend=backend: roi_align_forward(f, box, 2, 1.0, 2, False, backend=backend),
+        lambda f, backend=backend: roi_align_layer_forward(
+            f, box, 2, 1.0, 2, False, backend=backend
+        ),
         roi_align_layer_backward,
         [small],
     )

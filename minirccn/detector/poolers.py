@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minirccn.ops.roi_align import RoIAlignCache, roi_align_forward, roi_align_layer_backward
-from minirccn.ops.roi_pool import roi_pool_forward, roi_pool_layer_backward
+from minirccn.ops.roi_align import RoIAlignCache, roi_align_layer_forward, roi_align_layer_backward
+from minirccn.ops.roi_pool import roi_pool_layer_forward, roi_pool_layer_backward
 
 METHODS = ("roi_pool", "roi_align")
 
@@ -56,7 +56,7 @@ class RoIPooler:
     def forward(self, features, rois, spatial_scale, *, backend=None):
         """``(pooled (R, C, P, P), cache)`` of ``rois`` ``(R, 5)`` on ``features`` ``(N, C, H, W)``."""
         if self.method == "roi_align":
-            return roi_align_forward(
+            return roi_align_layer_forward(
                 features,
                 rois,
                 self.output_size,
@@ -65,7 +65,9 @@ class RoIPooler:
                 self.aligned,
                 backend=backend,
             )
-        return roi_pool_forward(features, rois, self.output_size, spatial_scale, backend=backend)
+        return roi_pool_layer_forward(
+            features, rois, self.output_size, spatial_scale, backend=backend
+        )
 
     @staticmethod
     def backward(dpooled, cache):

@@ -438,7 +438,7 @@ def roi_align_backward(
 
 
 class RoIAlignCache(NamedTuple):
-    """What :func:`roi_align_layer_backward` needs from :func:`roi_align_forward`."""
+    """What :func:`roi_align_layer_backward` needs from :func:`roi_align_layer_forward`."""
 
     rois: object  # (R, 5) float, the pooled RoIs
     input_shape: tuple  # (N, C, H, W)
@@ -449,10 +449,10 @@ class RoIAlignCache(NamedTuple):
     backend: str
 
 
-def roi_align_forward(
+def roi_align_layer_forward(
     features, rois, output_size, spatial_scale, sampling_ratio=-1, aligned=False, *, backend=None
 ):
-    """Layer form of :func:`roi_align`: ``out, cache = roi_align_forward(...)``.
+    """Layer form of :func:`roi_align`: ``out, cache = roi_align_layer_forward(...)``.
 
     Args: as :func:`roi_align`.
 
