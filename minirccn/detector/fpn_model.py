@@ -104,8 +104,10 @@ class Pyramid:
 
 
 def pooling_options(config) -> tuple:
-    """``(sampling_ratio, aligned)`` of the head's RoIAlign (torchvision's detector: 2, False)."""
-    return 2, False
+    """``(sampling_ratio, aligned)`` of the head's multi-scale RoIAlign: the config's
+    ``box_roi_pool_sampling_ratio`` and ``box_roi_pool_aligned`` (torchvision's detector: 2,
+    False). A pyramid always pools with RoIAlign, as torchvision's ``MultiScaleRoIAlign``."""
+    return config.box_roi_pool_sampling_ratio, config.box_roi_pool_aligned
 
 
 def pyramid_of(model) -> Pyramid:
