@@ -424,9 +424,9 @@ def plot_sweep(sizes, series: dict, path, **kwargs) -> str:
     return save_figure(sweep_figure(sizes, series, **kwargs), path)
 
 
-def bars_figure(values: dict, title="", ylabel="", size=(640, 420)):
+def bars_figure(values: dict, title="", ylabel="", size=(640, 420), logy=False):
     """Grouped bars: ``{group: {bar name: value}}``, one colour per bar name, values written
-    on the bars; returns the figure."""
+    on the bars (``logy``: logarithmic y axis, labelled so); returns the figure."""
     names: list[str] = []
     for bars in values.values():
         names += [n for n in bars if n not in names]
@@ -440,7 +440,9 @@ def bars_figure(values: dict, title="", ylabel="", size=(640, 420)):
         rects = ax.bar(xs, ys, width, color=_rgb(k), label=name)
         ax.bar_label(rects, fmt="%.3g", fontsize=8)
     ax.set_xticks(range(len(values)), list(values), fontsize=9)
-    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel((ylabel + " (log scale)").strip() if logy else ylabel)
     if title:
         ax.set_title(title)
     if names:

@@ -307,10 +307,15 @@ print(f"mean total loss: first quarter of the steps {first:.3f}, last quarter {l
 T.check(last < first, "the total loss went down")
 
 curves = {k: history[k] for k in (*M.LOSS_NAMES, "loss")}
+events = viz.schedule_events(cfg)  # warm-up end, batch-norm freeze, LR drops of the scaled schedule
+print("schedule events marked on the chart:", events)
 path = viz.plot_curves(
     curves,
     T.out_dir() / "08_loss_curves.png",
     smoothing=0.9,
+    ylabel="loss (per image)",
+    xlabel="SGD step",
+    events=events,
     title=f"joint training, {STEPS} steps (faint: per step; solid: moving average)",
 )
 print(f"wrote {path}")
@@ -422,7 +427,7 @@ for name, secs, cpu, hist, m in runs:
         f"{name:12} {secs:8.1f} {cpu:6.1f} {tail(hist['loss_objectness']):11.3f} "
         f"{tail(hist['loss_classifier']):11.3f} {m['map']:9.3f} {m['map50']:8.3f}"
     )
-T.bar_chart(
+viz.plot_bars(
     {
         f"mAP@0.5 on {EVAL_IMAGES} test images (x100)": {
             "joint": 100 * after["map50"],
@@ -430,11 +435,10 @@ T.bar_chart(
         },
         f"CPU seconds for {STEPS} steps": {"joint": joint_cpu, "alternating": alt_cpu},
     },
-    "08_joint_vs_alternating.png",
-    title="approximate joint vs 4-step alternating training (same steps, one seed)",
-    unit="",
-    log=False,
+    T.out_dir() / "08_joint_vs_alternating.png",
+    title="approximate joint vs 4-step alternating training\n(same steps, one seed)",
 )
+print(f"wrote {T.out_dir() / '08_joint_vs_alternating.png'}")
 
 # %% [markdown]
 # Reading the comparison: with the same number of SGD steps, each part of
