@@ -295,8 +295,8 @@ def curves_figure(
     if title:
         ax.set_title(title)
     ax.grid(True, color="0.9")
-    if any(len(v) for _, _, v in series):
-        ax.legend(loc="upper right", fontsize=9)
+    if any(len(v) for _, _, v in series):  # outside the plot: never over a curve or an event
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, borderaxespad=0)
     fig.tight_layout()
     return fig
 
