@@ -61,6 +61,20 @@ class TrainingDiverged(MinirccnError):
     """A loss became NaN or infinite."""
 
 
+MODELS = ("fasterrcnn", "retinanet")
+
+
+def model_family(config):
+    """``(model class, training forward, backward, loss names)`` of ``config.model``."""
+    if config.model == "retinanet":
+        from minirccn.detector import retinanet as r
+
+        return r.RetinaNet, r.retinanet_forward, r.retinanet_backward, r.LOSS_NAMES
+    if config.model != "fasterrcnn":
+        raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
+    return FasterRCNN, detector_forward, detector_backward, LOSS_NAMES
+
+
 # ------------------------------------------------------------------------ pieces
 
 
@@ -146,7 +160,8 @@ def train_step(
     images, sizes, targets = batch
     cfg = model.config
     batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
-    losses, cache, _ = detector_forward(
+    _, forward, backward, _ = model_family(cfg)
+    losses, cache, _ = forward(
         model,
         images,
         sizes,
@@ -162,7 +177,7 @@ def train_step(
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
-    grads = detector_backward(cache)
+    grads = backward(cache)
     optimizer.lr = lr_at(step, model.config)
     optimizer.step(grads)
     losses["loss"] = total
@@ -226,6 +241,9 @@ def train(
     config = config if config is not None else preset(preset_name)
     if iters is not None:
         config = config.replace(iters=int(iters))
+    model_class, _, _, loss_names = model_family(config)
+    if alternating and config.model != "fasterrcnn":
+        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     if train_data is None:
         train_data = load_dataset(data, "train", images=images)
     if eval_split and test_data is None:
@@ -238,7 +256,7 @@ def train(
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
 
     rng = np.random.default_rng(seed)
-    start, history = 0, {k: [] for k in (*LOSS_NAMES, "loss")}
+    start, history = 0, {k: [] for k in (*loss_names, "loss")}
     if resume:
         if alternating:
             raise MinirccnError("--resume: not supported with --alternating")
@@ -264,7 +282,7 @@ def train(
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
         optimizer.load_state_dict(state["optimizer"])
     else:
-        model = FasterRCNN(config, train_data.class_names, rng=rng).to(backend)
+        model = model_class(config, train_data.class_names, rng=rng).to(backend)
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
 
     t0 = time.perf_counter()
@@ -378,10 +396,7 @@ def _train_joint(
             history[k].append(float(v))
         if progress and step % 10 == 0:
             bar.set_postfix(
-                {
-                    k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}"
-                    for k in (*LOSS_NAMES, "loss")
-                },
+                {k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}" for k in history},
                 refresh=False,
             )
         done = step + 1
@@ -469,7 +484,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
     os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, "metrics.json"), metrics, "metrics", indent=2, default=float)
     curves = {}
-    for k in (*LOSS_NAMES, "loss"):
+    for k in history:
         pts = [(i, v) for i, v in enumerate(history[k]) if v is not None]
         if pts:
             curves[k] = ([p[0] for p in pts], [p[1] for p in pts])
@@ -528,6 +543,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"output folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}2, ... when it holds a run)",
     )
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
+    parser.add_argument(
+        "--model",
+        default="fasterrcnn",
+        choices=MODELS,
+        help="fasterrcnn (default) or retinanet (the preset's RetinaNet, docs/retinanet.md)",
+    )
     parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
     parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -591,6 +612,8 @@ def run(args) -> int:
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     config = preset(args.preset)
+    if args.model != config.model:
+        config = preset(args.preset, model=args.model)
     if args.lr is not None:
         if not (args.lr > 0 and math.isfinite(args.lr)):
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
