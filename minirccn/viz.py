@@ -376,7 +376,7 @@ def pr_figure(curves: dict, title="", size=(520, 440)):
     fig = _figure(size)
     ax = fig.add_subplot()
     for k, (name, (recall, precision)) in enumerate(curves.items()):
-        ax.plot(recall, precision, color=_rgb(k), linewidth=2, label=name, drawstyle="steps-post")
+        ax.plot(recall, precision, "o-", color=_rgb(k), linewidth=2, markersize=4, label=name)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
