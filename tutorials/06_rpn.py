@@ -476,6 +476,18 @@ T.save_grid(
     cols=3,
     colours=256,
 )
+# the same per-cell numbers as a heatmap with a colour bar (matplotlib)
+viz.plot_heatmap(
+    cell_best,
+    T.out_dir() / "06_best_iou_per_cell.png",
+    title=f"best anchor IoU per cell ({cell_best.shape[0]} x {cell_best.shape[1]} map)",
+    xlabel="cell column",
+    ylabel="cell row",
+    colorbar_label="best IoU of the cell's anchors with an object",
+    vmin=0.0,
+    vmax=1.0,
+)
+print(f"wrote {T.out_dir() / '06_best_iou_per_cell.png'}")
 
 # %% [markdown]
 # ## Summary
