@@ -405,7 +405,11 @@ def sweep_figure(
     for k, (name, values) in enumerate(series.items()):
         ax.plot(sizes, values, "o-", color=_rgb(k), linewidth=2, label=name)
     if logx:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(list(sizes), [f"{v:g}" for v in sizes])
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel + (" (log scale)" if logx else ""))
