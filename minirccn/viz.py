@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -443,7 +444,7 @@ def bars_figure(values: dict, title="", ylabel="", size=(640, 420), logy=False):
         ys = [bars[name] for bars in values.values() if name in bars]
         rects = ax.bar(xs, ys, width, color=_rgb(k), label=name)
         ax.bar_label(rects, fmt="%.3g", fontsize=8)
-    ax.set_xticks(range(len(values)), list(values), fontsize=9)
+    ax.set_xticks(range(len(values)), [textwrap.fill(str(g), 22) for g in values], fontsize=9)
     if logy:
         ax.set_yscale("log")
     ax.set_ylabel((ylabel + " (log scale)").strip() if logy else ylabel)
