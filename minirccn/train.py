@@ -4,7 +4,7 @@ One SGD step (approximate joint training, the default)::
 
     images, targets = next batch (random horizontal flip)
     losses, cache, _ = detector_forward(model, images, sizes, targets, rng)
-    grads = model_backward(cache)          # the hand-written backward, model.py
+    grads = detector_backward(cache)       # the hand-written backward, model.py
     optimizer.step(grads)                  # SGD, momentum 0.9, weight decay 5e-4
 
 with the learning rate warmed up linearly for ``warmup_iters`` steps, then
@@ -80,7 +80,13 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, preset
 from minirccn.data import augment, load_dataset, transforms
 from minirccn.errors import MinirccnError
-from minirccn.detector.model import LOSS_NAMES, FasterRCNN, clean_targets, detector_forward, model_backward
+from minirccn.detector.model import (
+    LOSS_NAMES,
+    FasterRCNN,
+    clean_targets,
+    detector_backward,
+    detector_forward,
+)
 
 
 class TrainingDiverged(MinirccnError):
@@ -166,7 +172,7 @@ def train_step(
     step: int,
     *,
     backend: str,
-    stages=("rpn", "head"),
+    parts=("rpn", "head"),
     proposals=None,
     train_backbone: bool = True,
 ) -> dict:
@@ -181,7 +187,7 @@ def train_step(
         targets,
         rng,
         backend=backend,
-        stages=stages,
+        parts=parts,
         proposals=proposals,
         train_backbone=train_backbone,
         batch_stats=batch_stats,
@@ -190,7 +196,7 @@ def train_step(
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
-    grads = model_backward(cache)
+    grads = detector_backward(cache)
     optimizer.lr = lr_at(step, model.config)
     optimizer.step(grads)
     losses["loss"] = total
@@ -428,16 +434,16 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
         (det_model, ("head",), False, det_model),
     ]
     step = 0
-    for stage, (net, stages, train_backbone, proposer) in enumerate(plan, start=1):
-        if stage == 3:  # the detector takes over the RPN layers trained in step 1
+    for alt_step, (net, parts, train_backbone, proposer) in enumerate(plan, start=1):
+        if alt_step == 3:  # the detector takes over the RPN layers trained in step 1
             det_model.params.update(
                 {k: v.copy() for k, v in rpn_model.params.items() if k.startswith("rpn.")}
             )
-        prefixes = tuple(s + "." for s in stages) + (("backbone.",) if train_backbone else ())
+        prefixes = tuple(s + "." for s in parts) + (("backbone.",) if train_backbone else ())
         opt = _make_optimizer(net, config, prefixes)
         bar = tqdm(
             range(quarter),
-            desc=f"alternating step {stage}/4",
+            desc=f"alternating step {alt_step}/4",
             disable=not progress,
             dynamic_ncols=True,
         )
@@ -456,24 +462,24 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
                 rng,
                 i,
                 backend=backend,
-                stages=stages,
+                parts=parts,
                 proposals=proposals,
                 train_backbone=train_backbone,
             )
             for k in history:
                 history[k].append(
-                    float(losses[k]) if k in stages_losses(stages) or k == "loss" else None
+                    float(losses[k]) if k in parts_losses(parts) or k == "loss" else None
                 )
             step += 1
     return det_model
 
 
-def stages_losses(stages) -> tuple:
-    """The loss names that a tuple of stages computes."""
+def parts_losses(parts) -> tuple:
+    """The loss names that a tuple of detector parts (``"rpn"``, ``"head"``) computes."""
     names = ()
-    if "rpn" in stages:
+    if "rpn" in parts:
         names += ("loss_objectness", "loss_rpn_box_reg")
-    if "head" in stages:
+    if "head" in parts:
         names += ("loss_classifier", "loss_box_reg")
     return names
 

@@ -295,6 +295,26 @@ def test_iou_exactly_half_is_a_voc_miss_and_a_coco_hit():
     assert coco["map50"] == pytest.approx(1.0) and coco["map"] == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(
+    "side, small, medium, large",
+    [
+        (32.0, 1.0, 1.0, -1.0),  # area exactly 32^2: both ends of a COCO range are included
+        (np.sqrt(32.0**2 - 1), 1.0, -1.0, -1.0),  # just below 32^2: small only
+        (np.sqrt(32.0**2 + 1), -1.0, 1.0, -1.0),  # just above 32^2: medium only
+        (96.0, -1.0, 1.0, 1.0),  # area exactly 96^2: medium and large
+        (np.sqrt(96.0**2 + 1), -1.0, -1.0, 1.0),  # just above 96^2: large only
+    ],
+)
+def test_coco_area_ranges_at_their_boundaries(side, small, medium, large):
+    """One box found exactly: it counts in every COCO area range whose closed interval holds
+    its area ``[0, 32^2]``, ``[32^2, 96^2]``, ``[96^2, 1e10]``, as pycocotools; other ranges are -1."""
+    box = [[10.0, 10.0, 10.0 + side, 10.0 + 1.0 * side]]
+    gt, pred = _one(box), _one(box, scores=[0.9])
+    r = evaluate([pred], [gt], metric="coco")
+    got = (r["map_small"], r["map_medium"], r["map_large"])
+    assert got == pytest.approx((small, medium, large), abs=1e-12)
+
+
 def test_voc_ap_formulas():
     rec, prec = np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])
     assert voc_ap(rec, prec, True) == pytest.approx((6 + 5 * 2 / 3) / 11)

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # Tutorial 4: RoI max pooling and its backward pass
 #
-# The RPN hands the second stage a few hundred proposals of every size and
+# The RPN hands the RoI head a few hundred proposals of every size and
 # shape. The head is made of fully connected layers, which need a fixed-size
 # input. **RoI max pooling** bridges the two: project each region of interest
 # (RoI) onto the feature map, cut it into a fixed `ph x pw` grid of bins, and

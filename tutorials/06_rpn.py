@@ -16,8 +16,8 @@
 #
 # None of the first three steps is differentiable: they produce constants the
 # loss compares against. We write each one as a loop, check it against
-# `minirccn.detector.anchor_targets` and `minirccn.detector.rpn`, and end with an image that has
-# no object at all.
+# `minirccn.detector.targets`, `minirccn.detector.anchor_targets` and
+# `minirccn.detector.rpn`, and end with an image that has no object at all.
 
 # %%
 import math
@@ -28,12 +28,12 @@ from PIL import ImageDraw
 import _common as T
 from minirccn.nn import gradcheck, losses
 from minirccn import ops, viz
-from minirccn.detector.anchor_targets import anchor_targets, assign_anchors, sample_labels
 from minirccn.detector.backbone import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
 from minirccn.detector.model import FasterRCNN, backbone_spec
 from minirccn.detector.rpn import rpn_forward, rpn_losses
+from minirccn.detector.targets import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 
 # float64: the loss check at the end is exact. The stack is pinned to four
 # conv+pool stages (stride 16, an 8 x 8 map on 128 x 128 images) so that the
@@ -64,17 +64,24 @@ print(f"{len(anchors)} anchors (8 x 8 cells x {cfg.num_anchors}), {len(gt)} obje
 # with its highest IoU are positive**, whatever that IoU is, and on a tie *all*
 # of the tied anchors are (torchvision's `allow_low_quality_matches`). An
 # object that touches no anchor at all (best IoU 0) gets none.
+#
+# `minirccn.detector.targets.Matcher` writes this rule once (the RoI head's
+# targets in tutorial 7 use it too, with other numbers). Like torchvision's, it
+# returns one number per anchor: the index of its object, or
+# `BELOW_LOW_THRESHOLD` (-1, negative) or `BETWEEN_THRESHOLDS` (-2, ignored).
+# The model builds its `AnchorTargetCreator` (a matcher with 0.7 / 0.3 and a
+# sampler, section 2) once from the config; afterwards it is called with data only.
 
 
 # %%
 def assign_loop(anchors, gt, fg=0.7, bg=0.3):
-    """Label each anchor (1 / 0 / -1) and name its best object, one anchor at a time."""
+    """Label each anchor (1 / 0 / -1) and match it (object index, -1 or -2), one at a time."""
     m, g = len(anchors), len(gt)
     labels = np.full(m, -1, dtype=np.int64)
     matched = np.zeros(m, dtype=np.int64)
     if g == 0:
         labels[:] = 0  # no object: every anchor is background
-        return labels, matched
+        return labels, np.full(m, BELOW_LOW_THRESHOLD)
     iou = ops.box_iou(anchors, gt)  # (M, G), tutorial 1
     for i in range(m):  # rule 1: each anchor's best object
         for j in range(1, g):
@@ -89,11 +96,13 @@ def assign_loop(anchors, gt, fg=0.7, bg=0.3):
         for i in range(m):
             if best > 0 and iou[i, j] == best:
                 labels[i] = 1
-    return labels, matched
+    codes = np.where(labels == 0, BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS)
+    return labels, np.where(labels == 1, matched, codes)
 
 
 labels_loop, matched_loop = assign_loop(anchors, gt)
-labels, matched = assign_anchors(anchors, gt, cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh)
+print(model.anchor_targets.matcher)
+labels, matched = model.anchor_targets.label(anchors, gt, (128, 128))
 iou = ops.box_iou(anchors, gt)
 print(
     f"positive {int((labels == 1).sum())}, negative {int((labels == 0).sum())}, "
@@ -107,7 +116,7 @@ for g in range(len(gt)):
     )
 T.check(
     np.array_equal(labels_loop, labels) and np.array_equal(matched_loop, matched),
-    "naive loop == minirccn.detector.anchor_targets.assign_anchors (labels and matches)",
+    "naive loop == the model's AnchorTargetCreator.label (labels and matches)",
 )
 T.check(
     all(labels[iou[:, g].argmax()] == 1 for g in range(len(gt))),
@@ -125,7 +134,7 @@ T.check(
 
 # %%
 tie_gt = np.array([[0, 24, 32, 56], [500, 500, 520, 520]], dtype=np.float64)
-tie_labels, tie_matched = assign_anchors(anchors, tie_gt)
+tie_labels, tie_matched = model.anchor_targets.label(anchors, tie_gt, (128, 128))
 tie_iou = ops.box_iou(anchors, tie_gt)
 winners = np.nonzero(tie_labels == 1)[0]
 print("positive anchors:", winners, "boxes:\n", anchors[winners], "\nIoU:", tie_iou[winners, 0])
@@ -168,14 +177,15 @@ def sample_loop(labels, batch_size, fraction, rng):
     return out
 
 
-sampled = sample_labels(labels, 256, 0.5, np.random.default_rng(0))
+print(model.anchor_targets.sampler)
+sampled = model.anchor_targets.sample(labels, np.random.default_rng(0))
 print(
     f"sampled: {int((sampled == 1).sum())} positive + {int((sampled == 0).sum())} negative "
     f"= {int((sampled >= 0).sum())}"
 )
 T.check(
     np.array_equal(sample_loop(labels, 256, 0.5, np.random.default_rng(0)), sampled),
-    "naive loop == sample_labels with the same seed",
+    "naive loop == AnchorTargetCreator.sample (its BalancedPositiveNegativeSampler), same seed",
 )
 T.check(
     (sampled == 1).sum() == (labels == 1).sum() and (sampled >= 0).sum() == 256,
@@ -184,8 +194,8 @@ T.check(
 
 # the other extreme: 192 "objects", exactly the 16-pixel anchors -> 192 positives, capped at 128
 small_anchors = anchors.reshape(64, cfg.num_anchors, 4)[:, [0, 3, 6]].reshape(-1, 4)
-crowd = assign_anchors(anchors, small_anchors)[0]
-crowd_sampled = sample_labels(crowd, 256, 0.5, np.random.default_rng(0))
+crowd = model.anchor_targets.label(anchors, small_anchors, (128, 128))[0]
+crowd_sampled = model.anchor_targets.sample(crowd, np.random.default_rng(0))
 print(
     f"crowded image: {int((crowd == 1).sum())} positives -> sampled "
     f"{int((crowd_sampled == 1).sum())} positive + {int((crowd_sampled == 0).sum())} negative"
@@ -225,13 +235,13 @@ def encode_loop(gt_boxes, anchor_boxes):
 
 
 rng = np.random.default_rng(0)
-lab, targets = anchor_targets(anchors, gt, (128, 128), rng)
+lab, targets = model.anchor_targets(anchors, gt, (128, 128), rng)
 pos = np.nonzero(lab == 1)[0]
 loop_targets = encode_loop(gt[matched[pos]], anchors[pos])
 print("targets of the first positive anchors (dx, dy, dw, dh):\n", targets[pos[:4]].round(3))
 T.check(
     np.allclose(loop_targets, targets[pos], rtol=1e-12, atol=1e-12),
-    "naive loop == anchor_targets' regression targets (ops.encode_boxes)",
+    "naive loop == the AnchorTargetCreator's regression targets (ops.encode_boxes)",
 )
 T.check(
     np.allclose(ops.decode_boxes(targets[pos], anchors[pos]), gt[matched[pos]]),
@@ -271,7 +281,7 @@ many = []
 for k in range(T.pick(60, 15)):
     s = data[k]
     if len(s["boxes"]):
-        lab_k, t_k = anchor_targets(anchors, s["boxes"].astype(np.float64), (128, 128), rng)
+        lab_k, t_k = model.anchor_targets(anchors, s["boxes"].astype(np.float64), (128, 128), rng)
         many.append(t_k[lab_k == 1])
 many = np.concatenate(many)
 std_ln = many.std(axis=0)
@@ -338,7 +348,7 @@ x = model.preprocess(image)[0][None]  # resize (no-op here) and normalise: (1, 3
 features, _ = backbone_forward(model.params, x, backbone_spec(cfg), train=False)
 logits, deltas, _ = rpn_forward(model.params, features)  # (1, 576, 2), (1, 576, 4)
 print("features", features.shape, "-> logits", logits.shape, "deltas", deltas.shape)
-lab, targets = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(1))
+lab, targets = model.anchor_targets(anchors, gt, (128, 128), np.random.default_rng(1))
 loss_obj, loss_box, dlogits, ddeltas = rpn_losses(
     logits, deltas, lab[None], targets[None], beta=cfg.rpn_box_beta
 )
@@ -371,7 +381,7 @@ T.check(max(err_cls, err_box) < 1e-6, "both loss gradients match float64 finite 
 # %%
 empty = data[7]
 T.check(len(empty["boxes"]) == 0, "shapes train image 7 has no object")
-lab0, t0 = anchor_targets(anchors, empty["boxes"], (128, 128), np.random.default_rng(2))
+lab0, t0 = model.anchor_targets(anchors, empty["boxes"], (128, 128), np.random.default_rng(2))
 loss0 = rpn_losses(logits, deltas, lab0[None], t0[None])
 print(
     f"no object: {int((lab0 == 0).sum())} negatives sampled, {int((lab0 == 1).sum())} positives; "
@@ -407,12 +417,12 @@ def outline(img, boxes, colour, width=1):
     return img
 
 
-labels_all, _ = assign_anchors(anchors, gt)
+labels_all, _ = model.anchor_targets.label(anchors, gt, (128, 128))
 left = viz.draw_detections(
     image, gt, np.zeros(len(gt), int), class_names=["object"], scale=scale, width=2
 )
 outline(left, anchors[labels_all == 1], (40, 170, 60), 2)
-lab_s, _ = anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0))
+lab_s, _ = model.anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0))
 middle = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=scale)
 outline(middle, anchors[lab_s == 0][::4], (40, 80, 200), 1)
 outline(middle, anchors[lab_s == 1], (40, 170, 60), 2)

@@ -2,12 +2,12 @@
 # # Tutorial 7: proposals and the detection head
 #
 # Tutorial 6 trained the RPN to score anchors and move them. This tutorial
-# follows its output through the second stage:
+# follows its output into the RoI head:
 #
 # 1. the **proposal layer** turns 576 scored anchors into at most a few
 #    hundred boxes: top-n by score, decode, clip, drop tiny boxes, NMS, top-n;
 # 2. **proposal targets** pick the RoIs the head trains on (ground truth
-#    appended, 25% foreground) with class labels and normalised box targets;
+#    appended, a capped share of foreground) with class labels and normalised box targets;
 # 3. **RoI pooling into the head**: every RoI becomes a `C x 7 x 7` block, two
 #    fully connected layers, then `K` class scores and `4K` deltas;
 # 4. **inference post-processing**: a box per class, score threshold 0.05,
@@ -31,8 +31,7 @@ from minirccn.config import preset
 from minirccn.data import load_dataset
 from minirccn.detector.head import head_forward, head_losses
 from minirccn.detector.model import FasterRCNN, backbone_spec, postprocess_detections
-from minirccn.detector.proposal_targets import proposal_targets
-from minirccn.detector.proposals import objectness_scores, proposals_one_image
+from minirccn.detector.proposals import objectness_scores
 
 cfg = preset("tiny", dtype="float64")  # float64 throughout: the loops below agree exactly
 data = load_dataset("shapes", split="train", seed=0)
@@ -122,20 +121,14 @@ pre, post = cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test
 loop_boxes, loop_scores = proposals_loop(
     logits, deltas, anchors, (128, 128), pre, post, cfg.rpn_nms_thresh, cfg.rpn_min_size
 )
-proposals, prop_scores = proposals_one_image(
-    logits,
-    deltas,
-    anchors,
-    (128, 128),
-    pre_nms_top_n=pre,
-    post_nms_top_n=post,
-    nms_thresh=cfg.rpn_nms_thresh,
-    min_size=cfg.rpn_min_size,
-)
+# the model's proposal layer for inference: a ProposalCreator built once from the config's
+# rpn_*_test numbers, then called with data only (a batch of one image here)
+print(model.test_proposals)
+((proposals, prop_scores),) = model.test_proposals(logits[None], deltas[None], anchors, [(128, 128)])
 print("best 5 proposals:\n", np.c_[proposals[:5].round(1), prop_scores[:5].round(3)])
 T.check(
     np.array_equal(loop_boxes, proposals) and np.array_equal(loop_scores, prop_scores),
-    f"naive loop == minirccn.detector.proposals.proposals_one_image ({len(proposals)} boxes, exactly)",
+    f"naive loop == the model's ProposalCreator ({len(proposals)} boxes, exactly)",
 )
 T.check(
     proposals.min() >= 0 and proposals[:, 0::2].max() <= 128 and proposals[:, 1::2].max() <= 128,
@@ -162,7 +155,8 @@ T.check(
 # 2. each RoI's best object by IoU: `>= 0.5` foreground, labelled with that
 #    object's class; in `[0.0, 0.5)` background, label 0;
 # 3. sample 64 RoIs per image (`box_batch_size_per_image`; the paper's 128
-#    with 2 images per batch), at most 25% foreground;
+#    with 2 images per batch), at most a share `box_positive_fraction` of
+#    them foreground (the paper's 25%, the tiny preset's 50%);
 # 4. regression targets `encode(gt, roi) * (10, 10, 5, 5)`.
 #
 # The weights divide the deltas by their typical spread: foreground RoIs
@@ -198,14 +192,11 @@ def proposal_targets_loop(proposals, gt, gt_labels, rng, batch_size, fraction, w
 
 
 w = np.array(cfg.bbox_reg_weights)
-rois, roi_labels, roi_targets = proposal_targets(
-    proposals,
-    gt,
-    gt_labels,
-    np.random.default_rng(0),
-    batch_size=cfg.box_batch_size_per_image,
-    positive_fraction=cfg.box_positive_fraction,
-    weights=cfg.bbox_reg_weights,
+# the model's ProposalTargetCreator: its Matcher (fg >= box_fg_iou_thresh, bg below
+# box_bg_iou_thresh) and its sampler were built once from the config
+print(model.proposal_targets.matcher, model.proposal_targets.sampler, sep="\n")
+rois, roi_labels, roi_targets = model.proposal_targets(
+    proposals, gt, gt_labels, np.random.default_rng(0)
 )
 loop = proposal_targets_loop(
     proposals,
@@ -232,12 +223,13 @@ T.check(
     np.array_equal(loop[0], rois)
     and np.array_equal(loop[1], roi_labels)
     and np.allclose(loop[2], roi_targets, rtol=1e-12, atol=1e-12),
-    "naive loop == minirccn.detector.proposal_targets.proposal_targets (same seed)",
+    "naive loop == the model's ProposalTargetCreator (same seed)",
 )
 T.check(
     fg.sum() <= int(cfg.box_batch_size_per_image * cfg.box_positive_fraction)
     and len(rois) <= cfg.box_batch_size_per_image,
-    "at most 64 RoIs, at most 25% of them foreground",
+    f"at most {cfg.box_batch_size_per_image} RoIs, "
+    f"at most {cfg.box_positive_fraction:.0%} of them foreground",
 )
 T.check(
     np.allclose(
@@ -250,7 +242,7 @@ T.check(
 )
 
 # an image without objects: every proposal is background, no box target
-r0, l0, t0 = proposal_targets(
+r0, l0, t0 = model.proposal_targets(
     proposals, np.zeros((0, 4)), np.zeros(0, np.int64), np.random.default_rng(0)
 )
 T.check(np.all(l0 == 0) and np.all(t0 == 0) and len(r0) > 0, "no objects: only background RoIs")
@@ -480,7 +472,7 @@ T.save_grid(
 # * Proposal layer: softmax score, top-n, decode, clip, drop boxes under
 #   `min_size`, NMS 0.7, top-n; no gradient flows through it.
 # * Proposal targets: ground truth appended, IoU >= 0.5 foreground with its
-#   class, [0, 0.5) background, 64 RoIs with at most 25% foreground, targets
+#   class, [0, 0.5) background, 64 RoIs with at most 50% foreground, targets
 #   scaled by (10, 10, 5, 5) to about unit spread.
 # * Head: RoI max pool to `C x 7 x 7`, fc6, fc7, `K` scores and `4K` deltas;
 #   the box loss only sees each foreground RoI's own class.

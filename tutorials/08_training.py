@@ -8,7 +8,7 @@
 #     for step in range(iters):
 #         images, targets = next batch (random horizontal flip)
 #         losses, cache   = detector_forward(...)      # backbone, RPN, proposals, head, 4 losses
-#         grads           = model_backward(cache)      # ONE hand-written backward
+#         grads           = detector_backward(cache)      # ONE hand-written backward
 #         params         -= lr * momentum_buffer(grads + weight_decay * params)
 #
 # We take one step by hand, read the backward function top to bottom and
@@ -70,7 +70,7 @@ print(
 # the batch's statistics, or frozen running statistics late in training if
 # the preset's `bn_freeze_iter` says so), tutorial 6's RPN and anchor
 # targets, tutorial 7's proposals, proposal targets and head, and returns
-# the four losses plus a cache. `model_backward` turns the cache into
+# the four losses plus a cache. `detector_backward` turns the cache into
 # one gradient per trainable parameter. SGD with momentum (torch's rule):
 #
 #     g = grad + weight_decay * p
@@ -104,7 +104,7 @@ for step in range(2):
     losses, cache, samples = M.detector_forward(
         net, images, sizes, targets, rng, backend=BACKEND, batch_stats=batch_stats
     )
-    grads = M.model_backward(cache)
+    grads = M.detector_backward(cache)
     lr = tr.lr_at(step, cfg)
     for name, g in grads.items():
         p = net.params[name]
@@ -135,26 +135,26 @@ T.check(set(grads) == set(net.trainable()), "every trainable parameter got a gra
 # %% [markdown]
 # ## 2. The backward pass, read top to bottom
 #
-# There is no autograd. `model_backward` is the forward in reverse: the head
+# There is no autograd. `detector_backward` is the forward in reverse: the head
 # (fc layers, then RoI pooling's scatter to the argmax cells, tutorial 4), the
 # RPN (1x1 convs, ReLU, 3x3 conv), and, because the feature map feeds *both*
-# stages, the **sum** of their two gradients goes into the backbone. The
+# parts, the **sum** of their two gradients goes into the backbone. The
 # proposals and all targets are constants: no gradient flows through the
 # proposal boxes (the paper's "approximate" joint training, Sec. 3.2).
 
 # %%
-source = inspect.getsource(M.model_backward)
+source = inspect.getsource(M.detector_backward)
 body = source[source.index('    """', source.index('"""') + 3) + 8 :]  # skip the docstring
 print(body)
 
 # %% [markdown]
 # ### Checking it by finite differences
 #
-# A detector small enough to difference (16 x 16 images, two tiny conv
+# A detector small enough to difference (16 x 16 images, two tiny backbone
 # stages, float64): hold the random choices fixed (`samples=`), perturb each
 # parameter along random directions by `+-1e-6`, and compare the change of
 # the summed loss with the backward's gradient (tutorial 5's method). Then
-# the sum rule: the backbone's gradient with both stages on equals the
+# the sum rule: the backbone's gradient with both parts (`parts=`) on equals the
 # gradient with only the RPN plus the gradient with only the head.
 
 # %%
@@ -189,7 +189,7 @@ props = [np.array([[0.0, 0, 10, 9], [5, 5, 16, 15]]), np.array([[2.0, 2, 13, 12]
 _, c16, s16 = M.detector_forward(
     tiny_net, x16, [(16, 16)] * 2, t16, g_rng, backend="numpy", proposals=props
 )
-g16 = M.model_backward(c16)
+g16 = M.detector_backward(c16)
 
 
 def total_loss():
@@ -213,20 +213,21 @@ print(
     f"{len(g16)} gradients; worst directional relative error {worst:.1e}, head.cls.w (every entry) {full:.1e}"
 )
 T.check(
-    max(worst, full) < 1e-5, "model_backward matches float64 finite differences for every parameter"
+    max(worst, full) < 1e-5, "detector_backward matches float64 finite differences for every parameter"
 )
 
-parts = []
-for stages in (("rpn",), ("head",)):
+one_part = []
+for parts in (("rpn",), ("head",)):
     _, c, _ = M.detector_forward(
-        tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy", samples=s16, stages=stages
+        tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy", samples=s16, parts=parts
     )
-    parts.append(M.model_backward(c))
+    one_part.append(M.detector_backward(c))
 T.check(
     np.allclose(
-        g16["backbone.conv1_1.w"], parts[0]["backbone.conv1_1.w"] + parts[1]["backbone.conv1_1.w"]
+        g16["backbone.conv1_1.w"],
+        one_part[0]["backbone.conv1_1.w"] + one_part[1]["backbone.conv1_1.w"],
     ),
-    "backbone gradient (both stages) == RPN-only + head-only: the map's gradient is a sum",
+    "backbone gradient (both parts) == RPN-only + head-only: the map's gradient is a sum",
 )
 
 # %% [markdown]
@@ -450,9 +451,9 @@ T.bar_chart(
 #
 # ## Summary
 #
-# * One step: `detector_forward` (four losses), `model_backward` (one
+# * One step: `detector_forward` (four losses), `detector_backward` (one
 #   hand-written function, the forward in reverse; the feature map's gradient
-#   is the sum of both stages'), SGD with momentum and weight decay.
+#   is the sum of both parts'), SGD with momentum and weight decay.
 # * Every random choice comes from one seeded generator: the same seed gives
 #   the same parameters, bit for bit.
 # * A few hundred steps already teach the RPN what an object is; the head

@@ -1,9 +1,10 @@
-"""The two-stage detector, built from ``minirccn.ops`` and ``minirccn.nn``.
+"""The detector (RPN + RoI head on one backbone), built from ``minirccn.ops`` and ``minirccn.nn``.
 
 ==================================  ====================================================
 module                              what
 ==================================  ====================================================
 ``anchors``                         the anchor grid
+``targets``                         the one Matcher and the one balanced sampler
 ``anchor_targets``                  RPN training targets (label and sample anchors)
 ``proposals``                       RPN outputs -> proposals (decode, clip, NMS, top-n)
 ``proposal_targets``                RoI head training targets (label and sample RoIs)
@@ -18,6 +19,7 @@ import importlib
 
 _SUBMODULES = {
     "anchors",
+    "targets",
     "anchor_targets",
     "proposals",
     "proposal_targets",

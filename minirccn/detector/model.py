@@ -1,6 +1,6 @@
 """Faster R-CNN: the forward pass, its ONE hand-written backward, and inference.
 
-Read :func:`detector_forward` and :func:`model_backward` side by side: the
+Read :func:`detector_forward` and :func:`detector_backward` side by side: the
 backward visits the forward's steps in reverse.
 
 Forward (training), for a batch of images ``(N, 3, H, W)``::
@@ -37,16 +37,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.detector import backbone as _bb
 from minirccn import ops
-from minirccn.detector.anchor_targets import anchor_targets
-from minirccn.detector.anchors import generate_anchors
 from minirccn.backend import array_module, get_array_module, resolve, to_numpy
 from minirccn.config import FasterRCNNConfig
 from minirccn.data import transforms
+from minirccn.detector import backbone as _bb
+from minirccn.detector.anchor_targets import AnchorTargetCreator
+from minirccn.detector.anchors import generate_anchors
 from minirccn.detector.head import head_backward, head_forward, head_losses, init_head
-from minirccn.detector.proposal_targets import proposal_targets
-from minirccn.detector.proposals import generate_proposals
+from minirccn.detector.proposal_targets import ProposalTargetCreator
+from minirccn.detector.proposals import ProposalCreator
 from minirccn.detector.rpn import init_rpn, rpn_backward, rpn_forward, rpn_losses
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -79,6 +79,12 @@ class FasterRCNN:
             params = init_params(config, len(self.class_names), rng)
         self.params = params
         self._anchors = {}
+        self.backbone_spec = backbone_spec(config)
+        # the non-differentiable steps, built once with the config's numbers
+        self.anchor_targets = AnchorTargetCreator.from_config(config)
+        self.train_proposals = ProposalCreator.from_config(config, training=True)
+        self.test_proposals = ProposalCreator.from_config(config, training=False)
+        self.proposal_targets = ProposalTargetCreator.from_config(config)
 
     @property
     def num_classes(self) -> int:
@@ -88,7 +94,7 @@ class FasterRCNN:
     @property
     def stride(self) -> int:
         """Input pixels per feature-map cell."""
-        return _bb.stride(backbone_spec(self.config))
+        return _bb.stride(self.backbone_spec)
 
     def anchors(self, feature_size, xp=np):
         """``(Hf * Wf * A, 4)`` anchors of a ``feature_size = (Hf, Wf)`` map (cached), config dtype."""
@@ -200,6 +206,9 @@ def clean_targets(boxes, labels, where: str = "target"):
 
 # ------------------------------------------------------------------------ forward
 
+#: the two trainable parts on top of the backbone, named by their parameter prefixes
+PARTS = ("rpn", "head")
+
 
 class Samples(NamedTuple):
     """The non-differentiable choices of one training forward (all host NumPy arrays).
@@ -216,7 +225,7 @@ class Samples(NamedTuple):
 
 
 class DetectorCache(NamedTuple):
-    """What :func:`model_backward` needs: layer caches and the losses' gradients."""
+    """What :func:`detector_backward` needs: layer caches and the losses' gradients."""
 
     backbone: object  # backbone cache
     rpn: object  # RPNCache, or None when the RPN losses are off
@@ -236,24 +245,24 @@ def detector_forward(
     rng: np.random.Generator,
     *,
     backend=None,
-    stages=("rpn", "head"),
+    parts=PARTS,
     proposals=None,
     samples=None,
     train_backbone: bool = True,
     batch_stats: bool | None = None,
 ):
-    """Training forward: the four losses and the cache of :func:`model_backward`.
+    """Training forward: the four losses and the cache of :func:`detector_backward`.
 
     Args:
-        model: the detector.
+        model: the detector (its config's numbers live in its target and proposal creators).
         images: ``(N, 3, H, W)`` float normalised images (padded to a common size).
         image_sizes: ``N`` pairs ``(height, width)`` of the unpadded images.
         targets: ``N`` dicts with ``boxes`` ``(G, 4)`` float and ``labels`` ``(G,)`` int64
             (1..K-1), in the coordinates of ``images``.
         rng: the source of every random choice (anchor and RoI sampling, dropout).
         backend: backend of every op.
-        stages: which losses to compute: ``"rpn"`` and/or ``"head"`` (alternating
-            training trains one at a time).
+        parts: which losses to compute: ``"rpn"`` and/or ``"head"`` (the alternating
+            training trains one part at a time).
         proposals: optional ``N`` arrays ``(P, 4)``: use these instead of this
             model's RPN proposals (alternating training step 2; gradient checks).
         samples: optional :class:`Samples` from an earlier call: reuse its choices.
@@ -264,151 +273,147 @@ def detector_forward(
             norm, still trained through gamma and beta). Default: ``train_backbone``.
 
     Returns:
-        losses: dict of the four losses (floats; 0.0 for a stage that is off).
+        losses: dict of the four losses (floats; 0.0 for a part that is off).
         cache: :class:`DetectorCache`.
         samples: the :class:`Samples` used.
+
+    Random draws, in this order: the anchor samples of every image, then (``"head"``
+    on) the RoI samples of every image, then the head's dropout.
     """
     backend = resolve(backend, images)
     xp = array_module(backend)
-    cfg = model.config
-    p = model.params
-    n = images.shape[0]
-
-    # 1. backbone: the shared feature map
-    if batch_stats is None:
-        batch_stats = train_backbone
+    batch_stats = train_backbone if batch_stats is None else batch_stats
     features, bb_cache = _bb.backbone_forward(
-        p, images, backbone_spec(cfg), train=batch_stats, backend=backend
+        model.params, images, model.backbone_spec, train=batch_stats, backend=backend
     )
-    anchors = model.anchors(features.shape[2:], xp)
-    anchors_host = model.anchors(features.shape[2:], np)
-
-    # 2. RPN: scores and deltas of every anchor
-    logits, deltas, rpn_cache = rpn_forward(p, features, backend=backend)
-
-    # 3. anchor targets (constants, host): which anchors are objects, where they should go
+    feature_size = features.shape[2:]
+    logits, deltas, rpn_cache = rpn_forward(model.params, features, backend=backend)
     if samples is None:
-        labels, reg = [], []
-        for i in range(n):
-            lab, t = anchor_targets(
-                anchors_host,
-                targets[i]["boxes"],
-                image_sizes[i],
-                rng,
-                fg_iou_thresh=cfg.rpn_fg_iou_thresh,
-                bg_iou_thresh=cfg.rpn_bg_iou_thresh,
-                batch_size=cfg.rpn_batch_size_per_image,
-                positive_fraction=cfg.rpn_positive_fraction,
-                allowed_border=cfg.rpn_allowed_border,
-            )
-            labels.append(lab)
-            reg.append(t)
-        rpn_labels, rpn_targets = np.stack(labels), np.stack(reg)
-    else:
-        rpn_labels, rpn_targets = samples.rpn_labels, samples.rpn_targets
-
-    # 4. RPN losses and their gradients w.r.t. the RPN outputs
+        samples = sample_anchors(model, feature_size, image_sizes, targets, rng)
     losses = dict.fromkeys(LOSS_NAMES, 0.0)
-    d_obj = d_rpn = None
-    if "rpn" in stages:
+    d_obj = d_rpn = head_cache = d_cls = d_box = None
+    if "rpn" in parts:
         (losses["loss_objectness"], losses["loss_rpn_box_reg"], d_obj, d_rpn) = rpn_losses(
-            logits, deltas, xp.asarray(rpn_labels), xp.asarray(rpn_targets), beta=cfg.rpn_box_beta
+            logits,
+            deltas,
+            xp.asarray(samples.rpn_labels),
+            xp.asarray(samples.rpn_targets),
+            beta=model.config.rpn_box_beta,
         )
-
-    if "head" not in stages:
-        cache = DetectorCache(
-            bb_cache, rpn_cache, d_obj, d_rpn, None, None, None, _trainable(stages, train_backbone)
+    if "head" in parts:
+        if samples.rois is None:
+            if proposals is None:
+                props = rpn_proposals(model, logits, deltas, feature_size, image_sizes, backend, True)
+                proposals = [to_numpy(boxes) for boxes, _ in props]
+            samples = sample_rois(model, samples, proposals, targets, rng)
+        class_logits, box_deltas, head_cache = _head(model, features, samples.rois, backend, rng)
+        (losses["loss_classifier"], losses["loss_box_reg"], d_cls, d_box) = head_losses(
+            class_logits,
+            box_deltas,
+            xp.asarray(samples.roi_labels),
+            xp.asarray(samples.roi_targets),
+            beta=model.config.box_beta,
         )
-        return losses, cache, Samples(rpn_labels, rpn_targets, *_empty_rois(cfg.dtype))
-
-    # 5. proposals (constants): the RPN's boxes after NMS
-    if samples is None:
-        if proposals is None:
-            props = generate_proposals(
-                logits,
-                deltas,
-                anchors,
-                image_sizes,
-                pre_nms_top_n=cfg.rpn_pre_nms_top_n_train,
-                post_nms_top_n=cfg.rpn_post_nms_top_n_train,
-                nms_thresh=cfg.rpn_nms_thresh,
-                min_size=cfg.rpn_min_size,
-                backend=backend,
-            )
-            proposals = [to_numpy(b) for b, _ in props]
-
-        # 6. proposal targets (constants, host): sampled RoIs with class and box targets
-        rois, roi_labels, roi_targets = [], [], []
-        for i in range(n):
-            r, lab, t = proposal_targets(
-                np.asarray(proposals[i], dtype=cfg.dtype).reshape(-1, 4),
-                targets[i]["boxes"],
-                targets[i]["labels"],
-                rng,
-                fg_iou_thresh=cfg.box_fg_iou_thresh,
-                bg_iou_thresh=cfg.box_bg_iou_thresh,
-                bg_iou_lo=cfg.box_bg_iou_lo,
-                batch_size=cfg.box_batch_size_per_image,
-                positive_fraction=cfg.box_positive_fraction,
-                weights=cfg.bbox_reg_weights,
-            )
-            rois.append(np.concatenate([np.full((r.shape[0], 1), i, dtype=r.dtype), r], axis=1))
-            roi_labels.append(lab)
-            roi_targets.append(t)
-        samples = Samples(
-            rpn_labels,
-            rpn_targets,
-            np.concatenate(rois),
-            np.concatenate(roi_labels),
-            np.concatenate(roi_targets),
-        )
-
-    # 7. RoI head on the sampled RoIs, and its losses
-    class_logits, box_deltas, head_cache = head_forward(
-        p,
-        features,
-        xp.asarray(samples.rois),
-        1.0 / model.stride,
-        output_size=cfg.roi_output_size,
-        dropout=cfg.dropout,
-        rng=rng,
-        backend=backend,
-    )
-    (losses["loss_classifier"], losses["loss_box_reg"], d_cls, d_box) = head_losses(
-        class_logits,
-        box_deltas,
-        xp.asarray(samples.roi_labels),
-        xp.asarray(samples.roi_targets),
-        beta=cfg.box_beta,
-    )
-
-    cache = DetectorCache(
-        bb_cache,
-        rpn_cache if "rpn" in stages else None,
-        d_obj,
-        d_rpn,
-        head_cache,
-        d_cls,
-        d_box,
-        _trainable(stages, train_backbone),
-    )
+    elif samples.rois is None:
+        samples = samples._replace(**_no_rois(model.config.dtype))
+    rpn_cache = rpn_cache if "rpn" in parts else None
+    trainable = tuple(s + "." for s in parts) + (("backbone.",) if train_backbone else ())
+    cache = DetectorCache(bb_cache, rpn_cache, d_obj, d_rpn, head_cache, d_cls, d_box, trainable)
     return losses, cache, samples
 
 
-def _empty_rois(dtype):
-    return (np.zeros((0, 5), dtype), np.zeros(0, np.int64), np.zeros((0, 4), dtype))
+def sample_anchors(model: FasterRCNN, feature_size, image_sizes, targets, rng) -> Samples:
+    """The RPN's training samples of a batch (host; draws from ``rng`` image by image).
+
+    Args:
+        model: the detector (its ``anchor_targets`` creator).
+        feature_size: ``(Hf, Wf)`` of the feature map.
+        image_sizes: ``N`` pairs ``(height, width)``; targets: ``N`` dicts with ``boxes``.
+
+    Returns:
+        :class:`Samples` with ``rpn_labels`` ``(N, M)``, ``rpn_targets`` ``(N, M, 4)`` and
+        ``None`` RoI fields (filled by :func:`sample_rois`).
+    """
+    anchors = model.anchors(feature_size, np)
+    per_image = [
+        model.anchor_targets(anchors, t["boxes"], size, rng)
+        for t, size in zip(targets, image_sizes)
+    ]
+    labels, regression = zip(*per_image)
+    return Samples(np.stack(labels), np.stack(regression), None, None, None)
 
 
-def _trainable(stages, train_backbone: bool) -> tuple:
-    """Parameter-name prefixes that receive gradients."""
-    names = tuple(s + "." for s in stages)
-    return names + (("backbone.",) if train_backbone else ())
+def rpn_proposals(model: FasterRCNN, logits, deltas, feature_size, image_sizes, backend, training):
+    """The proposal layer on the RPN's outputs, with the training or the inference numbers.
+
+    Args:
+        logits: ``(N, M, 2)``; deltas: ``(N, M, 4)``: the RPN's outputs.
+        feature_size: ``(Hf, Wf)`` of the feature map; image_sizes: ``N`` pairs.
+        training: use ``model.train_proposals`` (else ``model.test_proposals``).
+
+    Returns:
+        list of ``N`` pairs ``(boxes (P_i, 4), scores (P_i,))``, arrays of the backend.
+    """
+    anchors = model.anchors(feature_size, array_module(backend))
+    layer = model.train_proposals if training else model.test_proposals
+    return layer(logits, deltas, anchors, image_sizes, backend=backend)
+
+
+def sample_rois(model: FasterRCNN, samples: Samples, proposals, targets, rng) -> Samples:
+    """``samples`` with the RoI head's training samples of a batch filled in (host; draws
+    from ``rng`` image by image).
+
+    Args:
+        model: the detector (its ``proposal_targets`` creator).
+        samples: from :func:`sample_anchors`.
+        proposals: ``N`` arrays ``(P_i, 4)``; targets: ``N`` dicts with ``boxes``, ``labels``.
+
+    Returns:
+        :class:`Samples` with ``rois`` ``(R, 5)`` (batch index first), ``roi_labels`` ``(R,)``,
+        ``roi_targets`` ``(R, 4)``.
+    """
+    dtype = model.config.dtype
+    rois, labels, regression = [], [], []
+    for i, (boxes, t) in enumerate(zip(proposals, targets)):
+        boxes = np.asarray(boxes, dtype=dtype).reshape(-1, 4)
+        r, lab, reg = model.proposal_targets(boxes, t["boxes"], t["labels"], rng)
+        rois.append(np.concatenate([np.full((r.shape[0], 1), i, dtype=r.dtype), r], axis=1))
+        labels.append(lab)
+        regression.append(reg)
+    return samples._replace(
+        rois=np.concatenate(rois),
+        roi_labels=np.concatenate(labels),
+        roi_targets=np.concatenate(regression),
+    )
+
+
+def _head(model: FasterRCNN, features, rois, backend, rng=None, training=True):
+    """The RoI head with the model's pooling size; dropout (from ``rng``) only in training."""
+    xp = array_module(backend)
+    return head_forward(
+        model.params,
+        features,
+        xp.asarray(rois),
+        1.0 / model.stride,
+        output_size=model.config.roi_output_size,
+        dropout=model.config.dropout if training else 0.0,
+        rng=rng,
+        backend=backend,
+    )
+
+
+def _no_rois(dtype) -> dict:
+    return {
+        "rois": np.zeros((0, 5), dtype),
+        "roi_labels": np.zeros(0, np.int64),
+        "roi_targets": np.zeros((0, 4), dtype),
+    }
 
 
 # ------------------------------------------------------------------------ backward
 
 
-def model_backward(cache: DetectorCache) -> dict:
+def detector_backward(cache: DetectorCache) -> dict:
     """Gradients of the summed losses w.r.t. every trainable parameter: THE backward pass.
 
     Args:
@@ -421,7 +426,7 @@ def model_backward(cache: DetectorCache) -> dict:
     grads = {}
     dfeatures = 0
 
-    # second stage, in reverse: head losses -> cls/bbox fc -> fc7 -> fc6 -> RoI max pool
+    # the RoI head, in reverse: head losses -> cls/bbox fc -> fc7 -> fc6 -> RoI max pool
     # backward, which scatters each pooled gradient to the feature cell that won the max
     if cache.head is not None:
         dfeatures_head, head_grads = head_backward(
@@ -430,13 +435,13 @@ def model_backward(cache: DetectorCache) -> dict:
         grads.update(head_grads)
         dfeatures = dfeatures + dfeatures_head
 
-    # first stage, in reverse: RPN losses -> 1x1 cls / bbox convs -> ReLU -> 3x3 conv
+    # the RPN, in reverse: RPN losses -> 1x1 cls / bbox convs -> ReLU -> 3x3 conv
     if cache.rpn is not None:
         dfeatures_rpn, rpn_grads = rpn_backward(cache.d_objectness, cache.d_rpn_deltas, cache.rpn)
         grads.update(rpn_grads)
         dfeatures = dfeatures + dfeatures_rpn
 
-    # the feature map feeds both stages, so its gradient is the SUM of the two;
+    # the feature map feeds both parts, so its gradient is the SUM of the two;
     # then the backbone, layer by layer in reverse
     if "backbone." in cache.trainable:
         grads.update(_bb.backbone_backward(dfeatures, cache.backbone))
@@ -513,26 +518,12 @@ def detect_proposals(model: FasterRCNN, images, image_sizes, *, train: bool = Fa
 
 def _proposals(model, images, image_sizes, train, backend):
     """``(features, [(boxes, scores)])`` of a batch with the backbone in inference mode."""
-    xp = array_module(backend)
-    cfg = model.config
     features, _ = _bb.backbone_forward(
-        model.params, images, backbone_spec(cfg), train=False, backend=backend
+        model.params, images, model.backbone_spec, train=False, backend=backend
     )
-    anchors = model.anchors(features.shape[2:], xp)
     logits, deltas, _ = rpn_forward(model.params, features, backend=backend)
-    pre = cfg.rpn_pre_nms_top_n_train if train else cfg.rpn_pre_nms_top_n_test
-    post = cfg.rpn_post_nms_top_n_train if train else cfg.rpn_post_nms_top_n_test
-    props = generate_proposals(
-        logits,
-        deltas,
-        anchors,
-        image_sizes,
-        pre_nms_top_n=pre,
-        post_nms_top_n=post,
-        nms_thresh=cfg.rpn_nms_thresh,
-        min_size=cfg.rpn_min_size,
-        backend=backend,
-    )
+    feature_size = features.shape[2:]
+    props = rpn_proposals(model, logits, deltas, feature_size, image_sizes, backend, train)
     return features, props
 
 
@@ -563,14 +554,7 @@ def detect(model: FasterRCNN, images, image_sizes, backend=None) -> list:
             )
             continue
         rois = xp.concatenate([xp.full((boxes.shape[0], 1), i, dtype=boxes.dtype), boxes], axis=1)
-        class_logits, box_deltas, _ = head_forward(
-            model.params,
-            features,
-            rois,
-            1.0 / model.stride,
-            output_size=cfg.roi_output_size,
-            backend=backend,
-        )
+        class_logits, box_deltas, _ = _head(model, features, rois, backend, training=False)
         out.append(
             postprocess_detections(
                 class_logits, box_deltas, boxes, image_sizes[i], cfg, backend=backend

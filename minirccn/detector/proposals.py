@@ -88,40 +88,73 @@ def proposals_one_image(
     return boxes[keep], scores[keep]
 
 
-def generate_proposals(
-    logits,
-    deltas,
-    anchors,
-    image_sizes,
-    *,
-    pre_nms_top_n: int,
-    post_nms_top_n: int,
-    nms_thresh: float = 0.7,
-    min_size: float = 1e-3,
-    backend=None,
-):
-    """Proposals of a batch: :func:`proposals_one_image` on each image.
+class ProposalCreator:
+    """The proposal layer with its numbers: :func:`proposals_one_image` on each image of a batch.
 
     Args:
-        logits: ``(N, M, 2)`` float.
-        deltas: ``(N, M, 4)`` float.
-        anchors: ``(M, 4)`` float, shared by the batch.
-        image_sizes: ``N`` pairs ``(height, width)`` (the unpadded size of each image).
+        pre_nms_top_n: proposals kept by score before NMS.
+        post_nms_top_n: proposals kept after NMS.
+        nms_thresh: NMS IoU threshold.
+        min_size: boxes narrower or lower than this (pixels) are dropped.
 
-    Returns:
-        list of ``N`` pairs ``(boxes (P_i, 4), scores (P_i,))``.
+    Build it once (:meth:`from_config`, one for training and one for inference), then
+    call it with data only.
     """
-    return [
-        proposals_one_image(
-            logits[i],
-            deltas[i],
-            anchors,
-            image_sizes[i],
-            pre_nms_top_n=pre_nms_top_n,
-            post_nms_top_n=post_nms_top_n,
-            nms_thresh=nms_thresh,
-            min_size=min_size,
-            backend=backend,
+
+    def __init__(
+        self, pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float = 0.7, min_size=1e-3
+    ):
+        self.pre_nms_top_n = pre_nms_top_n
+        self.post_nms_top_n = post_nms_top_n
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+
+    def __repr__(self) -> str:
+        return (
+            f"ProposalCreator(pre_nms_top_n={self.pre_nms_top_n}, "
+            f"post_nms_top_n={self.post_nms_top_n}, nms_thresh={self.nms_thresh}, "
+            f"min_size={self.min_size})"
         )
-        for i in range(logits.shape[0])
-    ]
+
+    @classmethod
+    def from_config(cls, config, training: bool) -> "ProposalCreator":
+        """The proposal layer of a :class:`~minirccn.config.FasterRCNNConfig`: its
+        ``rpn_*_train`` top-n numbers if ``training``, else its ``rpn_*_test`` ones."""
+        return cls(
+            pre_nms_top_n=(
+                config.rpn_pre_nms_top_n_train if training else config.rpn_pre_nms_top_n_test
+            ),
+            post_nms_top_n=(
+                config.rpn_post_nms_top_n_train if training else config.rpn_post_nms_top_n_test
+            ),
+            nms_thresh=config.rpn_nms_thresh,
+            min_size=config.rpn_min_size,
+        )
+
+    def __call__(self, logits, deltas, anchors, image_sizes, backend=None):
+        """Proposals of a batch.
+
+        Args:
+            logits: ``(N, M, 2)`` float.
+            deltas: ``(N, M, 4)`` float.
+            anchors: ``(M, 4)`` float, shared by the batch.
+            image_sizes: ``N`` pairs ``(height, width)`` (the unpadded size of each image).
+            backend: backend of decode / NMS.
+
+        Returns:
+            list of ``N`` pairs ``(boxes (P_i, 4), scores (P_i,))``.
+        """
+        return [
+            proposals_one_image(
+                logits[i],
+                deltas[i],
+                anchors,
+                image_sizes[i],
+                pre_nms_top_n=self.pre_nms_top_n,
+                post_nms_top_n=self.post_nms_top_n,
+                nms_thresh=self.nms_thresh,
+                min_size=self.min_size,
+                backend=backend,
+            )
+            for i in range(logits.shape[0])
+        ]

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minirccn.detector.anchor_targets import anchor_targets, assign_anchors, sample_labels
+from minirccn.detector.anchor_targets import AnchorTargetCreator
 from minirccn.detector.anchors import generate_anchors
 from minirccn.ops.box_coder import decode_boxes_reference
 
@@ -36,6 +36,17 @@ def brute_force_labels(anchors, gt, fg=0.7, bg=0.3):
                 if col[i] == top:
                     labels[i] = 1
     return labels
+
+
+DEFAULT = AnchorTargetCreator()
+
+
+def assign_anchors(anchors, gt):
+    return DEFAULT.label(anchors, gt)
+
+
+def anchor_targets(anchors, gt, image_size, rng, **settings):
+    return AnchorTargetCreator(**settings)(anchors, gt, image_size, rng)
 
 
 def random_boxes(rng, n, size=64.0, lo=2.0, hi=40.0):
@@ -113,7 +124,7 @@ def test_sampling_limits(seed, n_pos, n_neg, batch):
     rng = np.random.default_rng(seed)
     labels = np.concatenate([np.ones(n_pos), np.zeros(n_neg), -np.ones(7)]).astype(np.int64)
     labels = labels[rng.permutation(labels.size)]
-    out = sample_labels(labels, batch, 0.5, rng)
+    out = AnchorTargetCreator(batch_size_per_image=batch).sample(labels, rng)
     num_pos, num_neg = (out == 1).sum(), (out == 0).sum()
     assert num_pos == min(n_pos, int(batch * 0.5))
     assert num_neg == min(n_neg, batch - num_pos)
@@ -122,9 +133,9 @@ def test_sampling_limits(seed, n_pos, n_neg, batch):
 
 def test_sampling_is_deterministic_and_random():
     labels = np.zeros(1000, np.int64)
-    a = sample_labels(labels, 256, 0.5, np.random.default_rng(3))
-    b = sample_labels(labels, 256, 0.5, np.random.default_rng(3))
-    c = sample_labels(labels, 256, 0.5, np.random.default_rng(4))
+    a = DEFAULT.sample(labels, np.random.default_rng(3))
+    b = DEFAULT.sample(labels, np.random.default_rng(3))
+    c = DEFAULT.sample(labels, np.random.default_rng(4))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 

@@ -94,6 +94,27 @@ def test_offset_half_centres_the_anchors_on_cells():
     np.testing.assert_array_equal(centres, [[8, 8], [24, 8], [40, 8], [8, 24], [24, 24], [40, 24]])
 
 
+def test_default_offset_is_torchvisions_grid():
+    """``generate_anchors`` without ``offset`` puts the first anchor's centre at (0, 0)."""
+    anchors = generate_anchors((2, 3), 16, (32,), (1.0,))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    np.testing.assert_array_equal(centres, [[0, 0], [16, 0], [32, 0], [0, 16], [16, 16], [32, 16]])
+
+
+def test_detector_anchors_use_the_configs_offset():
+    """The detector's default config centres anchors on cells (offset 0.5), and the model uses it."""
+    from minirccn.config import FasterRCNNConfig, preset
+    from minirccn.detector.model import FasterRCNN
+
+    assert FasterRCNNConfig().anchor_offset == 0.5
+    cfg = preset("tiny")
+    model = FasterRCNN(cfg, ["__background__", "a"])
+    anchors = model.anchors((2, 3))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    s = model.stride
+    np.testing.assert_array_equal(centres[0], [s * cfg.anchor_offset] * 2)
+
+
 def test_stride_pair_and_int_feature_size():
     anchors = generate_anchors(2, (8, 32), (16,), (1.0,))
     np.testing.assert_array_equal(

@@ -63,7 +63,7 @@ def test_end_to_end_gradient_check():
         net, images, sizes, targets, np.random.default_rng(1), backend="numpy", proposals=proposals
     )
     assert all(v > 0 for v in losses.values()), losses
-    grads = M.model_backward(cache)
+    grads = M.detector_backward(cache)
     assert set(grads) == set(net.trainable())
 
     def total():
@@ -94,21 +94,21 @@ def test_end_to_end_gradient_check():
         assert directional_grad_check(total, net.params[name], g, rng, n_dirs=2) < 1e-5, name
 
 
-def test_gradient_is_sum_of_both_stages():
+def test_gradient_is_sum_of_both_parts():
     cfg = tiny_config()
     net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
     images, sizes, targets = batch()
     _, cache, samples = M.detector_forward(
         net, images, sizes, targets, np.random.default_rng(1), backend="numpy"
     )
-    both = M.model_backward(cache)
+    both = M.detector_backward(cache)
     _, c_rpn, _ = M.detector_forward(
-        net, images, sizes, targets, None, backend="numpy", samples=samples, stages=("rpn",)
+        net, images, sizes, targets, None, backend="numpy", samples=samples, parts=("rpn",)
     )
     _, c_head, _ = M.detector_forward(
-        net, images, sizes, targets, None, backend="numpy", samples=samples, stages=("head",)
+        net, images, sizes, targets, None, backend="numpy", samples=samples, parts=("head",)
     )
-    g_rpn, g_head = M.model_backward(c_rpn), M.model_backward(c_head)
+    g_rpn, g_head = M.detector_backward(c_rpn), M.detector_backward(c_head)
     assert not any(k.startswith("head.") for k in g_rpn)
     assert not any(k.startswith("rpn.") for k in g_head)
     name = "backbone.conv1_1.w"
@@ -116,7 +116,7 @@ def test_gradient_is_sum_of_both_stages():
     _, c_frozen, _ = M.detector_forward(
         net, images, sizes, targets, None, backend="numpy", samples=samples, train_backbone=False
     )
-    assert not any(k.startswith("backbone.") for k in M.model_backward(c_frozen))
+    assert not any(k.startswith("backbone.") for k in M.detector_backward(c_frozen))
 
 
 def test_image_without_ground_truth():
@@ -130,7 +130,7 @@ def test_image_without_ground_truth():
     assert losses["loss_objectness"] > 0
     assert (samples.rpn_labels == 1).sum() == 0 and (samples.rpn_labels == 0).sum() == 2 * 16
     assert np.all(samples.roi_labels == 0)  # no foreground RoI at all
-    grads = M.model_backward(cache)
+    grads = M.detector_backward(cache)
     assert all(np.all(np.isfinite(g)) for g in grads.values())
 
 
@@ -144,7 +144,7 @@ def test_no_roi_at_all():
     )
     assert samples.rois.shape == (0, 5)
     assert losses["loss_classifier"] == 0 and losses["loss_box_reg"] == 0
-    assert all(np.all(np.isfinite(g)) for g in M.model_backward(cache).values())
+    assert all(np.all(np.isfinite(g)) for g in M.detector_backward(cache).values())
 
 
 def test_zero_width_ground_truth_is_dropped_with_a_warning():
@@ -210,7 +210,7 @@ def test_same_seed_same_losses_bit_for_bit_and_backends_agree():
         losses, cache, _ = M.detector_forward(
             net, images, sizes, targets, np.random.default_rng(1), backend=backend
         )
-        runs.append((losses, M.model_backward(cache)))
+        runs.append((losses, M.detector_backward(cache)))
     assert runs[0][0] == runs[1][0]
     for k in runs[0][1]:
         assert np.array_equal(runs[0][1][k], runs[1][1][k])

@@ -7,9 +7,17 @@ from hypothesis import strategies as st
 
 from minirccn.ops.box_coder import decode_boxes_reference
 from minirccn.ops.boxes import box_iou_reference
-from minirccn.detector.proposal_targets import label_proposals, proposal_targets
+from minirccn.detector.proposal_targets import ProposalTargetCreator
 
 W = (10.0, 10.0, 5.0, 5.0)
+
+
+def proposal_targets(proposals, gt, gt_labels, rng, **settings):
+    return ProposalTargetCreator(**settings)(proposals, gt, gt_labels, rng)
+
+
+def label_proposals(boxes, gt, gt_labels, **settings):
+    return ProposalTargetCreator(**settings).label(boxes, gt, gt_labels)
 
 
 def random_boxes(rng, n, size=100.0):
@@ -37,7 +45,7 @@ def test_sampled_rois_follow_the_rule(seed, p, g, bg_lo, dtype):
         props[:, 2:] = np.maximum(props[:, 2:], props[:, :2] + 1)
     props = props.astype(dtype)
     rois, labels, targets = proposal_targets(
-        props, gt, gt_labels, rng, batch_size=32, positive_fraction=0.25, bg_iou_lo=bg_lo
+        props, gt, gt_labels, rng, batch_size_per_image=32, positive_fraction=0.25, bg_iou_lo=bg_lo
     )
     assert rois.dtype == dtype and targets.dtype == dtype and labels.dtype == np.int64
     assert rois.shape[0] == labels.shape[0] == targets.shape[0] <= 32

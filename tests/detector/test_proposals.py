@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 
 from minirccn.detector.anchors import generate_anchors
 from minirccn.ops.boxes import box_iou_reference
-from minirccn.detector.proposals import generate_proposals, objectness_scores, proposals_one_image, top_n
+from minirccn.config import preset
+from minirccn.detector.proposals import (
+    ProposalCreator,
+    objectness_scores,
+    proposals_one_image,
+    top_n,
+)
 
 
 def test_objectness_is_softmax_object_column():
@@ -88,32 +94,30 @@ def test_no_proposal_survives():
 
 def test_separate_train_and_test_numbers_are_honoured():
     logits, deltas, anchors = _inputs(1, m_side=8)
-    ((b_small, _),) = generate_proposals(
-        logits[None],
-        deltas[None],
-        anchors,
-        [(128, 128)],
-        pre_nms_top_n=20,
-        post_nms_top_n=5,
-        backend="numpy",
+    cfg = preset("tiny")
+    train = ProposalCreator.from_config(cfg, training=True)
+    test = ProposalCreator.from_config(cfg, training=False)
+    assert (train.pre_nms_top_n, train.post_nms_top_n) == (
+        cfg.rpn_pre_nms_top_n_train,
+        cfg.rpn_post_nms_top_n_train,
     )
-    ((b_big, _),) = generate_proposals(
-        logits[None],
-        deltas[None],
-        anchors,
-        [(128, 128)],
-        pre_nms_top_n=400,
-        post_nms_top_n=300,
-        backend="numpy",
+    assert (test.pre_nms_top_n, test.post_nms_top_n) == (
+        cfg.rpn_pre_nms_top_n_test,
+        cfg.rpn_post_nms_top_n_test,
     )
+    assert (test.nms_thresh, test.min_size) == (cfg.rpn_nms_thresh, cfg.rpn_min_size)
+    small = ProposalCreator(pre_nms_top_n=20, post_nms_top_n=5)
+    big = ProposalCreator(pre_nms_top_n=400, post_nms_top_n=300)
+    ((b_small, _),) = small(logits[None], deltas[None], anchors, [(128, 128)], backend="numpy")
+    ((b_big, _),) = big(logits[None], deltas[None], anchors, [(128, 128)], backend="numpy")
     assert b_small.shape[0] == 5 and b_big.shape[0] > 5
 
 
 @pytest.mark.parametrize("backend", ["numba", "cuda"])
 def test_backends_agree_with_numpy(backend):
     logits, deltas, anchors = _inputs(2, m_side=3)
-    kw = dict(pre_nms_top_n=40, post_nms_top_n=20, nms_thresh=0.7, min_size=1e-3)
-    ref = generate_proposals(logits[None], deltas[None], anchors, [(48, 48)], backend="numpy", **kw)
-    got = generate_proposals(logits[None], deltas[None], anchors, [(48, 48)], backend=backend, **kw)
+    layer = ProposalCreator(pre_nms_top_n=40, post_nms_top_n=20, nms_thresh=0.7, min_size=1e-3)
+    ref = layer(logits[None], deltas[None], anchors, [(48, 48)], backend="numpy")
+    got = layer(logits[None], deltas[None], anchors, [(48, 48)], backend=backend)
     np.testing.assert_allclose(np.asarray(got[0][0]), ref[0][0], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(got[0][1]), ref[0][1])
