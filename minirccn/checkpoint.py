@@ -12,16 +12,16 @@ key               content
                   joined with ``/``)
 ================  ==============================================================
 
-Writes are atomic: the archive goes to a temporary file in the same folder,
-is flushed and ``fsync``-ed, then ``os.replace``-d over the target. A crash
-leaves either the old checkpoint or the new one, never half of one.
+Writes are atomic (:func:`minirccn.runs.atomic_path`): the archive goes to a temporary file in
+the same folder, is ``fsync``-ed, given the permissions of the other outputs, then
+``os.replace``-d over the target. A crash leaves either the old checkpoint or the new one,
+never half of one; a failed save (disk full) names the file and keeps the previous one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -29,6 +29,7 @@ import numpy as np
 from minirccn.backend import to_numpy
 from minirccn.config import FasterRCNNConfig
 from minirccn.errors import MinirccnError
+from minirccn.runs import atomic_path
 
 FORMAT = "minirccn-checkpoint"
 VERSION = 1
@@ -77,8 +78,6 @@ def save_checkpoint(
         ``path`` as a string.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
     optim_skeleton = (
         _flatten(optimizer_state, "optim", arrays) if optimizer_state is not None else None
@@ -94,25 +93,9 @@ def save_checkpoint(
         "extra": extra or {},
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path, f"checkpoint (step {int(step)})") as tmp:
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
     return path
 
 

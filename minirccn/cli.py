@@ -28,6 +28,7 @@ import sys
 
 from minirccn import __version__
 from minirccn.errors import MinirccnError
+from minirccn.runs import Interrupted, describe_os_error, resume_command
 
 # command -> (module, help, add_arguments name, run name)
 COMMANDS = {
@@ -87,11 +88,37 @@ def main(argv: list[str] | None = None) -> int:
     _add, run = _hooks(args.command)
     try:
         return int(run(args) or 0)
+    except Interrupted as exc:  # SIGINT / SIGTERM during a run: saved, say how to go on
+        print(f"minirccn: {exc}", file=sys.stderr)
+        if exc.checkpoint and args.command == "train":
+            print(f"minirccn: resume with: {resume_command(argv, args.out)}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print("minirccn: interrupted", file=sys.stderr)
         return 130
-    except (MinirccnError, ValueError, TypeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         if os.environ.get("MINIRCCN_DEBUG"):
             raise
-        print(f"minirccn: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"minirccn: error: {error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, USER_ERRORS) else 1
+
+
+#: exceptions a user can cause (exit status 2); anything else is a bug (exit status 1)
+USER_ERRORS = (MinirccnError, ValueError, TypeError, OSError, RecursionError, MemoryError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line shown for ``exc``: MinirccnError's message; an OSError with its file; any
+    other exception with its type, marked as a bug when it is not a user error."""
+    if isinstance(exc, MinirccnError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply (RecursionError)"
+    if isinstance(exc, MemoryError):
+        return "out of memory (a size in the input or config is too large?)"
+    text = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    if isinstance(exc, USER_ERRORS):
+        return text
+    return f"internal error, please report it ({text}; MINIRCCN_DEBUG=1 shows the traceback)"

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from minirccn.backend import BACKENDS, resolve, to_numpy
 from minirccn.errors import MinirccnError
 from minirccn.evaluation import evaluate
+from minirccn.runs import check_out_folder, save_image, write_json
 
 DEFAULT_SCORE_THRESH = 0.5
 
@@ -188,17 +189,18 @@ def run_detect(args) -> int:
         if not os.path.isfile(path):
             raise MinirccnError(f"{path}: image file not found")
     backend = resolve(args.backend) if args.backend else None
+    check_out_folder(args.out)  # before the model loads: an unusable --out fails at once
     model = _load_model(args.checkpoint)
     names = list(model.class_names)
-    os.makedirs(args.out, exist_ok=True)
     for path, stem in zip(args.images, _output_stems(args.images)):
         image = read_image(path)
         det = run_model(model, image, backend)
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
         scale = 2 if max(image.shape[:2]) < 256 else 1
-        draw_detections(image, boxes, labels, scores, class_names=names, scale=scale).save(
-            os.path.join(args.out, f"{stem}.png")
+        save_image(
+            draw_detections(image, boxes, labels, scores, class_names=names, scale=scale),
+            os.path.join(args.out, f"{stem}.png"),
         )
         record = {
             "image": path,
@@ -210,8 +212,7 @@ def run_detect(args) -> int:
             "names": [names[k] if 0 <= k < len(names) else str(k) for k in labels.tolist()],
             "class_names": names,
         }
-        with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
+        write_json(os.path.join(args.out, f"{stem}.json"), record, "detections", indent=1)
         print(f"{path}: {len(boxes)} detections -> {os.path.join(args.out, stem)}.png/.json")
     return 0
 

@@ -74,6 +74,7 @@ import time
 
 import numpy as np
 
+from minirccn import runs
 from minirccn.nn import optim
 from minirccn.backend import array_module, resolve
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
@@ -206,6 +207,7 @@ def train_step(
 # ------------------------------------------------------------------------ the loop
 
 
+@runs.guarded_run
 def train(
     config=None,
     *,
@@ -220,6 +222,7 @@ def train(
     preset_name: str = "tiny",
     alternating: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     eval_split: str = "test",
     eval_images: int | None = None,
     checkpoint_every: int = 500,
@@ -241,6 +244,9 @@ def train(
         iters: SGD steps (default ``config.iters``).
         alternating: the paper's 4-step alternating training instead of joint training.
         resume: continue from ``out/checkpoint.npz`` (same config and seed).
+        overwrite: replace the run that ``out`` holds (without it, or ``resume``, a folder
+            holding a run is refused). The folder checks, the run lock and Ctrl-C / SIGTERM
+            handling are :func:`minirccn.runs.guarded_run`'s.
         eval_split: split evaluated after training ("" or None: no evaluation).
         eval_images: evaluate only the first this many images of the split.
         checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
@@ -342,6 +348,10 @@ def train(
             rng_state=rng.bit_generator.state,
             extra={"history": history, "seed": seed},
         )
+    stop = runs.current_stop()
+    if stop.requested():  # a signal during the last step: the run is complete and saved
+        raise stop.interrupted(config.iters, ckpt)
+    stop.defer = False  # evaluation stops at once on a signal
     if eval_split and test_data is not None:
         from minirccn.predict import evaluate_model
 
@@ -385,6 +395,18 @@ def _train_joint(
     (a :class:`~minirccn.validation.Validator` or None) evaluates every ``eval_every`` steps."""
     from tqdm import tqdm
 
+    def save(done):
+        save_checkpoint(
+            ckpt,
+            model,
+            optimizer_state=optimizer.state_dict(),
+            step=done,
+            rng_state=rng.bit_generator.state,
+            extra={"history": history, "seed": seed},
+        )
+
+    stop = runs.current_stop()
+    stop.defer = True  # a signal now stops after the current step (saved below)
     bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
@@ -406,14 +428,12 @@ def _train_joint(
             if progress:
                 bar.write(f"step {done}: validation mAP@0.5 {point['map50']:.4f} mAP {point['map']:.4f}")
         if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < config.iters:
-            save_checkpoint(
-                ckpt,
-                model,
-                optimizer_state=optimizer.state_dict(),
-                step=done,
-                rng_state=rng.bit_generator.state,
-                extra={"history": history, "seed": seed},
-            )
+            save(done)
+        if stop.requested() and done < config.iters:
+            bar.close()
+            if ckpt:
+                save(done)
+            raise stop.interrupted(done, ckpt)
 
 
 def _train_alternating(model, data, config, rng, seed, backend, history, progress):
@@ -489,8 +509,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
     from minirccn import viz
 
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as fh:
-        json.dump(metrics, fh, indent=2, default=float)
+    runs.write_json(os.path.join(out, "metrics.json"), metrics, "metrics", indent=2, default=float)
     curves = {}
     for k in (*LOSS_NAMES, "loss"):
         pts = [(i, v) for i, v in enumerate(history[k]) if v is not None]
@@ -540,13 +559,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'shapes' (default), a VOC root folder, a COCO .json or a .csv file",
     )
     parser.add_argument("--images", default=None, help="image folder for COCO / CSV annotations")
-    parser.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}2, ... when it holds a run)",
+    )
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
     parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
     parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.npz (default OUT: the latest run folder)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run that --out holds"
+    )
     parser.add_argument(
         "--alternating",
         action="store_true",
@@ -591,12 +621,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     overrides.add_arguments(parser)
 
 
+DEFAULT_OUT = "runs/train"
+
+
+def resolve_out(out: str | None, resume: bool) -> str:
+    """The output folder: ``out`` as given, else the next free ``runs/train``, ``runs/train2``,
+    ... (with ``--resume``: the latest of them that holds a checkpoint)."""
+    if out is not None:
+        return out
+    if resume:
+        latest = runs.latest_run_folder(DEFAULT_OUT)
+        if latest is None:
+            raise MinirccnError(f"--resume: no checkpoint in {DEFAULT_OUT} (give --out)")
+        if latest != DEFAULT_OUT:
+            runs.note(f"--resume: continuing the latest run, {latest}")
+        return latest
+    folder = runs.next_run_folder(DEFAULT_OUT)
+    if folder != DEFAULT_OUT:
+        runs.note(f"{DEFAULT_OUT} holds a run; this run writes to {folder}")
+    return folder
+
+
 def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the summary."""
     from minirccn import summary, userdata
 
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    args.out = resolve_out(args.out, resume=args.resume)
     log = (lambda *a: None) if args.json else print
     setup = userdata.configure(args, log=log)
     config = setup["config"]
@@ -613,6 +665,7 @@ def run(args) -> int:
         data=args.data,
         images=args.images,
         out=args.out,
+        overwrite=args.overwrite,
         backend=args.backend,
         seed=args.seed,
         iters=setup["iters"],

@@ -14,6 +14,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from minirccn.runs import atomic_path
+
 #: distinct, saturated colours (RGB); label ``k`` gets ``PALETTE[k % len(PALETTE)]``
 PALETTE = [
     (230, 25, 75),
@@ -158,8 +160,8 @@ def save_grid(images: list, path, cols: int = 4, pad: int = 4, background=(255, 
         r, c = divmod(k, cols)
         grid.paste(im, (pad + c * (cw + pad), pad + r * (ch + pad)))
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    grid.save(path, format="PNG")
+    with atomic_path(path, "PNG") as tmp:  # never a half-written picture
+        grid.save(tmp, format="PNG")
     return path
 
 
@@ -334,6 +336,6 @@ def plot_curves(
             draw.line([(lx + 6, yy), (lx + 26, yy)], fill=colour, width=3)
             draw.text((lx + 31, yy - 8), name, fill=text_colour, font=font)
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path, format="PNG")
+    with atomic_path(path, "PNG") as tmp:  # never a half-written picture
+        img.save(tmp, format="PNG")
     return path

@@ -96,7 +96,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(C.np, "savez", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(MinirccnError, match="c.npz: cannot write the checkpoint .*previous one is kept"):
         C.save_checkpoint(path, small_model(1), step=2)
     assert path.read_bytes() == before  # the old checkpoint is intact
     assert os.listdir(tmp_path) == ["c.npz"]  # no temporary file left behind

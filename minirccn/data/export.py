@@ -28,7 +28,6 @@ boxes and labels (COCO and CSV files carry no split, so load them with
 from __future__ import annotations
 
 import csv
-import json
 import os
 import xml.etree.ElementTree as ET
 
@@ -36,21 +35,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from minirccn.errors import MinirccnError
+from minirccn.runs import atomic_path, check_out_folder, save_image, write_json, write_text
 
 FORMATS = ("voc", "coco", "csv")
 
 
 def _prepare_dir(path: str) -> str:
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise MinirccnError(f"{path}: exists and is not a folder")
-    os.makedirs(path, exist_ok=True)
-    return path
+    return check_out_folder(path)
 
 
 def _save_image(image, path: str) -> None:
     options = {"quality": 95} if path.lower().endswith((".jpg", ".jpeg")) else {}
-    Image.fromarray(image).save(path, **options)
+    save_image(Image.fromarray(image), path, **options)  # atomic: never half an image
 
 
 def _samples(dataset, count, progress):
@@ -104,14 +100,12 @@ def export_voc(
         image_id = sample["image_id"]
         filename = f"{image_id}.{image_format}"
         _save_image(sample["image"], os.path.join(out, "JPEGImages", filename))
-        _voc_xml(sample, filename, dataset.class_names).write(
-            os.path.join(out, "Annotations", f"{image_id}.xml"),
-            encoding="utf-8",
-            xml_declaration=False,
-        )
+        with atomic_path(os.path.join(out, "Annotations", f"{image_id}.xml"), "annotation") as tmp:
+            _voc_xml(sample, filename, dataset.class_names).write(
+                tmp, encoding="utf-8", xml_declaration=False
+            )
         ids.append(image_id)
-    with open(os.path.join(out, "ImageSets", "Main", f"{split}.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(f"{i}\n" for i in ids))
+    write_text(os.path.join(out, "ImageSets", "Main", f"{split}.txt"), "".join(f"{i}\n" for i in ids))
     return out
 
 
@@ -141,8 +135,7 @@ def export_coco(
             )
     categories = [{"id": k, "name": name} for k, name in enumerate(dataset.class_names) if k > 0]
     path = os.path.join(out, "annotations.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    write_json(path, {"images": images, "annotations": annotations, "categories": categories})
     return path
 
 
@@ -153,7 +146,7 @@ def export_csv(
     out = _prepare_dir(out)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     path = os.path.join(out, "annotations.csv")
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path, "annotations") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupOf"])
         for sample in _samples(dataset, count, progress):
