@@ -114,57 +114,37 @@ def load_checkpoint(path):
         MinirccnError: naming ``path`` if it is missing, corrupt, or not a
             compatible minirccn checkpoint.
     """
-    from minirccn.detector.model import FasterRCNN, init_params
+    from minirccn.detector.model import FasterRCNN
+
+    from minirccn.preflight import inspect_checkpoint
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MinirccnError(f"{path}: checkpoint not found")
+    # metadata, config (types, ranges) and every array's header, checked before any array is
+    # read: the parameters' shapes must be the ones the config builds (computed without memory)
+    checked = inspect_checkpoint(path)
+    meta, config = checked["meta"], checked["config"]
     try:
         with np.load(path, allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-        meta = json.loads(str(files.pop("meta")))
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        EOFError,
-        zipfile.BadZipFile,
-        json.JSONDecodeError,
-    ) as exc:
+            files = {k: z[k] for k in z.files if k != "meta"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise MinirccnError(
             f"{path}: not a readable minirccn checkpoint ({exc.__class__.__name__}: {exc})"
         ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise MinirccnError(f"{path}: not a minirccn checkpoint")
-    if meta.get("version") != VERSION:
-        raise MinirccnError(
-            f"{path}: checkpoint format version {meta.get('version')} is not supported "
-            f"(this minirccn reads version {VERSION})"
-        )
     try:
-        config = FasterRCNNConfig.from_json(json.dumps(meta["config"]))
         class_names = list(meta["class_names"])
         params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
-        # the arrays must be exactly the ones this code's model has
-        want = init_params(config, len(class_names), np.random.default_rng(0))
-        missing = sorted(set(want) - set(params))
-        unknown = sorted(set(params) - set(want))
-        bad = sorted(k for k in set(want) & set(params) if params[k].shape != want[k].shape)
-        if missing or unknown or bad:
-            raise ValueError(
-                f"parameters do not match the config: missing {missing[:3]}, "
-                f"unexpected {unknown[:3]}, wrong shape {bad[:3]}"
-            )
         model = FasterRCNN(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise MinirccnError(f"{path}: incompatible checkpoint ({exc})") from None
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise MinirccnError(f"{path}: incompatible checkpoint ({exc.__class__.__name__}: {exc})") from None
     state = {
         "step": int(meta.get("step", 0)),
         "optimizer": optimizer,
         "rng_state": meta.get("rng_state"),
-        "extra": meta.get("extra", {}),
+        "extra": meta.get("extra") or {},
     }
     return model, state

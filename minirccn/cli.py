@@ -25,6 +25,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from minirccn import __version__
 from minirccn.errors import MinirccnError
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _add, run = _hooks(args.command)
     try:
-        return int(run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line per warning, no source excerpt
+            return int(run(args) or 0)
     except Interrupted as exc:  # SIGINT / SIGTERM during a run: saved, say how to go on
         print(f"minirccn: {exc}", file=sys.stderr)
         if exc.checkpoint and args.command == "train":
@@ -101,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"minirccn: error: {error_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, USER_ERRORS) else 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"minirccn: warning: {message}", file=file or sys.stderr, flush=True)
 
 
 #: exceptions a user can cause (exit status 2); anything else is a bug (exit status 1)

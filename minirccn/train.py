@@ -74,7 +74,7 @@ import time
 
 import numpy as np
 
-from minirccn import runs
+from minirccn import preflight, runs
 from minirccn.nn import optim
 from minirccn.backend import array_module, resolve
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
@@ -223,6 +223,7 @@ def train(
     alternating: bool = False,
     resume: bool = False,
     overwrite: bool = False,
+    reseed: bool = False,
     eval_split: str = "test",
     eval_images: int | None = None,
     checkpoint_every: int = 500,
@@ -247,6 +248,8 @@ def train(
         overwrite: replace the run that ``out`` holds (without it, or ``resume``, a folder
             holding a run is refused). The folder checks, the run lock and Ctrl-C / SIGTERM
             handling are :func:`minirccn.runs.guarded_run`'s.
+        reseed: with ``resume``, continue with a ``seed`` other than the saved one (without
+            it that is refused; :func:`minirccn.preflight.check_resume` checks the rest).
         eval_split: split evaluated after training ("" or None: no evaluation).
         eval_images: evaluate only the first this many images of the split.
         checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
@@ -269,6 +272,11 @@ def train(
         train_data = load_dataset(data, "train", images=images)
     if eval_split and test_data is None:
         test_data = load_dataset(data, eval_split, images=images)
+    # before step 1: no empty data, and every image file readable (bad ones skipped, named)
+    preflight.check_not_empty(train_data, f"--data {data}")
+    train_data = preflight.check_images(train_data, "--data")
+    if test_data is not None and len(test_data):
+        test_data = preflight.check_images(test_data, "--data")
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
 
     rng = np.random.default_rng(seed)
@@ -279,6 +287,16 @@ def train(
         if not ckpt or not os.path.isfile(ckpt):
             raise MinirccnError(f"--resume: no checkpoint at {ckpt}")
         model, state = load_checkpoint(ckpt)
+        preflight.check_resume(
+            ckpt,
+            state,
+            model,
+            class_names=train_data.class_names,
+            data=data,
+            iters=config.iters,
+            seed=seed,
+            reseed=reseed,
+        )
         if model.config.replace(iters=config.iters) != config:
             raise MinirccnError(f"--resume: {ckpt} was trained with a different config")
         model.to(backend)
@@ -410,7 +428,13 @@ def _train_joint(
     bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
-        batch = load_batch(data, idx, config, rng, backend)
+        try:
+            batch = load_batch(data, idx, config, rng, backend)
+        except MinirccnError as exc:  # an image went bad during the run: keep the steps done
+            if ckpt and step > start:
+                save(step)
+            kept = f"; checkpoint at step {step} saved to {ckpt}" if ckpt and step > start else ""
+            raise MinirccnError(f"{exc}{kept}") from None
         losses = train_step(model, optimizer, batch, rng, step, backend=backend)
         for k, v in losses.items():
             history[k].append(float(v))
@@ -578,6 +602,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace the run that --out holds"
     )
     parser.add_argument(
+        "--reseed",
+        action="store_true",
+        help="with --resume: continue with a --seed other than the saved run's",
+    )
+    parser.add_argument(
         "--alternating",
         action="store_true",
         help="the paper's 4-step alternating training instead of joint training",
@@ -666,6 +695,7 @@ def run(args) -> int:
         images=args.images,
         out=args.out,
         overwrite=args.overwrite,
+        reseed=args.reseed,
         backend=args.backend,
         seed=args.seed,
         iters=setup["iters"],

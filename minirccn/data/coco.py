@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from minirccn.errors import MinirccnError
-from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, partition, read_image, )
+from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, partition, path_inside, read_image, )
 
 
 def image_dir(annotation_file: str, images: str | None) -> str:
@@ -47,6 +47,8 @@ def _load_json(path: str) -> dict:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise MinirccnError(f"{path}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise MinirccnError(f"{path}: JSON nested too deeply") from None
     except UnicodeDecodeError:
         raise MinirccnError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
@@ -63,6 +65,14 @@ def _field(entry, key: str, where: str):
     if not isinstance(entry, dict) or key not in entry:
         raise MinirccnError(f"{where}: missing {key!r}")
     return entry[key]
+
+
+def _id(entry, key: str, where: str):
+    """An id field: a number or a string (anything else cannot name an image or category)."""
+    value = _field(entry, key, where)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise MinirccnError(f"{where}: {key} must be an integer or a string, got {value!r}")
+    return value
 
 
 class COCODataset(DetectionDataset):
@@ -82,7 +92,9 @@ class COCODataset(DetectionDataset):
         categories = {}
         for k, cat in enumerate(data["categories"]):
             where = f"{self.path}: categories[{k}]"
-            cid, name = _field(cat, "id", where), _field(cat, "name", where)
+            cid, name = _id(cat, "id", where), _field(cat, "name", where)
+            if not isinstance(name, str):
+                raise MinirccnError(f"{where}: name must be a string, got {name!r}")
             if cid in categories:
                 raise MinirccnError(f"{where}: duplicate category id {cid!r}")
             categories[cid] = str(name)
@@ -98,15 +110,18 @@ class COCODataset(DetectionDataset):
         files = {}
         for k, img in enumerate(data["images"]):
             where = f"{self.path}: images[{k}]"
-            iid, name = _field(img, "id", where), _field(img, "file_name", where)
+            iid, name = _id(img, "id", where), _field(img, "file_name", where)
             if iid in files:
                 raise MinirccnError(f"{where}: duplicate image id {iid!r}")
-            files[iid] = str(name)
+            path_inside(image_folder, name, where, "file_name")
+            files[iid] = name
+        if not files:
+            raise MinirccnError(f"{self.path}: no images (its 'images' list is empty)")
 
         objects = {iid: [] for iid in files}
         for k, ann in enumerate(data["annotations"]):
             where = f"{self.path}: annotation {ann.get('id', k) if isinstance(ann, dict) else k}"
-            iid, cid = _field(ann, "image_id", where), _field(ann, "category_id", where)
+            iid, cid = _id(ann, "image_id", where), _id(ann, "category_id", where)
             bbox = _field(ann, "bbox", where)
             if iid not in files:
                 raise MinirccnError(f"{where}: unknown image_id {iid!r}")
@@ -122,7 +137,9 @@ class COCODataset(DetectionDataset):
             box = (x, y, x + w, y + h)
             if not check_box(*box, f"{where} (bbox {bbox})"):
                 continue
-            crowd = bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0))
+            crowd = parse_bool(ann.get("iscrowd"), where, "iscrowd") or parse_bool(
+                ann.get("ignore"), where, "ignore"
+            )
             objects[iid].append((box, label_of[cid], crowd))
 
         try:
@@ -133,7 +150,7 @@ class COCODataset(DetectionDataset):
             ) from None
         self._records = []
         for iid in ids:
-            image_path = os.path.join(image_folder, files[iid])
+            image_path = path_inside(image_folder, files[iid], self.path, "file_name")
             if not os.path.isfile(image_path):
                 raise MinirccnError(
                     f"{image_path}: image file not found (image id {iid!r} in {self.path})"
@@ -153,6 +170,9 @@ class COCODataset(DetectionDataset):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def image_file(self, index: int) -> str:
+        return self._records[index][1]
 
     def _load(self, index: int) -> dict:
         image_id, image_path, boxes, labels, difficult = self._records[index]

@@ -87,6 +87,10 @@ class DetectionDataset:
         for i in range(len(self)):
             yield self._load(i)
 
+    def image_file(self, index: int) -> str | None:
+        """The file image ``index`` is read from (None for generated images)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {len(self)} images, {self.num_classes - 1} classes>"
 
@@ -117,10 +121,71 @@ def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale, never clip
+                return _scale_to_8_bits(np.asarray(im), im.mode)
             rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated file, decoder errors
         raise MinirccnError(f"{path}: cannot decode image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _scale_to_8_bits(grey: np.ndarray, mode: str) -> np.ndarray:
+    """``(H, W)`` 16-bit grey values (Pillow modes ``I;16*`` and ``I``) as ``(H, W, 3)`` uint8:
+    ``round(v * 255 / 65535)``, so 65535 is white and 32768 mid-grey (Pillow's own
+    conversion clips everything above 255 to white)."""
+    v = np.clip(grey.astype(np.float64), 0, 65535)
+    out = np.rint(v * (255.0 / 65535.0)).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)
+
+
+FALSE_WORDS = ("0", "false", "no")
+TRUE_WORDS = ("1", "true", "yes")
+
+
+def parse_bool(value, where: str, field: str, default: bool = False) -> bool:
+    """A boolean annotation field (VOC ``difficult``, COCO ``iscrowd``, CSV ``IsGroupOf``).
+
+    ``None`` or an empty string is ``default``; true/false, 0/1 (numbers or text) and
+    "yes"/"no" (any case) are read as such; anything else is a :class:`MinirccnError`
+    naming ``where`` and ``field``.
+    """
+    if value is None:
+        return default
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "":
+            return default
+        if word in FALSE_WORDS:
+            return False
+        if word in TRUE_WORDS:
+            return True
+    raise MinirccnError(
+        f"{where}: {field} must be 0/1, true/false or yes/no, got {value!r}"
+    )
+
+
+def path_inside(folder: str, name, where: str, what: str = "image path") -> str:
+    """``folder/name`` for a relative ``name`` that stays inside ``folder``.
+
+    Raises:
+        MinirccnError: ``name`` is not a string, is absolute, or has a ``..`` part (it would
+            leave the folder), naming ``where``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise MinirccnError(f"{where}: {what} must be a non-empty string, got {name!r}")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts or (
+        len(name) > 1 and name[1] == ":"
+    ):
+        raise MinirccnError(
+            f"{where}: {what} {name!r} leaves the image folder {folder} (absolute or '..'); "
+            "give it relative to that folder"
+        )
+    return os.path.join(folder, name)
 
 
 def clip_to_image(sample: dict, where: str) -> dict:

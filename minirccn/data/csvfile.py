@@ -28,7 +28,7 @@ import numpy as np
 
 from minirccn.errors import MinirccnError
 from minirccn.data.coco import image_dir
-from minirccn.data.common import ( BACKGROUND, IMAGE_EXTENSIONS, DetectionDataset, check_box, clip_to_image, make_sample, partition, read_image, )
+from minirccn.data.common import ( BACKGROUND, IMAGE_EXTENSIONS, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, partition, path_inside, read_image, )
 
 COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 TOLERANCE = 1e-6  # normalised coordinates may stray this far outside [0, 1] (rounding)
@@ -87,6 +87,8 @@ class CSVDataset(DetectionDataset):
             image_id = row["ImageID"].strip()
             if not image_id:
                 raise MinirccnError(f"{where}: empty ImageID")
+            if image_id not in objects:
+                path_inside(image_folder, image_id, where, "ImageID")
             boxes = objects.setdefault(image_id, [])
             name = row["LabelName"].strip()
             coords = [row[c].strip() for c in ("XMin", "YMin", "XMax", "YMax")]
@@ -104,8 +106,10 @@ class CSVDataset(DetectionDataset):
                 raise MinirccnError(
                     f"{where} ({name}): coordinates {[x1, x2, y1, y2]} are not normalised to [0, 1]"
                 )
-            group = row.get("IsGroupOf", "0") or "0"
-            boxes.append((name, (x1, y1, x2, y2), group.strip() not in ("0", "", "False", "false")))
+            group = parse_bool(row.get("IsGroupOf"), where, "IsGroupOf")
+            boxes.append((name, (x1, y1, x2, y2), group))
+        if not objects:
+            raise MinirccnError(f"{self.path}: no images (only a header)")
         self.class_names = [BACKGROUND] + sorted({o[0] for objs in objects.values() for o in objs})
         label_of = {name: k for k, name in enumerate(self.class_names)}
         self._records = []
@@ -131,6 +135,9 @@ class CSVDataset(DetectionDataset):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def image_file(self, index: int) -> str:
+        return self._records[index][1]
 
     def _load(self, index: int) -> dict:
         image_id, image_path, unit_boxes, labels, difficult = self._records[index]

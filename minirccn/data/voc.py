@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from minirccn.errors import MinirccnError
-from minirccn.data.common import BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, read_image
+from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, path_inside, read_image, )
 
 VOC_CLASSES = [
     "aeroplane",
@@ -106,8 +106,9 @@ def parse_voc_xml(path: str) -> dict:
         x1, y1, x2, y2 = xmin - 1.0, ymin - 1.0, xmax, ymax
         if not check_box(x1, y1, x2, y2, f"{where} ({name})"):
             continue
-        difficult = _text(obj, "difficult", where, required=False)
-        objects.append((name, (x1, y1, x2, y2), difficult not in (None, "0")))
+        difficult = parse_bool(_text(obj, "difficult", where, required=False), where, "<difficult>")
+        parse_bool(_text(obj, "truncated", where, required=False), where, "<truncated>")
+        objects.append((name, (x1, y1, x2, y2), difficult))
     return {"filename": _text(root, "filename", path, required=False), "objects": objects}
 
 
@@ -135,14 +136,25 @@ class VOCDataset(DetectionDataset):
             list_file = os.path.join(self.root, "ImageSets", "Main", f"{split}.txt")
             if not os.path.isfile(list_file):
                 raise MinirccnError(f"{list_file}: split file not found (split {split!r})")
-            with open(list_file, encoding="utf-8") as f:
-                ids = [line.split()[0] for line in f if line.strip()]
+            try:
+                with open(list_file, encoding="utf-8") as f:
+                    ids = [line.split()[0] for line in f if line.strip()]
+            except UnicodeDecodeError:
+                raise MinirccnError(f"{list_file}: not a UTF-8 text file") from None
+            except OSError as exc:
+                raise MinirccnError(f"{list_file}: cannot read ({exc.strerror or exc})") from None
+            if not ids:
+                raise MinirccnError(f"{list_file}: no image ids (split {split!r} is empty)")
+        if not ids:
+            raise MinirccnError(f"{ann_dir}: no .xml annotation files")
         records = []
         for image_id in ids:
-            xml = os.path.join(ann_dir, f"{image_id}.xml")
+            xml = path_inside(ann_dir, f"{image_id}.xml", f"{self.root}: split {split!r}", "id")
             if not os.path.isfile(xml):
                 raise MinirccnError(f"{xml}: annotation file not found (listed in split {split!r})")
             rec = parse_voc_xml(xml)
+            if rec["filename"]:
+                path_inside(img_dir, rec["filename"], xml, "<filename>")
             candidates = ([rec["filename"]] if rec["filename"] else []) + [
                 f"{image_id}.jpg",
                 f"{image_id}.png",
@@ -201,6 +213,9 @@ class VOCDataset(DetectionDataset):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def image_file(self, index: int) -> str:
+        return self._records[index][1]
 
     def _load(self, index: int) -> dict:
         image_id, image_path, xml, boxes, labels, difficult = self._records[index]

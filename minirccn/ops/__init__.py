@@ -15,12 +15,15 @@ decode_boxes
 nms, batched_nms       :mod:`minirccn.ops.nms`
 roi_pool,              :mod:`minirccn.ops.roi_pool`
 roi_pool_backward
+roi_align,             :mod:`minirccn.ops.roi_align`
+roi_align_backward
 =====================  =========================
 """
 
 from minirccn.ops.box_coder import decode_boxes, encode_boxes
 from minirccn.ops.boxes import box_area, box_iou, clip_boxes, remove_small_boxes
 from minirccn.ops.nms import batched_nms, nms
+from minirccn.ops.roi_align import roi_align, roi_align_backward
 from minirccn.ops.roi_pool import roi_pool, roi_pool_backward
 
 __all__ = [
@@ -34,4 +37,6 @@ __all__ = [
     "batched_nms",
     "roi_pool",
     "roi_pool_backward",
+    "roi_align",
+    "roi_align_backward",
 ]
