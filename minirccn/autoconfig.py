@@ -89,8 +89,12 @@ def data_statistics(dataset, max_images: int = MAX_STAT_IMAGES) -> dict:
         raise MinirccnError(f"{dataset.name}: the training data has no images")
     idx = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(int))
     hs, ws, bw, bh, bi = [], [], [], [], []
-    for k, i in enumerate(idx):
-        s = dataset[int(i)]
+    for i in idx:
+        try:
+            s = dataset[int(i)]
+        except MinirccnError:  # an unreadable image: the preflight check names and skips it
+            continue
+        k = len(hs)
         h, w = s["image"].shape[:2]
         hs.append(h)
         ws.append(w)
@@ -99,6 +103,8 @@ def data_statistics(dataset, max_images: int = MAX_STAT_IMAGES) -> dict:
         bw.extend(b[:, 2] - b[:, 0])
         bh.extend(b[:, 3] - b[:, 1])
         bi.extend([k] * len(b))
+    if not hs:
+        raise MinirccnError(f"{dataset.name}: none of its images is readable")
     return {
         "heights": np.array(hs),
         "widths": np.array(ws),

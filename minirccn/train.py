@@ -679,7 +679,7 @@ def run(args) -> int:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
     args.out = resolve_out(args.out, resume=args.resume)
     log = (lambda *a: None) if args.json else print
-    setup = userdata.configure(args, log=log)
+    setup = userdata.configure(args, log=log, base=preset(args.preset))
     config = setup["config"]
     init_params = None
     if args.weights:

@@ -50,7 +50,10 @@ def plan(data, images=None, val_data=None, val_images=None, split=None, eval_spl
         data, images: ``--data`` and ``--images``.
         val_data, val_images: ``--val-data`` and ``--val-images`` (None: none given).
         split: ``--split`` (None: the table's choice; ``"all"``: every image).
-        eval_split: ``--eval-split``, used for VOC folders without a ``test``/``val`` list.
+        eval_split: ``--eval-split``: for a COCO/CSV file without ``--val-data``, ``test``
+            (the default) is the held-out part, ``""`` no evaluation, any other split that
+            split (``all``: every image, the training images included); for a VOC folder,
+            the list used when it has no ``test``/``val`` list.
     """
     data = os.fspath(data)
     is_voc = os.path.isdir(data)
@@ -94,6 +97,16 @@ def plan(data, images=None, val_data=None, val_images=None, split=None, eval_spl
             else "no validation list found (give --val-data)"
         )
         return DataPlan(train, val, split, vsplit, note)
+    if not eval_split:
+        note = f"training on {len(train)} images of {data} (split {split!r}); no evaluation"
+        return DataPlan(train, None, split, None, note)
+    if eval_split not in ("test", "val"):
+        val = load_dataset(data, eval_split, images=images)
+        note = (
+            f"training on {len(train)} images of {data} (split {split!r}); evaluating on "
+            f"its split {eval_split!r} ({len(val)} images)"
+        )
+        return DataPlan(train, val, split, eval_split, note)
     val = load_dataset(data, "test", images=images)
     note = (
         f"no --val-data given: holding out a fixed {len(val)} of the "
@@ -106,7 +119,7 @@ def plan(data, images=None, val_data=None, val_images=None, split=None, eval_spl
 # ------------------------------------------------------------------ minirccn train's setup
 
 
-def configure(args, log=print) -> dict:
+def configure(args, log=print, base=None) -> dict:
     """Everything ``minirccn train`` decides before training, from its parsed ``args``.
 
     Layers the config (preset < derived from the data < ``--config`` < ``--set``; the
@@ -117,11 +130,12 @@ def configure(args, log=print) -> dict:
         dict ``config``, ``train_data``, ``test_data`` (None: ``train`` loads them, as for
         ``shapes``), ``eval_split``, ``iters`` (for ``train(iters=...)``), ``metrics``
         (extra entries of ``metrics.json``).
+        base: the preset's config (default ``preset(args.preset)``).
     """
     from minirccn import autoconfig, overrides
     from minirccn.config import preset
 
-    base = preset(args.preset)
+    base = base if base is not None else preset(args.preset)
     sets = list(getattr(args, "set", None) or [])
     if args.lr is not None:
         if not args.lr > 0:
@@ -193,6 +207,12 @@ def configure(args, log=print) -> dict:
     if args.iters is not None:
         config = config.replace(iters=int(args.iters))
         sources["iters"] = "--iters"
+    from minirccn.preflight import check_config
+
+    check_config(config, "config (preset, derived, --config, --set)")
+    sj = config.scale_jitter
+    if sj and not (len(sj) == 2 and 0 < float(sj[0]) <= float(sj[1]) <= 10):
+        raise MinirccnError(f"scale_jitter: expected (lo, hi) with 0 < lo <= hi <= 10, got {sj}")
     out["config"] = config
     out["metrics"]["config_sources"] = sources
     out["metrics"]["config"] = json.loads(config.to_json())

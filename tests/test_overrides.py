@@ -109,6 +109,10 @@ def test_config_show_cli(tmp_path, capsys):
     assert main(["config", "show", "--json", "--preset", "vgg16"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["backbone"] == "vgg16" and cfg == json.loads(preset("vgg16").to_json())
+    assert main(["config", "show", "--set", "rpn_nms_thresh=1.5"]) == 2
+    assert "rpn_nms_thresh must be in [0" in capsys.readouterr().err
+    assert main(["config", "show", "--set", "scale_jitter=1.2,0.5"]) == 2
+    assert "scale_jitter" in capsys.readouterr().err
     assert main(["config", "show", "--set", "lrr=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean lr" in err[0]

@@ -111,3 +111,9 @@ def test_minutes_picks_steps_deterministically(files, capsys):
     assert f"iters={first['iters']} for 0.5 min" in capsys.readouterr().out
     assert main(["config", "show", "--minutes", "1", "--iters", "5"]) == 2
     assert "--minutes" in capsys.readouterr().err
+
+
+def test_eval_split_flag_still_chooses_the_evaluated_part(files):
+    assert userdata.plan(files["train"], eval_split="").val is None
+    p = userdata.plan(files["train"], eval_split="all")
+    assert len(p.train) == 10 and len(p.val) == 12 and "'all'" in p.note
