@@ -1,6 +1,6 @@
 """Fast im2col / col2im for conv2d: Numba on the CPU, Numba-CUDA on the GPU.
 
-The specification is :func:`minirccn.nn.layers.im2col` / :func:`minirccn.nn.layers.col2im`
+The specification is :func:`minirccn.nn.conv.im2col` / :func:`minirccn.nn.conv.col2im`
 (plain NumPy, a loop over the ``kh * kw`` kernel offsets). The kernels here
 compute exactly the same numbers, element by element, in the same order.
 
@@ -20,15 +20,17 @@ written by exactly one thread, so ``+=`` never races. GPU kernels use one
 thread per output element; col2im is a *gather* (each input pixel sums the
 columns that read it), so it needs no atomics and is deterministic.
 
-Kernels take their outputs as arguments (allocated by the caller with the
-backend's array module), so this file never imports the model.
+Entry points (the signatures of the references): ``im2col_numba`` /
+``im2col_cuda(x, kernel_size, stride, padding)`` return ``cols``;
+``col2im_numba`` / ``col2im_cuda(cols, x_shape, kernel_size, stride, padding)``
+return ``dx``; ``kernel_size``, ``stride`` and ``padding`` are ``(along H, along W)``
+pairs.
 """
 
 from __future__ import annotations
 
-import math
-
 import numba
+from minirccn.kernels._launch import THREADS, array_module, blocks, unravel4
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
@@ -46,7 +48,7 @@ def _valid_range(j, sw, pw, wo, width):
 
 
 @numba.njit(parallel=True, cache=True)
-def _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+def _im2col_numba(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
     n_img, n_ch, height, width = x.shape
     for nc in numba.prange(n_img * n_ch):
         n = nc // n_ch
@@ -71,7 +73,7 @@ def _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
 
 
 @numba.njit(parallel=True, cache=True)
-def _col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
+def _col2im_numba(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     n_img, n_ch, height, width = dx.shape
     for nc in numba.prange(n_img * n_ch):  # one thread owns plane dx[n, c]: no race
         n = nc // n_ch
@@ -92,45 +94,57 @@ def _col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
                         dx[n, c, h, ow * sw - pw + j] += cols[n, row, base + ow]
 
 
-def _out_size(height, width, kh, kw, sh, sw, ph, pw):
+def _out_size(height, width, kernel_size, stride, padding):
+    """``(Ho, Wo)``: ``(H + 2 ph - kh) // sh + 1`` and likewise along W."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
 
 
-def im2col_cpu(x, kh, kw, sh, sw, ph, pw, cols):
-    """Fill ``cols (N, C*kh*kw, Ho*Wo)`` from ``x (N, C, H, W)`` (Numba, CPU threads)."""
-    ho, wo = _out_size(x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw)
-    _im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+def _cols_for(x, kernel_size, stride, padding):
+    """``(x, cols, geometry)``: contiguous ``x``, the empty ``(N, C*kh*kw, Ho*Wo)`` output and
+    the launch's scalar arguments ``(kh, kw, sh, sw, ph, pw, Ho, Wo)``."""
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    ho, wo = _out_size(h, w, kernel_size, stride, padding)
+    cols = xp.empty((n, c * kernel_size[0] * kernel_size[1], ho * wo), dtype=x.dtype)
+    return xp.ascontiguousarray(x), cols, (*kernel_size, *stride, *padding, ho, wo)
+
+
+def _dx_for(cols, x_shape, kernel_size, stride, padding):
+    """``(cols, dx, geometry)``: contiguous ``cols``, the empty ``(N, C, H, W)`` output and
+    the launch's scalar arguments ``(kh, kw, sh, sw, ph, pw, Ho, Wo)``."""
+    xp = array_module(cols)
+    ho, wo = _out_size(x_shape[2], x_shape[3], kernel_size, stride, padding)
+    dx = xp.empty(tuple(x_shape), dtype=cols.dtype)
+    return xp.ascontiguousarray(cols), dx, (*kernel_size, *stride, *padding, ho, wo)
+
+
+def im2col_numba(x, kernel_size, stride, padding):
+    """``cols (N, C*kh*kw, Ho*Wo)`` unfolded from ``x (N, C, H, W)`` (Numba, CPU threads)."""
+    x, cols, geometry = _cols_for(x, kernel_size, stride, padding)
+    _im2col_numba(x, *geometry, cols)
     return cols
 
 
-def col2im_cpu(cols, kh, kw, sh, sw, ph, pw, dx):
-    """Overwrite ``dx (N, C, H, W)`` with the sum of ``cols`` at the pixels they read."""
-    ho, wo = _out_size(dx.shape[2], dx.shape[3], kh, kw, sh, sw, ph, pw)
-    _col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+def col2im_numba(cols, x_shape, kernel_size, stride, padding):
+    """``dx (N, C, H, W)``: the sum of ``cols`` at the pixels they read (Numba, CPU threads)."""
+    cols, dx, geometry = _dx_for(cols, x_shape, kernel_size, stride, padding)
+    _col2im_numba(cols, *geometry, dx)  # zeroes each plane first
     return dx
 
 
 # --------------------------------------------------------------------------- GPU
 
-THREADS = 128
-
-
-def _blocks(total: int) -> int:
-    return math.ceil(total / THREADS)
-
 
 @cuda.jit
-def _im2col_gpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
+def _im2col_cuda(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
     # one thread per element of cols, flat index = (n * rows + row) * Ho*Wo + oh*Wo + ow
     idx = cuda.grid(1)
     n_img, n_ch, height, width = x.shape
     rows = n_ch * kh * kw
     if idx >= n_img * rows * ho * wo:
         return
-    ow = idx % wo
-    oh = (idx // wo) % ho
-    row = (idx // (wo * ho)) % rows
-    n = idx // (wo * ho * rows)
+    n, row, oh, ow = unravel4(idx, rows, ho, wo)
     j = row % kw
     i = (row // kw) % kh
     c = row // (kw * kh)
@@ -143,17 +157,14 @@ def _im2col_gpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
 
 
 @cuda.jit
-def _col2im_gpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
+def _col2im_cuda(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     # one thread per input pixel (n, c, h, w): gather every column entry that read it,
     # in the reference's (i, j) order, so the sum is the same bit for bit
     idx = cuda.grid(1)
     n_img, n_ch, height, width = dx.shape
     if idx >= n_img * n_ch * height * width:
         return
-    w = idx % width
-    h = (idx // width) % height
-    c = (idx // (width * height)) % n_ch
-    n = idx // (width * height * n_ch)
+    n, c, h, w = unravel4(idx, n_ch, height, width)
     acc = dx[n, c, h, w]  # zeroed by the caller; typed like dx (float32 stays float32)
     for i in range(kh):
         hp = h + ph - i
@@ -173,20 +184,18 @@ def _col2im_gpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
     dx[n, c, h, w] = acc
 
 
-def im2col_gpu(x, kh, kw, sh, sw, ph, pw, cols):
-    """Fill ``cols (N, C*kh*kw, Ho*Wo)`` from ``x (N, C, H, W)`` (Numba-CUDA)."""
-    ho, wo = _out_size(x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw)
-    total = cols.size
-    if total:
-        _im2col_gpu[_blocks(total), THREADS](x, kh, kw, sh, sw, ph, pw, ho, wo, cols)
+def im2col_cuda(x, kernel_size, stride, padding):
+    """``cols (N, C*kh*kw, Ho*Wo)`` unfolded from ``x (N, C, H, W)`` (Numba-CUDA)."""
+    x, cols, geometry = _cols_for(x, kernel_size, stride, padding)
+    if cols.size:
+        _im2col_cuda[blocks(cols.size), THREADS](x, *geometry, cols)
     return cols
 
 
-def col2im_gpu(cols, kh, kw, sh, sw, ph, pw, dx):
-    """Overwrite ``dx (N, C, H, W)`` with the gathered column sums (Numba-CUDA, no atomics)."""
-    ho, wo = _out_size(dx.shape[2], dx.shape[3], kh, kw, sh, sw, ph, pw)
-    total = dx.size
+def col2im_cuda(cols, x_shape, kernel_size, stride, padding):
+    """``dx (N, C, H, W)``: the gathered column sums (Numba-CUDA, no atomics)."""
+    cols, dx, geometry = _dx_for(cols, x_shape, kernel_size, stride, padding)
     dx[...] = 0
-    if total and cols.size:
-        _col2im_gpu[_blocks(total), THREADS](cols, kh, kw, sh, sw, ph, pw, ho, wo, dx)
+    if dx.size and cols.size:
+        _col2im_cuda[blocks(dx.size), THREADS](cols, *geometry, dx)
     return dx

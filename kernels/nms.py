@@ -1,15 +1,17 @@
 """Greedy non-maximum suppression kernels: Numba CPU, Numba-CUDA and CUDA C.
 
-The specification is :func:`minirccn.ops.nms.nms_reference`: walk the boxes by
-decreasing score; keep a box unless a kept box before it overlaps it with
-``IoU > threshold`` (IoU in the boxes' dtype, compared in float64). The caller
-(:mod:`minirccn.ops.nms`) sorts the boxes and computes their areas with the
-reference code, so every kernel here receives boxes **already in score order**
-and returns positions in that order.
+The specification is :func:`minirccn.ops.nms.nms_sorted_reference`: walk the
+boxes, already in score order, and keep a box unless a kept box before it with
+the same label overlaps it with ``IoU > threshold`` (IoU in the boxes' dtype,
+compared in float64). The caller (:mod:`minirccn.ops.nms`) sorts the boxes with
+the reference's :func:`~minirccn.ops.nms.score_order`, so every kernel here
+receives boxes **in score order** and returns the kept *positions* in that order
+(ascending). Labels (``None`` for one category) make ``batched_nms`` the same
+kernel as ``nms``.
 
-CPU (``nms_segments_cpu``)
-    The sorted boxes are split into segments (one per category for
-    ``batched_nms``, a single one for ``nms``); segments are independent, so
+CPU (``nms_sorted_numba``)
+    The sorted boxes are grouped into segments by a stable sort of the labels
+    (one segment per category, a single one for ``nms``); segments are independent, so
     they run in parallel (``prange``). Inside a segment the greedy walk is
     sequential, as it must be: for each box ``i`` not yet suppressed, one
     branch-free pass over the later boxes ORs ``IoU > threshold`` into their
@@ -19,7 +21,7 @@ CPU (``nms_segments_cpu``)
     (precomputed areas, structure of arrays) is vectorised by LLVM and that
     beats skipping.
 
-GPU (``nms_cuda``): the classic 64-bit suppression mask
+GPU (``nms_sorted_cuda``): the classic 64-bit suppression mask
     1. ``nms_mask``: the ``N`` sorted boxes form ``B = ceil(N / 64)`` blocks.
        CUDA block ``(i, j)`` (grid ``(B, B)``, 64 threads) loads the 64 boxes
        of column block ``j`` into shared memory; thread ``t`` takes box
@@ -31,33 +33,29 @@ GPU (``nms_cuda``): the classic 64-bit suppression mask
        function): keep ``r`` unless its bit is set in the running ``removed``
        words, and when keeping it OR its row into ``removed``.
 
-    Labels make ``batched_nms`` the same kernel: a box only suppresses boxes of
-    its own category (``nms`` passes all-zero labels).
+    A box only suppresses boxes of its own category (``labels=None`` is all zeros).
 
-Which GPU path runs (the convention): the ``cuda`` backend always runs the
-Numba-CUDA mask kernel, on CuPy arrays on a GPU and on NumPy arrays in the
-simulator, so the code the simulator tests is the code the GPU runs. The same
-kernel written in CUDA C (``cuda/nms.cu``, loaded as a CuPy ``RawKernel``) is
-selected only explicitly, with ``impl="cupy"`` (benchmarks and the GPU tests);
-it needs a real GPU.
+CUDA C twin: ``cuda/nms.cu`` holds the same mask kernel in CUDA C, reached
+through :func:`nms_sorted_cudac` / :func:`nms_mask_cudac` (a CuPy ``RawKernel``,
+real GPU only). The ``cuda`` backend always runs the Numba-CUDA kernel, on CuPy
+arrays on a GPU and on NumPy arrays in the simulator, so the code the simulator
+tests is the code the GPU runs; the CUDA C twin is the C lesson, a benchmark
+comparison, and is checked against the reference by the GPU tests.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numba
 import numpy as np
+from minirccn.kernels._launch import array_module, raw_kernel
+from minirccn.kernels.boxes import box_areas, iou_device_function, iou_pair
 from numba import cuda
-
-from minirccn.kernels.boxes import iou_device_function, iou_pair
 
 #: boxes per mask word: one bit per box of a column block
 BLOCK = 64
 
-#: the CUDA C twin of :func:`_nms_mask_kernel`
-CUDA_SOURCE = Path(__file__).with_name("cuda") / "nms.cu"
 
 # ----------------------------------------------------------------------------- CPU
 
@@ -115,36 +113,38 @@ def _greedy_segments(x1, y1, x2, y2, areas, starts, threshold, suppressed):
         _greedy(x1, y1, x2, y2, areas, starts[s], starts[s + 1], threshold, suppressed)
 
 
-def nms_segments_cpu(boxes, areas, starts, threshold):
-    """Greedy NMS of sorted boxes, per segment, on the CPU.
+def nms_sorted_numba(boxes, labels, iou_threshold):
+    """Greedy NMS of boxes in score order on the CPU: segments (categories) in parallel.
 
     Args:
-        boxes: ``(N, 4)`` float32 or float64 NumPy array in score order within
-            each segment.
-        areas: ``(N,)`` same dtype, ``(x2 - x1) * (y2 - y1)``.
-        starts: ``(S + 1,)`` int64 segment boundaries (``[0, N]`` for plain NMS).
-        threshold: float; ``IoU > threshold`` suppresses.
+        boxes: ``(N, 4)`` float32 or float64 NumPy array in score order.
+        labels: ``(N,)`` int64 category of each box, or None for one category.
+        iou_threshold: float; ``IoU > iou_threshold`` suppresses (only within a category).
 
     Returns:
-        ``(N,)`` bool, True for the kept boxes.
+        ``(K,)`` int64 positions (into ``boxes``) of the kept boxes, ascending.
 
-    One segment runs on the calling thread: waking a thread pool for work that
-    cannot be shared only adds a join (which, on a busy machine, waits for the
-    other thread's next time slice). Several segments run in parallel.
+    The boxes are grouped by category with a stable sort (each group stays in
+    score order) and every group is one segment. One segment runs on the calling
+    thread: waking a thread pool for work that cannot be shared only adds a join
+    (which, on a busy machine, waits for the other thread's next time slice).
     """
     n = boxes.shape[0]
-    suppressed = np.zeros(n, dtype=np.uint8)  # uint8, not bool: the OR vectorises
     if n == 0:
-        return suppressed == 0
-    columns = [np.ascontiguousarray(boxes[:, k]) for k in range(4)]  # structure of arrays
-    areas = np.ascontiguousarray(areas, dtype=boxes.dtype)
-    if len(starts) == 2:
-        _greedy(*columns, areas, int(starts[0]), int(starts[1]), float(threshold), suppressed)
-    else:
-        _greedy_segments(
-            *columns, areas, np.asarray(starts, dtype=np.int64), float(threshold), suppressed
-        )
-    return suppressed == 0
+        return np.zeros(0, dtype=np.int64)
+    group = None if labels is None else np.argsort(labels, kind="stable")
+    grouped = boxes if group is None else boxes[group]
+    columns = [np.ascontiguousarray(grouped[:, k]) for k in range(4)]  # structure of arrays
+    areas = np.ascontiguousarray(box_areas(grouped))
+    suppressed = np.zeros(n, dtype=np.uint8)  # uint8, not bool: the OR vectorises
+    threshold = float(iou_threshold)
+    if group is None:
+        _greedy(*columns, areas, 0, n, threshold, suppressed)
+        return np.nonzero(suppressed == 0)[0].astype(np.int64)
+    changes = np.nonzero(np.diff(labels[group]))[0] + 1
+    starts = np.concatenate([[0], changes, [n]]).astype(np.int64)
+    _greedy_segments(*columns, areas, starts, threshold, suppressed)
+    return np.sort(group[suppressed == 0]).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- GPU: the mask
@@ -187,7 +187,7 @@ def _nms_mask_kernel(dtype):
         if r >= n:
             return
         cols = n - col_block * BLOCK  # the last column block may be partial
-        if cols > BLOCK:  # noqa: PLR1730 (no min() in CUDA kernels: see kernels/iou.py)
+        if cols > BLOCK:  # noqa: PLR1730 (no min() in CUDA kernels: see kernels/boxes.py)
             cols = BLOCK
         first = t + 1 if col_block == row_block else 0  # only boxes after r
         ax1, ay1, ax2, ay2, area_a, label = (
@@ -220,46 +220,43 @@ def _nms_mask_kernel(dtype):
     return nms_mask
 
 
-@functools.cache
-def _raw_kernel(dtype):
-    """The CUDA C mask kernel of ``cuda/nms.cu`` for ``dtype`` as a CuPy ``RawKernel`` (GPU)."""
-    import cupy
+def _mask_inputs(boxes, labels):
+    """``(xp, boxes, areas, labels, mask)``: contiguous inputs and the zeroed ``(N, B)`` mask."""
+    xp = array_module(boxes)
+    n = boxes.shape[0]
+    boxes = xp.ascontiguousarray(boxes)
+    labels = xp.zeros(n, np.int64) if labels is None else xp.ascontiguousarray(labels, np.int64)
+    mask = xp.zeros((n, (n + BLOCK - 1) // BLOCK), dtype=np.uint64)
+    return xp, boxes, box_areas(boxes), labels, mask
 
-    name = "nms_mask_f32" if np.dtype(dtype) == np.float32 else "nms_mask_f64"
-    module = cupy.RawModule(code=CUDA_SOURCE.read_text(), options=("-std=c++14",))
-    return module.get_function(name)
 
-
-def nms_mask_cuda(boxes, areas, labels, threshold, xp, impl="numba"):
-    """Step 1: the ``(N, B)`` uint64 suppression mask of sorted boxes, on the GPU.
+def nms_mask_cuda(boxes, labels, threshold):
+    """Step 1: the ``(N, B)`` uint64 suppression mask of sorted boxes (Numba-CUDA).
 
     Args:
-        boxes: ``(N, 4)`` float32 or float64 array of ``xp`` in score order, ``N >= 1``.
-        areas: ``(N,)`` same dtype.
-        labels: ``(N,)`` int64; only equal labels suppress each other.
+        boxes: ``(N, 4)`` float32 or float64 in score order, ``N >= 1``; CuPy on a
+            GPU, NumPy under the simulator.
+        labels: ``(N,)`` int64 or None (one category); only equal labels suppress.
         threshold: float.
-        xp: ``cupy`` on a GPU, ``numpy`` under the simulator.
-        impl: ``"numba"`` (the Numba-CUDA kernel, the default everywhere) or
-            ``"cupy"`` (the CUDA C ``RawKernel``, real GPU only).
 
     Returns:
-        ``(N, B)`` uint64 array of ``xp``, ``B = ceil(N / 64)``.
+        ``(N, B)`` uint64 of the inputs' module, ``B = ceil(N / 64)``.
     """
-    n = boxes.shape[0]
-    blocks = (n + BLOCK - 1) // BLOCK
-    mask = xp.zeros((n, blocks), dtype=np.uint64)
-    if impl == "numba":
-        _nms_mask_kernel(boxes.dtype.type)[(blocks, blocks), BLOCK](
-            boxes, areas, labels, np.float64(threshold), mask
-        )
-    elif impl == "cupy":
-        _raw_kernel(boxes.dtype.type)(
-            (blocks, blocks),
-            (BLOCK,),
-            (np.int32(n), np.float64(threshold), boxes, areas, labels, mask),
-        )
-    else:
-        raise ValueError(f"impl: expected 'numba' or 'cupy', got {impl!r}")
+    _, boxes, areas, labels, mask = _mask_inputs(boxes, labels)
+    blocks = mask.shape[1]
+    _nms_mask_kernel(boxes.dtype.type)[(blocks, blocks), BLOCK](
+        boxes, areas, labels, np.float64(threshold), mask
+    )
+    return mask
+
+
+def nms_mask_cudac(boxes, labels, threshold):
+    """As :func:`nms_mask_cuda`, with the CUDA C twin ``cuda/nms.cu`` (CuPy arrays, real GPU)."""
+    _, boxes, areas, labels, mask = _mask_inputs(boxes, labels)
+    n, blocks = mask.shape
+    raw_kernel("nms", "nms_mask", boxes.dtype)(
+        (blocks, blocks), (BLOCK,), (np.int32(n), np.float64(threshold), boxes, areas, labels, mask)
+    )
     return mask
 
 
@@ -289,22 +286,31 @@ def reduce_mask(mask):
     return keep[:kept]
 
 
-def nms_cuda(boxes, areas, labels, threshold, xp, impl="numba"):
-    """Greedy NMS of sorted boxes on the GPU: mask kernel, one copy to the host, host walk.
+def _walk(mask_fn, boxes, labels, threshold):
+    """Step 1 with ``mask_fn``, one copy of the mask to the host, step 2 there."""
+    xp = array_module(boxes)
+    if boxes.shape[0] == 0:
+        return xp.zeros(0, dtype=np.int64)
+    mask = mask_fn(boxes, labels, threshold)
+    host = mask.get() if hasattr(mask, "get") else np.asarray(mask)
+    return xp.asarray(reduce_mask(host))
+
+
+def nms_sorted_cuda(boxes, labels, iou_threshold):
+    """Greedy NMS of boxes in score order on the GPU: the Numba-CUDA mask, then the host walk.
 
     Args:
-        boxes: ``(N, 4)`` float32 or float64 array of ``xp`` in score order.
-        areas: ``(N,)`` same dtype.
-        labels: ``(N,)`` int64 (all equal for plain NMS).
-        threshold: float.
-        xp: ``cupy`` on a GPU, ``numpy`` under the simulator.
-        impl: see :func:`nms_mask_cuda`.
+        boxes: ``(N, 4)`` float32 or float64 in score order; CuPy on a GPU, NumPy
+            under the simulator.
+        labels: ``(N,)`` int64 or None (one category).
+        iou_threshold: float.
 
     Returns:
-        ``(K,)`` int64 NumPy positions of the kept boxes in score order.
+        ``(K,)`` int64 positions of the kept boxes, ascending, of the inputs' module.
     """
-    if boxes.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    mask = nms_mask_cuda(boxes, areas, labels, threshold, xp, impl)
-    host = mask.get() if hasattr(mask, "get") else np.asarray(mask)
-    return reduce_mask(host)
+    return _walk(nms_mask_cuda, boxes, labels, iou_threshold)
+
+
+def nms_sorted_cudac(boxes, labels, iou_threshold):
+    """As :func:`nms_sorted_cuda`, with the CUDA C mask kernel (CuPy arrays, real GPU)."""
+    return _walk(nms_mask_cudac, boxes, labels, iou_threshold)

@@ -1,7 +1,7 @@
 """Fast 2-D max pooling, forward and backward: Numba on the CPU, Numba-CUDA on the GPU.
 
-The specification is :func:`minirccn.nn.layers.max_pool2d_reference` and
-:func:`minirccn.nn.layers.max_pool2d_backward_reference`: windows of ``kh x kw``
+The specification is :func:`minirccn.nn.pool.max_pool2d_reference` and
+:func:`minirccn.nn.pool.max_pool2d_backward_reference`: windows of ``kh x kw``
 every ``(sh, sw)`` pixels, no padding, floor mode (torch's defaults); within a
 window the *first* maximum in row-major order wins, and a NaN counts as the
 maximum (the first NaN wins), as ``numpy.argmax`` and torch do.
@@ -18,20 +18,25 @@ CPU kernels parallelise over the ``N * C`` planes (the backward writes only its
 own plane, so ``+=`` never races). The GPU backward is a gather: one thread per
 input pixel adds the ``dout`` of every window whose argmax is that pixel, in
 the reference's order, so no atomics and the same bits every run.
+
+Entry points (the signatures of the references): ``max_pool2d_numba`` /
+``max_pool2d_cuda(x, kernel_size, stride)`` return ``(out, argmax)``;
+``max_pool2d_backward_numba`` / ``max_pool2d_backward_cuda(dout, argmax, x_shape,
+kernel_size, stride)`` return ``dx``; ``kernel_size`` and ``stride`` are pairs.
 """
 
 from __future__ import annotations
 
-import math
-
 import numba
+import numpy as np
+from minirccn.kernels._launch import THREADS, array_module, blocks, unravel4
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
 
 
 @numba.njit(parallel=True, cache=True)
-def _max_pool_cpu(x, kh, kw, sh, sw, out, argmax):
+def _max_pool2d_numba(x, kh, kw, sh, sw, out, argmax):
     n_img, n_ch, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
     for nc in numba.prange(n_img * n_ch):
@@ -55,7 +60,7 @@ def _max_pool_cpu(x, kh, kw, sh, sw, out, argmax):
 
 
 @numba.njit(parallel=True, cache=True)
-def _max_pool_backward_cpu(dout, argmax, dx):
+def _max_pool2d_backward_numba(dout, argmax, dx):
     n_img, n_ch, height, width = dx.shape
     ho, wo = dout.shape[2], dout.shape[3]
     for nc in numba.prange(n_img * n_ch):  # one thread owns plane dx[n, c]: no race
@@ -70,39 +75,47 @@ def _max_pool_backward_cpu(dout, argmax, dx):
                 dx[n, c, k // width, k % width] += dout[n, c, oh, ow]
 
 
-def max_pool_cpu(x, kh, kw, sh, sw, out, argmax):
-    """Fill ``out`` and ``argmax`` ``(N, C, Ho, Wo)`` from ``x (N, C, H, W)`` (Numba)."""
-    _max_pool_cpu(x, kh, kw, sh, sw, out, argmax)
+def _pool_outputs(x, kernel_size, stride):
+    """``(x, out, argmax)``: contiguous ``x`` and the empty ``(N, C, Ho, Wo)`` outputs."""
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    ho, wo = (h - kernel_size[0]) // stride[0] + 1, (w - kernel_size[1]) // stride[1] + 1
+    out = xp.empty((n, c, ho, wo), dtype=x.dtype)
+    return xp.ascontiguousarray(x), out, xp.empty((n, c, ho, wo), dtype=np.int64)
+
+
+def _grad_input(dout, x_shape):
+    """``(dout, dx)``: contiguous ``dout`` and the empty ``(N, C, H, W)`` input gradient."""
+    xp = array_module(dout)
+    return xp.ascontiguousarray(dout), xp.empty(tuple(x_shape), dtype=dout.dtype)
+
+
+def max_pool2d_numba(x, kernel_size, stride):
+    """``out`` and ``argmax`` ``(N, C, Ho, Wo)`` of ``x (N, C, H, W)`` (Numba, CPU threads)."""
+    x, out, argmax = _pool_outputs(x, kernel_size, stride)
+    _max_pool2d_numba(x, *kernel_size, *stride, out, argmax)
     return out, argmax
 
 
-def max_pool_backward_cpu(dout, argmax, dx):
-    """Overwrite ``dx (N, C, H, W)`` with ``dout`` summed at the argmax pixels (Numba)."""
-    _max_pool_backward_cpu(dout, argmax, dx)
+def max_pool2d_backward_numba(dout, argmax, x_shape, kernel_size, stride):
+    """``dx (N, C, H, W)``: ``dout`` summed at the argmax pixels (Numba; the geometry is unused)."""
+    dout, dx = _grad_input(dout, x_shape)
+    _max_pool2d_backward_numba(dout, argmax, dx)  # zeroes each plane first
     return dx
 
 
 # --------------------------------------------------------------------------- GPU
 
-THREADS = 128
-
-
-def _blocks(total: int) -> int:
-    return math.ceil(total / THREADS)
-
 
 @cuda.jit
-def _max_pool_gpu(x, kh, kw, sh, sw, out, argmax):
+def _max_pool2d_cuda(x, kh, kw, sh, sw, out, argmax):
     # one thread per output element (n, c, oh, ow)
     idx = cuda.grid(1)
     n_img, n_ch, height, width = x.shape
     ho, wo = out.shape[2], out.shape[3]
     if idx >= n_img * n_ch * ho * wo:
         return
-    ow = idx % wo
-    oh = (idx // wo) % ho
-    c = (idx // (wo * ho)) % n_ch
-    n = idx // (wo * ho * n_ch)
+    n, c, oh, ow = unravel4(idx, n_ch, ho, wo)
     h0 = oh * sh
     w0 = ow * sw
     best = x[n, c, h0, w0]
@@ -118,23 +131,22 @@ def _max_pool_gpu(x, kh, kw, sh, sw, out, argmax):
 
 
 @cuda.jit
-def _max_pool_backward_gpu(dout, argmax, kh, kw, sh, sw, dx):
+def _max_pool2d_backward_cuda(dout, argmax, kh, kw, sh, sw, dx):
     # one thread per input pixel (n, c, h, w): gather from the windows that contain it
     idx = cuda.grid(1)
     n_img, n_ch, height, width = dx.shape
     ho, wo = dout.shape[2], dout.shape[3]
     if idx >= n_img * n_ch * height * width:
         return
-    w = idx % width
-    h = (idx // width) % height
-    c = (idx // (width * height)) % n_ch
-    n = idx // (width * height * n_ch)
+    n, c, h, w = unravel4(idx, n_ch, height, width)
     me = h * width + w
     # windows oh with oh*sh <= h <= oh*sh + kh - 1
     oh_lo = 0 if h < kh else (h - kh) // sh + 1
     ow_lo = 0 if w < kw else (w - kw) // sw + 1
-    oh_hi = min(h // sh, ho - 1)
-    ow_hi = min(w // sw, wo - 1)
+    # conditional expressions, not min(): Numba 0.68's CUDA target cannot type min/max
+    # (see kernels/boxes.py; the simulator never notices, tests/test_kernels.py does)
+    oh_hi = h // sh if h // sh < ho - 1 else ho - 1  # noqa: FURB136
+    ow_hi = w // sw if w // sw < wo - 1 else wo - 1  # noqa: FURB136
     acc = dx[n, c, h, w]  # zeroed by the caller; typed like dx
     for oh in range(oh_lo, oh_hi + 1):
         for ow in range(ow_lo, ow_hi + 1):
@@ -143,17 +155,18 @@ def _max_pool_backward_gpu(dout, argmax, kh, kw, sh, sw, dx):
     dx[n, c, h, w] = acc
 
 
-def max_pool_gpu(x, kh, kw, sh, sw, out, argmax):
-    """Fill ``out`` and ``argmax`` ``(N, C, Ho, Wo)`` from ``x (N, C, H, W)`` (Numba-CUDA)."""
-    total = out.size
-    if total:
-        _max_pool_gpu[_blocks(total), THREADS](x, kh, kw, sh, sw, out, argmax)
+def max_pool2d_cuda(x, kernel_size, stride):
+    """``out`` and ``argmax`` ``(N, C, Ho, Wo)`` of ``x (N, C, H, W)`` (Numba-CUDA)."""
+    x, out, argmax = _pool_outputs(x, kernel_size, stride)
+    if out.size:
+        _max_pool2d_cuda[blocks(out.size), THREADS](x, *kernel_size, *stride, out, argmax)
     return out, argmax
 
 
-def max_pool_backward_gpu(dout, argmax, kh, kw, sh, sw, dx):
-    """Overwrite ``dx (N, C, H, W)`` with gathered ``dout`` (Numba-CUDA, no atomics)."""
+def max_pool2d_backward_cuda(dout, argmax, x_shape, kernel_size, stride):
+    """``dx (N, C, H, W)``: ``dout`` gathered at the argmax pixels (Numba-CUDA, no atomics)."""
+    dout, dx = _grad_input(dout, x_shape)
     dx[...] = 0
     if dx.size and dout.size:
-        _max_pool_backward_gpu[_blocks(dx.size), THREADS](dout, argmax, kh, kw, sh, sw, dx)
+        _max_pool2d_backward_cuda[blocks(dx.size), THREADS](dout, argmax, *kernel_size, *stride, dx)
     return dx

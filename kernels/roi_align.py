@@ -16,8 +16,10 @@ and handed to every kernel here, so the kernels hold only the loops:
 * backward: the same walk, adding ``grad_out[r, c, i, j] * (wy * wx) / count[r]``
   to each of the 4 neighbours.
 
-Arguments (all C-contiguous, arrays of one module): ``features`` ``(N, C, H, W)``
-or ``grad_out`` ``(R, C, ph, pw)`` float32/float64 and a
+Arguments (the signatures of :func:`minirccn.ops.roi_align.roi_align_tables_reference`
+and :func:`~minirccn.ops.roi_align.roi_align_backward_tables_reference`; arrays of
+one module): ``features`` ``(N, C, H, W)`` or ``grad_out`` ``(R, C, ph, pw)``
+float32/float64 (made contiguous here), ``input_shape`` for the backward, and a
 :class:`~minirccn.ops.roi_align.SampleTables` ``tab``: ``batch`` ``(R,)`` int64,
 ``count`` ``(R,)`` dtype ``T``; row tables ``(R, ph, G_h)``, column tables
 ``(R, pw, G_w)`` (``lo``, ``hi`` int64, -1 = no contribution; ``w_lo``, ``w_hi`` ``T``).
@@ -25,39 +27,31 @@ or ``grad_out`` ``(R, C, ph, pw)`` float32/float64 and a
 Which path runs where
 ---------------------
 
-* ``numba`` backend: :func:`roi_align_forward_cpu` (parallel over ``(r, c)``) and
-  :func:`roi_align_backward_cpu`, parallel over the ``(n, c)`` gradient planes:
+* ``numba`` backend: :func:`roi_align_numba` (parallel over ``(r, c)``) and
+  :func:`roi_align_backward_numba`, parallel over the ``(n, c)`` gradient planes:
   each thread walks every RoI of its image in order, so no two threads ever
   write the same cell (no race, no atomics) and each cell's sum is added in
   torchvision's order, the same on every run.
 * ``cuda`` backend (real GPU and simulator): the ``@numba.cuda.jit`` kernels
-  :func:`roi_align_forward_cuda` / :func:`roi_align_backward_cuda`, one thread per
+  :func:`roi_align_cuda` / :func:`roi_align_backward_cuda`, one thread per
   output element; the backward uses ``cuda.atomic.add``.
 * ``cuda/roi_align.cu``: the same two kernels in CUDA C, reached through
-  :func:`roi_align_forward_rawkernel` / :func:`roi_align_backward_rawkernel` (real
+  :func:`roi_align_cudac` / :func:`roi_align_backward_cudac` (real
   GPU only; CuPy compiles them with NVRTC).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from pathlib import Path
-
 import numba
 import numpy as np
+from minirccn.kernels._launch import THREADS, array_module, blocks, raw_kernel, unravel4
 from numba import cuda
-
-from minirccn.backend import get_array_module
-
-_THREADS = 128
-
 
 # ----------------------------------------------------------------------------- Numba CPU
 
 
 @numba.njit(parallel=True, cache=True)
-def _forward_cpu(features, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, wxhi, zero, out):
+def _forward_numba(features, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, wxhi, zero, out):
     r_count, channels, ph, pw = out.shape
     gh = ylo.shape[2]
     gw = xlo.shape[2]
@@ -92,7 +86,7 @@ def _forward_cpu(features, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, w
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward_cpu(grad_out, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, wxhi, grad):
+def _backward_numba(grad_out, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, wxhi, grad):
     r_count, channels, ph, pw = grad_out.shape
     n_count = grad.shape[0]
     gh = ylo.shape[2]
@@ -132,39 +126,47 @@ def _table_args(tab):
     return (tab.batch, tab.count, *tab.y, *tab.x)
 
 
-def roi_align_forward_cpu(features, tab):
+def _forward_output(features, tab):
+    """``(xp, features, out)``: contiguous ``features`` and the empty ``(R, C, ph, pw)`` output."""
+    xp = array_module(features)
+    r, c = tab.batch.shape[0], features.shape[1]
+    ph, pw = tab.y.lo.shape[1], tab.x.lo.shape[1]
+    out = xp.empty((r, c, ph, pw), dtype=features.dtype)
+    return xp, xp.ascontiguousarray(features), out
+
+
+def roi_align_numba(features, tab):
     """RoIAlign on the CPU (Numba, parallel over RoI x channel).
 
     Args:
-        features: ``(N, C, H, W)`` float32/float64 NumPy array, C-contiguous.
+        features: ``(N, C, H, W)`` float32/float64 NumPy array.
         tab: the :class:`~minirccn.ops.roi_align.SampleTables` of the RoIs (NumPy).
 
     Returns:
         ``(R, C, ph, pw)`` features' dtype.
     """
-    r, c = tab.batch.shape[0], features.shape[1]
-    ph, pw = tab.y.lo.shape[1], tab.x.lo.shape[1]
-    out = np.empty((r, c, ph, pw), dtype=features.dtype)
+    _, features, out = _forward_output(features, tab)
     if out.size:
         zero = features.dtype.type(0)
-        _forward_cpu(features, *_table_args(tab), zero, out)
+        _forward_numba(features, *_table_args(tab), zero, out)
     return out
 
 
-def roi_align_backward_cpu(grad_out, tab, input_shape):
+def roi_align_backward_numba(grad_out, tab, input_shape):
     """Spread ``grad_out`` over the samples' neighbours on the CPU (Numba, race-free).
 
     Args:
-        grad_out: ``(R, C, ph, pw)`` float32/float64 NumPy array, C-contiguous.
+        grad_out: ``(R, C, ph, pw)`` float32/float64 NumPy array.
         tab: the :class:`~minirccn.ops.roi_align.SampleTables` of the RoIs (NumPy).
         input_shape: ``(N, C, H, W)``.
 
     Returns:
         ``(N, C, H, W)`` grad_out's dtype, deterministic.
     """
-    grad = np.zeros(input_shape, dtype=grad_out.dtype)
+    grad_out = np.ascontiguousarray(grad_out)
+    grad = np.zeros(tuple(input_shape), dtype=grad_out.dtype)
     if grad.size and grad_out.size:
-        _backward_cpu(grad_out, *_table_args(tab), grad)
+        _backward_numba(grad_out, *_table_args(tab), grad)
     return grad
 
 
@@ -177,10 +179,7 @@ def _forward_cuda(features, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, 
     index = cuda.grid(1)
     if index >= r_count * channels * ph * pw:
         return
-    j = index % pw
-    i = (index // pw) % ph
-    c = (index // (pw * ph)) % channels
-    r = index // (pw * ph * channels)
+    r, c, i, j = unravel4(index, channels, ph, pw)
     b = batch[r]
     acc = zero
     for g in range(ylo.shape[2]):
@@ -212,10 +211,7 @@ def _backward_cuda(grad_out, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo,
     index = cuda.grid(1)
     if index >= r_count * channels * ph * pw:
         return
-    j = index % pw
-    i = (index // pw) % ph
-    c = (index // (pw * ph)) % channels
-    r = index // (pw * ph * channels)
+    r, c, i, j = unravel4(index, channels, ph, pw)
     b = batch[r]
     top = grad_out[r, c, i, j]
     for g in range(ylo.shape[2]):
@@ -238,58 +234,39 @@ def _backward_cuda(grad_out, batch, count, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo,
             cuda.atomic.add(grad, (b, c, y1, x1), top * (by * bx) / count[r])
 
 
-def _blocks(total):
-    return max(1, math.ceil(total / _THREADS))
-
-
-def roi_align_forward_cuda(features, tab):
+def roi_align_cuda(features, tab):
     """RoIAlign with the Numba-CUDA kernel, one thread per output element.
 
-    Args: as :func:`roi_align_forward_cpu`; CuPy arrays on a GPU, NumPy arrays in
+    Args: as :func:`roi_align_numba`; CuPy arrays on a GPU, NumPy arrays in
     the simulator.
 
     Returns:
         ``(R, C, ph, pw)`` features' dtype, an array of the inputs' module.
     """
-    xp = get_array_module(features)
-    r, c = tab.batch.shape[0], features.shape[1]
-    ph, pw = tab.y.lo.shape[1], tab.x.lo.shape[1]
-    out = xp.empty((r, c, ph, pw), dtype=features.dtype)
+    _, features, out = _forward_output(features, tab)
     if out.size:
         zero = features.dtype.type(0)
-        _forward_cuda[_blocks(out.size), _THREADS](features, *_table_args(tab), zero, out)
+        _forward_cuda[blocks(out.size), THREADS](features, *_table_args(tab), zero, out)
     return out
 
 
 def roi_align_backward_cuda(grad_out, tab, input_shape):
     """RoIAlign's backward with ``cuda.atomic.add`` (Numba-CUDA), one thread per output element.
 
-    Args: as :func:`roi_align_backward_cpu`, arrays of one module (CuPy or NumPy).
+    Args: as :func:`roi_align_backward_numba`, arrays of one module (CuPy or NumPy).
 
     Returns:
         ``(N, C, H, W)`` grad_out's dtype; shared cells are summed in thread order.
     """
-    xp = get_array_module(grad_out)
+    xp = array_module(grad_out)
+    grad_out = xp.ascontiguousarray(grad_out)
     grad = xp.zeros(tuple(input_shape), dtype=grad_out.dtype)
     if grad.size and grad_out.size:
-        _backward_cuda[_blocks(grad_out.size), _THREADS](grad_out, *_table_args(tab), grad)
+        _backward_cuda[blocks(grad_out.size), THREADS](grad_out, *_table_args(tab), grad)
     return grad
 
 
 # ----------------------------------------------------------------------------- CUDA C via CuPy
-
-CU_SOURCE = Path(__file__).parent / "cuda" / "roi_align.cu"
-
-
-@functools.cache
-def _raw_module():
-    import cupy
-
-    return cupy.RawModule(code=CU_SOURCE.read_text())
-
-
-def _suffix(dtype):
-    return "f32" if dtype == np.float32 else "f64"
 
 
 def _sizes(tab):
@@ -299,30 +276,29 @@ def _sizes(tab):
     return [np.int64(v) for v in (ph, gh, pw, gw)]
 
 
-def roi_align_forward_rawkernel(features, tab):
-    """As :func:`roi_align_forward_cuda`, with the CUDA C kernel of ``cuda/roi_align.cu`` (CuPy)."""
-    import cupy
-
-    r, c, height, width = tab.batch.shape[0], *features.shape[1:]
-    ph, pw = tab.y.lo.shape[1], tab.x.lo.shape[1]
-    out = cupy.empty((r, c, ph, pw), dtype=features.dtype)
+def roi_align_cudac(features, tab):
+    """As :func:`roi_align_cuda`, with the CUDA C kernel of ``cuda/roi_align.cu`` (CuPy)."""
+    _, features, out = _forward_output(features, tab)
     if out.size:
-        kernel = _raw_module().get_function(f"roi_align_forward_{_suffix(features.dtype)}")
+        r, c, height, width = tab.batch.shape[0], *features.shape[1:]
         sizes = [np.int64(v) for v in (r, c, height, width)] + _sizes(tab)
         args = (features, *_table_args(tab), *sizes, out)
-        kernel((_blocks(out.size),), (_THREADS,), args)
+        raw_kernel("roi_align", "roi_align_forward", features.dtype)(
+            (blocks(out.size),), (THREADS,), args
+        )
     return out
 
 
-def roi_align_backward_rawkernel(grad_out, tab, input_shape):
+def roi_align_backward_cudac(grad_out, tab, input_shape):
     """As :func:`roi_align_backward_cuda`, with the CUDA C kernel (``atomicAdd``; CuPy arrays)."""
-    import cupy
-
+    xp = array_module(grad_out)
+    grad_out = xp.ascontiguousarray(grad_out)
     n, c, height, width = input_shape
-    grad = cupy.zeros((n, c, height, width), dtype=grad_out.dtype)
+    grad = xp.zeros((n, c, height, width), dtype=grad_out.dtype)
     if grad.size and grad_out.size:
-        kernel = _raw_module().get_function(f"roi_align_backward_{_suffix(grad_out.dtype)}")
         sizes = [np.int64(v) for v in (grad_out.shape[0], c, height, width)] + _sizes(tab)
         args = (grad_out, *_table_args(tab), *sizes, grad)
-        kernel((_blocks(grad_out.size),), (_THREADS,), args)
+        raw_kernel("roi_align", "roi_align_backward", grad_out.dtype)(
+            (blocks(grad_out.size),), (THREADS,), args
+        )
     return grad

@@ -29,7 +29,7 @@ import warnings
 
 from minirccn import __version__
 from minirccn.errors import MinirccnError
-from minirccn.runs import Interrupted, describe_os_error, resume_command
+from minirccn.runs import Interrupted, describe_os_error, early_signals, resume_command
 
 # command -> (module, help, add_arguments name, run name)
 COMMANDS = {
@@ -79,9 +79,22 @@ def _choose_blas_threads(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``minirccn`` and ``python -m minirccn``; returns the exit status."""
+    with early_signals() as pending:
+        status = _main(argv)
+        if status == 0 and pending["signum"] is not None:  # a signal a library swallowed
+            print("minirccn: interrupted", file=sys.stderr)
+            return 128 + pending["signum"]
+        return status
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _choose_blas_threads(argv)
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports every command's module
+    except KeyboardInterrupt:
+        print("minirccn: interrupted", file=sys.stderr)
+        return 128 + (pending_signal() or 2)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -98,12 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_status
     except KeyboardInterrupt:
         print("minirccn: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (pending_signal() or 2)
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         if os.environ.get("MINIRCCN_DEBUG"):
             raise
         print(f"minirccn: error: {error_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, USER_ERRORS) else 1
+
+
+def pending_signal() -> int | None:
+    """The signal number the early handler saw (SIGTERM exits 143, not 130)."""
+    from minirccn.runs import _PENDING
+
+    return _PENDING["signum"]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -125,6 +145,8 @@ def error_line(exc: BaseException) -> str:
         return "input nested too deeply (RecursionError)"
     if isinstance(exc, MemoryError):
         return "out of memory (a size in the input or config is too large?)"
+    if isinstance(exc, (ValueError, TypeError)) and str(exc):
+        return str(exc)  # the ops' and the config's errors name their argument
     text = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
     if isinstance(exc, USER_ERRORS):
         return text

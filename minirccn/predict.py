@@ -254,6 +254,9 @@ def run_eval(args) -> int:
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if len(dataset) == 0:
         raise MinirccnError(f"{args.data}: split {args.split!r} has no images")
+    from minirccn.preflight import check_images
+
+    dataset = check_images(dataset, "--data")  # unreadable images: skipped, each named
     model = _load_model(args.checkpoint)
     if list(model.class_names) != list(dataset.class_names):
         raise MinirccnError(

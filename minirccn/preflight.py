@@ -571,7 +571,8 @@ def check_images(dataset, what: str = "--data"):
     if not skipped:
         return dataset
     if len(skipped) == len(dataset):
-        raise MinirccnError(f"{what} {dataset.name}: none of its {len(dataset)} images is readable")
+        source = getattr(dataset, "path", None) or getattr(dataset, "root", None) or dataset.name
+        raise MinirccnError(f"{what} {source}: none of its {len(dataset)} images is readable")
     return SkipImages(dataset, skipped)
 
 

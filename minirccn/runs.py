@@ -120,7 +120,7 @@ def atomic_path(path, what: str = "file"):
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
-        kept = "; the previous one is kept" if os.path.exists(path) else ""
+        kept = "; the previous one is kept" if os.path.isfile(path) else ""
         raise MinirccnError(
             f"{path}: cannot write the {what} ({exc.strerror or exc}){kept}"
         ) from None
@@ -523,6 +523,32 @@ class StopOnSignal:
 
 
 _STOPS: list = []
+_PENDING = {"signum": None}  # a signal seen by the early handler (before a run's own handlers)
+
+
+def _early_handler(signum, frame):
+    _PENDING["signum"] = signum
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def early_signals():
+    """From the very start of the CLI: SIGINT and SIGTERM raise ``KeyboardInterrupt`` *and*
+    are remembered, so that one swallowed by a library while it is imported still stops the
+    run (:func:`guarded_run` checks) instead of being lost."""
+    _PENDING["signum"] = None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in StopOnSignal.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                previous[sig] = signal.signal(sig, _early_handler)
+    try:
+        yield _PENDING
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _PENDING["signum"] = None
 
 
 def current_stop() -> StopOnSignal:
@@ -564,6 +590,9 @@ def guarded_run(fn):
             guard_existing_run(out, resume=resume, overwrite=overwrite)
             with StopOnSignal() as stop:
                 try:
+                    if _PENDING["signum"] is not None:  # arrived while loading the code
+                        stop.signum = _PENDING["signum"]
+                        raise KeyboardInterrupt
                     return fn(*args, **kwargs)
                 except KeyboardInterrupt:
                     signum = stop.signum or signal.SIGINT

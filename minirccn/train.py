@@ -657,6 +657,8 @@ def resolve_out(out: str | None, resume: bool) -> str:
     """The output folder: ``out`` as given, else the next free ``runs/train``, ``runs/train2``,
     ... (with ``--resume``: the latest of them that holds a checkpoint)."""
     if out is not None:
+        if not out.strip():
+            raise MinirccnError("--out: expected a folder name, got an empty string")
         return out
     if resume:
         latest = runs.latest_run_folder(DEFAULT_OUT)
@@ -677,6 +679,8 @@ def run(args) -> int:
 
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    if args.eval_images is not None and args.eval_images < 1:
+        raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     args.out = resolve_out(args.out, resume=args.resume)
     log = (lambda *a: None) if args.json else print
     setup = userdata.configure(args, log=log, base=preset(args.preset))

@@ -21,6 +21,7 @@ same images.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -138,7 +139,7 @@ def configure(args, log=print, base=None) -> dict:
     base = base if base is not None else preset(args.preset)
     sets = list(getattr(args, "set", None) or [])
     if args.lr is not None:
-        if not args.lr > 0:
+        if not (args.lr > 0 and math.isfinite(args.lr)):
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
         sets.insert(0, f"lr={args.lr!r}")
     minutes = getattr(args, "minutes", None)

@@ -417,3 +417,14 @@ def test_empty_training_data_is_one_clear_line(tmp_path, capsys):
     (root / "ImageSets" / "Main" / "train.txt").write_text("")
     assert main(["train", "--data", str(root), "--out", str(tmp_path / "o"), "--iters", "1"]) == 2
     assert "train.txt: no image ids" in one_line(capsys)
+
+
+def test_eval_skips_an_unreadable_image_with_one_warning(coco, tmp_path, capsys):
+    model = FasterRCNN(tiny_config(), NAMES, rng=np.random.default_rng(0))
+    ckpt = save_checkpoint(tmp_path / "m.npz", model)
+    bad = load_dataset(coco, "all").image_file(0)
+    truncate(bad)
+    assert main(["eval", "--checkpoint", ckpt, "--data", coco, "--split", "all", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"minirccn: warning: {bad}: truncated PNG (no IEND chunk); skipped"
+    assert json.loads(captured.out)["num_images"] == 5

@@ -325,3 +325,19 @@ def test_failed_save_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(MinirccnError, match=r"c.npz: cannot write the checkpoint \(step 3\)"):
         save_checkpoint(path, model, step=3)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_signal_swallowed_while_the_code_loads_still_stops_the_run(data, tmp_path):
+    with runs.early_signals() as pending:
+        pending["signum"] = signal.SIGTERM  # as if a library had swallowed the KeyboardInterrupt
+        with pytest.raises(runs.Interrupted) as info:
+            run(data, str(tmp_path), iters=1)
+    assert info.value.exit_status == 143 and "no checkpoint was saved" in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_empty_out_and_bad_eval_images_are_flag_errors(capsys):
+    assert main(["train", "--out", "", "--iters", "1"]) == 2
+    assert one_line(capsys) == "minirccn: error: --out: expected a folder name, got an empty string"
+    assert main(["train", "--eval-images", "0"]) == 2
+    assert "--eval-images: expected a positive number" in one_line(capsys)

@@ -23,7 +23,6 @@ GPU = T.use_cuda_simulator_without_gpu()  # before anything imports numba
 import numpy as np  # noqa: E402
 
 from minirccn import backend, ops, viz  # noqa: E402
-from minirccn.ops.boxes import box_area_reference  # noqa: E402
 from minirccn.data import load_dataset  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
 
@@ -230,9 +229,7 @@ T.check(np.array_equal(order[kept_positions], keep_ref), "mask + sequential redu
 # %%
 xp = backend.array_module("cuda")  # cupy on a GPU, numpy in the simulator
 dev_boxes = xp.asarray(sorted_boxes)
-dev_mask = nms_kernels.nms_mask_cuda(
-    dev_boxes, box_area_reference(dev_boxes), xp.zeros(n, dtype=np.int64), threshold, xp
-)
+dev_mask = nms_kernels.nms_mask_cuda(dev_boxes, None, threshold)  # labels None: one category
 T.check(
     np.array_equal(backend.to_numpy(dev_mask), mask),
     "Numba-CUDA mask kernel == NumPy mask, every bit",
@@ -256,9 +253,7 @@ many_scores = rng.random(m)
 many_sorted = np.ascontiguousarray(many[np.argsort(-many_scores, kind="stable")])
 big_mask = suppression_mask(many_sorted, 0.5)
 dev = xp.asarray(many_sorted)
-big_kernel = nms_kernels.nms_mask_cuda(
-    dev, box_area_reference(dev), xp.zeros(m, dtype=np.int64), 0.5, xp
-)
+big_kernel = nms_kernels.nms_mask_cuda(dev, None, 0.5)
 T.check(
     big_mask.shape == (m, 2) and np.array_equal(backend.to_numpy(big_kernel), big_mask),
     f"{m} boxes: ({m}, 2) words, kernel == NumPy",
@@ -271,15 +266,13 @@ T.check(
     f"{m} boxes: cuda backend == reference",
 )
 if GPU:
-    raw = nms_kernels.nms_cuda(
-        dev, box_area_reference(dev), xp.zeros(m, dtype=np.int64), 0.5, xp, impl="cupy"
-    )
+    raw = nms_kernels.nms_sorted_cudac(dev, None, 0.5)  # the CUDA C twin of the walk
     T.check(
-        np.array_equal(raw, nms_kernels.reduce_mask(big_mask)),
+        np.array_equal(backend.to_numpy(raw), nms_kernels.reduce_mask(big_mask)),
         "the CUDA C RawKernel (kernels/cuda/nms.cu) agrees",
     )
 else:
-    print("no GPU: the CUDA C RawKernel (kernels/cuda/nms.cu, impl='cupy') needs one; skipped")
+    print("no GPU: the CUDA C RawKernel (kernels/cuda/nms.cu, nms_sorted_cudac) needs one; skipped")
 
 # %% [markdown]
 # ## 6. Before and after

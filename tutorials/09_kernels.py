@@ -10,6 +10,11 @@
 # | `numba` | NumPy | `@numba.njit(parallel=True, cache=True)` CPU code |
 # | `cuda` | CuPy (GPU) | `@numba.cuda.jit` kernels; CUDA C `RawKernel`s where C is clearer |
 #
+# One table, `minirccn.dispatch.TABLE`, says which function runs each op on each
+# backend; every kernel module follows one convention (`kernels/__init__.py`):
+# `<op>_numba`, `<op>_cuda` and, for a CUDA C twin, `<op>_cudac`, each taking
+# the reference's arguments and returning newly allocated outputs.
+#
 # This tutorial runs the same ops on every backend available here, checks that
 # they agree (a kernel is only as good as its comparison with the reference),
 # times them honestly, and looks at the one trap that parallel code sets for
@@ -32,13 +37,17 @@ import time  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minirccn import backend, bench, ops  # noqa: E402
+from minirccn import backend, bench, dispatch, ops  # noqa: E402
 from minirccn.kernels import boxes as iou_kernels  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
 from minirccn.kernels import roi_pool as roi_kernels  # noqa: E402
 from minirccn.ops.roi_pool import roi_bins  # noqa: E402
 
 print("machine:", bench.machine_description())
+print("\nwhich function runs each op with kernels, per backend (minirccn.dispatch.TABLE):")
+for op, row in dispatch.TABLE.items():
+    if len(set(row.values())) > 1:  # ops whose backends differ
+        print(f"  {op:20s} " + "  ".join(f"{b}={t.split(':')[1]}" for b, t in row.items()))
 print(
     "cuda backend:",
     "a real GPU (CuPy arrays)" if GPU else "Numba's CUDA simulator (no GPU here): correctness only",
@@ -59,7 +68,7 @@ def source(kernel, lines=40):
 # * **NumPy** (`minirccn.ops.boxes.box_iou_reference`) broadcasts `(N, 1, 2)`
 #   corners against `(1, M, 2)`: short, but it allocates several `N x M x 2`
 #   temporaries and walks memory many times.
-# * **Numba CPU** (`kernels/iou.py`): `prange` over the rows of `boxes1`
+# * **Numba CPU** (`kernels/boxes.py`): `prange` over the rows of `boxes1`
 #   (each thread writes its own rows of `out`, so no two threads touch the same
 #   memory), an inner loop over `boxes2` stored as separate coordinate columns
 #   so LLVM turns it into SIMD instructions.
@@ -130,13 +139,10 @@ if GPU:
     import cupy
 
     order = np.argsort(-scores, kind="stable")
-    s = cupy.asarray(np.ascontiguousarray(boxes[order]))
-    areas = (s[:, 2] - s[:, 0]) * (s[:, 3] - s[:, 1])
-    kept = nms_kernels.nms_cuda(
-        s, areas, cupy.zeros(len(s), dtype=np.int64), 0.5, cupy, impl="cupy"
-    )
+    kept = nms_kernels.nms_sorted_cudac(cupy.asarray(boxes[order]), None, 0.5)
     T.check(
-        np.array_equal(order[kept], ref), "nms: CUDA C RawKernel (kernels/cuda/nms.cu) == numpy"
+        np.array_equal(order[kept.get()], ref),
+        "nms: CUDA C RawKernel (kernels/cuda/nms.cu) == numpy",
     )
 else:
     print(
@@ -181,7 +187,7 @@ if GPU:
     import cupy
 
     bins = roi_bins(cupy.asarray(rois), (2, 2), 1 / 16, 10, 10, cupy)
-    out, arg = roi_kernels.roi_pool_forward_rawkernel(cupy.asarray(features), *bins)
+    out, arg = roi_kernels.roi_pool_cudac(cupy.asarray(features), *bins)
     T.check(
         np.array_equal(out.get(), out_ref) and np.array_equal(arg.get(), arg_ref),
         "roi_pool: CUDA C RawKernel == numpy",
@@ -259,7 +265,7 @@ a, b, c = np.float32(1e8), np.float32(-1e8), np.float32(1.0)
 print("(a + b) + c =", (a + b) + c, "   a + (b + c) =", a + (b + c))
 T.check((a + b) + c != a + (b + c), "float32 addition is not associative")
 
-print("\nThe CPU backward (disjoint axis):\n" + source(roi_kernels._backward_cpu, 18))
+print("\nThe CPU backward (disjoint axis):\n" + source(roi_kernels._backward_numba, 18))
 print("\nThe CUDA backward (atomics):\n" + source(roi_kernels._backward_cuda, 15))
 
 # %% [markdown]

@@ -1,6 +1,6 @@
 // The NMS suppression-mask kernel in CUDA C: the twin of _nms_mask_kernel in
 // kernels/nms.py (read that docstring first). Loaded by CuPy as a RawKernel
-// (impl="cupy"); compile-checked by the tests with `nvcc -ptx`.
+// (nms_sorted_cudac / nms_mask_cudac); compile-checked by tests/test_kernels.py with `nvcc -ptx`.
 //
 // Boxes arrive sorted by decreasing score. Block (i, j) of a (B, B) grid, 64
 // threads: thread t takes row box r = 64 i + t and sets bit k of mask[r, j]

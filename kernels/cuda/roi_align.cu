@@ -1,4 +1,5 @@
-// RoIAlign in CUDA C, for CuPy RawKernel (see minirccn/kernels/roi_align.py).
+// RoIAlign in CUDA C, for CuPy RawKernel (roi_align_cudac / roi_align_backward_cudac in
+// kernels/roi_align.py); compile-checked by tests/test_kernels.py with `nvcc -ptx`.
 //
 // The rule is minirccn.ops.roi_align.roi_align_reference. Where every sample reads
 // the map (projection, sample grid, clamping, bilinear weights) arrives precomputed

@@ -1,4 +1,5 @@
-// RoI max pooling in CUDA C, for CuPy RawKernel (see minirccn/kernels/roi_pool.py).
+// RoI max pooling in CUDA C, for CuPy RawKernel (roi_pool_cudac / roi_pool_backward_cudac in
+// kernels/roi_pool.py); compile-checked by tests/test_kernels.py with `nvcc -ptx`.
 //
 // The rule is minirccn.ops.roi_pool.roi_pool_reference. The bins (projection, C
 // rounding, floor/ceil, clipping to the map) arrive precomputed as int64 arrays:

@@ -182,7 +182,7 @@ def path_inside(folder: str, name, where: str, what: str = "image path") -> str:
         len(name) > 1 and name[1] == ":"
     ):
         raise MinirccnError(
-            f"{where}: {what} {name!r} leaves the image folder {folder} (absolute or '..'); "
+            f"{where}: {what} {name!r} leaves the folder {folder} (absolute or '..'); "
             "give it relative to that folder"
         )
     return os.path.join(folder, name)

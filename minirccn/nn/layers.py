@@ -11,14 +11,14 @@ the backend the forward ran on; ``dout`` is the gradient of the loss with
 respect to ``out`` and has its shape and dtype.
 
 The layer code is written against the array module of its inputs (NumPy, or
-CuPy on a GPU), so one function serves every backend. Only the two hot spots
-have kernels, in :mod:`minirccn.kernels`:
+CuPy on a GPU), so one function serves every backend. The two layers with
+kernels have their own modules, mirroring ``kernels/conv.py`` and
+``kernels/pool.py``; this module re-exports them so that every layer is
+``minirccn.nn.layers.<name>`` (the contract of DESIGN.md):
 
-* conv2d: :func:`im2col` / :func:`col2im` below are the NumPy reference;
-  ``kernels/conv.py`` has the Numba (CPU) and Numba-CUDA versions. The GEMMs
-  are NumPy's BLAS (or CuPy's cuBLAS).
-* max pooling: :func:`max_pool2d_reference` / :func:`max_pool2d_backward_reference`
-  below; ``kernels/pool.py`` has the Numba and Numba-CUDA versions.
+* conv2d: :mod:`minirccn.nn.conv` (im2col + GEMM, col2im backward);
+* max pooling: :mod:`minirccn.nn.pool`;
+* relu, linear, dropout, batch norm: below.
 
 Shapes use the project's letters: ``N`` images, ``C`` input channels, ``F``
 output channels (filters), ``H, W`` map size, ``kh, kw`` kernel size.
@@ -32,233 +32,41 @@ import numpy as np
 
 from minirccn import backend as _backend
 from minirccn._checks import check_float, check_shape
+from minirccn.nn._common import check_grad, conv_output_size, prepare
+from minirccn.nn.conv import Conv2dCache, col2im, conv2d_backward, conv2d_forward, im2col
+from minirccn.nn.pool import (
+    MaxPool2dCache,
+    max_pool2d_backward,
+    max_pool2d_backward_reference,
+    max_pool2d_forward,
+    max_pool2d_reference,
+)
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    """``value`` (an int or a pair of ints) as ``(along H, along W)``."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
-        pair = tuple(value)
-    else:
-        pair = (value, value)
-    out = []
-    for v in pair:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-        out.append(int(v))
-    return out[0], out[1]
-
-
-def _prepare(backend, name_arrays: dict):
-    """Resolve ``backend``, validate float dtypes and move arrays to the backend's module.
-
-    Returns ``(backend, xp, [arrays...])``; every array must have the dtype of the first.
-    """
-    arrays = [check_float(a, n) for n, a in name_arrays.items()]
-    backend = _backend.resolve(backend, *arrays)
-    xp = _backend.array_module(backend)
-    if xp is np:
-        arrays = [_backend.to_numpy(a) for a in arrays]
-    else:
-        arrays = [xp.asarray(a) for a in arrays]
-    names = list(name_arrays)
-    for n, a in zip(names[1:], arrays[1:]):
-        if a.dtype != arrays[0].dtype:
-            raise TypeError(f"{n}: dtype {a.dtype} differs from {names[0]}'s {arrays[0].dtype}")
-    return backend, xp, arrays
-
-
-def _check_grad(dout, name: str, shape, dtype, xp):
-    """``dout`` as an array of ``xp`` with the forward output's ``shape`` and ``dtype``."""
-    dout = check_float(dout, name)
-    dout = _backend.to_numpy(dout) if xp is np else xp.asarray(dout)
-    check_shape(dout, name, tuple(shape))
-    return dout.astype(dtype, copy=False)
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a conv / pool along one axis: ``floor((size + 2p - k) / s) + 1``."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _geometry(kernel_size, stride, padding):
-    """``((kh, kw), (sh, sw), (ph, pw))`` from ints or pairs."""
-    return _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding")
-
-
-def _offset_view(a, i, j, ho, wo, sh, sw):
-    """``a[:, :, i + oh*sh, j + ow*sw]`` for all ``oh < ho``, ``ow < wo``: a strided view."""
-    return a[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-
-
-# ----------------------------------------------------------------------------- im2col
-
-
-def im2col(x, kernel_size, stride=1, padding=0):
-    """Unfold every ``kh x kw`` input patch into a column (the NumPy reference).
-
-    Args:
-        x: ``(N, C, H, W)`` float32/float64 input.
-        kernel_size, stride, padding: ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)`` (ints or pairs).
-
-    Returns:
-        cols: ``(N, C*kh*kw, Ho*Wo)``, same dtype, with
-        ``cols[n, (c*kh + i)*kw + j, oh*Wo + ow] = xpad[n, c, oh*sh + i, ow*sw + j]``
-        where ``xpad`` is ``x`` with ``ph``/``pw`` zeros around it and
-        ``Ho = (H + 2ph - kh) // sh + 1`` (``Wo`` likewise).
-
-    One strided slice per kernel offset ``(i, j)``: ``kh * kw`` vectorised copies.
-    """
-    xp = _backend.get_array_module(x)
-    (kh, kw), (sh, sw), (ph, pw) = _geometry(kernel_size, stride, padding)
-    n, c, h, w = x.shape
-    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = _offset_view(xpad, i, j, ho, wo, sh, sw)
-    return cols.reshape(n, c * kh * kw, ho * wo)
-
-
-def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
-    """Fold columns back onto the input: the adjoint of :func:`im2col` (NumPy reference).
-
-    Args:
-        cols: ``(N, C*kh*kw, Ho*Wo)`` float, e.g. the gradient of the column matrix.
-        x_shape: ``(N, C, H, W)`` of the input that was unfolded.
-
-    Returns:
-        dx: ``(N, C, H, W)``, same dtype: every column entry is added to the input pixel
-        it was copied from (entries that came from the zero padding are dropped), in
-        kernel-offset order ``(i, j) = (0, 0), (0, 1), ...``.
-    """
-    xp = _backend.get_array_module(cols)
-    (kh, kw), (sh, sw), (ph, pw) = _geometry(kernel_size, stride, padding)
-    n, c, h, w = x_shape
-    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    cols = cols.reshape(n, c, kh, kw, ho, wo)
-    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            _offset_view(dxpad, i, j, ho, wo, sh, sw)[...] += cols[:, :, i, j]
-    return dxpad[:, :, ph : ph + h, pw : pw + w]
-
-
-def _im2col(backend, x, kernel_size, stride, padding):
-    """:func:`im2col` on ``backend`` (reference, Numba or Numba-CUDA kernel)."""
-    if backend == "numpy":
-        return im2col(x, kernel_size, stride, padding)
-    from minirccn.kernels import conv as kconv
-
-    xp = _backend.get_array_module(x)
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    n, c, h, w = x.shape
-    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    cols = xp.empty((n, c * kh * kw, ho * wo), dtype=x.dtype)
-    fill = kconv.im2col_cpu if backend == "numba" else kconv.im2col_gpu
-    return fill(xp.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, cols)
-
-
-def _col2im(backend, cols, x_shape, kernel_size, stride, padding):
-    """:func:`col2im` on ``backend`` (reference, Numba or Numba-CUDA kernel)."""
-    if backend == "numpy":
-        return col2im(cols, x_shape, kernel_size, stride, padding)
-    from minirccn.kernels import conv as kconv
-
-    xp = _backend.get_array_module(cols)
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    dx = xp.empty(x_shape, dtype=cols.dtype)
-    fold = kconv.col2im_cpu if backend == "numba" else kconv.col2im_gpu
-    return fold(xp.ascontiguousarray(cols), kh, kw, sh, sw, ph, pw, dx)
-
-
-# ----------------------------------------------------------------------------- conv2d
-
-
-class Conv2dCache(NamedTuple):
-    """What :func:`conv2d_backward` needs: the columns of the input and the weights."""
-
-    cols: Any  # (N, C*kh*kw, Ho*Wo) the unfolded input
-    w: Any  # (F, C, kh, kw) the weights
-    x_shape: tuple  # (N, C, H, W)
-    stride: tuple  # (sh, sw)
-    padding: tuple  # (ph, pw)
-    backend: str
-
-
-def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
-    """2-D convolution (cross-correlation, as torch's ``conv2d``) by im2col + GEMM.
-
-    Args:
-        x: ``(N, C, H, W)`` float32/float64 input.
-        w: ``(F, C, kh, kw)`` weights, same dtype.
-        b: ``(F,)`` bias, same dtype.
-        stride, padding: an int or a pair ``(along H, along W)``; zero padding.
-        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.backend`).
-
-    Returns:
-        out: ``(N, F, Ho, Wo)`` with ``Ho = (H + 2ph - kh) // sh + 1``:
-            ``out[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f,c,i,j] * xpad[n, c, oh*sh+i, ow*sw+j]``,
-            computed per image as ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``.
-        cache: :class:`Conv2dCache`.
-    """
-    backend, xp, (x, w, b) = _prepare(backend, {"x": x, "w": w, "b": b})
-    check_shape(x, "x", (None, None, None, None))
-    n, c, h, wd = x.shape
-    check_shape(w, "w", (None, c, None, None))
-    f, _, kh, kw = w.shape
-    check_shape(b, "b", (f,))
-    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"stride: expected positive ints, got {stride!r}")
-    if ph < 0 or pw < 0:
-        raise ValueError(f"padding: expected non-negative ints, got {padding!r}")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"w: kernel size must be at least 1x1, got {kh}x{kw}")
-    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(wd, kw, sw, pw)
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"x: input {h}x{wd} is smaller than the {kh}x{kw} kernel with padding {(ph, pw)}"
-        )
-    cols = _im2col(backend, x, (kh, kw), (sh, sw), (ph, pw))  # (N, CK, L)
-    out = xp.matmul(w.reshape(f, c * kh * kw), cols)  # (N, F, L), one GEMM per image
-    out += b[None, :, None]
-    cache = Conv2dCache(cols, w, (n, c, h, wd), (sh, sw), (ph, pw), backend)
-    return out.reshape(n, f, ho, wo), cache
-
-
-def conv2d_backward(dout, cache: Conv2dCache):
-    """Gradients of :func:`conv2d_forward`.
-
-    Args:
-        dout: ``(N, F, Ho, Wo)`` gradient of the output.
-        cache: from the forward.
-
-    Returns:
-        dx: ``(N, C, H, W)`` = ``col2im(W^T @ dout[n])``;
-        dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T``;
-        db: ``(F,)`` = ``dout`` summed over ``n, oh, ow``.
-    """
-    cols, w, x_shape, stride, padding, backend = cache
-    xp = _backend.get_array_module(cols)
-    f, c, kh, kw = w.shape
-    n = x_shape[0]
-    ho = conv_output_size(x_shape[2], kh, stride[0], padding[0])
-    wo = conv_output_size(x_shape[3], kw, stride[1], padding[1])
-    dout = _check_grad(dout, "dout", (n, f, ho, wo), w.dtype, xp).reshape(n, f, ho * wo)
-    db = dout.sum(axis=(0, 2))
-    w2 = w.reshape(f, c * kh * kw)
-    dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)
-    for i in range(n):  # per-image GEMM: no transposed copy of cols
-        dw += dout[i] @ cols[i].T
-    dcols = xp.matmul(w2.T, dout)  # (N, CK, L)
-    dx = _col2im(backend, dcols, x_shape, (kh, kw), stride, padding)
-    return dx, dw.reshape(w.shape), db
-
+__all__ = [
+    "conv_output_size",
+    "im2col",
+    "col2im",
+    "Conv2dCache",
+    "conv2d_forward",
+    "conv2d_backward",
+    "ReluCache",
+    "relu_forward",
+    "relu_backward",
+    "MaxPool2dCache",
+    "max_pool2d_reference",
+    "max_pool2d_backward_reference",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "LinearCache",
+    "linear_forward",
+    "linear_backward",
+    "DropoutCache",
+    "dropout_forward",
+    "dropout_backward",
+    "BatchNorm2dCache",
+    "batchnorm2d_forward",
+    "batchnorm2d_backward",
+]
 
 # ----------------------------------------------------------------------------- relu
 
@@ -272,7 +80,7 @@ class ReluCache(NamedTuple):
 
 def relu_forward(x, *, backend=None):
     """``out = max(x, 0)`` elementwise; ``x`` any shape, float32/float64."""
-    backend, xp, (x,) = _prepare(backend, {"x": x})
+    backend, xp, (x,) = prepare(backend, {"x": x})
     mask = x > 0
     return xp.where(mask, x, xp.zeros((), dtype=x.dtype)), ReluCache(mask, backend)
 
@@ -284,126 +92,6 @@ def relu_backward(dout, cache: ReluCache):
     dout = _backend.to_numpy(dout) if xp is np else xp.asarray(dout)
     check_shape(dout, "dout", cache.mask.shape)
     return xp.where(cache.mask, dout, xp.zeros((), dtype=dout.dtype))
-
-
-# ----------------------------------------------------------------------------- max pool
-
-
-class MaxPool2dCache(NamedTuple):
-    """What :func:`max_pool2d_backward` needs: where each window's maximum came from."""
-
-    argmax: Any  # (N, C, Ho, Wo) int64 flat index h * W + w into the H x W plane
-    x_shape: tuple  # (N, C, H, W)
-    kernel_size: tuple  # (kh, kw)
-    stride: tuple  # (sh, sw)
-    backend: str
-
-
-def max_pool2d_reference(x, kernel_size, stride):
-    """Max pooling, NumPy reference: no padding, floor mode, first maximum wins.
-
-    Args:
-        x: ``(N, C, H, W)`` float32/float64.
-        kernel_size, stride: ``(kh, kw)``, ``(sh, sw)``.
-
-    Returns:
-        out: ``(N, C, Ho, Wo)``, ``Ho = (H - kh) // sh + 1``:
-            ``out[n, c, oh, ow] = max_{i,j} x[n, c, oh*sh + i, ow*sw + j]``.
-        argmax: ``(N, C, Ho, Wo)`` int64, the flat index ``h * W + w`` of the *first*
-            maximum in row-major window order (a NaN counts as the maximum).
-    """
-    xp = _backend.get_array_module(x)
-    (kh, kw), (sh, sw) = kernel_size, stride
-    n, c, h, w = x.shape
-    ho, wo = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    # windows[k] = the k-th element (k = i*kw + j) of every window: (kh*kw, N, C, Ho, Wo)
-    windows = xp.stack(
-        [_offset_view(x, i, j, ho, wo, sh, sw) for i in range(kh) for j in range(kw)]
-    )
-    k = windows.argmax(axis=0)  # first occurrence of the maximum (NaN is the maximum)
-    out = xp.take_along_axis(windows, k[None], axis=0)[0]
-    i, j = k // kw, k % kw
-    oh = xp.arange(ho).reshape(ho, 1)
-    ow = xp.arange(wo).reshape(1, wo)
-    argmax = (oh * sh + i) * w + (ow * sw + j)
-    return out, argmax.astype(xp.int64)
-
-
-def max_pool2d_backward_reference(dout, argmax, x_shape):
-    """Scatter-add ``dout (N, C, Ho, Wo)`` to the argmax pixels: ``dx (N, C, H, W)``.
-
-    Overlapping windows (stride < kernel) that chose the same pixel add up.
-    """
-    xp = _backend.get_array_module(dout)
-    n, c, h, w = x_shape
-    per_plane = argmax.shape[2] * argmax.shape[3]
-    dx = xp.zeros((n * c, h * w), dtype=dout.dtype)
-    plane = xp.arange(n * c).reshape(n * c, 1)
-    xp.add.at(dx, (plane, argmax.reshape(n * c, per_plane)), dout.reshape(n * c, per_plane))
-    return dx.reshape(n, c, h, w)
-
-
-def max_pool2d_forward(x, kernel_size, stride=None, *, backend=None):
-    """2-D max pooling with torch's semantics (no padding, floor mode, dilation 1).
-
-    Args:
-        x: ``(N, C, H, W)`` float32/float64.
-        kernel_size: an int or ``(kh, kw)``.
-        stride: an int, a pair, or None for ``kernel_size`` (torch's default).
-        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None.
-
-    Returns:
-        out: ``(N, C, Ho, Wo)``, ``Ho = (H - kh) // sh + 1``; on ties the first maximum
-            in row-major window order wins.
-        cache: :class:`MaxPool2dCache` (holds the ``argmax``).
-    """
-    backend, xp, (x,) = _prepare(backend, {"x": x})
-    check_shape(x, "x", (None, None, None, None))
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = (kh, kw) if stride is None else _pair(stride, "stride")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"kernel_size: expected positive ints, got {kernel_size!r}")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"stride: expected positive ints, got {stride!r}")
-    n, c, h, w = x.shape
-    ho, wo = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"x: input {h}x{w} is smaller than the {kh}x{kw} pooling window")
-    if backend == "numpy":
-        out, argmax = max_pool2d_reference(x, (kh, kw), (sh, sw))
-    else:
-        from minirccn.kernels import pool as kpool
-
-        out = xp.empty((n, c, ho, wo), dtype=x.dtype)
-        argmax = xp.empty((n, c, ho, wo), dtype=xp.int64)
-        run = kpool.max_pool_cpu if backend == "numba" else kpool.max_pool_gpu
-        run(xp.ascontiguousarray(x), kh, kw, sh, sw, out, argmax)
-    return out, MaxPool2dCache(argmax, (n, c, h, w), (kh, kw), (sh, sw), backend)
-
-
-def max_pool2d_backward(dout, cache: MaxPool2dCache):
-    """Gradient of :func:`max_pool2d_forward`: ``dout`` routed to each window's argmax.
-
-    Args:
-        dout: ``(N, C, Ho, Wo)`` float32/float64.
-
-    Returns:
-        dx: ``(N, C, H, W)``, same dtype as ``dout``.
-    """
-    argmax, x_shape, (kh, kw), (sh, sw), backend = cache
-    xp = _backend.get_array_module(argmax)
-    dout = check_float(dout, "dout")
-    dout = _backend.to_numpy(dout) if xp is np else xp.asarray(dout)
-    check_shape(dout, "dout", argmax.shape)
-    if backend == "numpy":
-        return max_pool2d_backward_reference(dout, argmax, x_shape)
-    from minirccn.kernels import pool as kpool
-
-    dx = xp.empty(x_shape, dtype=dout.dtype)
-    dout = xp.ascontiguousarray(dout)
-    if backend == "numba":
-        return kpool.max_pool_backward_cpu(dout, argmax, dx)
-    return kpool.max_pool_backward_gpu(dout, argmax, kh, kw, sh, sw, dx)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -428,7 +116,7 @@ def linear_forward(x, w, b, *, backend=None):
     Returns:
         out: ``(N, M)``; cache: :class:`LinearCache`.
     """
-    backend, xp, (x, w, b) = _prepare(backend, {"x": x, "w": w, "b": b})
+    backend, xp, (x, w, b) = prepare(backend, {"x": x, "w": w, "b": b})
     check_shape(x, "x", (None, None))
     check_shape(w, "w", (x.shape[1], None))
     check_shape(b, "b", (w.shape[1],))
@@ -443,7 +131,7 @@ def linear_backward(dout, cache: LinearCache):
     """
     x, w, _backend_name = cache
     xp = _backend.get_array_module(x)
-    dout = _check_grad(dout, "dout", (x.shape[0], w.shape[1]), x.dtype, xp)
+    dout = check_grad(dout, "dout", (x.shape[0], w.shape[1]), x.dtype, xp)
     return dout @ w.T, x.T @ dout, dout.sum(axis=0)
 
 
@@ -470,7 +158,7 @@ def dropout_forward(x, p, rng, train=True, *, backend=None):
     Returns:
         out: ``x * mask``; cache: :class:`DropoutCache`.
     """
-    backend, xp, (x,) = _prepare(backend, {"x": x})
+    backend, xp, (x,) = prepare(backend, {"x": x})
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
         raise TypeError(f"p: expected a number in [0, 1], got {p!r}")
     if not 0.0 <= float(p) <= 1.0:
@@ -526,7 +214,7 @@ def batchnorm2d_forward(
         out: ``gamma * (x - mean) / sqrt(var + eps) + beta`` (biased ``var`` in train mode);
         cache: :class:`BatchNorm2dCache`.
     """
-    backend, xp, (x, gamma, beta) = _prepare(backend, {"x": x, "gamma": gamma, "beta": beta})
+    backend, xp, (x, gamma, beta) = prepare(backend, {"x": x, "gamma": gamma, "beta": beta})
     check_shape(x, "x", (None, None, None, None))
     c = x.shape[1]
     check_shape(gamma, "gamma", (c,))
@@ -570,7 +258,7 @@ def batchnorm2d_backward(dout, cache: BatchNorm2dCache):
     """
     xhat, inv_std, gamma, train, _backend_name = cache
     xp = _backend.get_array_module(xhat)
-    dout = _check_grad(dout, "dout", xhat.shape, xhat.dtype, xp)
+    dout = check_grad(dout, "dout", xhat.shape, xhat.dtype, xp)
     dbeta = dout.sum(axis=(0, 2, 3))
     dgamma = (dout * xhat).sum(axis=(0, 2, 3))
     scale = (gamma * inv_std)[None, :, None, None]

@@ -19,8 +19,9 @@ variance: ``(1, 1, 1, 1)`` for the RPN, ``(10, 10, 5, 5)`` for the box head.
 
 Arithmetic is done in the common dtype of the inputs. Both ops are elementwise
 and cheap, so every backend runs this NumPy code (on CuPy arrays for ``cuda``
-on a GPU); there are no kernels. A box of zero width or height gives ``inf``
-or NaN deltas, as in torchvision (drop such boxes first).
+on a GPU; see :mod:`minirccn.dispatch`); there are no kernels. A box of zero
+width or height gives ``inf`` or NaN deltas, as in torchvision (drop such boxes
+first).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from minirccn import backend as _backend
 from minirccn._checks import check_boxes, check_float, check_positive, check_shape, same_module
+from minirccn.dispatch import kernel
 
 #: clamp of ``dw``, ``dh`` in :func:`decode_boxes`: a box grows at most 1000/16 times
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
@@ -125,7 +127,7 @@ def encode_boxes(reference_boxes, proposals, weights=(1.0, 1.0, 1.0, 1.0), *, ba
     reference_boxes, proposals = (
         _backend.to_backend(a, name).astype(dtype, copy=False) for a in (reference_boxes, proposals)
     )
-    return encode_boxes_reference(reference_boxes, proposals, weights)
+    return kernel("encode_boxes", name)(reference_boxes, proposals, weights)
 
 
 def decode_boxes(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0), *, backend=None):
@@ -153,7 +155,7 @@ def decode_boxes(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0), *, backend=None):
     deltas, boxes = (
         _backend.to_backend(a, name).astype(dtype, copy=False) for a in (deltas, boxes)
     )
-    return decode_boxes_reference(deltas, boxes, weights)
+    return kernel("decode_boxes", name)(deltas, boxes, weights)
 
 
 def _check_weights(weights) -> tuple[float, float, float, float]:

@@ -19,7 +19,8 @@ Each ``<op>_reference`` is plain NumPy written against an array module ``xp``
 so it runs unchanged on CuPy arrays. Only :func:`box_iou` has kernels
 (``numba``, ``cuda``); :func:`box_area`, :func:`clip_boxes` and
 :func:`remove_small_boxes` are cheap elementwise work and run the reference on
-every backend (on CuPy arrays for ``cuda`` on a GPU).
+every backend (on CuPy arrays for ``cuda`` on a GPU). Which function runs is
+looked up in :mod:`minirccn.dispatch`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from minirccn import backend as _backend
 from minirccn._checks import as_array, check_boxes, check_positive, same_module
+from minirccn.dispatch import kernel
 
 # ----------------------------------------------------------------------------- references
 
@@ -122,7 +124,7 @@ def box_area(boxes, *, backend=None):
     """
     boxes = check_boxes(boxes, "boxes")
     name = _backend.resolve(backend, boxes)
-    return box_area_reference(_backend.to_backend(boxes, name))
+    return kernel("box_area", name)(_backend.to_backend(boxes, name))
 
 
 def box_iou(boxes1, boxes2, *, backend=None):
@@ -145,13 +147,7 @@ def box_iou(boxes1, boxes2, *, backend=None):
     dtype = np.result_type(boxes1.dtype, boxes2.dtype)
     boxes1 = xp.ascontiguousarray(_backend.to_backend(boxes1, name), dtype=dtype)
     boxes2 = xp.ascontiguousarray(_backend.to_backend(boxes2, name), dtype=dtype)
-    if name == "numpy":
-        return box_iou_reference(boxes1, boxes2)
-    from minirccn.kernels import boxes as kernels
-
-    if name == "numba":
-        return kernels.box_iou_cpu(boxes1, boxes2)
-    return kernels.box_iou_cuda(boxes1, boxes2, xp)
+    return kernel("box_iou", name)(boxes1, boxes2)
 
 
 def clip_boxes(boxes, image_size, *, backend=None):
@@ -168,7 +164,7 @@ def clip_boxes(boxes, image_size, *, backend=None):
     boxes = check_boxes(boxes, "boxes")
     image_size = _check_image_size(image_size)
     name = _backend.resolve(backend, boxes)
-    return clip_boxes_reference(_backend.to_backend(boxes, name), image_size)
+    return kernel("clip_boxes", name)(_backend.to_backend(boxes, name), image_size)
 
 
 def remove_small_boxes(boxes, min_size, *, backend=None):
@@ -186,7 +182,7 @@ def remove_small_boxes(boxes, min_size, *, backend=None):
     boxes = check_boxes(boxes, "boxes")
     min_size = check_positive(min_size, "min_size", allow_zero=True)
     name = _backend.resolve(backend, boxes)
-    return remove_small_boxes_reference(_backend.to_backend(boxes, name), min_size)
+    return kernel("remove_small_boxes", name)(_backend.to_backend(boxes, name), min_size)
 
 
 def _check_image_size(image_size) -> tuple[float, float]:

@@ -26,10 +26,13 @@ coordinate makes every shifted box NaN so nothing is suppressed. minirccn
 always suppresses per category, which gives the same answer as torchvision on
 every test case without a NaN.)
 
-Backends: ``numpy`` runs the references below; ``numba`` and ``cuda`` run the
-kernels of :mod:`minirccn.kernels.nms` on boxes sorted here by the same
-:func:`score_order` (see that module for how each kernel works and which GPU
-path runs).
+Every backend sorts the boxes here by :func:`score_order`, then runs the
+greedy walk over the sorted boxes that :mod:`minirccn.dispatch` names for it:
+``numpy`` the reference :func:`nms_sorted_reference`, ``numba`` and ``cuda``
+the kernels of :mod:`minirccn.kernels.nms` (see that module for how each works).
+Categories (``batched_nms``) are labels the walk compares; the reference
+:func:`batched_nms_reference` instead runs :func:`nms_reference` per category,
+an independent statement of the same rule.
 """
 
 from __future__ import annotations
@@ -37,8 +40,16 @@ from __future__ import annotations
 import numpy as np
 
 from minirccn import backend as _backend
-from minirccn._checks import as_array, check_boxes, check_positive, check_scores, check_shape, same_module
-from minirccn.ops.boxes import box_area_reference, box_iou_reference
+from minirccn._checks import (
+    as_array,
+    check_boxes,
+    check_positive,
+    check_scores,
+    check_shape,
+    same_module,
+)
+from minirccn.dispatch import kernel
+from minirccn.ops.boxes import box_iou_reference
 
 # ----------------------------------------------------------------------------- references
 
@@ -76,6 +87,34 @@ def _in_order(kept, order):
     return order[flags[order]]
 
 
+def nms_sorted_reference(boxes, labels, iou_threshold):
+    """The greedy walk over boxes already in score order: the core of NMS, in NumPy.
+
+    Args:
+        boxes: ``(N, 4)`` float32 or float64 ``(x1, y1, x2, y2)``, in walk order.
+        labels: ``(N,)`` int64 category of each box, or None (one category).
+        iou_threshold: float; a kept box suppresses the later boxes of its
+            category with ``IoU > iou_threshold`` (IoU in the boxes' dtype,
+            compared in float64).
+
+    Returns:
+        ``(K,)`` int64 positions (into ``boxes``) of the kept boxes, ascending.
+    """
+    xp = _backend.get_array_module(boxes)
+    suppressed = np.zeros(boxes.shape[0], dtype=bool)
+    keep = []
+    for i in range(boxes.shape[0]):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        iou = box_iou_reference(boxes[i : i + 1], boxes[i + 1 :])[0]  # (N - i - 1,)
+        hit = iou.astype(np.float64) > iou_threshold
+        if labels is not None:
+            hit &= labels[i + 1 :] == labels[i]
+        suppressed[i + 1 :] |= _backend.to_numpy(hit)
+    return xp.asarray(np.array(keep, dtype=np.int64))
+
+
 def nms_reference(boxes, scores, iou_threshold):
     """Greedy NMS in NumPy: the specification.
 
@@ -88,18 +127,8 @@ def nms_reference(boxes, scores, iou_threshold):
     Returns:
         ``(K,)`` int64 indices of the kept boxes, in :func:`score_order`.
     """
-    xp = _backend.get_array_module(boxes)
     order = score_order(scores)
-    ordered = boxes[order]  # (N, 4) in walk order
-    suppressed = np.zeros(order.shape[0], dtype=bool)
-    keep = []
-    for i in range(order.shape[0]):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        iou = box_iou_reference(ordered[i : i + 1], ordered[i + 1 :])[0]  # (N - i - 1,)
-        suppressed[i + 1 :] |= _backend.to_numpy(iou.astype(np.float64) > iou_threshold)
-    return order[xp.asarray(np.array(keep, dtype=np.int64))]
+    return order[nms_sorted_reference(boxes[order], None, iou_threshold)]
 
 
 def batched_nms_reference(boxes, scores, idxs, iou_threshold):
@@ -141,9 +170,7 @@ def nms(boxes, scores, iou_threshold, *, backend=None):
     boxes, scores, iou_threshold = _check(boxes, scores, iou_threshold)
     name = _backend.resolve(backend, boxes, scores)
     boxes, scores = (_backend.to_backend(a, name) for a in (boxes, scores))
-    if name == "numpy":
-        return nms_reference(boxes, scores, iou_threshold)
-    return _nms_kernel(name, boxes, scores, None, iou_threshold)
+    return _sort_and_walk(name, boxes, scores, None, iou_threshold)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
@@ -168,9 +195,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
     name = _backend.resolve(backend, boxes, scores, idxs)
     boxes, scores, idxs = (_backend.to_backend(a, name) for a in (boxes, scores, idxs))
     idxs = idxs.astype(np.int64, copy=False)
-    if name == "numpy":
-        return batched_nms_reference(boxes, scores, idxs, iou_threshold)
-    return _nms_kernel(name, boxes, scores, idxs, iou_threshold)
+    return _sort_and_walk(name, boxes, scores, idxs, iou_threshold)
 
 
 def _check(boxes, scores, iou_threshold):
@@ -181,11 +206,11 @@ def _check(boxes, scores, iou_threshold):
     return boxes, scores, check_positive(iou_threshold, "iou_threshold", allow_zero=True)
 
 
-def _nms_kernel(name, boxes, scores, idxs, iou_threshold):
-    """Sort with the reference rule, run the ``numba`` or ``cuda`` kernel, map back to indices.
+def _sort_and_walk(name, boxes, scores, idxs, iou_threshold):
+    """Sort by :func:`score_order`, run the walk of backend ``name``, map positions to indices.
 
     Args:
-        name: ``"numba"`` or ``"cuda"``.
+        name: the resolved backend; the walk is ``kernel("nms_sorted", name)``.
         boxes: ``(N, 4)`` float array of the backend's module.
         scores: ``(N,)`` float.
         idxs: ``(N,)`` int64 categories, or None for plain NMS.
@@ -194,27 +219,7 @@ def _nms_kernel(name, boxes, scores, idxs, iou_threshold):
     Returns:
         ``(K,)`` int64 indices in :func:`score_order`.
     """
-    from minirccn.kernels import nms as kernels
-
-    xp = _backend.array_module(name)
-    n = boxes.shape[0]
-    if n == 0:
-        return xp.zeros(0, dtype=np.int64)
-    walk = order = score_order(scores)  # (N,) the walk order
-    if name == "cuda":
-        labels = xp.zeros(n, dtype=np.int64) if idxs is None else idxs[order]
-        ordered = xp.ascontiguousarray(boxes[order])
-        positions = kernels.nms_cuda(
-            ordered, box_area_reference(ordered), xp.ascontiguousarray(labels), iou_threshold, xp
-        )
-        return order[xp.asarray(positions)]
-    if idxs is None:
-        starts = np.array([0, n], dtype=np.int64)  # one segment
-    else:  # one segment per category, each in walk order (the reference's per-category loop)
-        order = order[np.argsort(idxs[order], kind="stable")]
-        changes = np.nonzero(np.diff(idxs[order]))[0] + 1
-        starts = np.concatenate([[0], changes, [n]]).astype(np.int64)
-    ordered = np.ascontiguousarray(boxes[order])
-    keep = kernels.nms_segments_cpu(ordered, box_area_reference(ordered), starts, iou_threshold)
-    kept = order[keep]
-    return kept if idxs is None else _in_order(kept, walk)
+    order = score_order(scores)  # (N,) the walk order
+    labels = None if idxs is None else idxs[order]
+    positions = kernel("nms_sorted", name)(boxes[order], labels, iou_threshold)
+    return order[positions]

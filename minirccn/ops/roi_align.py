@@ -61,7 +61,9 @@ and its backward is the transpose::
 
     grad[b_r, c] += A_y[r].T @ grad_out[r, c] @ A_x[r] / (G_h * G_w)
 
-The kernels (:mod:`minirccn.kernels.roi_align`) receive the same tables and walk
+Every backend builds the tables here, then runs what :mod:`minirccn.dispatch`
+names: ``numpy`` :func:`roi_align_tables_reference` (the matrices above), the
+kernels (:mod:`minirccn.kernels.roi_align`), which receive the same tables and walk
 the samples one by one as torchvision does, adding ``w_y * w_x * X`` for the 4
 neighbours; so the sums are added in another order than the reference's matrix
 products and agree to rounding, not bit for bit.
@@ -76,6 +78,7 @@ import numpy as np
 
 from minirccn import backend as _backend
 from minirccn._checks import check_float, check_positive, check_shape
+from minirccn.dispatch import kernel
 from minirccn.ops.roi_pool import (
     _check_coordinates,
     _check_input_shape,
@@ -251,12 +254,27 @@ def roi_align_reference(
     Returns:
         ``(R, C, ph, pw)`` features' dtype.
     """
+    height, width = features.shape[2:]
+    tab = sample_tables(rois, output_size, spatial_scale, sampling_ratio, aligned, height, width)
+    return roi_align_tables_reference(features, tab)
+
+
+def roi_align_tables_reference(features, tab: SampleTables):
+    """Steps 5-6 of the rule: every bin's average of its samples, the samples given by ``tab``.
+
+    Args:
+        features: ``(N, C, H, W)`` float32 or float64 feature maps.
+        tab: the :class:`SampleTables` of the RoIs (from :func:`sample_tables`).
+
+    Returns:
+        ``(R, C, ph, pw)`` features' dtype, as :func:`roi_align_reference`. (This is
+        the signature every RoIAlign kernel shares: see :mod:`minirccn.dispatch`.)
+    """
     n, c, height, width = features.shape
-    ph, pw = output_size
-    tab = sample_tables(rois, (ph, pw), spatial_scale, sampling_ratio, aligned, height, width)
+    ph, pw = tab.y.lo.shape[1], tab.x.lo.shape[1]
     a_y = interpolation_matrix(tab.y, height)  # (R, ph, H)
     a_x = interpolation_matrix(tab.x, width)  # (R, pw, W)
-    out = np.zeros((rois.shape[0], c, ph, pw), dtype=features.dtype)
+    out = np.zeros((tab.batch.shape[0], c, ph, pw), dtype=features.dtype)
     for b in range(n):  # RoIs of one image at a time: no (R, C, H, W) copy of the maps
         rs = np.flatnonzero(tab.batch == b)
         rows = np.einsum("rih,chw->rciw", a_y[rs], features[b], optimize=True)  # (Rb, C, ph, W)
@@ -287,6 +305,21 @@ def roi_align_backward_reference(
     """
     n, c, height, width = input_shape
     tab = sample_tables(rois, output_size, spatial_scale, sampling_ratio, aligned, height, width)
+    return roi_align_backward_tables_reference(grad_out, tab, input_shape)
+
+
+def roi_align_backward_tables_reference(grad_out, tab: SampleTables, input_shape):
+    """The backward of :func:`roi_align_tables_reference`: the samples given by ``tab``.
+
+    Args:
+        grad_out: ``(R, C, ph, pw)`` float32 or float64, dLoss/d``out``.
+        tab: the :class:`SampleTables` of the RoIs (from :func:`sample_tables`).
+        input_shape: ``(N, C, H, W)`` of the features.
+
+    Returns:
+        ``(N, C, H, W)`` grad_out's dtype, as :func:`roi_align_backward_reference`.
+    """
+    n, c, height, width = input_shape
     a_y = interpolation_matrix(tab.y, height)  # (R, ph, H)
     a_x = interpolation_matrix(tab.x, width)  # (R, pw, W)
     g = grad_out / tab.count[:, None, None, None]  # (R, C, ph, pw)
@@ -343,13 +376,8 @@ def roi_align(
     features, rois = _backend.to_backend(features, name), _backend.to_backend(rois, name)
     _check_coordinates(rois, spatial_scale, xp)
     args = (output_size, spatial_scale, sampling_ratio, aligned)
-    if name == "numpy":
-        return roi_align_reference(features, rois, *args)
-    from minirccn.kernels import roi_align as kernels
-
     tab = sample_tables(rois, *args, features.shape[2], features.shape[3], xp)
-    run = kernels.roi_align_forward_cpu if name == "numba" else kernels.roi_align_forward_cuda
-    return run(xp.ascontiguousarray(features), tab)
+    return kernel("roi_align", name)(features, tab)
 
 
 def roi_align_backward(
@@ -392,13 +420,8 @@ def roi_align_backward(
     grad_out, rois = _backend.to_backend(grad_out, name), _backend.to_backend(rois, name)
     _check_coordinates(rois, spatial_scale, xp)
     args = (output_size, spatial_scale, sampling_ratio, aligned)
-    if name == "numpy":
-        return roi_align_backward_reference(grad_out, rois, input_shape, *args)
-    from minirccn.kernels import roi_align as kernels
-
     tab = sample_tables(rois, *args, height, width, xp)
-    run = kernels.roi_align_backward_cpu if name == "numba" else kernels.roi_align_backward_cuda
-    return run(xp.ascontiguousarray(grad_out), tab, input_shape)
+    return kernel("roi_align_backward", name)(grad_out, tab, input_shape)
 
 
 # ----------------------------------------------------------------------------- layer form

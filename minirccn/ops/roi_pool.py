@@ -33,8 +33,9 @@ The backward pass scatters each output gradient back to its argmax cell
 (``argmax == -1`` sends nothing), summing where cells are shared.
 
 Steps 1-3 (the bins) are computed once, vectorised, by :func:`roi_bins` for
-every backend; the kernels in :mod:`minirccn.kernels.roi_pool` receive the bins
-and only do steps 4-5 and the backward scatter.
+every backend; then :func:`roi_pool_bins_reference` (``numpy``) or a kernel of
+:mod:`minirccn.kernels.roi_pool` (``numba``, ``cuda``; see
+:mod:`minirccn.dispatch`) does steps 4-5, and the backward scatter.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import numpy as np
 
 from minirccn import backend as _backend
 from minirccn._checks import as_array, check_float, check_positive, check_shape, same_module
+from minirccn.dispatch import kernel
 
 #: Start of every max (and the output of a bin with no value above it): float32's lowest.
 LOWEST = float(np.finfo(np.float32).min)
@@ -140,10 +142,25 @@ def roi_pool_reference(features, rois, output_size, spatial_scale=1.0):
         ``argmax``: ``(R, C, ph, pw)`` int64 flat index ``h * W + w`` of that max,
         -1 where no cell was taken.
     """
-    n, c, height, width = features.shape
-    ph, pw = output_size
-    batch, hstart, hend, wstart, wend = roi_bins(rois, (ph, pw), spatial_scale, height, width)
-    r = rois.shape[0]
+    bins = roi_bins(rois, output_size, spatial_scale, features.shape[2], features.shape[3])
+    return roi_pool_bins_reference(features, *bins)
+
+
+def roi_pool_bins_reference(features, batch, hstart, hend, wstart, wend):
+    """Steps 4-5 of the rule: the first maximum of every bin, bins given by :func:`roi_bins`.
+
+    Args:
+        features: ``(N, C, H, W)`` float32 or float64 feature maps.
+        batch: ``(R,)`` int64 image of each RoI.
+        hstart, hend: ``(R, ph)`` int64 rows of each bin, clipped to ``[0, H]``.
+        wstart, wend: ``(R, pw)`` int64 columns of each bin, clipped to ``[0, W]``.
+
+    Returns:
+        ``(out, argmax)`` as :func:`roi_pool_reference` returns them. (This is
+        the signature every RoI pooling kernel shares: see :mod:`minirccn.dispatch`.)
+    """
+    c, width = features.shape[1], features.shape[3]
+    r, ph, pw = batch.shape[0], hstart.shape[1], wstart.shape[1]
     out = np.zeros((r, c, ph, pw), dtype=features.dtype)
     argmax = np.full((r, c, ph, pw), -1, dtype=np.int64)
     for k in range(r):
@@ -245,13 +262,8 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0, *, backend=None):
     xp = _backend.array_module(name)
     features, rois = _backend.to_backend(features, name), _backend.to_backend(rois, name)
     _check_coordinates(rois, spatial_scale, xp)
-    if name == "numpy":
-        return roi_pool_reference(features, rois, output_size, spatial_scale)
-    from minirccn.kernels import roi_pool as kernels
-
     bins = roi_bins(rois, output_size, spatial_scale, features.shape[2], features.shape[3], xp)
-    run = kernels.roi_pool_forward_cpu if name == "numba" else kernels.roi_pool_forward_cuda
-    return run(xp.ascontiguousarray(features), *bins)
+    return kernel("roi_pool", name)(features, *bins)
 
 
 def roi_pool_backward(grad_out, rois, argmax, input_shape, *, backend=None):
@@ -276,16 +288,9 @@ def roi_pool_backward(grad_out, rois, argmax, input_shape, *, backend=None):
     argmax = _check_argmax(argmax, grad_out.shape, height * width)
     same_module("grad_out", grad_out, "argmax", argmax)
     name = _backend.resolve(backend, grad_out, rois, argmax)
-    xp = _backend.array_module(name)
     grad_out, rois, argmax = (_backend.to_backend(a, name) for a in (grad_out, rois, argmax))
     argmax = argmax.astype(np.int64, copy=False)
-    if name == "numpy":
-        return roi_pool_backward_reference(grad_out, rois, argmax, input_shape)
-    from minirccn.kernels import roi_pool as kernels
-
-    batch = rois[:, 0].astype(np.int64)
-    run = kernels.roi_pool_backward_cpu if name == "numba" else kernels.roi_pool_backward_cuda
-    return run(xp.ascontiguousarray(grad_out), batch, xp.ascontiguousarray(argmax), input_shape)
+    return kernel("roi_pool_backward", name)(grad_out, rois, argmax, input_shape)
 
 
 # ----------------------------------------------------------------------------- layer form

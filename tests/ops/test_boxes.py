@@ -231,7 +231,7 @@ def test_gpu_box_ops_match_reference(dtype):
     np.testing.assert_array_equal(
         iou.get(), box_iou_reference(a, b)
     )  # libdevice multiplies: no FMA
-    np.testing.assert_array_equal(kernels.box_iou_cuda(ga, gb, cupy).get(), box_iou_reference(a, b))
+    np.testing.assert_array_equal(kernels.box_iou_cuda(ga, gb).get(), box_iou_reference(a, b))
     np.testing.assert_allclose(box_area(ga).get(), box_area_reference(a), rtol=1e-6)
     np.testing.assert_allclose(
         clip_boxes(ga, (300, 200)).get(), clip_boxes_reference(a, (300, 200))

@@ -1,0 +1,162 @@
+"""2-D convolution with an explicit backward: im2col + GEMM forward, GEMM + col2im backward.
+
+``out, cache = conv2d_forward(x, w, b, stride, padding)`` unfolds every input
+patch into a column (:func:`im2col`), so the convolution is one matrix product
+per image; ``dx, dw, db = conv2d_backward(dout, cache)`` runs the products
+backwards and folds the columns' gradient back onto the input (:func:`col2im`,
+the adjoint of :func:`im2col`).
+
+:func:`im2col` and :func:`col2im` below are the NumPy reference; the kernels with
+the same signatures are in ``kernels/conv.py`` (Numba, Numba-CUDA), and
+:mod:`minirccn.dispatch` says which runs on which backend. The GEMMs are
+NumPy's BLAS (or CuPy's cuBLAS).
+
+Shapes: ``N`` images, ``C`` input channels, ``F`` output channels (filters),
+``H, W`` map size, ``kh, kw`` kernel size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from minirccn import backend as _backend
+from minirccn._checks import check_shape
+from minirccn.dispatch import kernel
+from minirccn.nn._common import check_grad, conv_output_size, geometry, offset_view, pair, prepare
+
+# ----------------------------------------------------------------------------- im2col (reference)
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Unfold every ``kh x kw`` input patch into a column (the NumPy reference).
+
+    Args:
+        x: ``(N, C, H, W)`` float32/float64 input.
+        kernel_size, stride, padding: ``(kh, kw)``, ``(sh, sw)``, ``(ph, pw)`` (ints or pairs).
+
+    Returns:
+        cols: ``(N, C*kh*kw, Ho*Wo)``, same dtype, with
+        ``cols[n, (c*kh + i)*kw + j, oh*Wo + ow] = xpad[n, c, oh*sh + i, ow*sw + j]``
+        where ``xpad`` is ``x`` with ``ph``/``pw`` zeros around it and
+        ``Ho = (H + 2ph - kh) // sh + 1`` (``Wo`` likewise).
+
+    One strided slice per kernel offset ``(i, j)``: ``kh * kw`` vectorised copies.
+    """
+    xp = _backend.get_array_module(x)
+    (kh, kw), (sh, sw), (ph, pw) = geometry(kernel_size, stride, padding)
+    n, c, h, w = x.shape
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = offset_view(xpad, i, j, ho, wo, sh, sw)
+    return cols.reshape(n, c * kh * kw, ho * wo)
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
+    """Fold columns back onto the input: the adjoint of :func:`im2col` (NumPy reference).
+
+    Args:
+        cols: ``(N, C*kh*kw, Ho*Wo)`` float, e.g. the gradient of the column matrix.
+        x_shape: ``(N, C, H, W)`` of the input that was unfolded.
+
+    Returns:
+        dx: ``(N, C, H, W)``, same dtype: every column entry is added to the input pixel
+        it was copied from (entries that came from the zero padding are dropped), in
+        kernel-offset order ``(i, j) = (0, 0), (0, 1), ...``.
+    """
+    xp = _backend.get_array_module(cols)
+    (kh, kw), (sh, sw), (ph, pw) = geometry(kernel_size, stride, padding)
+    n, c, h, w = x_shape
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            offset_view(dxpad, i, j, ho, wo, sh, sw)[...] += cols[:, :, i, j]
+    return dxpad[:, :, ph : ph + h, pw : pw + w]
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+
+class Conv2dCache(NamedTuple):
+    """What :func:`conv2d_backward` needs: the columns of the input and the weights."""
+
+    cols: Any  # (N, C*kh*kw, Ho*Wo) the unfolded input
+    w: Any  # (F, C, kh, kw) the weights
+    x_shape: tuple  # (N, C, H, W)
+    stride: tuple  # (sh, sw)
+    padding: tuple  # (ph, pw)
+    backend: str
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
+    """2-D convolution (cross-correlation, as torch's ``conv2d``) by im2col + GEMM.
+
+    Args:
+        x: ``(N, C, H, W)`` float32/float64 input.
+        w: ``(F, C, kh, kw)`` weights, same dtype.
+        b: ``(F,)`` bias, same dtype.
+        stride, padding: an int or a pair ``(along H, along W)``; zero padding.
+        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.backend`).
+
+    Returns:
+        out: ``(N, F, Ho, Wo)`` with ``Ho = (H + 2ph - kh) // sh + 1``:
+            ``out[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f,c,i,j] * xpad[n, c, oh*sh+i, ow*sw+j]``,
+            computed per image as ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``.
+        cache: :class:`Conv2dCache`.
+    """
+    backend, xp, (x, w, b) = prepare(backend, {"x": x, "w": w, "b": b})
+    check_shape(x, "x", (None, None, None, None))
+    n, c, h, wd = x.shape
+    check_shape(w, "w", (None, c, None, None))
+    f, _, kh, kw = w.shape
+    check_shape(b, "b", (f,))
+    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"stride: expected positive ints, got {stride!r}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding: expected non-negative ints, got {padding!r}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"w: kernel size must be at least 1x1, got {kh}x{kw}")
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(wd, kw, sw, pw)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"x: input {h}x{wd} is smaller than the {kh}x{kw} kernel with padding {(ph, pw)}"
+        )
+    cols = kernel("im2col", backend)(x, (kh, kw), (sh, sw), (ph, pw))  # (N, CK, L)
+    out = xp.matmul(w.reshape(f, c * kh * kw), cols)  # (N, F, L), one GEMM per image
+    out += b[None, :, None]
+    cache = Conv2dCache(cols, w, (n, c, h, wd), (sh, sw), (ph, pw), backend)
+    return out.reshape(n, f, ho, wo), cache
+
+
+def conv2d_backward(dout, cache: Conv2dCache):
+    """Gradients of :func:`conv2d_forward`.
+
+    Args:
+        dout: ``(N, F, Ho, Wo)`` gradient of the output.
+        cache: from the forward.
+
+    Returns:
+        dx: ``(N, C, H, W)`` = ``col2im(W^T @ dout[n])``;
+        dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T``;
+        db: ``(F,)`` = ``dout`` summed over ``n, oh, ow``.
+    """
+    cols, w, x_shape, stride, padding, backend = cache
+    xp = _backend.get_array_module(cols)
+    f, c, kh, kw = w.shape
+    n = x_shape[0]
+    ho = conv_output_size(x_shape[2], kh, stride[0], padding[0])
+    wo = conv_output_size(x_shape[3], kw, stride[1], padding[1])
+    dout = check_grad(dout, "dout", (n, f, ho, wo), w.dtype, xp).reshape(n, f, ho * wo)
+    db = dout.sum(axis=(0, 2))
+    w2 = w.reshape(f, c * kh * kw)
+    dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)
+    for i in range(n):  # per-image GEMM: no transposed copy of cols
+        dw += dout[i] @ cols[i].T
+    dcols = xp.matmul(w2.T, dout)  # (N, CK, L)
+    dx = kernel("col2im", backend)(dcols, x_shape, (kh, kw), stride, padding)
+    return dx, dw.reshape(w.shape), db

@@ -1,0 +1,262 @@
+"""conv2d (minirccn/nn/conv.py, kernels/conv.py): reference vs naive loops, kernels vs the
+reference bit for bit, gradient checks, argument checks."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minirccn.dispatch import kernel
+from minirccn.nn import conv
+from minirccn.nn.gradcheck import check_layer
+
+BACKENDS = ["numpy", "numba", "cuda"]  # cuda runs in Numba's simulator here (tests/conftest.py)
+# Finite differences call the forward twice per input element: too slow for the simulator.
+# The cuda kernels are instead compared bit for bit with the reference (which is gradchecked).
+CPU_BACKENDS = ["numpy", "numba"]
+DTYPES = [np.float32, np.float64]
+rng_for = np.random.default_rng
+
+
+# ----------------------------------------------------------------------------- naive oracle
+
+
+def naive_conv2d(x, w, b, s, p):
+    """Direct six-loop convolution (no im2col), float64."""
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+    out = np.zeros((n, f, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            patch = xp[:, :, i * s : i * s + kh, j * s : j * s + kw]
+            out[:, :, i, j] = (
+                np.tensordot(patch, w.astype(np.float64), axes=([1, 2, 3], [1, 2, 3])) + b
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- im2col / col2im
+
+conv_geometry = st.tuples(
+    st.integers(0, 2),  # N
+    st.integers(1, 3),  # C
+    st.integers(1, 6),  # H
+    st.integers(1, 6),  # W
+    st.integers(1, 3),  # kh
+    st.integers(1, 3),  # kw
+    st.integers(1, 3),  # sh
+    st.integers(1, 3),  # sw
+    st.integers(0, 2),  # ph
+    st.integers(0, 2),  # pw
+).filter(lambda g: g[2] + 2 * g[8] >= g[4] and g[3] + 2 * g[9] >= g[5])
+
+
+def _unpack(g):
+    n, c, h, w, kh, kw, sh, sw, ph, pw = g
+    return (n, c, h, w), (kh, kw), (sh, sw), (ph, pw)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda"])
+@given(g=conv_geometry, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+@settings(max_examples=25)
+def test_im2col_col2im_kernels_match_reference_bit_for_bit(backend, g, dtype, seed):
+    shape, k, s, p = _unpack(g)
+    rng = rng_for(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = conv.im2col(x, k, s, p)
+    fast = kernel("im2col", backend)(x, k, s, p)
+    assert fast.dtype == x.dtype and fast.shape == cols.shape
+    np.testing.assert_array_equal(fast, cols)
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    ref = conv.col2im(dcols, shape, k, s, p)
+    out = kernel("col2im", backend)(dcols, shape, k, s, p)
+    assert out.dtype == dtype and out.shape == shape
+    np.testing.assert_array_equal(out, ref)
+
+
+@given(g=conv_geometry, seed=st.integers(0, 2**16))
+def test_col2im_is_the_adjoint_of_im2col(g, seed):
+    # <im2col(x), c> == <x, col2im(c)> for every x, c: col2im is the exact transpose
+    shape, k, s, p = _unpack(g)
+    rng = rng_for(seed)
+    x = rng.standard_normal(shape)
+    cols = conv.im2col(x, k, s, p)
+    c = rng.standard_normal(cols.shape)
+    assert np.isclose(
+        (cols * c).sum(), (x * conv.col2im(c, shape, k, s, p)).sum(), rtol=1e-10, atol=1e-10
+    )
+
+
+def test_im2col_layout_is_documented_one():
+    x = np.arange(2 * 3 * 4, dtype=np.float64).reshape(1, 2, 3, 4)
+    cols = conv.im2col(x, (2, 3), (1, 1), (1, 0))  # Ho = 3 + 2 - 2 + 1 = 4, Wo = 4 - 3 + 1 = 2
+    assert cols.shape == (1, 2 * 2 * 3, 4 * 2)
+    c, i, j, oh, ow = 1, 1, 2, 2, 1
+    assert cols[0, (c * 2 + i) * 3 + j, oh * 2 + ow] == x[0, c, oh - 1 + i, ow + j]
+    assert np.all(cols[0, :6, 0:2].reshape(2, 3, 2)[0] == 0)  # i = 0, oh = 0 reads the top padding
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+
+@pytest.mark.parametrize(
+    "s,p,k", [(1, 0, 3), (1, 1, 3), (2, 1, 3), (3, 2, 2), (1, 0, 1), (2, 0, 5)]
+)
+def test_conv2d_reference_matches_naive_loops(s, p, k):
+    rng = rng_for(0)
+    x, w, b = (
+        rng.standard_normal((2, 3, 7, 6)),
+        rng.standard_normal((4, 3, k, k)),
+        rng.standard_normal(4),
+    )
+    out, _ = conv.conv2d_forward(x, w, b, s, p, backend="numpy")
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b, s, p), rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_rectangular_stride_and_padding():
+    rng = rng_for(1)
+    x, w, b = (
+        rng.standard_normal((1, 2, 6, 7)),
+        rng.standard_normal((3, 2, 3, 2)),
+        rng.standard_normal(3),
+    )
+    out, _ = conv.conv2d_forward(x, w, b, stride=(2, 1), padding=(0, 1), backend="numpy")
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 0), (1, 1)))
+    assert out.shape == (1, 3, 2, 8)
+    want = (xp[0, :, 2:5, 3:5] * w[1]).sum() + b[1]
+    assert np.isclose(out[0, 1, 1, 3], want)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_backends_match_numpy(backend, dtype):
+    rng = rng_for(2)
+    x = rng.standard_normal((2, 2, 5, 4)).astype(dtype)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    ref, rc = conv.conv2d_forward(x, w, b, 2, 1, backend="numpy")
+    out, c = conv.conv2d_forward(x, w, b, 2, 1, backend=backend)
+    assert c.backend == backend and out.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for got, want in zip(conv.conv2d_backward(dout, c), conv.conv2d_backward(dout, rc)):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_conv2d_same_bits_twice():
+    rng = rng_for(3)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = np.zeros(5, np.float32)
+    o1, c1 = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
+    o2, c2 = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
+    assert np.array_equal(o1, o2)
+    for g1, g2 in zip(conv.conv2d_backward(o1, c1), conv.conv2d_backward(o2, c2)):
+        assert np.array_equal(g1, g2)
+
+
+def test_conv2d_empty_batch():
+    out, c = conv.conv2d_forward(
+        np.zeros((0, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="numba"
+    )
+    assert out.shape == (0, 3, 3, 3)
+    dx, dw, db = conv.conv2d_backward(out, c)
+    assert dx.shape == (0, 2, 5, 5) and not dw.any() and not db.any()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("s,p", [(1, 0), (1, 1), (2, 1), (2, 0)])
+def test_conv2d_gradcheck(backend, s, p):
+    rng = rng_for(4)
+    x, w, b = (
+        rng.standard_normal((2, 2, 5, 4)),
+        rng.standard_normal((3, 2, 3, 3)),
+        rng.standard_normal(3),
+    )
+    fwd = lambda x, w, b: conv.conv2d_forward(x, w, b, s, p, backend=backend)  # noqa: E731
+    assert check_layer(fwd, conv.conv2d_backward, [x, w, b]) < 1e-7
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+@pytest.mark.parametrize(
+    "call, exc, name",
+    [
+        (
+            lambda: conv.conv2d_forward(np.ones((1, 2, 5)), np.ones((3, 2, 3, 3)), np.zeros(3)),
+            ValueError,
+            "x",
+        ),
+        (
+            lambda: conv.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 1, 3, 3)), np.zeros(3)),
+            ValueError,
+            "w",
+        ),
+        (
+            lambda: conv.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(4)),
+            ValueError,
+            "b",
+        ),
+        (
+            lambda: conv.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3), np.float32), np.zeros(3)
+            ),
+            TypeError,
+            "w",
+        ),
+        (
+            lambda: conv.conv2d_forward(
+                np.ones((1, 2, 5, 5), int), np.ones((3, 2, 3, 3)), np.zeros(3)
+            ),
+            TypeError,
+            "x",
+        ),
+        (
+            lambda: conv.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), stride=0
+            ),
+            ValueError,
+            "stride",
+        ),
+        (
+            lambda: conv.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), padding=-1
+            ),
+            ValueError,
+            "padding",
+        ),
+        (
+            lambda: conv.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), stride=1.5
+            ),
+            TypeError,
+            "stride",
+        ),
+        (
+            lambda: conv.conv2d_forward(np.ones((1, 2, 2, 2)), np.ones((3, 2, 3, 3)), np.zeros(3)),
+            ValueError,
+            "x",
+        ),
+        (
+            lambda: conv.conv2d_forward(
+                np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="tpu"
+            ),
+            ValueError,
+            "backend",
+        ),
+    ],
+)
+def test_bad_arguments_name_the_argument(call, exc, name):
+    with pytest.raises(exc, match=name):
+        call()
+
+
+def test_backward_rejects_wrong_dout_shape():
+    out, c = conv.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="dout"):
+        conv.conv2d_backward(np.ones((1, 3, 4, 4)), c)
