@@ -110,3 +110,13 @@ def test_derived_fields_make_a_valid_config_and_report():
     text = A.format_report(report)
     for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue"):
         assert word in text
+
+
+def test_augmentation_only_when_the_steps_revisit_each_image_often():
+    few = Boxes([(192, 256)] * 20, [square_boxes(50)] * 20)
+    fields, report = A.derive(few, iters=20 * A.AUGMENT_EPOCHS)
+    assert fields["jitter_hue"] > 0 and fields["scale_jitter"] and report["epochs"] == 12
+    assert "jitter_hue" in A.format_report(report)
+    fields, report = A.derive(few, iters=20 * A.AUGMENT_EPOCHS - 1)
+    assert "jitter_hue" not in fields and "scale_jitter" not in fields
+    assert "horizontal flip only" in A.format_report(report)
