@@ -13,10 +13,11 @@ and their boxes and picks, printing every choice (``minirccn train`` and
    ``max_size = min_size * median(long / short)``, capped at :data:`MAX_LONG_SIDE`.
 2. **Anchors at that scale.** Box sides ``w, h`` times the resize scale of their
    image. Sizes: geometric steps of x2 from the 5th to the 95th percentile of
-   ``sqrt(w h)`` (at least 2, at most 5 sizes). Aspect ratios (``h / w``): the 10th,
-   50th and 90th percentiles of ``h / w``, merged when closer than a factor 1.4
-   (so square-only data gets ``(1.0,)``), with ratios inserted (geometrically) where
-   two neighbours are more than a factor 3 apart; at most 5, rounded to 2 digits.
+   ``sqrt(w h)`` (at least 2, at most 5 sizes; none below :data:`MIN_ANCHOR`).
+   Aspect ratios (``h / w``): the 10th, 50th and 90th percentiles of ``h / w``,
+   merged when closer than a factor 1.4 (so square-only data gets ``(1.0,)``),
+   with ratios inserted (geometrically) where two neighbours are more than a
+   factor 3 apart; at most 5, rounded to 2 digits.
 3. **Stride.** The largest of 4, 8, 16 with ``2 * stride <=`` the 10th percentile
    of the scaled boxes' sides ``sqrt(w h)``: the small objects are at least two
    feature-map cells wide. The tiny stack drops pools to get it.
@@ -63,6 +64,7 @@ MAX_EPOCHS = 150  # at most this many passes over the training images
 AUGMENT_EPOCHS = 12  # augmentation on when the steps visit each image at least this often
 EVALUATIONS = 8  # validation evaluations during training (eval_every = iters / this)
 MAX_STAT_IMAGES = 400  # images read to gather the statistics (evenly spaced)
+MIN_ANCHOR = 8  # smallest anchor side, pixels (two cells of the finest stride)
 
 #: augmentation turned on for data other than shapes (rule 5)
 AUGMENT = {
@@ -165,7 +167,7 @@ def choose_anchors(box_w, box_h) -> tuple:
     lo, hi = _percentile(side, 5), _percentile(side, 95)
     count = int(np.clip(round(math.log2(max(hi / lo, 1.0))) + 1, 2, 5))
     sizes = np.geomspace(lo, hi, count) if hi > lo else np.array([lo / 1.4, lo * 1.4])
-    sizes = tuple(int(max(round(s), 4)) for s in sizes)
+    sizes = tuple(int(max(round(s), MIN_ANCHOR)) for s in sizes)
     sizes = tuple(sorted(set(sizes)))
     log_r = np.log(box_h / box_w)
     ratios = []

@@ -120,3 +120,10 @@ def test_augmentation_only_when_the_steps_revisit_each_image_often():
     fields, report = A.derive(few, iters=20 * A.AUGMENT_EPOCHS - 1)
     assert "jitter_hue" not in fields and "scale_jitter" not in fields
     assert "horizontal flip only" in A.format_report(report)
+
+
+def test_no_anchor_below_the_minimum():
+    tiny_objects = Boxes([(400, 400)] * 10, [square_boxes(s) for s in range(3, 13)])
+    fields, _ = A.derive(tiny_objects, minutes=0.5)
+    assert min(fields["anchor_sizes"]) == A.MIN_ANCHOR
+    assert len(set(fields["anchor_sizes"])) == len(fields["anchor_sizes"])
