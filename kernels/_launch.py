@@ -5,7 +5,8 @@
 * :func:`unravel4` (a CUDA device function): the flat index of a thread as four
   coordinates ``(a, b, c, d)`` of a C-ordered ``(A, B, C, D)`` array;
 * :func:`raw_kernel`: the CUDA C twin of a kernel, compiled once per name and
-  dtype from ``cuda/<stem>.cu`` into a CuPy ``RawKernel`` (real GPU only);
+  dtype from ``cuda/<stem>.cu`` into a CuPy ``RawKernel`` (real GPU only); the
+  ``.cu`` files share ``cuda/_launch.cuh`` (``flat_index()``, ``unravel4``);
 * :func:`array_module`: ``numpy`` or ``cupy``, whichever the inputs belong to,
   so a kernel allocates its outputs where its inputs live.
 """
@@ -28,8 +29,9 @@ THREADS = 128
 #: where the CUDA C twins live: ``cuda/<stem>.cu``, one file per kernel module
 CUDA_DIR = Path(__file__).with_name("cuda")
 
-#: NVRTC options for every ``.cu`` file (the tests compile them with ``nvcc -ptx`` and the same)
-CUDA_OPTIONS = ("-std=c++14",)
+#: NVRTC options for every ``.cu`` file (the tests compile them with ``nvcc -ptx`` and the same);
+#: ``-I`` finds ``cuda/_launch.cuh``, the CUDA C side of this module
+CUDA_OPTIONS = ("-std=c++14", f"-I{CUDA_DIR}")
 
 
 def blocks(items: int, threads: int = THREADS) -> int:

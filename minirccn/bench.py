@@ -422,6 +422,62 @@ def _torch_predict(inputs: dict, device: str):
     return fn
 
 
+def _tiny_detector(inputs: dict, backend: str):
+    """A fresh tiny-preset detector on ``backend``, seeded by the case's inputs."""
+    from minirccn.config import preset
+    from minirccn.detector.model import FasterRCNN
+
+    rng = np.random.default_rng(inputs["seed"])
+    return FasterRCNN(preset("tiny"), inputs["data"].class_names, rng=rng).to(backend)
+
+
+def _make_detector_inputs(rng: np.random.Generator) -> dict:
+    from minirccn.data import load_dataset
+
+    return {"index": 0, "seed": int(rng.integers(1 << 31)), "data": load_dataset("shapes", "train")}
+
+
+def _train_step(backend: str, inputs: dict):
+    """One SGD step of the tiny preset, as ``minirccn train`` runs it after warmup: forward,
+    the hand-written backward, SGD with momentum and weight decay; returns the losses."""
+    from minirccn.detector.model import detector_backward, detector_forward
+    from minirccn.nn import optim
+
+    model = _tiny_detector(inputs, backend)
+    cfg = model.config
+    sample = inputs["data"][inputs["index"]]
+    x, scale = model.preprocess(sample["image"])
+    images = B.array_module(backend).asarray(x[None])
+    sizes = [tuple(x.shape[1:])]
+    targets = [
+        {"boxes": (sample["boxes"] * scale).astype(cfg.dtype), "labels": sample["labels"]}
+    ]
+    opt = optim.SGD(model.trainable(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    rng = np.random.default_rng(0)
+
+    def fn():
+        losses, cache, _ = detector_forward(model, images, sizes, targets, rng, backend=backend)
+        opt.step(detector_backward(cache))
+        return losses
+
+    return fn
+
+
+def _predict(backend: str, inputs: dict):
+    """One inference of the tiny preset on one image (``FasterRCNN.predict``)."""
+    model = _tiny_detector(inputs, backend)
+    image = inputs["data"][inputs["index"]]["image"]
+    return lambda: model.predict(image, backend=backend)
+
+
+def detector_cases() -> list[Case]:
+    """The detector's own throughput: one training step and one inference (tiny preset)."""
+    return [
+        Case("train step (tiny)", "1x3x128x128", _train_step, _make_detector_inputs),
+        Case("predict (tiny)", "128x128", _predict, _make_detector_inputs),
+    ]
+
+
 def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
     """The benchmark cases of the requested ``groups`` (ops, layers, sweep, train)."""
     cases: list[Case] = []
@@ -439,10 +495,8 @@ def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
         sizes = (1000, 5000) if quick else (1000, 5000, 10000, 20000, 50000)
         cases += [_case_nms(n, sweep=True) for n in sizes]
     if "train" in groups:
-        from minirccn.train import bench_cases as train_cases  # the detector's own throughput cases
-
         peers = {"train step (tiny)": _torch_train_step, "predict (tiny)": _torch_predict}
-        for case in train_cases(quick=quick):
+        for case in detector_cases():
             case.torch_run = case.torch_run or peers.get(case.name)
             cases.append(case)
     return cases

@@ -134,8 +134,11 @@ def load_checkpoint(path):
         ) from None
     try:
         class_names = list(meta["class_names"])
+        model_class = FasterRCNN
+        if config.model == "retinanet":
+            from minirccn.detector.retinanet import RetinaNet as model_class
         params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
-        model = FasterRCNN(config, class_names, params=params)
+        model = model_class(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)

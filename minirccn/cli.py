@@ -79,12 +79,26 @@ def _choose_blas_threads(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``minirccn`` and ``python -m minirccn``; returns the exit status."""
-    with early_signals() as pending:
-        status = _main(argv)
-        if status == 0 and pending["signum"] is not None:  # a signal a library swallowed
-            print("minirccn: interrupted", file=sys.stderr)
-            return 128 + pending["signum"]
-        return status
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable  # an exception in a finaliser: one line, not a traceback
+    try:
+        with early_signals() as pending:
+            status = _main(argv)
+            if status == 0 and pending["signum"] is not None:  # a signal a library swallowed
+                print("minirccn: interrupted", file=sys.stderr)
+                return 128 + pending["signum"]
+            return status
+    finally:
+        sys.unraisablehook = previous_hook
+
+
+def _unraisable(unraisable) -> None:
+    """``sys.unraisablehook``: a Ctrl-C that lands in a finaliser is already recorded (the run
+    stops after its step); anything else is one warning line."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        return
+    print(f"minirccn: warning: ignored {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _main(argv: list[str] | None) -> int:

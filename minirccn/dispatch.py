@@ -92,6 +92,12 @@ TABLE: dict[str, dict[str, str]] = {
         "cuda": "minirccn.kernels.roi_align:roi_align_backward_cuda",
         "cudac": "minirccn.kernels.roi_align:roi_align_backward_cudac",
     },
+    # minirccn.proposals.segmentation: sequential union-find, a CPU kernel on every backend
+    "felzenszwalb": {
+        "numpy": "minirccn.proposals.segmentation:felzenszwalb_reference",
+        "numba": "minirccn.kernels.segmentation:felzenszwalb_numba",
+        "cuda": "minirccn.kernels.segmentation:felzenszwalb_numba",
+    },
     # minirccn.nn.conv: conv2d is im2col + GEMM (forward), GEMM + col2im (backward)
     "im2col": {
         "numpy": f"{_CONV}:im2col",

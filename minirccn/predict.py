@@ -246,6 +246,8 @@ def add_arguments_eval(parser) -> None:
 def run_eval(args) -> int:
     from minirccn.data import load_dataset
 
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.limit is not None and args.limit < 1:
         raise MinirccnError(f"--limit: expected a positive number of images, got {args.limit}")
     backend = resolve(args.backend) if args.backend else None

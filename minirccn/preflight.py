@@ -84,7 +84,19 @@ RANGES = {
     "jitter_hue": (0.0, 0.5),
     "crop_min_visible": _UNIT,
     "eval_every": (0, MAX_ITERS),
+    "retina_channels": (1, MAX_CHANNELS),
+    "retina_num_convs": (0, MAX_LIST),
+    "retina_prior_probability": (1e-12, 1 - 1e-12),
+    "retina_fg_iou_thresh": _UNIT,
+    "retina_bg_iou_thresh": _UNIT,
+    "focal_alpha": (None, 1.0),
+    "focal_gamma": (0.0, None),
+    "retina_score_thresh": _UNIT,
+    "retina_topk_candidates": (1, MAX_COUNT),
+    "retina_nms_thresh": _UNIT,
+    "retina_detections_per_img": (1, MAX_COUNT),
 }
+MODELS = ("fasterrcnn", "retinanet")
 #: tuple fields: (length or None, element low, element high, element type)
 TUPLES = {
     "image_mean": (3, None, None, float),
@@ -182,6 +194,8 @@ def check_config(config, where: str = "config") -> None:
         raise MinirccnError(
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
+    if config.model not in MODELS:
+        raise MinirccnError(f"{where}: model must be one of {', '.join(MODELS)}, got {config.model!r}")
     if config.dtype not in DTYPES:
         raise MinirccnError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     stages = config.backbone_stages
@@ -259,6 +273,8 @@ def param_shapes(config, num_classes: int) -> dict:
     """
     from minirccn.detector.model import init_params
 
+    if config.model == "retinanet":
+        from minirccn.detector.retinanet import init_params
     params = init_params(config, int(num_classes), _ShapeRNG())
     return {k: (tuple(int(s) for s in v.shape), np.dtype(v.dtype)) for k, v in params.items()}
 

@@ -28,41 +28,7 @@ for bit.
 Divergence guard: a NaN or infinite loss stops training with one clear
 message; the last checkpoint written (from an earlier, finite step) is kept.
 
-What the tiny preset's choices bought (shapes, 200 test images, numba backend,
-2 shared CPU cores; mAP@0.5 / COCO mAP; measured by hand with :func:`train`):
-
-* Batch norm with one image per step normalises every image by its own
-  statistics; inference with the running statistics then sees other numbers.
-  Stride 16, BN in train mode throughout, 1500 steps: 0.09 / 0.03 (the head
-  classified ground-truth boxes of *training* images at chance level with the
-  running statistics, perfectly with the image's own). Freezing batch norm
-  (running statistics, ``bn_freeze_iter``) for the last part of training lets
-  the rest of the network adapt to them.
-* Without batch norm (same stack): 0.05 (lr 0.01) and 0.001 (lr 0.003) after 600 steps.
-* The head learns the shape classes slowly from a stride-16 map (objects of
-  8-80 px cover 1-5 cells); dropping the last pool (stride 8) helped.
-* Stride 8 + frozen BN from step 2400 + lr 0.005, 3000 steps: 0.60 / 0.33;
-  frozen from step 1500: 0.63 / 0.34; the same with lr 0.01: 0.61 / 0.34.
-* More steps at stride 8: 6000 steps, frozen BN from 4000: 0.79 / 0.49 (292 s);
-  the last stage and the RPN conv at 64 instead of 128 channels (frozen from
-  3600): 0.76 / 0.45 for ~20 % less time per step; fc width 128 instead of 256:
-  0.75 / 0.43.
-* ``minirccn train`` (no arguments) with 5000 steps: 3 min 16 s wall in all,
-  190 s training (26 img/s), 0.73 / 0.42. With the preset's 6000 steps: 4 min 13 s
-  wall, 245 s training (24 img/s), eval 6 s, 0.76 / 0.45 (mAP75 0.48, VOC07 0.74).
-* Where the stride-8 model lost its mAP (6000 steps, 458 test objects by size):
-  found at IoU 0.5: 0.92 (< 12 px) to 1.00 (>= 24 px); top label right: 0.62
-  (< 12 px), 0.88 (12-16 px), 0.91 (16-24 px), 0.97-0.98 (>= 24 px). Localisation
-  was fine; telling an 8-pixel circle from a square on a stride-8 map was not.
-* Stride 4 (the last two pools dropped; 32x32 map; anchors every 4 px), 6000
-  steps, frozen BN from 3600: 0.95 / 0.63 (map_small 0.57 vs 0.32 at stride 8).
-  Square anchors only, eight sizes 8..90 at stride 8: 0.78 / 0.43 (vs 0.76 / 0.45).
-* The preset: stride 4, 5000 steps, frozen BN from 3000, LR x0.1 at 4000.
-  ``minirccn train`` (no arguments, idle 2-core AMD EPYC): 257 s wall in all,
-  251 s training (19.9 img/s), eval 4.6 s: 0.927 / 0.601 (mAP75 0.685, VOC07 0.876).
-* A larger learning rate (0.02) kills most of fc6's ReLUs (6272 non-negative
-  inputs: one step moves a unit's pre-activation by ~lr * |x|^2): 2-5 % active
-  after 500 steps versus ~20 % at lr 0.003-0.005.
+How the tiny preset's numbers were chosen (measurements): ``docs/presets.md``.
 """
 
 from __future__ import annotations
@@ -92,6 +58,20 @@ from minirccn.detector.model import (
 
 class TrainingDiverged(MinirccnError):
     """A loss became NaN or infinite."""
+
+
+MODELS = ("fasterrcnn", "retinanet")
+
+
+def model_family(config):
+    """``(model class, training forward, backward, loss names)`` of ``config.model``."""
+    if config.model == "retinanet":
+        from minirccn.detector import retinanet as r
+
+        return r.RetinaNet, r.retinanet_forward, r.retinanet_backward, r.LOSS_NAMES
+    if config.model != "fasterrcnn":
+        raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
+    return FasterRCNN, detector_forward, detector_backward, LOSS_NAMES
 
 
 # ------------------------------------------------------------------------ pieces
@@ -181,7 +161,8 @@ def train_step(
     images, sizes, targets = batch
     cfg = model.config
     batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
-    losses, cache, _ = detector_forward(
+    _, forward, backward, _ = model_family(cfg)
+    losses, cache, _ = forward(
         model,
         images,
         sizes,
@@ -197,7 +178,7 @@ def train_step(
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
-    grads = detector_backward(cache)
+    grads = backward(cache)
     optimizer.lr = lr_at(step, model.config)
     optimizer.step(grads)
     losses["loss"] = total
@@ -268,6 +249,9 @@ def train(
     config = config if config is not None else preset(preset_name)
     if iters is not None:
         config = config.replace(iters=int(iters))
+    model_class, _, _, loss_names = model_family(config)
+    if alternating and config.model != "fasterrcnn":
+        raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     if train_data is None:
         train_data = load_dataset(data, "train", images=images)
     if eval_split and test_data is None:
@@ -280,7 +264,7 @@ def train(
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
 
     rng = np.random.default_rng(seed)
-    start, history = 0, {k: [] for k in (*LOSS_NAMES, "loss")}
+    start, history = 0, {k: [] for k in (*loss_names, "loss")}
     if resume:
         if alternating:
             raise MinirccnError("--resume: not supported with --alternating")
@@ -306,7 +290,7 @@ def train(
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
         optimizer.load_state_dict(state["optimizer"])
     else:
-        model = FasterRCNN(config, train_data.class_names, rng=rng)
+        model = model_class(config, train_data.class_names, rng=rng)
         if init_params:
             model.params.update({k: v.astype(model.params[k].dtype) for k, v in init_params.items()})
         model.to(backend)
@@ -440,10 +424,7 @@ def _train_joint(
             history[k].append(float(v))
         if progress and step % 10 == 0:
             bar.set_postfix(
-                {
-                    k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}"
-                    for k in (*LOSS_NAMES, "loss")
-                },
+                {k.replace("loss_", ""): f"{_tail_mean(history[k], 20):.3f}" for k in history},
                 refresh=False,
             )
         done = step + 1
@@ -535,7 +516,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
     os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, "metrics.json"), metrics, "metrics", indent=2, default=float)
     curves = {}
-    for k in (*LOSS_NAMES, "loss"):
+    for k in history:
         pts = [(i, v) for i, v in enumerate(history[k]) if v is not None]
         if pts:
             curves[k] = ([p[0] for p in pts], [p[1] for p in pts])
@@ -589,6 +570,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"output folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}2, ... when it holds a run)",
     )
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
+    parser.add_argument(
+        "--model",
+        default="fasterrcnn",
+        choices=MODELS,
+        help="fasterrcnn (default) or retinanet (the preset's RetinaNet, docs/retinanet.md)",
+    )
     parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
     parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -679,11 +666,16 @@ def run(args) -> int:
 
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
+    base = preset(args.preset)
+    if args.model != base.model:
+        base = preset(args.preset, model=args.model)
     args.out = resolve_out(args.out, resume=args.resume)
     log = (lambda *a: None) if args.json else print
-    setup = userdata.configure(args, log=log, base=preset(args.preset))
+    setup = userdata.configure(args, log=log, base=base)
     config = setup["config"]
     init_params = None
     if args.weights:
@@ -722,44 +714,3 @@ def run(args) -> int:
 
 #: the periodic validation evaluates at most this many images (the final evaluation: all)
 VAL_LIMIT = 50
-
-
-# ------------------------------------------------------------------------ bench
-
-
-def bench_cases(quick: bool = False) -> list:
-    """Cases for ``minirccn bench``: one training step and one inference of the tiny preset."""
-    from minirccn.bench import Case
-
-    config = preset("tiny")
-
-    def make(rng):
-        data = load_dataset("shapes", "train")
-        return {"index": 0, "seed": int(rng.integers(1 << 31)), "data": data}
-
-    def run_step(backend, inputs):
-        data = inputs["data"]
-        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(
-            backend
-        )
-        opt = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
-        batch = load_batch(data, [inputs["index"]], config, None, backend)
-        rng = np.random.default_rng(0)
-
-        def fn():
-            return train_step(model, opt, batch, rng, config.warmup_iters, backend=backend)
-
-        return fn
-
-    def run_detect(backend, inputs):
-        data = inputs["data"]
-        model = FasterRCNN(config, data.class_names, rng=np.random.default_rng(inputs["seed"])).to(
-            backend
-        )
-        image = data[inputs["index"]]["image"]
-        return lambda: model.predict(image, backend=backend)
-
-    return [
-        Case("train step (tiny)", "1x3x128x128", run_step, make),
-        Case("predict (tiny)", "128x128", run_detect, make),
-    ]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from minirccn import bench
+from minirccn.nn import optim
 from minirccn.cli import main
 
 
@@ -55,3 +56,31 @@ def test_clustered_boxes_are_valid():
     boxes, scores = bench.clustered_boxes(np.random.default_rng(0), 500)
     assert boxes.shape == (500, 4) and scores.shape == (500,)
     assert np.all(boxes[:, 2:] > boxes[:, :2])
+
+
+def test_detector_train_case_runs_the_training_step():
+    from minirccn import train
+
+    case = bench.detector_cases()[0]
+    inputs = case.make(np.random.default_rng(0))
+    got = case.run("numba", inputs)()
+    model = bench._tiny_detector(inputs, "numba")
+    cfg = model.config
+    opt = optim.SGD(model.trainable(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    batch = train.load_batch(inputs["data"], [inputs["index"]], cfg, None, "numba")
+    want = train.train_step(
+        model, opt, batch, np.random.default_rng(0), cfg.warmup_iters, backend="numba"
+    )
+    assert got == {k: want[k] for k in got}
+
+
+def test_bench_does_not_import_train():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, minirccn.bench as b; b.build_cases({'train'}); "
+        "print('minirccn.train' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -62,8 +62,12 @@ def test_unravel4_inverts_the_flat_index():
 def test_cuda_c_compiles(stem, tmp_path):
     assert {p.stem for p in _launch.CUDA_DIR.glob("*.cu")} == set(ENTRY_POINTS)
     out = tmp_path / f"{stem}.ptx"
+    # the source alone, away from cuda/ (as CuPy hands NVRTC a string): includes must come
+    # from the options
+    source = tmp_path / f"{stem}.cu"
+    source.write_text(_launch.cuda_source(stem).read_text())
     run = subprocess.run(
-        ["nvcc", "-ptx", *_launch.CUDA_OPTIONS, str(_launch.cuda_source(stem)), "-o", str(out)],
+        ["nvcc", "-ptx", *_launch.CUDA_OPTIONS, str(source), "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -341,3 +341,21 @@ def test_empty_out_and_bad_eval_images_are_flag_errors(capsys):
     assert one_line(capsys) == "minirccn: error: --out: expected a folder name, got an empty string"
     assert main(["train", "--eval-images", "0"]) == 2
     assert "--eval-images: expected a positive number" in one_line(capsys)
+
+
+def test_negative_seed_names_the_flag(capsys):
+    for argv in (["train", "--seed", "-1"], ["eval", "--checkpoint", "x.npz", "--seed", "-1"]):
+        assert main(argv) == 2
+        assert one_line(capsys) == "minirccn: error: --seed: expected a non-negative integer, got -1"
+
+
+def test_an_interrupt_in_a_finaliser_prints_no_traceback(capsys):
+    from minirccn import cli
+
+    class Unraisable:
+        exc_value = KeyboardInterrupt()
+
+    cli._unraisable(Unraisable())
+    Unraisable.exc_value = RuntimeError("boom")
+    cli._unraisable(Unraisable())
+    assert one_line(capsys) == "minirccn: warning: ignored RuntimeError: boom"

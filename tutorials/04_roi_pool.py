@@ -21,7 +21,13 @@ from PIL import Image, ImageDraw
 import _common as T
 from minirccn.nn import gradcheck
 from minirccn import ops
-from minirccn.ops.roi_pool import LOWEST, c_round, roi_bins, roi_pool_forward, roi_pool_layer_backward
+from minirccn.ops.roi_pool import (
+    LOWEST,
+    c_round,
+    roi_bins,
+    roi_pool_layer_backward,
+    roi_pool_layer_forward,
+)
 
 rng = np.random.default_rng(4)
 
@@ -220,7 +226,7 @@ x = rng.standard_normal((1, 2, 8, 8))
 grad_rois = np.array([[0, 0, 0, 31, 31], [0, 10, 6, 30, 28], [0, -20, 3, 12, 20]], dtype=np.float64)
 for name in ("numpy", "numba"):
     err = gradcheck.check_layer(
-        lambda f, be=name: roi_pool_forward(f, grad_rois, (3, 3), 1 / 4, backend=be),
+        lambda f, be=name: roi_pool_layer_forward(f, grad_rois, (3, 3), 1 / 4, backend=be),
         roi_pool_layer_backward,
         [x],
     )

@@ -14,7 +14,7 @@
 //   roi_align_forward_f32 / roi_align_forward_f64
 //   roi_align_backward_f32 / roi_align_backward_f64   (atomicAdd on double needs sm_60+)
 
-typedef long long i64;
+#include "_launch.cuh"
 
 template <typename T>
 __device__ void roi_align_forward(const T* features, const i64* batch, const T* count,
@@ -22,12 +22,10 @@ __device__ void roi_align_forward(const T* features, const i64* batch, const T* 
                                   const i64* xlo, const i64* xhi, const T* wxlo, const T* wxhi,
                                   i64 rois, i64 channels, i64 height, i64 width, i64 ph, i64 gh,
                                   i64 pw, i64 gw, T* out) {
-    i64 index = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 index = flat_index();
     if (index >= rois * channels * ph * pw) return;
-    i64 j = index % pw;
-    i64 i = (index / pw) % ph;
-    i64 c = (index / (pw * ph)) % channels;
-    i64 r = index / (pw * ph * channels);
+    i64 r, c, i, j;
+    unravel4(index, channels, ph, pw, r, c, i, j);
 
     const T* fmap = features + (batch[r] * channels + c) * height * width;
     T acc = T(0);
@@ -56,12 +54,10 @@ __device__ void roi_align_backward(const T* grad_out, const i64* batch, const T*
                                    const i64* xlo, const i64* xhi, const T* wxlo, const T* wxhi,
                                    i64 rois, i64 channels, i64 height, i64 width, i64 ph, i64 gh,
                                    i64 pw, i64 gw, T* grad) {
-    i64 index = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 index = flat_index();
     if (index >= rois * channels * ph * pw) return;
-    i64 j = index % pw;
-    i64 i = (index / pw) % ph;
-    i64 c = (index / (pw * ph)) % channels;
-    i64 r = index / (pw * ph * channels);
+    i64 r, c, i, j;
+    unravel4(index, channels, ph, pw, r, c, i, j);
 
     T* plane = grad + (batch[r] * channels + c) * height * width;
     T top = grad_out[index];

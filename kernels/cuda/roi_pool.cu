@@ -10,19 +10,17 @@
 //   roi_pool_forward_f32 / roi_pool_forward_f64
 //   roi_pool_backward_f32 / roi_pool_backward_f64   (atomicAdd on double needs sm_60+)
 
-typedef long long i64;
+#include "_launch.cuh"
 
 template <typename T>
 __device__ void roi_pool_forward(const T* features, const i64* batch, const i64* hstart,
                                  const i64* hend, const i64* wstart, const i64* wend, T lowest,
                                  i64 rois, i64 channels, i64 height, i64 width, i64 ph, i64 pw,
                                  T* out, i64* argmax) {
-    i64 index = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 index = flat_index();
     if (index >= rois * channels * ph * pw) return;
-    i64 j = index % pw;
-    i64 i = (index / pw) % ph;
-    i64 c = (index / (pw * ph)) % channels;
-    i64 r = index / (pw * ph * channels);
+    i64 r, c, i, j;
+    unravel4(index, channels, ph, pw, r, c, i, j);
 
     i64 h0 = hstart[r * ph + i], h1 = hend[r * ph + i];
     i64 w0 = wstart[r * pw + j], w1 = wend[r * pw + j];
@@ -50,7 +48,7 @@ __device__ void roi_pool_forward(const T* features, const i64* batch, const i64*
 template <typename T>
 __device__ void roi_pool_backward(const T* grad_out, const i64* batch, const i64* argmax,
                                   i64 rois, i64 channels, i64 cells, i64 ph, i64 pw, T* grad) {
-    i64 index = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    i64 index = flat_index();
     if (index >= rois * channels * ph * pw) return;
     i64 c = (index / (pw * ph)) % channels;
     i64 r = index / (pw * ph * channels);

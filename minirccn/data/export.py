@@ -255,6 +255,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from minirccn.data import load_dataset
 
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if args.data_command == "export":
         path = export_dataset(

@@ -12,6 +12,9 @@ module                              what
 ``rpn``                             the region proposal network
 ``head``                            the Fast R-CNN box head (RoI pool -> fc -> fc)
 ``model``                           the whole detector: forward, backward, inference
+``retinanet_head``                  RetinaNet's class and box subnets, their losses
+``retinanet_targets``               RetinaNet's anchor labels (the matcher, no sampling)
+``retinanet``                       the one-stage detector: forward, backward, inference
 ==================================  ====================================================
 """
 
@@ -27,6 +30,9 @@ _SUBMODULES = {
     "rpn",
     "head",
     "model",
+    "retinanet_head",
+    "retinanet_targets",
+    "retinanet",
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from minirccn.nn import layers, losses
 from minirccn.backend import get_array_module
-from minirccn.ops.roi_pool import roi_pool_forward, roi_pool_layer_backward
+from minirccn.ops.roi_pool import roi_pool_layer_forward, roi_pool_layer_backward
 
 
 def init_head(
@@ -111,7 +111,7 @@ def head_forward(
     Returns:
         class_logits: ``(R, K)``; box_deltas: ``(R, 4K)``; cache: :class:`HeadCache`.
     """
-    pooled, pool_cache = roi_pool_forward(
+    pooled, pool_cache = roi_pool_layer_forward(
         features, rois, output_size, spatial_scale, backend=backend
     )
     r, c, ph, pw = pooled.shape

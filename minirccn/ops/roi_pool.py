@@ -297,7 +297,7 @@ def roi_pool_backward(grad_out, rois, argmax, input_shape, *, backend=None):
 
 
 class RoIPoolCache(NamedTuple):
-    """What :func:`roi_pool_layer_backward` needs from :func:`roi_pool_forward`."""
+    """What :func:`roi_pool_layer_backward` needs from :func:`roi_pool_layer_forward`."""
 
     rois: object  # (R, 5) float, the pooled RoIs
     argmax: object  # (R, C, ph, pw) int64
@@ -305,8 +305,8 @@ class RoIPoolCache(NamedTuple):
     backend: str
 
 
-def roi_pool_forward(features, rois, output_size, spatial_scale, *, backend=None):
-    """Layer form of :func:`roi_pool`: ``out, cache = roi_pool_forward(...)``.
+def roi_pool_layer_forward(features, rois, output_size, spatial_scale, *, backend=None):
+    """Layer form of :func:`roi_pool`: ``out, cache = roi_pool_layer_forward(...)``.
 
     Args: as :func:`roi_pool`.
 

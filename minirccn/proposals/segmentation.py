@@ -33,13 +33,16 @@ The steps, each a function below:
    chose as a root (the Numba kernel and the reference give the same labels).
 
 :func:`felzenszwalb` runs them; ``backend="numba"`` runs steps 2-4 in one
-compiled kernel (:mod:`minirccn.kernels.selective_search`), which is tested
-equal to the reference label for label.
+compiled kernel (:mod:`minirccn.kernels.segmentation`, looked up in
+:mod:`minirccn.dispatch`), which is tested equal to the reference label for label.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from minirccn.backend import BACKENDS
+from minirccn.dispatch import kernel
 
 #: forward neighbours of a pixel, (dy, dx), in the order their edges are listed
 NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -233,10 +236,7 @@ def felzenszwalb(image, k: float = 100.0, sigma: float = 0.8, min_size: int | No
         raise ValueError(f"k: expected a number >= 0, got {k}")
     min_size = int(k) if min_size is None else int(min_size)
     smoothed = gaussian_smooth(image, sigma)
-    if backend == "numpy":
-        return felzenszwalb_reference(smoothed, float(k), min_size)
-    if backend not in (None, "numba", "cuda"):
+    if backend not in (None, *BACKENDS):
         raise ValueError(f"backend: unknown backend {backend!r}; choose numpy or numba")
-    from minirccn.kernels.selective_search import felzenszwalb_segment
-
-    return felzenszwalb_segment(np.ascontiguousarray(smoothed), float(k), min_size)
+    # segmentation runs on the CPU: None means the Numba kernel, "cuda" runs it too (the table)
+    return kernel("felzenszwalb", backend or "numba")(smoothed, float(k), min_size)

@@ -163,3 +163,125 @@ def test_smooth_l1_keeps_dtype_and_checks_args():
         losses.smooth_l1(p, p, beta=-1)
     with pytest.raises(ValueError, match="target"):
         losses.smooth_l1(p, np.zeros((4, 2), np.float32))
+
+
+# ----------------------------------------------------------------------------- focal loss
+
+
+def _focal_direct(x, t, alpha, gamma):
+    """The focal loss written as torchvision writes it (fine for moderate logits)."""
+    p = 1 / (1 + np.exp(-x))
+    ce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return loss
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    alpha=st.sampled_from([0.25, 0.5, 0.0, 1.0, -1.0]),
+    gamma=st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0]),
+    soft=st.booleans(),
+)
+def test_focal_loss_matches_direct_formula(seed, alpha, gamma, soft):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 5)) * 3
+    t = rng.random((3, 5)) if soft else rng.integers(0, 2, (3, 5)).astype(float)
+    want = _focal_direct(x, t, alpha, gamma)
+    loss, _ = losses.sigmoid_focal_loss(x, t, alpha, gamma, reduction="none")
+    np.testing.assert_allclose(loss, want, rtol=1e-9, atol=1e-14)
+    total, _ = losses.sigmoid_focal_loss(x, t, alpha, gamma)  # default reduction "sum"
+    assert np.isclose(total, want.sum(), rtol=1e-9, atol=1e-14)
+    mean, _ = losses.sigmoid_focal_loss(x, t, alpha, gamma, reduction="mean")
+    assert np.isclose(mean, want.mean(), rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_focal_loss_gradcheck(gamma, alpha, reduction):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 6)) * 3
+    t = np.where(rng.random((4, 6)) < 0.5, rng.random((4, 6)), rng.integers(0, 2, (4, 6)))
+    err = check_loss(lambda z: losses.sigmoid_focal_loss(z, t, alpha, gamma, reduction), x)
+    assert err < 1e-7
+
+
+def test_focal_loss_none_gives_each_elements_derivative():
+    rng = np.random.default_rng(3)
+    x, t = rng.standard_normal(8) * 2, rng.random(8)
+    per, d_none = losses.sigmoid_focal_loss(x, t, reduction="none")
+    total, d_sum = losses.sigmoid_focal_loss(x, t, reduction="sum")
+    assert per.shape == x.shape and np.isclose(per.sum(), total)
+    np.testing.assert_array_equal(d_none, d_sum)
+    _, d_mean = losses.sigmoid_focal_loss(x, t, reduction="mean")
+    np.testing.assert_allclose(d_mean, d_sum / 8)
+
+
+def test_focal_loss_defaults_and_special_cases():
+    rng = np.random.default_rng(4)
+    x, t = rng.standard_normal(10) * 3, rng.integers(0, 2, 10).astype(float)
+    # defaults: alpha 0.25, gamma 2, reduction "sum"
+    assert (
+        losses.sigmoid_focal_loss(x, t)[0] == losses.sigmoid_focal_loss(x, t, 0.25, 2.0, "sum")[0]
+    )
+    # gamma 0 and alpha < 0: plain binary cross-entropy (sigmoid_bce is its mean)
+    bce, dbce = losses.sigmoid_bce(x, t)
+    loss, d = losses.sigmoid_focal_loss(x, t, alpha=-1, gamma=0, reduction="mean")
+    assert np.isclose(loss, bce) and np.allclose(d, dbce)
+    # alpha weights the positives by alpha and the negatives by 1 - alpha
+    none = losses.sigmoid_focal_loss(x, t, alpha=-1, reduction="none")[0]
+    weighted = losses.sigmoid_focal_loss(x, t, alpha=0.25, reduction="none")[0]
+    np.testing.assert_allclose(weighted, np.where(t == 1, 0.25, 0.75) * none)
+
+
+def test_focal_loss_easy_examples_are_down_weighted():
+    # p = 0.01 on a background anchor (x = -log(99)): CE = -log(0.99); focal = 0.75 * CE * 0.01**2
+    x = np.array([-np.log(99.0)])
+    loss, _ = losses.sigmoid_focal_loss(x, np.zeros(1))
+    assert np.isclose(loss, 0.75 * -np.log(0.99) * 1e-4, rtol=1e-12)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 5.0])
+def test_focal_loss_is_stable_at_large_logits(gamma):
+    x = np.array([40.0, -40.0, 40.0, -40.0, 1000.0, -1000.0, 1000.0, -1000.0, 40.0])
+    t = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.5])
+    for dtype in (np.float64, np.float32):
+        loss, d = losses.sigmoid_focal_loss(x.astype(dtype), t, gamma=gamma, reduction="none")
+        assert np.all(np.isfinite(loss)) and np.all(np.isfinite(d)) and d.dtype == dtype
+    loss, d = losses.sigmoid_focal_loss(x, t, gamma=gamma, reduction="none")
+    # confidently wrong: CE = |x|, q = 1: loss = alpha_t |x|, gradient = alpha_t * sign
+    np.testing.assert_allclose(loss[[2, 3, 6, 7]], [30.0, 10.0, 750.0, 250.0])
+    np.testing.assert_allclose(d[[2, 3, 6, 7]], [0.75, -0.25, 0.75, -0.25])
+    # confidently right at +-40: CE = q = e^-40 (to 1e-17), loss = alpha_t e^(-40 (1 + gamma)),
+    # accurate where 1 - sigmoid(40) would round to 0
+    e = np.exp(-40.0)
+    np.testing.assert_allclose(loss[:2], np.array([0.25, 0.75]) * e ** (1 + gamma), rtol=1e-12)
+    np.testing.assert_allclose(
+        d[:2], np.array([-0.25, 0.75]) * (1 + gamma) * e ** (1 + gamma), rtol=1e-12
+    )
+    assert not loss[[4, 5]].any() and not d[[4, 5]].any()  # e^-1000 underflows to exactly 0
+    # soft target 0.5 at x = 40: q = 0.5, CE = 40 * 0.5 + log1p(e^-40)
+    assert np.isclose(loss[8], 0.5 * (20 + e) * 0.5**gamma, rtol=1e-12)
+
+
+def test_focal_loss_empty_and_bad_arguments():
+    loss, d = losses.sigmoid_focal_loss(np.zeros((0, 3)), np.zeros((0, 3)))
+    assert loss == 0.0 and d.shape == (0, 3)
+    assert np.isnan(losses.sigmoid_focal_loss(np.zeros(0), np.zeros(0), reduction="mean")[0])
+    with pytest.raises(ValueError, match="reduction"):
+        losses.sigmoid_focal_loss(np.zeros(2), np.zeros(2), reduction="max")
+    with pytest.raises(ValueError, match="gamma"):
+        losses.sigmoid_focal_loss(np.zeros(2), np.zeros(2), gamma=-1)
+    with pytest.raises(ValueError, match="alpha"):
+        losses.sigmoid_focal_loss(np.zeros(2), np.zeros(2), alpha=1.5)
+    with pytest.raises(ValueError, match="targets"):
+        losses.sigmoid_focal_loss(np.zeros(2), np.zeros(3))
+
+
+def test_focal_loss_contract_name():
+    from minirccn import losses as contract
+
+    assert contract.sigmoid_focal_loss is losses.sigmoid_focal_loss

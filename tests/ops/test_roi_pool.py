@@ -22,7 +22,7 @@ from minirccn.ops.roi_pool import (
     roi_pool,
     roi_pool_backward,
     roi_pool_backward_reference,
-    roi_pool_forward,
+    roi_pool_layer_forward,
     roi_pool_layer_backward,
     roi_pool_reference,
 )
@@ -274,7 +274,7 @@ def test_layer_gradient_matches_finite_differences(backend):
     def loss(features):
         return np.sum(roi_pool_reference(features, rois, (2, 3), 0.5)[0] * weights)
 
-    out, cache = roi_pool_forward(x, rois, (2, 3), 0.5, backend=backend)
+    out, cache = roi_pool_layer_forward(x, rois, (2, 3), 0.5, backend=backend)
     assert (
         isinstance(cache, RoIPoolCache)
         and cache.backend == backend

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from minirccn.kernels.segmentation import felzenszwalb_numba
 
-from minirccn.kernels.selective_search import felzenszwalb_segment
 from minirccn.proposals.segmentation import (
     felzenszwalb,
     felzenszwalb_reference,
@@ -121,7 +121,7 @@ def images(draw):
 def test_numba_equals_reference(img, k, min_size, sigma):
     smoothed = gaussian_smooth(img, sigma)
     expected = felzenszwalb_reference(smoothed, k, min_size)
-    got = felzenszwalb_segment(smoothed, k, min_size)
+    got = felzenszwalb_numba(smoothed, k, min_size)
     assert got.dtype == np.int64 and got.shape == img.shape[:2]
     assert (got == expected).all()
 

@@ -107,11 +107,11 @@ def _segment(smoothed, k, min_size):
     return labels.reshape(h, w)
 
 
-def felzenszwalb_segment(smoothed: np.ndarray, k: float, min_size: int) -> np.ndarray:
+def felzenszwalb_numba(smoothed: np.ndarray, k: float, min_size: int) -> np.ndarray:
     """Labels of an already smoothed image (see the module docstring).
 
     Args:
-        smoothed: ``(H, W, C)`` float64, C-contiguous.
+        smoothed: ``(H, W, C)`` float64 (made contiguous here).
         k: scale; min_size: smallest component in pixels.
 
     Returns:
