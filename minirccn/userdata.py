@@ -191,7 +191,16 @@ def configure(args, log=print, base=None) -> dict:
         derived, report = autoconfig.derive(
             out["train_data"], minutes=minutes, images_per_batch=batch, iters=iters
         )
-        log(autoconfig.format_report(report))
+        if base.backbone != "tiny" or base.backbone_stages != preset("tiny").backbone_stages:
+            # the stride rule and the cost model are the tiny stack's: other presets keep
+            # their network and steps, and take only the image size and the anchors
+            keep = ("min_size", "max_size", "anchor_sizes", "aspect_ratios")
+            derived = {k: v for k, v in derived.items() if k in keep}
+            report["fields"] = {k: v for k, v in report["fields"].items() if k in keep}
+            log(f"derived from the data for preset {args.preset}: "
+                + ", ".join(f"{k}={derived[k]}" for k in keep))
+        else:
+            log(autoconfig.format_report(report))
         out["metrics"]["derived"] = report
     elif minutes is not None:
         data = out["train_data"]

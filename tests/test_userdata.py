@@ -117,3 +117,11 @@ def test_eval_split_flag_still_chooses_the_evaluated_part(files):
     assert userdata.plan(files["train"], eval_split="").val is None
     p = userdata.plan(files["train"], eval_split="all")
     assert len(p.train) == 10 and len(p.val) == 12 and "'all'" in p.note
+
+
+def test_other_presets_take_only_size_and_anchors(files, capsys):
+    assert main(["config", "show", "--preset", "vgg16", "--data", files["train"], "--json"]) == 0
+    out = capsys.readouterr().out
+    cfg = json.loads(out.strip().splitlines()[-1])
+    assert cfg["backbone"] == "vgg16" and cfg["backbone_stages"] == []
+    assert cfg["iters"] == 70000 and cfg["min_size"] == 64
