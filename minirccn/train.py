@@ -558,7 +558,9 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
             title="training losses (faint: per step; solid: moving average)",
             ylabel="loss",
             smoothing=0.9,
-            events=viz.schedule_events(model.config, iters=len(history["loss"])),
+            events=viz.schedule_events(
+                model.config, iters=max((len(v) for v in history.values()), default=0)
+            ),
         )
     if test_data is not None and len(test_data):
         tiles = []
