@@ -299,7 +299,7 @@ def test_preflight_knows_the_retinanet_config_and_its_parameters():
     model = RetinaNet(cfg, ["__background__", "a", "b", "c"])
     want = {k: (v.shape, v.dtype) for k, v in model.params.items()}
     assert param_shapes(cfg, 4) == want
-    for bad in ({"model": "yolo"}, {"retina_channels": 0}, {"focal_gamma": -1.0}):
+    for bad in ({"model": "yolo"}, {"retina_channels": 0}, {"retina_hidden_init": "x"}):
         with pytest.raises(MinirccnError, match=next(iter(bad))):
             check_config(cfg.replace(**bad))
 
