@@ -114,8 +114,7 @@ def load_checkpoint(path):
         MinirccnError: naming ``path`` if it is missing, corrupt, or not a
             compatible minirccn checkpoint.
     """
-    from minirccn.detector.model import FasterRCNN
-
+    from minirccn.detector.registry import build_model
     from minirccn.preflight import inspect_checkpoint
 
     path = os.fspath(path)
@@ -134,11 +133,8 @@ def load_checkpoint(path):
         ) from None
     try:
         class_names = list(meta["class_names"])
-        model_class = FasterRCNN
-        if config.model == "retinanet":
-            from minirccn.detector.retinanet import RetinaNet as model_class
         params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
-        model = model_class(config, class_names, params=params)
+        model = build_model(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
             optimizer = _unflatten(meta["optimizer"], files)

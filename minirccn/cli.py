@@ -12,6 +12,8 @@ detect     :mod:`minirccn.predict`        draw detections on images (PNG+JSON)
 eval       :mod:`minirccn.predict`        VOC07 / VOC / COCO mAP of a checkpoint
 bench      :mod:`minirccn.bench`          time every op per backend side by side
 data       :mod:`minirccn.data.export`    export ``shapes`` as VOC / COCO / CSV
+lineage    :mod:`minirccn.lineage`        R-CNN, Fast R-CNN, Faster R-CNN measured
+                                          side by side (docs/lineage.md)
 =========  =============================  =====================================
 
 Errors a user can cause are printed as one line ``minirccn: error: ...`` with
@@ -37,6 +39,7 @@ COMMANDS = {
     "eval": ("minirccn.predict", "evaluate a checkpoint (VOC07, VOC all-point, COCO mAP)"),
     "bench": ("minirccn.bench", "time every op per backend, side by side"),
     "data": ("minirccn.data.export", "export the shapes dataset as VOC, COCO or CSV"),
+    "lineage": ("minirccn.lineage", "R-CNN vs Fast R-CNN vs Faster R-CNN on shapes: recall, time, mAP"),
 }
 
 
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 # else ran a tiny-preset training step 20x slower (1.1 s vs 0.05 s, measured);
 # idle, one thread was as fast. `bench` keeps the default so that its large
 # GEMMs are timed as a user would run them.
-ONE_BLAS_THREAD = ("train", "detect", "eval")
+ONE_BLAS_THREAD = ("train", "detect", "eval", "lineage")
 
 
 def _choose_blas_threads(argv: list[str]) -> None:

@@ -76,7 +76,7 @@ class FasterRCNNConfig:
     box_beta: float = 1.0 / 9  # smooth-L1 beta of the head box loss
 
     # ---- RetinaNet (model = "retinanet"; names as torchvision's RetinaNet) -------
-    model: str = "fasterrcnn"  # "fasterrcnn" or "retinanet" (minirccn train --model)
+    model: str = "fasterrcnn"  # "fasterrcnn", "retinanet", "fastrcnn" or "rcnn" (train --model)
     retina_channels: int = 256  # width of the class and box subnets' 3x3 convs
     retina_num_convs: int = 4  # 3x3 conv + ReLU layers per subnet (paper: 4)
     retina_prior_probability: float = 0.01  # every class scores this at the start
@@ -105,6 +105,18 @@ class FasterRCNNConfig:
     bn_freeze_iter: int = 0  # > 0: from this iteration on, batch norm uses (and
     #   keeps) its running statistics, as at inference
     dtype: str = "float32"  # parameter / activation dtype
+
+    # ---- the lineage: R-CNN and Fast R-CNN on external proposals (docs/lineage.md) --
+    # model = "fastrcnn": backbone + RoI head on external proposals (minirccn.detector.fast_rcnn);
+    # model = "rcnn": a CNN per warped proposal crop (minirccn.detector.rcnn)
+    proposals: str = "selective-search"  # fastrcnn / rcnn: "selective-search" or a JSON file
+    max_proposals: int = 2000  # fastrcnn / rcnn: proposals used per image (paper: ~2000)
+    selective_search_mode: str = "fast"  # "fast" or "quality" (Uijlings et al.)
+    selective_search_min_size: int = 10  # smallest segment in pixels (paper: k, on ~500x375
+    #   images; shapes' 128x128 images have 11x fewer pixels, and k lost the 8-px objects)
+    rcnn_crop_size: int = 32  # rcnn: each proposal is warped to this square (paper: 227)
+    rcnn_context_padding: float = 16.0  # rcnn: context around the box, in pixels of a
+    #   227-pixel crop (the paper's p = 16), scaled to rcnn_crop_size
 
     def replace(self, **changes) -> "FasterRCNNConfig":
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""

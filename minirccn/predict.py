@@ -52,16 +52,20 @@ def _load_model(path: str):
     return model
 
 
-def run_model(model, image: np.ndarray, backend: str | None = None) -> dict:
+def run_model(model, image: np.ndarray, backend: str | None = None, image_id=None) -> dict:
     """``model.predict(image)`` as NumPy arrays with checked shapes.
 
     Args:
         image: ``(H, W, 3)`` uint8.
+        image_id: passed on to models whose proposals come from a file (``needs_image_id``).
 
     Returns:
         ``dict(boxes=(D, 4) float32, scores=(D,) float32, labels=(D,) int64)``.
     """
-    out = model.predict(image, backend=backend)
+    if getattr(model, "needs_image_id", False):
+        out = model.predict(image, backend=backend, image_id=image_id)
+    else:
+        out = model.predict(image, backend=backend)
     boxes = np.asarray(to_numpy(out["boxes"]), dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(to_numpy(out["scores"]), dtype=np.float32).reshape(-1)
     labels = np.asarray(to_numpy(out["labels"]), dtype=np.int64).reshape(-1)
@@ -96,7 +100,7 @@ def evaluate_model(
         range(n), desc=f"eval {dataset.name}", unit="img", disable=not progress, leave=False
     ):
         sample = dataset[i]
-        predictions.append(run_model(model, sample["image"], backend))
+        predictions.append(run_model(model, sample["image"], backend, sample["image_id"]))
         targets.append({k: sample[k] for k in ("boxes", "labels", "difficult")})
     coco = evaluate(predictions, targets, metric="coco")
     voc07 = evaluate(predictions, targets, metric="voc07")
@@ -194,7 +198,7 @@ def run_detect(args) -> int:
     names = list(model.class_names)
     for path, stem in zip(args.images, _output_stems(args.images)):
         image = read_image(path)
-        det = run_model(model, image, backend)
+        det = run_model(model, image, backend, path)
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
         scale = 2 if max(image.shape[:2]) < 256 else 1

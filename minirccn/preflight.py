@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from minirccn.detector.registry import MODELS
 from minirccn.errors import MinirccnError
 
 # ----------------------------------------------------------------------------- config
@@ -77,6 +78,10 @@ RANGES = {
     "iters": (1, MAX_ITERS),
     "images_per_batch": (1, 1024),
     "bn_freeze_iter": (0, MAX_ITERS),
+    "max_proposals": (1, MAX_COUNT),
+    "selective_search_min_size": (0, MAX_SIDE * MAX_SIDE),
+    "rcnn_crop_size": (1, MAX_SIDE),
+    "rcnn_context_padding": (0.0, 100.0),
     "retina_channels": (1, MAX_CHANNELS),
     "retina_num_convs": (0, MAX_LIST),
     "retina_prior_probability": (1e-12, 1 - 1e-12),
@@ -89,7 +94,6 @@ RANGES = {
     "retina_nms_thresh": _UNIT,
     "retina_detections_per_img": (1, MAX_COUNT),
 }
-MODELS = ("fasterrcnn", "retinanet")
 #: tuple fields: (length or None, element low, element high, element type)
 TUPLES = {
     "image_mean": (3, None, None, float),
@@ -194,6 +198,10 @@ def check_config(config, where: str = "config") -> None:
     if config.model not in MODELS:
         models = ", ".join(MODELS)
         raise MinirccnError(f"{where}: model must be one of {models}, got {config.model!r}")
+    if config.selective_search_mode not in ("fast", "quality"):
+        raise MinirccnError(
+            f"{where}: selective_search_mode must be fast or quality, got {config.selective_search_mode!r}"
+        )
     if config.dtype not in DTYPES:
         raise MinirccnError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     stages = config.backbone_stages
@@ -269,11 +277,9 @@ def param_shapes(config, num_classes: int) -> dict:
     stand-ins, so the answer always matches the model code. ``config`` must have passed
     :func:`check_config` (that bounds the few small arrays built with ``np.zeros``).
     """
-    from minirccn.detector.model import init_params
+    from minirccn.detector.registry import init_model_params
 
-    if config.model == "retinanet":
-        from minirccn.detector.retinanet import init_params
-    params = init_params(config, int(num_classes), _ShapeRNG())
+    params = init_model_params(config, int(num_classes), _ShapeRNG())
     return {k: (tuple(int(s) for s in v.shape), np.dtype(v.dtype)) for k, v in params.items()}
 
 

@@ -48,6 +48,8 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, preset
 from minirccn.data import load_dataset, transforms
 from minirccn.errors import MinirccnError
+from minirccn.detector import registry
+from minirccn.detector.registry import EXTERNAL_MODELS, MODELS
 from minirccn.detector.model import (
     LOSS_NAMES,
     FasterRCNN,
@@ -61,11 +63,12 @@ class TrainingDiverged(MinirccnError):
     """A loss became NaN or infinite."""
 
 
-MODELS = ("fasterrcnn", "retinanet")
-
-
 def model_family(config):
-    """``(model class, training forward, backward, loss names)`` of ``config.model``."""
+    """``(model class, training forward, backward, loss names)`` of ``config.model``
+    (R-CNN and Fast R-CNN bring their own batches: forward and backward None, see
+    :func:`external_train_step`)."""
+    if config.model in EXTERNAL_MODELS:
+        return registry.model_class(config), None, None, ("loss_classifier", "loss_box_reg")
     if config.model == "retinanet":
         from minirccn.detector import retinanet as r
 
@@ -179,6 +182,23 @@ def train_step(
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
     grads = backward(cache)
     optimizer.lr = lr_at(step, model.config)
+    optimizer.step(grads)
+    losses["loss"] = total
+    return losses
+
+
+def external_train_step(model, optimizer, data, indices, rng, step: int, *, backend: str) -> dict:
+    """One SGD step of a model with external proposals (:mod:`minirccn.detector.fast_rcnn`,
+    :mod:`minirccn.detector.rcnn`): its ``losses_and_grads`` on the batch, then as
+    :func:`train_step`: divergence check, learning rate, SGD."""
+    cfg = model.config
+    batch_stats = not (0 < cfg.bn_freeze_iter <= step)
+    losses, grads = model.losses_and_grads(data, indices, rng, backend=backend, batch_stats=batch_stats)
+    total = sum(losses.values())
+    if not np.isfinite(total):
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
+        raise TrainingDiverged(f"training diverged at step {step}: {bad}")
+    optimizer.lr = lr_at(step, cfg)
     optimizer.step(grads)
     losses["loss"] = total
     return losses
@@ -317,6 +337,9 @@ def train(
         ),
         "final_losses": {k: _tail_mean(v) for k, v in history.items()},
     }
+    if config.model in EXTERNAL_MODELS:
+        metrics["model"] = config.model
+        metrics["proposals"] = model.source.record()
     if ckpt:
         save_checkpoint(
             ckpt,
@@ -384,14 +407,21 @@ def _train_joint(
     bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
+        external = hasattr(model, "losses_and_grads")  # R-CNN / Fast R-CNN: own batches
         try:
-            batch = load_batch(data, idx, config, rng, backend)
+            if external:
+                losses = external_train_step(model, optimizer, data, idx, rng, step, backend=backend)
+            else:
+                batch = load_batch(data, idx, config, rng, backend)
         except MinirccnError as exc:  # an image went bad during the run: keep the steps done
+            if isinstance(exc, TrainingDiverged):
+                raise
             if ckpt and step > start:
                 save(step)
             kept = f"; checkpoint at step {step} saved to {ckpt}" if ckpt and step > start else ""
             raise MinirccnError(f"{exc}{kept}") from None
-        losses = train_step(model, optimizer, batch, rng, step, backend=backend)
+        if not external:
+            losses = train_step(model, optimizer, batch, rng, step, backend=backend)
         for k, v in losses.items():
             history[k].append(float(v))
         if progress and step % 10 == 0:
@@ -480,6 +510,7 @@ def parts_losses(parts) -> tuple:
 def _write_outputs(out, model, metrics, history, test_data, backend):
     """metrics.json, loss_curve.png and detections.png in ``out``."""
     from minirccn import viz
+    from minirccn.predict import run_model
 
     os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, "metrics.json"), metrics, "metrics", indent=2, default=float)
@@ -496,7 +527,7 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
         tiles = []
         for i in range(min(8, len(test_data))):
             sample = test_data[i]
-            det = model.predict(sample["image"], backend=backend)
+            det = run_model(model, sample["image"], backend, sample["image_id"])
             keep = det["scores"] >= 0.5
             tiles.append(
                 viz.draw_detections(
@@ -540,9 +571,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
     parser.add_argument(
         "--model",
-        default="fasterrcnn",
+        default=None,
         choices=MODELS,
-        help="fasterrcnn (default) or retinanet (the preset's RetinaNet, docs/retinanet.md)",
+        help="fasterrcnn (default; with --proposals: fastrcnn), retinanet (the preset's "
+        "RetinaNet, docs/retinanet.md), fastrcnn (RoI head on --proposals) or rcnn (a CNN per "
+        "warped proposal, slow by design; docs/lineage.md)",
     )
     parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
     parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
@@ -573,6 +606,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-images", type=int, default=None, help="evaluate only this many images"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    lineage = parser.add_argument_group("R-CNN and Fast R-CNN (docs/lineage.md)")
+    lineage.add_argument(
+        "--proposals",
+        default=None,
+        metavar="selective-search|FILE",
+        help="external proposals (implies --model fastrcnn): selective search, or a JSON file "
+        "{image_id: [[x1, y1, x2, y2], ...]}",
+    )
+    lineage.add_argument(
+        "--max-proposals", type=int, default=None, help="proposals used per image (default 2000)"
+    )
+    lineage.add_argument(
+        "--selective-search-mode",
+        default=None,
+        choices=("fast", "quality"),
+        help="selective search diversification (default fast)",
+    )
+
+
+def chosen_model(args) -> str:
+    """``--model``, else ``fastrcnn`` when ``--proposals`` is given, else ``fasterrcnn``."""
+    return args.model or ("fastrcnn" if args.proposals else "fasterrcnn")
+
+
+def lineage_config(config, args):
+    """``config`` with ``--proposals``, ``--max-proposals`` and ``--selective-search-mode``
+    applied (checked: only for R-CNN / Fast R-CNN; a proposal file's path made absolute)."""
+    given = [f for f in ("proposals", "max_proposals", "selective_search_mode") if getattr(args, f) is not None]
+    if given and config.model not in EXTERNAL_MODELS:
+        flag = "--" + given[0].replace("_", "-")
+        raise MinirccnError(f"{flag}: only for --model fastrcnn or rcnn (external proposals)")
+    changes = {}
+    if args.proposals is not None:
+        spec = args.proposals
+        if spec != "selective-search":
+            if not os.path.isfile(spec):
+                raise MinirccnError(f"--proposals: {spec}: no such file (or use selective-search)")
+            spec = os.path.abspath(spec)
+        changes["proposals"] = spec
+    if args.max_proposals is not None:
+        if args.max_proposals < 1:
+            raise MinirccnError(f"--max-proposals: expected a positive number, got {args.max_proposals}")
+        changes["max_proposals"] = args.max_proposals
+    if args.selective_search_mode is not None:
+        changes["selective_search_mode"] = args.selective_search_mode
+    return config.replace(**changes) if changes else config
 
 
 DEFAULT_OUT = "runs/train"
@@ -607,12 +686,14 @@ def run(args) -> int:
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     config = preset(args.preset)
-    if args.model != config.model:
-        config = preset(args.preset, model=args.model)
+    model = chosen_model(args)
+    if model != config.model:
+        config = preset(args.preset, model=model)
     if args.lr is not None:
         if not (args.lr > 0 and math.isfinite(args.lr)):
             raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
         config = config.replace(lr=args.lr)
+    config = lineage_config(config, args)
     args.out = resolve_out(args.out, resume=args.resume)
     result = train(
         config,

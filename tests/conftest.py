@@ -5,6 +5,9 @@
   it is set here. On a GPU machine run ``NUMBA_ENABLE_CUDASIM=0 pytest -m gpu``.
 * Hypothesis is derandomised (the same examples every run) and has no deadline
   (the first call of a Numba kernel compiles it).
+* Fixtures ``backend`` (every backend), ``fast_backend`` (the kernels: numba, cuda) and
+  ``dtype`` (float32, float64): a test that names one runs once per value. The lists and
+  the reference comparison ``assert_matches_reference`` live in ``tests/helpers.py``.
 """
 
 import os
@@ -19,6 +22,7 @@ if "numba" in sys.modules:  # pytest imported numba early to resolve a filterwar
     _numba_config.reload_config()  # re-read NUMBA_ENABLE_CUDASIM before numba.cuda is imported
 
 import pytest  # noqa: E402
+from helpers import BACKENDS, FAST, FLOATS  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
@@ -29,6 +33,25 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minirccn"))
+
+
+# module scope: hypothesis' @given accepts them (it refuses function-scoped fixtures)
+@pytest.fixture(params=BACKENDS, scope="module")
+def backend(request):
+    """Each backend: ``"numpy"`` (the reference), ``"numba"``, ``"cuda"`` (simulator here)."""
+    return request.param
+
+
+@pytest.fixture(params=FAST, scope="module")
+def fast_backend(request):
+    """Each backend with kernels of its own: ``"numba"``, ``"cuda"``."""
+    return request.param
+
+
+@pytest.fixture(params=FLOATS, ids=["float32", "float64"], scope="module")
+def dtype(request):
+    """Each float dtype the ops accept."""
+    return request.param
 
 
 def _gpu_available() -> bool:

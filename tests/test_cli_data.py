@@ -2,20 +2,11 @@
 
 import numpy as np
 import pytest
+from helpers import assert_cli_fails
 from PIL import Image
 
 from minirccn import cli
 from minirccn.data import ShapesDataset, load_dataset
-
-
-def _fails(capsys, argv, *names):
-    """Run the CLI, expect exit 2 and one stderr line naming every one of ``names``."""
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("minirccn: error: ") and "\n" not in err and "Traceback" not in err
-    for name in names:
-        assert name in err, (name, err)
-    return err
 
 
 @pytest.mark.parametrize(
@@ -82,24 +73,24 @@ def test_convert_between_formats_and_preview(tmp_path, capsys):
 
 
 def test_export_errors(tmp_path, capsys):
-    _fails(
+    assert_cli_fails(
         capsys,
         ["data", "export", "--format", "voc", "--out", str(tmp_path), "--count", "0"],
         "--count",
     )
-    _fails(
+    assert_cli_fails(
         capsys,
         ["data", "export", "--format", "voc", "--out", str(tmp_path), "--split", "dev"],
         "shapes",
         "dev",
     )
     (tmp_path / "file").write_text("x")
-    _fails(
+    assert_cli_fails(
         capsys,
         ["data", "export", "--format", "coco", "--out", str(tmp_path / "file"), "--count", "1"],
         "file: exists and is not a folder",
     )
-    _fails(
+    assert_cli_fails(
         capsys,
         [
             "data",
@@ -169,7 +160,7 @@ def _broken_datasets(tmp_path):
 
 def test_bad_data_gives_one_line_naming_the_file(tmp_path, capsys):
     for data_args, names in _broken_datasets(tmp_path):
-        _fails(
+        assert_cli_fails(
             capsys,
             [
                 "data",

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_cli_fails
 from PIL import Image
 
 from minirccn import cli, predict
@@ -44,14 +45,6 @@ def fake(monkeypatch):
         return model
 
     return install
-
-
-def _fails(capsys, argv, *names):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("minirccn: error: ") and "\n" not in err and "Traceback" not in err
-    for name in names:
-        assert name in err, (name, err)
 
 
 def test_evaluate_model_perfect_and_missing_class():
@@ -94,14 +87,14 @@ def test_eval_table_and_json(fake, capsys):
 
 
 def test_eval_errors(fake, tmp_path, capsys):
-    _fails(capsys, ["eval", "--checkpoint", str(tmp_path / "none.npz")], "none.npz")
+    assert_cli_fails(capsys, ["eval", "--checkpoint", str(tmp_path / "none.npz")], "none.npz")
     fake(FakeModel())
-    _fails(capsys, ["eval", "--checkpoint", "c", "--data", str(tmp_path / "x.json")], "x.json")
-    _fails(capsys, ["eval", "--checkpoint", "c", "--limit", "0"], "--limit")
+    assert_cli_fails(capsys, ["eval", "--checkpoint", "c", "--data", str(tmp_path / "x.json")], "x.json")
+    assert_cli_fails(capsys, ["eval", "--checkpoint", "c", "--limit", "0"], "--limit")
     other = FakeModel()
     other.class_names = ["__background__", "cat"]
     fake(other)
-    _fails(capsys, ["eval", "--checkpoint", "c", "--limit", "2"], "classes")
+    assert_cli_fails(capsys, ["eval", "--checkpoint", "c", "--limit", "2"], "classes")
 
 
 def test_detect_writes_png_and_json(fake, tmp_path, capsys):
@@ -148,23 +141,23 @@ def test_detect_writes_png_and_json(fake, tmp_path, capsys):
 def test_detect_errors(fake, tmp_path, capsys):
     good = tmp_path / "g.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
-    _fails(
+    assert_cli_fails(
         capsys,
         ["detect", "--checkpoint", str(tmp_path / "nope.npz"), str(good)],
         "nope.npz",
         "not found",
     )
     fake(FakeModel())
-    _fails(capsys, ["detect", "--checkpoint", "c", str(tmp_path / "missing.jpg")], "missing.jpg")
+    assert_cli_fails(capsys, ["detect", "--checkpoint", "c", str(tmp_path / "missing.jpg")], "missing.jpg")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    _fails(
+    assert_cli_fails(
         capsys,
         ["detect", "--checkpoint", "c", str(bad), "--out", str(tmp_path / "o")],
         "bad.jpg",
         "decode",
     )
-    _fails(
+    assert_cli_fails(
         capsys, ["detect", "--checkpoint", "c", str(good), "--score-thresh", "2"], "--score-thresh"
     )
 
@@ -174,8 +167,8 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     ck.write_bytes(b"PK\x03\x04 this is not a zip archive")
     img = tmp_path / "g.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
-    _fails(capsys, ["detect", "--checkpoint", str(ck), str(img)], "broken.npz")
-    _fails(capsys, ["eval", "--checkpoint", str(ck), "--limit", "1"], "broken.npz")
+    assert_cli_fails(capsys, ["detect", "--checkpoint", str(ck), str(img)], "broken.npz")
+    assert_cli_fails(capsys, ["eval", "--checkpoint", str(ck), "--limit", "1"], "broken.npz")
 
 
 def test_real_checkpoint_end_to_end(tmp_path, capsys):

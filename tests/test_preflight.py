@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import SHAPES, TINY, tiny_config
 from PIL import Image
 
 from minirccn import preflight
@@ -17,37 +18,13 @@ from minirccn import train as T
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import PRESETS, preset
-from minirccn.data import DataWarning, ShapesConfig, load_dataset
+from minirccn.data import DataWarning, load_dataset
 from minirccn.data.common import parse_bool, read_image
 from minirccn.data.export import export_dataset
 from minirccn.detector.model import FasterRCNN, init_params
 from minirccn.errors import MinirccnError
 
-SHAPES = ShapesConfig(
-    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
-)
-TINY = dict(
-    backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
-    min_size=64,
-    max_size=64,
-    anchor_sizes=(8, 16, 32),
-    rpn_channels=8,
-    representation_size=16,
-    roi_output_size=3,
-    box_batch_size_per_image=16,
-    rpn_pre_nms_top_n_train=50,
-    rpn_post_nms_top_n_train=20,
-    rpn_pre_nms_top_n_test=50,
-    rpn_post_nms_top_n_test=20,
-    warmup_iters=2,
-    milestones=(3,),
-    lr=0.01,
-)
 NAMES = ["__background__", "circle", "square", "triangle"]
-
-
-def tiny_config(**kw):
-    return preset("tiny", **{**TINY, **kw})
 
 
 def one_line(capsys):

@@ -13,35 +13,16 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import SHAPES, TINY
 
 from minirccn import runs
 from minirccn import train as T
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import preset
-from minirccn.data import ShapesConfig, load_dataset
+from minirccn.data import load_dataset
 from minirccn.errors import MinirccnError
 
-SHAPES = ShapesConfig(
-    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
-)
-TINY = dict(
-    backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
-    min_size=64,
-    max_size=64,
-    anchor_sizes=(8, 16, 32),
-    rpn_channels=8,
-    representation_size=16,
-    roi_output_size=3,
-    box_batch_size_per_image=16,
-    rpn_pre_nms_top_n_train=50,
-    rpn_post_nms_top_n_train=20,
-    rpn_pre_nms_top_n_test=50,
-    rpn_post_nms_top_n_test=20,
-    warmup_iters=2,
-    milestones=(3,),
-    lr=0.01,
-)
 
 # `minirccn train` in a child process with the tiny config and data above; prints "STEP k"
 # after each SGD step (and sleeps a little) so that a test can signal it mid-run

@@ -4,39 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import SHAPES, tiny_config
 
 from minirccn import train as T
 from minirccn.checkpoint import load_checkpoint
 from minirccn.cli import main
 from minirccn.config import preset
-from minirccn.data import ShapesConfig, load_dataset
-
-SHAPES = ShapesConfig(
-    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
-)
-
-
-def tiny(**kw):
-    base = dict(
-        backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
-        min_size=64,
-        max_size=64,
-        anchor_sizes=(8, 16, 32),
-        rpn_channels=8,
-        representation_size=16,
-        roi_output_size=3,
-        box_batch_size_per_image=16,
-        rpn_pre_nms_top_n_train=50,
-        rpn_post_nms_top_n_train=20,
-        rpn_pre_nms_top_n_test=50,
-        rpn_post_nms_top_n_test=20,
-        warmup_iters=2,
-        milestones=(3,),
-        lr=0.01,
-    )
-    base.update(kw)
-    return preset("tiny", **base)
-
+from minirccn.data import load_dataset
 
 @pytest.fixture(scope="module")
 def data():
@@ -54,7 +28,7 @@ def run(cfg, data, out, **kw):
 
 
 def test_outputs(data, tmp_path):
-    result = run(tiny(), data, str(tmp_path), iters=3, eval_split="test")
+    result = run(tiny_config(), data, str(tmp_path), iters=3, eval_split="test")
     for name in ("checkpoint.npz", "metrics.json", "loss_curve.png", "detections.png"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -86,13 +60,13 @@ def test_outputs(data, tmp_path):
 
 
 def test_resume_continues_bit_for_bit(data, tmp_path):
-    whole = run(tiny(), data, str(tmp_path / "a"), iters=4, seed=3)
-    run(tiny(), data, str(tmp_path / "b"), iters=2, seed=3)
-    resumed = run(tiny(), data, str(tmp_path / "b"), iters=4, seed=3, resume=True)
+    whole = run(tiny_config(), data, str(tmp_path / "a"), iters=4, seed=3)
+    run(tiny_config(), data, str(tmp_path / "b"), iters=2, seed=3)
+    resumed = run(tiny_config(), data, str(tmp_path / "b"), iters=4, seed=3, resume=True)
     assert whole["history"]["loss"] == resumed["history"]["loss"]
     for k, v in whole["model"].params.items():
         assert np.array_equal(v, resumed["model"].params[k]), k
-    other = run(tiny(), data, str(tmp_path / "c"), iters=2, seed=4)
+    other = run(tiny_config(), data, str(tmp_path / "c"), iters=2, seed=4)
     assert other["history"]["loss"] != whole["history"]["loss"][:2]
 
 
@@ -111,13 +85,13 @@ def test_divergence_stops_with_one_message_and_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(T, "detector_forward", poisoned)
     with pytest.raises(T.TrainingDiverged, match="diverged at step 2.*loss_classifier"):
-        run(tiny(), data, str(tmp_path), iters=5, checkpoint_every=2)
+        run(tiny_config(), data, str(tmp_path), iters=5, checkpoint_every=2)
     _, state = load_checkpoint(tmp_path / "checkpoint.npz")
     assert state["step"] == 2
 
 
 def test_alternating_training_runs_all_four_steps(data, tmp_path):
-    result = run(tiny(), data, None, iters=8, alternating=True)
+    result = run(tiny_config(), data, None, iters=8, alternating=True)
     h = result["history"]
     assert len(h["loss"]) == 8
     # steps 1 and 3 train the RPN only, steps 2 and 4 the head only
@@ -159,7 +133,7 @@ def test_cli_train_and_bad_flags(tmp_path, capsys):
 def test_cuda_backend_step_and_predict_match_numba(data):
     """The same detector code on the cuda backend (Numba-CUDA kernels; the simulator here)
     gives the numba backend's losses, gradients' effect and detections."""
-    cfg = tiny(
+    cfg = tiny_config(
         backbone_stages=((4, 1, True), (4, 1, True)),
         min_size=32,
         max_size=32,

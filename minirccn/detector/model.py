@@ -24,6 +24,11 @@ Backward::
 The proposals are treated as constants: this is the paper's "approximate joint
 training" (Sec. 3.2): the gradient w.r.t. the proposal coordinates is ignored.
 
+Words: the backbone is a stack of *stages* (``backbone_stages``); on top of it the
+detector has two trainable *parts*, ``"rpn"`` and ``"head"`` (``parts=``, parameter
+prefixes ``rpn.`` / ``head.``); the paper's alternating training has four *steps*,
+each training one part.
+
 Where the host is involved (``cuda`` backend): anchor and proposal target
 sampling (a ``numpy.random.Generator`` draws the samples; arrays of a few
 thousand rows), the sizes of NMS results, and the loss values (Python floats).

@@ -113,7 +113,10 @@ def grid_graph(smoothed: np.ndarray):
         # neighbour (y + dy, x + dx) of every pixel; edge-replicated where it falls outside
         ys = np.minimum(np.arange(h) + dy, h - 1)
         xs = np.clip(np.arange(w) + dx, 0, w - 1)
-        ok = ((np.arange(h) + dy < h)[:, None]) & ((np.arange(w) + dx >= 0) & (np.arange(w) + dx < w))[None, :]
+        ok = (
+            ((np.arange(h) + dy < h)[:, None])
+            & ((np.arange(w) + dx >= 0) & (np.arange(w) + dx < w))[None, :]
+        )
         other = smoothed[ys][:, xs]
         acc = np.zeros((h, w))
         for c in range(smoothed.shape[2]):
@@ -212,7 +215,9 @@ def felzenszwalb_reference(smoothed: np.ndarray, k: float, min_size: int) -> np.
     return relabel(roots).reshape(h, w)
 
 
-def felzenszwalb(image, k: float = 100.0, sigma: float = 0.8, min_size: int | None = None, *, backend=None):
+def felzenszwalb(
+    image, k: float = 100.0, sigma: float = 0.8, min_size: int | None = None, *, backend=None
+):
     """Felzenszwalb-Huttenlocher segmentation of an image.
 
     Args:

@@ -110,7 +110,11 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     v = rgb.astype(np.float64) / 255.0
     lin = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
     m = np.array(
-        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+        [
+            [0.4124564, 0.3575761, 0.1804375],
+            [0.2126729, 0.7151522, 0.0721750],
+            [0.0193339, 0.1191920, 0.9503041],
+        ]
     )
     xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
     d = 6.0 / 29.0
@@ -224,7 +228,9 @@ def texture_histograms(image: np.ndarray, labels: np.ndarray, n: int) -> np.ndar
     scaled = resp / np.where(top > FLAT, top, np.inf)[:, None]
     bins = np.minimum((scaled * TEXTURE_BINS).astype(np.int64), TEXTURE_BINS - 1)
     per_region = c * TEXTURE_ORIENTATIONS * TEXTURE_BINS
-    slot = (np.arange(c)[:, None] * TEXTURE_ORIENTATIONS + np.arange(TEXTURE_ORIENTATIONS)) * TEXTURE_BINS
+    slot = (
+        np.arange(c)[:, None] * TEXTURE_ORIENTATIONS + np.arange(TEXTURE_ORIENTATIONS)
+    ) * TEXTURE_BINS
     index = labels[:, :, None, None] * per_region + slot + bins  # (H, W, C, 8)
     counts = np.bincount(index.reshape(-1), minlength=n * per_region)
     return _l1_normalise(counts.reshape(n, per_region).astype(np.float64))
@@ -347,13 +353,20 @@ def hierarchical_grouping(regions: Regions, measures) -> Hierarchy:
     """
     bad = set(measures) - set(MEASURES)
     if bad or not measures:
-        raise ValueError(f"measures: expected a non-empty subset of {MEASURES}, got {tuple(measures)}")
+        raise ValueError(
+            f"measures: expected a non-empty subset of {MEASURES}, got {tuple(measures)}"
+        )
     n = len(regions.size)
     total = 2 * n - 1
     colour = np.zeros((total, regions.colour.shape[1]))
     texture = np.zeros((total, regions.texture.shape[1]))
     size, boxes = np.zeros(total), np.zeros((total, 4))
-    colour[:n], texture[:n], size[:n], boxes[:n] = regions.colour, regions.texture, regions.size, regions.boxes
+    colour[:n], texture[:n], size[:n], boxes[:n] = (
+        regions.colour,
+        regions.texture,
+        regions.size,
+        regions.boxes,
+    )
     alive = np.zeros(total, dtype=bool)
     alive[:n] = True
     neighbours = [set() for _ in range(total)]
@@ -387,7 +400,9 @@ def hierarchical_grouping(regions: Regions, measures) -> Hierarchy:
         sims.append(-neg)
         if nb:
             m = np.array(nb, dtype=np.int64)
-            st = similarity(colour, texture, size, boxes, m, np.full(len(m), t), regions.image_area, measures)
+            st = similarity(
+                colour, texture, size, boxes, m, np.full(len(m), t), regions.image_area, measures
+            )
             for val, mm in zip((-st).tolist(), nb):
                 heapq.heappush(heap, (val, mm, t))
     return Hierarchy(boxes, np.array(merges, dtype=np.int64).reshape(-1, 2), np.array(sims))
@@ -422,7 +437,9 @@ class SelectiveSearch:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode: unknown selective search mode {self.mode!r}; choose fast or quality")
+            raise ValueError(
+                f"mode: unknown selective search mode {self.mode!r}; choose fast or quality"
+            )
         if self.ranking not in ("random", "level"):
             raise ValueError(f"ranking: expected 'random' or 'level', got {self.ranking!r}")
 
@@ -485,7 +502,9 @@ def selective_search(
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+        raise ValueError(
+            f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+        )
     if mode not in MODES:
         raise ValueError(f"mode: unknown selective search mode {mode!r}; choose fast or quality")
     rng = np.random.default_rng(seed)

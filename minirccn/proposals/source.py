@@ -43,7 +43,9 @@ ALGORITHM_VERSION = 1
 
 def default_cache_dir() -> str:
     """``$MINIRCCN_CACHE/proposals`` if set, else ``~/.cache/minirccn/proposals``."""
-    root = os.environ.get("MINIRCCN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minirccn")
+    root = os.environ.get("MINIRCCN_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "minirccn"
+    )
     return os.path.join(root, "proposals")
 
 
@@ -120,7 +122,9 @@ def load_proposal_file(path: str) -> dict:
         if arr.size == 0:
             arr = arr.reshape(0, 4)
         if arr.ndim != 2 or arr.shape[1] != 4:
-            raise MinirccnError(f"{where}: expected a list of [x1, y1, x2, y2] boxes, got shape {arr.shape}")
+            raise MinirccnError(
+                f"{where}: expected a list of [x1, y1, x2, y2] boxes, got shape {arr.shape}"
+            )
         if not np.isfinite(arr).all():
             raise MinirccnError(f"{where}: a box has a NaN or infinite coordinate")
         if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
@@ -161,7 +165,9 @@ class ProposalSource:
         self.boxes_by_id = None
         if spec == SELECTIVE_SEARCH:
             if mode not in MODES:
-                raise MinirccnError(f"--selective-search-mode: expected fast or quality, got {mode!r}")
+                raise MinirccnError(
+                    f"--selective-search-mode: expected fast or quality, got {mode!r}"
+                )
             # the cache holds every box; max_proposals cuts after reading
             self.search = SelectiveSearch(mode=mode, sigma=sigma, min_size=min_size, seed=seed)
             folder = default_cache_dir() if cache_dir is None else cache_dir
@@ -190,7 +196,7 @@ class ProposalSource:
         }
 
     @classmethod
-    def from_record(cls, record: dict, cache_dir: str | None = None) -> "ProposalSource":
+    def from_record(cls, record: dict, cache_dir: str | None = None) -> ProposalSource:
         """The source that :meth:`record` described."""
         record = dict(record)
         spec = record.pop("source")
@@ -200,7 +206,9 @@ class ProposalSource:
 
     def cache_key(self, image: np.ndarray) -> str:
         """The cache key of ``image``: SHA-256 of its digest and the search settings."""
-        settings = json.dumps({**self.search.params(), "version": ALGORITHM_VERSION}, sort_keys=True)
+        settings = json.dumps(
+            {**self.search.params(), "version": ALGORITHM_VERSION}, sort_keys=True
+        )
         return hashlib.sha256(f"{image_digest(image)}|{settings}".encode()).hexdigest()
 
     def __call__(self, image: np.ndarray, image_id=None) -> np.ndarray:

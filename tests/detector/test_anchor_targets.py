@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import random_boxes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,17 +50,11 @@ def anchor_targets(anchors, gt, image_size, rng, **settings):
     return AnchorTargetCreator(**settings)(anchors, gt, image_size, rng)
 
 
-def random_boxes(rng, n, size=64.0, lo=2.0, hi=40.0):
-    wh = rng.uniform(lo, hi, size=(n, 2))
-    xy = rng.uniform(-8, size - wh / 2, size=(n, 2))
-    return np.concatenate([xy, xy + wh], axis=1)
-
-
 @given(st.integers(0, 2**31 - 1), st.integers(0, 5), st.booleans())
 def test_assignment_matches_brute_force(seed, g, snap):
     rng = np.random.default_rng(seed)
     anchors = generate_anchors((4, 4), 16, (16, 32), (0.5, 1.0, 2.0)).astype(np.float64)
-    gt = random_boxes(rng, g)
+    gt = random_boxes(rng, g, margin=8.0)
     if snap:  # integer corners: exact ties between anchors are common
         gt = np.round(gt / 8) * 8
         gt[:, 2:] = np.maximum(gt[:, 2:], gt[:, :2] + 8)

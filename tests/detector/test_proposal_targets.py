@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import random_boxes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,12 +21,6 @@ def label_proposals(boxes, gt, gt_labels, **settings):
     return ProposalTargetCreator(**settings).label(boxes, gt, gt_labels)
 
 
-def random_boxes(rng, n, size=100.0):
-    wh = rng.uniform(2, 50, size=(n, 2))
-    xy = rng.uniform(0, size - wh)
-    return np.concatenate([xy, xy + wh], axis=1)
-
-
 @given(
     st.integers(0, 2**31 - 1),
     st.integers(0, 200),
@@ -35,10 +30,10 @@ def random_boxes(rng, n, size=100.0):
 )
 def test_sampled_rois_follow_the_rule(seed, p, g, bg_lo, dtype):
     rng = np.random.default_rng(seed)
-    gt = random_boxes(rng, g).astype(dtype)
+    gt = random_boxes(rng, g, size=100.0, hi=50.0).astype(dtype)
     gt_labels = rng.integers(1, 4, size=g)
     # proposals: some jittered copies of the ground truth, some random boxes
-    props = random_boxes(rng, p)
+    props = random_boxes(rng, p, size=100.0, hi=50.0)
     if g:
         which = rng.integers(0, g, size=p // 2)
         props[: p // 2] = gt[which] + rng.normal(0, 2, size=(p // 2, 4))
@@ -108,8 +103,8 @@ def test_ignored_band_between_bg_lo_and_zero():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_deterministic_for_a_seed(seed):
     rng = np.random.default_rng(5)
-    props = random_boxes(rng, 300).astype(np.float32)
-    gt = random_boxes(rng, 3).astype(np.float32)
+    props = random_boxes(rng, 300, size=100.0, hi=50.0).astype(np.float32)
+    gt = random_boxes(rng, 3, size=100.0, hi=50.0).astype(np.float32)
     a = proposal_targets(props, gt, np.array([1, 2, 3]), np.random.default_rng(seed))
     b = proposal_targets(props, gt, np.array([1, 2, 3]), np.random.default_rng(seed))
     for x, y in zip(a, b):

@@ -4,10 +4,10 @@ minirccn.nn.layers; conv2d and max_pool2d are tested in test_conv.py and test_po
 import numpy as np
 import pytest
 
+from helpers import BACKENDS
 from minirccn.nn import layers
 from minirccn.nn.gradcheck import check_layer
 
-BACKENDS = ["numpy", "numba", "cuda"]  # cuda runs in Numba's simulator here (tests/conftest.py)
 
 
 def rng_for(seed):

@@ -3,17 +3,16 @@ reference bit for bit, NaN and tie rules, gradient checks, argument checks."""
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, FLOATS as DTYPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirccn.nn import pool
 from minirccn.nn.gradcheck import check_layer
 
-BACKENDS = ["numpy", "numba", "cuda"]  # cuda runs in Numba's simulator here (tests/conftest.py)
 # Finite differences call the forward twice per input element: too slow for the simulator.
 # The cuda kernels are instead compared bit for bit with the reference (which is gradchecked).
 CPU_BACKENDS = ["numpy", "numba"]
-DTYPES = [np.float32, np.float64]
 rng_for = np.random.default_rng
 
 

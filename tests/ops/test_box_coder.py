@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import FLOATS, as_np, assert_matches_reference
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,13 +22,7 @@ from minirccn.ops.box_coder import (
     encode_boxes_reference,
 )
 
-FLOATS = [np.float32, np.float64]
-BACKENDS = ["numpy", "numba", "cuda"]  # every backend runs the reference (cuda: simulator here)
 RCNN_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
-
-
-def as_np(x):
-    return x.get() if hasattr(x, "get") else np.asarray(x)
 
 
 @st.composite
@@ -50,8 +45,6 @@ def box_pairs(draw, max_n=10):
 # ----------------------------------------------------------------------------- by hand
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", FLOATS)
 def test_encode_by_hand(backend, dtype):
     proposals = np.array([[0, 0, 10, 20], [0, 0, 10, 20], [0, 0, 10, 20]], dtype)
     targets = np.array(
@@ -65,7 +58,6 @@ def test_encode_by_hand(backend, dtype):
     np.testing.assert_allclose(weighted, np.array(expected) * RCNN_WEIGHTS, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_by_hand(backend):
     boxes = np.array([[0, 0, 10, 20]], np.float64)
     deltas = np.array([[1, 1, math.log(2), 0]], np.float64)  # move by one box, double the width
@@ -130,23 +122,18 @@ def test_per_class_deltas(case, k):
         )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backends_agree(backend):
+def test_backends_agree(fast_backend):
     rng = np.random.default_rng(0)
     boxes = rng.uniform(0, 100, (6, 4)).astype(np.float32)
     boxes[:, 2:] += boxes[:, :2] + 1
     targets = boxes[::-1].copy()
     deltas = rng.normal(0, 1, (6, 8)).astype(np.float32)
-    np.testing.assert_array_equal(
-        as_np(encode_boxes(targets, boxes, RCNN_WEIGHTS, backend=backend)),
-        encode_boxes_reference(targets, boxes, RCNN_WEIGHTS),
-    )
-    np.testing.assert_array_equal(
-        as_np(decode_boxes(deltas, boxes, backend=backend)), decode_boxes_reference(deltas, boxes)
-    )
+    encode, decode = encode_boxes_reference, decode_boxes_reference
+    w = RCNN_WEIGHTS
+    assert_matches_reference(encode_boxes, encode, targets, boxes, w, backend=fast_backend)
+    assert_matches_reference(decode_boxes, decode, deltas, boxes, backend=fast_backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_and_mixed_dtypes(backend):
     empty = np.zeros((0, 4), np.float32)
     assert as_np(encode_boxes(empty, empty, backend=backend)).shape == (0, 4)

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, FLOATS, as_np, assert_matches_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -25,14 +26,6 @@ from minirccn.ops.nms import (
     nms_sorted_reference,
     score_order,
 )
-
-FLOATS = [np.float32, np.float64]
-FAST = ["numba", "cuda"]  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
-BACKENDS = ["numpy", *FAST]
-
-
-def as_np(x):
-    return x.get() if hasattr(x, "get") else np.asarray(x)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -125,49 +118,37 @@ def test_batched_is_nms_per_category(case):
 # ------------------------------------------------------------------------- backends vs reference
 
 
-@pytest.mark.parametrize("backend", FAST)
 @settings(max_examples=30)
 @given(case=nms_inputs())
-def test_backend_matches_reference(backend, case):
+def test_backend_matches_reference(fast_backend, case):
     boxes, scores, idxs, threshold = case
-    np.testing.assert_array_equal(
-        as_np(nms(boxes, scores, threshold, backend=backend)),
-        nms_reference(boxes, scores, threshold),
-    )
-    np.testing.assert_array_equal(
-        as_np(batched_nms(boxes, scores, idxs, threshold, backend=backend)),
-        batched_nms_reference(boxes, scores, idxs, threshold),
+    assert_matches_reference(nms, nms_reference, boxes, scores, threshold, backend=fast_backend)
+    assert_matches_reference(
+        batched_nms, batched_nms_reference, boxes, scores, idxs, threshold, backend=fast_backend
     )
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("threshold", [0.3, 0.7])
 def test_numba_matches_reference_clustered(dtype, threshold):
     rng = np.random.default_rng(0)
     boxes, scores = clustered(rng, 1500, 15, dtype)
     scores = np.round(scores * 20).astype(dtype)  # many ties
     idxs = rng.integers(0, 4, 1500)
-    keep = nms(boxes, scores, threshold, backend="numba")
-    np.testing.assert_array_equal(keep, nms_reference(boxes, scores, threshold))
+    keep = assert_matches_reference(nms, nms_reference, boxes, scores, threshold, backend="numba")
     assert 15 <= len(keep) < 750  # the case really suppresses (15 clusters, 1500 boxes)
-    np.testing.assert_array_equal(
-        batched_nms(boxes, scores, idxs, threshold, backend="numba"),
-        batched_nms_reference(boxes, scores, idxs, threshold),
+    assert_matches_reference(
+        batched_nms, batched_nms_reference, boxes, scores, idxs, threshold, backend="numba"
     )
 
 
-@pytest.mark.parametrize("dtype", FLOATS)
 def test_cuda_matches_reference_several_blocks(dtype):
     # 150 boxes: 3 x 3 blocks of 64, so the mask has words from several column blocks
     rng = np.random.default_rng(1)
     boxes, scores = clustered(rng, 150, 4, dtype)
     idxs = rng.integers(0, 2, 150)
-    np.testing.assert_array_equal(
-        as_np(nms(boxes, scores, 0.5, backend="cuda")), nms_reference(boxes, scores, 0.5)
-    )
-    np.testing.assert_array_equal(
-        as_np(batched_nms(boxes, scores, idxs, 0.5, backend="cuda")),
-        batched_nms_reference(boxes, scores, idxs, 0.5),
+    assert_matches_reference(nms, nms_reference, boxes, scores, 0.5, backend="cuda")
+    assert_matches_reference(
+        batched_nms, batched_nms_reference, boxes, scores, idxs, 0.5, backend="cuda"
     )
 
 
@@ -312,15 +293,14 @@ def test_sorted_walk_keeps_categories_apart(backend):
     assert as_np(walk(np.zeros((0, 4)), None, 0.5)).shape == (0,)
 
 
-@pytest.mark.parametrize("backend", FAST)
 @settings(max_examples=20)
 @given(data=nms_inputs(max_n=12))
-def test_sorted_walk_kernels_match_its_reference(backend, data):
+def test_sorted_walk_kernels_match_its_reference(fast_backend, data):
     boxes, scores, idxs, threshold = data
     ordered = boxes[score_order(scores)]
     for labels in (None, idxs.astype(np.int64)):
         np.testing.assert_array_equal(
-            as_np(kernel("nms_sorted", backend)(ordered, labels, threshold)),
+            as_np(kernel("nms_sorted", fast_backend)(ordered, labels, threshold)),
             nms_sorted_reference(ordered, labels, threshold),
         )
 

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import FAST, FLOATS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -27,9 +28,6 @@ from minirccn.ops.roi_align import (
     roi_align_reference,
     sample_tables,
 )
-
-FLOATS = [np.float32, np.float64]
-FAST = ["numba", "cuda"]  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
 
 
 def assert_close(a, b, dtype):

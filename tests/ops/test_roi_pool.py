@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, FLOATS, assert_matches_reference, assert_same_bits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -27,22 +28,11 @@ from minirccn.ops.roi_pool import (
     roi_pool_reference,
 )
 
-FLOATS = [np.float32, np.float64]
-FAST = ["numba", "cuda"]  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
-
-
-def assert_same_bits(a, b):
-    """Equal values, equal dtype, and equal signs of zero."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
 
 
 # ----------------------------------------------------------------------------- the rule, by hand
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
 def test_small_example_by_hand(backend):
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     out, argmax = roi_pool(x, np.array([[0, 0, 0, 3, 3]], np.float32), 2, backend=backend)
@@ -61,7 +51,6 @@ def test_c_round_is_half_away_from_zero_and_exact():
     np.testing.assert_array_equal(c_round(v.astype(np.float64)), want.astype(np.float64))
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
 @pytest.mark.parametrize(
     "x1, expected",
     [
@@ -89,8 +78,6 @@ def test_arithmetic_is_done_in_the_features_dtype(dtype, cell):
         assert argmax.item() == cell
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
-@pytest.mark.parametrize("dtype", FLOATS)
 def test_nan_and_minus_inf_like_torchvision(backend, dtype):
     roi = np.array([[0, 0, 0, 1, 1]], dtype)
     x = np.arange(16, dtype=dtype).reshape(1, 1, 4, 4)
@@ -110,7 +97,6 @@ def test_nan_and_minus_inf_like_torchvision(backend, dtype):
         assert (out.item(), argmax.item()) == (float(np.float32(LOWEST)), -1)
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
 def test_rois_off_the_map_give_zero_and_minus_one(backend):
     x = np.ones((1, 2, 5, 5), np.float32)
     rois = np.array([[0, 50, 50, 80, 80], [0, -40, -40, -10, -10], [0, -40, 2, -10, 3]], np.float32)
@@ -121,7 +107,6 @@ def test_rois_off_the_map_give_zero_and_minus_one(backend):
     assert np.all(grad == 0)
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
 def test_zero_size_and_malformed_rois_are_one_cell(backend):
     x = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)
     rois = np.array([[0, 2, 3, 2, 3], [0, 4, 4, 1, 1]], np.float64)  # a point; x2 < x1
@@ -132,7 +117,6 @@ def test_zero_size_and_malformed_rois_are_one_cell(backend):
     np.testing.assert_array_equal(out[:, 0], [np.full((2, 2), 17.0), np.full((2, 2), 24.0)])
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
 def test_ties_first_maximum_wins(backend):
     x = np.zeros((1, 1, 4, 6), np.float32)
     x[0, 0, 1, 1] = x[0, 0, 1, 0] = x[0, 0, 0, 2] = 3  # bin (0, 0) = rows 0-1, columns 0-2
@@ -144,8 +128,6 @@ def test_ties_first_maximum_wins(backend):
     np.testing.assert_array_equal(out[0, 0], [[3, 0], [0, 0]])
 
 
-@pytest.mark.parametrize("backend", ["numpy", *FAST])
-@pytest.mark.parametrize("dtype", FLOATS)
 def test_no_rois(backend, dtype):
     x = np.ones((2, 3, 4, 4), dtype)
     out, argmax = roi_pool(x, np.zeros((0, 5), dtype), (2, 3), backend=backend)
@@ -203,31 +185,26 @@ def roi_cases(draw, max_side=8, max_rois=5, max_channels=3, max_bins=4):
     return features, rois, output_size, scale
 
 
+def check_against_reference(case, backend, grad_rtol=None):
+    """Forward bit for bit; backward bit for bit, or to ``grad_rtol`` (atomics: any order)."""
+    features, rois, output_size, scale = case
+    args = (features, rois, output_size, scale)
+    _, argmax = assert_matches_reference(roi_pool, roi_pool_reference, *args, backend=backend)
+    grad_out = np.linspace(-1, 2, argmax.size, dtype=features.dtype).reshape(argmax.shape)
+    args = (grad_out, rois, argmax, features.shape)
+    ref, rtol = roi_pool_backward_reference, grad_rtol
+    assert_matches_reference(roi_pool_backward, ref, *args, backend=backend, rtol=rtol, atol=1e-6)
+
+
 @given(roi_cases())
 def test_numba_equals_reference(case):
-    features, rois, output_size, scale = case
-    ref_out, ref_argmax = roi_pool_reference(features, rois, output_size, scale)
-    out, argmax = roi_pool(features, rois, output_size, scale, backend="numba")
-    assert_same_bits(out, ref_out)
-    assert_same_bits(argmax, ref_argmax)
-    grad_out = np.linspace(-1, 2, out.size, dtype=out.dtype).reshape(out.shape)
-    ref_grad = roi_pool_backward_reference(grad_out, rois, ref_argmax, features.shape)
-    grad = roi_pool_backward(grad_out, rois, argmax, features.shape, backend="numba")
-    assert_same_bits(grad, ref_grad)  # race-free, same summation order: bit for bit
+    check_against_reference(case, "numba")  # race-free, same summation order: bit for bit
 
 
 @settings(max_examples=12)
 @given(roi_cases(max_side=5, max_rois=3, max_channels=2, max_bins=3))
 def test_cuda_equals_reference(case):
-    features, rois, output_size, scale = case
-    ref_out, ref_argmax = roi_pool_reference(features, rois, output_size, scale)
-    out, argmax = roi_pool(features, rois, output_size, scale, backend="cuda")
-    assert_same_bits(out, ref_out)
-    assert_same_bits(argmax, ref_argmax)
-    grad_out = np.linspace(-1, 2, out.size, dtype=out.dtype).reshape(out.shape)
-    ref_grad = roi_pool_backward_reference(grad_out, rois, ref_argmax, features.shape)
-    grad = roi_pool_backward(grad_out, rois, argmax, features.shape, backend="cuda")
-    np.testing.assert_allclose(grad, ref_grad, rtol=1e-6, atol=1e-6)  # atomics: any order
+    check_against_reference(case, "cuda", grad_rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -257,12 +234,11 @@ def test_backward_sums_shared_cells():
     rois = np.array([[0, 0, 0, 2, 2], [0, 1, 1, 1, 1]], np.float64)
     out, argmax = roi_pool(x, rois, 2, backend="numpy")
     assert np.all(argmax == 4)
-    for backend in ["numpy", *FAST]:
+    for backend in BACKENDS:
         grad = roi_pool_backward(np.ones((2, 1, 2, 2)), rois, argmax, x.shape, backend=backend)
         assert grad[0, 0, 1, 1] == 8 and grad.sum() == 8
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba", "cuda"])
 def test_layer_gradient_matches_finite_differences(backend):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 2, 5, 6))  # continuous values: no ties, gaps >> eps
@@ -391,7 +367,6 @@ def test_bad_arguments_are_named(call, exc, name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", FLOATS)
 def test_gpu_numba_cuda_and_cuda_c_on_cupy_arrays(dtype):
     import cupy
 

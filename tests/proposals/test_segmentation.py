@@ -31,7 +31,7 @@ def test_grid_graph_order_and_weights_2x2():
 def test_grid_graph_edge_count_and_colour_distance():
     rng = np.random.default_rng(0)
     for h, w in [(1, 1), (1, 5), (5, 1), (3, 4)]:
-        a, b, wt = grid_graph(rng.random((h, w, 3)))
+        a, _, _ = grid_graph(rng.random((h, w, 3)))
         assert len(a) == 4 * h * w - 3 * h - 3 * w + 2
     img = np.zeros((1, 2, 3))
     img[0, 1] = (1.0, 2.0, 2.0)
@@ -131,7 +131,9 @@ def test_numba_equals_reference_on_a_shapes_image():
 
     img = load_dataset("shapes", "test")[0]["image"][:64, :64]
     for k in (50, 100):
-        assert (felzenszwalb(img, k, backend="numba") == felzenszwalb(img, k, backend="numpy")).all()
+        assert (
+            felzenszwalb(img, k, backend="numba") == felzenszwalb(img, k, backend="numpy")
+        ).all()
 
 
 def test_bad_input():

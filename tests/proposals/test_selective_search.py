@@ -4,6 +4,7 @@ on constructed images."""
 import numpy as np
 import pytest
 
+from minirccn.proposals.segmentation import gaussian_kernel
 from minirccn.proposals.selective_search import (
     COLOUR_BINS,
     MODES,
@@ -21,7 +22,6 @@ from minirccn.proposals.selective_search import (
     strategies,
     texture_histograms,
 )
-from minirccn.proposals.segmentation import gaussian_kernel
 
 # ----------------------------------------------------------------------------- a hand-built layout
 #   A A B B
@@ -86,8 +86,12 @@ def test_merged_histograms_are_those_of_the_union():
     union[union == 2] = 0  # A u C as one region (id 0), B keeps id 1
     merged = region_features(img, union)
     wa, wc = regions.size[0], regions.size[2]
-    np.testing.assert_allclose((wa * regions.colour[0] + wc * regions.colour[2]) / (wa + wc), merged.colour[0])
-    np.testing.assert_allclose((wa * regions.texture[0] + wc * regions.texture[2]) / (wa + wc), merged.texture[0])
+    np.testing.assert_allclose(
+        (wa * regions.colour[0] + wc * regions.colour[2]) / (wa + wc), merged.colour[0]
+    )
+    np.testing.assert_allclose(
+        (wa * regions.texture[0] + wc * regions.texture[2]) / (wa + wc), merged.texture[0]
+    )
 
 
 def test_adjacency_is_eight_neighbour():
@@ -119,7 +123,7 @@ def test_colour_histograms_against_a_loop():
                 expected[labels[y, x], c * COLOUR_BINS + int(img[y, x, c] * 25 // 256)] += 1
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(got, expected)
-    assert int(255 * 25 // 256) == 24
+    assert (255 * 25 // 256) == 24
 
 
 def test_oriented_gradients_of_a_ramp():
@@ -167,7 +171,9 @@ def test_colour_spaces():
     np.testing.assert_allclose(rgi[0], [[85, 85, 255], [85, 85, 0], [255, 0, 85]])
     assert convert_colour(px, "i").shape == (1, 3, 1) and convert_colour(px, "h").shape == (1, 3, 1)
     for space in ("rgb", "hsv", "lab", "rgi", "h", "i"):
-        v = convert_colour(np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8), space)
+        v = convert_colour(
+            np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8), space
+        )
         assert v.min() >= 0 and v.max() <= 255
     with pytest.raises(ValueError, match="colour space"):
         convert_colour(px, "xyz")

@@ -8,7 +8,12 @@ import pytest
 
 from minirccn.errors import MinirccnError
 from minirccn.proposals.selective_search import selective_search
-from minirccn.proposals.source import ProposalCache, ProposalSource, image_digest, load_proposal_file
+from minirccn.proposals.source import (
+    ProposalCache,
+    ProposalSource,
+    image_digest,
+    load_proposal_file,
+)
 
 
 def image(seed=0):
@@ -49,7 +54,9 @@ def test_max_proposals_cuts_the_cached_list(tmp_path):
     full = ProposalSource("selective-search", min_size=10, cache_dir=str(tmp_path))(image())
     few = ProposalSource("selective-search", min_size=10, max_proposals=2, cache_dir=str(tmp_path))
     assert (few(image()) == full[:2]).all()
-    assert few.cache_key(image()) == ProposalSource("selective-search", min_size=10).cache_key(image())
+    assert few.cache_key(image()) == ProposalSource("selective-search", min_size=10).cache_key(
+        image()
+    )
 
 
 def test_a_corrupt_cache_file_is_recomputed(tmp_path):
@@ -107,8 +114,14 @@ def test_bad_proposal_files(tmp_path, content, message):
 def test_record_round_trip_and_bad_settings(tmp_path):
     source = ProposalSource("selective-search", mode="quality", min_size=7, max_proposals=50)
     rec = source.record()
-    assert rec == {"source": "selective-search", "mode": "quality", "min_size": 7, "sigma": 0.8,
-                   "seed": 0, "max_proposals": 50}
+    assert rec == {
+        "source": "selective-search",
+        "mode": "quality",
+        "min_size": 7,
+        "sigma": 0.8,
+        "seed": 0,
+        "max_proposals": 50,
+    }
     again = ProposalSource.from_record(json.loads(json.dumps(rec)), cache_dir="")
     assert again.record() == rec and again.cache is None
     with pytest.raises(MinirccnError, match="max-proposals"):

@@ -1,0 +1,99 @@
+"""What the test files share: backend and dtype lists, the reference comparison, random boxes.
+
+``from helpers import ...`` works in every test file (pyproject puts ``tests/`` on the path);
+the same lists also come as fixtures (``backend``, ``fast_backend``, ``dtype``) from
+``conftest.py``.
+"""
+
+import numpy as np
+
+from minirccn.config import preset
+from minirccn.data import ShapesConfig
+
+FLOATS = (np.float32, np.float64)
+
+#: a shapes dataset of a few 64x64 images, for tests that train or evaluate end to end
+SHAPES = ShapesConfig(
+    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
+)
+#: the tiny preset shrunk to train a few steps on SHAPES in well under a second per step
+TINY = dict(
+    backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
+    min_size=64,
+    max_size=64,
+    anchor_sizes=(8, 16, 32),
+    rpn_channels=8,
+    representation_size=16,
+    roi_output_size=3,
+    box_batch_size_per_image=16,
+    rpn_pre_nms_top_n_train=50,
+    rpn_post_nms_top_n_train=20,
+    rpn_pre_nms_top_n_test=50,
+    rpn_post_nms_top_n_test=20,
+    warmup_iters=2,
+    milestones=(3,),
+    lr=0.01,
+)
+FAST = ("numba", "cuda")  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
+BACKENDS = ("numpy", *FAST)
+
+
+def tiny_config(**overrides):
+    """The ``tiny`` preset with :data:`TINY` and then ``overrides`` applied."""
+    return preset("tiny", **{**TINY, **overrides})
+
+
+def as_np(x):
+    """A host NumPy array of ``x`` (CuPy arrays are copied back)."""
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+def assert_same_bits(got, want):
+    """Equal dtype, shape and values (NaN equals NaN), and equal signs of zero."""
+    got, want = as_np(got), as_np(want)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+def assert_matches_reference(op, reference, *args, backend, rtol=None, atol=0.0, **kwargs):
+    """``op(*args, backend=backend, **kwargs)`` against ``reference(*args, **kwargs)``.
+
+    Every output (each element of a tuple) must have the reference's dtype and shape and
+    its values: bit for bit (signs of zero included) when ``rtol`` is None, else to
+    ``rtol`` / ``atol``. Returns the op's outputs as host arrays.
+    """
+    got, want = op(*args, backend=backend, **kwargs), reference(*args, **kwargs)
+    pairs = zip(got, want) if isinstance(want, tuple) else [(got, want)]
+    out = []
+    for g, w in pairs:
+        g = as_np(g)
+        if rtol is None:
+            assert_same_bits(g, w)
+        else:
+            assert g.dtype == np.asarray(w).dtype and g.shape == np.shape(w)
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+        out.append(g)
+    return tuple(out) if isinstance(want, tuple) else out[0]
+
+
+def random_boxes(rng, n, size=64.0, lo=2.0, hi=40.0, margin=0.0, dtype=np.float64):
+    """``(n, 4)`` boxes with sides uniform in ``[lo, hi)`` and top-left corners uniform in
+    ``[-margin, size - side / 2)``: some reach over the image's edges."""
+    wh = rng.uniform(lo, hi, size=(n, 2))
+    xy = rng.uniform(-margin, size - wh / 2, size=(n, 2))
+    return np.concatenate([xy, xy + wh], axis=1).astype(dtype)
+
+
+def assert_cli_fails(capsys, argv, *names):
+    """Run the CLI: exit status 2 and one stderr line, no traceback, naming every one of
+    ``names`` (the file, flag or field at fault). Returns that line."""
+    from minirccn import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("minirccn: error: ") and "\n" not in err and "Traceback" not in err
+    for name in names:
+        assert name in err, (name, err)
+    return err

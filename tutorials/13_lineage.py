@@ -1,0 +1,275 @@
+# %% [markdown]
+# # Tutorial 13: R-CNN -> Fast R-CNN -> Faster R-CNN
+#
+# Faster R-CNN is the third step of a three-paper story. Each step removed the
+# most expensive thing the step before it did:
+#
+# 1. **R-CNN** (2014): *selective search* proposes about two thousand regions
+#    per image, without learning; each region is cut out of the **pixels**,
+#    warped to a fixed size and classified by a CNN. Two thousand CNN forward
+#    passes per image.
+# 2. **Fast R-CNN** (2015): run the CNN **once** per image, cut every region out
+#    of the **feature map** (RoI pooling), train classification and box
+#    regression together. The proposals still come from selective search,
+#    which now costs more than the network.
+# 3. **Faster R-CNN** (2015): let the network propose the regions too (the RPN,
+#    tutorials 6-7): the proposals cost one more small conv layer.
+#
+# minirccn implements all three with the same backbone and fc head, so that
+# the differences are only the ones the papers made. This tutorial builds
+# selective search from its two parts (graph segmentation, hierarchical
+# grouping), counts the CNN passes of R-CNN and Fast R-CNN, and then runs
+# `minirccn lineage`, which trains the three detectors the same way and
+# measures proposal recall, time per image and mAP.
+#
+# **Budget.** The detectors here train a few hundred steps (three minutes
+# in all); the table at the end is the real measurement, the output of
+# `minirccn lineage` stored in `docs/lineage.json`.
+
+# %%
+import os
+
+# many small GEMMs (one per crop batch, per RoI batch) run best on one BLAS thread, as
+# `minirccn train` and `minirccn lineage` run them; this must be set before NumPy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import _common as T
+import numpy as np
+from PIL import Image
+
+from minirccn import lineage as L
+from minirccn.config import preset
+from minirccn.data import ShapesConfig, load_dataset
+from minirccn.detector import backbone as _bb
+from minirccn.proposals import segmentation as seg
+from minirccn.proposals import selective_search as ss
+
+BACKEND = "numba"
+if T.FAST:  # the test suite: keep selective search's proposal cache out of ~/.cache
+    os.environ.setdefault("MINIRCCN_CACHE", str(T.out_dir() / "cache"))
+ITERS = T.pick(240, 2)  # training steps of each detector in section 4
+TEST_IMAGES = T.pick(40, 2)  # test images measured in section 4
+RCNN_PROPOSALS = T.pick(50, 5)  # proposals per image R-CNN classifies in section 4
+COUNTED = T.pick(200, 10)  # proposals given to R-CNN when counting its CNN passes (section 3)
+
+test = load_dataset("shapes", "test")
+sample = test[0]
+image = sample["image"]
+print(f"image {sample['image_id']}: {image.shape}, objects {sample['boxes'].tolist()}")
+
+# %% [markdown]
+# ## 1. Graph segmentation (Felzenszwalb & Huttenlocher)
+#
+# Pixels are vertices; each pixel has an edge to its 8 neighbours, weighted by
+# the colour distance of the (Gaussian-blurred) pixels. Edges are visited
+# from the lightest; an edge merges its two components when its weight is at
+# most each component's largest internal edge plus `k / size`:
+#
+#     w <= min(Int(A) + k / |A|,  Int(B) + k / |B|)
+#
+# Small components accept heavy edges (k / 1 is large), big ones only light
+# edges: `k` sets the scale. A last pass merges components smaller than
+# `min_size` pixels into a neighbour. The reference is a plain Python loop
+# over the sorted edges with union-find; the Numba kernel does the same
+# decisions ~100x faster. They must give the same labels.
+
+# %%
+T.section("segmentation")
+hsv = ss.convert_colour(image, "hsv")
+seg.felzenszwalb(hsv, k=50, backend="numba")  # compile (or load) the kernel before timing
+for k in (50, 100, 300):
+    t0 = time.perf_counter()
+    ref = seg.felzenszwalb(hsv, k=k, min_size=10, backend="numpy")
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast = seg.felzenszwalb(hsv, k=k, min_size=10, backend="numba")
+    t_fast = time.perf_counter() - t0
+    print(f"k={k:3d}: {ref.max() + 1:3d} segments  (reference {t_ref:.3f} s, numba {t_fast:.4f} s)")
+    T.check((ref == fast).all(), f"numba labels == reference labels at k={k}")
+labels = seg.felzenszwalb(hsv, k=50, min_size=10)
+
+# %% [markdown]
+# ## 2. Hierarchical grouping
+#
+# Start from the segments; repeatedly merge the two **adjacent** regions that
+# are most similar; every region that ever exists is a proposal (its box).
+# Similarity is a sum of up to four measures in [0, 1]: colour histogram
+# intersection, texture (gradient-orientation histogram) intersection, size
+# (small pairs first) and fill (pairs whose box they fill). The first merge
+# must be the most similar adjacent pair; we check that against all pairs.
+
+# %%
+T.section("grouping")
+regions = ss.region_features(hsv, labels)
+measures = ("colour", "texture", "size", "fill")
+hier = ss.hierarchical_grouping(regions, measures)
+all_s = ss.similarity(
+    *regions[:4], regions.pairs[:, 0], regions.pairs[:, 1], regions.image_area, measures
+)
+print(
+    f"{len(regions.size)} regions, {len(regions.pairs)} adjacent pairs -> {len(hier.boxes)} boxes"
+)
+for m in range(5):
+    a, b = hier.merges[m]
+    print(
+        f"merge {m}: regions {a:3d} + {b:3d} (similarity {hier.similarities[m]:.3f}) -> box {hier.boxes[len(regions.size) + m].tolist()}"
+    )
+T.check(
+    np.isclose(hier.similarities[0], all_s.max()),
+    "the first merge is the most similar adjacent pair",
+)
+T.check(hier.boxes[-1].tolist() == [0, 0, 128, 128], "the last region is the whole image")
+
+# %% [markdown]
+# ## 3. Diversification, and R-CNN's 2000 passes vs Fast R-CNN's one
+#
+# No single colour space, scale or similarity finds every object, so
+# selective search runs several strategies and pools their boxes: the "fast"
+# mode uses 2 colour spaces (HSV, Lab) x 2 scales (k = 50, 100) x 2
+# similarity sums. The pooled boxes are ranked by hierarchy level times a
+# seeded random number (the paper's trick: no strategy dominates the top).
+#
+# Then we count CNN forward passes: R-CNN warps every proposal to a crop and
+# runs the backbone on each crop; Fast R-CNN runs the backbone once on the
+# whole image and pools each proposal from the feature map.
+
+# %%
+T.section("selective search, fast mode")
+for space, k, ms in ss.strategies("fast"):
+    lab = seg.felzenszwalb(ss.convert_colour(image, space), k=k, min_size=10)
+    print(
+        f"{space:3s} k={k:3d} {'+'.join(m[0].upper() for m in ms):7s}: {2 * (lab.max() + 1) - 1:4d} regions"
+    )
+boxes = ss.selective_search(image, "fast", min_size=10)
+print(f"pooled and deduplicated: {len(boxes)} proposals")
+
+from minirccn.detector.fast_rcnn import FastRCNN
+from minirccn.detector.rcnn import RCNN
+
+names = test.class_names
+calls = []
+real_forward = _bb.backbone_forward
+
+
+def counting_forward(params, x, spec, train=True, backend=None):
+    calls.append(x.shape[0])  # images (or crops) in this forward pass
+    return real_forward(params, x, spec, train=train, backend=backend)
+
+
+_bb.backbone_forward = counting_forward
+for cls, name in ((RCNN, "rcnn"), (FastRCNN, "fastrcnn")):
+    model = cls(preset("tiny", model=name, max_proposals=COUNTED), names)
+    model.source.cache = None  # recompute: we time it
+    calls.clear()
+    t0 = time.perf_counter()
+    model.predict(image, backend=BACKEND)
+    print(
+        f"{cls.__name__:8s}: backbone on {sum(calls):4d} inputs in {len(calls)} call(s), {time.perf_counter() - t0:.2f} s"
+    )
+    if cls is RCNN:
+        T.check(sum(calls) == min(COUNTED, len(boxes)), "R-CNN runs the CNN once per proposal")
+    else:
+        T.check(calls == [1], "Fast R-CNN runs the CNN once per image")
+_bb.backbone_forward = real_forward
+
+tiles = [
+    L.draw_boxes(image, [], caption="image"),
+    Image.fromarray(
+        (np.random.default_rng(0).integers(40, 256, (labels.max() + 1, 3))[labels]).astype(np.uint8)
+    ).resize((256, 256), Image.NEAREST),
+    L.draw_boxes(image, boxes[:20], caption="first 20 proposals"),
+    L.draw_boxes(image, boxes, caption=f"all {len(boxes)}"),
+]
+T.save_grid(tiles, "13_selective_search.png", cols=4)
+
+# %% [markdown]
+# ## 4. The lineage, measured (short runs)
+#
+# `minirccn lineage` trains R-CNN, Fast R-CNN and Faster R-CNN from the same
+# seed with the same schedule, computes the recall of selective search and of
+# the RPN against the number of proposals, and times inference. Here with a
+# few hundred steps and a few test images (in fast mode: a toy network on
+# 64-pixel images).
+
+# %%
+T.section("minirccn lineage (short)")
+out = T.out_dir() / "13_lineage_run"
+if out.exists():
+    shutil.rmtree(out)
+if T.FAST:
+    small = ShapesConfig(
+        image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
+    )
+    data = (
+        load_dataset("shapes", "train", shapes_config=small),
+        load_dataset("shapes", "test", shapes_config=small),
+    )
+    base = preset(
+        "tiny",
+        backbone_stages=((4, 1, True), (8, 1, True), (8, 1, False)),
+        min_size=64,
+        max_size=64,
+        representation_size=16,
+        rpn_channels=8,
+        box_batch_size_per_image=16,
+        rcnn_crop_size=16,
+    )
+else:
+    data, base = None, None
+report = L.run_lineage(
+    str(out),
+    iters=ITERS,
+    test_images=TEST_IMAGES,
+    rcnn_max_proposals=RCNN_PROPOSALS,
+    backend=BACKEND,
+    progress=False,
+    data=data,
+    base_config=base,
+)
+print(L.format_table(report))
+for curve in report["recall"]["selective_search"] + report["recall"]["rpn"]:
+    T.check((np.diff(curve) >= 0).all(), "recall never drops when proposals are added")
+shutil.copy(out / "recall.png", T.out_dir() / "13_recall.png")
+shutil.copy(out / "proposals.png", T.out_dir() / "13_proposals.png")
+print(f"wrote {T.out_dir() / '13_recall.png'} and {T.out_dir() / '13_proposals.png'}")
+
+# %% [markdown]
+# ## 5. The full measurement
+#
+# `docs/lineage.json` is the output of the command in `docs/lineage.md`
+# (longer training, all 200 test images, and the default run's Faster R-CNN
+# checkpoint for the RPN curve). Its table:
+
+# %%
+T.section("docs/lineage.json")
+stored = Path(__file__).resolve().parent.parent / "docs" / "lineage.json"
+if stored.is_file():
+    print(L.format_table(json.loads(stored.read_text())))
+else:
+    print(f"{stored} not found: run the command in docs/lineage.md")
+
+# %% [markdown]
+# ## Summary
+#
+# * Selective search = graph segmentation (union-find with the `k / |C|`
+#   threshold) + greedy merging of the most similar neighbours, diversified
+#   over colour spaces, scales and similarities. No learning; its recall is
+#   high but its boxes are not ranked by "objectness".
+# * R-CNN runs the CNN once per proposal: its time grows with the number of
+#   proposals. Fast R-CNN runs it once per image: the network becomes cheap and
+#   selective search becomes the bottleneck. Faster R-CNN learns the
+#   proposals: a few hundred ranked boxes, in the same forward pass.
+#
+# ## Exercises
+#
+# 1. Run `selective_search(image, "quality")`: how many more boxes, how much
+#    slower, and does the recall at IoU 0.7 improve?
+# 2. Set `min_size=None` (the paper's `min_size = k`): which objects of the
+#    test image lose their proposal, and why (hint: 8-pixel triangles)?
+# 3. Give R-CNN 20 or 200 proposals (`--rcnn-max-proposals`): how do its time
+#    per image and its mAP move?
