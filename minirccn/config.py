@@ -108,6 +108,19 @@ class FasterRCNNConfig:
     flip: bool = True  # random horizontal flip while training
     bn_freeze_iter: int = 0  # > 0: from this iteration on, batch norm uses (and
     #   keeps) its running statistics, as at inference
+
+    # ---- augmentation for real images (minirccn.data.augment; all off by default) --
+    vflip: bool = False  # random vertical flip (overhead imagery), probability 1/2
+    rot90: bool = False  # random rotation by 0/90/180/270 degrees (overhead imagery)
+    jitter_brightness: float = 0.0  # brightness factor uniform in [1 - b, 1 + b]
+    jitter_contrast: float = 0.0  # contrast factor uniform in [1 - c, 1 + c]
+    jitter_saturation: float = 0.0  # saturation factor uniform in [1 - s, 1 + s]
+    jitter_hue: float = 0.0  # hue shift uniform in [-h, h] turns (<= 0.5)
+    scale_jitter: tuple = ()  # (lo, hi): resize by a factor in [lo, hi], crop back to size
+    crop_min_visible: float = 0.3  # a cropped box keeping less of its area than this is dropped
+
+    # ---- validation during training ---------------------------------------------
+    eval_every: int = 0  # > 0: evaluate the validation data every this many steps
     dtype: str = "float32"  # parameter / activation dtype
 
     # ---- the lineage: R-CNN and Fast R-CNN on external proposals (docs/lineage.md) --

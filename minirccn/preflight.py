@@ -79,6 +79,13 @@ RANGES = {
     "iters": (1, MAX_ITERS),
     "images_per_batch": (1, 1024),
     "bn_freeze_iter": (0, MAX_ITERS),
+    # augmentation and validation (minirccn.data.augment, minirccn.validation)
+    "jitter_brightness": (0.0, 1.0),
+    "jitter_contrast": (0.0, 1.0),
+    "jitter_saturation": (0.0, 1.0),
+    "jitter_hue": (0.0, 0.5),
+    "crop_min_visible": _UNIT,
+    "eval_every": (0, MAX_ITERS),
     "max_proposals": (1, MAX_COUNT),
     "selective_search_min_size": (0, MAX_SIDE * MAX_SIDE),
     "rcnn_crop_size": (1, MAX_SIDE),
