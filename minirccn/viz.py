@@ -346,6 +346,8 @@ def heatmap_figure(
         vmin, vmax: the colour range (default: the min and max over all arrays).
         ax_title: one title per array when ``values`` is a list.
     """
+    from matplotlib.ticker import MaxNLocator
+
     arrays = values if isinstance(values, (list, tuple)) else [values]
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     if any(a.ndim != 2 for a in arrays):
@@ -356,6 +358,8 @@ def heatmap_figure(
     axes = fig.subplots(1, len(arrays), squeeze=False)[0]
     for k, (ax, a) in enumerate(zip(axes, arrays)):
         im = ax.imshow(a, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rows and columns are integers
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         if k == 0:
             ax.set_ylabel(ylabel)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 import _common as T
 from minirccn.nn import gradcheck
-from minirccn import ops
+from minirccn import ops, viz
 from minirccn.ops.roi_pool import (
     LOWEST,
     c_round,
@@ -355,6 +355,18 @@ panels = [
     ),
 ]
 T.save_grid(panels, "04_roi_pool.png", cols=3)
+# the feature map and the pooled output on one colour scale, with a colour bar (matplotlib)
+viz.plot_heatmap(
+    [smooth, out[0, 0]],
+    T.out_dir() / "04_roi_pool_values.png",
+    ax_title=["feature map (16 x 16)", "pooled output (3 x 3)"],
+    xlabel="column",
+    ylabel="row",
+    colorbar_label="activation (one colour scale)",
+    cmap="RdBu_r",
+    size=(720, 360),
+)
+print(f"wrote {T.out_dir() / '04_roi_pool_values.png'}")
 
 # %% [markdown]
 # ## Summary
