@@ -82,6 +82,13 @@ RANGES = {
     "fpn_channels": (0, MAX_CHANNELS),
     "roi_canonical_scale": (1, MAX_SIDE * 4),
     "roi_canonical_level": (0, MAX_LIST),
+    # augmentation and validation (minirccn.data.augment, minirccn.validation)
+    "jitter_brightness": (0.0, 1.0),
+    "jitter_contrast": (0.0, 1.0),
+    "jitter_saturation": (0.0, 1.0),
+    "jitter_hue": (0.0, 0.5),
+    "crop_min_visible": _UNIT,
+    "eval_every": (0, MAX_ITERS),
     "max_proposals": (1, MAX_COUNT),
     "selective_search_min_size": (0, MAX_SIDE * MAX_SIDE),
     "rcnn_crop_size": (1, MAX_SIDE),
@@ -195,8 +202,13 @@ def check_config(config, where: str = "config") -> None:
         raise MinirccnError(
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
+    if config.retina_hidden_init not in ("normal", "he"):
+        raise MinirccnError(
+            f"{where}: retina_hidden_init must be normal or he, got {config.retina_hidden_init!r}"
+        )
     if config.model not in MODELS:
-        raise MinirccnError(f"{where}: model must be one of {', '.join(MODELS)}, got {config.model!r}")
+        models = ", ".join(MODELS)
+        raise MinirccnError(f"{where}: model must be one of {models}, got {config.model!r}")
     if config.selective_search_mode not in ("fast", "quality"):
         raise MinirccnError(
             f"{where}: selective_search_mode must be fast or quality, got {config.selective_search_mode!r}"
