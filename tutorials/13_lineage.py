@@ -35,6 +35,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
