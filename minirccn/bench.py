@@ -228,6 +228,50 @@ def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Ca
     return Case("roi_pool fwd+bwd", f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16", run, make, torch_run)
 
 
+def _case_roi_align(
+    r: int = 256, c: int = 256, hw: int = 64, out: int = 7, sampling_ratio: int = 2
+) -> Case:
+    """RoIAlign forward + backward on the roi_pool case's inputs (torchvision's op as the peer)."""
+    from minirccn.ops.roi_align import roi_align, roi_align_backward
+
+    shape = (1, c, hw, hw)
+    scale = 1.0 / 16
+
+    def make(rng):
+        feats = rng.standard_normal(shape).astype(np.float32)
+        rois = proposal_rois(rng, r, hw * 16.0)
+        grad = rng.standard_normal((r, c, out, out)).astype(np.float32)
+        return {"features": feats, "rois": rois, "grad": grad}
+
+    def run(backend, x):
+        def fn():
+            roi_align(x["features"], x["rois"], out, scale, sampling_ratio, backend=backend)
+            return roi_align_backward(
+                x["grad"], x["rois"], shape, out, scale, sampling_ratio, backend=backend
+            )
+
+        return fn
+
+    def torch_run(x, dev):
+        import torch
+        import torchvision
+
+        f = torch.from_numpy(x["features"]).to(dev).requires_grad_(True)
+        rois = torch.from_numpy(x["rois"]).to(dev)
+        g = torch.from_numpy(x["grad"]).to(dev)
+
+        def fn():
+            f.grad = None
+            y = torchvision.ops.roi_align(f, rois, out, scale, sampling_ratio)
+            y.backward(g)
+            return f.grad
+
+        return fn
+
+    size = f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16, {sampling_ratio}x{sampling_ratio} samples"
+    return Case("roi_align fwd+bwd", size, run, make, torch_run)
+
+
 def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
     from minirccn.nn import layers
 
@@ -308,7 +352,8 @@ def torchvision_faster_rcnn(config, num_classes: int):
     """torchvision's ``FasterRCNN`` built to match minirccn's ``config`` (the peer for ``train``).
 
     Same backbone stack (3x3 conv [+BN] + ReLU [+2x2 max pool] per stage), anchors,
-    proposal numbers, RoI *max* pooling 7x7 and a two-fc head of the same width.
+    proposal numbers, RoI pooling 7x7 (max pooling, or ``MultiScaleRoIAlign`` on the one
+    level when ``config.box_roi_pool == "roi_align"``) and a two-fc head of the same width.
     Differences that remain (torchvision's own design): one sigmoid objectness
     score per anchor instead of a 2-way softmax, and an RPN conv as wide as the
     backbone output.
@@ -360,7 +405,9 @@ def torchvision_faster_rcnn(config, num_classes: int):
         rpn_post_nms_top_n_train=config.rpn_post_nms_top_n_train,
         rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
-        box_roi_pool=RoIMaxPool(),
+        box_roi_pool=RoIMaxPool()
+        if config.box_roi_pool == "roi_pool"
+        else torchvision.ops.MultiScaleRoIAlign(["0"], size, config.box_roi_pool_sampling_ratio),
         box_head=TwoMLPHead(c_in * size * size, config.representation_size),
         box_predictor=FastRCNNPredictor(config.representation_size, num_classes),
         box_batch_size_per_image=config.box_batch_size_per_image,
@@ -484,8 +531,9 @@ def build_cases(groups: set[str], quick: bool = False) -> list[Case]:
     if "ops" in groups:
         if quick:
             cases += [_case_box_iou(200), _case_nms(500), _case_roi_pool(r=16, c=8, hw=16)]
+            cases += [_case_roi_align(r=16, c=8, hw=16)]
         else:
-            cases += [_case_box_iou(2000), _case_nms(6000), _case_roi_pool()]
+            cases += [_case_box_iou(2000), _case_nms(6000), _case_roi_pool(), _case_roi_align()]
     if "layers" in groups:
         if quick:
             cases += [_case_conv2d(n=1, c=8, hw=16, f=16), _case_max_pool(n=1, c=8, hw=16)]

@@ -12,6 +12,7 @@ detect     :mod:`minirccn.predict`        draw detections on images (PNG+JSON)
 eval       :mod:`minirccn.predict`        VOC07 / VOC / COCO mAP of a checkpoint
 bench      :mod:`minirccn.bench`          time every op per backend side by side
 data       :mod:`minirccn.data.export`    export ``shapes`` as VOC / COCO / CSV
+config     :mod:`minirccn.overrides`      print the resolved config (``config show``)
 lineage    :mod:`minirccn.lineage`        R-CNN, Fast R-CNN, Faster R-CNN measured
                                           side by side (docs/lineage.md)
 =========  =============================  =====================================
@@ -39,6 +40,7 @@ COMMANDS = {
     "eval": ("minirccn.predict", "evaluate a checkpoint (VOC07, VOC all-point, COCO mAP)"),
     "bench": ("minirccn.bench", "time every op per backend, side by side"),
     "data": ("minirccn.data.export", "export the shapes dataset as VOC, COCO or CSV"),
+    "config": ("minirccn.overrides", "show the resolved config (preset, data, --config, --set)"),
     "lineage": ("minirccn.lineage", "R-CNN vs Fast R-CNN vs Faster R-CNN on shapes: recall, time, mAP"),
 }
 
@@ -46,7 +48,7 @@ COMMANDS = {
 def _hooks(command: str):
     """(add_arguments, run) for ``command`` from its module."""
     module = importlib.import_module(COMMANDS[command][0])
-    suffix = "" if command not in ("detect", "eval") else f"_{command}"
+    suffix = "" if command not in ("detect", "eval", "config") else f"_{command}"
     return getattr(module, f"add_arguments{suffix}"), getattr(module, f"run{suffix}")
 
 

@@ -4,10 +4,12 @@ Field names follow the keyword arguments of torchvision's ``FasterRCNN`` so a
 reader who knows torchvision can map them one to one; the fields that
 torchvision keeps elsewhere (the head sizes, the optimiser) are named plainly.
 
-Two presets:
+Presets:
 
 * ``tiny``: a small VGG-style backbone with batch normalisation on 128x128
   images; trains on two CPU cores in a few minutes (``minirccn train``).
+* ``tiny-align``: ``tiny`` with RoIAlign in the head (``box_roi_pool="roi_align"``,
+  2x2 samples per bin, not aligned: torchvision's ``MultiScaleRoIAlign`` defaults).
 * ``vgg16``: the paper's network (VGG16 conv layers, 224x224 -> 14x14x512,
   stride 16, 9 anchors per location, fc6/fc7 of 4096).
 
@@ -21,7 +23,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-PRESETS = ("tiny", "vgg16")
+PRESETS = ("tiny", "vgg16", "tiny-align")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,10 @@ class FasterRCNNConfig:
     rpn_box_beta: float = 1.0 / 9  # smooth-L1 beta of the RPN box loss
 
     # ---- RoI heads --------------------------------------------------------------
-    roi_output_size: int = 7  # RoI max pool output (ph = pw)
+    roi_output_size: int = 7  # RoI pooling output (ph = pw)
+    box_roi_pool: str = "roi_pool"  # head pooling: "roi_pool" (max) or "roi_align" (bilinear)
+    box_roi_pool_sampling_ratio: int = 2  # roi_align: samples per bin per axis (<= 0: adaptive)
+    box_roi_pool_aligned: bool = False  # roi_align: half-pixel shift (torchvision's aligned)
     representation_size: int = 1024  # width of the two fc layers of the box head
     dropout: float = 0.0  # dropout probability after each fc ReLU (0: off)
     box_score_thresh: float = 0.05  # detections scoring <= this are dropped
@@ -103,6 +108,19 @@ class FasterRCNNConfig:
     flip: bool = True  # random horizontal flip while training
     bn_freeze_iter: int = 0  # > 0: from this iteration on, batch norm uses (and
     #   keeps) its running statistics, as at inference
+
+    # ---- augmentation for real images (minirccn.data.augment; all off by default) --
+    vflip: bool = False  # random vertical flip (overhead imagery), probability 1/2
+    rot90: bool = False  # random rotation by 0/90/180/270 degrees (overhead imagery)
+    jitter_brightness: float = 0.0  # brightness factor uniform in [1 - b, 1 + b]
+    jitter_contrast: float = 0.0  # contrast factor uniform in [1 - c, 1 + c]
+    jitter_saturation: float = 0.0  # saturation factor uniform in [1 - s, 1 + s]
+    jitter_hue: float = 0.0  # hue shift uniform in [-h, h] turns (<= 0.5)
+    scale_jitter: tuple = ()  # (lo, hi): resize by a factor in [lo, hi], crop back to size
+    crop_min_visible: float = 0.3  # a cropped box keeping less of its area than this is dropped
+
+    # ---- validation during training ---------------------------------------------
+    eval_every: int = 0  # > 0: evaluate the validation data every this many steps
     dtype: str = "float32"  # parameter / activation dtype
 
     # ---- the lineage: R-CNN and Fast R-CNN on external proposals (docs/lineage.md) --
@@ -149,8 +167,10 @@ class FasterRCNNConfig:
 
 
 def preset(name: str, **overrides) -> FasterRCNNConfig:
-    """The config of preset ``name`` (``"tiny"`` or ``"vgg16"``) with ``overrides`` applied;
+    """The config of preset ``name`` (one of :data:`PRESETS`) with ``overrides`` applied;
     ``model="retinanet"`` gives that preset's RetinaNet (:func:`retinanet_preset`)."""
+    if name == "tiny-align":  # tiny with RoIAlign in the head, as MultiScaleRoIAlign's defaults
+        return preset("tiny", box_roi_pool="roi_align", **overrides)
     if overrides.get("model", "fasterrcnn") == "retinanet":
         return retinanet_preset(name).replace(**overrides)
     if name == "tiny":

@@ -232,7 +232,11 @@ def add_arguments_eval(parser) -> None:
         help="shapes (default), a VOC root folder, a COCO .json or a .csv file",
     )
     parser.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split to evaluate (default: all of a COCO/CSV file, else test)",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the shapes images (default: 0)"
     )
@@ -251,6 +255,8 @@ def run_eval(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise MinirccnError(f"--limit: expected a positive number of images, got {args.limit}")
     backend = resolve(args.backend) if args.backend else None
+    if args.split is None:  # a COCO/CSV file given for evaluation is evaluated whole
+        args.split = "all" if str(args.data).lower().endswith((".json", ".csv")) else "test"
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if len(dataset) == 0:
         raise MinirccnError(f"{args.data}: split {args.split!r} has no images")

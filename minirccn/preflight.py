@@ -58,6 +58,7 @@ RANGES = {
     "rpn_allowed_border": (-1, None),
     "rpn_box_beta": (0.0, None),
     "roi_output_size": (1, MAX_POOL),
+    "box_roi_pool_sampling_ratio": (-1, MAX_POOL),  # <= 0: adaptive
     "representation_size": (1, MAX_WIDTH),
     "dropout": (0.0, 0.99),
     "box_score_thresh": _UNIT,
@@ -78,6 +79,13 @@ RANGES = {
     "iters": (1, MAX_ITERS),
     "images_per_batch": (1, 1024),
     "bn_freeze_iter": (0, MAX_ITERS),
+    # augmentation and validation (minirccn.data.augment, minirccn.validation)
+    "jitter_brightness": (0.0, 1.0),
+    "jitter_contrast": (0.0, 1.0),
+    "jitter_saturation": (0.0, 1.0),
+    "jitter_hue": (0.0, 0.5),
+    "crop_min_visible": _UNIT,
+    "eval_every": (0, MAX_ITERS),
     "max_proposals": (1, MAX_COUNT),
     "selective_search_min_size": (0, MAX_SIDE * MAX_SIDE),
     "rcnn_crop_size": (1, MAX_SIDE),
@@ -199,6 +207,12 @@ def check_config(config, where: str = "config") -> None:
         )
     if config.dtype not in DTYPES:
         raise MinirccnError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    from minirccn.detector.poolers import METHODS
+
+    if config.box_roi_pool not in METHODS:
+        raise MinirccnError(
+            f"{where}: box_roi_pool must be one of {', '.join(METHODS)}, got {config.box_roi_pool!r}"
+        )
     stages = config.backbone_stages
     if len(stages) > MAX_LIST or not all(
         isinstance(s, (tuple, list))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -46,7 +45,7 @@ from minirccn.nn import optim
 from minirccn.backend import array_module, resolve
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, preset
-from minirccn.data import load_dataset, transforms
+from minirccn.data import augment, load_dataset, transforms
 from minirccn.errors import MinirccnError
 from minirccn.detector import registry
 from minirccn.detector.registry import EXTERNAL_MODELS, MODELS
@@ -126,6 +125,8 @@ def load_batch(dataset, indices, config, rng: np.random.Generator | None, backen
         )
         if config.flip and rng is not None and rng.random() < 0.5:
             image, boxes = transforms.hflip(image, boxes)
+        if rng is not None and augment.enabled(config):
+            image, boxes, labels = augment.apply(image, boxes, labels, config, rng)
         xs.append(
             transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype)
         )
@@ -229,6 +230,9 @@ def train(
     checkpoint_every: int = 500,
     progress: bool = True,
     outputs: bool = True,
+    val_limit: int | None = None,
+    extra_metrics: dict | None = None,
+    init_params: dict | None = None,
 ) -> dict:
     """Train a detector and (optionally) evaluate it and write its outputs.
 
@@ -252,6 +256,10 @@ def train(
         checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
         progress: show tqdm progress bars.
         outputs: write metrics.json, loss_curve.png, detections.png.
+        val_limit: with ``config.eval_every > 0``, the periodic evaluations of ``test_data``
+            (:mod:`minirccn.validation`) use at most this many images.
+        extra_metrics: more entries for ``metrics.json`` (the derived defaults, the data plan).
+        init_params: parameters that replace freshly initialised ones (``--weights``).
 
     Returns:
         dict: ``model``, ``metrics`` (mAPs, seconds, final losses, ...), ``history``
@@ -302,9 +310,17 @@ def train(
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
         optimizer.load_state_dict(state["optimizer"])
     else:
-        model = model_class(config, train_data.class_names, rng=rng).to(backend)
+        model = model_class(config, train_data.class_names, rng=rng)
+        if init_params:
+            model.params.update({k: v.astype(model.params[k].dtype) for k, v in init_params.items()})
+        model.to(backend)
         optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
 
+    validator = None
+    if config.eval_every > 0 and test_data is not None and len(test_data) and not alternating:
+        from minirccn.validation import Validator
+
+        validator = Validator(test_data, config.eval_every, out, backend, val_limit)
     t0 = time.perf_counter()
     if alternating:
         model = _train_alternating(model, train_data, config, rng, seed, backend, history, progress)
@@ -322,8 +338,11 @@ def train(
             progress,
             ckpt,
             checkpoint_every,
+            validator,
         )
     train_seconds = time.perf_counter() - t0
+    if validator is not None:  # the periodic evaluations are not training time
+        train_seconds -= validator.seconds
     steps_run = config.iters - start
     metrics = {
         "iters": config.iters,
@@ -337,6 +356,11 @@ def train(
         ),
         "final_losses": {k: _tail_mean(v) for k, v in history.items()},
     }
+    if validator is not None:
+        metrics["val_curve"] = validator.curve
+        metrics["val_seconds"] = round(validator.seconds, 3)
+        metrics["best"] = validator.best and {**validator.best, "checkpoint": validator.best_path}
+    metrics.update(extra_metrics or {})
     if config.model in EXTERNAL_MODELS:
         metrics["model"] = config.model
         metrics["proposals"] = model.source.record()
@@ -367,6 +391,8 @@ def train(
         metrics["eval_images"] = result.get("num_images")
     if out and outputs:
         _write_outputs(out, model, metrics, history, test_data, backend)
+        if validator is not None:
+            validator.plot(os.path.join(out, "val_curve.png"))
     return {"model": model, "metrics": metrics, "history": history}
 
 
@@ -388,8 +414,10 @@ def _train_joint(
     progress,
     ckpt,
     checkpoint_every,
+    validator=None,
 ):
-    """Approximate joint training from step ``start`` to ``config.iters``."""
+    """Approximate joint training from step ``start`` to ``config.iters``; ``validator``
+    (a :class:`~minirccn.validation.Validator` or None) evaluates every ``eval_every`` steps."""
     from tqdm import tqdm
 
     def save(done):
@@ -430,6 +458,10 @@ def _train_joint(
                 refresh=False,
             )
         done = step + 1
+        if validator is not None and validator.due(done, config.iters):
+            point = validator(model, done, seed)
+            if progress:
+                bar.write(f"step {done}: validation mAP@0.5 {point['map50']:.4f} mAP {point['map']:.4f}")
         if ckpt and checkpoint_every and done % checkpoint_every == 0 and done < config.iters:
             save(done)
         if stop.requested() and done < config.iters:
@@ -606,6 +638,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-images", type=int, default=None, help="evaluate only this many images"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget in minutes instead of --iters (steps from a fixed cost model)",
+    )
+    parser.add_argument(
+        "--val-data", default=None, help="validation data (COCO/CSV file, VOC folder): all of it"
+    )
+    parser.add_argument("--val-images", default=None, help="image folder of a COCO/CSV --val-data")
+    parser.add_argument(
+        "--split", default=None, help="split of --data to train on ('all': every image)"
+    )
+    parser.add_argument(
+        "--no-derive",
+        action="store_true",
+        help="use the preset as it is, no defaults derived from the data",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE.safetensors",
+        help="ImageNet-pretrained backbone weights with torchvision's names (vgg16 preset)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON object instead of the summary"
+    )
+    from minirccn import overrides
+
+    overrides.add_arguments(parser)
     lineage = parser.add_argument_group("R-CNN and Fast R-CNN (docs/lineage.md)")
     lineage.add_argument(
         "--proposals",
@@ -678,25 +740,34 @@ def resolve_out(out: str | None, resume: bool) -> str:
 
 
 def run(args) -> int:
-    """``minirccn train``: train, evaluate, write outputs; print the metrics summary."""
+    """``minirccn train``: train, evaluate, write outputs; print the summary."""
+    from minirccn import summary, userdata
+
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
-    config = preset(args.preset)
+    base = preset(args.preset)
     model = chosen_model(args)
-    if model != config.model:
-        config = preset(args.preset, model=model)
-    if args.lr is not None:
-        if not (args.lr > 0 and math.isfinite(args.lr)):
-            raise MinirccnError(f"--lr: expected a positive number, got {args.lr}")
-        config = config.replace(lr=args.lr)
-    config = lineage_config(config, args)
+    if model != base.model:
+        base = preset(args.preset, model=model)
+    base = lineage_config(base, args)
     args.out = resolve_out(args.out, resume=args.resume)
+    log = (lambda *a: None) if args.json else print
+    setup = userdata.configure(args, log=log, base=base)
+    config = setup["config"]
+    init_params = None
+    if args.weights:
+        from minirccn import weights
+
+        init_params = weights.backbone_params(args.weights, config)
+        log(f"--weights {args.weights}: loaded {len(init_params)} backbone arrays")
     result = train(
         config,
+        train_data=setup["train_data"],
+        test_data=setup["test_data"],
         data=args.data,
         images=args.images,
         out=args.out,
@@ -704,30 +775,23 @@ def run(args) -> int:
         reseed=args.reseed,
         backend=args.backend,
         seed=args.seed,
-        iters=args.iters,
+        iters=setup["iters"],
         alternating=args.alternating,
         resume=args.resume,
-        eval_split=args.eval_split,
+        eval_split=setup["eval_split"],
         eval_images=args.eval_images,
         progress=not args.no_progress,
+        val_limit=VAL_LIMIT,
+        extra_metrics=setup["metrics"],
+        init_params=init_params,
     )
     m = result["metrics"]
-    summary = {
-        k: m.get(k)
-        for k in (
-            "map50",
-            "map",
-            "map75",
-            "voc07_map50",
-            "train_seconds",
-            "eval_seconds",
-            "images_per_second",
-            "iters",
-            "backend",
-        )
-    }
-    print(json.dumps(summary))
-    print(
-        f"wrote {os.path.join(args.out, 'checkpoint.npz')}, metrics.json, loss_curve.png, detections.png"
-    )
+    if args.json:
+        print(json.dumps(summary.summary_dict(m, args.out)))
+    else:
+        print(summary.format_summary(m, args.out))
     return 0
+
+
+#: the periodic validation evaluates at most this many images (the final evaluation: all)
+VAL_LIMIT = 50

@@ -39,7 +39,8 @@ def test_bench_quick_writes_table_and_json(tmp_path, capsys):
     assert "| box_iou |" in text and "| conv2d fwd+bwd |" in text
     report = json.loads(out.read_text())
     impls = {(r["case"], r["impl"]) for r in report["results"]}
-    for case in ("box_iou", "nms", "roi_pool fwd+bwd", "conv2d fwd+bwd", "max_pool2d fwd+bwd"):
+    cases = ("box_iou", "nms", "roi_pool fwd+bwd", "roi_align fwd+bwd", "conv2d fwd+bwd")
+    for case in (*cases, "max_pool2d fwd+bwd"):
         assert (case, "numpy") in impls and (case, "numba") in impls
     assert all(r["median"] > 0 and "peak_mib" in r for r in report["results"])
     assert report["machine"]

@@ -122,7 +122,7 @@ def test_cli_train_and_bad_flags(tmp_path, capsys):
     )
     assert rc == 0
     assert (tmp_path / "checkpoint.npz").is_file() and (tmp_path / "metrics.json").is_file()
-    assert "map50" in capsys.readouterr().out
+    assert "mAP@0.5" in capsys.readouterr().out
     assert main(["train", "--out", str(tmp_path), "--iters", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--iters" in err[0]

@@ -26,6 +26,7 @@ from minirccn.backend import array_module, resolve
 from minirccn.data import transforms
 from minirccn.detector import backbone as _bb
 from minirccn.detector.proposal_targets import ProposalTargetCreator
+from minirccn.detector.poolers import RoIPooler
 from minirccn.proposals.source import ProposalSource
 
 from minirccn.detector.registry import EXTERNAL_MODELS  # noqa: F401  (re-exported)
@@ -138,6 +139,7 @@ class ExternalProposalModel:
         self.params = params
         self.source = source if source is not None else proposal_source(config)
         self.proposal_targets = ProposalTargetCreator.from_config(config)
+        self.roi_pooler = RoIPooler.from_config(config)  # the RoI head's pooling (Fast R-CNN)
 
     @staticmethod
     def init_params(config, num_classes: int, rng) -> dict:  # pragma: no cover - abstract

@@ -2,7 +2,7 @@
 
 Forward, for ``R`` RoIs on a feature map ``(N, C, H, W)``::
 
-    roi max pool  -> (R, C, 7, 7) -> flatten (R, C*49)
+    RoI pooling   -> (R, C, 7, 7) -> flatten (R, C*49)   max pool or RoIAlign (poolers.py)
     fc6 -> ReLU [-> dropout]      -> (R, D)            "head.fc6"
     fc7 -> ReLU [-> dropout]      -> (R, D)            "head.fc7"
     cls                           -> (R, K)   class scores            "head.cls"
@@ -23,7 +23,7 @@ import numpy as np
 
 from minirccn.nn import layers, losses
 from minirccn.backend import get_array_module
-from minirccn.ops.roi_pool import roi_pool_layer_forward, roi_pool_layer_backward
+from minirccn.detector.poolers import RoIPooler
 
 
 def init_head(
@@ -95,6 +95,7 @@ def head_forward(
     dropout: float = 0.0,
     rng=None,
     backend=None,
+    pooler: RoIPooler | None = None,
 ):
     """Class scores and per-class deltas of each RoI.
 
@@ -103,17 +104,18 @@ def head_forward(
         features: ``(N, C, H, W)`` float feature map.
         rois: ``(R, 5)`` float rows ``(batch_index, x1, y1, x2, y2)`` in input pixels.
         spatial_scale: ``1 / stride`` of the feature map.
-        output_size: pooled size (7).
+        output_size: pooled size (7) of the default pooler.
         dropout: drop probability after fc6 and fc7 (0: no dropout, e.g. at inference).
         rng: ``numpy.random.Generator`` for the dropout masks (needed if ``dropout > 0``).
         backend: backend of RoI pooling and the layers.
+        pooler: a :class:`~minirccn.detector.poolers.RoIPooler` (default: RoI max pooling
+            to ``output_size``).
 
     Returns:
         class_logits: ``(R, K)``; box_deltas: ``(R, 4K)``; cache: :class:`HeadCache`.
     """
-    pooled, pool_cache = roi_pool_layer_forward(
-        features, rois, output_size, spatial_scale, backend=backend
-    )
+    pooler = pooler if pooler is not None else RoIPooler("roi_pool", output_size)
+    pooled, pool_cache = pooler.forward(features, rois, spatial_scale, backend=backend)
     r, c, ph, pw = pooled.shape
     x = pooled.reshape(r, c * ph * pw)  # explicit: R may be 0
     x, fc6 = layers.linear_forward(x, params["head.fc6.w"], params["head.fc6.b"], backend=backend)
@@ -195,7 +197,7 @@ def head_backward(dlogits, ddeltas, cache: HeadCache):
         dx = layers.dropout_backward(dx, cache.drop6)
     dx = layers.relu_backward(dx, cache.relu6)
     dx, dw6, db6 = layers.linear_backward(dx, cache.fc6)
-    dfeatures = roi_pool_layer_backward(dx.reshape(cache.pooled_shape), cache.pool)
+    dfeatures = RoIPooler.backward(dx.reshape(cache.pooled_shape), cache.pool)
     grads = {
         "head.fc6.w": dw6,
         "head.fc6.b": db6,

@@ -50,6 +50,7 @@ from minirccn.detector import backbone as _bb
 from minirccn.detector.anchor_targets import AnchorTargetCreator
 from minirccn.detector.anchors import generate_anchors
 from minirccn.detector.head import head_backward, head_forward, head_losses, init_head
+from minirccn.detector.poolers import RoIPooler
 from minirccn.detector.proposal_targets import ProposalTargetCreator
 from minirccn.detector.proposals import ProposalCreator
 from minirccn.detector.rpn import init_rpn, rpn_backward, rpn_forward, rpn_losses
@@ -90,6 +91,7 @@ class FasterRCNN:
         self.train_proposals = ProposalCreator.from_config(config, training=True)
         self.test_proposals = ProposalCreator.from_config(config, training=False)
         self.proposal_targets = ProposalTargetCreator.from_config(config)
+        self.roi_pooler = RoIPooler.from_config(config)
 
     @property
     def num_classes(self) -> int:
@@ -404,6 +406,7 @@ def _head(model: FasterRCNN, features, rois, backend, rng=None, training=True):
         dropout=model.config.dropout if training else 0.0,
         rng=rng,
         backend=backend,
+        pooler=model.roi_pooler,
     )
 
 

@@ -40,10 +40,20 @@ All float arithmetic is done in the features' dtype ``T`` (torchvision converts
 The backward pass spreads ``grad_out[r, c, i, j] / (G_h * G_w)`` over the same 4
 neighbours of every sample with the same weights.
 
-One difference from torchvision's forward, on purpose: a sample outside the map
-contributes exactly 0 here, where torchvision multiplies zero weights by
-``X[0, 0]`` (so an ``inf``/NaN in that one cell would leak into every bin with
-an outside sample). For finite features the two are the same.
+Where this differs from torchvision, on purpose (finite features and RoIs that
+torchvision accepts give the same numbers):
+
+* a sample outside the map contributes exactly 0 here, where torchvision
+  multiplies zero weights by ``X[0, 0]`` (so an ``inf``/NaN in that one cell
+  leaks into every bin with an outside sample);
+* with ``aligned=True`` and an adaptive grid, a RoI with a negative size gets
+  ``G <= 0`` samples and outputs 0; torchvision raises on some of these (its
+  per-RoI table would get a negative length).
+
+Non-finite features: the reference's matrix products multiply whole rows of the
+map by zero weights, so an ``inf``/NaN anywhere in an image's channel makes
+every RoI of that image NaN in that channel; the kernels read only the 4
+neighbours of each sample. Neither is meaningful; training stops on a NaN loss.
 
 How this module computes it
 ---------------------------
@@ -428,7 +438,7 @@ def roi_align_backward(
 
 
 class RoIAlignCache(NamedTuple):
-    """What :func:`roi_align_layer_backward` needs from :func:`roi_align_forward`."""
+    """What :func:`roi_align_layer_backward` needs from :func:`roi_align_layer_forward`."""
 
     rois: object  # (R, 5) float, the pooled RoIs
     input_shape: tuple  # (N, C, H, W)
@@ -439,10 +449,10 @@ class RoIAlignCache(NamedTuple):
     backend: str
 
 
-def roi_align_forward(
+def roi_align_layer_forward(
     features, rois, output_size, spatial_scale, sampling_ratio=-1, aligned=False, *, backend=None
 ):
-    """Layer form of :func:`roi_align`: ``out, cache = roi_align_forward(...)``.
+    """Layer form of :func:`roi_align`: ``out, cache = roi_align_layer_forward(...)``.
 
     Args: as :func:`roi_align`.
 

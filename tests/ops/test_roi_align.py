@@ -23,7 +23,7 @@ from minirccn.ops.roi_align import (
     roi_align,
     roi_align_backward,
     roi_align_backward_reference,
-    roi_align_forward,
+    roi_align_layer_forward,
     roi_align_layer_backward,
     roi_align_reference,
     sample_tables,
@@ -336,7 +336,7 @@ def test_layer_gradient_matches_finite_differences(backend, ratio, aligned):
     )
 
     def forward(f):
-        return roi_align_forward(f, rois, (2, 3), 0.5, ratio, aligned, backend=backend)
+        return roi_align_layer_forward(f, rois, (2, 3), 0.5, ratio, aligned, backend=backend)
 
     out, cache = forward(x)
     assert isinstance(cache, RoIAlignCache) and cache.backend == backend
