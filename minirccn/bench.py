@@ -470,12 +470,22 @@ def _torch_predict(inputs: dict, device: str):
 
 
 def _tiny_detector(inputs: dict, backend: str):
-    """A fresh tiny-preset detector on ``backend``, seeded by the case's inputs."""
+    """A fresh tiny-preset detector on ``backend``, seeded by the case's inputs (the preset's
+    RetinaNet if ``inputs["model"] == "retinanet"``)."""
     from minirccn.config import preset
     from minirccn.detector.model import FasterRCNN
 
     rng = np.random.default_rng(inputs["seed"])
+    if inputs.get("model") == "retinanet":
+        from minirccn.detector.retinanet import RetinaNet
+
+        cfg = preset("tiny", model="retinanet")
+        return RetinaNet(cfg, inputs["data"].class_names, rng=rng).to(backend)
     return FasterRCNN(preset("tiny"), inputs["data"].class_names, rng=rng).to(backend)
+
+
+def _make_retinanet_inputs(rng: np.random.Generator) -> dict:
+    return {**_make_detector_inputs(rng), "model": "retinanet"}
 
 
 def _make_detector_inputs(rng: np.random.Generator) -> dict:
@@ -492,6 +502,10 @@ def _train_step(backend: str, inputs: dict):
 
     model = _tiny_detector(inputs, backend)
     cfg = model.config
+    forward, backward = detector_forward, detector_backward
+    if cfg.model == "retinanet":
+        from minirccn.detector.retinanet import retinanet_backward as backward
+        from minirccn.detector.retinanet import retinanet_forward as forward
     sample = inputs["data"][inputs["index"]]
     x, scale = model.preprocess(sample["image"])
     images = B.array_module(backend).asarray(x[None])
@@ -503,8 +517,8 @@ def _train_step(backend: str, inputs: dict):
     rng = np.random.default_rng(0)
 
     def fn():
-        losses, cache, _ = detector_forward(model, images, sizes, targets, rng, backend=backend)
-        opt.step(detector_backward(cache))
+        losses, cache, _ = forward(model, images, sizes, targets, rng, backend=backend)
+        opt.step(backward(cache))
         return losses
 
     return fn
@@ -522,6 +536,8 @@ def detector_cases() -> list[Case]:
     return [
         Case("train step (tiny)", "1x3x128x128", _train_step, _make_detector_inputs),
         Case("predict (tiny)", "128x128", _predict, _make_detector_inputs),
+        Case("train step (retinanet tiny)", "1x3x128x128", _train_step, _make_retinanet_inputs),
+        Case("predict (retinanet tiny)", "128x128", _predict, _make_retinanet_inputs),
     ]
 
 

@@ -199,8 +199,13 @@ def check_config(config, where: str = "config") -> None:
         raise MinirccnError(
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
+    if config.retina_hidden_init not in ("normal", "he"):
+        raise MinirccnError(
+            f"{where}: retina_hidden_init must be normal or he, got {config.retina_hidden_init!r}"
+        )
     if config.model not in MODELS:
-        raise MinirccnError(f"{where}: model must be one of {', '.join(MODELS)}, got {config.model!r}")
+        models = ", ".join(MODELS)
+        raise MinirccnError(f"{where}: model must be one of {models}, got {config.model!r}")
     if config.selective_search_mode not in ("fast", "quality"):
         raise MinirccnError(
             f"{where}: selective_search_mode must be fast or quality, got {config.selective_search_mode!r}"

@@ -553,7 +553,14 @@ def _write_outputs(out, model, metrics, history, test_data, backend):
             curves[k] = ([p[0] for p in pts], [p[1] for p in pts])
     if curves:
         viz.plot_curves(
-            curves, os.path.join(out, "loss_curve.png"), title="training losses", smoothing=0.9
+            curves,
+            os.path.join(out, "loss_curve.png"),
+            title="training losses (faint: per step; solid: moving average)",
+            ylabel="loss",
+            smoothing=0.9,
+            events=viz.schedule_events(
+                model.config, iters=max((len(v) for v in history.values()), default=0)
+            ),
         )
     if test_data is not None and len(test_data):
         tiles = []

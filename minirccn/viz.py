@@ -1,15 +1,24 @@
-"""Pictures with Pillow alone: detections on images, image grids, line charts.
+"""Pictures: detections on images and image grids (Pillow), charts (matplotlib, Agg).
 
 * :func:`draw_detections` -- box outlines with ``"name 0.93"`` tags on an image.
 * :func:`save_grid` -- several images tiled into one PNG.
-* :func:`plot_curves` -- a line chart (axes, ticks, legend, optional smoothing),
-  drawn with ``ImageDraw`` so no plotting library is needed.
+* :func:`plot_curves` -- loss curves (optional smoothing), schedule events
+  (:func:`schedule_events`: warm-up end, batch-norm freeze, LR drops) as vertical lines.
+* :func:`plot_heatmap` -- a 2-D array with a colour bar.
+* :func:`plot_pr_curves` -- precision-recall curves.
+* :func:`plot_sweep` -- timings (or any y) against a size, log-log.
+* :func:`plot_bars` -- grouped bars.
+
+Charts are drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas (no
+``pyplot``, no global backend switch, no display needed); each ``*_figure``
+function returns the figure, each ``plot_*`` function saves it as a PNG.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -165,32 +174,6 @@ def save_grid(images: list, path, cols: int = 4, pad: int = 4, background=(255, 
     return path
 
 
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """About ``target`` round tick values (1, 2 or 5 times a power of ten apart) covering ``[lo, hi]``."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return []
-    if hi <= lo:
-        hi = lo + (abs(lo) if lo else 1.0)
-    raw = (hi - lo) / max(target, 1)
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    k = 0
-    while first + k * step <= hi + 1e-9 * step:
-        ticks.append(round(first + k * step, 12))
-        k += 1
-    return ticks
-
-
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 1e5 or abs(v) < 1e-3:
-        return f"{v:.0e}"
-    return f"{v:.4g}"
-
-
 def ema(values, smoothing: float) -> np.ndarray:
     """Exponential moving average, debiased as TensorBoard does: ``s_t = a s_{t-1} + (1-a) v_t``."""
     values = np.asarray(values, dtype=np.float64)
@@ -201,6 +184,7 @@ def ema(values, smoothing: float) -> np.ndarray:
         weight = smoothing * weight + (1 - smoothing)
         out[t] = acc / weight
     return out
+
 
 
 def _series(curves: dict):
@@ -219,6 +203,105 @@ def _series(curves: dict):
     return out
 
 
+def _rgb(k: int) -> tuple:
+    """``PALETTE[k]`` as matplotlib's 0..1 floats."""
+    return tuple(c / 255 for c in PALETTE[k % len(PALETTE)])
+
+
+def _figure(size):
+    """A matplotlib Figure of ``size = (width, height)`` pixels (dpi 100) on the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path) -> str:
+    """Save a matplotlib figure as a PNG at ``path`` (folder created, written atomically)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with atomic_path(path, "PNG") as tmp:  # never a half-written picture
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def schedule_events(config, iters: int | None = None) -> list[tuple[int, str]]:
+    """The training schedule's turning points as ``[(step, label)]``, for :func:`plot_curves`.
+
+    Args:
+        config: a :class:`~minirccn.config.FasterRCNNConfig` (reads ``warmup_iters``,
+            ``bn_freeze_iter``, ``milestones``, ``gamma``, ``iters``).
+        iters: keep only events before this step (default ``config.iters``).
+
+    Returns:
+        ``(step, label)`` pairs sorted by step: the end of the LR warm-up, the step
+        batch norm freezes (running statistics from then on), each LR drop.
+    """
+    iters = config.iters if iters is None else iters
+    events = []
+    if config.warmup_iters > 0:
+        events.append((int(config.warmup_iters), "warm-up ends"))
+    if getattr(config, "bn_freeze_iter", 0) > 0:
+        events.append((int(config.bn_freeze_iter), "batch norm frozen"))
+    for m in config.milestones:
+        events.append((int(m), f"LR x{config.gamma:g}"))
+    return sorted(e for e in events if e[0] < iters)
+
+
+def curves_figure(
+    curves: dict,
+    title: str = "",
+    xlabel: str = "iteration",
+    ylabel: str = "",
+    smoothing: float = 0.0,
+    logy: bool = False,
+    size=(800, 480),
+    events=(),
+):
+    """The figure :func:`plot_curves` saves (arguments as there)."""
+    if not isinstance(curves, dict):
+        raise TypeError(f"curves: expected a dict name -> values, got {type(curves).__name__}")
+    if not 0.0 <= float(smoothing) < 1.0:
+        raise ValueError(f"smoothing: expected 0 <= smoothing < 1, got {smoothing}")
+    series = _series(curves)
+    if logy:
+        series = [(n, s[v > 0], v[v > 0]) for n, s, v in series]
+    fig = _figure(size)
+    ax = fig.add_subplot()
+    for k, (name, steps, values) in enumerate(series):
+        colour = _rgb(k)
+        if len(values) == 0:
+            continue
+        if len(values) == 1:
+            ax.plot(steps, values, "o", color=colour, label=name)
+            continue
+        if smoothing > 0:
+            ax.plot(steps, values, color=colour, alpha=0.3, linewidth=1)
+            values = ema(values, smoothing)
+        ax.plot(steps, values, color=colour, linewidth=2, label=name)
+    for step, label in events:
+        ax.axvline(step, color="0.35", linestyle="--", linewidth=1)
+        ax.text(
+            step, 1.0, f" {label}", transform=ax.get_xaxis_transform(), rotation=90,
+            va="top", ha="right", fontsize=8, color="0.25",
+        )
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel((ylabel + " (log scale)").strip() if logy else ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, color="0.9")
+    if any(len(v) for _, _, v in series):  # outside the plot: never over a curve or an event
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, borderaxespad=0)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(
     curves: dict,
     path,
@@ -228,114 +311,155 @@ def plot_curves(
     smoothing: float = 0.0,
     logy: bool = False,
     size=(800, 480),
+    events=(),
 ) -> str:
     """Draw a line chart of ``curves`` and save it as a PNG at ``path``.
 
     Args:
-        curves: name -> list of values (plotted at steps 0, 1, ...) or ``(steps, values)``.
+        curves: name -> list of values (plotted at steps 0, 1, ...) or ``(steps, values)``;
+            non-finite points are dropped.
         path: output PNG (its folder is created).
         title, xlabel, ylabel: text on the chart.
         smoothing: 0 <= a < 1; if > 0 each curve is drawn faint as recorded and solid
             after an exponential moving average with weight ``a``.
         logy: logarithmic y axis (non-positive values are dropped).
         size: ``(width, height)`` in pixels.
+        events: ``[(step, label)]`` drawn as labelled dashed vertical lines (e.g.
+            :func:`schedule_events`).
 
     Returns:
         ``path`` as a string.
     """
-    if not isinstance(curves, dict):
-        raise TypeError(f"curves: expected a dict name -> values, got {type(curves).__name__}")
-    if not 0.0 <= float(smoothing) < 1.0:
-        raise ValueError(f"smoothing: expected 0 <= smoothing < 1, got {smoothing}")
-    series = _series(curves)
-    if logy:
-        series = [(n, s[v > 0], np.log10(v[v > 0])) for n, s, v in series]
-    width, height = size
-    img = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    font = _font(12)
-    left, right, top, bottom = 78, 20, 40 if title else 20, 52
-    x0, y0, x1, y1 = left, top, width - right, height - bottom  # plot area
-    points = [(s, v) for _, s, v in series if len(v)]
-    if points:
-        xs = np.concatenate([s for s, _ in points])
-        ys = np.concatenate([v for _, v in points])
-        xlo, xhi, ylo, yhi = xs.min(), xs.max(), ys.min(), ys.max()
-    else:
-        xlo, xhi, ylo, yhi = 0.0, 1.0, 0.0, 1.0
-    if xhi <= xlo:
-        xlo, xhi = xlo - 0.5, xhi + 0.5
-    if yhi <= ylo:
-        pad = abs(ylo) * 0.1 or 1.0
-        ylo, yhi = ylo - pad, yhi + pad
-    ypad = 0.04 * (yhi - ylo)
-    ylo, yhi = ylo - ypad, yhi + ypad
+    fig = curves_figure(curves, title, xlabel, ylabel, smoothing, logy, size, events)
+    return save_figure(fig, path)
 
-    def px(x):
-        return x0 + (np.asarray(x) - xlo) / (xhi - xlo) * (x1 - x0)
 
-    def py(y):
-        return y1 - (np.asarray(y) - ylo) / (yhi - ylo) * (y1 - y0)
+def heatmap_figure(
+    values, title="", xlabel="", ylabel="", colorbar_label="", cmap="viridis",
+    vmin=None, vmax=None, size=(480, 400), ax_title=None,
+):
+    """A 2-D array as an image with a colour bar (row 0 at the top); returns the figure.
 
-    grid_colour, axis_colour, text_colour = (230, 230, 230), (60, 60, 60), (30, 30, 30)
-    for t in nice_ticks(ylo, yhi, 6):
-        y = float(py(t))
-        if y0 <= y <= y1:
-            draw.line([(x0, y), (x1, y)], fill=grid_colour)
-            label = _fmt(10.0**t) if logy else _fmt(t)
-            tw, th = _text_size(draw, label, font)
-            draw.text((x0 - 8 - tw, y - th / 2 - 2), label, fill=text_colour, font=font)
-            draw.line([(x0 - 4, y), (x0, y)], fill=axis_colour)
-    for t in nice_ticks(xlo, xhi, 8):
-        x = float(px(t))
-        if x0 <= x <= x1:
-            draw.line([(x, y0), (x, y1)], fill=grid_colour)
-            label = _fmt(t)
-            tw, _ = _text_size(draw, label, font)
-            draw.text((x - tw / 2, y1 + 7), label, fill=text_colour, font=font)
-            draw.line([(x, y1), (x, y1 + 4)], fill=axis_colour)
-    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=axis_colour, width=1)
+    Args:
+        values: ``(H, W)`` float, or a list of them (side by side, one colour scale).
+        cmap: a matplotlib colour map name (``"RdBu_r"`` for signed values).
+        vmin, vmax: the colour range (default: the min and max over all arrays).
+        ax_title: one title per array when ``values`` is a list.
+    """
+    from matplotlib.ticker import MaxNLocator
 
-    for k, (name, steps, values) in enumerate(series):
-        colour = PALETTE[k % len(PALETTE)]
-        if len(values) == 0:
-            continue
-        pts = list(zip(px(steps).tolist(), py(values).tolist()))
-        if smoothing > 0:
-            faint = tuple(int(c + 0.65 * (255 - c)) for c in colour)
-            if len(pts) > 1:
-                draw.line(pts, fill=faint, width=1)
-            pts = list(zip(px(steps).tolist(), py(ema(values, smoothing)).tolist()))
-        if len(pts) == 1:
-            x, y = pts[0]
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-        else:
-            draw.line(pts, fill=colour, width=2)
-
+    arrays = values if isinstance(values, (list, tuple)) else [values]
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    if any(a.ndim != 2 for a in arrays):
+        raise ValueError("heatmap: expected 2-D arrays")
+    lo = min(np.nanmin(a) for a in arrays) if vmin is None else vmin
+    hi = max(np.nanmax(a) for a in arrays) if vmax is None else vmax
+    fig = _figure(size)
+    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    for k, (ax, a) in enumerate(zip(axes, arrays)):
+        im = ax.imshow(a, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rows and columns are integers
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        if k == 0:
+            ax.set_ylabel(ylabel)
+        if ax_title:
+            ax.set_title(ax_title[k], fontsize=10)
+    fig.colorbar(im, ax=list(axes), label=colorbar_label, shrink=0.9)
     if title:
-        tw, _ = _text_size(draw, title, _font(15))
-        draw.text(((width - tw) / 2, 10), title, fill=text_colour, font=_font(15))
-    if xlabel:
-        tw, _ = _text_size(draw, xlabel, font)
-        draw.text(((x0 + x1 - tw) / 2, height - 22), xlabel, fill=text_colour, font=font)
-    if ylabel or logy:
-        text = (ylabel + " (log scale)").strip() if logy else ylabel
-        tw, th = _text_size(draw, text, font)
-        label_img = Image.new("RGB", (tw + 4, th + 6), (255, 255, 255))
-        ImageDraw.Draw(label_img).text((2, 0), text, fill=text_colour, font=font)
-        rotated = label_img.rotate(90, expand=True)
-        img.paste(rotated, (6, int((y0 + y1 - rotated.height) / 2)))
-    if series:  # legend, top right inside the plot
-        rows = [(name, PALETTE[k % len(PALETTE)]) for k, (name, _, _) in enumerate(series)]
-        lw = max(_text_size(draw, n, font)[0] for n, _ in rows) + 36
-        lh = 18 * len(rows) + 8
-        lx, ly = x1 - lw - 8, y0 + 8
-        draw.rectangle([lx, ly, lx + lw, ly + lh], fill=(255, 255, 255), outline=(200, 200, 200))
-        for r, (name, colour) in enumerate(rows):
-            yy = ly + 6 + 18 * r + 7
-            draw.line([(lx + 6, yy), (lx + 26, yy)], fill=colour, width=3)
-            draw.text((lx + 31, yy - 8), name, fill=text_colour, font=font)
-    path = os.fspath(path)
-    with atomic_path(path, "PNG") as tmp:  # never a half-written picture
-        img.save(tmp, format="PNG")
-    return path
+        fig.suptitle(title)
+    return fig
+
+
+def plot_heatmap(values, path, **kwargs) -> str:
+    """Save :func:`heatmap_figure` ``(values, **kwargs)`` as a PNG at ``path``."""
+    return save_figure(heatmap_figure(values, **kwargs), path)
+
+
+def pr_figure(curves: dict, title="", size=(520, 440)):
+    """Precision-recall curves, ``{name: (recall, precision)}``; returns the figure."""
+    fig = _figure(size)
+    ax = fig.add_subplot()
+    for k, (name, (recall, precision)) in enumerate(curves.items()):
+        ax.plot(recall, precision, "o-", color=_rgb(k), linewidth=2, markersize=4, label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.grid(True, color="0.9")
+    if title:
+        ax.set_title(title)
+    if curves:
+        ax.legend(loc="lower left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(curves: dict, path, title="", size=(520, 440)) -> str:
+    """Save :func:`pr_figure` as a PNG at ``path``."""
+    return save_figure(pr_figure(curves, title, size), path)
+
+
+def sweep_figure(
+    sizes, series: dict, title="", xlabel="size", ylabel="milliseconds", logx=True, logy=True,
+    size=(640, 440),
+):
+    """Lines of ``series`` (name -> values, one per entry of ``sizes``) against ``sizes``."""
+    fig = _figure(size)
+    ax = fig.add_subplot()
+    for k, (name, values) in enumerate(series.items()):
+        ax.plot(sizes, values, "o-", color=_rgb(k), linewidth=2, label=name)
+    if logx:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(list(sizes), [f"{v:g}" for v in sizes])
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel + (" (log scale)" if logx else ""))
+    ax.set_ylabel(ylabel + (" (log scale)" if logy else ""))
+    ax.grid(True, which="both", color="0.9")
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(sizes, series: dict, path, **kwargs) -> str:
+    """Save :func:`sweep_figure` ``(sizes, series, **kwargs)`` as a PNG at ``path``."""
+    return save_figure(sweep_figure(sizes, series, **kwargs), path)
+
+
+def bars_figure(values: dict, title="", ylabel="", size=(640, 420), logy=False):
+    """Grouped bars: ``{group: {bar name: value}}``, one colour per bar name, values written
+    on the bars (``logy``: logarithmic y axis, labelled so); returns the figure."""
+    names: list[str] = []
+    for bars in values.values():
+        names += [n for n in bars if n not in names]
+    fig = _figure(size)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        xs = [g + (k - (len(names) - 1) / 2) * width for g, bars in enumerate(values.values())
+              if name in bars]
+        ys = [bars[name] for bars in values.values() if name in bars]
+        rects = ax.bar(xs, ys, width, color=_rgb(k), label=name)
+        ax.bar_label(rects, fmt="%.3g", fontsize=8)
+    ax.set_xticks(range(len(values)), [textwrap.fill(str(g), 22) for g in values], fontsize=9)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_ylabel((ylabel + " (log scale)").strip() if logy else ylabel)
+    if title:
+        ax.set_title(title)
+    if names:
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(values: dict, path, **kwargs) -> str:
+    """Save :func:`bars_figure` ``(values, **kwargs)`` as a PNG at ``path``."""
+    return save_figure(bars_figure(values, **kwargs), path)

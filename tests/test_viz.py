@@ -1,14 +1,24 @@
-"""Pictures drawn with Pillow: detections, grids, line charts."""
-
-import math
+"""Pictures: detections and grids (Pillow), charts (matplotlib)."""
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from PIL import Image
 
-from minirccn.viz import PALETTE, draw_detections, ema, nice_ticks, plot_curves, save_grid
+from minirccn.config import preset
+from minirccn.viz import (
+    PALETTE,
+    curves_figure,
+    draw_detections,
+    ema,
+    heatmap_figure,
+    plot_bars,
+    plot_curves,
+    plot_heatmap,
+    plot_pr_curves,
+    plot_sweep,
+    save_grid,
+    schedule_events,
+)
 
 
 def test_draw_detections_outlines_in_the_label_colour():
@@ -76,11 +86,11 @@ def test_plot_curves(tmp_path):
         "nan": [float("nan"), 1.0, float("inf")],
         "empty": [],
     }
-    path = plot_curves(curves, tmp_path / "c.png", title="losses", smoothing=0.9)
-    img = np.asarray(Image.open(path))
+    path = plot_curves(curves, tmp_path / "sub" / "c.png", title="losses", smoothing=0.9)
+    img = np.asarray(Image.open(path).convert("RGB"))
     assert img.shape == (480, 800, 3)
     colours = {tuple(c) for c in img.reshape(-1, 3)}
-    assert PALETTE[0] in colours and PALETTE[1] in colours  # both curves were drawn
+    assert PALETTE[0] in colours and PALETTE[1] in colours  # both curves were drawn, solid
     assert Image.open(
         plot_curves({"one": [3.0]}, tmp_path / "one.png", logy=True, size=(300, 200))
     ).size == (300, 200)
@@ -94,17 +104,58 @@ def test_plot_curves(tmp_path):
         plot_curves([1, 2], tmp_path / "x.png")
 
 
-@given(st.floats(-1e6, 1e6), st.floats(1e-3, 1e6), st.integers(2, 10))
-def test_nice_ticks(lo, span, target):
-    hi = lo + span
-    ticks = nice_ticks(lo, hi, target)
-    assert len(ticks) >= 1 and all(lo - 1e-9 * span <= t <= hi + 1e-9 * span for t in ticks)
-    if len(ticks) > 1:
-        steps = np.diff(ticks)
-        np.testing.assert_allclose(steps, steps[0], rtol=1e-6)
-        mantissa = steps[0] / 10 ** math.floor(math.log10(steps[0]))
-        assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6
-        assert len(ticks) <= 2 * target + 1
+def test_curves_figure_axes_smoothing_and_events():
+    values = [4.0, 2.0, 3.0, 1.0]
+    fig = curves_figure(
+        {"loss": values, "nan": [float("nan"), 1.0]},
+        xlabel="step",
+        ylabel="loss",
+        smoothing=0.5,
+        events=[(1, "warm-up ends"), (3, "LR x0.1")],
+    )
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "loss"
+    faint, smooth, single = ax.lines[:3]
+    assert faint.get_ydata().tolist() == values and faint.get_alpha() == 0.3
+    np.testing.assert_allclose(smooth.get_ydata(), ema(values, 0.5))
+    assert single.get_xdata().tolist() == [1.0] and single.get_ydata().tolist() == [1.0]
+    vlines = ax.lines[3:]
+    assert [ln.get_xdata()[0] for ln in vlines] == [1, 3]
+    assert [t.get_text().strip() for t in ax.texts] == ["warm-up ends", "LR x0.1"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["loss", "nan"]
+    assert curves_figure({"a": [1.0, 2.0]}, ylabel="loss", logy=True).axes[0].get_yscale() == "log"
+
+
+def test_schedule_events_from_the_config():
+    cfg = preset("tiny")
+    events = schedule_events(cfg)
+    expected = sorted(
+        [(cfg.warmup_iters, "warm-up ends"), (cfg.bn_freeze_iter, "batch norm frozen")]
+        + [(m, f"LR x{cfg.gamma:g}") for m in cfg.milestones]
+    )
+    assert events == expected and len(events) == 2 + len(cfg.milestones)
+    assert schedule_events(cfg, iters=cfg.warmup_iters + 1) == [(cfg.warmup_iters, "warm-up ends")]
+    none = cfg.replace(warmup_iters=0, bn_freeze_iter=0, milestones=())
+    assert schedule_events(none) == []
+
+
+def test_heatmap_has_a_colour_bar_and_one_scale(tmp_path):
+    a, b = np.arange(6.0).reshape(2, 3), -np.ones((2, 3))
+    fig = heatmap_figure([a, b], colorbar_label="IoU", ax_title=["a", "b"])
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and all(im.get_clim() == (-1.0, 5.0) for im in images)
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylabel() == "IoU"  # the colour bar
+    assert Image.open(plot_heatmap(a, tmp_path / "h.png", vmin=0, vmax=1)).size == (480, 400)
+    with pytest.raises(ValueError, match="2-D"):
+        heatmap_figure(np.zeros(3))
+
+
+def test_pr_sweep_and_bar_charts_write_pngs(tmp_path):
+    pr = plot_pr_curves({"cls": ([0.0, 0.5, 1.0], [1.0, 1.0, 0.5])}, tmp_path / "pr.png")
+    sweep = plot_sweep([10, 100], {"numpy": [1.0, 30.0]}, tmp_path / "s.png")
+    bars = plot_bars({"g": {"a": 1.0, "b": 2.0}}, tmp_path / "b.png", ylabel="ms")
+    for path in (pr, sweep, bars):
+        assert Image.open(path).format == "PNG"
 
 
 def test_ema():

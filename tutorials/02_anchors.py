@@ -95,15 +95,24 @@ for offset in (0.0, 0.5):
 # %% [markdown]
 # ## 3. The 1764 anchors of a 224 x 224 VGG16 input
 #
-# VGG16's conv layers keep the size (3x3, padding 1) and its four 2x2 pools
-# halve it: 224 -> 112 -> 56 -> 28 -> 14, stride 16. With 3 sizes x 3 ratios
-# that is 14 x 14 x 9 = **1764** anchors. The paper's sizes (128, 256, 512)
-# were chosen for ~600-pixel images; on a 224-pixel image most of those anchors
-# stick out of the image, which is why minirccn's `vgg16` preset uses
-# (32, 64, 128).
+# VGG16's conv layers keep the size (3x3, padding 1). The classification
+# network has five 2x2 max pools, but Faster R-CNN takes its features from
+# conv5_3, *before* the fifth pool: minirccn's `vgg16` backbone spec (printed
+# below) has four pooling stages, so 224 -> 112 -> 56 -> 28 -> 14, stride 16.
+# With 3 sizes x 3 ratios that is 14 x 14 x 9 = **1764** anchors. The paper's
+# sizes (128, 256, 512) were chosen for ~600-pixel images; on a 224-pixel image
+# most of those anchors stick out of the image, which is why minirccn's `vgg16`
+# preset uses (32, 64, 128).
 
 # %%
-feature, stride = 224 // 16, 16
+from minirccn.detector import backbone
+
+vgg = backbone.get_spec("vgg16")
+pools = sum(st.pool for st in vgg.stages)
+print("vgg16 stages (channels, convs, pool):", [(st.channels, st.convs, st.pool) for st in vgg.stages])
+print(f"{len(vgg.stages)} conv stages, {pools} of them end in a 2x2 pool -> stride {backbone.stride(vgg)}")
+T.check(pools == 4 and backbone.stride(vgg) == 16, "the vgg16 spec pools four times: stride 16")
+feature, stride = 224 // backbone.stride(vgg), backbone.stride(vgg)
 for anchor_sizes in ((128, 256, 512), (32, 64, 128)):
     all_anchors = anchors.generate_anchors(feature, stride, anchor_sizes, ratios, offset=0.5)
     inside = anchors.anchors_inside(all_anchors, (224, 224))
@@ -146,27 +155,48 @@ T.check(
 # %% [markdown]
 # ## 5. Anchors on a real image
 #
-# The `shapes` dataset has 128 x 128 images; the `tiny` preset has stride 16
-# (an 8 x 8 map), sizes (16, 32, 64) and offset 0.5: 576 anchors. For each
-# ground-truth box we look up its best anchor by IoU (tutorial 1's
+# The `shapes` dataset has 128 x 128 images. The `tiny` preset that
+# `minirccn train` uses (printed below from `minirccn.config`) has stride 4: a
+# 32 x 32 map, too dense to draw legibly (1024 dots, 9216 boxes). **This
+# section pins stride 16** (an 8 x 8 map) with the preset's sizes, ratios and
+# offset, so that each cell and its anchors can be seen; the code is the same
+# for any stride. (Why the preset went from stride 16 to 4: tutorial 8.)
+# For each ground-truth box we look up its best anchor by IoU (tutorial 1's
 # `ops.box_iou`): that anchor is what the RPN is trained to call positive and
 # to move onto the object.
 
 # %%
+from minirccn.config import preset
+from minirccn.detector.model import backbone_spec
+
+tiny = preset("tiny")
+tiny_stride_preset = backbone.stride(backbone_spec(tiny))
+side = 128 // tiny_stride_preset
+n_preset = side * side * len(tiny.anchor_sizes) * len(tiny.aspect_ratios)
+print(
+    f"the tiny preset: stride {tiny_stride_preset}, a {side} x {side} map, sizes {tiny.anchor_sizes}, "
+    f"ratios {tiny.aspect_ratios}, offset {tiny.anchor_offset}: {n_preset} anchors"
+)
 sample = load_dataset("shapes", split="train", seed=0)[T.pick(3, 3)]
 image, gt, labels = sample["image"], sample["boxes"], sample["labels"]
-tiny_sizes, tiny_stride = (16, 32, 64), 16
-grid = anchors.generate_anchors(128 // tiny_stride, tiny_stride, tiny_sizes, ratios, offset=0.5)
-iou = ops.box_iou(grid, gt)  # (576, G)
+tiny_sizes, tiny_stride = tiny.anchor_sizes, 16  # stride pinned to 16 for the pictures
+cells = 128 // tiny_stride
+grid = anchors.generate_anchors(
+    cells, tiny_stride, tiny_sizes, tiny.aspect_ratios, offset=tiny.anchor_offset
+)
+iou = ops.box_iou(grid, gt)  # (cells * cells * 9, G)
 best = iou.argmax(axis=0)  # (G,) best anchor of each object
-print(f"{len(grid)} anchors; ground truth:\n{gt}")
+print(f"at the pinned stride {tiny_stride}: {len(grid)} anchors; ground truth:\n{gt}")
 for g, k in enumerate(best):
     cell, a = divmod(int(k), 9)
     print(
-        f"  object {g}: best anchor {k} = cell {divmod(cell, 8)}, anchor {a}, "
+        f"  object {g}: best anchor {k} = cell {divmod(cell, cells)}, anchor {a}, "
         f"box {grid[k]}, IoU {iou[k, g]:.2f}"
     )
-T.check(len(grid) == 8 * 8 * 9, "tiny preset on 128 x 128: 8 x 8 x 9 = 576 anchors")
+T.check(
+    len(grid) == cells * cells * 9,
+    f"stride {tiny_stride} on 128 x 128: {cells} x {cells} x 9 = {len(grid)} anchors",
+)
 T.check(
     np.all(iou[best, np.arange(len(gt))] == iou.max(axis=0)),
     "argmax picks each object's highest-IoU anchor",
@@ -182,7 +212,7 @@ def centres_panel(offset):
     for k in range(0, 129, tiny_stride):
         d.line([(k * scale, 0), (k * scale, 128 * scale)], fill=(255, 255, 255))
         d.line([(0, k * scale), (128 * scale, k * scale)], fill=(255, 255, 255))
-    a = anchors.generate_anchors(8, tiny_stride, tiny_sizes, ratios, offset=offset)[::9]
+    a = anchors.generate_anchors(cells, tiny_stride, tiny_sizes, ratios, offset=offset)[::9]
     for x, y in (a[:, :2] + a[:, 2:]) / 2 * scale:
         d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(230, 25, 75), outline=(0, 0, 0))
     return T.caption(img, f"cell positions, offset {offset}")

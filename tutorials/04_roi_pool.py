@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 import _common as T
 from minirccn.nn import gradcheck
-from minirccn import ops
+from minirccn import ops, viz
 from minirccn.ops.roi_pool import (
     LOWEST,
     c_round,
@@ -236,22 +236,44 @@ for name in ("numpy", "numba"):
 # %% [markdown]
 # ## 6. Why not just resize the crop?
 #
-# Cropping the RoI and resizing it to `ph x pw` (bilinear) also gives a fixed
-# size, but it is a different operation: it **averages**, so a strong, small
-# activation is diluted, and it moves with every one-cell shift of the
-# activation. Max pooling keeps the strongest response of each bin, exactly,
-# and does not care where in the bin it sits. (RoIAlign, in Mask R-CNN, keeps
-# bilinear sampling but avoids the rounding; it samples points and then
-# takes their max or mean.)
+# Cropping the RoI and resizing it to `ph x pw` also gives a fixed size, but
+# it is a different operation. We resize with Pillow's `Image.BILINEAR`
+# filter, and the name misleads: when Pillow *shrinks* an image it widens the
+# bilinear (triangle) filter by the shrink factor, an antialiased resize, so
+# each output value is a weighted **average** of a whole neighbourhood (here
+# 8 -> 2: a triangle 4 cells wide each side of the output's centre), not a
+# bilinear sample of the 4 nearest cells. We rebuild Pillow's weights below
+# and check them against its output. An average dilutes a strong, small
+# activation, and it moves with every one-cell shift of the activation. Max
+# pooling keeps the strongest response of each bin, exactly, and does not
+# care where in the bin it sits. (RoIAlign, in Mask R-CNN, keeps true
+# bilinear *point samples* but avoids the rounding; it samples a few points
+# per bin and then takes their mean or max.)
 
 
 # %%
 def resize_crop(fmap, x1, y1, x2, y2, out):
-    """Crop rows y1:y2, columns x1:x2 of a 2-D map, resize it bilinearly to out x out."""
+    """Crop rows y1:y2, columns x1:x2 of a 2-D map, resize it with Pillow's BILINEAR filter
+    (antialiased when shrinking) to out x out."""
     crop = Image.fromarray(fmap[y1:y2, x1:x2].astype(np.float32), mode="F")
     return np.asarray(crop.resize((out, out), Image.BILINEAR))
 
 
+def pillow_shrink_weights(n_in, n_out):
+    """(n_out, n_in) weights of Pillow's BILINEAR resize: a triangle of half-width
+    max(1, n_in / n_out) around each output centre, normalised to sum 1."""
+    scale = n_in / n_out
+    support = max(1.0, scale)
+    centres = (np.arange(n_out) + 0.5) * scale  # in input coordinates, pixel i covers [i, i+1)
+    dist = np.abs((np.arange(n_in) + 0.5)[None, :] - centres[:, None]) / support
+    w = np.clip(1 - dist, 0, None)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+W8to2 = pillow_shrink_weights(8, 2)
+print("Pillow's BILINEAR weights for output 0 when shrinking 8 -> 2:", W8to2[0].round(3))
+print(f"input cells that contribute to one output: {int((W8to2[0] > 0).sum())} per axis (a bilinear"
+      " point sample would read 2)")
 pooled_tl, resized_tl = [], []
 for col in (0, 1):
     spike = np.zeros((1, 1, 8, 8))
@@ -263,6 +285,13 @@ for col in (0, 1):
     print(
         f"spike at column {col}: roi_pool top-left bin {pooled[0, 0, 0, 0]:.2f}, "
         f"resized crop top-left {resized[0, 0]:.2f}"
+    )
+for col, value in enumerate(resized_tl):
+    spike = np.zeros((8, 8))
+    spike[2, col] = 10.0
+    T.check(
+        np.isclose(value, (W8to2 @ spike @ W8to2.T)[0, 0], rtol=1e-5),
+        f"spike at column {col}: Pillow's resize == the triangle-weighted average ({value:.3f})",
     )
 T.check(
     pooled_tl == [10.0, 10.0] and max(resized_tl) < 10.0,
@@ -326,6 +355,18 @@ panels = [
     ),
 ]
 T.save_grid(panels, "04_roi_pool.png", cols=3)
+# the feature map and the pooled output on one colour scale, with a colour bar (matplotlib)
+viz.plot_heatmap(
+    [smooth, out[0, 0]],
+    T.out_dir() / "04_roi_pool_values.png",
+    ax_title=["feature map (16 x 16)", "pooled output (3 x 3)"],
+    xlabel="column",
+    ylabel="row",
+    colorbar_label="activation (one colour scale)",
+    cmap="RdBu_r",
+    size=(720, 360),
+)
+print(f"wrote {T.out_dir() / '04_roi_pool_values.png'}")
 
 # %% [markdown]
 # ## Summary

@@ -253,15 +253,22 @@ T.check(np.all(targets[lab != 1] == 0), "anchors that are not sampled positives:
 # ### Why the natural log, not log10?
 #
 # Decoding uses `exp`, so encoding must use `ln`: with `log10` a box twice as
-# wide encodes to `log10(2) = 0.30`, and `exp(0.30) = 1.35`, not 2. Even used
-# consistently (`log10` with `10 **`) it changes the learning problem. The
-# size deltas shrink by `ln(10) = 2.30` compared with the shifts, so in the
-# smooth-L1 loss (section 4) a size error counts 2.3 times less than the
-# same error measured in natural units, and below the switch point
-# `beta = 1/9`, where the loss is quadratic, its gradient is
-# `ln(10)^2 = 5.3` times smaller. Sizes would be learned last; the clamp
-# `log(1000 / 16)` of decoding (natural units) would also no longer mean
-# what it says. With `ln`, the four targets have comparable spreads.
+# wide encodes to `log10(2) = 0.30`, and `exp(0.30) = 1.35`, not 2. That is
+# the only hard rule: decode with the inverse of the encoding.
+#
+# Used consistently (`log10` with `10 **`), `log10` is not a different method
+# at all: `log10(r) = ln(r) / ln 10`, so log10 size targets are the ln targets
+# with box-coder weights `(1, 1, 1/ln 10, 1/ln 10)`. That is the same knob as
+# the head's weights `(10, 10, 5, 5)` (tutorial 7), turned the other way: it
+# scales the size targets (and so their spread relative to the shifts and to
+# the smooth-L1 switch point `beta = 1/9`). Below the switch point the loss is
+# quadratic, so a weight `w` scales the gradient with respect to the ln-width
+# by `w^2`; above it, by `w`. Any gradient-size argument "for ln and against
+# log10" is an argument about this weight, and the weights choose it
+# explicitly. We show the equivalence with numbers: the hand-written log10
+# encoding equals `ops.encode_boxes` with weights `1/ln 10`, and the gradients
+# of the log10 loss equal those of the weighted loss. (One more reason to keep
+# `ln`: decoding's clamp `ln(1000 / 16)` is written in natural units.)
 
 # %%
 two_x = np.array([[0.0, 0.0, 20.0, 10.0]]), np.array([[5.0, 0.0, 15.0, 10.0]])  # twice as wide
@@ -276,7 +283,23 @@ T.check(
     "ops.encode_boxes uses the natural log: dw = ln 2",
 )
 
-# spreads of the four targets over the positive anchors of many images
+# log10 targets, written by hand, are the ln targets with weights (1, 1, 1/ln 10, 1/ln 10)
+LN10 = math.log(10)
+w_log10 = (1.0, 1.0, 1 / LN10, 1 / LN10)
+log10_targets = loop_targets * np.array([1, 1, 0, 0]) + np.c_[
+    np.zeros((len(pos), 2)),
+    np.log10((gt[matched[pos], 2:] - gt[matched[pos], :2]) / (anchors[pos, 2:] - anchors[pos, :2])),
+]
+print(
+    "log10 targets of the first positive anchors:\n", log10_targets[:4].round(3),
+    f"\nweights (1, 1, 1/ln 10, 1/ln 10) = {np.round(w_log10, 4)}",
+)
+T.check(
+    np.allclose(log10_targets, ops.encode_boxes(gt[matched[pos]], anchors[pos], w_log10)),
+    "log10 encoding == ops.encode_boxes with weights (1, 1, 1/ln 10, 1/ln 10)",
+)
+
+# spreads of the four targets over the positive anchors of many images, three weightings
 many = []
 for k in range(T.pick(60, 15)):
     s = data[k]
@@ -284,27 +307,33 @@ for k in range(T.pick(60, 15)):
         lab_k, t_k = model.anchor_targets(anchors, s["boxes"].astype(np.float64), (128, 128), rng)
         many.append(t_k[lab_k == 1])
 many = np.concatenate(many)
-std_ln = many.std(axis=0)
-std_log10 = std_ln / np.array([1, 1, math.log(10), math.log(10)])
-print(f"std of (dx, dy, dw, dh) over {len(many)} positive anchors: ln {std_ln.round(3)}")
-print(f"                                              log10 {std_log10.round(3)}")
+print(f"std of (dx, dy, dw, dh) over {len(many)} positive anchors:")
+for name, w in (("ln, weights 1", (1, 1, 1, 1)), ("log10 = weights 1/ln 10", w_log10),
+                ("head's weights (10, 10, 5, 5)", (10, 10, 5, 5))):
+    print(f"  {name:32s} {(many * np.array(w)).std(axis=0).round(3)}")
 
-# gradient of the smooth-L1 loss w.r.t. the predicted ln-width, prediction 0, target = true size
-print(f"{'true size':>10} {'d/d ln(w), ln targets':>22} {'log10 targets':>14} {'ratio':>6}")
-grads = []
+# gradient of the smooth-L1 loss w.r.t. the predicted ln-width u, prediction 0, for a box
+# `factor` times wider: log10 loss = smooth_l1(u / ln 10, ln(factor) / ln 10); weighted loss
+# = smooth_l1(w u, w ln(factor)) with w = 1 / ln 10: the same function of u.
+print(f"{'true size':>10} {'ln (w = 1)':>11} {'log10':>8} {'w = 1/ln 10':>12} {'w = 5':>7}")
+rows = []
 for factor in (1.05, 1.1, 1.5, 2.0):
-    g_ln = -float(np.clip(math.log(factor) * 9, -1, 1))  # smooth L1, beta 1/9
-    g_10 = -float(np.clip(math.log10(factor) * 9, -1, 1)) / math.log(10)  # chain rule: 1/ln 10
-    grads.append((g_ln, g_10))
-    print(f"{factor:>9}x {g_ln:>22.3f} {g_10:>14.3f} {g_ln / g_10:>6.2f}")
-T.check(
-    np.isclose(losses.smooth_l1(np.zeros(1), np.array([math.log(1.1)]))[1][0], grads[1][0]),
-    "losses.smooth_l1 gives the same gradient for a 10% size error",
+    t = math.log(factor)
+    g_ln = losses.smooth_l1(np.zeros(1), np.array([t]))[1][0]
+    g_10 = losses.smooth_l1(np.zeros(1), np.array([math.log10(factor)]))[1][0] / LN10  # chain rule
+    g_w = losses.smooth_l1(np.zeros(1), np.array([t / LN10]))[1][0] / LN10
+    g_5 = losses.smooth_l1(np.zeros(1), np.array([5 * t]))[1][0] * 5
+    rows.append((g_ln, g_10, g_w, g_5))
+    print(f"{factor:>9}x {g_ln:>11.3f} {g_10:>8.3f} {g_w:>12.3f} {g_5:>7.3f}")
+rows = np.array(rows)
+T.check(np.allclose(rows[:, 1], rows[:, 2]), "the log10 loss and the weight-1/ln 10 loss: same gradients")
+print(
+    f"ln / log10 gradient ratio: {rows[0, 0] / rows[0, 1]:.2f} for a 5% error (quadratic zone: "
+    f"(ln 10)^2 = {LN10**2:.2f}), {rows[3, 0] / rows[3, 1]:.2f} for 2x (linear zone: ln 10 = {LN10:.2f})"
 )
 T.check(
-    np.isclose(grads[0][0] / grads[0][1], math.log(10) ** 2)
-    and np.isclose(grads[3][0] / grads[3][1], math.log(10)),
-    "log10 targets: gradient 5.3x smaller for small errors, 2.3x for large ones",
+    np.isclose(rows[0, 0] / rows[0, 1], LN10**2) and np.isclose(rows[3, 0] / rows[3, 1], LN10),
+    "a weight w scales the gradient by w^2 in the quadratic zone and by w in the linear one",
 )
 
 # %% [markdown]
@@ -447,6 +476,18 @@ T.save_grid(
     cols=3,
     colours=256,
 )
+# the same per-cell numbers as a heatmap with a colour bar (matplotlib)
+viz.plot_heatmap(
+    cell_best,
+    T.out_dir() / "06_best_iou_per_cell.png",
+    title=f"best anchor IoU per cell ({cell_best.shape[0]} x {cell_best.shape[1]} map)",
+    xlabel="cell column",
+    ylabel="cell row",
+    colorbar_label="best IoU of the cell's anchors with an object",
+    vmin=0.0,
+    vmax=1.0,
+)
+print(f"wrote {T.out_dir() / '06_best_iou_per_cell.png'}")
 
 # %% [markdown]
 # ## Summary

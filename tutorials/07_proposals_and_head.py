@@ -4,7 +4,8 @@
 # Tutorial 6 trained the RPN to score anchors and move them. This tutorial
 # follows its output into the RoI head:
 #
-# 1. the **proposal layer** turns 576 scored anchors into at most a few
+# 1. the **proposal layer** turns thousands of scored anchors (9216 for the
+#    `tiny` preset's 32 x 32 map, printed below) into at most a few
 #    hundred boxes: top-n by score, decode, clip, drop tiny boxes, NMS, top-n;
 # 2. **proposal targets** pick the RoIs the head trains on (ground truth
 #    appended, a capped share of foreground) with class labels and normalised box targets;
@@ -40,7 +41,7 @@ sample = data[T.pick(12, 12)]
 image, gt, gt_labels = sample["image"], sample["boxes"].astype(np.float64), sample["labels"]
 x = model.preprocess(image)[0][None]  # (1, 3, 128, 128)
 features, _ = backbone_forward(model.params, x, backbone_spec(cfg), train=False)
-anchors = model.anchors(features.shape[2:])  # (576, 4)
+anchors = model.anchors(features.shape[2:])  # (H * W * 9, 4)
 print(f"features {features.shape}, {len(anchors)} anchors, {len(gt)} objects:")
 for b, lab in zip(gt, gt_labels):
     print(f"  {data.class_names[lab]:9s} {b}")
@@ -50,19 +51,33 @@ for b, lab in zip(gt, gt_labels):
 #
 # Each anchor's object logit grows with its best IoU with an object, plus
 # noise; its deltas are the true encoding of that object (tutorial 6) plus
-# noise. Three adversarial anchors: one with a huge score and a width delta
-# of -12 (it decodes to a box `16 * e^-12 = 1e-4` pixels wide), and two whose
-# boxes hang over the image border.
+# noise. Three adversarial anchors: anchor 0 with a huge score and a width
+# delta of -12 (it decodes to a box `w * e^-12`, about 1e-4 pixels wide,
+# printed below), and two with high scores whose boxes hang over the image
+# border: the middle anchor (ratio 1, size 32) of the bottom-right cell,
+# pushed further out, and the one of the top row's middle cell, pushed up.
+# Clipping cuts them to their part inside the image; they stay (they are
+# wider than `min_size`) and, with the logits 9 and 8 we gave them, they are
+# among the first proposals: a clipped box is a real proposal like any other.
 
 # %%
 rng = np.random.default_rng(7)
-iou_a = ops.box_iou(anchors, gt)  # (576, G)
+iou_a = ops.box_iou(anchors, gt)  # (A, G)
 best, matched = iou_a.max(axis=1), iou_a.argmax(axis=1)
 logits = np.stack([np.zeros(len(anchors)), 12 * (best - 0.4) + rng.normal(0, 1.0, len(anchors))], 1)
 deltas = ops.encode_boxes(gt[matched], anchors) + rng.normal(0, 0.15, (len(anchors), 4))
+map_h, map_w = features.shape[2:]
+corner = len(anchors) - 9 + 4  # last cell, anchor 4 = ratio 1, size 32 (ratio-major order)
+top = (map_w // 2) * 9 + 4  # first row, middle cell, anchor 4
 logits[0, 1], deltas[0] = 20.0, [0, 0, -12, 0]  # a tiny box: the min-size filter drops it
-logits[575, 1], deltas[575] = 9.0, [0.8, 0.8, 0.5, 0.5]  # over the bottom-right corner
-logits[63, 1], deltas[63] = 8.0, [0.6, -0.9, 0.3, 0.0]  # over the top edge
+logits[corner, 1], deltas[corner] = 9.0, [0.3, 0.3, 0.5, 0.5]  # over the bottom-right corner
+logits[top, 1], deltas[top] = 8.0, [0.2, -0.3, 0.3, 0.0]  # over the top edge
+for name, k in (("tiny", 0), ("corner", corner), ("top edge", top)):
+    box = ops.decode_boxes(deltas[k : k + 1], anchors[k : k + 1])[0]
+    print(
+        f"{name:8s} anchor {k:5d} {anchors[k]} decodes to {box.round(4)}, "
+        f"clipped {np.clip(box, 0, 128).round(2)}"
+    )
 
 # %% [markdown]
 # ## 1. The proposal layer
@@ -156,7 +171,8 @@ T.check(
 #    object's class; in `[0.0, 0.5)` background, label 0;
 # 3. sample 64 RoIs per image (`box_batch_size_per_image`; the paper's 128
 #    with 2 images per batch), at most a share `box_positive_fraction` of
-#    them foreground (the paper's 25%, the tiny preset's 50%);
+#    them foreground (the paper's 25%; the tiny preset's value is printed below
+#    with the sampler: `positive_fraction`);
 # 4. regression targets `encode(gt, roi) * (10, 10, 5, 5)`.
 #
 # The weights divide the deltas by their typical spread: foreground RoIs
@@ -472,7 +488,8 @@ T.save_grid(
 # * Proposal layer: softmax score, top-n, decode, clip, drop boxes under
 #   `min_size`, NMS 0.7, top-n; no gradient flows through it.
 # * Proposal targets: ground truth appended, IoU >= 0.5 foreground with its
-#   class, [0, 0.5) background, 64 RoIs with at most 50% foreground, targets
+#   class, [0, 0.5) background, `box_batch_size_per_image` RoIs with at most a
+#   share `box_positive_fraction` foreground (both printed above), targets
 #   scaled by (10, 10, 5, 5) to about unit spread.
 # * Head: RoI max pool to `C x 7 x 7`, fc6, fc7, `K` scores and `4K` deltas;
 #   the box loss only sees each foreground RoI's own class.

@@ -81,6 +81,7 @@ def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Gener
             rng,
             num_convs=config.retina_num_convs,
             prior_probability=config.retina_prior_probability,
+            hidden_init=config.retina_hidden_init,
             dtype=dtype,
         )
     )

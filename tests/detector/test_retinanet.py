@@ -148,6 +148,7 @@ def _tiny_config(**kw):
         aspect_ratios=(1.0, 2.0),
         retina_channels=5,
         retina_num_convs=2,
+        retina_hidden_init="normal",  # the 0.01 init; the test scales the weights itself
         dtype="float64",
     )
     return preset("tiny", model="retinanet").replace(**{**small, **kw})
@@ -299,6 +300,26 @@ def test_preflight_knows_the_retinanet_config_and_its_parameters():
     model = RetinaNet(cfg, ["__background__", "a", "b", "c"])
     want = {k: (v.shape, v.dtype) for k, v in model.params.items()}
     assert param_shapes(cfg, 4) == want
-    for bad in ({"model": "yolo"}, {"retina_channels": 0}, {"focal_gamma": -1.0}):
+    for bad in ({"model": "yolo"}, {"retina_channels": 0}, {"retina_hidden_init": "x"}):
         with pytest.raises(MinirccnError, match=next(iter(bad))):
             check_config(cfg.replace(**bad))
+
+
+def test_bench_retinanet_cases_run_the_training_step_and_predict():
+    from minirccn import bench, train
+    from minirccn.nn import optim
+
+    cases = {c.name: c for c in bench.detector_cases()}
+    case = cases["train step (retinanet tiny)"]
+    inputs = case.make(np.random.default_rng(0))
+    got = case.run("numba", inputs)()
+    model = bench._tiny_detector(inputs, "numba")
+    assert isinstance(model, RetinaNet)
+    cfg = model.config
+    opt = optim.SGD(model.trainable(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    batch = train.load_batch(inputs["data"], [inputs["index"]], cfg, None, "numba")
+    want = train.train_step(model, opt, batch, None, cfg.warmup_iters, backend="numba")
+    assert set(got) == {"classification", "bbox_regression"}
+    assert got == {k: want[k] for k in got}
+    det = cases["predict (retinanet tiny)"].run("numba", inputs)()
+    assert set(det) == {"boxes", "scores", "labels"}

@@ -163,3 +163,21 @@ def test_losses_mean_over_images_and_gradcheck():
 
     assert rel_error(dlog, numerical_grad(f(0), logits)) < 1e-7
     assert rel_error(ddel, numerical_grad(f(1), deltas)) < 1e-7
+
+
+def test_hidden_init_he_keeps_the_scale_and_the_prior():
+    rng = np.random.default_rng(0)
+    p = init_retinanet_head(64, 32, 9, 3, rng, hidden_init="he")
+    w0, w1 = p["head.cls.conv0.w"], p["head.box.conv2.w"]
+    assert abs(w0.std() / math.sqrt(2 / (64 * 9)) - 1) < 0.02
+    assert abs(w1.std() / math.sqrt(2 / (32 * 9)) - 1) < 0.02
+    assert abs(p["head.cls.out.w"].std() / 0.01 - 1) < 0.05  # output convs: still 0.01
+    np.testing.assert_allclose(p["head.cls.out.b"], np.float32(prior_bias(0.01)))
+    normal = init_retinanet_head(64, 32, 9, 3, np.random.default_rng(0))
+    assert abs(normal["head.cls.conv0.w"].std() / 0.01 - 1) < 0.02
+    with pytest.raises(ValueError, match="hidden_init"):
+        init_retinanet_head(4, 4, 1, 1, rng, hidden_init="xavier")
+    from minirccn.config import preset
+
+    assert preset("tiny", model="retinanet").retina_hidden_init == "he"
+    assert preset("tiny").retina_hidden_init == "normal"  # torchvision's default
