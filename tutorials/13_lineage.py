@@ -35,6 +35,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,9 +199,7 @@ T.save_grid(tiles, "13_selective_search.png", cols=4)
 
 # %%
 T.section("minirccn lineage (short)")
-out = T.out_dir() / "13_lineage_run"
-if out.exists():
-    shutil.rmtree(out)
+out = Path(tempfile.mkdtemp(prefix="minirccn-lineage-"))  # the run's checkpoints: not kept
 if T.FAST:
     small = ShapesConfig(
         image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
@@ -237,6 +236,7 @@ for curve in report["recall"]["selective_search"] + report["recall"]["rpn"]:
 shutil.copy(out / "recall.png", T.out_dir() / "13_recall.png")
 shutil.copy(out / "proposals.png", T.out_dir() / "13_proposals.png")
 print(f"wrote {T.out_dir() / '13_recall.png'} and {T.out_dir() / '13_proposals.png'}")
+shutil.rmtree(out)
 
 # %% [markdown]
 # ## 5. The full measurement
