@@ -216,6 +216,10 @@ def test_same_seed_same_losses_bit_for_bit_and_backends_agree():
         assert np.array_equal(runs[0][1][k], runs[1][1][k])
     for k, v in runs[0][0].items():
         assert runs[2][0][k] == pytest.approx(v, rel=1e-4, abs=1e-6)
+    # the numba backend's gradients, not only its losses, agree with the reference
+    assert runs[2][1].keys() == runs[0][1].keys()
+    for k, g in runs[0][1].items():
+        np.testing.assert_allclose(runs[2][1][k], g, rtol=1e-3, atol=1e-5, err_msg=k)
 
 
 def test_vgg16_preset_feature_map_and_anchors():
