@@ -26,6 +26,7 @@ from minirccn.backend import array_module, resolve
 from minirccn.data import transforms
 from minirccn.detector import backbone as _bb
 from minirccn.detector.proposal_targets import ProposalTargetCreator
+from minirccn.detector.model import preprocess_image
 from minirccn.detector.poolers import RoIPooler
 from minirccn.proposals.source import ProposalSource
 
@@ -173,11 +174,7 @@ class ExternalProposalModel:
 
     def preprocess(self, image):
         """``(H, W, 3)`` uint8 -> normalised ``(3, H', W')`` and the resize scale."""
-        cfg = self.config
-        resized, _, scale = transforms.resize(
-            image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size
-        )
-        return transforms.normalize(resized, cfg.image_mean, cfg.image_std).astype(cfg.dtype), scale
+        return preprocess_image(self.config, image)
 
     def predict(self, image, backend=None, image_id=None) -> dict:
         """Detections of one image in its pixel coordinates (``image_id``: for file proposals).

@@ -134,12 +134,7 @@ class FasterRCNN:
 
     def preprocess(self, image):
         """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float and the resize scale."""
-        cfg = self.config
-        resized, _, scale = transforms.resize(
-            image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size
-        )
-        x = transforms.normalize(resized, cfg.image_mean, cfg.image_std).astype(cfg.dtype)
-        return x, scale
+        return preprocess_image(self.config, image)
 
     def predict(self, image, backend=None) -> dict:
         """Detections of one image, in that image's pixel coordinates.
@@ -152,23 +147,40 @@ class FasterRCNN:
             dict ``boxes`` ``(D, 4)`` float32, ``scores`` ``(D,)`` float32 (decreasing),
             ``labels`` ``(D,)`` int64 in 1..K-1.
         """
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
-            )
-        backend = resolve(backend)
-        xp = array_module(backend)
-        x, scale = self.preprocess(image)
-        h, w = x.shape[1:]
-        det = detect(self, xp.asarray(x[None]), [(h, w)], backend=backend)[0]
-        boxes = det["boxes"] / np.float32(scale)
-        boxes = ops.clip_boxes(boxes, image.shape[:2], backend="numpy").astype(np.float32)
-        return {
-            "boxes": boxes,
-            "scores": det["scores"].astype(np.float32),
-            "labels": det["labels"].astype(np.int64),
-        }
+        return predict_image(self, detect, image, backend)
+
+
+def preprocess_image(config, image):
+    """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float of ``config.dtype`` and
+    the resize scale (``min_size`` / ``max_size`` rule, ``image_mean`` / ``image_std``)."""
+    resized, _, scale = transforms.resize(
+        image, np.zeros((0, 4), np.float32), config.min_size, config.max_size
+    )
+    x = transforms.normalize(resized, config.image_mean, config.image_std).astype(config.dtype)
+    return x, scale
+
+
+def predict_image(model, detect_fn, image, backend=None) -> dict:
+    """Detections of one ``(H, W, 3)`` uint8 image by ``detect_fn(model, images, sizes, backend)``,
+    mapped back to the image's pixels: dict ``boxes (D, 4)`` float32, ``scores (D,)`` float32
+    (decreasing), ``labels (D,)`` int64. Shared by every model's ``predict``."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+        )
+    backend = resolve(backend)
+    xp = array_module(backend)
+    x, scale = model.preprocess(image)
+    h, w = x.shape[1:]
+    det = detect_fn(model, xp.asarray(x[None]), [(h, w)], backend=backend)[0]
+    boxes = det["boxes"] / np.float32(scale)
+    boxes = ops.clip_boxes(boxes, image.shape[:2], backend="numpy").astype(np.float32)
+    return {
+        "boxes": boxes,
+        "scores": det["scores"].astype(np.float32),
+        "labels": det["labels"].astype(np.int64),
+    }
 
 
 def backbone_spec(config: FasterRCNNConfig):

@@ -33,9 +33,14 @@ import numpy as np
 from minirccn.backend import array_module, resolve, to_numpy
 from minirccn.detector import backbone as _bb
 from minirccn.detector.external import ExternalProposalModel, load_batch_with_proposals
-from minirccn.detector.head import head_losses, init_head
+from minirccn.detector.head import (
+    BoxHeadCache,
+    box_head_backward,
+    box_head_forward,
+    head_losses,
+    init_head,
+)
 from minirccn.detector.model import Samples, postprocess_detections, sample_rois
-from minirccn.nn import layers
 
 #: the paper's crop side, against which the context padding is given
 PAPER_CROP = 227
@@ -117,14 +122,7 @@ class ClassifierCache(NamedTuple):
     """What :func:`classifier_backward` needs."""
 
     map_shape: tuple  # (R, C, h, w) of the crops' feature maps
-    fc6: tuple
-    relu6: tuple
-    drop6: tuple | None
-    fc7: tuple
-    relu7: tuple
-    drop7: tuple | None
-    cls: tuple
-    bbox: tuple
+    box: BoxHeadCache  # the fc layers' caches
 
 
 def classifier_forward(params, features, *, dropout=0.0, rng=None, backend=None):
@@ -139,53 +137,14 @@ def classifier_forward(params, features, *, dropout=0.0, rng=None, backend=None)
     Returns:
         ``(class_logits (R, K), box_deltas (R, 4K), ClassifierCache)``.
     """
-    r = features.shape[0]
-    x = features.reshape(r, -1)
-    x, fc6 = layers.linear_forward(x, params["head.fc6.w"], params["head.fc6.b"], backend=backend)
-    x, relu6 = layers.relu_forward(x)
-    drop6 = drop7 = None
-    if dropout > 0:
-        x, drop6 = layers.dropout_forward(x, dropout, rng)
-    x, fc7 = layers.linear_forward(x, params["head.fc7.w"], params["head.fc7.b"], backend=backend)
-    x, relu7 = layers.relu_forward(x)
-    if dropout > 0:
-        x, drop7 = layers.dropout_forward(x, dropout, rng)
-    logits, cls = layers.linear_forward(
-        x, params["head.cls.w"], params["head.cls.b"], backend=backend
-    )
-    deltas, bbox = layers.linear_forward(
-        x, params["head.bbox.w"], params["head.bbox.b"], backend=backend
-    )
-    return (
-        logits,
-        deltas,
-        ClassifierCache(features.shape, fc6, relu6, drop6, fc7, relu7, drop7, cls, bbox),
-    )
+    x = features.reshape(features.shape[0], -1)
+    logits, deltas, box = box_head_forward(params, x, dropout=dropout, rng=rng, backend=backend)
+    return logits, deltas, ClassifierCache(features.shape, box)
 
 
 def classifier_backward(dlogits, ddeltas, cache: ClassifierCache):
     """Backward of :func:`classifier_forward`: ``(dfeatures (R, C, h, w), grads of head.*)``."""
-    dx_cls, dw_cls, db_cls = layers.linear_backward(dlogits, cache.cls)
-    dx_box, dw_box, db_box = layers.linear_backward(ddeltas, cache.bbox)
-    dx = dx_cls + dx_box
-    if cache.drop7 is not None:
-        dx = layers.dropout_backward(dx, cache.drop7)
-    dx = layers.relu_backward(dx, cache.relu7)
-    dx, dw7, db7 = layers.linear_backward(dx, cache.fc7)
-    if cache.drop6 is not None:
-        dx = layers.dropout_backward(dx, cache.drop6)
-    dx = layers.relu_backward(dx, cache.relu6)
-    dx, dw6, db6 = layers.linear_backward(dx, cache.fc6)
-    grads = {
-        "head.fc6.w": dw6,
-        "head.fc6.b": db6,
-        "head.fc7.w": dw7,
-        "head.fc7.b": db7,
-        "head.cls.w": dw_cls,
-        "head.cls.b": db_cls,
-        "head.bbox.w": dw_box,
-        "head.bbox.b": db_box,
-    }
+    dx, grads = box_head_backward(dlogits, ddeltas, cache.box)
     return dx.reshape(cache.map_shape), grads
 
 

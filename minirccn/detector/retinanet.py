@@ -36,10 +36,9 @@ import numpy as np
 from minirccn import ops
 from minirccn.backend import array_module, get_array_module, resolve, to_numpy
 from minirccn.config import FasterRCNNConfig
-from minirccn.data import transforms
 from minirccn.detector import backbone as _bb
 from minirccn.detector.anchors import generate_anchors
-from minirccn.detector.model import backbone_spec
+from minirccn.detector.model import backbone_spec, predict_image, preprocess_image
 from minirccn.detector.proposals import top_n
 from minirccn.detector.retinanet_head import (
     LOSS_NAMES,
@@ -247,33 +246,12 @@ class RetinaNet:
 
     def preprocess(self, image):
         """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float and the scale."""
-        cfg = self.config
-        resized, _, scale = transforms.resize(
-            image, np.zeros((0, 4), np.float32), cfg.min_size, cfg.max_size
-        )
-        x = transforms.normalize(resized, cfg.image_mean, cfg.image_std).astype(cfg.dtype)
-        return x, scale
+        return preprocess_image(self.config, image)
 
     def predict(self, image, backend=None) -> dict:
         """Detections of one ``(H, W, 3)`` uint8 image, in its pixel coordinates: dict
         ``boxes (D, 4)`` float32, ``scores (D,)`` float32 (decreasing), ``labels (D,)`` int64."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
-            )
-        backend = resolve(backend)
-        xp = array_module(backend)
-        x, scale = self.preprocess(image)
-        h, w = x.shape[1:]
-        det = detect(self, xp.asarray(x[None]), [(h, w)], backend=backend)[0]
-        boxes = det["boxes"] / np.float32(scale)
-        boxes = ops.clip_boxes(boxes, image.shape[:2], backend="numpy").astype(np.float32)
-        return {
-            "boxes": boxes,
-            "scores": det["scores"].astype(np.float32),
-            "labels": det["labels"].astype(np.int64),
-        }
+        return predict_image(self, detect, image, backend)
 
 
 # ------------------------------------------------------------------------ training
