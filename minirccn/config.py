@@ -92,6 +92,8 @@ class FasterRCNNConfig:
     retina_num_convs: int = 4  # 3x3 conv + ReLU layers per subnet (paper: 4)
     retina_prior_probability: float = 0.01  # every class scores this at the start
     retina_hidden_init: str = "normal"  # subnets' hidden convs: "normal" (std 0.01) or "he"
+    retina_anchor_scales: tuple = (1.0,)  # each anchor size times these (torchvision's RetinaNet:
+    #   1, 2^(1/3), 2^(2/3): three octave scales per level), truncated to whole pixels
     retina_fg_iou_thresh: float = 0.5  # anchor best IoU >= this: positive
     retina_bg_iou_thresh: float = 0.4  # anchor best IoU < this: negative; between: ignored
     retina_allow_low_quality_matches: bool = True  # each object's best anchor(s) positive
@@ -106,6 +108,8 @@ class FasterRCNNConfig:
     lr: float = 0.01  # base learning rate (after warmup)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 weight decay (on every trained parameter)
+    clip_grad_norm: float = 0.0  # > 0: scale the gradients to at most this joint L2 norm
+    #   before each step (torch's clip_grad_norm_; mmdetection's RetinaNet: 35); 0: off
     warmup_iters: int = 100  # linear warmup length in iterations
     warmup_factor: float = 0.001  # LR multiplier at iteration 0 of the warmup
     milestones: tuple = ()  # iterations at which the LR is multiplied by gamma
@@ -149,10 +153,13 @@ class FasterRCNNConfig:
     @property
     def num_anchors(self) -> int:
         """``A``: anchors per feature-map location (with an FPN: per location of each level,
-        which has one anchor size)."""
+        which has one anchor size); a RetinaNet has ``len(retina_anchor_scales)`` sizes per size."""
+        per_size = len(self.aspect_ratios)
+        if self.model == "retinanet":
+            per_size *= len(self.retina_anchor_scales)
         if self.fpn_channels:
-            return len(self.aspect_ratios)
-        return len(self.anchor_sizes) * len(self.aspect_ratios)
+            return per_size
+        return len(self.anchor_sizes) * per_size
 
     def to_json(self) -> str:
         """The config as a JSON string (tuples become lists)."""
@@ -301,4 +308,10 @@ def retinanet_preset(name: str) -> FasterRCNNConfig:
     cfg = preset(name).replace(model="retinanet")
     if name == "tiny":
         cfg = cfg.replace(retina_channels=32, retina_hidden_init="he")
+    if name == "resnet-fpn-tiny":
+        cfg = cfg.replace(
+            retina_channels=32,
+            retina_hidden_init="he",
+            retina_anchor_scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+        )
     return cfg

@@ -73,6 +73,7 @@ RANGES = {
     "lr": (1e-12, None),
     "momentum": (0.0, 1.0),
     "weight_decay": (0.0, None),
+    "clip_grad_norm": (0.0, None),
     "warmup_iters": (0, MAX_ITERS),
     "warmup_factor": (0.0, None),
     "gamma": (0.0, None),

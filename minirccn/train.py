@@ -160,7 +160,8 @@ def train_step(
     proposals=None,
     train_backbone: bool = True,
 ) -> dict:
-    """One SGD step; returns the losses (floats). Raises :class:`TrainingDiverged` on NaN/inf."""
+    """One SGD step (forward, backward, ``clip_grad_norm`` if the config sets it, SGD); returns
+    the losses (floats). Raises :class:`TrainingDiverged` on NaN/inf."""
     images, sizes, targets = batch
     cfg = model.config
     batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
@@ -182,6 +183,8 @@ def train_step(
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
     grads = backward(cache)
+    if cfg.clip_grad_norm > 0:
+        grads, _ = optim.clip_grad_norm(grads, cfg.clip_grad_norm)
     optimizer.lr = lr_at(step, model.config)
     optimizer.step(grads)
     losses["loss"] = total
@@ -191,7 +194,7 @@ def train_step(
 def external_train_step(model, optimizer, data, indices, rng, step: int, *, backend: str) -> dict:
     """One SGD step of a model with external proposals (:mod:`minirccn.detector.fast_rcnn`,
     :mod:`minirccn.detector.rcnn`): its ``losses_and_grads`` on the batch, then as
-    :func:`train_step`: divergence check, learning rate, SGD."""
+    :func:`train_step`: divergence check, gradient clipping, learning rate, SGD."""
     cfg = model.config
     batch_stats = not (0 < cfg.bn_freeze_iter <= step)
     losses, grads = model.losses_and_grads(data, indices, rng, backend=backend, batch_stats=batch_stats)
@@ -199,6 +202,8 @@ def external_train_step(model, optimizer, data, indices, rng, step: int, *, back
     if not np.isfinite(total):
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
         raise TrainingDiverged(f"training diverged at step {step}: {bad}")
+    if cfg.clip_grad_norm > 0:
+        grads, _ = optim.clip_grad_norm(grads, cfg.clip_grad_norm)
     optimizer.lr = lr_at(step, cfg)
     optimizer.step(grads)
     losses["loss"] = total

@@ -22,9 +22,14 @@ per level, the ``anchor x class`` candidates with sigmoid score ``> score_thresh
 and clipped; all levels together, class-wise NMS at ``nms_thresh`` (0.5); the
 ``detections_per_img`` (100) best.
 
-The pyramid: this module takes the backbone's last map as its single level. The head
-and the losses already take a list of levels (shared weights, concatenated anchors), so
-an FPN neck plugs in by returning several maps from :meth:`RetinaNet.features`.
+The levels: with ``fpn_channels > 0`` the backbone is a ResNet + FPN
+(:func:`minirccn.detector.fpn_model.pyramid_forward`: P2 .. P5 and the max-pooled level,
+strides 4 .. 64) and level ``l`` gets anchors of ``anchor_sizes[l]`` times each of
+``retina_anchor_scales`` (torchvision: sizes 32 .. 512 on P3 .. P7, scales 1, 2^(1/3),
+2^(2/3)); the head runs on every level with the same weights and the levels' anchors are
+concatenated, finest first. Without an FPN the backbone's last map is the single level and
+carries every anchor size. The backward sums each level's gradient from both subnets
+and hands all levels to the FPN's backward.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from minirccn import ops
 from minirccn.backend import array_module, get_array_module, resolve, to_numpy
 from minirccn.config import FasterRCNNConfig
 from minirccn.detector import backbone as _bb
+from minirccn.detector import fpn, resnet
 from minirccn.detector.anchors import generate_anchors
+from minirccn.detector.fpn_model import PyramidCache, is_fpn, pyramid_backward, pyramid_forward
 from minirccn.detector.model import backbone_spec, predict_image, preprocess_image
 from minirccn.detector.proposals import top_n
 from minirccn.detector.retinanet_head import (
@@ -70,10 +77,16 @@ def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Gener
     """
     dtype = np.dtype(config.dtype)
     spec = backbone_spec(config)
-    params = _bb.init_backbone(spec, rng, dtype)
+    if is_fpn(config):  # ResNet, then the FPN (its 3x3 outputs have fpn_channels)
+        params = resnet.init_resnet(spec, rng, dtype)
+        params.update(fpn.init_fpn(resnet.stage_channels(spec), config.fpn_channels, rng, dtype))
+        in_channels = int(config.fpn_channels)
+    else:
+        params = _bb.init_backbone(spec, rng, dtype)
+        in_channels = _bb.out_channels(spec)
     params.update(
         init_retinanet_head(
-            _bb.out_channels(spec),
+            in_channels,
             config.retina_channels,
             config.num_anchors,
             num_classes - 1,
@@ -85,6 +98,23 @@ def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Gener
         )
     )
     return params
+
+
+def level_anchor_sizes(config: FasterRCNNConfig) -> list:
+    """The anchor sizes of each level: ``int(size * scale)`` for each ``retina_anchor_scales``
+    (torchvision's ``int(x * 2 ** (1 / 3))``), size-major.
+
+    With an FPN, level ``l`` has ``anchor_sizes[l]`` (one per level) times the scales; without,
+    the single level has every size times every scale. With the default scales ``(1.0,)``
+    the sizes are the config's ``anchor_sizes``. Example: size 16 and scales
+    ``(1, 2 ** (1 / 3), 2 ** (2 / 3))`` give ``(16, 20, 25)``.
+    """
+    scales = tuple(float(k) for k in config.retina_anchor_scales)
+    sizes = [int(s * k) for s in config.anchor_sizes for k in scales]
+    if not is_fpn(config):
+        return [tuple(sizes)]
+    n = len(scales)
+    return [tuple(sizes[i * n : (i + 1) * n]) for i in range(len(config.anchor_sizes))]
 
 
 class RetinaNetPostprocess:
@@ -196,6 +226,11 @@ class RetinaNet:
             rng = rng if rng is not None else np.random.default_rng(0)
             params = init_params(config, len(self.class_names), rng)
         self.params = params
+        if is_fpn(config) and len(config.anchor_sizes) != len(self.strides):
+            raise ValueError(
+                f"anchor_sizes: an FPN needs one anchor size per level ({len(self.strides)}: "
+                f"strides {self.strides}), got {tuple(config.anchor_sizes)}"
+            )
         self.targets = RetinaNetTargets.from_config(config)
         self.postprocess = RetinaNetPostprocess.from_config(config)
         self._anchors = {}
@@ -206,30 +241,37 @@ class RetinaNet:
         return len(self.class_names)
 
     @property
-    def stride(self) -> int:
-        """Input pixels per cell of the (single) level."""
-        return _bb.stride(backbone_spec(self.config))
+    def strides(self) -> tuple:
+        """Input pixels per cell of each level, finest first."""
+        spec = backbone_spec(self.config)
+        if is_fpn(self.config):
+            return fpn.level_strides(resnet.stage_strides(spec), extra_pool=True)
+        return (_bb.stride(spec),)
 
     def features(self, images, train: bool, backend=None):
-        """The pyramid levels of a batch: ``([(N, C, H_l, W_l), ...], backbone cache)``."""
-        features, cache = _bb.backbone_forward(
-            self.params, images, backbone_spec(self.config), train=train, backend=backend
-        )
+        """The levels of a batch: ``([(N, C, H_l, W_l), ...], backbone cache)``, finest first."""
+        spec = backbone_spec(self.config)
+        if is_fpn(self.config):
+            return pyramid_forward(self.params, images, spec, train, backend)
+        features, cache = _bb.backbone_forward(self.params, images, spec, train=train, backend=backend)
         return [features], cache
 
     def level_anchors(self, levels, xp=np) -> list:
-        """Anchors of each level ``(H_l * W_l * A, 4)`` (cached), config dtype."""
-        out = []
+        """Anchors of each level ``(H_l * W_l * A, 4)`` (cached), config dtype: level ``l``
+        has the sizes :func:`level_anchor_sizes` gives it."""
         cfg = self.config
-        for f in levels:
-            key = (tuple(int(s) for s in f.shape[2:]), xp.__name__)
-            if key not in self._anchors:
-                a = generate_anchors(
-                    key[0], self.stride, cfg.anchor_sizes, cfg.aspect_ratios, cfg.anchor_offset
+        key = (tuple(tuple(int(s) for s in f.shape[2:]) for f in levels), xp.__name__)
+        if key not in self._anchors:
+            self._anchors[key] = [
+                xp.asarray(
+                    np.asarray(
+                        generate_anchors(hw, s, sizes, cfg.aspect_ratios, cfg.anchor_offset),
+                        dtype=cfg.dtype,
+                    )
                 )
-                self._anchors[key] = xp.asarray(np.asarray(a, dtype=cfg.dtype))
-            out.append(self._anchors[key])
-        return out
+                for hw, s, sizes in zip(key[0], self.strides, level_anchor_sizes(cfg))
+            ]
+        return self._anchors[key]
 
     def to(self, backend: str) -> "RetinaNet":
         """Move the parameters to ``backend``'s array module, in place; returns self."""
@@ -344,9 +386,12 @@ def retinanet_backward(cache: RetinaNetCache) -> dict:
     """
     # both subnets, every level, in reverse; the weights' gradients summed over the levels
     dlevels, grads = retinanet_head_backward(cache.d_logits, cache.d_deltas, cache.head)
-    # (an FPN neck's backward would take all levels here); then the backbone
+    # then the FPN (every level) and the ResNet, or the single-level backbone
     if cache.train_backbone:
-        grads.update(_bb.backbone_backward(dlevels[0], cache.backbone))
+        if isinstance(cache.backbone, PyramidCache):
+            grads.update(pyramid_backward(dlevels, cache.backbone))
+        else:
+            grads.update(_bb.backbone_backward(dlevels[0], cache.backbone))
     return grads
 
 

@@ -10,6 +10,9 @@ parameter ``p`` with gradient ``g``::
 
 (with ``momentum == 0`` there is no buffer: ``p = p - lr * g``).
 
+:func:`clip_grad_norm` is ``torch.nn.utils.clip_grad_norm_`` (L2 norm over every gradient
+together), applied to the gradients before the step when a config asks for it.
+
 :func:`lr_at` is the learning rate of torchvision's detection reference
 (``WarmupMultiStepLR``): a linear warmup from ``warmup_factor * base_lr`` to
 ``base_lr`` over ``warmup_iters`` steps, then multiplied by ``gamma`` at every
@@ -113,6 +116,33 @@ class SGD:
         self.momentum = float(state["momentum"])
         self.weight_decay = float(state["weight_decay"])
         self.buffers = buffers
+
+
+def clip_grad_norm(grads: dict, max_norm: float, eps: float = 1e-6):
+    """Scale every gradient by the same factor so that their joint L2 norm is at most ``max_norm``.
+
+    As ``torch.nn.utils.clip_grad_norm_``::
+
+        total = sqrt(sum_p sum(g_p ** 2))          over every gradient of ``grads``
+        coef  = max_norm / (total + eps)
+        g_p   = g_p * min(coef, 1)                 for every p (unchanged when coef >= 1)
+
+    Args:
+        grads: ``{name: array}`` float gradients (NumPy or CuPy).
+        max_norm: the largest joint norm, ``> 0``.
+        eps: added to the norm (torch's 1e-6).
+
+    Returns:
+        ``(clipped, total)``: a new dict (the arrays themselves when nothing is clipped) and
+        the norm before clipping (a float).
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm: expected a positive number, got {max_norm!r}")
+    total = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values())))
+    coef = float(max_norm) / (total + eps)
+    if coef >= 1:
+        return dict(grads), total
+    return {k: g * g.dtype.type(coef) for k, g in grads.items()}, total
 
 
 def lr_at(

@@ -323,3 +323,151 @@ def test_bench_retinanet_cases_run_the_training_step_and_predict():
     assert got == {k: want[k] for k in got}
     det = cases["predict (retinanet tiny)"].run("numba", inputs)()
     assert set(det) == {"boxes", "scores", "labels"}
+
+
+# ------------------------------------------------------------------------ on a feature pyramid
+
+
+def _fpn_config(monkeypatch, **kw):
+    """A 32x32-input ResNet + FPN RetinaNet (levels 16, 8, 4, 2 and pool 1) small enough for
+    finite differences; two octave scales per level."""
+    from minirccn.detector import resnet
+
+    spec = resnet.ResNetSpec(
+        widths=(3, 4, 4, 4),
+        blocks=(1, 1, 1, 1),
+        strides=(1, 2, 2, 2),
+        stem_channels=3,
+        stem_kernel=3,
+        stem_stride=2,
+        stem_pool="",
+    )
+    monkeypatch.setitem(resnet.PRESETS, "resnet-fpn-test", spec)
+    small = dict(
+        backbone="resnet-fpn-test",
+        fpn_channels=3,
+        min_size=32,
+        max_size=32,
+        anchor_sizes=(4, 8, 16, 32, 64),
+        aspect_ratios=(0.5, 1.0),
+        retina_anchor_scales=(1.0, 1.5),
+        retina_channels=4,
+        retina_num_convs=2,
+        dtype="float64",
+    )
+    return preset("resnet-fpn-tiny", model="retinanet").replace(**{**small, **kw})
+
+
+def test_fpn_preset_anchor_sizes_are_torchvisions_octave_scales():
+    from minirccn.detector.retinanet import level_anchor_sizes
+
+    cfg = preset("resnet-fpn-tiny", model="retinanet")
+    # torchvision's retinanet_resnet50_fpn: tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))))
+    want = [(x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in (16, 32, 64, 128, 256)]
+    assert level_anchor_sizes(cfg) == want
+    assert cfg.num_anchors == 9  # 3 scales x 3 ratios per cell of every level
+    model = RetinaNet(cfg, ["__background__", "a", "b", "c"])
+    assert model.strides == (4, 8, 16, 32, 64)
+    assert model.params["head.cls.conv0.w"].shape[1] == cfg.fpn_channels
+    assert model.params["head.cls.out.w"].shape[0] == 9 * 3
+    levels, _ = model.features(np.zeros((1, 3, 128, 128), np.float32), False, "numpy")
+    anchors = model.level_anchors(levels)
+    assert [a.shape[0] for a in anchors] == [32 * 32 * 9, 16 * 16 * 9, 8 * 8 * 9, 4 * 4 * 9, 2 * 2 * 9]
+    # level 0, cell (0, 0): ratio 0.5 of size 20 is 28 x 14 (torchvision's rounding), centred at 2
+    w = anchors[0][1, 2] - anchors[0][1, 0]
+    h = anchors[0][1, 3] - anchors[0][1, 1]
+    assert (w, h) == (28.0, 14.0)
+    # the single-level preset is unchanged by the scales (default (1.0,))
+    tiny = preset("tiny", model="retinanet")
+    assert level_anchor_sizes(tiny) == [tuple(tiny.anchor_sizes)] and tiny.num_anchors == 9
+
+
+def test_fpn_needs_one_anchor_size_per_level(monkeypatch):
+    cfg = _fpn_config(monkeypatch, anchor_sizes=(4, 8, 16))
+    with pytest.raises(ValueError, match="anchor_sizes"):
+        RetinaNet(cfg, ["__background__", "a"])
+
+
+def test_fpn_whole_model_gradcheck_float64(monkeypatch):
+    cfg = _fpn_config(monkeypatch)
+    model = RetinaNet(cfg, ["__background__", "a", "b", "c"], rng=np.random.default_rng(0))
+    for k, v in model.params.items():
+        if k.startswith("head.") and k.endswith(".w"):
+            model.params[k] = v * 30
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((2, 3, 32, 32))
+    targets = [
+        {"boxes": np.array([[1.0, 2.0, 7.0, 8.0], [4.0, 6.0, 30.0, 28.0]]), "labels": np.array([1, 3])},
+        {"boxes": np.array([[10.0, 3.0, 26.0, 17.0]]), "labels": np.array([2])},
+    ]
+    sizes = [(32, 32), (32, 32)]
+    losses, cache, samples = retinanet_forward(
+        model, images, sizes, targets, backend="numpy", batch_stats=False
+    )
+    counts = [a.shape[0] for a in model.level_anchors(model.features(images, False, "numpy")[0])]
+    bounds = np.cumsum([0] + counts)
+    pos_levels = {int(np.searchsorted(bounds, i, side="right") - 1) for i in np.nonzero(samples.labels[0] > 0)[0]}
+    assert len(pos_levels) >= 2  # the small and the large object train different levels
+    grads = retinanet_backward(cache)
+    assert set(grads) == set(model.trainable())
+
+    def f():
+        out, _, _ = retinanet_forward(
+            model, images, sizes, targets, backend="numpy", samples=samples, batch_stats=False
+        )
+        return sum(out.values())
+
+    # the loss sums ~10^4 terms: a step of 1e-5 keeps the round-off of f below the check
+    for k in ("head.cls.out.b", "head.box.conv1.b", "backbone.fpn.layer0.b", "backbone.fpn.inner3.b"):
+        assert rel_error(grads[k], numerical_grad(f, model.params[k], 1e-5)) < 1e-6, k
+    for k in ("head.cls.conv0.w", "backbone.fpn.layer3.w", "backbone.stem.conv.w", "backbone.layer4.0.conv1.w"):
+        assert k in model.params, k
+        assert directional_grad_check(f, model.params[k], grads[k], rng, n_dirs=3) < 1e-6, k
+
+
+def test_fpn_detect_equals_independent_postprocess_per_level(monkeypatch):
+    from minirccn.detector.retinanet_head import retinanet_head_forward
+    from minirccn.nn.losses import sigmoid
+
+    cfg = _fpn_config(monkeypatch, retina_score_thresh=0.3, retina_topk_candidates=7)
+    model = RetinaNet(cfg, ["__background__", "a", "b"], rng=np.random.default_rng(3))
+    for k, v in model.params.items():
+        if k.startswith("head.") and k.endswith(".w"):
+            model.params[k] = v * 300  # scores spread around the threshold
+    images = np.random.default_rng(4).standard_normal((1, 3, 32, 32))
+    det = detect(model, images, [(32, 32)], backend="numpy")[0]
+    levels, _ = model.features(images, False, "numpy")
+    logits, deltas, _ = retinanet_head_forward(model.params, levels, backend="numpy")
+    anchors = model.level_anchors(levels)
+    bounds = np.cumsum([0] + [a.shape[0] for a in anchors])
+    scores = sigmoid(logits[0])
+    boxes, sc, labels = independent_postprocess(
+        [scores[s:e] for s, e in zip(bounds[:-1], bounds[1:])],
+        [deltas[0][s:e] for s, e in zip(bounds[:-1], bounds[1:])],
+        anchors,
+        (32, 32),
+        0.3,
+        7,
+        0.5,
+        100,
+    )
+    np.testing.assert_allclose(det["boxes"], boxes, atol=1e-9)
+    np.testing.assert_allclose(det["scores"], sc)
+    np.testing.assert_array_equal(det["labels"], labels)
+    assert 7 < len(sc)  # more than one level's top-k survived
+
+
+def test_fpn_preflight_param_shapes_and_checkpoint_round_trip(monkeypatch, tmp_path):
+    from minirccn.checkpoint import load_checkpoint, save_checkpoint
+    from minirccn.preflight import check_config, param_shapes
+
+    cfg = _fpn_config(monkeypatch, dtype="float32")
+    check_config(cfg)
+    model = RetinaNet(cfg, ["__background__", "a", "b"])
+    assert param_shapes(cfg, 3) == {k: (v.shape, v.dtype) for k, v in model.params.items()}
+    save_checkpoint(tmp_path / "c.npz", model)
+    loaded, _ = load_checkpoint(tmp_path / "c.npz")
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    a, b = model.predict(image, backend="numpy"), loaded.predict(image, backend="numpy")
+    for k in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(a[k], b[k])

@@ -120,3 +120,63 @@ def test_lr_schedule_warmup_then_steps():
     )
     with pytest.raises(ValueError, match="step"):
         optim.lr_at(-1, 0.1)
+
+
+# ------------------------------------------------------------------------ gradient clipping
+
+
+def test_clip_grad_norm_scales_every_gradient_by_the_joint_norm():
+    grads = {"a": np.array([3.0, 0.0]), "b": np.array([[0.0], [4.0]])}  # joint norm 5
+    out, total = optim.clip_grad_norm(grads, 2.5)
+    assert total == 5.0
+    coef = 2.5 / (5.0 + 1e-6)  # torch's clip_grad_norm_: max_norm / (total + 1e-6)
+    np.testing.assert_array_equal(out["a"], grads["a"] * coef)
+    np.testing.assert_array_equal(out["b"], grads["b"] * coef)
+    assert np.sqrt(sum((g**2).sum() for g in out.values())) == pytest.approx(2.5, abs=1e-6)
+    np.testing.assert_array_equal(grads["a"], [3.0, 0.0])  # the inputs are not changed
+
+
+def test_clip_grad_norm_at_and_below_the_limit_changes_nothing():
+    grads = {"a": np.array([3.0, 4.0], np.float32)}
+    for max_norm in (5.0 + 1e-6, 100.0):  # coef >= 1: left alone
+        out, total = optim.clip_grad_norm(grads, max_norm)
+        assert total == 5.0 and out["a"] is grads["a"]
+    out, _ = optim.clip_grad_norm(grads, 5.0)  # exactly at the norm: torch's eps scales a hair
+    np.testing.assert_array_equal(out["a"], grads["a"] * np.float32(5.0 / (5.0 + 1e-6)))
+    out, _ = optim.clip_grad_norm(grads, 4.0)
+    assert out["a"].dtype == np.float32  # the dtype is kept when scaling
+    with pytest.raises(ValueError, match="max_norm"):
+        optim.clip_grad_norm(grads, 0.0)
+
+
+def test_train_step_clips_only_when_the_config_asks(monkeypatch):
+    from minirccn import train as T
+
+    seen = []
+    real = optim.clip_grad_norm
+    monkeypatch.setattr(optim, "clip_grad_norm", lambda g, m: seen.append(m) or real(g, m))
+
+    class Model:
+        def __init__(self, clip):
+            from minirccn.config import preset
+
+            self.config = preset("tiny", clip_grad_norm=clip, warmup_iters=0)
+
+    class Opt:
+        lr = 0.0
+
+        def step(self, grads):
+            self.grads = grads
+
+    def forward(model, *a, **k):
+        return {"loss_x": 1.0}, None, None
+
+    big = {"w": np.array([30.0, 40.0])}
+    monkeypatch.setattr(T, "model_family", lambda cfg: (None, forward, lambda c: dict(big), None))
+    batch = (None, None, None)
+    opt = Opt()
+    T.train_step(Model(0.0), opt, batch, None, 0, backend="numpy")
+    assert seen == [] and np.array_equal(opt.grads["w"], [30.0, 40.0])  # 0: off (the default)
+    T.train_step(Model(5.0), opt, batch, None, 0, backend="numpy")
+    assert seen == [5.0]
+    np.testing.assert_allclose(np.linalg.norm(opt.grads["w"]), 5.0, rtol=1e-6)
