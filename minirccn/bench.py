@@ -470,22 +470,29 @@ def _torch_predict(inputs: dict, device: str):
 
 
 def _tiny_detector(inputs: dict, backend: str):
-    """A fresh tiny-preset detector on ``backend``, seeded by the case's inputs (the preset's
-    RetinaNet if ``inputs["model"] == "retinanet"``)."""
+    """A fresh detector of the case's preset (``inputs["preset"]``, default ``tiny``) on
+    ``backend``, seeded by the case's inputs; that preset's RetinaNet if
+    ``inputs["model"] == "retinanet"``."""
     from minirccn.config import preset
     from minirccn.detector.model import FasterRCNN
 
     rng = np.random.default_rng(inputs["seed"])
+    name = inputs.get("preset", "tiny")
     if inputs.get("model") == "retinanet":
         from minirccn.detector.retinanet import RetinaNet
 
-        cfg = preset("tiny", model="retinanet")
+        cfg = preset(name, model="retinanet")
         return RetinaNet(cfg, inputs["data"].class_names, rng=rng).to(backend)
-    return FasterRCNN(preset("tiny"), inputs["data"].class_names, rng=rng).to(backend)
+    return FasterRCNN(preset(name), inputs["data"].class_names, rng=rng).to(backend)
 
 
-def _make_retinanet_inputs(rng: np.random.Generator) -> dict:
-    return {**_make_detector_inputs(rng), "model": "retinanet"}
+def _inputs_of(preset_name: str, model: str = "fasterrcnn"):
+    """The ``make`` of a detector case: the shapes image and seed, and which detector."""
+
+    def make(rng: np.random.Generator) -> dict:
+        return {**_make_detector_inputs(rng), "preset": preset_name, "model": model}
+
+    return make
 
 
 def _make_detector_inputs(rng: np.random.Generator) -> dict:
@@ -495,8 +502,9 @@ def _make_detector_inputs(rng: np.random.Generator) -> dict:
 
 
 def _train_step(backend: str, inputs: dict):
-    """One SGD step of the tiny preset, as ``minirccn train`` runs it after warmup: forward,
-    the hand-written backward, SGD with momentum and weight decay; returns the losses."""
+    """One SGD step of the case's detector, as ``minirccn train`` runs it after warmup:
+    forward, the hand-written backward, the preset's gradient clipping, SGD with momentum and
+    weight decay; returns the losses."""
     from minirccn.detector.model import detector_backward, detector_forward
     from minirccn.nn import optim
 
@@ -518,27 +526,35 @@ def _train_step(backend: str, inputs: dict):
 
     def fn():
         losses, cache, _ = forward(model, images, sizes, targets, rng, backend=backend)
-        opt.step(backward(cache))
+        grads = backward(cache)
+        if cfg.clip_grad_norm > 0:  # as minirccn.train.train_step
+            grads, _ = optim.clip_grad_norm(grads, cfg.clip_grad_norm)
+        opt.step(grads)
         return losses
 
     return fn
 
 
 def _predict(backend: str, inputs: dict):
-    """One inference of the tiny preset on one image (``FasterRCNN.predict``)."""
+    """One inference of the case's detector on one image (``model.predict``)."""
     model = _tiny_detector(inputs, backend)
     image = inputs["data"][inputs["index"]]["image"]
     return lambda: model.predict(image, backend=backend)
 
 
 def detector_cases() -> list[Case]:
-    """The detector's own throughput: one training step and one inference (tiny preset)."""
-    return [
-        Case("train step (tiny)", "1x3x128x128", _train_step, _make_detector_inputs),
-        Case("predict (tiny)", "128x128", _predict, _make_detector_inputs),
-        Case("train step (retinanet tiny)", "1x3x128x128", _train_step, _make_retinanet_inputs),
-        Case("predict (retinanet tiny)", "128x128", _predict, _make_retinanet_inputs),
-    ]
+    """The detectors' own throughput: one training step and one inference each, for the
+    default Faster R-CNN (``tiny``), its pyramid preset and the default RetinaNet."""
+    cases = []
+    for label, name, model in (
+        ("tiny", "tiny", "fasterrcnn"),
+        ("resnet-fpn-tiny", "resnet-fpn-tiny", "fasterrcnn"),
+        ("retinanet resnet-fpn-tiny", "resnet-fpn-tiny", "retinanet"),
+    ):
+        make = _inputs_of(name, model)
+        cases.append(Case(f"train step ({label})", "1x3x128x128", _train_step, make))
+        cases.append(Case(f"predict ({label})", "128x128", _predict, make))
+    return cases
 
 
 def build_cases(groups: set[str], quick: bool = False) -> list[Case]:

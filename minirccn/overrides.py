@@ -258,7 +258,15 @@ def add_arguments_config(parser) -> None:
     from minirccn.config import PRESETS
 
     parser.add_argument("action", choices=("show",), help="show: print the resolved config")
-    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
+    from minirccn.detector.registry import MODELS
+
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=PRESETS,
+        help="network preset (default: tiny; resnet-fpn-tiny for --model retinanet)",
+    )
+    parser.add_argument("--model", default="fasterrcnn", choices=MODELS, help="as minirccn train's --model")
     parser.add_argument("--data", default="shapes", help="derive defaults from this data")
     parser.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
     parser.add_argument("--val-data", default=None, help="as minirccn train's --val-data")
@@ -281,9 +289,12 @@ def argparse_suppress():
 
 def run_config(args) -> int:
     """Print the config ``minirccn train`` would use with the same flags."""
+    from minirccn.config import default_preset, preset
     from minirccn.userdata import configure
 
-    setup = configure(args, log=(lambda *a: None) if args.json else print)
+    args.preset = args.preset or default_preset(args.model)
+    base = preset(args.preset, model=args.model) if args.model != "fasterrcnn" else None
+    setup = configure(args, log=(lambda *a: None) if args.json else print, base=base)
     if args.json:
         print(setup["config"].to_json())
     else:

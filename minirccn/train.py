@@ -44,7 +44,7 @@ from minirccn import preflight, runs
 from minirccn.nn import optim
 from minirccn.backend import array_module, resolve
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
-from minirccn.config import PRESETS, preset
+from minirccn.config import PRESETS, default_preset, preset
 from minirccn.data import augment, load_dataset, transforms
 from minirccn.errors import MinirccnError
 from minirccn.detector import registry
@@ -366,8 +366,9 @@ def train(
         metrics["val_seconds"] = round(validator.seconds, 3)
         metrics["best"] = validator.best and {**validator.best, "checkpoint": validator.best_path}
     metrics.update(extra_metrics or {})
-    if config.model in EXTERNAL_MODELS:
+    if config.model != "fasterrcnn":  # (the default run's metrics.json keeps its keys)
         metrics["model"] = config.model
+    if config.model in EXTERNAL_MODELS:
         metrics["proposals"] = model.source.record()
     if ckpt:
         save_checkpoint(
@@ -612,7 +613,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"output folder (default: {DEFAULT_OUT}, or {DEFAULT_OUT}2, ... when it holds a run)",
     )
-    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="network preset")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=PRESETS,
+        help="network preset (default: tiny; resnet-fpn-tiny for --model retinanet)",
+    )
     parser.add_argument(
         "--model",
         default=None,
@@ -761,8 +767,9 @@ def run(args) -> int:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
-    base = preset(args.preset)
     model = chosen_model(args)
+    args.preset = args.preset or default_preset(model)
+    base = preset(args.preset)
     if model != base.model:
         base = preset(args.preset, model=model)
     base = lineage_config(base, args)

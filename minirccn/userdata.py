@@ -195,6 +195,8 @@ def configure(args, log=print, base=None) -> dict:
             # the stride rule and the cost model are the tiny stack's: other presets keep
             # their network and steps, and take only the image size and the anchors
             keep = ("min_size", "max_size", "anchor_sizes", "aspect_ratios")
+            if base.fpn_channels:  # a pyramid has one anchor size per level: the preset's
+                keep = ("min_size", "max_size", "aspect_ratios")
             derived = {k: v for k, v in derived.items() if k in keep}
             report["fields"] = {k: v for k, v in report["fields"].items() if k in keep}
             log(f"derived from the data for preset {args.preset}: "

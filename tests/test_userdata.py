@@ -125,3 +125,14 @@ def test_other_presets_take_only_size_and_anchors(files, capsys):
     cfg = json.loads(out.strip().splitlines()[-1])
     assert cfg["backbone"] == "vgg16" and cfg["backbone_stages"] == []
     assert cfg["iters"] == 70000 and cfg["min_size"] == 64
+
+
+def test_a_pyramid_preset_keeps_one_anchor_size_per_level(files, capsys):
+    # derived anchor sizes (one list for one map) cannot replace an FPN's per-level sizes
+    args = ["config", "show", "--preset", "resnet-fpn-tiny", "--data", files["train"], "--json"]
+    assert main(args) == 0
+    cfg = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from minirccn.config import preset
+
+    assert cfg["anchor_sizes"] == list(preset("resnet-fpn-tiny").anchor_sizes)
+    assert cfg["min_size"] == 64 and cfg["fpn_channels"] == 32

@@ -15,6 +15,10 @@
 #    does a W x H x (K x 9) class output learn from integer labels?
 # 4. Why the focal loss, and what does its gamma do to the easy negatives?
 #
+# Two more follow from training it: 5. what changes on a feature pyramid (every level
+# has its own anchor sizes; one head, shared), and 6. why its training needs its
+# gradients clipped at this size (one image at a time).
+#
 # The code: `minirccn.detector.retinanet_targets` (labels), `retinanet_head` (the two
 # subnets and the losses), `retinanet` (the model), `minirccn.nn.losses.sigmoid_focal_loss`.
 
@@ -57,7 +61,7 @@ print(f"image {index}: {image.shape[1]}x{image.shape[0]}, objects:")
 for b, c in zip(gt, gt_labels):
     print(f"  {names[c]:8s} (label {c}) box {np.round(b, 1).tolist()}")
 print(
-    f"feature map {H}x{W} (stride {model.stride}), A = {A} anchors per cell "
+    f"feature map {H}x{W} (stride {model.strides[0]}), A = {A} anchors per cell "
     f"(sizes {cfg.anchor_sizes} x ratios {cfg.aspect_ratios}): M = {H}*{W}*{A} = {len(anchors)}"
 )
 print(f"K = {len(names)} classes with background: the class subnet predicts Kc = {Kc} sigmoids")
@@ -138,7 +142,7 @@ for k, size in enumerate(cfg.anchor_sizes):
     d = ImageDraw.Draw(p, "RGBA")
     for r in range(H):
         for c in range(W):
-            x0, y0 = c * model.stride * S, r * model.stride * S
+            x0, y0 = c * model.strides[0] * S, r * model.strides[0] * S
             d.rectangle(
                 (x0 + 4, y0 + 4, x0 + 11, y0 + 11), fill=COLOUR[int(grid[r, c, a])] + (200,)
             )
@@ -374,6 +378,124 @@ T.check(
 )
 
 # %% [markdown]
+# ## 5. On a feature pyramid: which level trains which object
+#
+# Sections 1-4 used one stride-4 map that carries every anchor size. RetinaNet proper
+# runs its head on every level of an FPN (tutorial 11): the `resnet-fpn-tiny` preset has
+# P2 .. P5 and a max-pooled level (strides 4 .. 64), and level `l` gets anchors of ONE
+# base size (4 x its stride) times three octave scales `1, 2^(1/3), 2^(2/3)` (truncated
+# to whole pixels, as torchvision's `int(x * 2 ** (1 / 3))`) times the three ratios:
+# still `A = 9` per cell, the same 9 x Kc and 9 x 4 output channels, the same weights on
+# every level. The labelling is unchanged: all levels' anchors are concatenated and
+# matched at once, so an object is positive on the level(s) whose anchors fit it.
+
+# %%
+from minirccn.detector.retinanet import level_anchor_sizes  # noqa: E402
+
+fcfg = preset("resnet-fpn-tiny", model="retinanet")
+fmodel = RetinaNet(fcfg, names, rng=np.random.default_rng(0))
+flevels, _ = fmodel.features(x[None], False, "numpy")
+fanchors = fmodel.level_anchors(flevels)
+sizes = level_anchor_sizes(fcfg)
+bounds = np.cumsum([0] + [len(a) for a in fanchors])
+flabels, _, fmatches = RetinaNetTargets.from_config(fcfg)(
+    np.concatenate(fanchors).astype(np.float64), gt, gt_labels
+)
+for li, (f, s, n) in enumerate(zip(flevels, fmodel.strides, sizes)):
+    print(
+        f"level {li}: map {f.shape[2]}x{f.shape[3]}, stride {s:2d}, anchor sizes {n}: "
+        f"{len(fanchors[li])} anchors"
+    )
+T.check(
+    sizes[0] == (16, int(16 * 2 ** (1 / 3)), int(16 * 2 ** (2 / 3))) == (16, 20, 25),
+    "level 0's sizes are 16 x (1, 2^(1/3), 2^(2/3)), truncated",
+)
+level_of = np.searchsorted(bounds, np.arange(bounds[-1]), side="right") - 1
+print("positive anchors of each object, per level:")
+for j, (b, c) in enumerate(zip(gt, gt_labels)):
+    side = math.sqrt((b[2] - b[0]) * (b[3] - b[1]))
+    per = [int(((fmatches == j) & (level_of == li)).sum()) for li in range(len(fanchors))]
+    print(f"  {names[c]:8s} sqrt(area) {side:5.1f} px: {per}")
+mean_level = [
+    (level_of[fmatches == j]).mean() for j in range(len(gt))
+]  # the level its positives sit on, on average
+order = np.argsort([(b[2] - b[0]) * (b[3] - b[1]) for b in gt])
+T.check(
+    all(mean_level[a] <= mean_level[b] for a, b in zip(order[:-1], order[1:])),
+    "a larger object's positives sit on the same or a coarser level",
+)
+
+# %% [markdown]
+# ## 6. Training it one image at a time: why the gradients are clipped
+#
+# torchvision trains RetinaNet on 16 images per step; here a step sees ONE image, and
+# both losses are divided by that image's number of positives `P` (max(1, P)): an image
+# with one small object (`P` = 4) weighs each of its anchors 50 times more than an image
+# whose big object has 200 positives, and an image with no object divides its whole
+# background loss by 1. Once the network has learnt to raise some scores, such an image
+# gives a gradient many times the usual one; SGD with momentum takes it, the class
+# subnet's hidden units are pushed below zero everywhere, and their ReLUs never fire
+# again ("dead"): the class subnet outputs its biases, the same score for every anchor.
+#
+# The cure the `resnet-fpn-tiny` RetinaNet preset uses is mmdetection's: **clip the
+# gradient's norm** (`clip_grad_norm = 5`, torch's `clip_grad_norm_`). Below, two copies of
+# the same network train on the same images, one clipped: the largest gradient norms
+# each saw, and the share of the class subnet's last ReLUs that fire on a test image.
+
+# %%
+from minirccn.detector.retinanet import retinanet_backward, retinanet_forward  # noqa: E402
+from minirccn.detector.retinanet_head import num_convs_of  # noqa: E402
+from minirccn.nn import optim  # noqa: E402
+from minirccn.train import load_batch, lr_at  # noqa: E402
+
+test_batch = load_batch(load_dataset("shapes", split="test"), [0, 1], fcfg, None, "numpy")
+
+
+def relus_firing(m):
+    """Share of the class subnet's last hidden ReLUs > 0 on two test images, all levels."""
+    lv, _ = m.features(test_batch[0], False, "numpy")
+    _, _, hc = retinanet_head_forward(m.params, lv, backend="numpy")
+    masks = [level.convs[num_convs_of(m.params) - 1][1].mask for level in hc.cls]
+    return sum(float(k.sum()) for k in masks) / sum(k.size for k in masks)
+
+
+steps = T.pick(500, 6)
+backend = T.pick("numba", "numpy")  # the same numbers up to rounding; numba is faster
+firing = {}
+for clip in (0.0, fcfg.clip_grad_norm):
+    c = fcfg.replace(clip_grad_norm=clip)
+    m = RetinaNet(c, names, rng=np.random.default_rng(0)).to(backend)
+    o = _make_optimizer(m, c, ("backbone.", "head."))
+    rng = np.random.default_rng(0)
+    norms, diverged = [], None
+    for step in range(steps):  # train_step's work, written out to see the norm
+        b = load_batch(data, [step], c, rng, backend)
+        out, cache, _ = retinanet_forward(m, *b, rng, backend=backend)
+        if not np.isfinite(sum(out.values())):
+            diverged = step  # the loss overflowed: the run is lost
+            break
+        g = retinanet_backward(cache)
+        norms.append(float(np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in g.values()))))
+        if clip:
+            g, _ = optim.clip_grad_norm(g, clip)
+        o.lr = lr_at(step, c)
+        o.step(g)
+    firing[clip] = 0.0 if diverged is not None else relus_firing(m)
+    empty = [i for i in range(len(norms)) if len(data[i]["labels"]) == 0]
+    print(
+        f"clip_grad_norm {clip:g}: {len(norms)} steps at lr {c.lr}"
+        + (f" (the loss overflowed at step {diverged})" if diverged is not None else "")
+        + f", gradient norm median {np.median(norms):.2f}, largest {np.max(norms):.1f} "
+        f"(step {int(np.argmax(norms))}; images without objects at steps {empty}); "
+        f"class-subnet ReLUs firing {firing[clip]:.2%}"
+    )
+if not T.FAST:  # six steps (fast mode) are too few for the collapse
+    T.check(
+        firing[fcfg.clip_grad_norm] > 5 * firing[0.0],
+        "without clipping, the class subnet's ReLUs die (or the loss overflows)",
+    )
+
+# %% [markdown]
 # ## Summary
 #
 # * Anchors: best IoU >= 0.5 positive (plus each object's best anchor), < 0.4 negative,
@@ -385,6 +507,10 @@ T.check(
 #   anchor `a` of that cell; the loss touches only the channels its targets name.
 # * Focal loss: `(1 - p_t)^gamma` turns the thousands of easy negatives from most of the
 #   loss into a small part of it; the prior-probability init (`p = 0.01`) starts there.
+# * Pyramid: every level has its own anchor sizes and the same head; the matcher sends
+#   each object to the level(s) whose anchors fit it.
+# * One image per step: the per-image normalisation makes some steps' gradients far
+#   larger than the rest; clipping the gradient norm keeps the class subnet alive.
 #
 # `minirccn train --model retinanet` trains the whole detector (docs/retinanet.md).
 #

@@ -307,22 +307,43 @@ def test_preflight_knows_the_retinanet_config_and_its_parameters():
 
 def test_bench_retinanet_cases_run_the_training_step_and_predict():
     from minirccn import bench, train
-    from minirccn.nn import optim
 
     cases = {c.name: c for c in bench.detector_cases()}
-    case = cases["train step (retinanet tiny)"]
+    case = cases["train step (retinanet resnet-fpn-tiny)"]
     inputs = case.make(np.random.default_rng(0))
-    got = case.run("numba", inputs)()
+    step = case.run("numba", inputs)
+    got = [step(), step()]  # the second step's losses show the first step's update
     model = bench._tiny_detector(inputs, "numba")
     assert isinstance(model, RetinaNet)
     cfg = model.config
-    opt = optim.SGD(model.trainable(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    assert cfg == preset("resnet-fpn-tiny", model="retinanet") and cfg.clip_grad_norm > 0
+    opt = train._make_optimizer(model, cfg, ("backbone.", "head."))
     batch = train.load_batch(inputs["data"], [inputs["index"]], cfg, None, "numba")
-    want = train.train_step(model, opt, batch, None, cfg.warmup_iters, backend="numba")
-    assert set(got) == {"classification", "bbox_regression"}
-    assert got == {k: want[k] for k in got}
-    det = cases["predict (retinanet tiny)"].run("numba", inputs)()
+    want = [train.train_step(model, opt, batch, None, cfg.warmup_iters, backend="numba") for _ in range(2)]
+    assert set(got[0]) == {"classification", "bbox_regression"}
+    for g, w in zip(got, want):  # the same steps as minirccn train's, clipping included
+        assert g == {k: w[k] for k in g}
+    det = cases["predict (retinanet resnet-fpn-tiny)"].run("numba", inputs)()
     assert set(det) == {"boxes", "scores", "labels"}
+
+
+def test_model_retinanet_defaults_to_the_pyramid_preset(capsys):
+    from minirccn.cli import main
+    from minirccn.config import default_preset
+
+    assert default_preset("retinanet") == "resnet-fpn-tiny"
+    assert default_preset("fasterrcnn") == default_preset("rcnn") == "tiny"
+    assert main(["config", "show", "--model", "retinanet", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = json.loads(preset("resnet-fpn-tiny", model="retinanet").to_json())
+    assert got == want and got["clip_grad_norm"] > 0
+    args = ["config", "show", "--model", "retinanet", "--preset", "tiny", "--json"]
+    assert main(args) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got == json.loads(preset("tiny", model="retinanet").to_json())
+    assert main(["config", "show", "--json"]) == 0  # Faster R-CNN: unchanged
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got == json.loads(preset("tiny").to_json())
 
 
 # ------------------------------------------------------------------------ on a feature pyramid
