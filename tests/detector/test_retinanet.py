@@ -276,6 +276,7 @@ def test_cli_train_detect_eval_retinanet(tmp_path, capsys, monkeypatch):
     assert main([*argv, "--eval-split", ""]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["final_losses"]) == {"classification", "bbox_regression", "loss"}
+    assert metrics["model"] == "retinanet" and metrics["preset"] == "resnet-fpn-tiny"
     ckpt = str(out / "checkpoint.npz")
     model, _ = load_checkpoint(ckpt)
     assert isinstance(model, RetinaNet) and model.config.model == "retinanet"
