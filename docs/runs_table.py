@@ -31,7 +31,10 @@ def main(paths) -> None:
     for path in paths:
         with open(path) as f:
             m = json.load(f)
-        name = path.rsplit("/", 1)[-1].removesuffix(".json")
+        parts = path.replace("\\", "/").split("/")
+        name = parts[-1].removesuffix(".json")
+        if name == "metrics" and len(parts) > 1:  # runs/NAME/metrics.json: the run's folder
+            name = parts[-2]
         print("| " + " | ".join(str(get(m, name)) for _, get in COLUMNS) + " |")
 
 

@@ -8,20 +8,35 @@
   dtype from ``cuda/<stem>.cu`` into a CuPy ``RawKernel`` (real GPU only); the
   ``.cu`` files share ``cuda/_launch.cuh`` (``flat_index()``, ``unravel4``);
 * :func:`array_module`: ``numpy`` or ``cupy``, whichever the inputs belong to,
-  so a kernel allocates its outputs where its inputs live.
+  so a kernel allocates its outputs where its inputs live;
+* :func:`cpu_threads_for`: one CPU thread for a parallel Numba kernel whose work is too
+  small to pay for waking the others (the same compiled kernel, so the same numbers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
+
+import numba
 
 import numpy as np
 from numba import cuda
 
 from minirccn.backend import get_array_module as array_module
 
-__all__ = ["THREADS", "CUDA_DIR", "array_module", "blocks", "cuda_source", "raw_kernel", "unravel4"]
+__all__ = [
+    "THREADS",
+    "CUDA_DIR",
+    "SERIAL_BELOW",
+    "array_module",
+    "blocks",
+    "cpu_threads_for",
+    "cuda_source",
+    "raw_kernel",
+    "unravel4",
+]
 
 #: threads per block of every one-thread-per-item launch
 THREADS = 128
@@ -32,6 +47,31 @@ CUDA_DIR = Path(__file__).with_name("cuda")
 #: NVRTC options for every ``.cu`` file (the tests compile them with ``nvcc -ptx`` and the same);
 #: ``-I`` finds ``cuda/_launch.cuh``, the CUDA C side of this module
 CUDA_OPTIONS = ("-std=c++14", f"-I{CUDA_DIR}")
+
+
+#: a parallel CPU kernel touching fewer elements than this runs on the calling thread alone.
+#: Waking the idle threads costs ~70 us a call (``OMP_WAIT_POLICY=PASSIVE``); measured on the
+#: 2-core machine, im2col of 73,728 elements took 125 us on 2 threads and 105 us on one,
+#: of 294,912 elements 269 us and 352 us (docs/retinanet.md: a RetinaNet step makes ~70
+#: small im2col/col2im calls on the pyramid's coarse levels)
+SERIAL_BELOW = 1 << 17
+
+
+@contextlib.contextmanager
+def cpu_threads_for(elements: int):
+    """Run the enclosed Numba ``parallel=True`` call on one thread when ``elements`` (the
+    work's size, e.g. the output's ``size``) is below :data:`SERIAL_BELOW`, else on every
+    thread. Only the thread count changes: each kernel gives every output element to
+    exactly one thread, so the numbers are the same either way."""
+    if elements >= SERIAL_BELOW:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def blocks(items: int, threads: int = THREADS) -> int:

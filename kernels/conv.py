@@ -16,7 +16,8 @@ so one GEMM per image, ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``, writes the
 output straight into NCHW order.
 
 CPU kernels parallelise over the ``N * C`` input planes: in col2im each plane is
-written by exactly one thread, so ``+=`` never races. GPU kernels use one
+written by exactly one thread, so ``+=`` never races. Below ``SERIAL_BELOW`` column
+entries they run on one thread (``_launch.cpu_threads_for``). GPU kernels use one
 thread per output element; col2im is a *gather* (each input pixel sums the
 columns that read it), so it needs no atomics and is deterministic.
 
@@ -30,7 +31,7 @@ pairs.
 from __future__ import annotations
 
 import numba
-from minirccn.kernels._launch import THREADS, array_module, blocks, unravel4
+from minirccn.kernels._launch import THREADS, array_module, blocks, cpu_threads_for, unravel4
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
@@ -122,14 +123,16 @@ def _dx_for(cols, x_shape, kernel_size, stride, padding):
 def im2col_numba(x, kernel_size, stride, padding):
     """``cols (N, C*kh*kw, Ho*Wo)`` unfolded from ``x (N, C, H, W)`` (Numba, CPU threads)."""
     x, cols, geometry = _cols_for(x, kernel_size, stride, padding)
-    _im2col_numba(x, *geometry, cols)
+    with cpu_threads_for(cols.size):  # small maps: one thread (waking the others costs more)
+        _im2col_numba(x, *geometry, cols)
     return cols
 
 
 def col2im_numba(cols, x_shape, kernel_size, stride, padding):
     """``dx (N, C, H, W)``: the sum of ``cols`` at the pixels they read (Numba, CPU threads)."""
     cols, dx, geometry = _dx_for(cols, x_shape, kernel_size, stride, padding)
-    _col2im_numba(cols, *geometry, dx)  # zeroes each plane first
+    with cpu_threads_for(cols.size):
+        _col2im_numba(cols, *geometry, dx)  # zeroes each plane first
     return dx
 
 

@@ -259,3 +259,45 @@ def test_backward_rejects_wrong_dout_shape():
     out, c = conv.conv2d_forward(np.ones((1, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3))
     with pytest.raises(ValueError, match="dout"):
         conv.conv2d_backward(np.ones((1, 3, 4, 4)), c)
+
+
+def test_numba_conv_kernels_one_thread_below_the_threshold_same_bits(monkeypatch):
+    """Small unfoldings run on one thread (waking the others costs more than the work);
+    the numbers are the reference's on both sides of ``SERIAL_BELOW``, at it exactly too."""
+    import numba
+
+    from minirccn.kernels import _launch
+    from minirccn.kernels import conv as kconv
+
+    seen = []
+    real = _launch.cpu_threads_for
+
+    def spy(elements):
+        seen.append(elements)
+        return real(elements)
+
+    monkeypatch.setattr(kconv, "cpu_threads_for", spy)
+    threads_inside = []
+    real_kernel = kconv._im2col_numba
+
+    class Probe:  # records the thread count the kernel was called with
+        def __call__(self, *a):
+            threads_inside.append(numba.get_num_threads())
+            return real_kernel(*a)
+
+    monkeypatch.setattr(kconv, "_im2col_numba", Probe())
+    rng = np.random.default_rng(0)
+    # cols has C * kh * kw * Ho * Wo elements: below, exactly at, above 2^17
+    cases = (((3, 16, 16), (3, 3), (1, 1)), ((1, 129, 131), (2, 4), (0, 0)), ((9, 64, 64), (3, 3), (1, 1)))
+    for (c, h, w), k, p in cases:
+        x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+        want = conv.im2col(x, k, (1, 1), p)
+        got = kconv.im2col_numba(x, k, (1, 1), p)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(
+            kconv.col2im_numba(want, x.shape, k, (1, 1), p), conv.col2im(want, x.shape, k, (1, 1), p)
+        )
+    sizes = seen[::2]
+    assert sizes == [3 * 9 * 256, _launch.SERIAL_BELOW, 9 * 9 * 4096]  # exactly at: every thread
+    assert threads_inside[0] == 1
+    assert threads_inside[1] == threads_inside[2] == numba.get_num_threads()  # and restored
