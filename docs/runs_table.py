@@ -1,6 +1,6 @@
 """Print a Markdown table of training runs from their ``metrics.json`` files.
 
-    python docs/runs_table.py docs/runs/fasterrcnn.json docs/runs/retinanet.json
+    python docs/runs_table.py docs/measured/fasterrcnn.json docs/measured/retinanet.json
 
 One row per file, in the order given: the model, the preset, the steps, the test mAPs and
 the training time and speed, every number as the run wrote it (rounded for reading).

@@ -44,6 +44,6 @@ def test_runs_table_prints_one_row_per_run_from_its_metrics(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["fasterrcnn", "retinanet"])
 def test_the_published_runs_are_in_the_repository(name):
-    with open(os.path.join(DOCS, "runs", f"{name}.json")) as f:
+    with open(os.path.join(DOCS, "measured", f"{name}.json")) as f:
         m = json.load(f)
     assert 0 < m["map50"] <= 1 and m["train_seconds"] > 0
