@@ -293,7 +293,7 @@ def run_config(args) -> int:
     from minirccn.userdata import configure
 
     args.preset = args.preset or default_preset(args.model)
-    base = preset(args.preset, model=args.model) if args.model != "fasterrcnn" else None
+    base = preset(args.preset, model=args.model)
     setup = configure(args, log=(lambda *a: None) if args.json else print, base=base)
     if args.json:
         print(setup["config"].to_json())

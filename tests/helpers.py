@@ -34,6 +34,17 @@ TINY = dict(
     milestones=(3,),
     lr=0.01,
 )
+#: a ResNet small enough for finite differences through an FPN: on 32x32 inputs (stem stride
+#: 2) its stages give maps of 16, 8, 4, 2 and the pool level 1; batch norm sees >= 8 values
+TINY_RESNET_SPEC = dict(
+    widths=(3, 4, 4, 4),
+    blocks=(1, 1, 1, 1),
+    strides=(1, 2, 2, 2),
+    stem_channels=3,
+    stem_kernel=3,
+    stem_stride=2,
+    stem_pool="",
+)
 FAST = ("numba", "cuda")  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
 BACKENDS = ("numpy", *FAST)
 

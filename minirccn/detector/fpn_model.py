@@ -65,19 +65,8 @@ class Pyramid:
     """
 
     def __init__(self, config):
-        if not resnet.is_resnet(config.backbone):
-            raise ValueError(
-                f"backbone: an FPN needs a ResNet backbone ({', '.join(resnet.PRESETS)}), "
-                f"got {config.backbone!r}"
-            )
         self.config = config
-        self.spec = resnet.get_spec(config.backbone)
-        self.strides = fpn.level_strides(resnet.stage_strides(self.spec), extra_pool=True)
-        if len(config.anchor_sizes) != len(self.strides):
-            raise ValueError(
-                f"anchor_sizes: an FPN needs one anchor size per level ({len(self.strides)}: "
-                f"strides {self.strides}), got {tuple(config.anchor_sizes)}"
-            )
+        self.spec, self.strides = pyramid_levels(config)
         self.train_proposals = LevelsProposalCreator.from_config(config, training=True)
         self.test_proposals = LevelsProposalCreator.from_config(config, training=False)
         sampling_ratio, aligned = pooling_options(config)
@@ -103,6 +92,26 @@ class Pyramid:
         return self._anchors[key]
 
 
+def pyramid_levels(config) -> tuple:
+    """``(spec, strides)`` of the pyramid of ``config``: its ResNet's
+    :class:`~minirccn.detector.resnet.ResNetSpec` and the input pixels per cell of each level,
+    the ``pool`` level last. Checks that the backbone is a ResNet and that ``anchor_sizes``
+    holds one size per level (the Faster R-CNN and RetinaNet pyramids share this)."""
+    if not resnet.is_resnet(config.backbone):
+        raise ValueError(
+            f"backbone: an FPN needs a ResNet backbone ({', '.join(resnet.PRESETS)}), "
+            f"got {config.backbone!r}"
+        )
+    spec = resnet.get_spec(config.backbone)
+    strides = fpn.level_strides(resnet.stage_strides(spec), extra_pool=True)
+    if len(config.anchor_sizes) != len(strides):
+        raise ValueError(
+            f"anchor_sizes: an FPN needs one anchor size per level ({len(strides)}: "
+            f"strides {strides}), got {tuple(config.anchor_sizes)}"
+        )
+    return spec, strides
+
+
 def pooling_options(config) -> tuple:
     """``(sampling_ratio, aligned)`` of the head's multi-scale RoIAlign: the config's
     ``box_roi_pool_sampling_ratio`` and ``box_roi_pool_aligned`` (torchvision's detector: 2,
@@ -120,14 +129,21 @@ def pyramid_of(model) -> Pyramid:
 # ------------------------------------------------------------------------ parameters
 
 
+def init_pyramid(config, rng: np.random.Generator, dtype) -> dict:
+    """Fresh ResNet (``backbone.stem/layer*``) and FPN (``backbone.fpn.*``, ``fpn_channels``
+    wide) parameters, drawn from ``rng`` in that order."""
+    spec, _ = pyramid_levels(config)
+    params = resnet.init_resnet(spec, rng, dtype)
+    params.update(fpn.init_fpn(resnet.stage_channels(spec), int(config.fpn_channels), rng, dtype))
+    return params
+
+
 def init_params(config, num_classes: int, rng: np.random.Generator) -> dict:
     """Fresh parameters: ResNet (``backbone.stem/layer*``), FPN (``backbone.fpn.*``), the
     shared RPN head (``rpn.*``, ``A = len(aspect_ratios)``), the box head (``head.*``)."""
     dtype = np.dtype(config.dtype)
-    spec = Pyramid(config).spec
     f = int(config.fpn_channels)
-    params = resnet.init_resnet(spec, rng, dtype)
-    params.update(fpn.init_fpn(resnet.stage_channels(spec), f, rng, dtype))
+    params = init_pyramid(config, rng, dtype)
     params.update(init_rpn(f, config.rpn_channels, len(config.aspect_ratios), rng, dtype))
     params.update(
         init_head(f, num_classes, config.representation_size, rng, config.roi_output_size, dtype)

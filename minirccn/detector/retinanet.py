@@ -42,9 +42,15 @@ from minirccn import ops
 from minirccn.backend import array_module, get_array_module, resolve, to_numpy
 from minirccn.config import FasterRCNNConfig
 from minirccn.detector import backbone as _bb
-from minirccn.detector import fpn, resnet
 from minirccn.detector.anchors import generate_anchors
-from minirccn.detector.fpn_model import PyramidCache, is_fpn, pyramid_backward, pyramid_forward
+from minirccn.detector.fpn_model import (
+    PyramidCache,
+    init_pyramid,
+    is_fpn,
+    pyramid_backward,
+    pyramid_forward,
+    pyramid_levels,
+)
 from minirccn.detector.model import backbone_spec, predict_image, preprocess_image
 from minirccn.detector.proposals import top_n
 from minirccn.detector.retinanet_head import (
@@ -76,12 +82,11 @@ def init_params(config: FasterRCNNConfig, num_classes: int, rng: np.random.Gener
         num_classes: ``K`` including the background; the head predicts ``K - 1``.
     """
     dtype = np.dtype(config.dtype)
-    spec = backbone_spec(config)
     if is_fpn(config):  # ResNet, then the FPN (its 3x3 outputs have fpn_channels)
-        params = resnet.init_resnet(spec, rng, dtype)
-        params.update(fpn.init_fpn(resnet.stage_channels(spec), config.fpn_channels, rng, dtype))
+        params = init_pyramid(config, rng, dtype)
         in_channels = int(config.fpn_channels)
     else:
+        spec = backbone_spec(config)
         params = _bb.init_backbone(spec, rng, dtype)
         in_channels = _bb.out_channels(spec)
     params.update(
@@ -213,6 +218,7 @@ class RetinaNet:
         config: :class:`~minirccn.config.FasterRCNNConfig` with ``model == "retinanet"``.
         class_names: ``K`` names, ``class_names[0] == "__background__"``.
         params: dict name -> array, keys ``backbone.*`` and ``head.{cls,box}.*``.
+        strides: input pixels per cell of each level, finest first.
         targets: the :class:`RetinaNetTargets` built from the config.
         postprocess: the :class:`RetinaNetPostprocess` built from the config.
     """
@@ -226,11 +232,11 @@ class RetinaNet:
             rng = rng if rng is not None else np.random.default_rng(0)
             params = init_params(config, len(self.class_names), rng)
         self.params = params
-        if is_fpn(config) and len(config.anchor_sizes) != len(self.strides):
-            raise ValueError(
-                f"anchor_sizes: an FPN needs one anchor size per level ({len(self.strides)}: "
-                f"strides {self.strides}), got {tuple(config.anchor_sizes)}"
-            )
+        # input pixels per cell of each level, finest first (checks an FPN's anchor sizes)
+        if is_fpn(config):
+            self.strides = pyramid_levels(config)[1]
+        else:
+            self.strides = (_bb.stride(backbone_spec(config)),)
         self.targets = RetinaNetTargets.from_config(config)
         self.postprocess = RetinaNetPostprocess.from_config(config)
         self._anchors = {}
@@ -239,14 +245,6 @@ class RetinaNet:
     def num_classes(self) -> int:
         """``K``, including the background class 0 (the head predicts ``K - 1``)."""
         return len(self.class_names)
-
-    @property
-    def strides(self) -> tuple:
-        """Input pixels per cell of each level, finest first."""
-        spec = backbone_spec(self.config)
-        if is_fpn(self.config):
-            return fpn.level_strides(resnet.stage_strides(spec), extra_pool=True)
-        return (_bb.stride(spec),)
 
     def features(self, images, train: bool, backend=None):
         """The levels of a batch: ``([(N, C, H_l, W_l), ...], backbone cache)``, finest first."""

@@ -3,6 +3,7 @@ gradient check, inference."""
 
 import numpy as np
 import pytest
+from helpers import TINY_RESNET_SPEC
 
 from minirccn import ops
 from minirccn.config import preset
@@ -13,15 +14,7 @@ from minirccn.nn.gradcheck import check_layer, directional_grad_check, numerical
 
 NAMES = ["__background__", "a", "b"]
 
-TINY_SPEC = resnet.ResNetSpec(
-    widths=(3, 4, 4, 4),
-    blocks=(1, 1, 1, 1),
-    strides=(1, 2, 2, 2),
-    stem_channels=3,
-    stem_kernel=3,
-    stem_stride=2,
-    stem_pool="",
-)
+TINY_SPEC = resnet.ResNetSpec(**TINY_RESNET_SPEC)
 
 
 @pytest.fixture

@@ -355,16 +355,9 @@ def _fpn_config(monkeypatch, **kw):
     finite differences; two octave scales per level."""
     from minirccn.detector import resnet
 
-    spec = resnet.ResNetSpec(
-        widths=(3, 4, 4, 4),
-        blocks=(1, 1, 1, 1),
-        strides=(1, 2, 2, 2),
-        stem_channels=3,
-        stem_kernel=3,
-        stem_stride=2,
-        stem_pool="",
-    )
-    monkeypatch.setitem(resnet.PRESETS, "resnet-fpn-test", spec)
+    from helpers import TINY_RESNET_SPEC
+
+    monkeypatch.setitem(resnet.PRESETS, "resnet-fpn-test", resnet.ResNetSpec(**TINY_RESNET_SPEC))
     small = dict(
         backbone="resnet-fpn-test",
         fpn_channels=3,
