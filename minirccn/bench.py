@@ -364,7 +364,7 @@ def torchvision_faster_rcnn(config, num_classes: int):
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.rpn import AnchorGenerator
 
-    from minirccn.detector.model import backbone_spec
+    from minirccn.detector.backbones.levels import backbone_spec
 
     spec = backbone_spec(config)
     layers, c_in, stride = [], spec.in_channels, 1
@@ -474,16 +474,11 @@ def _tiny_detector(inputs: dict, backend: str):
     ``backend``, seeded by the case's inputs; that preset's RetinaNet if
     ``inputs["model"] == "retinanet"``."""
     from minirccn.config import preset
-    from minirccn.detector.model import FasterRCNN
+    from minirccn.detector.registry import build_model
 
     rng = np.random.default_rng(inputs["seed"])
-    name = inputs.get("preset", "tiny")
-    if inputs.get("model") == "retinanet":
-        from minirccn.detector.retinanet import RetinaNet
-
-        cfg = preset(name, model="retinanet")
-        return RetinaNet(cfg, inputs["data"].class_names, rng=rng).to(backend)
-    return FasterRCNN(preset(name), inputs["data"].class_names, rng=rng).to(backend)
+    cfg = preset(inputs.get("preset", "tiny"), model=inputs.get("model", "fasterrcnn"))
+    return build_model(cfg, inputs["data"].class_names, rng=rng).to(backend)
 
 
 def _inputs_of(preset_name: str, model: str = "fasterrcnn"):
@@ -505,15 +500,11 @@ def _train_step(backend: str, inputs: dict):
     """One SGD step of the case's detector, as ``minirccn train`` runs it after warmup:
     forward, the hand-written backward, the preset's gradient clipping, SGD with momentum and
     weight decay; returns the losses."""
-    from minirccn.detector.model import detector_backward, detector_forward
-    from minirccn.nn import optim
+    from minirccn.data.batching import Batch
+    from minirccn.engine.loop import make_optimizer, train_step
 
     model = _tiny_detector(inputs, backend)
     cfg = model.config
-    forward, backward = detector_forward, detector_backward
-    if cfg.model == "retinanet":
-        from minirccn.detector.retinanet import retinanet_backward as backward
-        from minirccn.detector.retinanet import retinanet_forward as forward
     sample = inputs["data"][inputs["index"]]
     x, scale = model.preprocess(sample["image"])
     images = B.array_module(backend).asarray(x[None])
@@ -521,16 +512,13 @@ def _train_step(backend: str, inputs: dict):
     targets = [
         {"boxes": (sample["boxes"] * scale).astype(cfg.dtype), "labels": sample["labels"]}
     ]
-    opt = optim.SGD(model.trainable(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    batch = Batch(images, sizes, targets)
+    opt = make_optimizer(model)
     rng = np.random.default_rng(0)
+    step = cfg.warmup_iters  # after the warmup, batch norm not yet frozen
 
     def fn():
-        losses, cache, _ = forward(model, images, sizes, targets, rng, backend=backend)
-        grads = backward(cache)
-        if cfg.clip_grad_norm > 0:  # as minirccn.train.train_step
-            grads, _ = optim.clip_grad_norm(grads, cfg.clip_grad_norm)
-        opt.step(grads)
-        return losses
+        return train_step(model, opt, batch, rng, step, backend=backend)
 
     return fn
 

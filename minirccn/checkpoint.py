@@ -67,7 +67,7 @@ def save_checkpoint(
 
     Args:
         path: target ``.npz`` file (its folder is created if missing).
-        model: a :class:`~minirccn.detector.model.FasterRCNN`.
+        model: a :class:`~minirccn.detector.models.faster_rcnn.FasterRCNN`.
         optimizer_state: the optimiser's ``state_dict()`` (nested dicts of arrays
             and JSON scalars), or None.
         step: SGD steps done.
@@ -106,7 +106,7 @@ def load_checkpoint(path):
         path: the ``.npz`` file.
 
     Returns:
-        ``(model, state)``: a :class:`~minirccn.detector.model.FasterRCNN` with host (NumPy)
+        ``(model, state)``: a :class:`~minirccn.detector.models.faster_rcnn.FasterRCNN` with host (NumPy)
         arrays, and a dict with ``step``, ``optimizer`` (state dict or None),
         ``rng_state`` (or None), ``extra``.
 

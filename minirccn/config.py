@@ -31,7 +31,7 @@ class FasterRCNNConfig:
     """All hyper-parameters of the model and of its training (see the module docstring)."""
 
     # ---- backbone -------------------------------------------------------------
-    backbone: str = "tiny"  # backbone preset name (minirccn.detector.backbone)
+    backbone: str = "tiny"  # backbone preset name (minirccn.detector.backbones.vgg)
     backbone_stages: tuple = ()  # optional custom stack: ((channels, convs, pool), ...)
     backbone_batch_norm: bool = True  # batch norm in a custom stack
 
@@ -135,8 +135,8 @@ class FasterRCNNConfig:
     dtype: str = "float32"  # parameter / activation dtype
 
     # ---- the lineage: R-CNN and Fast R-CNN on external proposals (docs/lineage.md) --
-    # model = "fastrcnn": backbone + RoI head on external proposals (minirccn.detector.fast_rcnn);
-    # model = "rcnn": a CNN per warped proposal crop (minirccn.detector.rcnn)
+    # model = "fastrcnn": backbone + RoI head on external proposals (minirccn.detector.models.fast_rcnn);
+    # model = "rcnn": a CNN per warped proposal crop (minirccn.detector.models.rcnn)
     proposals: str = "selective-search"  # fastrcnn / rcnn: "selective-search" or a JSON file
     max_proposals: int = 2000  # fastrcnn / rcnn: proposals used per image (paper: ~2000)
     selective_search_mode: str = "fast"  # "fast" or "quality" (Uijlings et al.)
@@ -248,7 +248,7 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
 
 
 def _resnet_preset(name: str) -> FasterRCNNConfig:
-    """The ResNet presets (see minirccn.detector.resnet and docs/fpn.md for the numbers).
+    """The ResNet presets (see minirccn.detector.backbones.resnet and docs/fpn.md for the numbers).
 
     * ``resnet-tiny``: the ``tiny`` preset's detector on a small ResNet (basic blocks, one
       stride-4 map);

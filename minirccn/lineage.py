@@ -82,22 +82,18 @@ def rpn_proposals(model, image, top_n: int, backend) -> np.ndarray:
     """A Faster R-CNN's RPN proposals of one image (its test settings, top-n raised to ``top_n``),
     in the image's pixel coordinates, best first: ``(P, 4)`` float32."""
     from minirccn.backend import array_module, to_numpy
-    from minirccn.detector.model import detect_proposals
-    from minirccn.detector.proposals import ProposalCreator
+    from minirccn.detector.rpn.proposal_layer import ProposalCreator
 
     cfg = model.config.replace(
         rpn_pre_nms_top_n_test=max(top_n, model.config.rpn_pre_nms_top_n_test),
         rpn_post_nms_top_n_test=top_n,
     )
-    saved = model.test_proposals
-    model.test_proposals = ProposalCreator.from_config(cfg, training=False)
-    try:
-        x, scale = model.preprocess(image)
-        boxes = detect_proposals(
-            model, array_module(backend).asarray(x[None]), [x.shape[1:]], backend=backend
-        )[0]
-    finally:
-        model.test_proposals = saved
+    layer = ProposalCreator.from_config(cfg, training=False)
+    x, scale = model.preprocess(image)
+    _, props = model.rpn_proposals(
+        array_module(backend).asarray(x[None]), [x.shape[1:]], backend=backend, layer=layer
+    )
+    boxes = props[0][0]
     return (to_numpy(boxes) / np.float32(scale)).astype(np.float32)
 
 
@@ -178,7 +174,7 @@ def run_lineage(
 
     from minirccn.checkpoint import load_checkpoint
     from minirccn.data import load_dataset
-    from minirccn.detector.external import proposal_source
+    from minirccn.detector.models.external import proposal_source
     from minirccn.train import train
 
     backend = resolve(backend)

@@ -57,15 +57,12 @@ def run_model(model, image: np.ndarray, backend: str | None = None, image_id=Non
 
     Args:
         image: ``(H, W, 3)`` uint8.
-        image_id: passed on to models whose proposals come from a file (``needs_image_id``).
+        image_id: passed on (models whose proposals come from a file look it up).
 
     Returns:
         ``dict(boxes=(D, 4) float32, scores=(D,) float32, labels=(D,) int64)``.
     """
-    if getattr(model, "needs_image_id", False):
-        out = model.predict(image, backend=backend, image_id=image_id)
-    else:
-        out = model.predict(image, backend=backend)
+    out = model.predict(image, backend=backend, image_id=image_id)
     boxes = np.asarray(to_numpy(out["boxes"]), dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(to_numpy(out["scores"]), dtype=np.float32).reshape(-1)
     labels = np.asarray(to_numpy(out["labels"]), dtype=np.int64).reshape(-1)

@@ -216,7 +216,7 @@ def check_config(config, where: str = "config") -> None:
         )
     if config.dtype not in DTYPES:
         raise MinirccnError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
-    from minirccn.detector.poolers import METHODS
+    from minirccn.detector.roi_heads.poolers import METHODS
 
     if config.box_roi_pool not in METHODS:
         raise MinirccnError(
@@ -237,8 +237,8 @@ def check_config(config, where: str = "config") -> None:
             f"{where}: backbone_stages must be a list of [channels 1..{MAX_CHANNELS}, "
             f"convs 1..{MAX_LIST}, pool true/false], got {json.dumps(stages, default=repr)}"
         )
-    from minirccn.detector import resnet
-    from minirccn.detector.backbone import PRESETS
+    from minirccn.detector.backbones import resnet
+    from minirccn.detector.backbones.vgg import PRESETS
 
     if not stages and config.backbone not in PRESETS and config.backbone not in resnet.PRESETS:
         names = ", ".join((*PRESETS, *resnet.PRESETS))

@@ -47,167 +47,10 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.config import PRESETS, default_preset, preset
 from minirccn.data import augment, load_dataset, transforms
 from minirccn.errors import MinirccnError
+from minirccn.data.batching import batch_indices
 from minirccn.detector import registry
-from minirccn.detector.registry import EXTERNAL_MODELS, MODELS
-from minirccn.detector.model import (
-    LOSS_NAMES,
-    FasterRCNN,
-    clean_targets,
-    detector_backward,
-    detector_forward,
-)
-
-
-class TrainingDiverged(MinirccnError):
-    """A loss became NaN or infinite."""
-
-
-def model_family(config):
-    """``(model class, training forward, backward, loss names)`` of ``config.model``
-    (R-CNN and Fast R-CNN bring their own batches: forward and backward None, see
-    :func:`external_train_step`)."""
-    if config.model in EXTERNAL_MODELS:
-        return registry.model_class(config), None, None, ("loss_classifier", "loss_box_reg")
-    if config.model == "retinanet":
-        from minirccn.detector import retinanet as r
-
-        return r.RetinaNet, r.retinanet_forward, r.retinanet_backward, r.LOSS_NAMES
-    if config.model != "fasterrcnn":
-        raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
-    return FasterRCNN, detector_forward, detector_backward, LOSS_NAMES
-
-
-# ------------------------------------------------------------------------ pieces
-
-
-def lr_at(step: int, config) -> float:
-    """Learning rate of SGD step ``step`` (0-based): :func:`minirccn.nn.optim.lr_at` with the
-    config's ``lr``, ``warmup_iters``, ``warmup_factor``, ``milestones`` and ``gamma``."""
-    return optim.lr_at(
-        step, config.lr, config.warmup_iters, config.warmup_factor, config.milestones, config.gamma
-    )
-
-
-def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    """The order images are visited in during ``epoch``: a permutation seeded by ``(seed, epoch)``."""
-    return np.random.default_rng([int(seed), int(epoch), 7]).permutation(size)
-
-
-def batch_indices(seed: int, step: int, batch: int, size: int) -> list:
-    """Dataset indices of the images of SGD step ``step`` (epochs of shuffled images)."""
-    out = []
-    for k in range(step * batch, (step + 1) * batch):
-        out.append(int(epoch_order(seed, k // size, size)[k % size]))
-    return out
-
-
-def load_batch(dataset, indices, config, rng: np.random.Generator | None, backend: str):
-    """Images and targets of ``indices``, resized, maybe flipped, normalised, batched.
-
-    Args:
-        dataset: a dataset (``ds[i]`` gives ``image``, ``boxes``, ``labels``).
-        indices: which images.
-        config: resize sizes, mean/std, ``flip``.
-        rng: flips each image with probability 1/2 if ``config.flip``; None: no flip.
-        backend: where the image batch goes.
-
-    Returns:
-        ``(images (N, 3, H, W), sizes [(h, w)], targets [dict(boxes, labels)])``.
-    """
-    xs, targets = [], []
-    for i in indices:
-        sample = dataset[i]
-        boxes, labels = clean_targets(
-            sample["boxes"], sample["labels"], where=str(sample["image_id"])
-        )
-        image, boxes, _ = transforms.resize(
-            sample["image"], boxes.astype(config.dtype), config.min_size, config.max_size
-        )
-        if config.flip and rng is not None and rng.random() < 0.5:
-            image, boxes = transforms.hflip(image, boxes)
-        if rng is not None and augment.enabled(config):
-            image, boxes, labels = augment.apply(image, boxes, labels, config, rng)
-        xs.append(
-            transforms.normalize(image, config.image_mean, config.image_std).astype(config.dtype)
-        )
-        targets.append({"boxes": boxes.astype(config.dtype), "labels": labels})
-    from minirccn.detector.backbone import stride
-    from minirccn.detector.model import backbone_spec
-
-    batch, sizes = transforms.batch_images(xs, size_divisible=stride(backbone_spec(config)))
-    return array_module(backend).asarray(batch), sizes, targets
-
-
-def _make_optimizer(model, config, prefixes):
-    """SGD over the trainable parameters whose names start with ``prefixes``."""
-    return optim.SGD(
-        model.trainable(prefixes),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-
-
-def train_step(
-    model,
-    optimizer,
-    batch,
-    rng,
-    step: int,
-    *,
-    backend: str,
-    parts=("rpn", "head"),
-    proposals=None,
-    train_backbone: bool = True,
-) -> dict:
-    """One SGD step (forward, backward, ``clip_grad_norm`` if the config sets it, SGD); returns
-    the losses (floats). Raises :class:`TrainingDiverged` on NaN/inf."""
-    images, sizes, targets = batch
-    cfg = model.config
-    batch_stats = train_backbone and not (0 < cfg.bn_freeze_iter <= step)
-    _, forward, backward, _ = model_family(cfg)
-    losses, cache, _ = forward(
-        model,
-        images,
-        sizes,
-        targets,
-        rng,
-        backend=backend,
-        parts=parts,
-        proposals=proposals,
-        train_backbone=train_backbone,
-        batch_stats=batch_stats,
-    )
-    total = sum(losses.values())
-    if not np.isfinite(total):
-        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
-        raise TrainingDiverged(f"training diverged at step {step}: {bad}")
-    grads = backward(cache)
-    if cfg.clip_grad_norm > 0:
-        grads, _ = optim.clip_grad_norm(grads, cfg.clip_grad_norm)
-    optimizer.lr = lr_at(step, model.config)
-    optimizer.step(grads)
-    losses["loss"] = total
-    return losses
-
-
-def external_train_step(model, optimizer, data, indices, rng, step: int, *, backend: str) -> dict:
-    """One SGD step of a model with external proposals (:mod:`minirccn.detector.fast_rcnn`,
-    :mod:`minirccn.detector.rcnn`): its ``losses_and_grads`` on the batch, then as
-    :func:`train_step`: divergence check, gradient clipping, learning rate, SGD."""
-    cfg = model.config
-    batch_stats = not (0 < cfg.bn_freeze_iter <= step)
-    losses, grads = model.losses_and_grads(data, indices, rng, backend=backend, batch_stats=batch_stats)
-    total = sum(losses.values())
-    if not np.isfinite(total):
-        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not np.isfinite(v))
-        raise TrainingDiverged(f"training diverged at step {step}: {bad}")
-    if cfg.clip_grad_norm > 0:
-        grads, _ = optim.clip_grad_norm(grads, cfg.clip_grad_norm)
-    optimizer.lr = lr_at(step, cfg)
-    optimizer.step(grads)
-    losses["loss"] = total
-    return losses
+from minirccn.detector.registry import MODELS
+from minirccn.engine.loop import TrainingDiverged, make_optimizer, train_step
 
 
 # ------------------------------------------------------------------------ the loop
@@ -274,8 +117,9 @@ def train(
     config = config if config is not None else preset(preset_name)
     if iters is not None:
         config = config.replace(iters=int(iters))
-    model_class, _, _, loss_names = model_family(config)
-    if alternating and config.model != "fasterrcnn":
+    model_class = registry.model_class(config)
+    loss_names = model_class.LOSS_NAMES
+    if alternating and not model_class.ALTERNATING:
         raise MinirccnError(f"--alternating: only for Faster R-CNN, not --model {config.model}")
     if train_data is None:
         train_data = load_dataset(data, "train", images=images)
@@ -312,14 +156,14 @@ def train(
         rng.bit_generator.state = state["rng_state"]
         start = state["step"]
         history = state["extra"].get("history", history)
-        optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
+        optimizer = make_optimizer(model)
         optimizer.load_state_dict(state["optimizer"])
     else:
         model = model_class(config, train_data.class_names, rng=rng)
         if init_params:
             model.params.update({k: v.astype(model.params[k].dtype) for k, v in init_params.items()})
         model.to(backend)
-        optimizer = _make_optimizer(model, config, ("backbone.", "rpn.", "head."))
+        optimizer = make_optimizer(model)
 
     validator = None
     if config.eval_every > 0 and test_data is not None and len(test_data) and not alternating:
@@ -366,10 +210,9 @@ def train(
         metrics["val_seconds"] = round(validator.seconds, 3)
         metrics["best"] = validator.best and {**validator.best, "checkpoint": validator.best_path}
     metrics.update(extra_metrics or {})
-    if config.model != "fasterrcnn":  # (the default run's metrics.json keeps its keys)
+    if config.model != registry.DEFAULT_MODEL:  # (the default run's metrics.json keeps its keys)
         metrics["model"] = config.model
-    if config.model in EXTERNAL_MODELS:
-        metrics["proposals"] = model.source.record()
+    metrics.update(model.run_record())
     if ckpt:
         save_checkpoint(
             ckpt,
@@ -441,12 +284,8 @@ def _train_joint(
     bar = tqdm(range(start, config.iters), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
-        external = hasattr(model, "losses_and_grads")  # R-CNN / Fast R-CNN: own batches
         try:
-            if external:
-                losses = external_train_step(model, optimizer, data, idx, rng, step, backend=backend)
-            else:
-                batch = load_batch(data, idx, config, rng, backend)
+            batch = model.load_batch(data, idx, rng, backend)
         except MinirccnError as exc:  # an image went bad during the run: keep the steps done
             if isinstance(exc, TrainingDiverged):
                 raise
@@ -454,8 +293,7 @@ def _train_joint(
                 save(step)
             kept = f"; checkpoint at step {step} saved to {ckpt}" if ckpt and step > start else ""
             raise MinirccnError(f"{exc}{kept}") from None
-        if not external:
-            losses = train_step(model, optimizer, batch, rng, step, backend=backend)
+        losses = train_step(model, optimizer, batch, rng, step, backend=backend)
         for k, v in losses.items():
             history[k].append(float(v))
         if progress and step % 10 == 0:
@@ -481,13 +319,11 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
     """The paper's 4-step alternating training (module docstring); returns the final model."""
     from tqdm import tqdm
 
-    from minirccn.detector.model import detect_proposals
-
     quarter = max(config.iters // 4, 1)
     # step 1: backbone + RPN
     rpn_model = model
     # step 2: a fresh backbone + head, on step-1 proposals
-    det_model = FasterRCNN(config, model.class_names, rng=rng).to(backend)
+    det_model = type(model)(config, model.class_names, rng=rng).to(backend)
     plan = [
         (rpn_model, ("rpn",), True, None),
         (det_model, ("head",), True, rpn_model),
@@ -501,7 +337,7 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
                 {k: v.copy() for k, v in rpn_model.params.items() if k.startswith("rpn.")}
             )
         prefixes = tuple(s + "." for s in parts) + (("backbone.",) if train_backbone else ())
-        opt = _make_optimizer(net, config, prefixes)
+        opt = make_optimizer(net, prefixes)
         bar = tqdm(
             range(quarter),
             desc=f"alternating step {alt_step}/4",
@@ -510,12 +346,13 @@ def _train_alternating(model, data, config, rng, seed, backend, history, progres
         )
         for i in bar:
             idx = batch_indices(seed, step, config.images_per_batch, len(data))
-            batch = load_batch(data, idx, config, rng, backend)
+            batch = net.load_batch(data, idx, rng, backend)
             proposals = None
             if proposer is not None:
-                proposals = detect_proposals(
-                    proposer, batch[0], batch[1], train=True, backend=backend
+                _, props = proposer.rpn_proposals(
+                    batch.images, batch.image_sizes, training=True, backend=backend
                 )
+                proposals = [b for b, _ in props]
             losses = train_step(
                 net,
                 opt,
@@ -714,7 +551,7 @@ def lineage_config(config, args):
     """``config`` with ``--proposals``, ``--max-proposals`` and ``--selective-search-mode``
     applied (checked: only for R-CNN / Fast R-CNN; a proposal file's path made absolute)."""
     given = [f for f in ("proposals", "max_proposals", "selective_search_mode") if getattr(args, f) is not None]
-    if given and config.model not in EXTERNAL_MODELS:
+    if given and not registry.uses_external_proposals(config):
         flag = "--" + given[0].replace("_", "-")
         raise MinirccnError(f"{flag}: only for --model fastrcnn or rcnn (external proposals)")
     changes = {}

@@ -232,7 +232,6 @@ def configure(args, log=print, base=None) -> dict:
 
 
 def _stride(config) -> int:
-    from minirccn.detector.backbone import stride
-    from minirccn.detector.model import backbone_spec
+    from minirccn.detector.backbones.levels import build_backbone
 
-    return stride(backbone_spec(config))
+    return build_backbone(config).size_divisible

@@ -36,8 +36,8 @@ SKIPPED = ("classifier.6.weight", "classifier.6.bias")
 
 def torchvision_names(config) -> dict:
     """``{torchvision name: (minirccn name, transpose)}`` for ``config``'s backbone and head."""
-    from minirccn.detector.backbone import get_spec
-    from minirccn.detector.model import backbone_spec
+    from minirccn.detector.backbones.levels import backbone_spec
+    from minirccn.detector.backbones.vgg import get_spec
 
     spec = get_spec(backbone_spec(config))
     if spec.batch_norm:
@@ -89,10 +89,10 @@ def map_weights(tensors: dict, config, where: str = "--weights") -> dict:
     Raises:
         MinirccnError: an unknown name, a missing backbone conv, or a shape mismatch.
     """
-    from minirccn.detector.model import init_params
+    from minirccn.detector.models.faster_rcnn import FasterRCNN
 
     names = torchvision_names(config)
-    want = init_params(config, 2, np.random.default_rng(0))
+    want = FasterRCNN.init_params(config, 2, np.random.default_rng(0))
     unknown = sorted(k for k in tensors if k not in names and k not in SKIPPED)
     if unknown:
         raise MinirccnError(

@@ -9,7 +9,7 @@ import pytest
 from minirccn import checkpoint as C
 from minirccn.config import preset
 from minirccn.errors import MinirccnError
-from minirccn.detector.model import FasterRCNN
+from minirccn.detector.models.faster_rcnn import FasterRCNN
 from minirccn.nn.optim import SGD
 
 NAMES = ["__background__", "x", "y"]

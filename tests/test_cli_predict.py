@@ -175,7 +175,7 @@ def test_real_checkpoint_end_to_end(tmp_path, capsys):
     """An untrained detector saved by the real checkpoint code goes through both commands."""
     from minirccn.checkpoint import save_checkpoint
     from minirccn.config import preset
-    from minirccn.detector.model import FasterRCNN
+    from minirccn.detector.models.faster_rcnn import FasterRCNN
 
     ds = ShapesDataset("test", seed=0)
     ck = save_checkpoint(tmp_path / "ck.npz", FasterRCNN(preset("tiny"), ds.class_names))

@@ -21,7 +21,7 @@ from minirccn.config import PRESETS, preset
 from minirccn.data import DataWarning, load_dataset
 from minirccn.data.common import parse_bool, read_image
 from minirccn.data.export import export_dataset
-from minirccn.detector.model import FasterRCNN, init_params
+from minirccn.detector.models.faster_rcnn import FasterRCNN, init_params
 from minirccn.errors import MinirccnError
 
 NAMES = ["__background__", "circle", "square", "triangle"]

@@ -294,7 +294,7 @@ def test_resume_command_keeps_the_flags_and_names_the_folder():
 
 
 def test_failed_save_names_the_file(tmp_path, monkeypatch):
-    from minirccn.detector.model import FasterRCNN
+    from minirccn.detector.models.faster_rcnn import FasterRCNN
 
     model = FasterRCNN(preset("tiny", **TINY), ["__background__", "a"])
     path = tmp_path / "c.npz"

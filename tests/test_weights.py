@@ -7,7 +7,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from minirccn import weights  # noqa: E402
 from minirccn.config import preset  # noqa: E402
-from minirccn.detector.model import FasterRCNN, init_params  # noqa: E402
+from minirccn.detector.models.faster_rcnn import FasterRCNN, init_params  # noqa: E402
 from minirccn.errors import MinirccnError  # noqa: E402
 
 # a VGG-style stack small enough for a test: two stages of 2 and 1 convs, no batch norm

@@ -105,7 +105,7 @@ for offset in (0.0, 0.5):
 # preset uses (32, 64, 128).
 
 # %%
-from minirccn.detector import backbone
+from minirccn.detector.backbones import vgg as backbone
 
 vgg = backbone.get_spec("vgg16")
 pools = sum(st.pool for st in vgg.stages)
@@ -167,7 +167,7 @@ T.check(
 
 # %%
 from minirccn.config import preset
-from minirccn.detector.model import backbone_spec
+from minirccn.detector.models.faster_rcnn import backbone_spec
 
 tiny = preset("tiny")
 tiny_stride_preset = backbone.stride(backbone_spec(tiny))

@@ -17,8 +17,8 @@ from PIL import Image
 
 import _common as T
 from minirccn.config import preset
-from minirccn.detector import backbone
-from minirccn.detector.model import backbone_spec
+from minirccn.detector.backbones import vgg as backbone
+from minirccn.detector.models.faster_rcnn import backbone_spec
 from minirccn.nn import gradcheck, layers
 from minirccn.data import load_dataset
 from minirccn.data.transforms import normalize
@@ -160,7 +160,7 @@ for name in ("numpy", "numba"):
 # %% [markdown]
 # ## 4. The backbone presets
 #
-# `minirccn.detector.backbone` stacks stages of `3x3 conv (padding 1) [+ batch norm] +
+# `minirccn.detector.backbones.vgg` stacks stages of `3x3 conv (padding 1) [+ batch norm] +
 # ReLU`, each ending in a 2x2 max pool that halves the map. The convs keep the
 # size, so the stride is `2 ** (number of pools)`:
 #

@@ -16,8 +16,8 @@
 #
 # None of the first three steps is differentiable: they produce constants the
 # loss compares against. We write each one as a loop, check it against
-# `minirccn.detector.targets`, `minirccn.detector.anchor_targets` and
-# `minirccn.detector.rpn`, and end with an image that has no object at all.
+# `minirccn.detector.matching`, `minirccn.detector.rpn.targets` and
+# `minirccn.detector.rpn.head`, and end with an image that has no object at all.
 
 # %%
 import math
@@ -28,12 +28,12 @@ from PIL import ImageDraw
 import _common as T
 from minirccn.nn import gradcheck, losses
 from minirccn import ops, viz
-from minirccn.detector.backbone import backbone_forward
+from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector.model import FasterRCNN, backbone_spec
-from minirccn.detector.rpn import rpn_forward, rpn_losses
-from minirccn.detector.targets import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
+from minirccn.detector.models.faster_rcnn import FasterRCNN, backbone_spec
+from minirccn.detector.rpn.head import rpn_forward, rpn_losses
+from minirccn.detector.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 
 # float64: the loss check at the end is exact. The stack is pinned to four
 # conv+pool stages (stride 16, an 8 x 8 map on 128 x 128 images) so that the
@@ -65,7 +65,7 @@ print(f"{len(anchors)} anchors (8 x 8 cells x {cfg.num_anchors}), {len(gt)} obje
 # of the tied anchors are (torchvision's `allow_low_quality_matches`). An
 # object that touches no anchor at all (best IoU 0) gets none.
 #
-# `minirccn.detector.targets.Matcher` writes this rule once (the RoI head's
+# `minirccn.detector.matching.Matcher` writes this rule once (the RoI head's
 # targets in tutorial 7 use it too, with other numbers). Like torchvision's, it
 # returns one number per anchor: the index of its object, or
 # `BELOW_LOW_THRESHOLD` (-1, negative) or `BETWEEN_THRESHOLDS` (-2, ignored).
@@ -386,7 +386,7 @@ T.check(
     np.allclose(
         rpn_loss_loop(logits[0], deltas[0], lab, targets), (loss_obj, loss_box), rtol=1e-12
     ),
-    "naive loop == minirccn.detector.rpn.rpn_losses",
+    "naive loop == minirccn.detector.rpn.head.rpn_losses",
 )
 T.check(abs(loss_obj - math.log(2)) < 0.02, "untrained: objectness loss ~ ln 2 (a coin toss)")
 err_cls = gradcheck.check_loss(

@@ -27,12 +27,12 @@ from PIL import ImageDraw
 import _common as T
 from minirccn.nn import losses
 from minirccn import ops, viz
-from minirccn.detector.backbone import backbone_forward
+from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector.head import head_forward, head_losses
-from minirccn.detector.model import FasterRCNN, backbone_spec, postprocess_detections
-from minirccn.detector.proposals import objectness_scores
+from minirccn.detector.roi_heads.box_head import head_forward, head_losses
+from minirccn.detector.models.faster_rcnn import FasterRCNN, backbone_spec, postprocess_detections
+from minirccn.detector.rpn.proposal_layer import objectness_scores
 
 cfg = preset("tiny", dtype="float64")  # float64 throughout: the loops below agree exactly
 data = load_dataset("shapes", split="train", seed=0)
@@ -301,7 +301,7 @@ print(
 T.check(
     np.allclose(h7 @ p["head.cls.w"] + p["head.cls.b"], class_logits)
     and np.allclose(h7 @ p["head.bbox.w"] + p["head.bbox.b"], box_deltas),
-    "roi_pool + two fc layers by hand == minirccn.detector.head.head_forward",
+    "roi_pool + two fc layers by hand == minirccn.detector.roi_heads.box_head.head_forward",
 )
 
 loss_cls, loss_box, _, ddeltas = head_losses(class_logits, box_deltas, roi_labels, roi_targets)
@@ -403,7 +403,7 @@ T.check(
     np.allclose(loop_det[0], det["boxes"])
     and np.allclose(loop_det[1], det["scores"])
     and np.array_equal(loop_det[2], det["labels"]),
-    "naive per-class loop == minirccn.detector.model.postprocess_detections",
+    "naive per-class loop == minirccn.detector.models.faster_rcnn.postprocess_detections",
 )
 T.check(
     det["scores"].min() > cfg.box_score_thresh and len(det["boxes"]) <= 100,
@@ -502,6 +502,6 @@ T.save_grid(
 #    proposals survive? What does the head lose in each case?
 # 2. Skip step 1 of the proposal targets (no ground truth appended) and
 #    re-run: how many foreground RoIs are left with the *untrained* RPN's
-#    proposals (`minirccn.detector.model.detect_proposals`)?
+#    proposals (`minirccn.detector.models.faster_rcnn.detect_proposals`)?
 # 3. Replace the per-class NMS by one NMS over all classes. Put a circle and
 #    a square side by side with IoU 0.6: what happens to the weaker one?

@@ -35,8 +35,8 @@ import numpy as np
 import _common as T
 from minirccn import evaluation, viz
 from minirccn.nn import gradcheck, optim
-from minirccn.detector import backbone as bb
-from minirccn.detector import model as M
+from minirccn.detector.backbones import vgg as bb
+from minirccn.detector.models import faster_rcnn as M
 from minirccn import train as tr
 from minirccn.config import preset
 from minirccn.data import load_dataset

@@ -32,9 +32,11 @@ import numpy as np
 
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector import fpn, fpn_model, resnet
-from minirccn.detector import model as M
-from minirccn.detector.poolers import LevelMapper, level_counts
+from minirccn.detector import fpn_model
+from minirccn.detector.backbones import fpn
+from minirccn.detector.backbones import resnet
+from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.roi_heads.poolers import LevelMapper, level_counts
 from minirccn.nn import layers
 from minirccn.train import train
 
@@ -102,7 +104,7 @@ for i in (2, 1, 0):
 by_hand.append(by_hand[-1][:, :, ::2, ::2])
 err = max(float(np.abs(a - b).max()) for a, b in zip(by_hand, maps))
 print(f"largest difference, hand-written pathway vs fpn_forward: {err:.2e}")
-T.check(err < 1e-5, "the top-down pathway by hand equals minirccn.detector.fpn.fpn_forward")
+T.check(err < 1e-5, "the top-down pathway by hand equals minirccn.detector.backbones.fpn.fpn_forward")
 print("nearest indices 3 -> 5 cells (odd lateral size):", fpn.nearest_indices(3, 5).tolist())
 print("nearest indices 3 -> 6 cells (exact 2x):        ", fpn.nearest_indices(3, 6).tolist())
 _, up = fpn.upsample_nearest_forward(np.zeros((1, 1, 3, 3)), (5, 5))

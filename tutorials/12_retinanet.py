@@ -19,7 +19,7 @@
 # has its own anchor sizes; one head, shared), and 6. why its training needs its
 # gradients clipped at this size (one image at a time).
 #
-# The code: `minirccn.detector.retinanet_targets` (labels), `retinanet_head` (the two
+# The code: `minirccn.detector.dense.targets` (labels), `retinanet_head` (the two
 # subnets and the losses), `retinanet` (the model), `minirccn.nn.losses.sigmoid_focal_loss`.
 
 # %%
@@ -33,13 +33,13 @@ from PIL import Image, ImageDraw
 from minirccn import ops
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector.retinanet import RetinaNet
-from minirccn.detector.retinanet_head import (
+from minirccn.detector.models.retinanet import RetinaNet
+from minirccn.detector.dense.head import (
     from_anchor_order,
     retinanet_head_forward,
     retinanet_losses,
 )
-from minirccn.detector.retinanet_targets import RetinaNetTargets, onehot_targets
+from minirccn.detector.dense.targets import RetinaNetTargets, onehot_targets
 from minirccn.nn import losses
 from minirccn.train import _make_optimizer, train_step
 
@@ -390,7 +390,7 @@ T.check(
 # matched at once, so an object is positive on the level(s) whose anchors fit it.
 
 # %%
-from minirccn.detector.retinanet import level_anchor_sizes  # noqa: E402
+from minirccn.detector.models.retinanet import level_anchor_sizes  # noqa: E402
 
 fcfg = preset("resnet-fpn-tiny", model="retinanet")
 fmodel = RetinaNet(fcfg, names, rng=np.random.default_rng(0))
@@ -449,8 +449,8 @@ T.check(
 print(f"the preset: lr {fcfg.lr}, clip_grad_norm {fcfg.clip_grad_norm}")
 
 # %%
-from minirccn.detector.retinanet import retinanet_backward, retinanet_forward  # noqa: E402
-from minirccn.detector.retinanet_head import num_convs_of  # noqa: E402
+from minirccn.detector.models.retinanet import retinanet_backward, retinanet_forward  # noqa: E402
+from minirccn.detector.dense.head import num_convs_of  # noqa: E402
 from minirccn.nn import optim  # noqa: E402
 from minirccn.train import load_batch, lr_at  # noqa: E402
 

@@ -46,7 +46,7 @@ from PIL import Image
 from minirccn import lineage as L
 from minirccn.config import preset
 from minirccn.data import ShapesConfig, load_dataset
-from minirccn.detector import backbone as _bb
+from minirccn.detector.backbones import vgg as _bb
 from minirccn.proposals import segmentation as seg
 from minirccn.proposals import selective_search as ss
 
@@ -149,8 +149,8 @@ for space, k, ms in ss.strategies("fast"):
 boxes = ss.selective_search(image, "fast", min_size=10)
 print(f"pooled and deduplicated: {len(boxes)} proposals")
 
-from minirccn.detector.fast_rcnn import FastRCNN
-from minirccn.detector.rcnn import RCNN
+from minirccn.detector.models.fast_rcnn import FastRCNN
+from minirccn.detector.models.rcnn import RCNN
 
 names = test.class_names
 calls = []

@@ -22,8 +22,8 @@ from minirccn import ops, viz
 from minirccn import train as tr
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector import backbone as bb
-from minirccn.detector import model as M
+from minirccn.detector.backbones import vgg as bb
+from minirccn.detector.models import faster_rcnn as M
 from minirccn.nn import optim
 
 BACKEND = "numba"

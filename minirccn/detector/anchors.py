@@ -86,6 +86,68 @@ def generate_anchors(feature_size, stride, sizes, aspect_ratios, offset=0.0):
     return (shifts + base[None, :, :]).reshape(-1, 4)
 
 
+def multilevel_anchors(map_sizes, strides, sizes, aspect_ratios, offset=0.0):
+    """Anchors of every level, concatenated finest first.
+
+    Args:
+        map_sizes: ``(H_l, W_l)`` of each level.
+        strides: input pixels per cell of each level.
+        sizes: for each level, the sequence of its anchor sizes (a one-level detector has
+            all of them on its one map; torchvision's FPN has one per level).
+        aspect_ratios: height / width ratios, shared by the levels.
+        offset: as :func:`generate_anchors`.
+
+    Returns:
+        anchors: ``(sum_l H_l * W_l * A_l, 4)`` float32; counts: ``H_l * W_l * A_l`` per level.
+    """
+    if not len(map_sizes) == len(strides) == len(sizes):
+        raise ValueError(
+            f"sizes: expected anchor sizes for each of the {len(map_sizes)} levels, got {len(sizes)}"
+        )
+    per = [
+        generate_anchors(tuple(hw), s, level_sizes, aspect_ratios, offset=offset)
+        for hw, s, level_sizes in zip(map_sizes, strides, sizes)
+    ]
+    return np.concatenate(per), [a.shape[0] for a in per]
+
+
+class AnchorGenerator:
+    """The anchors of a detector's levels, built once from its numbers, cached per map size
+    (torchvision's ``AnchorGenerator``).
+
+    Args:
+        strides: input pixels per cell of each level, finest first.
+        sizes: for each level, its anchor sizes.
+        aspect_ratios: height / width ratios (every level).
+        offset: cell offset (:func:`generate_anchors`).
+        dtype: the dtype of the anchors returned.
+    """
+
+    def __init__(self, strides, sizes, aspect_ratios, offset=0.0, dtype="float32"):
+        self.strides = tuple(strides)
+        self.sizes = [tuple(s) for s in sizes]
+        self.aspect_ratios = tuple(aspect_ratios)
+        self.offset = offset
+        self.dtype = np.dtype(dtype)
+        self._cache = {}
+
+    @property
+    def num_anchors(self) -> int:
+        """``A``, anchors per cell (the same on every level)."""
+        return len(self.sizes[0]) * len(self.aspect_ratios)
+
+    def __call__(self, map_sizes, xp=np):
+        """``(anchors (M, 4), counts per level)`` of maps of ``map_sizes`` (cached), as arrays of
+        the module ``xp`` in this generator's dtype."""
+        key = (tuple(tuple(int(v) for v in s) for s in map_sizes), xp.__name__)
+        if key not in self._cache:
+            a, counts = multilevel_anchors(
+                key[0], self.strides, self.sizes, self.aspect_ratios, offset=self.offset
+            )
+            self._cache[key] = (xp.asarray(a.astype(self.dtype)), counts)
+        return self._cache[key]
+
+
 def anchors_inside(anchors, image_size, allowed_border=0):
     """Which anchors lie inside the image, up to ``allowed_border`` pixels outside.
 

@@ -1,44 +1,33 @@
-"""Which detector class a config builds (``config.model``), for training, checkpoints and
-the preflight checks.
+"""The model table: which class each ``config.model`` builds, resolved on first use (the
+same idea as :data:`minirccn.dispatch.TABLE` one floor down).
 
-=============  =====================================================  ===================
-``model``      class                                                  proposals
-=============  =====================================================  ===================
-fasterrcnn     :class:`minirccn.detector.model.FasterRCNN`            its own RPN
-retinanet      :class:`minirccn.detector.retinanet.RetinaNet`         none (dense)
-fastrcnn       :class:`minirccn.detector.fast_rcnn.FastRCNN`          external (config)
-rcnn           :class:`minirccn.detector.rcnn.RCNN`                   external (config)
-=============  =====================================================  ===================
+Adding a model kind is one :class:`~minirccn.detector.base.Detector` subclass and one row.
 """
 
 from __future__ import annotations
 
+import importlib
+
+from minirccn.detector.models.external import ExternalProposals
 from minirccn.errors import MinirccnError
 
-MODELS = ("fasterrcnn", "retinanet", "fastrcnn", "rcnn")
-#: the models that read proposals from outside the network (selective search or a file)
-EXTERNAL_MODELS = ("fastrcnn", "rcnn")
+#: ``config.model`` -> ``"module:Class"``; the first row is the default model
+MODELS = {
+    "fasterrcnn": "minirccn.detector.models.faster_rcnn:FasterRCNN",  # its own RPN
+    "retinanet": "minirccn.detector.models.retinanet:RetinaNet",  # one stage, dense
+    "fastrcnn": "minirccn.detector.models.fast_rcnn:FastRCNN",  # external proposals
+    "rcnn": "minirccn.detector.models.rcnn:RCNN",  # a CNN per warped proposal
+}
+DEFAULT_MODEL = next(iter(MODELS))
 
 
-def model_class(config):
-    """The class of ``config.model``."""
-    if config.model == "fasterrcnn":
-        from minirccn.detector.model import FasterRCNN
-
-        return FasterRCNN
-    if config.model == "retinanet":
-        from minirccn.detector.retinanet import RetinaNet
-
-        return RetinaNet
-    if config.model == "fastrcnn":
-        from minirccn.detector.fast_rcnn import FastRCNN
-
-        return FastRCNN
-    if config.model == "rcnn":
-        from minirccn.detector.rcnn import RCNN
-
-        return RCNN
-    raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {config.model!r}")
+def model_class(config_or_name):
+    """The class of ``config.model`` (or of a model name)."""
+    name = getattr(config_or_name, "model", config_or_name)
+    if name not in MODELS:
+        raise MinirccnError(f"model: expected one of {', '.join(MODELS)}, got {name!r}")
+    module, _, cls = MODELS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_model(config, class_names, params=None, rng=None):
@@ -48,10 +37,10 @@ def build_model(config, class_names, params=None, rng=None):
 
 def init_model_params(config, num_classes: int, rng) -> dict:
     """Fresh parameters of ``config.model`` (what a checkpoint of that model must hold)."""
-    if config.model == "fasterrcnn":
-        from minirccn.detector.model import init_params
-    elif config.model == "retinanet":
-        from minirccn.detector.retinanet import init_params
-    else:
-        init_params = model_class(config).init_params
-    return init_params(config, num_classes, rng)
+    return model_class(config).init_params(config, num_classes, rng)
+
+
+def uses_external_proposals(config) -> bool:
+    """True for the models that read proposals from outside the network (selective search or
+    a file): their config's ``proposals`` field is used."""
+    return issubclass(model_class(config), ExternalProposals)

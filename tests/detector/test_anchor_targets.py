@@ -6,7 +6,7 @@ from helpers import random_boxes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minirccn.detector.anchor_targets import AnchorTargetCreator
+from minirccn.detector.rpn.targets import AnchorTargetCreator
 from minirccn.detector.anchors import generate_anchors
 from minirccn.ops.box_coder import decode_boxes_reference
 

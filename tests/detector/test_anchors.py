@@ -104,7 +104,7 @@ def test_default_offset_is_torchvisions_grid():
 def test_detector_anchors_use_the_configs_offset():
     """The detector's default config centres anchors on cells (offset 0.5), and the model uses it."""
     from minirccn.config import FasterRCNNConfig, preset
-    from minirccn.detector.model import FasterRCNN
+    from minirccn.detector.models.faster_rcnn import FasterRCNN
 
     assert FasterRCNNConfig().anchor_offset == 0.5
     cfg = preset("tiny")

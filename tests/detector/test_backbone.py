@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from minirccn.detector import backbone
+from minirccn.detector.backbones import vgg as backbone
 from minirccn.nn import init
-from minirccn.detector.backbone import BackboneSpec, Stage
+from minirccn.detector.backbones.vgg import BackboneSpec, Stage
 from minirccn.nn.gradcheck import check_layer
 
 

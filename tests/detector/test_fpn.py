@@ -4,7 +4,7 @@ pathway against an independent calculation, float64 gradient checks."""
 import numpy as np
 import pytest
 
-from minirccn.detector import fpn
+from minirccn.detector.backbones import fpn
 from minirccn.nn import layers
 from minirccn.nn.gradcheck import check_layer
 

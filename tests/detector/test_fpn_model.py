@@ -7,9 +7,10 @@ from helpers import TINY_RESNET_SPEC
 
 from minirccn import ops
 from minirccn.config import preset
-from minirccn.detector import fpn_model, fpn_rpn, resnet
-from minirccn.detector import model as M
-from minirccn.detector.poolers import MultiScaleRoIAlign
+from minirccn.detector import fpn_model, fpn_rpn
+from minirccn.detector.backbones import resnet
+from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.roi_heads.poolers import MultiScaleRoIAlign
 from minirccn.nn.gradcheck import check_layer, directional_grad_check, numerical_grad, rel_error
 
 NAMES = ["__background__", "a", "b"]

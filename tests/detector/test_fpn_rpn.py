@@ -6,9 +6,9 @@ import pytest
 from minirccn import ops
 from minirccn.detector import fpn_rpn
 from minirccn.detector.anchors import generate_anchors
-from minirccn.detector.poolers import LevelMapper, level_counts
-from minirccn.detector.proposals import objectness_scores
-from minirccn.detector.rpn import init_rpn
+from minirccn.detector.roi_heads.poolers import LevelMapper, level_counts
+from minirccn.detector.rpn.proposal_layer import objectness_scores
+from minirccn.detector.rpn.head import init_rpn
 from minirccn.nn.gradcheck import check_layer
 
 # ------------------------------------------------------------------------ LevelMapper

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minirccn.nn.gradcheck import numerical_grad, rel_error
-from minirccn.detector.head import head_backward, head_forward, head_losses, init_head
+from minirccn.detector.roi_heads.box_head import head_backward, head_forward, head_losses, init_head
 
 
 def test_box_loss_uses_each_rois_own_class():

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from minirccn.detector import model as M
-from minirccn.detector.backbone import backbone_forward
+from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.backbones.vgg import backbone_forward
 
 from test_model import NAMES, batch, tiny_config
 

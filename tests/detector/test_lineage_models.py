@@ -12,12 +12,12 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import preset
 from minirccn.data import ShapesConfig, load_dataset
-from minirccn.detector import backbone as _bb
-from minirccn.detector.external import load_batch_with_proposals, scale_proposals
-from minirccn.detector.fast_rcnn import FastRCNN, fast_rcnn_forward
-from minirccn.detector.head import head_forward
-from minirccn.detector.model import detector_backward, postprocess_detections
-from minirccn.detector.rcnn import (
+from minirccn.detector.backbones import vgg as _bb
+from minirccn.detector.models.external import load_batch_with_proposals, scale_proposals
+from minirccn.detector.models.fast_rcnn import FastRCNN, fast_rcnn_forward
+from minirccn.detector.roi_heads.box_head import head_forward
+from minirccn.detector.models.faster_rcnn import detector_backward, postprocess_detections
+from minirccn.detector.models.rcnn import (
     RCNN,
     classifier_forward,
     context_boxes,

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from minirccn.detector import model as M
-from minirccn.detector.backbone import backbone_forward
+from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
 from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
-from minirccn.detector.rpn import init_rpn, rpn_forward
+from minirccn.detector.rpn.head import init_rpn, rpn_forward
 
 NAMES = ["__background__", "a", "b"]
 
@@ -225,7 +225,7 @@ def test_same_seed_same_losses_bit_for_bit_and_backends_agree():
 def test_vgg16_preset_feature_map_and_anchors():
     cfg = preset("vgg16")
     rng = np.random.default_rng(0)
-    from minirccn.detector.backbone import init_backbone
+    from minirccn.detector.backbones.vgg import init_backbone
 
     params = init_backbone("vgg16", rng, np.float32)
     params.update(init_rpn(512, 512, cfg.num_anchors, rng, np.float32))

@@ -14,9 +14,9 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import FasterRCNNConfig, preset
 from minirccn.data.shapes import CLASS_NAMES
-from minirccn.detector import model as M
-from minirccn.detector.head import head_backward, head_forward, head_losses, init_head
-from minirccn.detector.poolers import RoIPooler
+from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.roi_heads.box_head import head_backward, head_forward, head_losses, init_head
+from minirccn.detector.roi_heads.poolers import RoIPooler
 from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
 from minirccn.ops.roi_align import RoIAlignCache, roi_align
 from minirccn.ops.roi_pool import RoIPoolCache, roi_pool

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from minirccn.ops.box_coder import decode_boxes_reference
 from minirccn.ops.boxes import box_iou_reference
-from minirccn.detector.proposal_targets import ProposalTargetCreator
+from minirccn.detector.roi_heads.targets import ProposalTargetCreator
 
 W = (10.0, 10.0, 5.0, 5.0)
 

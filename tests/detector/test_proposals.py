@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from minirccn.detector.anchors import generate_anchors
 from minirccn.ops.boxes import box_iou_reference
 from minirccn.config import preset
-from minirccn.detector.proposals import (
+from minirccn.detector.rpn.proposal_layer import (
     ProposalCreator,
     objectness_scores,
     proposals_one_image,

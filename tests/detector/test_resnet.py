@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from minirccn.detector import resnet
-from minirccn.detector.resnet import ResNetSpec
+from minirccn.detector.backbones import resnet
+from minirccn.detector.backbones.resnet import ResNetSpec
 from minirccn.nn.gradcheck import check_layer
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirccn.config import preset
-from minirccn.detector.retinanet import (
+from minirccn.detector.models.retinanet import (
     RetinaNet,
     RetinaNetPostprocess,
     detect,
@@ -235,7 +235,7 @@ def test_train_step_checkpoint_and_predict(tmp_path):
 
 
 def test_detect_equals_postprocess_of_the_head_outputs():
-    from minirccn.detector.retinanet_head import retinanet_head_forward
+    from minirccn.detector.dense.head import retinanet_head_forward
     from minirccn.nn.losses import sigmoid
 
     cfg = _tiny_config(retina_score_thresh=0.0)
@@ -353,7 +353,7 @@ def test_model_retinanet_defaults_to_the_pyramid_preset(capsys):
 def _fpn_config(monkeypatch, **kw):
     """A 32x32-input ResNet + FPN RetinaNet (levels 16, 8, 4, 2 and pool 1) small enough for
     finite differences; two octave scales per level."""
-    from minirccn.detector import resnet
+    from minirccn.detector.backbones import resnet
 
     from helpers import TINY_RESNET_SPEC
 
@@ -374,7 +374,7 @@ def _fpn_config(monkeypatch, **kw):
 
 
 def test_fpn_preset_anchor_sizes_are_torchvisions_octave_scales():
-    from minirccn.detector.retinanet import level_anchor_sizes
+    from minirccn.detector.models.retinanet import level_anchor_sizes
 
     cfg = preset("resnet-fpn-tiny", model="retinanet")
     # torchvision's retinanet_resnet50_fpn: tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))))
@@ -441,7 +441,7 @@ def test_fpn_whole_model_gradcheck_float64(monkeypatch):
 
 
 def test_fpn_detect_equals_independent_postprocess_per_level(monkeypatch):
-    from minirccn.detector.retinanet_head import retinanet_head_forward
+    from minirccn.detector.dense.head import retinanet_head_forward
     from minirccn.nn.losses import sigmoid
 
     cfg = _fpn_config(monkeypatch, retina_score_thresh=0.3, retina_topk_candidates=7)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from minirccn.detector.retinanet_head import (
+from minirccn.detector.dense.head import (
     from_anchor_order,
     init_retinanet_head,
     prior_bias,

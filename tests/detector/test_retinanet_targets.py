@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from minirccn.config import preset
 from minirccn.detector.anchors import generate_anchors
-from minirccn.detector.retinanet_targets import RetinaNetTargets, onehot_targets
-from minirccn.detector.targets import Matcher
+from minirccn.detector.dense.targets import RetinaNetTargets, onehot_targets
+from minirccn.detector.matching import Matcher
 from minirccn.ops.box_coder import encode_boxes_reference
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minirccn.nn.gradcheck import numerical_grad, rel_error
-from minirccn.detector.rpn import (
+from minirccn.detector.rpn.head import (
     _from_anchor_order,
     _to_anchor_order,
     init_rpn,

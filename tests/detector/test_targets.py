@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minirccn.config import FasterRCNNConfig, preset
-from minirccn.detector.anchor_targets import AnchorTargetCreator
-from minirccn.detector.proposal_targets import ProposalTargetCreator
-from minirccn.detector.targets import (
+from minirccn.detector.rpn.targets import AnchorTargetCreator
+from minirccn.detector.roi_heads.targets import ProposalTargetCreator
+from minirccn.detector.matching import (
     BELOW_LOW_THRESHOLD,
     BETWEEN_THRESHOLDS,
     BalancedPositiveNegativeSampler,

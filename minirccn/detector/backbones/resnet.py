@@ -30,7 +30,7 @@ has 23,508,032. Parameter names follow torchvision's, under ``backbone.``:
 ``backbone.stem.conv.w``, ``backbone.stem.bn.gamma``, ``backbone.layer1.0.conv1.w``,
 ``backbone.layer1.0.bn1.beta``, ``backbone.layer2.0.downsample.conv.w``, ... (BN running
 statistics ``.running_mean`` / ``.running_var`` get no gradient and are updated by a
-forward in train mode, as in :mod:`minirccn.detector.backbone`).
+forward in train mode, as in :mod:`minirccn.detector.backbones.vgg`).
 
 Presets (:data:`PRESETS`):
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirccn.detector import resnet as _resnet
+from minirccn.detector.backbones import resnet as _resnet
 from minirccn.nn import init as _init
 from minirccn.nn import layers
 
@@ -65,7 +65,7 @@ PRESETS = {
 
 def get_spec(spec):
     """``spec`` itself, or the preset it names (``"tiny"``, ``"vgg16"``, or a ResNet preset of
-    :mod:`minirccn.detector.resnet`, whose last stage is then the feature map)."""
+    :mod:`minirccn.detector.backbones.resnet`, whose last stage is then the feature map)."""
     if isinstance(spec, BackboneSpec):
         return spec
     if isinstance(spec, str) and spec in PRESETS:

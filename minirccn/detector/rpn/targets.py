@@ -5,9 +5,9 @@ as constants. It runs on the host (NumPy) because the sampling draws random
 numbers from a ``numpy.random.Generator`` and its result sizes depend on the
 data; the arrays involved are small (one row per anchor).
 
-The rule (paper Sec. 3.1.2), with the two pieces of :mod:`minirccn.detector.targets`:
+The rule (paper Sec. 3.1.2), with the two pieces of :mod:`minirccn.detector.matching`:
 
-1. :class:`~minirccn.detector.targets.Matcher` on ``iou = box_iou(anchors, gt)``
+1. :class:`~minirccn.detector.matching.Matcher` on ``iou = box_iou(anchors, gt)``
    ``(M, G)`` with ``high_threshold = fg_iou_thresh`` (0.7), ``low_threshold =
    bg_iou_thresh`` (0.3) and ``allow_low_quality_matches=True``: an anchor whose
    best IoU is ``>= 0.7`` is positive (1), ``< 0.3`` negative (0), in between
@@ -17,7 +17,7 @@ The rule (paper Sec. 3.1.2), with the two pieces of :mod:`minirccn.detector.targ
    truth that overlaps no anchor at all (IoU 0 everywhere) gets none.
 2. Optionally (``allowed_border >= 0``) anchors crossing the image border by
    more than ``allowed_border`` pixels are ignored (paper: 0, at training).
-3. :class:`~minirccn.detector.targets.BalancedPositiveNegativeSampler`: at most
+3. :class:`~minirccn.detector.matching.BalancedPositiveNegativeSampler`: at most
    ``batch_size_per_image`` (256) labels, at most ``positive_fraction`` (0.5) of them
    positive, uniformly at random; the rest become -1.
 4. Regression targets ``encode_boxes(gt[matched], anchors)`` (weights 1, 1, 1, 1)
@@ -32,7 +32,7 @@ import numpy as np
 
 from minirccn import ops
 from minirccn.detector.anchors import anchors_inside
-from minirccn.detector.targets import (
+from minirccn.detector.matching import (
     BELOW_LOW_THRESHOLD,
     BalancedPositiveNegativeSampler,
     Matcher,
@@ -86,7 +86,7 @@ class AnchorTargetCreator:
 
         Returns:
             labels: ``(M,)`` int64 in {1, 0, -1}.
-            matches: ``(M,)`` int64 of the :class:`~minirccn.detector.targets.Matcher`:
+            matches: ``(M,)`` int64 of the :class:`~minirccn.detector.matching.Matcher`:
                 the ground-truth index of each positive anchor, -1 / -2 for the others.
         """
         anchors = np.asarray(anchors)

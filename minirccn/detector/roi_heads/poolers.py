@@ -7,12 +7,15 @@
   bilinear samples per bin, nothing rounded.
 
 Chosen by the config fields ``box_roi_pool``, ``box_roi_pool_sampling_ratio`` and
-``box_roi_pool_aligned`` (see :mod:`minirccn.config`); the head calls
-:meth:`RoIPooler.forward` and, in its backward, :meth:`RoIPooler.backward`.
+``box_roi_pool_aligned`` (see :mod:`minirccn.config`).
+
+The detector sees ONE interface for one level or many (:func:`build_pooler`):
+``forward(maps, rois) -> (pooled (R, C, P, P), cache)`` and ``backward(dpooled, cache) ->
+[dmap per level]``: :class:`SingleLevelPooler` (a :class:`RoIPooler` at ``1 / stride`` on the
+one map) or :class:`MultiScaleRoIAlign` (a pyramid).
 
 With a feature pyramid, torchvision's ``LevelMapper`` and ``MultiScaleRoIAlign``
-(:class:`LevelMapper`, :class:`MultiScaleRoIAlign`, used by
-:mod:`minirccn.detector.fpn_model`):
+(:class:`LevelMapper`, :class:`MultiScaleRoIAlign`):
 
 Each RoI is pooled from ONE level, chosen by its size (FPN paper, Eq. 1)::
 
@@ -197,6 +200,7 @@ class MultiScaleRoIAlign:
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
         self.mapper = LevelMapper.from_strides(self.strides, canonical_scale, canonical_level)
+        self.num_levels = len(self.strides)
 
     def forward(self, maps, rois, backend=None):
         """Pool every RoI from its level.
@@ -263,3 +267,42 @@ class MultiScaleRoIAlign:
 def level_counts(levels, num_levels: int) -> np.ndarray:
     """How many RoIs each level received: ``(num_levels,)`` int64 (for printing)."""
     return np.bincount(np.asarray(levels, dtype=np.int64), minlength=num_levels)
+
+
+class SingleLevelPooler:
+    """A :class:`RoIPooler` on a one-level backbone, behind the levels interface of
+    :class:`MultiScaleRoIAlign`.
+
+    Args:
+        pooler: the :class:`RoIPooler`; stride: input pixels per cell of the one map.
+    """
+
+    def __init__(self, pooler: RoIPooler, stride: int):
+        self.pooler = pooler
+        self.stride = int(stride)
+        self.output_size = pooler.output_size
+        self.num_levels = 1
+
+    def forward(self, maps, rois, backend=None):
+        """``(pooled (R, C, P, P), cache)`` of ``rois`` ``(R, 5)`` on ``maps[0]`` at ``1 / stride``."""
+        return self.pooler.forward(maps[0], rois, 1.0 / self.stride, backend=backend)
+
+    def backward(self, dpooled, cache, backend=None):
+        """``[dfeatures (N, C, H, W)]``."""
+        return [RoIPooler.backward(dpooled, cache)]
+
+
+def build_pooler(config, strides):
+    """The head's pooler over levels of ``strides`` (the levels RoIs are pooled from): a
+    :class:`SingleLevelPooler` of the config's ``box_roi_pool`` for one level, else a
+    :class:`MultiScaleRoIAlign` (a pyramid always pools with RoIAlign, as torchvision's)."""
+    if len(strides) == 1:
+        return SingleLevelPooler(RoIPooler.from_config(config), strides[0])
+    return MultiScaleRoIAlign(
+        strides,
+        config.roi_output_size,
+        sampling_ratio=config.box_roi_pool_sampling_ratio,
+        aligned=config.box_roi_pool_aligned,
+        canonical_scale=config.roi_canonical_scale,
+        canonical_level=config.roi_canonical_level,
+    )

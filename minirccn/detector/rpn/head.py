@@ -180,3 +180,59 @@ def rpn_backward(dlogits, ddeltas, cache: RPNCache):
         "rpn.bbox.b": db_box,
     }
     return dfeatures, grads
+
+
+# ------------------------------------------------------------------------ over levels
+
+
+class LevelsRPNCache(NamedTuple):
+    """One :class:`RPNCache` per level and each level's anchor count."""
+
+    levels: list
+    counts: list
+
+
+def rpn_forward_levels(params: dict, maps, backend=None):
+    """The RPN head, its weights shared, on each level's map (torchvision's RPN on an FPN; a
+    one-level detector has one map).
+
+    Args:
+        params: ``rpn.*`` (see :func:`init_rpn`).
+        maps: list of ``(N, C, H_l, W_l)``, finest first.
+
+    Returns:
+        logits ``(N, M, 2)``, deltas ``(N, M, 4)`` with ``M = sum_l H_l W_l A`` (levels
+        concatenated in order, as the anchors are), cache: :class:`LevelsRPNCache`.
+    """
+    xp = get_array_module(maps[0])
+    logits, deltas, caches, counts = [], [], [], []
+    for m in maps:
+        lg, dl, c = rpn_forward(params, m, backend=backend)
+        logits.append(lg)
+        deltas.append(dl)
+        caches.append(c)
+        counts.append(lg.shape[1])
+    return (
+        xp.concatenate(logits, axis=1),
+        xp.concatenate(deltas, axis=1),
+        LevelsRPNCache(caches, counts),
+    )
+
+
+def rpn_backward_levels(dlogits, ddeltas, cache: LevelsRPNCache):
+    """Backward of :func:`rpn_forward_levels`: the gradients are cut back into levels, each
+    goes through the shared head's backward, and the head's parameter gradients are the SUM
+    over levels (one set of weights used on every level).
+
+    Returns:
+        dmaps: the gradient of each level's map; grads: ``rpn.*`` gradients.
+    """
+    dmaps, grads = [], {}
+    start = 0
+    for c, m in zip(cache.levels, cache.counts):
+        dm, g = rpn_backward(dlogits[:, start : start + m], ddeltas[:, start : start + m], c)
+        start += m
+        dmaps.append(dm)
+        for k, v in g.items():
+            grads[k] = v if k not in grads else grads[k] + v
+    return dmaps, grads

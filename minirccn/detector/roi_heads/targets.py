@@ -6,17 +6,17 @@ constants. Runs on the host (NumPy): the sampling draws from a
 small (a few hundred proposals).
 
 Per image (Fast R-CNN Sec. 2.3; torchvision's ``RoIHeads.select_training_samples``),
-with the two pieces of :mod:`minirccn.detector.targets`:
+with the two pieces of :mod:`minirccn.detector.matching`:
 
 1. append the ground-truth boxes to the proposals (so the head always sees
    some perfect foreground, even before the RPN has learned anything);
-2. :class:`~minirccn.detector.targets.Matcher` on ``iou = box_iou(proposals, gt)``
+2. :class:`~minirccn.detector.matching.Matcher` on ``iou = box_iou(proposals, gt)``
    with ``high_threshold = fg_iou_thresh`` (0.5), ``low_threshold = bg_iou_thresh``
    (0.5), no low-quality matches: foreground ``best >= fg_iou_thresh``, label = the
    ground truth's class; background ``bg_iou_lo <= best < bg_iou_thresh``
    ([0.0, 0.5)), label 0; others are ignored. No ground truth: every proposal is
    background;
-3. :class:`~minirccn.detector.targets.BalancedPositiveNegativeSampler`: at most
+3. :class:`~minirccn.detector.matching.BalancedPositiveNegativeSampler`: at most
    ``batch_size_per_image`` (128) RoIs, at most ``positive_fraction`` (25 %)
    foreground, uniformly at random without replacement, foreground first;
 4. regression targets ``encode_boxes(gt[matched], rois, weights)`` with weights
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minirccn import ops
-from minirccn.detector.targets import (
+from minirccn.detector.matching import (
     BELOW_LOW_THRESHOLD,
     BalancedPositiveNegativeSampler,
     Matcher,
@@ -87,7 +87,7 @@ class ProposalTargetCreator:
 
         Returns:
             labels: ``(P,)`` int64: class >= 1 foreground, 0 background, -1 ignored.
-            matches: ``(P,)`` int64 of the :class:`~minirccn.detector.targets.Matcher`:
+            matches: ``(P,)`` int64 of the :class:`~minirccn.detector.matching.Matcher`:
                 the ground-truth index of each foreground box, -1 / -2 for the others.
         """
         p = boxes.shape[0]
@@ -131,3 +131,25 @@ class ProposalTargetCreator:
                 gt_boxes[matches[fg]], rois[fg], self.weights, backend="numpy"
             )
         return rois, labels, targets
+
+
+def sample_rois(creator: ProposalTargetCreator, proposals, targets, rng, dtype):
+    """The RoI head's training samples of a batch (host; draws from ``rng`` image by image).
+
+    Args:
+        creator: the :class:`ProposalTargetCreator`.
+        proposals: ``N`` arrays ``(P_i, 4)``; targets: ``N`` dicts with ``boxes``, ``labels``.
+        rng: the draws; dtype: of the boxes.
+
+    Returns:
+        ``rois (R, 5)`` (batch index first), ``labels (R,)`` int64, ``targets (R, 4)``,
+        image 0's RoIs first.
+    """
+    rois, labels, regression = [], [], []
+    for i, (boxes, t) in enumerate(zip(proposals, targets)):
+        boxes = np.asarray(boxes, dtype=dtype).reshape(-1, 4)
+        r, lab, reg = creator(boxes, t["boxes"], t["labels"], rng)
+        rois.append(np.concatenate([np.full((r.shape[0], 1), i, dtype=r.dtype), r], axis=1))
+        labels.append(lab)
+        regression.append(reg)
+    return np.concatenate(rois), np.concatenate(labels), np.concatenate(regression)

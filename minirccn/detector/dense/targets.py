@@ -3,7 +3,7 @@
 Not differentiable: plain host NumPy arrays that the losses treat as constants.
 
 The rule (RetinaNet paper Sec. 4; torchvision's ``RetinaNet.compute_loss``), per image,
-with the same :class:`~minirccn.detector.targets.Matcher` the two-stage targets use,
+with the same :class:`~minirccn.detector.matching.Matcher` the two-stage targets use,
 built as ``Matcher(0.5, 0.4, allow_low_quality_matches=True)``:
 
 1. ``iou = box_iou(anchors, gt)`` ``(M, G)``; each anchor's best ground truth and its IoU.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minirccn import ops
-from minirccn.detector.targets import BETWEEN_THRESHOLDS, Matcher
+from minirccn.detector.matching import BETWEEN_THRESHOLDS, Matcher
 
 IGNORED = -1  #: label of an anchor in between the thresholds (no loss)
 BACKGROUND = 0  #: label of a negative anchor

@@ -13,7 +13,7 @@ For each of ~2000 selective search proposals per image:
    flattened into fc6 -> ReLU -> fc7 -> ReLU -> class scores ``(K)`` and
    class-specific box deltas ``(4K)``;
 4. per class: softmax score, decoded box, score threshold, NMS
-   (:func:`~minirccn.detector.model.postprocess_detections`).
+   (:class:`~minirccn.detector.roi_heads.postprocess.BoxPostprocess`).
 
 Two thousand forward passes per image is what Fast R-CNN removed. Differences to
 the paper, to keep one training loop for the whole family: one network trained
@@ -31,16 +31,18 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn.backend import array_module, resolve, to_numpy
-from minirccn.detector import backbone as _bb
-from minirccn.detector.external import ExternalProposalModel, load_batch_with_proposals
-from minirccn.detector.head import (
+from minirccn.detector.backbones.levels import SingleLevel, backbone_spec
+from minirccn.detector.base import Detector, Samples
+from minirccn.detector.models.external import ExternalProposals
+from minirccn.detector.roi_heads.box_head import (
     BoxHeadCache,
     box_head_backward,
     box_head_forward,
     head_losses,
     init_head,
 )
-from minirccn.detector.model import Samples, postprocess_detections, sample_rois
+from minirccn.detector.roi_heads.postprocess import BoxPostprocess
+from minirccn.detector.roi_heads.targets import ProposalTargetCreator, sample_rois
 
 #: the paper's crop side, against which the context padding is given
 PAPER_CROP = 227
@@ -130,7 +132,7 @@ def classifier_forward(params, features, *, dropout=0.0, rng=None, backend=None)
     applied to a crop's *whole* map, where Fast R-CNN applies them to a RoI pooled from a map).
 
     Args:
-        params: ``head.*`` of :func:`minirccn.detector.head.init_head` with
+        params: ``head.*`` of :func:`minirccn.detector.roi_heads.box_head.init_head` with
             ``roi_output_size`` = the crops' map side.
         features: ``(R, C, h, w)``.
 
@@ -158,23 +160,33 @@ class RCNNCache(NamedTuple):
 # ----------------------------------------------------------------------------- the model
 
 
-class RCNN(ExternalProposalModel):
-    """R-CNN (module docstring); attributes of
-    :class:`~minirccn.detector.external.ExternalProposalModel`, plus ``crop_size`` and
-    ``map_size`` (the side of a crop's feature map)."""
+class RCNN(ExternalProposals, Detector):
+    """R-CNN (module docstring): a one-level backbone and the fc classifier on each warped
+    proposal crop, proposals from outside (``source``).
 
+    Attributes:
+        backbone: the crops' :class:`~minirccn.detector.backbones.levels.SingleLevel` CNN.
+        proposal_targets: the RoI sampler (the config's ``box_*`` numbers, as Faster R-CNN's
+            head samples).
+        postprocess: the :class:`~minirccn.detector.roi_heads.postprocess.BoxPostprocess`.
+        crop_size, map_size: the side of a crop and of its feature map.
+    """
+
+    LOSS_NAMES = ("loss_classifier", "loss_box_reg")
+    PARAM_PREFIXES = ("backbone.", "head.")
     #: crops per CNN batch at inference (memory bound, not a result-changing number)
     CHUNK = 256
 
-    def __init__(self, config, class_names, params=None, rng=None, source=None):
-        from minirccn.detector.model import backbone_spec
-
-        s = _bb.stride(backbone_spec(config))
-        if config.rcnn_crop_size % s:
+    def build(self) -> None:
+        cfg = self.config
+        self.backbone = SingleLevel(backbone_spec(cfg))
+        s = self.backbone.strides[0]
+        if cfg.rcnn_crop_size % s:
             raise ValueError(
-                f"rcnn_crop_size: {config.rcnn_crop_size} is not a multiple of the backbone stride {s}"
+                f"rcnn_crop_size: {cfg.rcnn_crop_size} is not a multiple of the backbone stride {s}"
             )
-        super().__init__(config, class_names, params=params, rng=rng, source=source)
+        self.proposal_targets = ProposalTargetCreator.from_config(cfg)
+        self.postprocess = BoxPostprocess.from_config(cfg)
 
     @property
     def crop_size(self) -> int:
@@ -182,21 +194,17 @@ class RCNN(ExternalProposalModel):
 
     @property
     def map_size(self) -> int:
-        return self.crop_size // self.stride
+        return self.crop_size // self.backbone.strides[0]
 
-    @staticmethod
-    def init_params(config, num_classes: int, rng) -> dict:
+    @classmethod
+    def init_params(cls, config, num_classes: int, rng) -> dict:
         """Backbone, then the fc layers on a crop's ``(C, S/s, S/s)`` map, drawn from ``rng``."""
-        from minirccn.detector.model import backbone_spec
-
         dtype = np.dtype(config.dtype)
-        spec = backbone_spec(config)
-        params = _bb.init_backbone(spec, rng, dtype)
-        side = config.rcnn_crop_size // _bb.stride(spec)
+        backbone = SingleLevel(backbone_spec(config))
+        params = backbone.init(rng, dtype)
+        side = config.rcnn_crop_size // backbone.strides[0]
         params.update(
-            init_head(
-                _bb.out_channels(spec), num_classes, config.representation_size, rng, side, dtype
-            )
+            init_head(backbone.out_channels, num_classes, config.representation_size, rng, side, dtype)
         )
         return params
 
@@ -209,117 +217,91 @@ class RCNN(ExternalProposalModel):
             cfg.rcnn_crop_size,
         )
 
-    def detect(self, x, proposals, backend) -> dict:
-        """One preprocessed image ``(3, H, W)``: one CNN pass per proposal crop (in chunks)."""
+    def _features(self, crops, train: bool, backend):
+        maps, cache = self.backbone.forward(self.params, crops, train, backend)
+        return maps[0], cache
+
+    def detect(self, images, image_sizes, backend=None, proposals=None) -> list:
+        """Each image ``(3, H, W)`` of the batch: one CNN pass per proposal crop (in chunks)."""
+        backend = resolve(backend, images)
+        xp = array_module(backend)
+        out = []
+        for i, props in enumerate(proposals):
+            x = to_numpy(images[i])
+            props = to_numpy(props)
+            logits, deltas = [], []
+            for start in range(0, len(props), self.CHUNK):
+                crops = xp.asarray(self.crops(x, props[start : start + self.CHUNK]))
+                feats, _ = self._features(crops, False, backend)
+                lg, dl, _ = classifier_forward(self.params, feats, backend=backend)
+                logits.append(lg)
+                deltas.append(dl)
+            out.append(
+                self.postprocess(
+                    xp.concatenate(logits),
+                    xp.concatenate(deltas),
+                    xp.asarray(props),
+                    image_sizes[i],
+                    backend=backend,
+                )
+            )
+        return out
+
+    def forward(self, batch, rng, *, backend=None, batch_stats: bool = True, samples=None):
+        """Training forward: sample RoIs per image, warp each to a crop, classify the crops.
+
+        Args:
+            batch: a :class:`~minirccn.data.batching.Batch` with ``proposals`` (``N`` arrays
+                ``(P_i, 4)``); the images are cut on the host.
+            rng: draws the RoI samples (image by image) and the dropout masks.
+            batch_stats: batch norm over the batch of crops (else the running statistics).
+            samples: an earlier call's :class:`~minirccn.detector.base.Samples` to reuse.
+
+        Returns:
+            ``(losses, cache)``: ``loss_classifier``, ``loss_box_reg`` (floats), an
+            :class:`RCNNCache` for :meth:`backward` (None for a batch without RoIs).
+        """
         backend = resolve(backend)
         xp = array_module(backend)
-        logits, deltas = [], []
-        for start in range(0, len(proposals), self.CHUNK):
-            crops = xp.asarray(self.crops(x, proposals[start : start + self.CHUNK]))
-            feats, _ = _bb.backbone_forward(
-                self.params, crops, self.backbone_spec, train=False, backend=backend
+        images = to_numpy(batch.images)
+        if samples is None:
+            rois, labels, regression = sample_rois(
+                self.proposal_targets,
+                [to_numpy(p) for p in batch.proposals],
+                batch.targets,
+                rng,
+                self.config.dtype,
             )
-            lg, dl, _ = classifier_forward(self.params, feats, backend=backend)
-            logits.append(lg)
-            deltas.append(dl)
-        boxes = xp.asarray(proposals)
-        return postprocess_detections(
-            xp.concatenate(logits),
-            xp.concatenate(deltas),
-            boxes,
-            x.shape[1:],
-            self.config,
-            backend=backend,
+            samples = Samples(None, None, rois, labels, regression)
+        rois = samples.rois
+        if rois.shape[0] == 0:  # no ground truth and no proposal: nothing to learn from
+            return {"loss_classifier": 0.0, "loss_box_reg": 0.0}, None
+        # crops grouped by image in sample_rois' order (image 0's RoIs first), as the labels are
+        crops = np.concatenate(
+            [self.crops(images[n], rois[rois[:, 0] == n, 1:]) for n in range(images.shape[0])]
         )
-
-    def losses_and_grads(self, dataset, indices, rng, *, backend, batch_stats=True):
-        """One training batch: losses (floats) and gradients of every trainable parameter."""
-        images, sizes, targets, proposals = load_batch_with_proposals(
-            dataset, indices, self.config, rng, backend, self.source
+        feats, bb_cache = self._features(xp.asarray(crops), batch_stats, backend)
+        cfg = self.config
+        logits, deltas, cl_cache = classifier_forward(
+            self.params, feats, dropout=cfg.dropout, rng=rng, backend=backend
         )
-        losses, cache, _ = rcnn_forward(
-            self,
-            to_numpy(images),
-            sizes,
-            targets,
-            proposals,
-            rng,
-            backend=backend,
-            batch_stats=batch_stats,
+        loss_cls, loss_box, d_cls, d_box = head_losses(
+            logits,
+            deltas,
+            xp.asarray(samples.roi_labels),
+            xp.asarray(samples.roi_targets),
+            beta=cfg.box_beta,
         )
-        return losses, rcnn_backward(cache)
+        cache = RCNNCache(bb_cache, cl_cache, d_cls, d_box)
+        return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}, cache
 
-
-def rcnn_forward(
-    model: RCNN,
-    images,
-    image_sizes,
-    targets,
-    proposals,
-    rng,
-    *,
-    backend=None,
-    batch_stats=True,
-    samples=None,
-):
-    """Training forward of R-CNN: sample RoIs per image, warp each to a crop, classify the crops.
-
-    Args:
-        model: the detector.
-        images: ``(N, 3, H, W)`` normalised images (host NumPy: the crops are cut on the host).
-        image_sizes: ``N`` ``(h, w)``; targets: ``N`` dicts ``boxes``, ``labels``;
-        proposals: ``N`` arrays ``(P_i, 4)``; all in the images' coordinates.
-        rng: draws the RoI samples (image by image) and the dropout masks.
-        batch_stats: batch norm over the batch of crops (else the running statistics).
-        samples: an earlier call's :class:`~minirccn.detector.model.Samples` to reuse.
-
-    Returns:
-        ``(losses, cache, samples)``: ``loss_classifier``, ``loss_box_reg`` (floats), an
-        :class:`RCNNCache` for :func:`rcnn_backward`, the samples.
-    """
-    backend = resolve(backend)
-    xp = array_module(backend)
-    images = to_numpy(images)
-    if samples is None:
-        samples = sample_rois(
-            model,
-            Samples(None, None, None, None, None),
-            [to_numpy(p) for p in proposals],
-            targets,
-            rng,
+    def backward(self, cache: RCNNCache) -> dict:
+        """Gradients of the summed losses: classifier fc layers, then the backbone (over the
+        crops); ``{}`` for a batch without RoIs (``cache`` None)."""
+        if cache is None:
+            return {}
+        dfeatures, grads = classifier_backward(
+            cache.d_class_logits, cache.d_box_deltas, cache.classifier
         )
-    rois = samples.rois
-    if rois.shape[0] == 0:  # no ground truth and no proposal: nothing to learn from
-        return {"loss_classifier": 0.0, "loss_box_reg": 0.0}, None, samples
-    # crops grouped by image in sample_rois' order (image 0's RoIs first), as the labels are
-    crops = np.concatenate(
-        [model.crops(images[n], rois[rois[:, 0] == n, 1:]) for n in range(images.shape[0])]
-    )
-    feats, bb_cache = _bb.backbone_forward(
-        model.params, xp.asarray(crops), model.backbone_spec, train=batch_stats, backend=backend
-    )
-    cfg = model.config
-    logits, deltas, cl_cache = classifier_forward(
-        model.params, feats, dropout=cfg.dropout, rng=rng, backend=backend
-    )
-    loss_cls, loss_box, d_cls, d_box = head_losses(
-        logits,
-        deltas,
-        xp.asarray(samples.roi_labels),
-        xp.asarray(samples.roi_targets),
-        beta=cfg.box_beta,
-    )
-    cache = RCNNCache(bb_cache, cl_cache, d_cls, d_box)
-    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}, cache, samples
-
-
-def rcnn_backward(cache: RCNNCache) -> dict:
-    """Gradients of the summed losses: classifier fc layers, then the backbone (over the crops);
-    ``{}`` for a batch without RoIs (``cache`` None)."""
-    if cache is None:
-        return {}
-    dfeatures, grads = classifier_backward(
-        cache.d_class_logits, cache.d_box_deltas, cache.classifier
-    )
-    grads.update(_bb.backbone_backward(dfeatures, cache.backbone))
-    return grads
+        grads.update(self.backbone.backward([dfeatures], cache.backbone))
+        return grads

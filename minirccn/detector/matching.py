@@ -1,7 +1,7 @@
 """One matcher and one balanced sampler: the two halves of every "which boxes train" rule.
 
-The RPN's anchor targets (:mod:`minirccn.detector.anchor_targets`) and the RoI
-head's proposal targets (:mod:`minirccn.detector.proposal_targets`) ask the same
+The RPN's anchor targets (:mod:`minirccn.detector.rpn.targets`) and the RoI
+head's proposal targets (:mod:`minirccn.detector.roi_heads.targets`) ask the same
 two questions, with different numbers:
 
 1. **Match** (:class:`Matcher`, torchvision's ``Matcher``): which ground truth does

@@ -7,17 +7,23 @@ arrays and has no backward.
 Per image (paper Sec. 3.3; torchvision's ``RegionProposalNetwork.filter_proposals``):
 
 1. ``score = softmax(logits)[:, 1]``, the object probability of each anchor;
-2. keep the ``pre_nms_top_n`` highest scores (ties: lower anchor index first);
+2. keep the ``pre_nms_top_n`` highest scores (ties: lower anchor index first) *of each
+   level*, so the many fine-level anchors of a pyramid cannot crowd out the coarse ones;
 3. ``boxes = decode_boxes(deltas, anchors)`` and clip them to the image;
 4. drop boxes whose width or height is below ``min_size``;
-5. NMS with IoU threshold ``nms_thresh``;
-6. keep the ``post_nms_top_n`` best.
+5. NMS with IoU threshold ``nms_thresh`` *per level* (``batched_nms`` with the level as
+   the category: boxes of different levels never suppress each other);
+6. keep the ``post_nms_top_n`` best over all levels.
+
+A one-level detector has one level, and steps 2 and 5 are the paper's.
 
 Array work stays on the arrays' device; the sizes after steps 4-5 are
 data-dependent (the host learns them, as with any NMS).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from minirccn import ops
 from minirccn.backend import get_array_module
@@ -51,10 +57,16 @@ def top_n(scores, n: int):
     return order[:n].astype(xp.int64)
 
 
+def level_ids(counts, xp=np):
+    """``(M,)`` int64: the level of each anchor, from the per-level ``counts``."""
+    return xp.asarray(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+
+
 def proposals_one_image(
     logits,
     deltas,
     anchors,
+    counts,
     image_size,
     *,
     pre_nms_top_n: int,
@@ -63,36 +75,47 @@ def proposals_one_image(
     min_size: float = 1e-3,
     backend=None,
 ):
-    """Proposals of one image (steps 1-6 of the module docstring).
+    """Proposals of one image over its levels (steps 1-6 of the module docstring).
 
     Args:
-        logits: ``(M, 2)`` float objectness scores of the anchors.
+        logits: ``(M, 2)`` float objectness scores of the anchors, levels concatenated.
         deltas: ``(M, 4)`` float predicted deltas (weights 1, 1, 1, 1).
         anchors: ``(M, 4)`` float anchors in input pixels.
+        counts: anchors per level (they sum to ``M``; ``[M]`` for a one-level detector).
         image_size: ``(height, width)`` of the input image.
-        pre_nms_top_n, post_nms_top_n, nms_thresh, min_size: see above.
+        pre_nms_top_n: kept per LEVEL before NMS; post_nms_top_n: kept in all after NMS.
+        nms_thresh, min_size: see above.
         backend: backend of decode / NMS.
 
     Returns:
         boxes: ``(P, 4)`` float proposals, best first, ``P <= post_nms_top_n``.
-        scores: ``(P,)`` float object probabilities.
+        scores: ``(P,)`` float object probabilities; levels: ``(P,)`` int64.
+
+    With one level this is the paper's layer exactly (``batched_nms`` with one category
+    is ``nms``).
     """
+    xp = get_array_module(logits)
     scores = objectness_scores(logits)
-    idx = top_n(scores, pre_nms_top_n)
+    idx, start = [], 0
+    for m in counts:  # the best of each level, so the many fine-level anchors cannot crowd
+        idx.append(top_n(scores[start : start + m], pre_nms_top_n) + start)  # out the coarse
+        start += m
+    idx = xp.concatenate(idx)
+    lvl = level_ids(counts, xp)[idx]
     scores, deltas, anchors = scores[idx], deltas[idx], anchors[idx]
     boxes = ops.decode_boxes(deltas, anchors, backend=backend)
     boxes = ops.clip_boxes(boxes, image_size, backend=backend)
     keep = ops.remove_small_boxes(boxes, min_size, backend=backend)
-    boxes, scores = boxes[keep], scores[keep]
-    keep = ops.nms(boxes, scores, nms_thresh, backend=backend)[:post_nms_top_n]
-    return boxes[keep], scores[keep]
+    boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+    keep = ops.batched_nms(boxes, scores, lvl, nms_thresh, backend=backend)[:post_nms_top_n]
+    return boxes[keep], scores[keep], lvl[keep]
 
 
 class ProposalCreator:
     """The proposal layer with its numbers: :func:`proposals_one_image` on each image of a batch.
 
     Args:
-        pre_nms_top_n: proposals kept by score before NMS.
+        pre_nms_top_n: proposals kept per level by score before NMS.
         post_nms_top_n: proposals kept after NMS.
         nms_thresh: NMS IoU threshold.
         min_size: boxes narrower or lower than this (pixels) are dropped.
@@ -131,13 +154,14 @@ class ProposalCreator:
             min_size=config.rpn_min_size,
         )
 
-    def __call__(self, logits, deltas, anchors, image_sizes, backend=None):
+    def __call__(self, logits, deltas, anchors, counts, image_sizes, backend=None):
         """Proposals of a batch.
 
         Args:
             logits: ``(N, M, 2)`` float.
             deltas: ``(N, M, 4)`` float.
-            anchors: ``(M, 4)`` float, shared by the batch.
+            anchors: ``(M, 4)`` float, shared by the batch, levels concatenated.
+            counts: anchors per level.
             image_sizes: ``N`` pairs ``(height, width)`` (the unpadded size of each image).
             backend: backend of decode / NMS.
 
@@ -149,12 +173,13 @@ class ProposalCreator:
                 logits[i],
                 deltas[i],
                 anchors,
+                counts,
                 image_sizes[i],
                 pre_nms_top_n=self.pre_nms_top_n,
                 post_nms_top_n=self.post_nms_top_n,
                 nms_thresh=self.nms_thresh,
                 min_size=self.min_size,
                 backend=backend,
-            )
+            )[:2]
             for i in range(logits.shape[0])
         ]

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn.backend import get_array_module
-from minirccn.detector.poolers import RoIPooler
+from minirccn.detector.roi_heads.poolers import RoIPooler
 from minirccn.nn import layers, losses
 
 
@@ -146,7 +146,7 @@ def head_forward(
         dropout: drop probability after fc6 and fc7 (0: no dropout, e.g. at inference).
         rng: ``numpy.random.Generator`` for the dropout masks (needed if ``dropout > 0``).
         backend: backend of RoI pooling and the layers.
-        pooler: a :class:`~minirccn.detector.poolers.RoIPooler` (default: RoI max pooling
+        pooler: a :class:`~minirccn.detector.roi_heads.poolers.RoIPooler` (default: RoI max pooling
             to ``output_size``).
 
     Returns:

@@ -1,0 +1,1 @@
+"""Training and inference over datasets, for any :class:`~minirccn.detector.base.Detector`."""
