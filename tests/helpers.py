@@ -9,6 +9,8 @@ import numpy as np
 
 from minirccn.config import preset
 from minirccn.data import ShapesConfig
+from minirccn.data.batching import Batch
+from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
 
 FLOATS = (np.float32, np.float64)
 
@@ -45,6 +47,27 @@ TINY_RESNET_SPEC = dict(
     stem_stride=2,
     stem_pool="",
 )
+#: a 16x16-input two-stage detector small enough for finite differences (float64)
+SMALL = dict(
+    backbone_stages=((4, 1, True), (6, 1, True)),
+    min_size=16,
+    max_size=16,
+    anchor_sizes=(4, 8),
+    aspect_ratios=(1.0,),
+    rpn_channels=5,
+    representation_size=7,
+    roi_output_size=2,
+    rpn_batch_size_per_image=16,
+    box_batch_size_per_image=8,
+    rpn_pre_nms_top_n_train=20,
+    rpn_post_nms_top_n_train=10,
+    rpn_pre_nms_top_n_test=20,
+    rpn_post_nms_top_n_test=10,
+    rcnn_crop_size=8,
+    dtype="float64",
+)
+#: the class names of :func:`small_batch`
+NAMES = ["__background__", "a", "b"]
 FAST = ("numba", "cuda")  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
 BACKENDS = ("numpy", *FAST)
 
@@ -52,6 +75,66 @@ BACKENDS = ("numpy", *FAST)
 def tiny_config(**overrides):
     """The ``tiny`` preset with :data:`TINY` and then ``overrides`` applied."""
     return preset("tiny", **{**TINY, **overrides})
+
+
+def small_config(**overrides):
+    """The ``tiny`` preset with :data:`SMALL` and then ``overrides`` applied."""
+    return preset("tiny", **{**SMALL, **overrides})
+
+
+def small_batch(dtype=np.float64, seed=0, empty=False, proposals=False, size=16) -> Batch:
+    """Two ``size x size`` random images with three objects of classes 1 and 2 (none if
+    ``empty``), and (``proposals``) a few proposals per image."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(2, 3, size, size)).astype(dtype)
+    targets = [
+        {"boxes": np.array([[1, 2, 9, 8], [6, 6, 15, 14]], dtype), "labels": np.array([1, 2])},
+        {"boxes": np.array([[3, 3, 12, 11]], dtype), "labels": np.array([2])},
+    ]
+    if empty:
+        targets = [{"boxes": np.zeros((0, 4), dtype), "labels": np.zeros(0, np.int64)}] * 2
+    props = None
+    if proposals:
+        props = [
+            np.array([[0, 0, 10, 9], [5, 5, 16, 15], [2, 1, 8, 9]], dtype),
+            np.array([[2, 2, 13, 12], [0, 0, 16, 16]], dtype),
+        ]
+    return Batch(images, [(size, size)] * 2, targets, props)
+
+
+def train_forward(net, images, sizes, targets, rng, **options):
+    """``net.forward`` on a batch of these arrays: ``(losses, cache, cache.samples)``."""
+    losses, cache = net.forward(Batch(images, sizes, targets), rng, **options)
+    return losses, cache, cache.samples
+
+
+def check_detector_gradients(net, batch, full=(), rng=1, tol=1e-5, directions=2, **options):
+    """The model's hand-written backward against finite differences of its summed losses
+    (float64, numpy backend), with the forward's random choices held fixed (``cache.samples``):
+    every tensor of ``full`` entry by entry, every other one along ``directions`` random
+    directions. A conv bias followed by batch norm cancels out: its gradient must be 0.
+
+    Returns:
+        ``(losses, grads)`` of the first forward.
+    """
+    losses, cache = net.forward(batch, np.random.default_rng(rng), backend="numpy", **options)
+    grads = net.backward(cache)
+    fixed = batch._replace(proposals=None)
+
+    def total():
+        out, _ = net.forward(fixed, None, backend="numpy", samples=cache.samples, **options)
+        return sum(out.values())
+
+    for name in full:
+        assert rel_error(grads[name], numerical_grad(total, net.params[name])) < tol, name
+    draws = np.random.default_rng(2)
+    for name, g in grads.items():
+        if name.startswith("backbone.") and name.endswith(".b") and f"{name[:-2]}.bn.gamma" in net.params:
+            assert np.abs(g).max() < 1e-12, name
+            continue
+        err = directional_grad_check(total, net.params[name], g, draws, n_dirs=directions)
+        assert err < tol, name
+    return losses, grads
 
 
 def as_np(x):

@@ -109,9 +109,9 @@ def test_detector_anchors_use_the_configs_offset():
     assert FasterRCNNConfig().anchor_offset == 0.5
     cfg = preset("tiny")
     model = FasterRCNN(cfg, ["__background__", "a"])
-    anchors = model.anchors((2, 3))
+    anchors, _ = model.anchor_generator([(2, 3)])
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
-    s = model.stride
+    (s,) = model.backbone.strides
     np.testing.assert_array_equal(centres[0], [s * cfg.anchor_offset] * 2)
 
 

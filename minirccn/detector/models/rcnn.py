@@ -151,10 +151,13 @@ def classifier_backward(dlogits, ddeltas, cache: ClassifierCache):
 
 
 class RCNNCache(NamedTuple):
+    """What :meth:`RCNN.backward` needs (None fields: a batch without RoIs)."""
+
     backbone: object
-    classifier: ClassifierCache
+    classifier: ClassifierCache | None
     d_class_logits: object
     d_box_deltas: object
+    samples: Samples
 
 
 # ----------------------------------------------------------------------------- the model
@@ -259,7 +262,7 @@ class RCNN(ExternalProposals, Detector):
 
         Returns:
             ``(losses, cache)``: ``loss_classifier``, ``loss_box_reg`` (floats), an
-            :class:`RCNNCache` for :meth:`backward` (None for a batch without RoIs).
+            :class:`RCNNCache` for :meth:`backward` (``cache.samples``: the choices made).
         """
         backend = resolve(backend)
         xp = array_module(backend)
@@ -275,7 +278,7 @@ class RCNN(ExternalProposals, Detector):
             samples = Samples(None, None, rois, labels, regression)
         rois = samples.rois
         if rois.shape[0] == 0:  # no ground truth and no proposal: nothing to learn from
-            return {"loss_classifier": 0.0, "loss_box_reg": 0.0}, None
+            return {"loss_classifier": 0.0, "loss_box_reg": 0.0}, RCNNCache(None, None, None, None, samples)
         # crops grouped by image in sample_rois' order (image 0's RoIs first), as the labels are
         crops = np.concatenate(
             [self.crops(images[n], rois[rois[:, 0] == n, 1:]) for n in range(images.shape[0])]
@@ -292,13 +295,13 @@ class RCNN(ExternalProposals, Detector):
             xp.asarray(samples.roi_targets),
             beta=cfg.box_beta,
         )
-        cache = RCNNCache(bb_cache, cl_cache, d_cls, d_box)
+        cache = RCNNCache(bb_cache, cl_cache, d_cls, d_box, samples)
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}, cache
 
     def backward(self, cache: RCNNCache) -> dict:
         """Gradients of the summed losses: classifier fc layers, then the backbone (over the
-        crops); ``{}`` for a batch without RoIs (``cache`` None)."""
-        if cache is None:
+        crops); ``{}`` for a batch without RoIs."""
+        if cache.classifier is None:
             return {}
         dfeatures, grads = classifier_backward(
             cache.d_class_logits, cache.d_box_deltas, cache.classifier

@@ -52,10 +52,11 @@ def test_proposal_properties(seed, pre, post, thresh, dtype):
     logits, deltas, anchors = _inputs(seed, dtype=dtype)
     if seed % 4 == 0:
         logits[:] = 0  # every score tied
-    boxes, scores = proposals_one_image(
+    boxes, scores, _ = proposals_one_image(
         logits,
         deltas,
         anchors,
+        [len(anchors)],
         (50, 60),
         pre_nms_top_n=pre,
         post_nms_top_n=post,
@@ -79,10 +80,11 @@ def test_proposal_properties(seed, pre, post, thresh, dtype):
 
 def test_no_proposal_survives():
     logits, deltas, anchors = _inputs(0)
-    boxes, scores = proposals_one_image(
+    boxes, scores, _ = proposals_one_image(
         logits,
         deltas,
         anchors,
+        [len(anchors)],
         (64, 64),
         pre_nms_top_n=100,
         post_nms_top_n=10,
@@ -108,8 +110,8 @@ def test_separate_train_and_test_numbers_are_honoured():
     assert (test.nms_thresh, test.min_size) == (cfg.rpn_nms_thresh, cfg.rpn_min_size)
     small = ProposalCreator(pre_nms_top_n=20, post_nms_top_n=5)
     big = ProposalCreator(pre_nms_top_n=400, post_nms_top_n=300)
-    ((b_small, _),) = small(logits[None], deltas[None], anchors, [(128, 128)], backend="numpy")
-    ((b_big, _),) = big(logits[None], deltas[None], anchors, [(128, 128)], backend="numpy")
+    ((b_small, _),) = small(logits[None], deltas[None], anchors, [len(anchors)], [(128, 128)], backend="numpy")
+    ((b_big, _),) = big(logits[None], deltas[None], anchors, [len(anchors)], [(128, 128)], backend="numpy")
     assert b_small.shape[0] == 5 and b_big.shape[0] > 5
 
 
@@ -117,7 +119,7 @@ def test_separate_train_and_test_numbers_are_honoured():
 def test_backends_agree_with_numpy(backend):
     logits, deltas, anchors = _inputs(2, m_side=3)
     layer = ProposalCreator(pre_nms_top_n=40, post_nms_top_n=20, nms_thresh=0.7, min_size=1e-3)
-    ref = layer(logits[None], deltas[None], anchors, [(48, 48)], backend="numpy")
-    got = layer(logits[None], deltas[None], anchors, [(48, 48)], backend=backend)
+    ref = layer(logits[None], deltas[None], anchors, [len(anchors)], [(48, 48)], backend="numpy")
+    got = layer(logits[None], deltas[None], anchors, [len(anchors)], [(48, 48)], backend=backend)
     np.testing.assert_allclose(np.asarray(got[0][0]), ref[0][0], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(got[0][1]), ref[0][1])

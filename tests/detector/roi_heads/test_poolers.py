@@ -7,22 +7,21 @@ config fields and preset, and a RoIAlign checkpoint through ``detect`` / ``eval`
 import json
 
 import numpy as np
+
 import pytest
 from PIL import Image
 
+from helpers import NAMES, check_detector_gradients, small_batch, small_config, train_forward
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import FasterRCNNConfig, preset
 from minirccn.data.shapes import CLASS_NAMES
 from minirccn.detector.models import faster_rcnn as M
 from minirccn.detector.roi_heads.box_head import head_backward, head_forward, head_losses, init_head
-from minirccn.detector.roi_heads.poolers import RoIPooler
-from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
+from minirccn.detector.roi_heads.poolers import RoIPooler, SingleLevelPooler
+from minirccn.nn.gradcheck import numerical_grad, rel_error
 from minirccn.ops.roi_align import RoIAlignCache, roi_align
 from minirccn.ops.roi_pool import RoIPoolCache, roi_pool
-
-NAMES = ["__background__", "a", "b"]
-
 
 def test_defaults_and_preset():
     cfg = FasterRCNNConfig()
@@ -90,81 +89,37 @@ def test_head_gradient_check_with_roi_align(ratio, aligned):
     assert np.count_nonzero(dfeats) > 30  # the bilinear backward reaches many cells
 
 
-def small_config(**kw):
-    """A 16x16-input detector small enough for finite differences (as tests/detector/test_model)."""
-    base = dict(
-        backbone_stages=((4, 1, True), (6, 1, True)),
-        min_size=16,
-        max_size=16,
-        anchor_sizes=(4, 8),
-        aspect_ratios=(1.0,),
-        rpn_channels=5,
-        representation_size=7,
-        roi_output_size=2,
-        rpn_batch_size_per_image=16,
-        box_batch_size_per_image=8,
-        rpn_pre_nms_top_n_train=20,
-        rpn_post_nms_top_n_train=10,
-        rpn_pre_nms_top_n_test=20,
-        rpn_post_nms_top_n_test=10,
-        dtype="float64",
-        box_roi_pool="roi_align",
-        box_roi_pool_sampling_ratio=2,
-        box_roi_pool_aligned=True,
+def align_config(**kw):
+    """:data:`helpers.SMALL` pooling with RoIAlign (aligned, sampling ratio 2)."""
+    return small_config(
+        box_roi_pool="roi_align", box_roi_pool_sampling_ratio=2, box_roi_pool_aligned=True, **kw
     )
-    base.update(kw)
-    return preset("tiny", **base)
 
 
 def test_end_to_end_gradient_check_with_roi_align():
     """d(sum of the four losses)/d(parameters) against central differences, samples held fixed."""
-    net = M.FasterRCNN(small_config(), NAMES, rng=np.random.default_rng(0))
+    net = M.FasterRCNN(align_config(), NAMES, rng=np.random.default_rng(0))
+    assert isinstance(net.pooler, SingleLevelPooler) and net.pooler.pooler.aligned
     for k in ("head.cls.w", "head.bbox.w", "rpn.cls.w", "rpn.bbox.w"):
         net.params[k] = net.params[k] * 50
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2, 3, 16, 16))
-    targets = [
-        {"boxes": np.array([[1, 2, 9, 8], [6, 6, 15, 14]], np.float64), "labels": np.array([1, 2])},
-        {"boxes": np.array([[3, 3, 12, 11]], np.float64), "labels": np.array([2])},
-    ]
-    sizes = [(16, 16), (16, 16)]
-    proposals = [
-        np.array([[0, 0, 10, 9], [5.5, 5, 16, 15], [2, 1.3, 8, 9]], np.float64),
-        np.array([[2, 2, 13, 12.5], [0, 0, 16, 16]], np.float64),
-    ]
-    losses, cache, samples = M.detector_forward(
-        net, images, sizes, targets, np.random.default_rng(1), backend="numpy", proposals=proposals
-    )
+    batch = small_batch(proposals=True)
+    batch.proposals[0][1, 0], batch.proposals[1][0, 3] = 5.5, 12.5  # off the cell grid
+    losses, _ = check_detector_gradients(net, batch, ("backbone.conv2_1.w", "head.fc6.w"))
     assert all(v > 0 for v in losses.values()), losses
-    assert isinstance(cache.head.pool, RoIAlignCache) and cache.head.pool.aligned
-    grads = M.detector_backward(cache)
-
-    def total():
-        out, _, _ = M.detector_forward(
-            net, images, sizes, targets, None, backend="numpy", samples=samples
-        )
-        return sum(out.values())
-
-    for name in ("backbone.conv2_1.w", "head.fc6.w"):
-        assert rel_error(grads[name], numerical_grad(total, net.params[name])) < 1e-5, name
-    rng = np.random.default_rng(2)
-    for name in ("backbone.conv1_1.w", "backbone.conv2_1.bn.gamma", "rpn.conv.w", "head.cls.w"):
-        err = directional_grad_check(total, net.params[name], grads[name], rng, n_dirs=2)
-        assert err < 1e-5, name
 
 
 def test_numba_training_step_matches_numpy_with_roi_align():
-    cfg = small_config(dtype="float32", box_roi_pool_aligned=False)
+    cfg = align_config(dtype="float32")
+    cfg = cfg.replace(box_roi_pool_aligned=False)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(1, 3, 16, 16)).astype(np.float32)
     targets = [{"boxes": np.array([[1, 2, 9, 8]], np.float32), "labels": np.array([1])}]
     runs = []
     for backend in ("numpy", "numba"):
         net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
-        losses, cache, _ = M.detector_forward(
-            net, images, [(16, 16)], targets, np.random.default_rng(1), backend=backend
+        losses, cache, _ = train_forward(net, images, [(16, 16)], targets, np.random.default_rng(1), backend=backend
         )
-        runs.append((losses, M.detector_backward(cache)))
+        runs.append((losses, net.backward(cache)))
     for k, v in runs[0][0].items():
         assert runs[1][0][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
     for k, g in runs[0][1].items():
@@ -188,7 +143,7 @@ def test_roi_align_checkpoint_detect_and_eval(tmp_path, capsys):
         net.params[k] = net.params[k] * 100  # spread the scores: some detections survive
     path = save_checkpoint(tmp_path / "align.npz", net)
     loaded, _ = load_checkpoint(path)
-    assert loaded.roi_pooler == RoIPooler("roi_align", 3, 2, True)
+    assert loaded.pooler.pooler == RoIPooler("roi_align", 3, 2, True)
     image = np.random.default_rng(3).integers(0, 256, (64, 64, 3)).astype(np.uint8)
     want = net.predict(image, backend="numba")
     got = loaded.predict(image, backend="numba")

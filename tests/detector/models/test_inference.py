@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.backbones.vgg import backbone_forward
 
-from test_model import NAMES, batch, tiny_config
+from helpers import NAMES, small_batch, small_config
 
 
 def _c_round(v):
@@ -60,7 +61,7 @@ def _iou(a, b):
 
 def _by_hand(net, features, proposals, size, cfg):
     p = net.params
-    stride = net.stride
+    (stride,) = net.backbone.strides
     dets = []
     for box in proposals:
         x = _roi_max_pool(features, box, 1.0 / stride, cfg.roi_output_size).reshape(-1)
@@ -85,15 +86,16 @@ def _by_hand(net, features, proposals, size, cfg):
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_detect_matches_an_independent_calculation(backend):
-    cfg = tiny_config(box_detections_per_img=7, box_score_thresh=0.3, box_nms_thresh=0.4)
+    cfg = small_config(box_detections_per_img=7, box_score_thresh=0.3, box_nms_thresh=0.4)
     assert cfg.bbox_reg_weights != (1.0, 1.0, 1.0, 1.0)  # the weights must matter here
     net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(3))
-    images, sizes, _ = batch()
-    got = M.detect(net, images, sizes, backend=backend)
+    images, sizes, _, _ = small_batch()
+    got = net.detect(images, sizes, backend=backend)
     features, _ = backbone_forward(
-        net.params, images, M.backbone_spec(cfg), train=False, backend="numpy"
+        net.params, images, backbone_spec(cfg), train=False, backend="numpy"
     )
-    proposals = M.detect_proposals(net, images, sizes, backend="numpy")
+    _, props = net.rpn_proposals(images, sizes, backend="numpy")
+    proposals = [b for b, _ in props]
     total = 0
     for i in range(len(images)):
         want = _by_hand(net, features[i], np.asarray(proposals[i]), sizes[i], cfg)

@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 
 from minirccn import ops
-from minirccn.detector import fpn_rpn
-from minirccn.detector.anchors import generate_anchors
+from minirccn.detector.anchors import AnchorGenerator, generate_anchors, multilevel_anchors
 from minirccn.detector.roi_heads.poolers import LevelMapper, level_counts
-from minirccn.detector.rpn.proposal_layer import objectness_scores
-from minirccn.detector.rpn.head import init_rpn
+from minirccn.detector.rpn.head import init_rpn, rpn_backward_levels, rpn_forward_levels
+from minirccn.detector.rpn.proposal_layer import (
+    ProposalCreator,
+    level_ids,
+    objectness_scores,
+    proposals_one_image,
+)
 from minirccn.nn.gradcheck import check_layer
 
 # ------------------------------------------------------------------------ LevelMapper
@@ -64,8 +68,8 @@ def test_level_mapper_from_strides_and_other_canonical_scales():
 
 
 def test_multilevel_anchors_are_the_levels_concatenated():
-    anchors, counts = fpn_rpn.multilevel_anchors(
-        [(4, 4), (2, 2), (1, 1)], (4, 8, 16), (8, 16, 32), (0.5, 1.0, 2.0), offset=0.5
+    anchors, counts = multilevel_anchors(
+        [(4, 4), (2, 2), (1, 1)], (4, 8, 16), ((8,), (16,), (32,)), (0.5, 1.0, 2.0), offset=0.5
     )
     assert counts == [48, 12, 3] and anchors.shape == (63, 4) and anchors.dtype == np.float32
     np.testing.assert_array_equal(
@@ -73,9 +77,19 @@ def test_multilevel_anchors_are_the_levels_concatenated():
     )
     # level 2's single cell at (8, 8): ratio 1 gives a 32 x 32 square
     np.testing.assert_array_equal(anchors[61], [-8, -8, 24, 24])
-    assert fpn_rpn.level_ids(counts).tolist() == [0] * 48 + [1] * 12 + [2] * 3
-    with pytest.raises(ValueError, match="one anchor size per level"):
-        fpn_rpn.multilevel_anchors([(4, 4), (2, 2)], (4, 8), (8, 16, 32), (1.0,))
+    assert level_ids(counts).tolist() == [0] * 48 + [1] * 12 + [2] * 3
+    with pytest.raises(ValueError, match="anchor sizes for each of the 2 levels"):
+        multilevel_anchors([(4, 4), (2, 2)], (4, 8), ((8,), (16,), (32,)), (1.0,))
+    # the generator: the same anchors, cached per map size, in its dtype
+    gen = AnchorGenerator((4, 8, 16), ((8,), (16,), (32,)), (0.5, 1.0, 2.0), 0.5, "float64")
+    got, got_counts = gen([(4, 4), (2, 2), (1, 1)])
+    assert got.dtype == np.float64 and got_counts == counts and gen.num_anchors == 3
+    np.testing.assert_array_equal(got, anchors)
+    assert gen([(4, 4), (2, 2), (1, 1)])[0] is got
+    # one level with every size: generate_anchors itself
+    one = AnchorGenerator((4,), ((8, 16),), (0.5, 1.0))
+    np.testing.assert_array_equal(one([(3, 5)])[0], generate_anchors((3, 5), 4, (8, 16), (0.5, 1.0)))
+    assert one.num_anchors == 4
 
 
 def test_shared_rpn_head_gradcheck_sums_over_levels():
@@ -86,11 +100,11 @@ def test_shared_rpn_head_gradcheck_sums_over_levels():
 
     def fwd(*arrays):
         p = dict(zip(names, arrays[: len(names)]))
-        lg, dl, cache = fpn_rpn.rpn_forward_levels(p, list(arrays[len(names) :]), backend="numpy")
+        lg, dl, cache = rpn_forward_levels(p, list(arrays[len(names) :]), backend="numpy")
         return np.concatenate([lg, dl], axis=2), cache
 
     def bwd(d, cache):
-        dmaps, grads = fpn_rpn.rpn_backward_levels(d[..., :2], d[..., 2:], cache)
+        dmaps, grads = rpn_backward_levels(d[..., :2], d[..., 2:], cache)
         return tuple(grads[k] for k in names) + tuple(dmaps)
 
     assert check_layer(fwd, bwd, [params[k] for k in names] + maps, max_full=300) < 1e-7
@@ -120,14 +134,14 @@ def _by_hand(logits, deltas, anchors, counts, size, pre, post, thresh, min_size)
 @pytest.mark.parametrize("pre,post", [(5, 7), (100, 100), (3, 4)])
 def test_proposals_per_level_against_a_loop(pre, post):
     rng = np.random.default_rng(pre)
-    anchors, counts = fpn_rpn.multilevel_anchors(
-        [(6, 6), (3, 3), (2, 2)], (4, 8, 16), (8, 16, 32), (0.5, 1.0, 2.0)
+    anchors, counts = multilevel_anchors(
+        [(6, 6), (3, 3), (2, 2)], (4, 8, 16), ((8,), (16,), (32,)), (0.5, 1.0, 2.0)
     )
     m = anchors.shape[0]
     logits = rng.standard_normal((m, 2)).astype(np.float32)
     deltas = (rng.standard_normal((m, 4)) * 0.3).astype(np.float32)
     for backend in ("numpy", "numba"):
-        boxes, scores, levels = fpn_rpn.proposals_one_image_levels(
+        boxes, scores, levels = proposals_one_image(
             logits,
             deltas,
             anchors,
@@ -152,18 +166,16 @@ def test_levels_never_suppress_each_other():
     anchors = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
     logits = np.array([[0, 3], [0, 2], [0, 1]], np.float32)
     deltas = np.zeros((3, 4), np.float32)
-    boxes, scores, levels = fpn_rpn.proposals_one_image_levels(
+    boxes, scores, levels = proposals_one_image(
         logits, deltas, anchors, [2, 1], (20, 20), pre_nms_top_n=10, post_nms_top_n=10
     )
     assert levels.tolist() == [0, 1] and len(boxes) == 2
     np.testing.assert_allclose(scores, 1 / (1 + np.exp([-3.0, -1.0])), rtol=1e-6)
-    batch = fpn_rpn.generate_proposals_levels(
-        np.stack([logits, logits[::-1]]),
-        np.stack([deltas, deltas]),
-        anchors,
-        [2, 1],
-        [(20, 20), (20, 20)],
-        pre_nms_top_n=10,
-        post_nms_top_n=1,
+    layer = ProposalCreator(pre_nms_top_n=10, post_nms_top_n=1)
+    batch = layer(
+        np.stack([logits, logits[::-1]]), np.stack([deltas, deltas]), anchors, [2, 1], [(20, 20)] * 2
     )
-    assert [b[2].tolist() for b in batch] == [[0], [1]]  # post top-n is over all levels
+    # post top-n is over all levels: each image keeps only its best box (level 0, then level 1)
+    best = 1 / (1 + np.exp(-3.0))
+    assert [len(b) for b, _ in batch] == [1, 1]
+    np.testing.assert_allclose([s[0] for _, s in batch], [best, best], rtol=1e-6)

@@ -12,24 +12,16 @@ from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import preset
 from minirccn.data import ShapesConfig, load_dataset
-from minirccn.detector.backbones import vgg as _bb
-from minirccn.detector.models.external import load_batch_with_proposals, scale_proposals
-from minirccn.detector.models.fast_rcnn import FastRCNN, fast_rcnn_forward
+from helpers import NAMES, check_detector_gradients, small_batch, small_config
+from minirccn.data import augment
+from minirccn.data.batching import batch_indices, load_batch
+from minirccn.detector.models.external import scale_proposals
+from minirccn.detector.models.fast_rcnn import FastRCNN
+from minirccn.detector.models.rcnn import RCNN, classifier_forward, context_boxes, warp_crops
+from minirccn.detector.registry import build_model, uses_external_proposals
 from minirccn.detector.roi_heads.box_head import head_forward
-from minirccn.detector.models.faster_rcnn import detector_backward, postprocess_detections
-from minirccn.detector.models.rcnn import (
-    RCNN,
-    classifier_forward,
-    context_boxes,
-    rcnn_backward,
-    rcnn_forward,
-    warp_crops,
-)
-from minirccn.detector.registry import build_model
+from minirccn.detector.roi_heads.postprocess import BoxPostprocess
 from minirccn.errors import MinirccnError
-from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
-
-NAMES = ["__background__", "a", "b"]
 
 
 @pytest.fixture(autouse=True)
@@ -44,34 +36,9 @@ def proposal_file(tmp_path, boxes_by_id, name="proposals.json"):
 
 
 def tiny_config(tmp_path, model, **kw):
-    base = dict(
-        model=model,
-        proposals=proposal_file(tmp_path, {"x": [[0, 0, 4, 4]]}, "default.json"),
-        backbone_stages=((4, 1, True), (6, 1, True)),
-        min_size=16,
-        max_size=16,
-        representation_size=7,
-        roi_output_size=2,
-        rcnn_crop_size=8,
-        box_batch_size_per_image=8,
-        dtype="float64",
-    )
-    base.update(kw)
-    return preset("tiny", **base)
-
-
-def batch():
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2, 3, 16, 16))
-    targets = [
-        {"boxes": np.array([[1.0, 2, 9, 8], [6, 6, 15, 14]]), "labels": np.array([1, 2])},
-        {"boxes": np.array([[3.0, 3, 12, 11]]), "labels": np.array([2])},
-    ]
-    proposals = [
-        np.array([[0.0, 0, 10, 9], [5, 5, 16, 15], [2, 1, 8, 9]]),
-        np.array([[2.0, 2, 13, 12], [0, 0, 16, 16]]),
-    ]
-    return images, [(16, 16), (16, 16)], targets, proposals
+    """:data:`helpers.SMALL` with external proposals from a file (``model``: fastrcnn / rcnn)."""
+    path = proposal_file(tmp_path, {"x": [[0, 0, 4, 4]]}, "default.json")
+    return small_config(model=model, **{"proposals": path, **kw})
 
 
 # ----------------------------------------------------------------------------- crops
@@ -136,38 +103,16 @@ def test_context_boxes_leave_p_warped_pixels_around_the_box():
 # ----------------------------------------------------------------------------- gradients
 
 
-def check_grads(total, params, grads, full):
-    for name in full:
-        assert rel_error(grads[name], numerical_grad(total, params[name])) < 1e-5, name
-    rng = np.random.default_rng(2)
-    for name, g in grads.items():
-        if name.startswith("backbone.") and name.endswith(".b"):
-            assert np.abs(g).max() < 1e-12  # conv bias before batch norm: no effect
-            continue
-        assert directional_grad_check(total, params[name], g, rng, n_dirs=2) < 1e-5, name
-
-
 def test_fast_rcnn_gradient_check(tmp_path):
     net = FastRCNN(tiny_config(tmp_path, "fastrcnn"), NAMES, rng=np.random.default_rng(0))
     for k in ("head.cls.w", "head.bbox.w"):
         net.params[k] = net.params[k] * 50
-    images, _, targets, proposals = batch()
-    losses, cache, samples = fast_rcnn_forward(
-        net, images, targets, proposals, np.random.default_rng(1), backend="numpy"
-    )
+    full = ("backbone.conv1_1.w", "head.fc6.w", "head.bbox.w")
+    losses, grads = check_detector_gradients(net, small_batch(proposals=True), full)
     assert set(losses) == {"loss_classifier", "loss_box_reg"} and all(
         v > 0 for v in losses.values()
     )
-    grads = detector_backward(cache)
     assert set(grads) == set(net.trainable()) and not any(k.startswith("rpn.") for k in net.params)
-
-    def total():
-        out, _, _ = fast_rcnn_forward(
-            net, images, targets, None, None, backend="numpy", samples=samples
-        )
-        return sum(out.values())
-
-    check_grads(total, net.params, grads, ("backbone.conv1_1.w", "head.fc6.w", "head.bbox.w"))
 
 
 def test_rcnn_gradient_check(tmp_path):
@@ -175,31 +120,17 @@ def test_rcnn_gradient_check(tmp_path):
     assert net.map_size == 2 and net.params["head.fc6.w"].shape == (6 * 2 * 2, 7)
     for k in ("head.cls.w", "head.bbox.w"):
         net.params[k] = net.params[k] * 50
-    images, sizes, targets, proposals = batch()
-    losses, cache, samples = rcnn_forward(
-        net, images, sizes, targets, proposals, np.random.default_rng(1), backend="numpy"
-    )
+    full = ("backbone.conv2_1.w", "head.fc6.w", "head.cls.w")
+    losses, grads = check_detector_gradients(net, small_batch(proposals=True), full)
     assert all(v > 0 for v in losses.values()), losses
-    grads = rcnn_backward(cache)
     assert set(grads) == set(net.trainable())
-
-    def total():
-        out, _, _ = rcnn_forward(
-            net, images, sizes, targets, None, None, backend="numpy", samples=samples
-        )
-        return sum(out.values())
-
-    check_grads(total, net.params, grads, ("backbone.conv2_1.w", "head.fc6.w", "head.cls.w"))
 
 
 def test_rcnn_without_any_roi(tmp_path):
     net = RCNN(tiny_config(tmp_path, "rcnn"), NAMES, rng=np.random.default_rng(0))
-    images, sizes, _, _ = batch()
-    empty = [{"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}] * 2
-    losses, cache, _ = rcnn_forward(
-        net, images, sizes, empty, [np.zeros((0, 4))] * 2, np.random.default_rng(0)
-    )
-    assert losses == {"loss_classifier": 0.0, "loss_box_reg": 0.0} and rcnn_backward(cache) == {}
+    batch = small_batch(empty=True)._replace(proposals=[np.zeros((0, 4))] * 2)
+    losses, cache = net.forward(batch, np.random.default_rng(0))
+    assert losses == {"loss_classifier": 0.0, "loss_box_reg": 0.0} and net.backward(cache) == {}
 
 
 # ----------------------------------------------------------------------------- inference
@@ -214,19 +145,19 @@ def test_fast_rcnn_detect_equals_the_head_on_each_roi_alone(tmp_path):
     net.params["head.cls.w"] = net.params["head.cls.w"] * 300
     x = np.random.default_rng(4).normal(size=(3, 16, 16))
     props = np.array([[0.0, 0, 10, 9], [5, 5, 16, 15], [2, 1, 8, 9], [0, 0, 16, 16]])
-    got = net.detect(x, props, "numpy")
-    feats, _ = _bb.backbone_forward(
-        net.params, x[None], net.backbone_spec, train=False, backend="numpy"
-    )
+    got = net.detect(x[None], [(16, 16)], "numpy", proposals=[props])[0]
+    (feats,), _ = net.backbone.forward(net.params, x[None], False, "numpy")
+    (stride,) = net.backbone.strides
     rows = [
         head_forward(
-            net.params, feats, np.array([[0.0, *b]]), 1 / net.stride, output_size=2, backend="numpy"
+            net.params, feats, np.array([[0.0, *b]]), 1 / stride, output_size=2, backend="numpy"
         )
         for b in props
     ]
     logits = np.concatenate([r[0] for r in rows])
     deltas = np.concatenate([r[1] for r in rows])
-    want = postprocess_detections(logits, deltas, props, (16, 16), net.config, backend="numpy")
+    post = BoxPostprocess.from_config(net.config)
+    want = post(logits, deltas, props, (16, 16), backend="numpy")
     assert len(want["boxes"]) > 0
     for k in ("boxes", "scores", "labels"):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12)
@@ -240,18 +171,16 @@ def test_rcnn_detect_equals_one_crop_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(RCNN, "CHUNK", 2)  # three chunks of the five proposals
     x = np.random.default_rng(4).normal(size=(3, 16, 16))
     props = np.array([[0.0, 0, 10, 9], [5, 5, 16, 15], [2, 1, 8, 9], [0, 0, 16, 16], [3, 4, 5, 12]])
-    got = net.detect(x, props, "numpy")
+    got = net.detect(x[None], [(16, 16)], "numpy", proposals=[props])[0]
     logits, deltas = [], []
     for b in props:
         crop = warp_crops(x, context_boxes(b[None], 8, 16.0), 8)
-        feats, _ = _bb.backbone_forward(
-            net.params, crop, net.backbone_spec, train=False, backend="numpy"
-        )
+        (feats,), _ = net.backbone.forward(net.params, crop, False, "numpy")
         lg, dl, _ = classifier_forward(net.params, feats, backend="numpy")
         logits.append(lg)
         deltas.append(dl)
-    want = postprocess_detections(
-        np.concatenate(logits), np.concatenate(deltas), props, (16, 16), net.config, backend="numpy"
+    want = BoxPostprocess.from_config(net.config)(
+        np.concatenate(logits), np.concatenate(deltas), props, (16, 16), backend="numpy"
     )
     assert len(want["boxes"]) > 0
     for k in ("boxes", "scores", "labels"):
@@ -266,17 +195,19 @@ def test_predict_scales_proposals_in_and_detections_out(tmp_path, monkeypatch):
     net = FastRCNN(cfg, NAMES, rng=np.random.default_rng(0))
     seen = {}
 
-    def fake_detect(x, props, backend):
-        seen["x"], seen["props"] = x.shape, props.copy()
-        return {
-            "boxes": props,
-            "scores": np.ones(len(props), np.float32),
-            "labels": np.ones(len(props), np.int64),
-        }
+    def fake_detect(images, sizes, backend=None, proposals=None):
+        (props,) = proposals
+        seen["x"], seen["props"] = images.shape[1:], props.copy()
+        return [
+            {
+                "boxes": props,
+                "scores": np.ones(len(props), np.float32),
+                "labels": np.ones(len(props), np.int64),
+            }
+        ]
 
     monkeypatch.setattr(net, "detect", fake_detect)
     image = np.zeros((64, 64, 3), np.uint8)
-    assert net.needs_image_id
     out = net.predict(image, image_id="im")
     assert seen["x"] == (3, 32, 32)
     assert seen["props"].tolist() == [
@@ -328,21 +259,55 @@ def small(model, **kw):
 
 def test_batch_with_proposals_is_load_batch_plus_flipped_boxes(data):
     cfg = small("fastrcnn")
-    source = build_model(cfg, data[0].class_names).source
+    net = build_model(cfg, data[0].class_names)
+    assert uses_external_proposals(cfg) and not uses_external_proposals(preset("tiny"))
     for seed in range(4):
-        a = T.load_batch(data[0], [0, 1], cfg, np.random.default_rng(seed), "numpy")
-        images, sizes, targets, props = load_batch_with_proposals(
-            data[0], [0, 1], cfg, np.random.default_rng(seed), "numpy", source
-        )
-        np.testing.assert_array_equal(a[0], images)
-        assert a[1] == sizes
+        a = load_batch(data[0], [0, 1], cfg, np.random.default_rng(seed), "numpy", 8)
+        got = net.load_batch(data[0], [0, 1], np.random.default_rng(seed), "numpy")
+        np.testing.assert_array_equal(a.images, got.images)
+        assert a.image_sizes == got.image_sizes and a.proposals is None
         flips = np.random.default_rng(seed).random(2) < 0.5
         for n, i in enumerate([0, 1]):
-            np.testing.assert_array_equal(a[2][n]["boxes"], targets[n]["boxes"])
-            raw = source(data[0][i]["image"], data[0][i]["image_id"])
+            np.testing.assert_array_equal(a.targets[n]["boxes"], got.targets[n]["boxes"])
+            raw = net.source(data[0][i]["image"], data[0][i]["image_id"])
             if flips[n]:
                 raw = np.stack([64 - raw[:, 2], raw[:, 1], 64 - raw[:, 0], raw[:, 3]], 1)
-            np.testing.assert_array_equal(props[n], raw)
+            np.testing.assert_array_equal(got.proposals[n], raw)
+
+
+def test_proposals_follow_the_augmentations_of_their_image(data):
+    """With own-data augmentations on (vertical flips, 90-degree turns, scale jitter), an
+    external-proposal batch transforms each image's proposals exactly as its ground truth: a
+    proposal equal to a ground-truth box stays equal to it (the augmentations used to be
+    skipped for R-CNN and Fast R-CNN)."""
+    cfg = small("fastrcnn", vflip=True, rot90=True, scale_jitter=(0.8, 1.25))
+    assert augment.enabled(cfg)
+    net = build_model(cfg, data[0].class_names)
+    net.source = _GroundTruthSource(data[0])
+    plain = load_batch(data[0], [0, 1, 2], cfg, None, "numpy", 8)
+    changed = 0
+    for seed in range(6):
+        got = net.load_batch(data[0], [0, 1, 2], np.random.default_rng(seed), "numpy")
+        want = load_batch(data[0], [0, 1, 2], cfg, np.random.default_rng(seed), "numpy", 8)
+        np.testing.assert_array_equal(got.images, want.images)  # the same draws as without
+        for n in range(3):
+            gt = got.targets[n]["boxes"]
+            np.testing.assert_array_equal(gt, want.targets[n]["boxes"])
+            # every surviving ground-truth box has its twin among the proposals
+            for box in gt:
+                assert np.any(np.all(np.abs(got.proposals[n] - box) < 1e-4, axis=1)), box
+            changed += not np.array_equal(gt, plain.targets[n]["boxes"])
+    assert changed > 0  # the augmentations did move boxes
+
+
+class _GroundTruthSource:
+    """A proposal source whose proposals are each image's own ground-truth boxes."""
+
+    def __init__(self, dataset):
+        self.by_id = {dataset[i]["image_id"]: dataset[i]["boxes"] for i in range(len(dataset))}
+
+    def __call__(self, image, image_id):
+        return np.asarray(self.by_id[image_id], np.float32)
 
 
 @pytest.mark.parametrize("model", ["fastrcnn", "rcnn"])
@@ -384,7 +349,7 @@ def test_cli_file_proposals_rcnn_and_detect(tmp_path, capsys):
     train, test = load_dataset("shapes", "train"), load_dataset("shapes", "test")
     ids = {}
     for ds, idx in (
-        (train, T.batch_indices(0, 0, 1, len(train)) + T.batch_indices(0, 1, 1, len(train))),
+        (train, batch_indices(0, 0, 1, len(train)) + batch_indices(0, 1, 1, len(train))),
         (test, range(8)),
     ):  # eval 2, pictures of 8
         for i in idx:

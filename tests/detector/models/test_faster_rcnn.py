@@ -1,128 +1,70 @@
 """The whole detector: end-to-end float64 gradient check, edge cases, inference, the VGG16 preset."""
 
 import numpy as np
+
+from helpers import NAMES, check_detector_gradients, small_batch, small_config, train_forward
 import pytest
 
+from minirccn.data.batching import clean_targets
 from minirccn.detector.models import faster_rcnn as M
+from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
-from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
 from minirccn.detector.rpn.head import init_rpn, rpn_forward
 
-NAMES = ["__background__", "a", "b"]
 
 
 def tiny_config(**kw):
-    """A 16x16-input detector small enough for finite differences."""
-    base = dict(
-        backbone_stages=((4, 1, True), (6, 1, True)),
-        min_size=16,
-        max_size=16,
-        anchor_sizes=(4, 8),
-        aspect_ratios=(1.0,),
-        rpn_channels=5,
-        representation_size=7,
-        roi_output_size=2,
-        rpn_batch_size_per_image=16,
-        box_batch_size_per_image=8,
-        rpn_pre_nms_top_n_train=20,
-        rpn_post_nms_top_n_train=10,
-        rpn_pre_nms_top_n_test=20,
-        rpn_post_nms_top_n_test=10,
-        dtype="float64",
-    )
-    base.update(kw)
-    return preset("tiny", **base)
+    return small_config(**kw)
 
 
 def batch(dtype=np.float64, seed=0, empty=False):
-    rng = np.random.default_rng(seed)
-    images = rng.normal(size=(2, 3, 16, 16)).astype(dtype)
-    targets = [
-        {"boxes": np.array([[1, 2, 9, 8], [6, 6, 15, 14]], dtype), "labels": np.array([1, 2])},
-        {"boxes": np.array([[3, 3, 12, 11]], dtype), "labels": np.array([2])},
-    ]
-    if empty:
-        targets = [{"boxes": np.zeros((0, 4), dtype), "labels": np.zeros(0, np.int64)}] * 2
-    return images, [(16, 16), (16, 16)], targets
+    return tuple(small_batch(dtype, seed, empty)[:3])
 
 
 def test_end_to_end_gradient_check():
     """d(sum of the four losses)/d(parameters) against central differences, samples held fixed."""
-    cfg = tiny_config()
-    net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
+    net = M.FasterRCNN(small_config(), NAMES, rng=np.random.default_rng(0))
     # larger head weights than the 0.01 / 0.001 init, so every path carries a visible gradient
     for k in ("head.cls.w", "head.bbox.w", "rpn.cls.w", "rpn.bbox.w"):
         net.params[k] = net.params[k] * 50
-    images, sizes, targets = batch()
-    proposals = [
-        np.array([[0, 0, 10, 9], [5, 5, 16, 15], [2, 1, 8, 9]], np.float64),
-        np.array([[2, 2, 13, 12], [0, 0, 16, 16]], np.float64),
-    ]
-    losses, cache, samples = M.detector_forward(
-        net, images, sizes, targets, np.random.default_rng(1), backend="numpy", proposals=proposals
+    full = ("backbone.conv1_1.w", "backbone.conv2_1.bn.gamma", "head.fc6.w", "head.cls.w")
+    losses, grads = check_detector_gradients(
+        net, small_batch(proposals=True), full + ("head.bbox.w", "rpn.conv.w")
     )
     assert all(v > 0 for v in losses.values()), losses
-    grads = M.detector_backward(cache)
     assert set(grads) == set(net.trainable())
-
-    def total():
-        out, _, _ = M.detector_forward(
-            net, images, sizes, targets, None, backend="numpy", samples=samples
-        )
-        return sum(out.values())
-
-    # full finite differences for a few tensors, random directions for every other one
-    for name in (
-        "backbone.conv1_1.w",
-        "backbone.conv2_1.bn.gamma",
-        "head.fc6.w",
-        "head.cls.w",
-        "head.bbox.w",
-        "rpn.conv.w",
-    ):
-        assert rel_error(grads[name], numerical_grad(total, net.params[name])) < 1e-5, name
-    rng = np.random.default_rng(2)
-    for name, g in grads.items():
-        if name.startswith("backbone.") and name.endswith(".b"):
-            # a conv bias followed by batch norm cancels out: its true gradient is 0
-            assert (
-                np.abs(g).max() < 1e-12
-                and np.abs(numerical_grad(total, net.params[name])).max() < 1e-8
-            )
-            continue
-        assert directional_grad_check(total, net.params[name], g, rng, n_dirs=2) < 1e-5, name
 
 
 def test_gradient_is_sum_of_both_parts():
     cfg = tiny_config()
     net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
     images, sizes, targets = batch()
-    _, cache, samples = M.detector_forward(
+    _, cache, samples = train_forward(
         net, images, sizes, targets, np.random.default_rng(1), backend="numpy"
     )
-    both = M.detector_backward(cache)
-    _, c_rpn, _ = M.detector_forward(
+    both = net.backward(cache)
+    _, c_rpn, _ = train_forward(
         net, images, sizes, targets, None, backend="numpy", samples=samples, parts=("rpn",)
     )
-    _, c_head, _ = M.detector_forward(
+    _, c_head, _ = train_forward(
         net, images, sizes, targets, None, backend="numpy", samples=samples, parts=("head",)
     )
-    g_rpn, g_head = M.detector_backward(c_rpn), M.detector_backward(c_head)
+    g_rpn, g_head = net.backward(c_rpn), net.backward(c_head)
     assert not any(k.startswith("head.") for k in g_rpn)
     assert not any(k.startswith("rpn.") for k in g_head)
     name = "backbone.conv1_1.w"
     np.testing.assert_allclose(both[name], g_rpn[name] + g_head[name], rtol=1e-10, atol=1e-14)
-    _, c_frozen, _ = M.detector_forward(
+    _, c_frozen, _ = train_forward(
         net, images, sizes, targets, None, backend="numpy", samples=samples, train_backbone=False
     )
-    assert not any(k.startswith("backbone.") for k in M.detector_backward(c_frozen))
+    assert not any(k.startswith("backbone.") for k in net.backward(c_frozen))
 
 
 def test_image_without_ground_truth():
     net = M.FasterRCNN(tiny_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
     images, sizes, targets = batch(np.float32, empty=True)
-    losses, cache, samples = M.detector_forward(
+    losses, cache, samples = train_forward(
         net, images, sizes, targets, np.random.default_rng(0), backend="numpy"
     )
     assert all(np.isfinite(v) for v in losses.values())
@@ -130,7 +72,7 @@ def test_image_without_ground_truth():
     assert losses["loss_objectness"] > 0
     assert (samples.rpn_labels == 1).sum() == 0 and (samples.rpn_labels == 0).sum() == 2 * 16
     assert np.all(samples.roi_labels == 0)  # no foreground RoI at all
-    grads = M.detector_backward(cache)
+    grads = net.backward(cache)
     assert all(np.all(np.isfinite(g)) for g in grads.values())
 
 
@@ -139,18 +81,18 @@ def test_no_roi_at_all():
     net = M.FasterRCNN(tiny_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
     images, sizes, targets = batch(np.float32, empty=True)
     no_props = [np.zeros((0, 4), np.float32)] * 2
-    losses, cache, samples = M.detector_forward(
+    losses, cache, samples = train_forward(
         net, images, sizes, targets, np.random.default_rng(0), backend="numpy", proposals=no_props
     )
     assert samples.rois.shape == (0, 5)
     assert losses["loss_classifier"] == 0 and losses["loss_box_reg"] == 0
-    assert all(np.all(np.isfinite(g)) for g in M.detector_backward(cache).values())
+    assert all(np.all(np.isfinite(g)) for g in net.backward(cache).values())
 
 
 def test_zero_width_ground_truth_is_dropped_with_a_warning():
     boxes = np.array([[1, 1, 1, 5], [2, 2, 6, 6], [3, 4, 9, 4]], np.float32)
     with pytest.warns(UserWarning, match="dropped 2"):
-        b, lab = M.clean_targets(boxes, np.array([1, 2, 1]), where="img7")
+        b, lab = clean_targets(boxes, np.array([1, 2, 1]), where="img7")
     assert b.tolist() == [[2, 2, 6, 6]] and lab.tolist() == [2]
 
 
@@ -170,7 +112,7 @@ def test_predict_maps_boxes_back_to_the_original_image(monkeypatch):
     )
     seen = {}
 
-    def fake_detect(model, images, sizes, backend=None):
+    def fake_detect(images, sizes, backend=None, proposals=None):
         seen["shape"] = images.shape
         return [
             {
@@ -180,7 +122,7 @@ def test_predict_maps_boxes_back_to_the_original_image(monkeypatch):
             }
         ]
 
-    monkeypatch.setattr(M, "detect", fake_detect)
+    monkeypatch.setattr(net, "detect", fake_detect)
     det = net.predict(np.zeros((16, 16, 3), np.uint8), backend="numpy")
     assert seen["shape"] == (1, 3, 32, 32)
     np.testing.assert_allclose(det["boxes"], [[2, 4, 10, 16]])  # halved, then clipped to 16
@@ -207,10 +149,9 @@ def test_same_seed_same_losses_bit_for_bit_and_backends_agree():
     runs = []
     for backend in ("numpy", "numpy", "numba"):
         net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
-        losses, cache, _ = M.detector_forward(
-            net, images, sizes, targets, np.random.default_rng(1), backend=backend
+        losses, cache, _ = train_forward(net, images, sizes, targets, np.random.default_rng(1), backend=backend
         )
-        runs.append((losses, M.detector_backward(cache)))
+        runs.append((losses, net.backward(cache)))
     assert runs[0][0] == runs[1][0]
     for k in runs[0][1]:
         assert np.array_equal(runs[0][1][k], runs[1][1][k])
@@ -228,12 +169,13 @@ def test_vgg16_preset_feature_map_and_anchors():
     from minirccn.detector.backbones.vgg import init_backbone
 
     params = init_backbone("vgg16", rng, np.float32)
-    params.update(init_rpn(512, 512, cfg.num_anchors, rng, np.float32))
+    params.update(init_rpn(512, 512, 9, rng, np.float32))
     net = M.FasterRCNN(cfg, NAMES, params=params)
+    assert net.anchor_generator.num_anchors == 9
     x = rng.normal(size=(1, 3, 224, 224)).astype(np.float32)
-    features, _ = backbone_forward(params, x, M.backbone_spec(cfg), train=False, backend="numba")
-    assert features.shape == (1, 512, 14, 14) and net.stride == 16
-    anchors = net.anchors(features.shape[2:])
+    features, _ = backbone_forward(params, x, backbone_spec(cfg), train=False, backend="numba")
+    assert features.shape == (1, 512, 14, 14) and net.backbone.strides == (16,)
+    anchors, _ = net.anchor_generator([features.shape[2:]])
     assert anchors.shape == (1764, 4)
     logits, deltas, _ = rpn_forward(params, features, backend="numba")
     assert logits.shape == (1, 1764, 2) and deltas.shape == (1, 1764, 4)

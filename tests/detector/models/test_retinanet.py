@@ -9,14 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import train_forward
 from minirccn.config import preset
-from minirccn.detector.models.retinanet import (
-    RetinaNet,
-    RetinaNetPostprocess,
-    detect,
-    retinanet_backward,
-    retinanet_forward,
-)
+from minirccn.data.batching import Batch
+from minirccn.detector.registry import model_class
+from minirccn.detector.models.retinanet import RetinaNet, RetinaNetPostprocess
+from minirccn.engine.loop import make_optimizer, train_step
 from minirccn.nn.gradcheck import directional_grad_check, numerical_grad, rel_error
 
 # ------------------------------------------------------------------------ an independent inference
@@ -139,6 +137,13 @@ def test_detections_per_image_cap():
 # ------------------------------------------------------------------------ the model
 
 
+def level_anchors(model, levels):
+    """Each level's anchors ``(H_l * W_l * A, 4)``, cut from the model's generator."""
+    anchors, counts = model.anchor_generator([f.shape[2:] for f in levels])
+    bounds = np.cumsum([0] + list(counts))
+    return [anchors[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
+
+
 def _tiny_config(**kw):
     small = dict(
         backbone_stages=((4, 1, True), (6, 1, False)),
@@ -176,8 +181,7 @@ def test_whole_model_gradcheck_float64():
         if k.startswith("head.") and k.endswith(".w"):
             model.params[k] = v * 30
     images, sizes, targets = _batch(rng)
-    losses, cache, samples = retinanet_forward(
-        model, images, sizes, targets, backend="numpy", batch_stats=False
+    losses, cache, samples = train_forward(model, images, sizes, targets, None, backend="numpy", batch_stats=False
     )
     assert set(losses) == {"classification", "bbox_regression"}
     assert (samples.labels[0] > 0).sum() >= 2 and set(samples.labels[0][samples.labels[0] > 0]) == {
@@ -185,12 +189,11 @@ def test_whole_model_gradcheck_float64():
         3,
     }
     assert (samples.labels[1] == 0).all()  # the empty image: every anchor background
-    grads = retinanet_backward(cache)
+    grads = model.backward(cache)
     assert set(grads) == set(model.trainable())
 
     def f():
-        out, _, _ = retinanet_forward(
-            model, images, sizes, targets, backend="numpy", samples=samples, batch_stats=False
+        out, _, _ = train_forward(model, images, sizes, targets, None, backend="numpy", samples=samples, batch_stats=False
         )
         return sum(out.values())
 
@@ -208,16 +211,15 @@ def test_whole_model_gradcheck_float64():
 
 def test_train_step_checkpoint_and_predict(tmp_path):
     from minirccn.checkpoint import load_checkpoint, save_checkpoint
-    from minirccn.train import _make_optimizer, model_family, train_step
 
     cfg = _tiny_config(dtype="float32")
     names = ["__background__", "a", "b", "c"]
-    assert model_family(cfg)[0] is RetinaNet
+    assert model_class(cfg) is RetinaNet
     model = RetinaNet(cfg, names, rng=np.random.default_rng(0))
-    opt = _make_optimizer(model, cfg, ("backbone.", "rpn.", "head."))
+    opt = make_optimizer(model)
     rng = np.random.default_rng(2)
     images, sizes, targets = _batch(rng)
-    batch = (images.astype(np.float32), sizes, targets)
+    batch = Batch(images.astype(np.float32), sizes, targets)
     before = {k: v.copy() for k, v in model.params.items()}
     out = train_step(model, opt, batch, rng, 150, backend="numpy")
     assert set(out) == {"classification", "bbox_regression", "loss"} and np.isfinite(out["loss"])
@@ -241,10 +243,10 @@ def test_detect_equals_postprocess_of_the_head_outputs():
     cfg = _tiny_config(retina_score_thresh=0.0)
     model = RetinaNet(cfg, ["__background__", "a", "b"], rng=np.random.default_rng(3))
     images = np.random.default_rng(4).standard_normal((1, 3, 16, 16))
-    det = detect(model, images, [(16, 16)], backend="numpy")[0]
-    levels, _ = model.features(images, False, "numpy")
+    det = model.detect(images, [(16, 16)], backend="numpy")[0]
+    levels, _ = model.backbone.forward(model.params, images, False, "numpy")
     logits, deltas, _ = retinanet_head_forward(model.params, levels, backend="numpy")
-    (anchors,) = model.level_anchors(levels)
+    (anchors,) = level_anchors(model, levels)
     boxes, sc, labels = independent_postprocess(
         [sigmoid(logits[0])], [deltas[0]], [anchors], (16, 16), 0.0, 1000, 0.5, 100
     )
@@ -307,7 +309,7 @@ def test_preflight_knows_the_retinanet_config_and_its_parameters():
 
 
 def test_bench_retinanet_cases_run_the_training_step_and_predict():
-    from minirccn import bench, train
+    from minirccn import bench
 
     cases = {c.name: c for c in bench.detector_cases()}
     case = cases["train step (retinanet resnet-fpn-tiny)"]
@@ -318,10 +320,10 @@ def test_bench_retinanet_cases_run_the_training_step_and_predict():
     assert isinstance(model, RetinaNet)
     cfg = model.config
     assert cfg == preset("resnet-fpn-tiny", model="retinanet") and cfg.clip_grad_norm > 0
-    opt = train._make_optimizer(model, cfg, ("backbone.", "head."))
-    batch = train.load_batch(inputs["data"], [inputs["index"]], cfg, None, "numba")
-    want = [train.train_step(model, opt, batch, None, cfg.warmup_iters, backend="numba") for _ in range(2)]
-    assert set(got[0]) == {"classification", "bbox_regression"}
+    opt = make_optimizer(model)
+    batch = model.load_batch(inputs["data"], [inputs["index"]], None, "numba")
+    want = [train_step(model, opt, batch, None, cfg.warmup_iters, backend="numba") for _ in range(2)]
+    assert set(got[0]) == {"classification", "bbox_regression", "loss"}
     for g, w in zip(got, want):  # the same steps as minirccn train's, clipping included
         assert g == {k: w[k] for k in g}
     det = cases["predict (retinanet resnet-fpn-tiny)"].run("numba", inputs)()
@@ -380,13 +382,13 @@ def test_fpn_preset_anchor_sizes_are_torchvisions_octave_scales():
     # torchvision's retinanet_resnet50_fpn: tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))))
     want = [(x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in (16, 32, 64, 128, 256)]
     assert level_anchor_sizes(cfg) == want
-    assert cfg.num_anchors == 9  # 3 scales x 3 ratios per cell of every level
     model = RetinaNet(cfg, ["__background__", "a", "b", "c"])
+    assert model.anchor_generator.num_anchors == 9  # 3 scales x 3 ratios per cell of every level
     assert model.strides == (4, 8, 16, 32, 64)
     assert model.params["head.cls.conv0.w"].shape[1] == cfg.fpn_channels
     assert model.params["head.cls.out.w"].shape[0] == 9 * 3
-    levels, _ = model.features(np.zeros((1, 3, 128, 128), np.float32), False, "numpy")
-    anchors = model.level_anchors(levels)
+    levels, _ = model.backbone.forward(model.params, np.zeros((1, 3, 128, 128), np.float32), False, "numpy")
+    anchors = level_anchors(model, levels)
     assert [a.shape[0] for a in anchors] == [32 * 32 * 9, 16 * 16 * 9, 8 * 8 * 9, 4 * 4 * 9, 2 * 2 * 9]
     # level 0, cell (0, 0): ratio 0.5 of size 20 is 28 x 14 (torchvision's rounding), centred at 2
     w = anchors[0][1, 2] - anchors[0][1, 0]
@@ -394,7 +396,8 @@ def test_fpn_preset_anchor_sizes_are_torchvisions_octave_scales():
     assert (w, h) == (28.0, 14.0)
     # the single-level preset is unchanged by the scales (default (1.0,))
     tiny = preset("tiny", model="retinanet")
-    assert level_anchor_sizes(tiny) == [tuple(tiny.anchor_sizes)] and tiny.num_anchors == 9
+    assert level_anchor_sizes(tiny) == [tuple(tiny.anchor_sizes)]
+    assert RetinaNet(tiny, ["__background__", "a"]).anchor_generator.num_anchors == 9
 
 
 def test_fpn_needs_one_anchor_size_per_level(monkeypatch):
@@ -416,19 +419,17 @@ def test_fpn_whole_model_gradcheck_float64(monkeypatch):
         {"boxes": np.array([[10.0, 3.0, 26.0, 17.0]]), "labels": np.array([2])},
     ]
     sizes = [(32, 32), (32, 32)]
-    losses, cache, samples = retinanet_forward(
-        model, images, sizes, targets, backend="numpy", batch_stats=False
+    losses, cache, samples = train_forward(model, images, sizes, targets, None, backend="numpy", batch_stats=False
     )
-    counts = [a.shape[0] for a in model.level_anchors(model.features(images, False, "numpy")[0])]
+    counts = [a.shape[0] for a in level_anchors(model, model.backbone.forward(model.params, images, False, "numpy")[0])]
     bounds = np.cumsum([0] + counts)
     pos_levels = {int(np.searchsorted(bounds, i, side="right") - 1) for i in np.nonzero(samples.labels[0] > 0)[0]}
     assert len(pos_levels) >= 2  # the small and the large object train different levels
-    grads = retinanet_backward(cache)
+    grads = model.backward(cache)
     assert set(grads) == set(model.trainable())
 
     def f():
-        out, _, _ = retinanet_forward(
-            model, images, sizes, targets, backend="numpy", samples=samples, batch_stats=False
+        out, _, _ = train_forward(model, images, sizes, targets, None, backend="numpy", samples=samples, batch_stats=False
         )
         return sum(out.values())
 
@@ -450,10 +451,10 @@ def test_fpn_detect_equals_independent_postprocess_per_level(monkeypatch):
         if k.startswith("head.") and k.endswith(".w"):
             model.params[k] = v * 300  # scores spread around the threshold
     images = np.random.default_rng(4).standard_normal((1, 3, 32, 32))
-    det = detect(model, images, [(32, 32)], backend="numpy")[0]
-    levels, _ = model.features(images, False, "numpy")
+    det = model.detect(images, [(32, 32)], backend="numpy")[0]
+    levels, _ = model.backbone.forward(model.params, images, False, "numpy")
     logits, deltas, _ = retinanet_head_forward(model.params, levels, backend="numpy")
-    anchors = model.level_anchors(levels)
+    anchors = level_anchors(model, levels)
     bounds = np.cumsum([0] + [a.shape[0] for a in anchors])
     scores = sigmoid(logits[0])
     boxes, sc, labels = independent_postprocess(
