@@ -1,42 +1,34 @@
-"""The detector (RPN + RoI head on one backbone), built from ``minirccn.ops`` and ``minirccn.nn``.
+"""The detectors, built from ``minirccn.ops`` and ``minirccn.nn``: every kind implements the
+:class:`~minirccn.detector.base.Detector` protocol and is one row of
+:data:`~minirccn.detector.registry.MODELS`.
 
-==================================  ====================================================
-module                              what
-==================================  ====================================================
-``anchors``                         the anchor grid
-``targets``                         the one Matcher and the one balanced sampler
-``anchor_targets``                  RPN training targets (label and sample anchors)
-``proposals``                       RPN outputs -> proposals (decode, clip, NMS, top-n)
-``proposal_targets``                RoI head training targets (label and sample RoIs)
-``backbone``                        VGG-style conv stacks
-``rpn``                             the region proposal network
-``head``                            the Fast R-CNN box head (RoI pool -> fc -> fc)
-``model``                           the whole detector: forward, backward, inference
-``retinanet_head``                  RetinaNet's class and box subnets, their losses
-``retinanet_targets``               RetinaNet's anchor labels (the matcher, no sampling)
-``retinanet``                       the one-stage detector: forward, backward, inference
-==================================  ====================================================
+=====================================  ===========================================================
+module                                 what
+=====================================  ===========================================================
+``base``                               the Detector protocol; what every model shares (``predict``,
+                                       ``load_batch``, ``to``, ``trainable``); ``Samples``
+``registry``                           the model table: ``config.model`` -> class, built lazily
+``anchors``                            the anchor grid of a map, of many levels (``AnchorGenerator``)
+``matching``                           the one Matcher and the one balanced sampler
+``backbones/vgg``, ``resnet``, ``fpn``  the VGG-style stack, the ResNets, the FPN neck
+``backbones/levels``                   a backbone yields levels: one map (``SingleLevel``) or a
+                                       pyramid (``Pyramid``)
+``rpn/head``                           the RPN head (one level and shared over levels), its losses
+``rpn/proposal_layer``                 RPN outputs -> proposals (top-n and NMS per level, top-n)
+``rpn/targets``                        RPN training targets (label and sample anchors)
+``roi_heads/poolers``                  RoI max pool / RoIAlign on one level, ``MultiScaleRoIAlign``
+``roi_heads/box_head``                 the box head (fc6, fc7, class scores, per-class deltas)
+``roi_heads/targets``                  the head's training targets (label and sample RoIs)
+``roi_heads/postprocess``              the head's outputs -> detections (``BoxPostprocess``)
+``dense/head``, ``targets``,           RetinaNet's class and box subnets and focal loss, its anchor
+``postprocess``                        labels (no sampling), its inference
+``models/faster_rcnn``                 Faster R-CNN: one forward, one backward, one detect, for one
+                                       level or a pyramid
+``models/retinanet``                   the one-stage detector
+``models/fast_rcnn``, ``rcnn``,        the lineage on external proposals (selective search or a
+``external``                           file): Fast R-CNN is Faster R-CNN without its RPN
+=====================================  ===========================================================
+
+Import direction inside: base, matching, anchors, backbones <- rpn, roi_heads, dense <- models
+<- registry.
 """
-
-import importlib
-
-_SUBMODULES = {
-    "anchors",
-    "targets",
-    "anchor_targets",
-    "proposals",
-    "proposal_targets",
-    "backbone",
-    "rpn",
-    "head",
-    "model",
-    "retinanet_head",
-    "retinanet_targets",
-    "retinanet",
-}
-
-
-def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

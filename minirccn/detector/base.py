@@ -25,6 +25,8 @@ from minirccn import ops
 from minirccn.backend import array_module, resolve
 from minirccn.data import batching, transforms
 from minirccn.data.batching import Batch
+from minirccn.detector.anchors import AnchorGenerator
+from minirccn.detector.backbones.levels import build_backbone
 
 __all__ = ["Batch", "Detector", "Samples", "empty_detections", "preprocess_image"]
 
@@ -132,6 +134,15 @@ class Detector:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared
+
+    def build_levels(self, level_sizes) -> None:
+        """``self.backbone`` (one level or a pyramid, :func:`build_backbone`) and
+        ``self.anchor_generator`` with the anchor sizes ``level_sizes`` of each of its levels."""
+        cfg = self.config
+        self.backbone = build_backbone(cfg)
+        self.anchor_generator = AnchorGenerator(
+            self.backbone.strides, level_sizes, cfg.aspect_ratios, cfg.anchor_offset, cfg.dtype
+        )
 
     @property
     def num_classes(self) -> int:

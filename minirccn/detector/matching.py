@@ -33,12 +33,15 @@ Not differentiable; host NumPy (the draws come from a ``numpy.random.Generator``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 BELOW_LOW_THRESHOLD = -1  #: a match code: best IoU < low_threshold (negative / background)
 BETWEEN_THRESHOLDS = -2  #: a match code: low_threshold <= best IoU < high_threshold (ignored)
 
 
+@dataclass(frozen=True)
 class Matcher:
     """Each box's ground-truth index, or a code saying why it has none (see the module docstring).
 
@@ -49,26 +52,16 @@ class Matcher:
         allow_low_quality_matches: also match each ground truth's best box(es).
     """
 
-    def __init__(
-        self,
-        high_threshold: float,
-        low_threshold: float,
-        allow_low_quality_matches: bool = False,
-    ):
-        if low_threshold > high_threshold:
-            raise ValueError(
-                f"Matcher: low_threshold ({low_threshold}) must be <= "
-                f"high_threshold ({high_threshold})"
-            )
-        self.high_threshold = high_threshold
-        self.low_threshold = low_threshold
-        self.allow_low_quality_matches = allow_low_quality_matches
+    high_threshold: float
+    low_threshold: float
+    allow_low_quality_matches: bool = False
 
-    def __repr__(self) -> str:
-        return (
-            f"Matcher(high_threshold={self.high_threshold}, low_threshold={self.low_threshold}, "
-            f"allow_low_quality_matches={self.allow_low_quality_matches})"
-        )
+    def __post_init__(self):
+        if self.low_threshold > self.high_threshold:
+            raise ValueError(
+                f"Matcher: low_threshold ({self.low_threshold}) must be <= "
+                f"high_threshold ({self.high_threshold})"
+            )
 
     def __call__(self, iou) -> np.ndarray:
         """Match the ``M`` boxes of ``iou``'s rows to the ``G`` ground truths of its columns.
@@ -102,6 +95,7 @@ class Matcher:
         return ((iou == gt_best[None, :]) & (gt_best[None, :] > 0)).any(axis=1)
 
 
+@dataclass(frozen=True)
 class BalancedPositiveNegativeSampler:
     """Draw a fixed-size, class-balanced subset of labelled boxes (see the module docstring).
 
@@ -111,15 +105,8 @@ class BalancedPositiveNegativeSampler:
             them positive.
     """
 
-    def __init__(self, batch_size_per_image: int, positive_fraction: float):
-        self.batch_size_per_image = batch_size_per_image
-        self.positive_fraction = positive_fraction
-
-    def __repr__(self) -> str:
-        return (
-            f"BalancedPositiveNegativeSampler(batch_size_per_image={self.batch_size_per_image}, "
-            f"positive_fraction={self.positive_fraction})"
-        )
+    batch_size_per_image: int
+    positive_fraction: float
 
     def __call__(self, labels, rng: np.random.Generator):
         """The sampled positives and negatives of one image.

@@ -9,6 +9,8 @@ best.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from minirccn import ops
@@ -16,6 +18,7 @@ from minirccn.backend import get_array_module, to_numpy
 from minirccn.detector.rpn.proposal_layer import top_n
 
 
+@dataclass(frozen=True)
 class RetinaNetPostprocess:
     """Detections of one image from per-level scores and deltas (module docstring, "Inference").
 
@@ -27,19 +30,11 @@ class RetinaNetPostprocess:
         weights: box coder weights.
     """
 
-    def __init__(
-        self,
-        score_thresh: float = 0.05,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-        weights=(1.0, 1.0, 1.0, 1.0),
-    ):
-        self.score_thresh = float(score_thresh)
-        self.topk_candidates = int(topk_candidates)
-        self.nms_thresh = float(nms_thresh)
-        self.detections_per_img = int(detections_per_img)
-        self.weights = tuple(float(w) for w in weights)
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    weights: tuple = (1.0, 1.0, 1.0, 1.0)
 
     @classmethod
     def from_config(cls, config) -> "RetinaNetPostprocess":

@@ -44,7 +44,6 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn.backend import array_module, resolve, to_numpy
-from minirccn.detector.anchors import AnchorGenerator
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.base import Detector, Samples, empty_detections
 from minirccn.detector.roi_heads.box_head import (
@@ -112,14 +111,7 @@ class FasterRCNN(Detector):
 
     def build(self) -> None:
         cfg = self.config
-        self.backbone = build_backbone(cfg)
-        self.anchor_generator = AnchorGenerator(
-            self.backbone.strides,
-            level_anchor_sizes(cfg),
-            cfg.aspect_ratios,
-            offset=cfg.anchor_offset,
-            dtype=cfg.dtype,
-        )
+        self.build_levels(level_anchor_sizes(cfg))
         self.anchor_targets = AnchorTargetCreator.from_config(cfg)
         self.train_proposals = ProposalCreator.from_config(cfg, training=True)
         self.test_proposals = ProposalCreator.from_config(cfg, training=False)

@@ -39,7 +39,6 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn.backend import array_module, resolve
-from minirccn.detector.anchors import AnchorGenerator
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.base import Detector
 from minirccn.detector.dense.head import (
@@ -107,14 +106,7 @@ class RetinaNet(Detector):
 
     def build(self) -> None:
         cfg = self.config
-        self.backbone = build_backbone(cfg)
-        self.anchor_generator = AnchorGenerator(
-            self.backbone.strides,
-            level_anchor_sizes(cfg),
-            cfg.aspect_ratios,
-            offset=cfg.anchor_offset,
-            dtype=cfg.dtype,
-        )
+        self.build_levels(level_anchor_sizes(cfg))
         self.targets = RetinaNetTargets.from_config(cfg)
         self.postprocess = RetinaNetPostprocess.from_config(cfg)
 

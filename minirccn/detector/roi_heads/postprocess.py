@@ -8,12 +8,15 @@ NMS per class (``batched_nms``); the ``detections_per_img`` best.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from minirccn import ops
 from minirccn.backend import get_array_module, to_numpy
 
 
+@dataclass(frozen=True)
 class BoxPostprocess:
     """The inference numbers of the box head, built once (:meth:`from_config`), called with data.
 
@@ -24,11 +27,10 @@ class BoxPostprocess:
         weights: box coder weights ``(wx, wy, ww, wh)``.
     """
 
-    def __init__(self, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100, weights=(10.0, 10.0, 5.0, 5.0)):
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
-        self.weights = tuple(weights)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    weights: tuple = (10.0, 10.0, 5.0, 5.0)
 
     @classmethod
     def from_config(cls, config) -> "BoxPostprocess":
@@ -37,7 +39,7 @@ class BoxPostprocess:
             config.box_score_thresh,
             config.box_nms_thresh,
             config.box_detections_per_img,
-            config.bbox_reg_weights,
+            tuple(config.bbox_reg_weights),
         )
 
     def __call__(self, class_logits, box_deltas, proposals, image_size, backend=None) -> dict:

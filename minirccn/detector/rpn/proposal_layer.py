@@ -23,6 +23,8 @@ data-dependent (the host learns them, as with any NMS).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from minirccn import ops
@@ -111,6 +113,7 @@ def proposals_one_image(
     return boxes[keep], scores[keep], lvl[keep]
 
 
+@dataclass(frozen=True)
 class ProposalCreator:
     """The proposal layer with its numbers: :func:`proposals_one_image` on each image of a batch.
 
@@ -124,20 +127,10 @@ class ProposalCreator:
     call it with data only.
     """
 
-    def __init__(
-        self, pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float = 0.7, min_size=1e-3
-    ):
-        self.pre_nms_top_n = pre_nms_top_n
-        self.post_nms_top_n = post_nms_top_n
-        self.nms_thresh = nms_thresh
-        self.min_size = min_size
-
-    def __repr__(self) -> str:
-        return (
-            f"ProposalCreator(pre_nms_top_n={self.pre_nms_top_n}, "
-            f"post_nms_top_n={self.post_nms_top_n}, nms_thresh={self.nms_thresh}, "
-            f"min_size={self.min_size})"
-        )
+    pre_nms_top_n: int
+    post_nms_top_n: int
+    nms_thresh: float = 0.7
+    min_size: float = 1e-3
 
     @classmethod
     def from_config(cls, config, training: bool) -> "ProposalCreator":
