@@ -248,6 +248,20 @@ class ConvBNCache(NamedTuple):
     relu: Any
 
 
+def bn_forward(params, bn: str, x, train: bool, backend):
+    """Batch norm with the parameters ``{bn}.gamma``, ``.beta``, ``.running_mean``,
+    ``.running_var`` (batch statistics if ``train``): ``(out, cache)``."""
+    return layers.batchnorm2d_forward(
+        x,
+        params[f"{bn}.gamma"],
+        params[f"{bn}.beta"],
+        params[f"{bn}.running_mean"],
+        params[f"{bn}.running_var"],
+        train=train,
+        backend=backend,
+    )
+
+
 def conv_bn_forward(params, conv: str, bn: str, x, stride: int, relu: bool, train: bool, backend):
     """``[ReLU](BN(conv(x)))``, the conv unbiased with padding ``kernel // 2``.
 
@@ -262,15 +276,7 @@ def conv_bn_forward(params, conv: str, bn: str, x, stride: int, relu: bool, trai
     xp = get_array_module(w)
     zero = xp.zeros(w.shape[0], dtype=w.dtype)  # no bias (batch norm follows)
     x, c_conv = layers.conv2d_forward(x, w, zero, stride, w.shape[2] // 2, backend=backend)
-    x, c_bn = layers.batchnorm2d_forward(
-        x,
-        params[f"{bn}.gamma"],
-        params[f"{bn}.beta"],
-        params[f"{bn}.running_mean"],
-        params[f"{bn}.running_var"],
-        train=train,
-        backend=c_conv.backend,
-    )
+    x, c_bn = bn_forward(params, bn, x, train, c_conv.backend)
     c_relu = None
     if relu:
         x, c_relu = layers.relu_forward(x, backend=c_conv.backend)

@@ -162,15 +162,7 @@ def backbone_forward(
         steps.append((name, "conv", cache))
         if spec.batch_norm:
             bn = f"{name}.bn"
-            x, cache = layers.batchnorm2d_forward(
-                x,
-                params[f"{bn}.gamma"],
-                params[f"{bn}.beta"],
-                params[f"{bn}.running_mean"],
-                params[f"{bn}.running_var"],
-                train=train,
-                backend=backend,
-            )
+            x, cache = _resnet.bn_forward(params, bn, x, train, backend)
             steps.append((bn, "bn", cache))
         x, cache = layers.relu_forward(x, backend=backend)
         steps.append((name, "relu", cache))
