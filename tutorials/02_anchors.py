@@ -167,7 +167,7 @@ T.check(
 
 # %%
 from minirccn.config import preset
-from minirccn.detector.models.faster_rcnn import backbone_spec
+from minirccn.detector.backbones.levels import backbone_spec
 
 tiny = preset("tiny")
 tiny_stride_preset = backbone.stride(backbone_spec(tiny))

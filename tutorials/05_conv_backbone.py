@@ -18,7 +18,7 @@ from PIL import Image
 import _common as T
 from minirccn.config import preset
 from minirccn.detector.backbones import vgg as backbone
-from minirccn.detector.models.faster_rcnn import backbone_spec
+from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.nn import gradcheck, layers
 from minirccn.data import load_dataset
 from minirccn.data.transforms import normalize

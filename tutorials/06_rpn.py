@@ -31,7 +31,8 @@ from minirccn import ops, viz
 from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector.models.faster_rcnn import FasterRCNN, backbone_spec
+from minirccn.detector.backbones.levels import backbone_spec
+from minirccn.detector.models.faster_rcnn import FasterRCNN
 from minirccn.detector.rpn.head import rpn_forward, rpn_losses
 from minirccn.detector.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 
@@ -42,10 +43,12 @@ STRIDE16 = ((16, 1, True), (32, 1, True), (64, 1, True), (128, 1, True))
 cfg = preset("tiny", dtype="float64", backbone_stages=STRIDE16)
 data = load_dataset("shapes", split="train", seed=0)
 model = FasterRCNN(cfg, data.class_names, rng=np.random.default_rng(6))
-anchors = model.anchors((128 // model.stride, 128 // model.stride))  # (576, 4) float64
+(STRIDE,) = model.backbone.strides
+A = model.anchor_generator.num_anchors  # anchors per cell
+anchors, _ = model.anchor_generator([(128 // STRIDE, 128 // STRIDE)])  # (576, 4) float64
 sample = data[3]
 image, gt = sample["image"], sample["boxes"].astype(np.float64)
-print(f"{len(anchors)} anchors (8 x 8 cells x {cfg.num_anchors}), {len(gt)} objects:\n{gt}")
+print(f"{len(anchors)} anchors (8 x 8 cells x {A}), {len(gt)} objects:\n{gt}")
 
 # %% [markdown]
 # ## 1. Labels: positive, negative, ignored
@@ -193,7 +196,7 @@ T.check(
 )
 
 # the other extreme: 192 "objects", exactly the 16-pixel anchors -> 192 positives, capped at 128
-small_anchors = anchors.reshape(64, cfg.num_anchors, 4)[:, [0, 3, 6]].reshape(-1, 4)
+small_anchors = anchors.reshape(64, A, 4)[:, [0, 3, 6]].reshape(-1, 4)
 crowd = model.anchor_targets.label(anchors, small_anchors, (128, 128))[0]
 crowd_sampled = model.anchor_targets.sample(crowd, np.random.default_rng(0))
 print(
@@ -455,7 +458,7 @@ lab_s, _ = model.anchor_targets(anchors, gt, (128, 128), np.random.default_rng(0
 middle = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=scale)
 outline(middle, anchors[lab_s == 0][::4], (40, 80, 200), 1)
 outline(middle, anchors[lab_s == 1], (40, 170, 60), 2)
-cell_best = iou.max(axis=1).reshape(8, 8, cfg.num_anchors).max(axis=2)  # (8, 8)
+cell_best = iou.max(axis=1).reshape(8, 8, A).max(axis=2)  # (8, 8)
 right = T.heatmap(cell_best, 16 * scale, 0.0, 1.0)
 d = ImageDraw.Draw(right)
 for (i, j), v in np.ndenumerate(cell_best):

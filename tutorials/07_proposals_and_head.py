@@ -31,7 +31,9 @@ from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
 from minirccn.data import load_dataset
 from minirccn.detector.roi_heads.box_head import head_forward, head_losses
-from minirccn.detector.models.faster_rcnn import FasterRCNN, backbone_spec, postprocess_detections
+from minirccn.detector.backbones.levels import backbone_spec
+from minirccn.detector.models.faster_rcnn import FasterRCNN
+from minirccn.detector.roi_heads.postprocess import BoxPostprocess
 from minirccn.detector.rpn.proposal_layer import objectness_scores
 
 cfg = preset("tiny", dtype="float64")  # float64 throughout: the loops below agree exactly
@@ -41,7 +43,8 @@ sample = data[T.pick(12, 12)]
 image, gt, gt_labels = sample["image"], sample["boxes"].astype(np.float64), sample["labels"]
 x = model.preprocess(image)[0][None]  # (1, 3, 128, 128)
 features, _ = backbone_forward(model.params, x, backbone_spec(cfg), train=False)
-anchors = model.anchors(features.shape[2:])  # (H * W * 9, 4)
+anchors, counts = model.anchor_generator([features.shape[2:]])  # (H * W * 9, 4), [H * W * 9]
+(STRIDE,) = model.backbone.strides
 print(f"features {features.shape}, {len(anchors)} anchors, {len(gt)} objects:")
 for b, lab in zip(gt, gt_labels):
     print(f"  {data.class_names[lab]:9s} {b}")
@@ -139,7 +142,7 @@ loop_boxes, loop_scores = proposals_loop(
 # the model's proposal layer for inference: a ProposalCreator built once from the config's
 # rpn_*_test numbers, then called with data only (a batch of one image here)
 print(model.test_proposals)
-((proposals, prop_scores),) = model.test_proposals(logits[None], deltas[None], anchors, [(128, 128)])
+((proposals, prop_scores),) = model.test_proposals(logits[None], deltas[None], anchors, counts, [(128, 128)])
 print("best 5 proposals:\n", np.c_[proposals[:5].round(1), prop_scores[:5].round(3)])
 T.check(
     np.array_equal(loop_boxes, proposals) and np.array_equal(loop_scores, prop_scores),
@@ -286,11 +289,11 @@ class_logits, box_deltas, cache = head_forward(
     model.params,
     features,
     roi_rows,
-    1 / model.stride,
+    1 / STRIDE,
     output_size=cfg.roi_output_size,
     backend="numpy",
 )
-pooled, _ = ops.roi_pool(features, roi_rows, cfg.roi_output_size, 1 / model.stride)
+pooled, _ = ops.roi_pool(features, roi_rows, cfg.roi_output_size, 1 / STRIDE)
 p = model.params
 h6 = np.maximum(pooled.reshape(len(rois), -1) @ p["head.fc6.w"] + p["head.fc6.b"], 0)
 h7 = np.maximum(h6 @ p["head.fc7.w"] + p["head.fc7.b"], 0)
@@ -395,7 +398,7 @@ loop_det = postprocess_loop(
     cfg.box_nms_thresh,
     cfg.box_detections_per_img,
 )
-det = postprocess_detections(head_logits, head_deltas, proposals, (128, 128), cfg, backend="numpy")
+det = BoxPostprocess.from_config(cfg)(head_logits, head_deltas, proposals, (128, 128), backend="numpy")
 print(f"{len(proposals)} proposals x {k - 1} classes -> {len(det['boxes'])} detections; the best:")
 for b, s, lab in list(zip(det["boxes"], det["scores"], det["labels"]))[:6]:
     print(f"  {data.class_names[lab]:9s} {s:.3f} {b.round(1)}")
@@ -403,7 +406,7 @@ T.check(
     np.allclose(loop_det[0], det["boxes"])
     and np.allclose(loop_det[1], det["scores"])
     and np.array_equal(loop_det[2], det["labels"]),
-    "naive per-class loop == minirccn.detector.models.faster_rcnn.postprocess_detections",
+    "naive per-class loop == minirccn.detector.roi_heads.postprocess.BoxPostprocess",
 )
 T.check(
     det["scores"].min() > cfg.box_score_thresh and len(det["boxes"]) <= 100,
@@ -414,13 +417,8 @@ T.check(
     np.all(best_iou > 0.5),
     f"each object has a detection with IoU > 0.5 (best IoUs {best_iou.round(2)})",
 )
-few = postprocess_detections(
-    head_logits,
-    head_deltas,
-    proposals,
-    (128, 128),
-    cfg.replace(box_detections_per_img=3),
-    backend="numpy",
+few = BoxPostprocess.from_config(cfg.replace(box_detections_per_img=3))(
+    head_logits, head_deltas, proposals, (128, 128), backend="numpy"
 )
 T.check(
     np.array_equal(few["scores"], det["scores"][:3]), "box_detections_per_img keeps the best ones"
@@ -502,6 +500,6 @@ T.save_grid(
 #    proposals survive? What does the head lose in each case?
 # 2. Skip step 1 of the proposal targets (no ground truth appended) and
 #    re-run: how many foreground RoIs are left with the *untrained* RPN's
-#    proposals (`minirccn.detector.models.faster_rcnn.detect_proposals`)?
+#    proposals (`FasterRCNN.rpn_proposals`)?
 # 3. Replace the per-class NMS by one NMS over all classes. Put a circle and
 #    a square side by side with IoU 0.6: what happens to the weaker one?

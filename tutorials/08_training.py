@@ -7,8 +7,8 @@
 #
 #     for step in range(iters):
 #         images, targets = next batch (random horizontal flip)
-#         losses, cache   = detector_forward(...)      # backbone, RPN, proposals, head, 4 losses
-#         grads           = detector_backward(cache)      # ONE hand-written backward
+#         losses, cache   = model.forward(batch, rng)  # backbone, RPN, proposals, head, 4 losses
+#         grads           = model.backward(cache)      # ONE hand-written backward
 #         params         -= lr * momentum_buffer(grads + weight_decay * params)
 #
 # We take one step by hand, read the backward function top to bottom and
@@ -36,8 +36,11 @@ import _common as T
 from minirccn import evaluation, viz
 from minirccn.nn import gradcheck, optim
 from minirccn.detector.backbones import vgg as bb
+from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.models import faster_rcnn as M
 from minirccn import train as tr
+from minirccn.data.batching import Batch, batch_indices
+from minirccn.engine.loop import lr_at, train_step
 from minirccn.config import preset
 from minirccn.data import load_dataset
 
@@ -69,11 +72,11 @@ print(
 #
 # A batch is one image (`images_per_batch = 1`, as in the paper), resized
 # (a no-op for 128 x 128 `shapes`), flipped left-right with probability 1/2,
-# normalised. `detector_forward` runs tutorial 5's backbone (batch norm with
+# normalised. `FasterRCNN.forward` runs tutorial 5's backbone (batch norm with
 # the batch's statistics, or frozen running statistics late in training if
 # the preset's `bn_freeze_iter` says so), tutorial 6's RPN and anchor
 # targets, tutorial 7's proposals, proposal targets and head, and returns
-# the four losses plus a cache. `detector_backward` turns the cache into
+# the four losses plus a cache. `FasterRCNN.backward` turns the cache into
 # one gradient per trainable parameter. SGD with momentum (torch's rule):
 #
 #     g = grad + weight_decay * p
@@ -99,16 +102,13 @@ def fresh_model(seed=SEED):
 net, rng = fresh_model()
 velocity = {}
 for step in range(2):
-    batch = tr.load_batch(
-        train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND
-    )
-    images, sizes, targets = batch
+    batch = net.load_batch(train_data, batch_indices(SEED, step, 1, len(train_data)), rng, BACKEND)
+    images = batch.images
     batch_stats = not (0 < cfg.bn_freeze_iter <= step)  # batch norm: batch statistics or frozen
-    losses, cache, samples = M.detector_forward(
-        net, images, sizes, targets, rng, backend=BACKEND, batch_stats=batch_stats
-    )
-    grads = M.detector_backward(cache)
-    lr = tr.lr_at(step, cfg)
+    losses, cache = net.forward(batch, rng, backend=BACKEND, batch_stats=batch_stats)
+    samples = cache.samples
+    grads = net.backward(cache)
+    lr = lr_at(step, cfg)
     for name, g in grads.items():
         p = net.params[name]
         g = g + cfg.weight_decay * p
@@ -125,20 +125,18 @@ print(
 lib, rng2 = fresh_model()
 opt = optim.SGD(lib.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 for step in range(2):
-    batch = tr.load_batch(
-        train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng2, BACKEND
-    )
-    tr.train_step(lib, opt, batch, rng2, step, backend=BACKEND)
+    batch = lib.load_batch(train_data, batch_indices(SEED, step, 1, len(train_data)), rng2, BACKEND)
+    train_step(lib, opt, batch, rng2, step, backend=BACKEND)
 T.check(
     all(np.array_equal(net.params[k], lib.params[k]) for k in net.params),
-    "two steps by hand == minirccn.train.train_step + optim.SGD, bit for bit",
+    "two steps by hand == minirccn.engine.loop.train_step + optim.SGD, bit for bit",
 )
 T.check(set(grads) == set(net.trainable()), "every trainable parameter got a gradient")
 
 # %% [markdown]
 # ## 2. The backward pass, read top to bottom
 #
-# There is no autograd. `detector_backward` is the forward in reverse: the head
+# There is no autograd. `FasterRCNN.backward` is the forward in reverse: the head
 # (fc layers, then RoI pooling's scatter to the argmax cells, tutorial 4), the
 # RPN (1x1 convs, ReLU, 3x3 conv), and, because the feature map feeds *both*
 # parts, the **sum** of their two gradients goes into the backbone. The
@@ -146,7 +144,7 @@ T.check(set(grads) == set(net.trainable()), "every trainable parameter got a gra
 # proposal boxes (the paper's "approximate" joint training, Sec. 3.2).
 
 # %%
-source = inspect.getsource(M.detector_backward)
+source = inspect.getsource(M.FasterRCNN.backward)
 body = source[source.index('    """', source.index('"""') + 3) + 8 :]  # skip the docstring
 print(body)
 
@@ -189,16 +187,14 @@ t16 = [
     {"boxes": np.array([[3.0, 3, 12, 11]]), "labels": np.array([2])},
 ]
 props = [np.array([[0.0, 0, 10, 9], [5, 5, 16, 15]]), np.array([[2.0, 2, 13, 12], [0, 0, 16, 16]])]
-_, c16, s16 = M.detector_forward(
-    tiny_net, x16, [(16, 16)] * 2, t16, g_rng, backend="numpy", proposals=props
-)
-g16 = M.detector_backward(c16)
+b16 = Batch(x16, [(16, 16)] * 2, t16)
+_, c16 = tiny_net.forward(b16, g_rng, backend="numpy", proposals=props)
+s16 = c16.samples  # the random choices made (anchor and RoI samples)
+g16 = tiny_net.backward(c16)
 
 
 def total_loss():
-    out, _, _ = M.detector_forward(
-        tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy", samples=s16
-    )
+    out, _ = tiny_net.forward(b16, None, backend="numpy", samples=s16)
     return sum(out.values())
 
 
@@ -216,15 +212,13 @@ print(
     f"{len(g16)} gradients; worst directional relative error {worst:.1e}, head.cls.w (every entry) {full:.1e}"
 )
 T.check(
-    max(worst, full) < 1e-5, "detector_backward matches float64 finite differences for every parameter"
+    max(worst, full) < 1e-5, "FasterRCNN.backward matches float64 finite differences for every parameter"
 )
 
 one_part = []
 for parts in (("rpn",), ("head",)):
-    _, c, _ = M.detector_forward(
-        tiny_net, x16, [(16, 16)] * 2, t16, None, backend="numpy", samples=s16, parts=parts
-    )
-    one_part.append(M.detector_backward(c))
+    _, c = tiny_net.forward(b16, None, backend="numpy", samples=s16, parts=parts)
+    one_part.append(tiny_net.backward(c))
 T.check(
     np.allclose(
         g16["backbone.conv1_1.w"],
@@ -273,10 +267,8 @@ opt = optim.SGD(model.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_deca
 history = {k: [] for k in (*M.LOSS_NAMES, "loss")}
 t0, cpu0 = time.perf_counter(), time.process_time()
 for step in range(STEPS):
-    batch = tr.load_batch(
-        train_data, tr.batch_indices(SEED, step, 1, len(train_data)), cfg, rng, BACKEND
-    )
-    losses = tr.train_step(model, opt, batch, rng, step, backend=BACKEND)
+    batch = model.load_batch(train_data, batch_indices(SEED, step, 1, len(train_data)), rng, BACKEND)
+    losses = train_step(model, opt, batch, rng, step, backend=BACKEND)
     for k, v in losses.items():
         history[k].append(v)
     if step == 2:
@@ -481,7 +473,7 @@ print(f"wrote {T.out_dir() / '08_joint_vs_alternating.png'}")
 # %%
 print(
     f"the tiny preset: backbone_stages {base.backbone_stages} -> stride "
-    f"{bb.stride(M.backbone_spec(base))}, "
+    f"{bb.stride(backbone_spec(base))}, "
     f"bn_freeze_iter {base.bn_freeze_iter} of {base.iters} steps, LR x{base.gamma} at {base.milestones}"
 )
 sides = np.concatenate(
@@ -510,8 +502,8 @@ bn_gap = []
 for i in range(T.pick(8, 2)):
     x_i = model.preprocess(test_data[i]["image"])[0][None]
     params_copy = {k: v.copy() for k, v in model.params.items()}  # train mode updates running stats
-    f_batch, _ = bb.backbone_forward(params_copy, x_i, M.backbone_spec(cfg), train=True)
-    f_run, _ = bb.backbone_forward(model.params, x_i, M.backbone_spec(cfg), train=False)
+    f_batch, _ = bb.backbone_forward(params_copy, x_i, backbone_spec(cfg), train=True)
+    f_run, _ = bb.backbone_forward(model.params, x_i, backbone_spec(cfg), train=False)
     bn_gap.append(np.linalg.norm(f_batch - f_run) / np.linalg.norm(f_run))
 print(
     f"feature map, batch statistics vs running statistics, {len(bn_gap)} test images: "
@@ -522,7 +514,7 @@ T.check(min(bn_gap) > 0, "one image's own statistics differ from the running ave
 # %% [markdown]
 # ## Summary
 #
-# * One step: `detector_forward` (four losses), `detector_backward` (one
+# * One step: `FasterRCNN.forward` (four losses), `FasterRCNN.backward` (one
 #   hand-written function, the forward in reverse; the feature map's gradient
 #   is the sum of both parts'), SGD with momentum and weight decay.
 # * Every random choice comes from one seeded generator: the same seed gives

@@ -32,11 +32,13 @@ import numpy as np
 
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector import fpn_model
+from minirccn.data.batching import Batch
 from minirccn.detector.backbones import fpn
 from minirccn.detector.backbones import resnet
 from minirccn.detector.models import faster_rcnn as M
 from minirccn.detector.roi_heads.poolers import LevelMapper, level_counts
+from minirccn.detector.rpn.head import rpn_forward_levels
+from minirccn.detector.rpn.proposal_layer import proposals_one_image
 from minirccn.nn import layers
 from minirccn.train import train
 
@@ -44,7 +46,7 @@ cfg = preset("resnet-fpn-tiny")
 data = load_dataset("shapes", split="train", seed=0)
 sample = data[3]
 model = M.FasterRCNN(cfg, data.class_names, rng=np.random.default_rng(0))
-pyr = fpn_model.pyramid_of(model)
+pyr = model.backbone  # the ResNet + FPN: its spec and the strides of its levels
 x = model.preprocess(sample["image"])[0][None]  # (1, 3, 128, 128)
 print(
     f"preset resnet-fpn-tiny: backbone {cfg.backbone}, FPN width {cfg.fpn_channels}, input {x.shape}"
@@ -62,7 +64,7 @@ print(
 # %%
 stages, _ = resnet.resnet_forward(model.params, x, pyr.spec, train=False, backend="numpy")
 maps, _ = fpn.fpn_forward(model.params, stages, backend="numpy")
-anchors, counts = pyr.anchors([m.shape[2:] for m in maps])
+anchors, counts = model.anchor_generator([m.shape[2:] for m in maps])
 names = ["P2", "P3", "P4", "P5", "pool"]
 print("level  backbone map       pyramid map        stride  anchor  anchors")
 for i, (name, p, s, size, n) in enumerate(zip(names, maps, pyr.strides, cfg.anchor_sizes, counts)):
@@ -131,7 +133,7 @@ T.check(
 # the upper level even after rounding. The rule, a naive loop, then the class:
 
 # %%
-mapper = LevelMapper.from_strides(pyr.roi_pool.strides)  # torchvision's s0 = 224, k0 = 4
+mapper = LevelMapper.from_strides(model.pooler.strides)  # torchvision's s0 = 224, k0 = 4
 sides = [8.0, 32.0, 80.0, 111.9999, 112.0, 150.0, 223.99, 224.0, 448.0, 1000.0]
 print(f"levels present: k = {mapper.k_min} .. {mapper.k_max}")
 print(" sqrt(area)   4 + log2(s / 224)   floor(+1e-6)   clamped   LevelMapper")
@@ -155,7 +157,7 @@ T.check(naive == got, "LevelMapper equals the formula, at the boundaries 112 and
 # %%
 scaled = 224 * 128 / 800
 for s0 in (cfg.roi_canonical_scale, scaled):
-    m = LevelMapper.from_strides(pyr.roi_pool.strides, canonical_scale=s0)
+    m = LevelMapper.from_strides(model.pooler.strides, canonical_scale=s0)
     lv = (m(np.array([[0, 0, s, s] for s in (8, 16, 24, 32, 48, 64, 80)])) + m.k_min).tolist()
     print(f"s0 = {s0:6.2f}: sides 8, 16, 24, 32, 48, 64, 80 -> levels {lv}")
 print(f"the preset uses s0 = {cfg.roi_canonical_scale}, level {cfg.roi_canonical_level}")
@@ -173,12 +175,26 @@ print(f"the preset uses s0 = {cfg.roi_canonical_scale}, level {cfg.roi_canonical
 steps = T.pick(400, 6)
 short = cfg.replace(iters=steps, warmup_iters=steps // 10, milestones=(), bn_freeze_iter=steps // 2)
 trained = train(short, train_data=data, out=None, eval_split=None, progress=False)["model"]
-t_pyr = fpn_model.pyramid_of(trained)
-t_maps, props = fpn_model.fpn_proposals(trained, x, [(128, 128)], train=False, backend="numpy")
-boxes, scores, levels = props[0]
+# the proposal layer by hand, to see each proposal's level: backbone, shared RPN head, anchors
+t_maps, _ = trained.backbone.forward(trained.params, x, False, "numpy")
+t_logits, t_deltas, _ = rpn_forward_levels(trained.params, t_maps, backend="numpy")
+t_anchors, t_counts = trained.anchor_generator([m.shape[2:] for m in t_maps])
+layer = trained.test_proposals  # the inference numbers (rpn_*_test)
+boxes, scores, levels = proposals_one_image(
+    t_logits[0],
+    t_deltas[0],
+    t_anchors,
+    t_counts,
+    (128, 128),
+    pre_nms_top_n=layer.pre_nms_top_n,
+    post_nms_top_n=layer.post_nms_top_n,
+    nms_thresh=layer.nms_thresh,
+    min_size=layer.min_size,
+    backend="numpy",
+)
 rpn_counts = level_counts(levels, len(names))
-pool_levels = t_pyr.roi_pool.mapper(boxes)
-pool_counts = level_counts(pool_levels, len(t_pyr.roi_pool.strides))
+pool_levels = trained.pooler.mapper(boxes)
+pool_counts = level_counts(pool_levels, len(trained.pooler.strides))
 print(
     f"{steps} training steps (the preset: {cfg.iters}); {len(boxes)} proposals on image 3 ({len(sample['boxes'])} objects)"
 )
@@ -206,7 +222,7 @@ for i, (ax, name) in enumerate(zip(axes, names)):
             plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec=colours[i], lw=1.2)
         )
     ax.set_title(
-        f"{name}: stride {t_pyr.strides[i]}, anchor {cfg.anchor_sizes[i]}\n{rpn_counts[i]} proposals, best {len(mine)} drawn",
+        f"{name}: stride {trained.backbone.strides[i]}, anchor {cfg.anchor_sizes[i]}\n{rpn_counts[i]} proposals, best {len(mine)} drawn",
         fontsize=9,
     )
     ax.axis("off")
@@ -240,17 +256,12 @@ print("wrote", T.out_dir() / "11_proposals_per_level.png", "and 11_levels_chart.
 # %%
 targets = [{"boxes": sample["boxes"].astype(np.float32), "labels": sample["labels"]}]
 chosen = np.array([[10, 10, 20, 20], [30, 30, 40, 42], [0, 0, 127, 127]], np.float32)
-_, cache, samples = M.detector_forward(
-    trained,
-    x.astype(np.float32),
-    [(128, 128)],
-    targets,
-    np.random.default_rng(0),
-    backend="numpy",
-    proposals=[chosen],
-    parts=("head",),
+batch = Batch(x.astype(np.float32), [(128, 128)], targets)
+_, cache = trained.forward(
+    batch, np.random.default_rng(0), backend="numpy", proposals=[chosen], parts=("head",)
 )
-grads = M.detector_backward(cache)
+samples = cache.samples
+grads = trained.backward(cache)
 used = sorted(set(cache.pool.levels.tolist()))
 print(f"{len(samples.rois)} sampled RoIs, pooled from levels {[names[i] for i in used]}")
 for i in range(4):

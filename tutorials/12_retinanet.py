@@ -41,7 +41,8 @@ from minirccn.detector.dense.head import (
 )
 from minirccn.detector.dense.targets import RetinaNetTargets, onehot_targets
 from minirccn.nn import losses
-from minirccn.train import _make_optimizer, train_step
+from minirccn.data.batching import Batch
+from minirccn.engine.loop import lr_at, make_optimizer, train_step
 
 cfg = preset("tiny", model="retinanet")
 data = load_dataset("shapes", split="train", seed=0)
@@ -52,10 +53,10 @@ sample = data[index]
 image, gt, gt_labels = sample["image"], sample["boxes"].astype(np.float64), sample["labels"]
 model = RetinaNet(cfg, names, rng=np.random.default_rng(0))
 x, _ = model.preprocess(image)
-levels, _ = model.features(x[None], False, "numpy")
-(anchors,) = model.level_anchors(levels)
+levels, _ = model.backbone.forward(model.params, x[None], False, "numpy")
+anchors, _ = model.anchor_generator([levels[0].shape[2:]])  # one level: every anchor size
 H, W = levels[0].shape[2:]
-A = cfg.num_anchors
+A = model.anchor_generator.num_anchors
 Kc = len(names) - 1
 print(f"image {index}: {image.shape[1]}x{image.shape[0]}, objects:")
 for b, c in zip(gt, gt_labels):
@@ -292,14 +293,14 @@ T.check((right < 0).all(), "the right column of every positive anchor is pushed 
 
 # a few SGD steps on this one image: the right class channels of the positives rise
 steps = T.pick(60, 3)
-opt = _make_optimizer(model, cfg.replace(lr=0.01), ("backbone.", "head."))
+opt = make_optimizer(model)  # train_step sets its lr from the schedule at each step
 boxes = sample["boxes"].astype(np.float32)
-batch = (x[None], [x.shape[1:]], [{"boxes": boxes, "labels": gt_labels}])
+batch = Batch(x[None], [x.shape[1:]], [{"boxes": boxes, "labels": gt_labels}])
 before = p0[0, rows, labels[rows] - 1].mean()
 for step in range(steps):
     out = train_step(model, opt, batch, np.random.default_rng(step), 1000, backend="numpy")
 after_logits, _, _ = retinanet_head_forward(
-    model.params, model.features(x[None], False, "numpy")[0], backend="numpy"
+    model.params, model.backbone.forward(model.params, x[None], False, "numpy")[0], backend="numpy"
 )
 pa = 1 / (1 + np.exp(-after_logits))
 after = pa[0, rows, labels[rows] - 1].mean()
@@ -394,8 +395,9 @@ from minirccn.detector.models.retinanet import level_anchor_sizes  # noqa: E402
 
 fcfg = preset("resnet-fpn-tiny", model="retinanet")
 fmodel = RetinaNet(fcfg, names, rng=np.random.default_rng(0))
-flevels, _ = fmodel.features(x[None], False, "numpy")
-fanchors = fmodel.level_anchors(flevels)
+flevels, _ = fmodel.backbone.forward(fmodel.params, x[None], False, "numpy")
+all_anchors, fcounts = fmodel.anchor_generator([f.shape[2:] for f in flevels])
+fanchors = np.split(all_anchors, np.cumsum(fcounts)[:-1])  # each level's anchors
 sizes = level_anchor_sizes(fcfg)
 bounds = np.cumsum([0] + [len(a) for a in fanchors])
 flabels, _, fmatches = RetinaNetTargets.from_config(fcfg)(
@@ -449,17 +451,15 @@ T.check(
 print(f"the preset: lr {fcfg.lr}, clip_grad_norm {fcfg.clip_grad_norm}")
 
 # %%
-from minirccn.detector.models.retinanet import retinanet_backward, retinanet_forward  # noqa: E402
 from minirccn.detector.dense.head import num_convs_of  # noqa: E402
 from minirccn.nn import optim  # noqa: E402
-from minirccn.train import load_batch, lr_at  # noqa: E402
-
-test_batch = load_batch(load_dataset("shapes", split="test"), [0, 1], fcfg, None, "numpy")
+test_data = load_dataset("shapes", split="test")
+test_batch = fmodel.load_batch(test_data, [0, 1], None, "numpy")
 
 
 def relus_firing(m):
     """Share of the class subnet's last hidden ReLUs > 0 on two test images, all levels."""
-    lv, _ = m.features(test_batch[0], False, "numpy")
+    lv, _ = m.backbone.forward(m.params, test_batch.images, False, "numpy")
     _, _, hc = retinanet_head_forward(m.params, lv, backend="numpy")
     masks = [level.convs[num_convs_of(m.params) - 1][1].mask for level in hc.cls]
     return sum(float(k.sum()) for k in masks) / sum(k.size for k in masks)
@@ -471,17 +471,17 @@ firing = {}
 for clip in (0.0, fcfg.clip_grad_norm):
     c = fcfg.replace(clip_grad_norm=clip)
     m = RetinaNet(c, names, rng=np.random.default_rng(0)).to(backend)
-    o = _make_optimizer(m, c, ("backbone.", "head."))
+    o = make_optimizer(m)
     rng = np.random.default_rng(0)
     norms, diverged = [], None
     for step in range(steps):  # train_step's work, written out to see the norm
-        b = load_batch(data, [step], c, rng, backend)
+        b = m.load_batch(data, [step], rng, backend)
         with np.errstate(all="ignore"):  # an unclipped run may overflow: reported below
-            out, cache, _ = retinanet_forward(m, *b, rng, backend=backend)
+            out, cache = m.forward(b, rng, backend=backend)
         if not np.isfinite(sum(out.values())):
             diverged = step  # the loss overflowed: the run is lost
             break
-        g = retinanet_backward(cache)
+        g = m.backward(cache)
         norms.append(float(np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in g.values()))))
         if clip:
             g, _ = optim.clip_grad_norm(g, clip)

@@ -19,11 +19,12 @@ import numpy as np
 
 import _common as T
 from minirccn import ops, viz
-from minirccn import train as tr
 from minirccn.config import preset
 from minirccn.data import load_dataset
 from minirccn.detector.backbones import vgg as bb
+from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.models import faster_rcnn as M
+from minirccn.engine.loop import TrainingDiverged, train_step
 from minirccn.nn import optim
 
 BACKEND = "numba"
@@ -46,10 +47,10 @@ def overfit(cfg, steps=STEPS, seed=0):
     opt = optim.SGD(model.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     history = []
     for step in range(steps):
-        batch = tr.load_batch(data, [IMAGE], cfg, rng, BACKEND)
+        batch = model.load_batch(data, [IMAGE], rng, BACKEND)
         try:
-            history.append(tr.train_step(model, opt, batch, rng, step, backend=BACKEND)["loss"])
-        except tr.TrainingDiverged as err:  # the NaN guard (section 6)
+            history.append(train_step(model, opt, batch, rng, step, backend=BACKEND)["loss"])
+        except TrainingDiverged as err:  # the NaN guard (section 6)
             return model, history, str(err)
     return model, history, None
 
@@ -112,7 +113,7 @@ T.check(iou_bug.mean() < iou_good.mean(), "decoding with other weights moves eve
 
 # %%
 x0 = model.preprocess(sample["image"])[0][None]
-feat_hw = tuple(bb.backbone_forward(model.params, x0, M.backbone_spec(one), train=False)[0].shape[2:])
+feat_hw = tuple(bb.backbone_forward(model.params, x0, backbone_spec(one), train=False)[0].shape[2:])
 boxes = np.concatenate([data[i]["boxes"] for i in range(T.pick(200, 30))]).astype(np.float64)
 side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))  # sqrt(area), px
 bins = [(0, 16), (16, 32), (32, 64), (64, 1e9)]
@@ -121,7 +122,7 @@ print(f"{'anchor sizes':18s} " + " ".join(f"{f'{lo}-{hi if hi < 1e9 else 999:g} 
 share = {}
 for sizes in ((128, 256, 512), base.anchor_sizes):
     m = M.FasterRCNN(one.replace(anchor_sizes=sizes), data.class_names, rng=np.random.default_rng(0))
-    best_iou = ops.box_iou(m.anchors(feat_hw), boxes).max(axis=0)
+    best_iou = ops.box_iou(m.anchor_generator([feat_hw])[0], boxes).max(axis=0)
     cells = []
     for lo, hi in bins:
         inside = (side >= lo) & (side < hi)
@@ -147,9 +148,10 @@ T.check(
 
 # %%
 rng = np.random.default_rng(0)
-images, sizes_b, targets_b = tr.load_batch(data, [IMAGE], one, rng, BACKEND)
-_, _, samples = M.detector_forward(model, images, sizes_b, targets_b, rng, backend=BACKEND)
-anchors = model.anchors(feat_hw)
+batch = model.load_batch(data, [IMAGE], rng, BACKEND)
+_, cache = model.forward(batch, rng, backend=BACKEND)
+samples = cache.samples  # the forward's random choices: sampled anchors and RoIs
+anchors, _ = model.anchor_generator([feat_hw])
 positive = anchors[samples.rpn_labels[0] == 1]
 fg_rois = samples.rois[samples.roi_labels > 0, 1:]
 print(f"{len(positive)} positive anchors, {len(fg_rois)} foreground RoIs of {len(samples.rois)}")
@@ -186,7 +188,7 @@ T.save_grid(
 # of training, `bn_freeze_iter` (tutorial 8 tells the story).
 
 # %%
-spec = M.backbone_spec(one)
+spec = backbone_spec(one)
 x2 = 2 * x0  # the same image, twice the contrast (after normalisation)
 params = {k: v.copy() for k, v in model.params.items()}  # train mode updates running stats
 f_train = bb.backbone_forward(params, x0, spec, train=True)[0]
@@ -209,7 +211,7 @@ T.check(rel(f_train, f_train2) < 1e-2 < rel(f_eval, f_eval2), "train-mode BN wit
 #
 # One NaN in one parameter spreads through every later forward, and a NaN
 # loss makes a NaN gradient: every parameter is NaN one step later, and the
-# run continues silently. `minirccn.train.train_step` checks the losses
+# run continues silently. `minirccn.engine.loop.train_step` checks the losses
 # before the backward and raises `TrainingDiverged`, naming the step and the
 # loss; `minirccn train` turns it into one clear line and a non-zero exit,
 # and the last checkpoint is still good. Reproduced: a NaN written into one
@@ -221,9 +223,9 @@ broken.params["rpn.cls.w"].flat[0] = np.nan
 opt = optim.SGD(broken.trainable(), lr=one.lr, momentum=one.momentum)
 before = {k: v.copy() for k, v in broken.params.items()}
 try:
-    tr.train_step(broken, opt, tr.load_batch(data, [IMAGE], one, rng, BACKEND), rng, 0, backend=BACKEND)
+    train_step(broken, opt, broken.load_batch(data, [IMAGE], rng, BACKEND), rng, 0, backend=BACKEND)
     message = None
-except tr.TrainingDiverged as e:
+except TrainingDiverged as e:
     message = str(e)
 print("TrainingDiverged:", message)
 T.check(message is not None and "loss_objectness" in message, "the guard names the NaN loss")
