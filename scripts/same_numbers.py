@@ -1,0 +1,62 @@
+"""A refactor proves itself: 300-step runs of every model kind give the same metrics.json.
+
+    python scripts/same_numbers.py run OUT        # the six 300-step runs into OUT/<kind>/
+    python scripts/same_numbers.py compare OUT    # every non-timing value against the baselines
+
+The baselines, docs/measured/refactor-300/<kind>.json, are the metrics.json of the same runs
+made with the code before the detector redesign (09c0f12); the runs are deterministic, so any
+difference in a non-timing value means the numbers moved.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BASELINES = Path(__file__).resolve().parents[1] / "docs" / "measured" / "refactor-300"
+#: kind -> the flags of ``minirccn train``
+RUNS = {
+    "default": [],
+    "tiny-align": ["--preset", "tiny-align"],
+    "fpn": ["--preset", "resnet-fpn-tiny"],
+    "retinanet": ["--model", "retinanet"],
+    "alternating": ["--alternating"],
+    "fastrcnn": ["--model", "fastrcnn", "--proposals", "selective-search"],
+}
+TIMING = {"train_seconds", "images_per_second", "eval_seconds", "val_seconds"}
+
+
+def without_timings(value):
+    """``value`` with every timing key removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def run(out: Path) -> None:
+    for kind, flags in RUNS.items():
+        argv = ["minirccn", "train", "--iters", "300", "--no-progress", "--out", str(out / kind)]
+        subprocess.run(argv + flags, check=True, stdout=subprocess.DEVNULL)
+
+
+def compare(out: Path) -> int:
+    failures = 0
+    for kind in RUNS:
+        want = without_timings(json.loads((BASELINES / f"{kind}.json").read_text()))
+        got = without_timings(json.loads((out / kind / "metrics.json").read_text()))
+        diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        failures += bool(diff)
+        verdict = "identical" if not diff else f"DIFFERENT: {', '.join(diff)}"
+        print(f"{kind:12s} {len(want):3d} values {verdict}  (map50 {got.get('map50')})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("run", "compare"):
+        sys.exit(__doc__)
+    folder = Path(sys.argv[2])
+    if sys.argv[1] == "run":
+        run(folder)
+    sys.exit(compare(folder))
