@@ -209,6 +209,61 @@ def torchvision_or_note(what: str):
     return torch, torchvision
 
 
+# ----------------------------------------------------------------------------- error analysis
+
+#: the kinds of :func:`error_breakdown`, in the order they are tested
+ERROR_KINDS = ("correct", "duplicate", "localisation", "confusion", "background")
+
+
+def error_breakdown(preds, targets, score_thresh=0.5, fg_iou=0.5, bg_iou=0.1):
+    """What each detection scoring above ``score_thresh`` is (Hoiem et al.'s error classes).
+
+    Per image, best score first, a detection is
+
+    * ``correct``: IoU >= ``fg_iou`` with a not yet matched object of its class (it takes it);
+    * ``duplicate``: IoU >= ``fg_iou`` with an object of its class that is already taken;
+    * ``localisation``: its class, ``bg_iou <= IoU < fg_iou``;
+    * ``confusion``: IoU >= ``bg_iou`` with an object of another class (and none of the above);
+    * ``background``: IoU < ``bg_iou`` with every object.
+
+    Tutorial 14 writes the same rules as a loop and checks it against this function.
+
+    Returns:
+        ``(counts, missed, total)``: ``counts`` kind -> number of detections, ``missed`` the
+        objects no ``correct`` detection took, ``total`` the number of objects.
+    """
+    from minirccn import ops  # noqa: PLC0415 - numba must load after T
+
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    missed = total = 0
+    for p, t in zip(preds, targets):
+        keep = np.flatnonzero(np.asarray(p["scores"]) > score_thresh)
+        keep = keep[np.argsort(-np.asarray(p["scores"])[keep], kind="stable")]
+        gt, gl = np.asarray(t["boxes"], np.float64).reshape(-1, 4), np.asarray(t["labels"])
+        taken = np.zeros(len(gt), bool)
+        iou = ops.box_iou(np.asarray(p["boxes"], np.float64)[keep].reshape(-1, 4), gt)
+        for row, k in enumerate(keep):
+            same = gl == p["labels"][k]
+            v = iou[row] if len(gt) else np.zeros(0)
+            free = same & ~taken & (v >= fg_iou)
+            if free.any():
+                j = np.flatnonzero(free)[np.argmax(v[free])]
+                taken[j] = True
+                kind = "correct"
+            elif (same & (v >= fg_iou)).any():
+                kind = "duplicate"
+            elif (same & (v >= bg_iou)).any():
+                kind = "localisation"
+            elif (~same & (v >= bg_iou)).any():
+                kind = "confusion"
+            else:
+                kind = "background"
+            counts[kind] += 1
+        missed += int((~taken).sum())
+        total += len(gt)
+    return counts, missed, total
+
+
 # ----------------------------------------------------------------------------- the default run
 
 #: where :func:`default_run` looks when ``MINIRCCN_TUTORIAL_CHECKPOINT`` is not set
