@@ -145,3 +145,14 @@ def test_every_exercise_stub_has_a_solution():
         }
         missing = sorted(set(stubs) - defined)
         assert not missing, f"{solution.name} lacks {missing}"
+
+
+def test_rules_table_is_printed_from_the_config():
+    """tutorials/RULES.md is exactly what tutorials/rules.py prints (no hand-typed number)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tutorial_rules", TUTORIALS / "rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = (TUTORIALS / "RULES.md").read_text()
+    assert committed == module.table(), "RULES.md is stale: run python tutorials/rules.py --write"
