@@ -347,9 +347,14 @@ right = T.grey(grad[0, 0], cell)
 ImageDraw.Draw(right).rectangle(roi_box, outline=(230, 25, 75), width=2)
 panels = [
     T.caption(
-        left, "feature map, the RoI's 3 x 3 bins (shaded;\nshared rows/columns darker), argmax dots"
+        left,
+        "feature map, the RoI's 3 x 3 bins (shaded;\nshared rows/columns darker), argmax dots\n"
+        f"colour scale: blue {lo:.2f} .. white .. red {hi:.2f}",
     ),
-    T.caption(T.heatmap(out[0, 0], 3 * cell, lo, hi), "pooled 3 x 3\n(same colour scale)"),
+    T.caption(
+        T.heatmap(out[0, 0], 3 * cell, lo, hi),
+        f"pooled 3 x 3 (same colour scale:\nblue {lo:.2f} .. red {hi:.2f})",
+    ),
     T.caption(
         right, "gradient of sum(out): 1 (grey) per argmax,\n2 (white) where two bins took one cell"
     ),

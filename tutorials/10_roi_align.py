@@ -343,37 +343,41 @@ T.check(
     np.allclose(tab.x.lo[0] + tab.x.w_hi[0], sx) and np.allclose(tab.y.lo[0] + tab.y.w_hi[0], sy),
     "the drawn sample points are the ones sample_tables computes",
 )
-ax.scatter(np.repeat(sx.ravel(), 4), np.tile(sy.ravel(), 4), s=18, c="k", zorder=3)
+ax.scatter(np.repeat(sx.ravel(), 4), np.tile(sy.ravel(), 4), s=18, c="k", zorder=3, label="RoIAlign samples")
 px, py = sx[1, 0], sy[0, 1]
 for p, _ in neighbours(py, grid_h):
     for q, _ in neighbours(px, grid_w):
         ax.add_patch(plt.Rectangle((q - 0.12, p - 0.12), 0.24, 0.24, color="red", zorder=4))
-ax.scatter([px], [py], s=40, c="red", zorder=5)
+ax.scatter([px], [py], s=40, c="red", zorder=5, label="one sample and its 4 neighbours")
 ax.set_xlim(-0.5, grid_w - 0.5)
 ax.set_ylim(grid_h - 0.5, -0.5)
 ax.set_xlabel("map x (cell q's value at x = q, +)")
+ax.set_ylabel("map y (cell p's value at y = p)")
+ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
 ax.set_aspect("equal")
 ax.set_title(
     "RoIAlign samples (dots), one sample's 4 neighbours (red)\n"
     "grey: the cells roi_pool's rounded bins cover",
-    fontsize=9,
+    fontsize=11,
 )
 
 ax = axes[1]
 im = ax.imshow(grad[0, 0], cmap="magma")
-ax.set_title("gradient of bin (0, 1): 4 cells per sample\n(section 4)", fontsize=9)
-fig.colorbar(im, ax=ax, fraction=0.046)
+ax.set_title("gradient of bin (0, 1): 4 cells per sample\n(section 4)", fontsize=11)
+ax.set_xlabel("map x")
+ax.set_ylabel("map y")
+fig.colorbar(im, ax=ax, fraction=0.046, label="d output / d cell")
 
 ax = axes[2]
 ax.plot(shifts, pool_top, "o-", ms=3, label="roi_pool (max, rounded)")
 ax.plot(shifts, align_top, "s-", ms=3, label="roi_align (bilinear, aligned)")
 ax.set_xlabel("box shift (image pixels; a cell is 16)")
 ax.set_ylabel("top-left bin output")
-ax.set_title("sliding a box by 4 px steps (section 6)", fontsize=9)
+ax.set_title("sliding a box by 4 px steps (section 6)", fontsize=11)
 ax.legend(fontsize=8)
 fig.tight_layout()
 path = T.out_dir() / "10_roi_align.png"
-fig.savefig(path, dpi=80)
+fig.savefig(path, dpi=100)
 print(f"wrote {path}")
 
 # %% [markdown]
