@@ -172,6 +172,16 @@ T.check(
     ref[4, 5] == 0 and ref[0, 2] == 0 and abs(ref[0, 3] - 0.09) < 1e-12,
     "point boxes 0, touching boxes 0, box inside 9/100",
 )
+# torchvision's box_iou beside it, when torch is importable: the same numbers, except 0 / 0
+torch, torchvision = T.torchvision_or_note("box_iou")
+if torch is not None:
+    tv = torchvision.ops.box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    nan_at = sorted(map(tuple, np.argwhere(np.isnan(tv)).tolist()))
+    print(f"torchvision.ops.box_iou: NaN at {nan_at} (the pairs whose union is 0), minirccn: 0 there")
+    T.check(
+        np.allclose(tv[~np.isnan(tv)], ref[~np.isnan(tv)], rtol=0, atol=1e-12) and np.all(ref[np.isnan(tv)] == 0),
+        "torchvision's box_iou equals minirccn's wherever the union is not 0",
+    )
 
 # %% [markdown]
 # ## 5. The "+1" convention, and why mixing conventions breaks IoU

@@ -91,6 +91,20 @@ for offset in (0.0, 0.5):
         np.array_equal(loop, fast),
         f"offset {offset}: loop == generate_anchors on a 3x5 map, exactly",
     )
+# torchvision's AnchorGenerator beside it, when torch is importable (its grid is offset 0)
+torch, torchvision = T.torchvision_or_note("AnchorGenerator")
+if torch is not None:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    gen = AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+    base_tv = gen.generate_anchors(list(sizes), list(ratios)).numpy()
+    gen.cell_anchors = [torch.from_numpy(base_tv)]
+    grid_tv = gen.grid_anchors([(3, 5)], [[torch.tensor(16), torch.tensor(16)]])[0].numpy()
+    T.check(
+        np.array_equal(base_tv, ref)
+        and np.array_equal(grid_tv, anchors.generate_anchors((3, 5), 16, sizes, ratios, offset=0.0)),
+        "torchvision's AnchorGenerator gives the same base anchors and the offset-0 grid, exactly",
+    )
 
 # %% [markdown]
 # ## 3. The 1764 anchors of a 224 x 224 VGG16 input

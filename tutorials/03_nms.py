@@ -96,6 +96,12 @@ T.check(
     "Numba CPU kernel agrees",
 )
 T.check(sorted(which[keep_ref]) == list(range(len(gt))), "one box kept per object")
+# torchvision's nms beside it, when torch is importable
+torch, torchvision = T.torchvision_or_note("nms")
+if torch is not None:
+    tv_keep = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+    print("torchvision.ops.nms keeps:", tv_keep)
+    T.check(np.array_equal(tv_keep, keep_ref), "torchvision.ops.nms keeps the same boxes in the same order")
 
 # %% [markdown]
 # Corner cases are part of the contract (torchvision's): equal scores keep the

@@ -170,6 +170,13 @@ T.check(
 )
 T.check(arg_ref[0, 0, 0, 0] == 0, "plateau of equal values: the first cell (index 0) wins the tie")
 out32, arg32 = ops.roi_pool(features.astype(np.float32), rois.astype(np.float32), (3, 2), 1 / 16)
+# torchvision's roi_pool beside it, when torch is importable (C rounding, +1, floor/ceil bins)
+torch, torchvision = T.torchvision_or_note("roi_pool")
+if torch is not None:
+    tv_out = torchvision.ops.roi_pool(
+        torch.from_numpy(features.astype(np.float32)), torch.from_numpy(rois.astype(np.float32)), (3, 2), 1 / 16
+    ).numpy()
+    T.check(np.array_equal(tv_out, out32), f"torchvision.ops.roi_pool == minirccn's on all {len(rois)} RoIs, exactly")
 T.check(
     np.array_equal(arg32, arg_ref) and np.array_equal(out32, out_ref.astype(np.float32)),
     "float32: same argmax, same values rounded to float32",

@@ -182,8 +182,17 @@ xy = rng.uniform(-48, STRIDE * size, (T.pick(12, 5), 2))
 wh = rng.uniform(0, 160, xy.shape)
 rois = np.concatenate([rng.integers(0, 2, (len(xy), 1)), xy, xy + wh], axis=1)
 rois = np.concatenate([rois, [[0, -100, -100, -40, -40], [1, 8, 8, 8, 8]]])  # off the map; a point
+torch, torchvision = T.torchvision_or_note("roi_align")  # compared in the loop below if present
 for ratio, aligned in [(2, False), (-1, False), (3, True)]:
     loop = roi_align_loop(features, rois, 3, 2, 1 / STRIDE, ratio, aligned)
+    if torch is not None:
+        tv = torchvision.ops.roi_align(
+            torch.from_numpy(features), torch.from_numpy(rois), (3, 2), 1 / STRIDE, ratio, aligned
+        ).numpy()
+        T.check(
+            np.allclose(tv, loop, rtol=0, atol=1e-12),
+            f"torchvision.ops.roi_align == the loops (sampling_ratio={ratio}, aligned={aligned})",
+        )
     for backend in ("numpy", "numba"):
         fast = ops.roi_align(features, rois, (3, 2), 1 / STRIDE, ratio, aligned, backend=backend)
         T.check(

@@ -440,6 +440,17 @@ T.check(
     fl_all[labels[valid] == 0].sum() / ce_all[labels[valid] == 0].sum() < 1e-3,
     "gamma 2 shrinks the easy negatives' loss more than 1000-fold at p = 0.01",
 )
+# torchvision's sigmoid_focal_loss beside it, when torch is importable
+torch, torchvision = T.torchvision_or_note("sigmoid_focal_loss")
+if torch is not None:
+    ours, _ = losses.sigmoid_focal_loss(logits[0, valid], t_valid, 0.25, 2.0, "sum")
+    tv_loss = torchvision.ops.sigmoid_focal_loss(
+        torch.from_numpy(np.asarray(logits[0, valid], np.float64)),
+        torch.from_numpy(np.asarray(t_valid, np.float64)),
+        alpha=0.25, gamma=2.0, reduction="sum",
+    ).item()
+    print(f"focal loss (alpha 0.25, gamma 2, sum): minirccn {float(ours):.6f}, torchvision {tv_loss:.6f}")
+    T.check(np.isclose(float(ours), tv_loss, rtol=1e-5), "torchvision.ops.sigmoid_focal_loss gives the same sum")
 
 # %% [markdown]
 # ## 5. On a feature pyramid: which level trains which object
