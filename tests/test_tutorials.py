@@ -7,6 +7,10 @@ also a test: its ``T.check`` assertions compare the naive loops, the NumPy
 reference and the kernels, so a disagreement exits non-zero here.
 ``NUMBA_ENABLE_CUDASIM`` is inherited from ``conftest.py`` (the simulator,
 unless the caller chose a GPU).
+
+The suite runs them with ``MINIRCCN_TUTORIAL_SOLUTIONS=1``: each exercise stub is
+replaced by its worked solution in ``tutorials/solutions/``, so every exercise check is
+shown to pass on a right answer (and a wrong answer is shown to fail, below).
 """
 
 from __future__ import annotations
@@ -30,8 +34,14 @@ def test_tutorials_exist():
 def test_tutorial_runs(script, tmp_path):
     out = tmp_path / "figures"
     env = dict(
-        os.environ, MINIRCCN_TUTORIAL_FAST="1", MINIRCCN_TUTORIAL_OUT=str(out), PYTHONHASHSEED="0"
+        os.environ,
+        MINIRCCN_TUTORIAL_FAST="1",
+        MINIRCCN_TUTORIAL_OUT=str(out),
+        MINIRCCN_TUTORIAL_SOLUTIONS="1",
+        PYTHONHASHSEED="0",
     )
+    env.pop("MINIRCCN_TUTORIAL_STUDENT", None)
+    env.pop("MINIRCCN_TUTORIAL_CHECKPOINT", None)
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -44,7 +54,105 @@ def test_tutorial_runs(script, tmp_path):
     tail = (result.stdout[-3000:] + "\n--- stderr ---\n" + result.stderr[-3000:]).strip()
     assert result.returncode == 0, f"{script.name} exited {result.returncode}:\n{tail}"
     assert "check passed" in result.stdout, f"{script.name} checked nothing:\n{tail}"
+    assert "check FAILED" not in result.stdout, tail
+    assert "not done yet" not in result.stdout, f"{script.name}: an exercise has no solution:\n{tail}"
+    assert "not right yet" not in result.stdout, f"{script.name}: a solution fails its check:\n{tail}"
+    assert "raised" not in "".join(
+        line for line in result.stdout.splitlines() if line.startswith("exercise ")
+    ), tail
     pngs = sorted(out.glob("*.png"))
     assert pngs, f"{script.name} wrote no PNG into {out}:\n{tail}"
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png.name} is not a PNG"
+
+
+def _run_snippet(tmp_path, code, **env_vars):
+    """Run ``code`` as a script that imports tutorials/_common.py; return the finished process."""
+    script = tmp_path / "snippet.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TUTORIALS)!r})\n" + code)
+    env = dict(os.environ, **env_vars)
+    for key in ("MINIRCCN_TUTORIAL_STUDENT", "MINIRCCN_TUTORIAL_SOLUTIONS"):
+        if key not in env_vars:
+            env.pop(key, None)
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+
+
+FAILING = """import _common as T
+T.check(1 + 1 == 2, "arithmetic")
+ok = T.check(1 + 1 == 3, "a wrong claim")
+print("after the check, it returned", ok)
+"""
+
+
+def test_student_mode_reports_a_failed_check_and_goes_on(tmp_path):
+    result = _run_snippet(tmp_path, FAILING, MINIRCCN_TUTORIAL_STUDENT="1")
+    assert result.returncode == 0, result.stderr
+    assert "check passed: arithmetic" in result.stdout
+    assert "check FAILED (student mode: going on): a wrong claim" in result.stdout
+    assert "after the check, it returned False" in result.stdout
+    assert "1 check(s) failed" in result.stdout and "- a wrong claim" in result.stdout
+
+
+def test_normal_mode_still_raises_on_a_failed_check(tmp_path):
+    result = _run_snippet(tmp_path, FAILING)
+    assert result.returncode != 0
+    assert "AssertionError: check failed: a wrong claim" in result.stderr
+    assert "after the check" not in result.stdout
+
+
+def test_exercise_reports_not_done_wrong_and_right(tmp_path):
+    code = """import _common as T
+@T.stub
+def answer():
+    raise NotImplementedError
+T.exercise("9.1", lambda: answer() == 42, "42")
+T.exercise("9.2", lambda: 41 == 42, "42")
+T.exercise("9.3", lambda: 1 / 0, "no error")
+T.exercise("9.4", lambda: 42 == 42, "42")
+print("still running")
+"""
+    result = _run_snippet(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "exercise 9.1: not done yet" in out
+    assert "exercise 9.2: not right yet. Expected: 42" in out
+    assert "exercise 9.3: your code raised ZeroDivisionError" in out
+    assert "exercise 9.4: passed" in out
+    assert "still running" in out and "exercises: 1 of 4 passed" in out
+
+
+def test_every_exercise_stub_has_a_solution():
+    """Each ``@T.stub`` function of a tutorial has a worked solution of the same name."""
+    import ast
+
+    for script in SCRIPTS:
+        tree = ast.parse(script.read_text())
+        stubs = [
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef)
+            and any(ast.unparse(d) == "T.stub" for d in node.decorator_list)
+        ]
+        if not stubs:
+            continue
+        solution = TUTORIALS / "solutions" / script.name
+        assert solution.is_file(), f"{script.name} has stubs but no {solution}"
+        defined = {
+            node.name for node in ast.parse(solution.read_text()).body if isinstance(node, ast.FunctionDef)
+        }
+        missing = sorted(set(stubs) - defined)
+        assert not missing, f"{solution.name} lacks {missing}"
+
+
+def test_rules_table_is_printed_from_the_config():
+    """tutorials/RULES.md is exactly what tutorials/rules.py prints (no hand-typed number)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tutorial_rules", TUTORIALS / "rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = (TUTORIALS / "RULES.md").read_text()
+    assert committed == module.table(), "RULES.md is stale: run python tutorials/rules.py --write"

@@ -4,9 +4,11 @@
 # A detector's input and output are boxes. Before anything else we need two
 # things to be exact: how a box is written down, and how much two boxes
 # overlap. IoU decides almost everything in Faster R-CNN: which anchors are
-# positive (IoU >= 0.7), which duplicates NMS removes (IoU > 0.7), which RoIs
-# are foreground (IoU >= 0.5) and whether a detection counts as a hit in the
-# evaluation (IoU >= 0.5 ... 0.95).
+# positive, which proposals the proposal layer's NMS removes, which
+# detections the final per-class NMS removes, which RoIs are foreground and
+# whether a detection counts as a hit in the evaluation. The thresholds are
+# config fields; the first cell prints them from the `tiny` preset (the table
+# of every target-assignment rule is in `tutorials/RULES.md`).
 #
 # Run it as a script (`python tutorials/01_boxes_and_iou.py`) or open it as a
 # notebook (jupytext reads the `# %%` cells).
@@ -17,8 +19,16 @@ from PIL import Image, ImageDraw
 
 import _common as T
 from minirccn import ops
+from minirccn.config import preset
+from minirccn.evaluation import IOU_THRESHOLDS
 
 rng = np.random.default_rng(0)
+cfg = preset("tiny")
+print(f"anchor positive (RPN):          IoU >= {cfg.rpn_fg_iou_thresh}  (rpn_fg_iou_thresh)")
+print(f"proposal-layer NMS removes:     IoU >  {cfg.rpn_nms_thresh}  (rpn_nms_thresh)")
+print(f"final per-class NMS removes:    IoU >  {cfg.box_nms_thresh}  (box_nms_thresh; the paper: 0.3)")
+print(f"RoI foreground (head):          IoU >= {cfg.box_fg_iou_thresh}  (box_fg_iou_thresh)")
+print(f"evaluation hit (COCO):          IoU >= {IOU_THRESHOLDS[0]:.2f} ... {IOU_THRESHOLDS[-1]:.2f}")
 
 # %% [markdown]
 # ## 1. Three ways to write a box
@@ -162,6 +172,16 @@ T.check(
     ref[4, 5] == 0 and ref[0, 2] == 0 and abs(ref[0, 3] - 0.09) < 1e-12,
     "point boxes 0, touching boxes 0, box inside 9/100",
 )
+# torchvision's box_iou beside it, when torch is importable: the same numbers, except 0 / 0
+torch, torchvision = T.torchvision_or_note("box_iou")
+if torch is not None:
+    tv = torchvision.ops.box_iou(torch.from_numpy(boxes), torch.from_numpy(boxes)).numpy()
+    nan_at = sorted(map(tuple, np.argwhere(np.isnan(tv)).tolist()))
+    print(f"torchvision.ops.box_iou: NaN at {nan_at} (the pairs whose union is 0), minirccn: 0 there")
+    T.check(
+        np.allclose(tv[~np.isnan(tv)], ref[~np.isnan(tv)], rtol=0, atol=1e-12) and np.all(ref[np.isnan(tv)] == 0),
+        "torchvision's box_iou equals minirccn's wherever the union is not 0",
+    )
 
 # %% [markdown]
 # ## 5. The "+1" convention, and why mixing conventions breaks IoU
@@ -204,9 +224,18 @@ T.check(
     all(np.isclose(r[4], r[1]) for r in rows),
     "inclusive boxes with the +1 formula give the true IoU at every size",
 )
-print("For s=4 the pair is a duplicate for NMS at threshold 0.5 (0.6 > 0.5) only if the")
-print("convention matches: with inclusive boxes and no +1 it is exactly 0.5, not > 0.5.")
-T.check(rows[1][1] > 0.5 >= rows[1][2], "s=4: true IoU 0.6 is above 0.5, the mixed-up IoU is not")
+s4 = rows[1]
+print(
+    f"s=4 at NMS threshold {cfg.box_nms_thresh}: true IoU {s4[1]:.3f} suppresses; inclusive boxes "
+    f"without +1 give {s4[2]:.3f} (not > {cfg.box_nms_thresh}: both boxes kept);\n"
+    f"continuous boxes through the +1 formula give {s4[3]:.3f} (still suppressed, but the IoU is "
+    "wrong and a higher threshold would flip it)."
+)
+T.check(
+    s4[1] > cfg.box_nms_thresh >= s4[2] and s4[3] > cfg.box_nms_thresh,
+    "s=4: the true IoU and the +1-on-continuous IoU are above the NMS threshold, "
+    "the no-+1-on-inclusive IoU is not",
+)
 T.check(abs(rows[-1][1] - rows[-1][2]) < 0.01, "s=256: the conventions differ by less than 0.01")
 
 # %% [markdown]
@@ -285,12 +314,90 @@ T.save_grid([draw_iou_picture(a_box, b_box), draw_conventions()], "01_iou.png")
 #
 # ## Exercises
 #
-# 1. Write `iou_loop` for `(cx, cy, w, h)` boxes without converting them first.
-#    Check it against `ops.box_iou(cxcywh_to_xyxy(...))`.
-# 2. For two `s x s` boxes shifted by `k` pixels, derive IoU as a function of
-#    `s` and `k`. For which shift does IoU fall below 0.5?
-# 3. `torchvision.ops.box_iou` returns NaN for two zero-area boxes, minirccn
-#    returns 0. Where in the detector could a NaN do harm?
+# Each exercise has a stub below (a function that raises `NotImplementedError`)
+# and a check cell: fill in the stub and re-run; the check prints `passed` or
+# what it expected. Run with `MINIRCCN_TUTORIAL_STUDENT=1` while you experiment
+# with the code above: a failed `T.check` then reports and the script goes on.
+#
+# 1. Write IoU for `(cx, cy, w, h)` boxes without converting them first.
+# 2. For two `s x s` boxes, the second shifted right by `k` pixels, derive IoU
+#    as a function of `s` and `k`, and the smallest whole shift `k` for which
+#    IoU falls to 0.5 or below (so NMS at 0.5 no longer removes the copy).
+# 3. torchvision's `box_iou` divides by the union without a guard (NaN for two
+#    zero-area boxes); minirccn returns 0. Which pairs `(i, j)` of the 7
+#    `awkward` boxes of section 4 would give NaN? (Then think: where in the
+#    detector could a NaN do harm? An IoU compared with `>=` is False for NaN.)
 # 4. Generalised IoU (GIoU) subtracts `(hull - union) / hull`, where `hull` is
-#    the smallest box enclosing both. Implement it with NumPy broadcasting and
-#    check that it equals IoU for nested boxes.
+#    the area of the smallest box enclosing both. Implement it with NumPy
+#    broadcasting; it equals IoU for nested boxes and is negative for
+#    distant ones.
+
+
+# %%
+@T.stub
+def iou_cxcywh(boxes1, boxes2):
+    """(N, 4) and (M, 4) cxcywh boxes -> (N, M) IoU, without converting to xyxy first."""
+    raise NotImplementedError
+
+
+@T.stub
+def iou_shifted(s, k):
+    """IoU of two s x s boxes, one shifted right by k pixels (0 <= k): a formula in s and k."""
+    raise NotImplementedError
+
+
+@T.stub
+def smallest_shift_at_most_half(s):
+    """The smallest whole k >= 0 with iou_shifted(s, k) <= 0.5."""
+    raise NotImplementedError
+
+
+@T.stub
+def nan_pairs(boxes):
+    """Sorted list of the (i, j) pairs whose union is 0 (torchvision's formula gives NaN)."""
+    raise NotImplementedError
+
+
+@T.stub
+def giou(boxes1, boxes2):
+    """(N, 4), (M, 4) xyxy -> (N, M) generalised IoU, by broadcasting."""
+    raise NotImplementedError
+
+
+# %%
+cx_boxes = xyxy_to_cxcywh(boxes[7:27])
+T.exercise(
+    "1.1",
+    lambda: np.allclose(iou_cxcywh(cx_boxes, cx_boxes), ops.box_iou(boxes[7:27], boxes[7:27])),
+    "iou_cxcywh == ops.box_iou on the xyxy boxes (to float tolerance)",
+)
+
+
+def _check_shift():
+    ok = True
+    for s in (4, 8, 30):
+        for k in range(0, s + 1):
+            pair = np.array([[0, 0, s, s], [k, 0, s + k, s]], dtype=np.float64)
+            ok &= bool(np.isclose(iou_shifted(s, k), ops.box_iou(pair[:1], pair[1:])[0, 0]))
+    print("  smallest shift with IoU <= 0.5 for s = 3, 4, 30:", [smallest_shift_at_most_half(s) for s in (3, 4, 30)])
+    return ok and [smallest_shift_at_most_half(s) for s in (3, 4, 30)] == [1, 2, 10]
+
+
+T.exercise("1.2", _check_shift, "IoU = (s - k) / (s + k); at most 0.5 from k = s / 3: 1, 2, 10 for s = 3, 4, 30")
+T.exercise(
+    "1.3",
+    lambda: nan_pairs(awkward) == [(4, 4), (4, 5), (5, 4), (5, 5)],
+    "4 pairs: the two point boxes (rows 4 and 5) with themselves and each other",
+)
+
+
+def _check_giou():
+    outer = np.array([[0.0, 0, 10, 10]])
+    inner = np.array([[2.0, 2, 5, 5]])
+    far = np.array([[20.0, 0, 30, 10]])  # hull 30 x 10 = 300, union 200: GIoU = 0 - 100/300
+    g = giou(np.concatenate([outer, inner]), np.concatenate([inner, far]))
+    print(f"  GIoU nested {g[0, 0]:.3f} (IoU 0.090), distant {g[0, 1]:.3f}")
+    return g.shape == (2, 2) and np.isclose(g[0, 0], 0.09) and np.isclose(g[0, 1], -1 / 3)
+
+
+T.exercise("1.4", _check_giou, "nested: GIoU = IoU = 0.090; two 10x10 boxes 10 px apart: -1/3")

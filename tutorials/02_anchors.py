@@ -91,6 +91,20 @@ for offset in (0.0, 0.5):
         np.array_equal(loop, fast),
         f"offset {offset}: loop == generate_anchors on a 3x5 map, exactly",
     )
+# torchvision's AnchorGenerator beside it, when torch is importable (its grid is offset 0)
+torch, torchvision = T.torchvision_or_note("AnchorGenerator")
+if torch is not None:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    gen = AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+    base_tv = gen.generate_anchors(list(sizes), list(ratios)).numpy()
+    gen.cell_anchors = [torch.from_numpy(base_tv)]
+    grid_tv = gen.grid_anchors([(3, 5)], [[torch.tensor(16), torch.tensor(16)]])[0].numpy()
+    T.check(
+        np.array_equal(base_tv, ref)
+        and np.array_equal(grid_tv, anchors.generate_anchors((3, 5), 16, sizes, ratios, offset=0.0)),
+        "torchvision's AnchorGenerator gives the same base anchors and the offset-0 grid, exactly",
+    )
 
 # %% [markdown]
 # ## 3. The 1764 anchors of a 224 x 224 VGG16 input
@@ -257,9 +271,72 @@ T.save_grid(
 #
 # ## Exercises
 #
-# 1. How many anchors does a 600 x 1000 image give with stride 16 and 9
-#    anchors per cell? How many lie inside the image with the paper's sizes?
-# 2. Which objects of the `shapes` dataset have no anchor with IoU >= 0.7
-#    (hint: small ones between two sizes)? Try adding size 24.
-# 3. Change `offset` to 0 in section 5: does each object's best IoU go up or
-#    down? Why does it hardly matter once the network predicts deltas?
+# Each exercise has a stub (fill it in) and a check cell that prints `passed`
+# or the expected answer (`MINIRCCN_TUTORIAL_STUDENT=1` keeps the script going
+# if an edit of yours breaks one of the tutorial's own checks).
+#
+# 1. How many anchors does a 600 x 1000 image give with stride 16 (a
+#    `600 // 16` x `1000 // 16` map), the paper's sizes (128, 256, 512) and 3
+#    ratios, offset 0.5? How many lie wholly inside the image
+#    (`anchors.anchors_inside`)? The paper says "roughly 20000" and "about
+#    6000" (Sec. 3.3).
+# 2. At the `tiny` preset's own stride (printed in section 5) and sizes, what
+#    share of the objects of the first 40 training images has an anchor with
+#    IoU >= 0.7 (the RPN's positive threshold)? Then add size 24: does the share
+#    go up? (Small objects cannot reach 0.7 against a 16-px anchor: an object
+#    of side `s < 16` has IoU at most `s^2 / 256`; rotated or triangular
+#    objects fall between the three aspect ratios at every size.)
+# 3. Recompute each object's best IoU of section 5 with `offset = 0`: does it go
+#    up or down? (At stride 16 a shift of `S / 2 = 8` pixels is half a 16-pixel
+#    anchor: single IoUs move a lot, either way. For the network it is only a
+#    constant `dx = dy = 0.5` that the deltas learn.)
+
+
+# %%
+@T.stub
+def anchors_600x1000():
+    """(total, inside): the anchor count of a 600 x 1000 image at stride 16 and those inside it."""
+    raise NotImplementedError
+
+
+@T.stub
+def share_with_anchor_above(sizes, stride, images, threshold=0.7):
+    """Share (0..1) of the objects of ``images`` (samples of load_dataset) whose best anchor
+    (sizes ``sizes``, the tiny preset's ratios and offset, at ``stride``) has IoU >= threshold."""
+    raise NotImplementedError
+
+
+@T.stub
+def best_iou_per_object(offset):
+    """(G,) best anchor IoU of each object of section 5's image, at the pinned stride 16."""
+    raise NotImplementedError
+
+
+# %%
+def _check_600():
+    total, inside = anchors_600x1000()
+    print(f"  600 x 1000: {total} anchors, {inside} inside")
+    return total == 37 * 62 * 9 and 4000 <= inside <= 10000
+
+
+T.exercise("2.1", _check_600, "37 x 62 x 9 = 20646 anchors; several thousand inside (paper: about 6000)")
+first40 = [load_dataset("shapes", split="train", seed=0)[i] for i in range(T.pick(40, 10))]
+
+
+def _check_share():
+    base = share_with_anchor_above(tiny.anchor_sizes, tiny_stride_preset, first40)
+    more = share_with_anchor_above(tuple(sorted(tiny.anchor_sizes + (24,))), tiny_stride_preset, first40)
+    print(f"  share at IoU >= 0.7: sizes {tiny.anchor_sizes}: {base:.2f}; with 24 added: {more:.2f}")
+    return 0.2 <= base <= 0.9 and more >= base
+
+
+T.exercise("2.2", _check_share, "about half of the objects (0.2 .. 0.9), no less with size 24")
+
+
+def _check_offset():
+    b5, b0 = best_iou_per_object(0.5), best_iou_per_object(0.0)
+    print(f"  best IoU, offset 0.5: {np.round(b5, 2)}; offset 0: {np.round(b0, 2)}")
+    return np.allclose(b5, iou[best, np.arange(len(gt))]) and len(b0) == len(gt)
+
+
+T.exercise("2.3", _check_offset, "offset 0.5 reproduces section 5's IoUs; offset 0 moves them, some by 0.3 and more")

@@ -4,8 +4,9 @@
 # A detector does not fire once per object. Neighbouring anchors all see the
 # same object, each regresses a slightly different box, and the output is a
 # cloud of near-duplicates around every object. NMS keeps the best box of each
-# cloud: it runs twice in Faster R-CNN (on the RPN's proposals, threshold 0.7,
-# and per class on the final detections, threshold 0.5 or so).
+# cloud: it runs twice in Faster R-CNN, on the RPN's proposals
+# (`rpn_nms_thresh`) and per class on the final detections (`box_nms_thresh`;
+# the paper used 0.3); the first cell prints both from the `tiny` preset.
 #
 # We run greedy NMS step by step, see why a score threshold cannot replace it,
 # run it per class (batched NMS), and then take apart the GPU algorithm: a
@@ -25,9 +26,12 @@ import numpy as np  # noqa: E402
 from minirccn import backend, ops, viz  # noqa: E402
 from minirccn.data import load_dataset  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
+from minirccn.config import preset  # noqa: E402
 
 print("cuda backend runs on:", "a real GPU" if GPU else "the Numba CUDA simulator (no GPU here)")
 rng = np.random.default_rng(3)
+cfg = preset("tiny")
+print(f"proposal NMS: IoU > {cfg.rpn_nms_thresh} (rpn_nms_thresh); final per-class NMS: IoU > {cfg.box_nms_thresh} (box_nms_thresh)")
 
 # %% [markdown]
 # ## 1. A cloud of detections
@@ -92,6 +96,12 @@ T.check(
     "Numba CPU kernel agrees",
 )
 T.check(sorted(which[keep_ref]) == list(range(len(gt))), "one box kept per object")
+# torchvision's nms beside it, when torch is importable
+torch, torchvision = T.torchvision_or_note("nms")
+if torch is not None:
+    tv_keep = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+    print("torchvision.ops.nms keeps:", tv_keep)
+    T.check(np.array_equal(tv_keep, keep_ref), "torchvision.ops.nms keeps the same boxes in the same order")
 
 # %% [markdown]
 # Corner cases are part of the contract (torchvision's): equal scores keep the
@@ -311,9 +321,64 @@ T.save_grid([before, after], "03_nms.png", colours=256)
 #
 # ## Exercises
 #
-# 1. Soft-NMS decays scores (`s *= exp(-IoU^2 / sigma)`) instead of deleting
-#    boxes. Modify `nms_loop` to do that and compare the kept sets.
-# 2. How many words does the mask of 6000 proposals take? How many bytes
-#    travel from the GPU to the host for the reduce?
-# 3. Why may the mask kernel skip blocks below the diagonal
-#    (`col_block < row_block`)?
+# Fill in each stub and re-run; the check cell prints `passed` or what it
+# expected.
+#
+# 1. Soft-NMS (Bodla et al. 2017) decays scores instead of deleting boxes:
+#    after keeping the best remaining box `b`, every remaining box's score is
+#    multiplied by `exp(-IoU(b, box)^2 / sigma)`. Decay alone never deletes
+#    anything, so two more steps make a kept set: **re-sort** the remaining
+#    boxes by their decayed scores before each pick, and drop a box once its
+#    score falls below a final threshold (the paper: 0.001). Write it,
+#    returning the kept indices in pick order and their decayed scores.
+# 2. How many `uint64` words does the suppression mask of 6000 proposals (the
+#    paper's pre-NMS top-n at test time) take, and how many bytes travel from
+#    the GPU to the host for the reduce?
+# 3. The mask kernel skips blocks below the diagonal (`col_block <
+#    row_block`): a box can only suppress boxes that come *after* it in score
+#    order. How many of the `(row block, column block)` pairs does it compute
+#    for 6000 boxes?
+
+
+# %%
+@T.stub
+def soft_nms(boxes, scores, sigma=0.5, score_thresh=0.001):
+    """Gaussian Soft-NMS: (keep (K,) int64 in pick order, their decayed scores (K,))."""
+    raise NotImplementedError
+
+
+@T.stub
+def mask_words_and_bytes(n):
+    """(words, bytes) of the (n, ceil(n / 64)) uint64 suppression mask."""
+    raise NotImplementedError
+
+
+@T.stub
+def blocks_computed(n):
+    """Number of (row block, column block) pairs with col_block >= row_block, blocks of 64."""
+    raise NotImplementedError
+
+
+# %%
+def _check_soft():
+    twins = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], dtype=np.float64)
+    keep, decayed = soft_nms(twins, np.array([0.9, 0.8, 0.5]))
+    print(f"  twins + a far box: keep {[int(k) for k in keep]}, decayed scores {np.round(decayed, 4)}")
+    ok = list(keep) == [0, 2, 1] and np.allclose(decayed, [0.9, 0.5, 0.8 * np.exp(-1 / 0.5)])
+    keep_soft, _ = soft_nms(boxes, scores)
+    print(f"  section 1's boxes: Soft-NMS keeps {len(keep_soft)} of {len(boxes)}, NMS {len(keep_ref)}")
+    return ok and keep_soft[0] == keep_ref[0] and len(keep_ref) <= len(keep_soft) <= len(boxes)
+
+
+T.exercise(
+    "3.1",
+    _check_soft,
+    "identical twins: the second is kept last with score 0.8 * exp(-1 / 0.5) = 0.108; "
+    "on section 1 Soft-NMS keeps at least as many boxes as NMS",
+)
+T.exercise(
+    "3.2",
+    lambda: mask_words_and_bytes(6000) == (6000 * 94, 6000 * 94 * 8),
+    "6000 rows x 94 words = 564000 words = 4512000 bytes (about 4.5 MB)",
+)
+T.exercise("3.3", lambda: blocks_computed(6000) == 94 * 95 // 2, "94 * 95 / 2 = 4465 of 94^2 = 8836")

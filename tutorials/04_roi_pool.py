@@ -170,6 +170,13 @@ T.check(
 )
 T.check(arg_ref[0, 0, 0, 0] == 0, "plateau of equal values: the first cell (index 0) wins the tie")
 out32, arg32 = ops.roi_pool(features.astype(np.float32), rois.astype(np.float32), (3, 2), 1 / 16)
+# torchvision's roi_pool beside it, when torch is importable (C rounding, +1, floor/ceil bins)
+torch, torchvision = T.torchvision_or_note("roi_pool")
+if torch is not None:
+    tv_out = torchvision.ops.roi_pool(
+        torch.from_numpy(features.astype(np.float32)), torch.from_numpy(rois.astype(np.float32)), (3, 2), 1 / 16
+    ).numpy()
+    T.check(np.array_equal(tv_out, out32), f"torchvision.ops.roi_pool == minirccn's on all {len(rois)} RoIs, exactly")
 T.check(
     np.array_equal(arg32, arg_ref) and np.array_equal(out32, out_ref.astype(np.float32)),
     "float32: same argmax, same values rounded to float32",
@@ -347,9 +354,14 @@ right = T.grey(grad[0, 0], cell)
 ImageDraw.Draw(right).rectangle(roi_box, outline=(230, 25, 75), width=2)
 panels = [
     T.caption(
-        left, "feature map, the RoI's 3 x 3 bins (shaded;\nshared rows/columns darker), argmax dots"
+        left,
+        "feature map, the RoI's 3 x 3 bins (shaded;\nshared rows/columns darker), argmax dots\n"
+        f"colour scale: blue {lo:.2f} .. white .. red {hi:.2f}",
     ),
-    T.caption(T.heatmap(out[0, 0], 3 * cell, lo, hi), "pooled 3 x 3\n(same colour scale)"),
+    T.caption(
+        T.heatmap(out[0, 0], 3 * cell, lo, hi),
+        f"pooled 3 x 3 (same colour scale:\nblue {lo:.2f} .. red {hi:.2f})",
+    ),
     T.caption(
         right, "gradient of sum(out): 1 (grey) per argmax,\n2 (white) where two bins took one cell"
     ),
@@ -381,9 +393,81 @@ print(f"wrote {T.out_dir() / '04_roi_pool_values.png'}")
 #
 # ## Exercises
 #
-# 1. Change `roi_pool_loop` to use Python's `round`. Which of the RoIs of
-#    section 3 change?
-# 2. What does RoI pooling output for a RoI smaller than one cell? Why is
-#    `roi_w = max(..., 1)` needed?
-# 3. Write RoI *average* pooling and its backward (every cell of the bin gets
-#    `dout / bin size`), then gradient-check it.
+# Fill in each stub and re-run; each check cell prints `passed` or what it
+# expected. To experiment with the code above instead (say, put Python's
+# `round` into `roi_pool_loop`), run the script with
+# `MINIRCCN_TUTORIAL_STUDENT=1`: the check of section 3 then prints
+# `check FAILED` and the script goes on to the end.
+#
+# 1. Which RoIs of section 3 (`rois`, scale 1/16) move when their projected
+#    coordinates are rounded half-to-even (Python's `round`, NumPy's
+#    `np.round`) instead of with C's `round`? Return their row indices.
+# 2. What does RoI pooling output for a RoI that is a single point `(x, y, x,
+#    y)`? (`roi_w = max(x2 - x1 + 1, 1)` makes it one cell wide, so every bin
+#    reads the same cell.) Return the `(C, 2, 2)` output for a point RoI on
+#    `features[0]`.
+# 3. Write RoI *average* pooling and its backward (every cell of a bin gets
+#    `dout / (cells in the bin)`), with the same bins as `roi_pool_loop`; the
+#    check compares the backward with finite differences.
+
+
+# %%
+@T.stub
+def rois_moved_by_half_to_even(rois, spatial_scale):
+    """Sorted list of the row indices r whose rounded coordinates differ between the rules."""
+    raise NotImplementedError
+
+
+@T.stub
+def pool_point(features, x, y, spatial_scale):
+    """(C, 2, 2) RoI max pooling of the point RoI (0, x, y, x, y) with ops.roi_pool."""
+    raise NotImplementedError
+
+
+@T.stub
+def roi_avg_pool(features, rois, ph, pw, s):
+    """(R, C, ph, pw) mean of each bin (empty bins 0), bins exactly as in roi_pool_loop."""
+    raise NotImplementedError
+
+
+@T.stub
+def roi_avg_pool_backward(dout, rois, input_shape, ph, pw, s):
+    """(N, C, H, W) gradient: each bin's dout / (cells in the bin), added to every cell of the bin."""
+    raise NotImplementedError
+
+
+# %%
+def _check_moved():
+    moved = rois_moved_by_half_to_even(rois, 1 / 16)
+    coords = rois[:, 1:] / 16
+    expected = sorted(np.flatnonzero(np.any(c_round(coords) != np.round(coords), axis=1)).tolist())
+    print(f"  moved RoIs: {moved} (expected {expected}: row 2 is the 'halves everywhere' RoI)")
+    return list(moved) == expected and 2 in moved
+
+
+T.exercise("4.1", _check_moved, "the rows whose coordinates / 16 end in .5 with an even floor, row 2 among them")
+
+
+def _check_point():
+    got = np.asarray(pool_point(features, 40.0, 24.0, 1 / 16))
+    cell = features[0, :, 2, 3]  # c_round(24 / 16) = 2 (row), c_round(40 / 16) = 3 (column)
+    return got.shape == (features.shape[1], 2, 2) and np.allclose(got, cell[:, None, None])
+
+
+T.exercise("4.2", _check_point, "every bin = the one cell (row 2, column 3): C round of 1.5 and 2.5")
+
+
+def _check_avg():
+    x = rng.standard_normal((1, 2, 6, 6))
+    r = np.array([[0, 5.0, 3.0, 70.0, 90.0], [0, 20.0, 20.0, 40.0, 40.0]])
+    out = roi_avg_pool(x, r, 2, 2, 1 / 16)
+    g = rng.standard_normal(out.shape)
+    analytic = roi_avg_pool_backward(g, r, x.shape, 2, 2, 1 / 16)
+    numeric = gradcheck.numerical_grad(lambda: float(np.sum(roi_avg_pool(x, r, 2, 2, 1 / 16) * g)), x)
+    err = gradcheck.rel_error(analytic, numeric)
+    flat = roi_avg_pool(np.ones((1, 1, 6, 6)), r, 2, 2, 1 / 16)
+    print(f"  average pooling: relative error of the backward {err:.1e}; a constant map pools to {flat.ravel()}")
+    return err < 1e-7 and np.allclose(flat, 1.0)
+
+
+T.exercise("4.3", _check_avg, "relative error < 1e-7 (about 1e-10), a map of ones pools to ones")

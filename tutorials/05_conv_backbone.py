@@ -173,7 +173,12 @@ for name in ("numpy", "numba"):
 #   of 2-2-3-3-3), pools after the first four stages only (Faster R-CNN reads
 #   conv5_3), no BN: 224 x 224 x 3 -> 14 x 14 x 512.
 #
-# A 3x3 conv from `C` to `F` channels has `F * C * 9 + F` parameters. We run
+# A 3x3 conv from `C` to `F` channels has `F * C * 9 + F` parameters (weights
+# and biases); in a stack with batch norm each conv also has BN's `gamma` and
+# `beta`, `2 F` more (the running mean and variance are statistics, not
+# trained parameters, and are not counted). The printed table adds them: the
+# `tiny` stacks' `conv1_1` is `16 * 3 * 9 + 16 + 2 * 16 = 480`, and each row
+# is checked against the formula; `vgg16` has no BN. We run
 # one image through each stack and read the shapes off the layer caches the
 # forward returns (the backward's to-do list). Timing: the first call of a
 # Numba kernel compiles it (seconds); we call the forward once to warm up and
@@ -215,6 +220,9 @@ def describe(name, spec, size):
             f"  {layer + (' + relu' if kind == 'relu' else ' pool'):26s} "
             f"{tuple(shape)!s:>20s} {count:>11,d}"
         )
+        if kind == "relu":
+            f_out, c_in = params[layer + ".w"].shape[:2]
+            formulas.append(count == f_out * c_in * 9 + f_out + (2 * f_out if spec.batch_norm else 0))
     total = backbone.count_params(params)
     print(
         f"  features {tuple(features.shape)}, stride {backbone.stride(spec)}, "
@@ -225,6 +233,7 @@ def describe(name, spec, size):
     return features, total
 
 
+formulas = []  # one bool per conv row: its count == F*C*9 + F (+ 2F with batch norm)
 f_tiny, n_tiny = describe("backbone preset 'tiny'", "tiny", 128)
 T.check(f_tiny.shape == (1, 128, 8, 8), "tiny: 128 x 128 -> 128 x 8 x 8")
 train_spec = backbone_spec(preset("tiny"))
@@ -246,6 +255,10 @@ T.check(
 )
 T.check(
     n_vgg == 14_714_688, "vgg16 has 14,714,688 conv parameters (torchvision's vgg16().features)"
+)
+T.check(
+    all(formulas),
+    f"all {len(formulas)} conv rows: F*C*9 + F, plus 2F (gamma, beta) in the batch-norm stacks",
 )
 
 # %% [markdown]
@@ -307,7 +320,13 @@ for k in range(1, 5):
     panels.append(
         T.caption(Image.fromarray(sample["image"]), f"stage {k} output\n{tuple(fmap.shape[1:])}")
     )
-    panels += [T.caption(T.grey(fmap[0, c], up), f"channel {c}\n") for c in picks]
+    panels += [
+        T.caption(
+            T.grey(fmap[0, c], up),
+            f"channel {c}\nblack {fmap[0, c].min():.2f}, white {fmap[0, c].max():.2f}",
+        )
+        for c in picks
+    ]
     T.check(fmap.shape[2] == 128 // 2**k, f"stage {k}: {128 // 2**k} x {128 // 2**k} map")
 T.save_grid(panels, "05_feature_maps.png", cols=5, colours=128)
 
@@ -324,11 +343,68 @@ T.save_grid(panels, "05_feature_maps.png", cols=5, colours=128)
 #
 # ## Exercises
 #
-# 1. How much memory does im2col take for VGG16's conv1_2 on a 224 x 224
-#    image (64 channels, 3x3)? Compare with the input itself.
-# 2. Replace `max_pool2d` by a stride-2 conv in `tiny`: how do the shapes and
-#    the parameter count change?
-# 3. Section 4 found a zero gradient for every conv bias: batch norm
-#    subtracts the per-channel mean, so a constant shift cannot change the
-#    output. Show it algebraically, then remove the biases from `tiny` and
-#    count the parameters saved.
+# Fill in each stub and re-run; each check cell prints `passed` or what it
+# expected.
+#
+# 1. How many bytes does im2col's column matrix take for VGG16's conv1_2 on a
+#    224 x 224 image (64 input channels, 3x3, float32)? How many times the
+#    input itself is that?
+# 2. Replace each 2x2 max pool of the `tiny` training stack by a 3x3 conv of
+#    stride 2 (padding 1, same channels in and out, with a bias). The shapes
+#    stay the same on these even sizes; how many parameters does it add?
+# 3. Section 4 found a zero gradient for every conv bias in the batch-norm
+#    stack: batch norm subtracts the per-channel mean, so a constant shift
+#    `b` cannot change its output (`(x + b) - mean(x + b) = x - mean(x)`).
+#    How many parameters would removing the biases save in the `tiny`
+#    training stack?
+
+
+# %%
+@T.stub
+def im2col_bytes_conv1_2():
+    """(column-matrix bytes, input bytes) for conv1_2 of VGG16 on one 224 x 224 image, float32."""
+    raise NotImplementedError
+
+
+@T.stub
+def params_added_by_strided_convs(spec):
+    """Parameters added when each pooling stage's 2x2 pool becomes a 3x3 stride-2 conv C -> C."""
+    raise NotImplementedError
+
+
+@T.stub
+def bias_params(spec):
+    """Number of conv bias parameters in the stack ``spec`` (a BackboneSpec)."""
+    raise NotImplementedError
+
+
+# %%
+def _check_im2col():
+    cols, inp = im2col_bytes_conv1_2()
+    print(f"  im2col {cols / 2**20:.1f} MiB, input {inp / 2**20:.1f} MiB, ratio {cols / inp:.0f}")
+    return cols == 64 * 9 * 224 * 224 * 4 and cols == 9 * inp
+
+
+T.exercise("5.1", _check_im2col, "64*9 x 224*224 float32 = 115,605,504 bytes (110 MiB): 9x the input")
+
+
+def _check_strided():
+    added = params_added_by_strided_convs(train_spec)
+    expected = sum(st.channels**2 * 9 + st.channels for st in train_spec.stages if st.pool)
+    print(f"  strided convs add {added:,d} parameters to the {n_train:,d} of the stack")
+    return added == expected
+
+
+T.exercise(
+    "5.2",
+    _check_strided,
+    " + ".join(f"{st.channels}*{st.channels}*9+{st.channels}" for st in train_spec.stages if st.pool)
+    + f" = {sum(st.channels**2 * 9 + st.channels for st in train_spec.stages if st.pool):,d} more",
+)
+T.exercise(
+    "5.3",
+    lambda: bias_params(train_spec) == sum(st.channels * st.convs for st in train_spec.stages),
+    "one bias per output channel of every conv: "
+    + " + ".join(str(st.channels * st.convs) for st in train_spec.stages)
+    + f" = {sum(st.channels * st.convs for st in train_spec.stages)}",
+)

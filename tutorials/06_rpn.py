@@ -1,8 +1,10 @@
 # %% [markdown]
 # # Tutorial 6: training the region proposal network
 #
-# Tutorial 2 built the anchors: `H * W * A` fixed boxes, 576 of them on a
-# 128 x 128 `shapes` image with the `tiny` preset. The RPN predicts, for each
+# Tutorial 2 built the anchors: `H * W * A` fixed boxes. The `tiny` preset
+# (stride 4) has a 32 x 32 map on a 128 x 128 `shapes` image; this tutorial
+# pins a stride-16 stack instead (an 8 x 8 map) so that every anchor can be
+# drawn; both counts are printed in the first cell. The RPN predicts, for each
 # anchor, two objectness scores (background, object) and four box deltas. To
 # train it we must say, for every anchor, what the right answer is:
 #
@@ -48,7 +50,17 @@ A = model.anchor_generator.num_anchors  # anchors per cell
 anchors, _ = model.anchor_generator([(128 // STRIDE, 128 // STRIDE)])  # (576, 4) float64
 sample = data[3]
 image, gt = sample["image"], sample["boxes"].astype(np.float64)
-print(f"{len(anchors)} anchors (8 x 8 cells x {A}), {len(gt)} objects:\n{gt}")
+tiny_cfg = preset("tiny")
+tiny_net = FasterRCNN(tiny_cfg, data.class_names, rng=np.random.default_rng(0))
+(tiny_stride,) = tiny_net.backbone.strides
+n_tiny = (128 // tiny_stride) ** 2 * tiny_net.anchor_generator.num_anchors
+print(f"the tiny preset: stride {tiny_stride}, {n_tiny} anchors on a 128 x 128 image")
+print(f"this tutorial's pinned stack: stride {STRIDE}, {len(anchors)} anchors "
+      f"({128 // STRIDE} x {128 // STRIDE} cells x {A})")
+print(f"{len(gt)} objects:\n{gt}")
+print(f"thresholds (config): positive IoU >= {cfg.rpn_fg_iou_thresh} (rpn_fg_iou_thresh), negative "
+      f"< {cfg.rpn_bg_iou_thresh} (rpn_bg_iou_thresh); {cfg.rpn_batch_size_per_image} sampled, "
+      f"at most {cfg.rpn_positive_fraction:.0%} positive")
 
 # %% [markdown]
 # ## 1. Labels: positive, negative, ignored
@@ -74,6 +86,9 @@ print(f"{len(anchors)} anchors (8 x 8 cells x {A}), {len(gt)} objects:\n{gt}")
 # `BELOW_LOW_THRESHOLD` (-1, negative) or `BETWEEN_THRESHOLDS` (-2, ignored).
 # The model builds its `AnchorTargetCreator` (a matcher with 0.7 / 0.3 and a
 # sampler, section 2) once from the config; afterwards it is called with data only.
+# Every target-assignment rule of the project (this one, the RoI head's, RetinaNet's
+# and the FPN's level mapping) is in one table, with its config fields:
+# [`tutorials/RULES.md`](RULES.md).
 
 
 # %%
@@ -495,23 +510,87 @@ print(f"wrote {T.out_dir() / '06_best_iou_per_cell.png'}")
 # %% [markdown]
 # ## Summary
 #
-# * Anchor labels: IoU >= 0.7 positive, < 0.3 negative, in between ignored;
-#   plus each object's best anchor(s), ties included, so no object is left
-#   without a positive.
-# * 256 anchors sampled per image, at most 128 positive, with an explicit
-#   random generator.
+# * Anchor labels: IoU >= `rpn_fg_iou_thresh` positive, < `rpn_bg_iou_thresh`
+#   negative, in between ignored (values printed in the first cell); plus each
+#   object's best anchor(s), ties included, so no object is left without a
+#   positive.
+# * `rpn_batch_size_per_image` anchors sampled per image, at most
+#   `rpn_positive_fraction` of them positive, with an explicit random
+#   generator. The same rules with RetinaNet's and the head's numbers:
+#   [`RULES.md`](RULES.md).
 # * Targets `(dx, dy, dw, dh) = ((gx - ax) / aw, (gy - ay) / ah, ln(gw / aw),
-#   ln(gh / ah))`: the natural log, because decoding uses `exp` and so the
-#   four targets have comparable scales.
+#   ln(gh / ah))`: the natural log because decoding uses `exp` and encode and
+#   decode must be inverses; the *spread* of the targets is set by the
+#   box-coder weights, not by the base of the log (log10 is ln with weights
+#   `1/ln 10`, section 3).
 # * Loss: mean softmax cross-entropy over the sample + smooth L1 over the
-#   positives divided by the sample size; an empty image gives 256 negatives
-#   and a finite loss.
+#   positives divided by the sample size; an empty image gives a sample of
+#   negatives only and a finite loss.
 #
 # ## Exercises
 #
-# 1. Set `rpn_allowed_border=0` (the paper's rule: ignore anchors crossing the
-#    image border). How many of the 576 anchors remain on a 128 x 128 image?
-# 2. Remove rule 2 from `assign_loop`. Which objects of the first 40 training
-#    images lose all their positive anchors? What size are they?
-# 3. Change the sample to 64 anchors with 25% positives. What changes in the
-#    balance of `loss_objectness` between positives and negatives?
+# Fill in each stub and re-run; each check cell prints `passed` or what it
+# expected. (`MINIRCCN_TUTORIAL_STUDENT=1` keeps the script going if you edit
+# `assign_loop` itself and a check above fails.)
+#
+# 1. The paper ignores anchors that cross the image border
+#    (`rpn_allowed_border=0`). How many of this tutorial's anchors lie wholly
+#    inside a 128 x 128 image?
+# 2. Without rule 2 (each object's best anchors), which objects of the first
+#    40 training images have no positive anchor at this tutorial's stride?
+#    What size are they, compared with all objects?
+# 3. Sample 64 anchors with at most 25% positives from section 1's labels.
+#    How many positives and negatives, and what share of the objectness loss
+#    terms are positives?
+
+
+# %%
+@T.stub
+def anchors_inside_image(anchors, height, width):
+    """Number of anchors with x1 >= 0, y1 >= 0, x2 <= width, y2 <= height."""
+    raise NotImplementedError
+
+
+@T.stub
+def objects_without_rule2(images, anchors, fg=0.7):
+    """(sqrt-areas of the objects with no anchor >= fg, sqrt-areas of all objects) over ``images``."""
+    raise NotImplementedError
+
+
+@T.stub
+def sample_64(labels, rng):
+    """(positives, negatives) in a sample of 64 anchors with at most 25% positive."""
+    raise NotImplementedError
+
+
+# %%
+inside_expected = int(
+    np.sum((anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= 128) & (anchors[:, 3] <= 128))
+)
+T.exercise(
+    "6.1",
+    lambda: anchors_inside_image(anchors, 128, 128) == inside_expected,
+    f"{inside_expected} of {len(anchors)} (the big anchors near the border all cross it)",
+)
+first40 = [data[i] for i in range(T.pick(40, 10))]
+
+
+def _check_rule2():
+    lost, every = objects_without_rule2(first40, anchors, cfg.rpn_fg_iou_thresh)
+    lost, every = np.asarray(lost), np.asarray(every)
+    print(f"  {len(lost)} of {len(every)} objects lose every positive; their median side "
+          f"{np.median(lost):.0f} px, all objects' {np.median(every):.0f} px")
+    return 0 < len(lost) < len(every) and np.median(lost) <= np.median(every)
+
+
+T.exercise("6.2", _check_rule2, "most objects at this stride (anchors 16 px apart), the lost ones no larger than the median")
+
+
+def _check_64():
+    n_pos, n_neg = sample_64(labels, np.random.default_rng(0))
+    p = int((labels == 1).sum())
+    print(f"  {n_pos} positives + {n_neg} negatives: positives are {n_pos / 64:.0%} of the loss terms")
+    return n_pos == min(p, 16) and n_neg == 64 - n_pos
+
+
+T.exercise("6.3", _check_64, "min(positives, 16) positives, the rest of the 64 negatives")

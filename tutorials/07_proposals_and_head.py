@@ -4,15 +4,19 @@
 # Tutorial 6 trained the RPN to score anchors and move them. This tutorial
 # follows its output into the RoI head:
 #
-# 1. the **proposal layer** turns thousands of scored anchors (9216 for the
-#    `tiny` preset's 32 x 32 map, printed below) into at most a few
-#    hundred boxes: top-n by score, decode, clip, drop tiny boxes, NMS, top-n;
+# 1. the **proposal layer** turns thousands of scored anchors (the `tiny`
+#    preset's count is printed below) into at most a few hundred boxes: top-n
+#    by score, decode, clip, drop tiny boxes, NMS, top-n;
 # 2. **proposal targets** pick the RoIs the head trains on (ground truth
 #    appended, a capped share of foreground) with class labels and normalised box targets;
 # 3. **RoI pooling into the head**: every RoI becomes a `C x 7 x 7` block, two
 #    fully connected layers, then `K` class scores and `4K` deltas;
-# 4. **inference post-processing**: a box per class, score threshold 0.05,
-#    NMS per class, the best 100.
+# 4. **inference post-processing**: a box per class, a score threshold,
+#    NMS per class, the best `box_detections_per_img`.
+#
+# Every number of these steps is a config field; the first cell prints them.
+# The target-assignment rules side by side with the RPN's and RetinaNet's:
+# [`RULES.md`](RULES.md).
 #
 # The network here is untrained, so its scores mean nothing. To watch the
 # steps do something sensible we also build a **stand-in** for a trained
@@ -48,6 +52,17 @@ anchors, counts = model.anchor_generator([features.shape[2:]])  # (H * W * 9, 4)
 print(f"features {features.shape}, {len(anchors)} anchors, {len(gt)} objects:")
 for b, lab in zip(gt, gt_labels):
     print(f"  {data.class_names[lab]:9s} {b}")
+print(
+    f"proposal layer (inference): pre_nms_top_n {cfg.rpn_pre_nms_top_n_test}, NMS IoU > "
+    f"{cfg.rpn_nms_thresh}, post_nms_top_n {cfg.rpn_post_nms_top_n_test}, min_size {cfg.rpn_min_size}"
+    f"\n                (training): pre {cfg.rpn_pre_nms_top_n_train}, post {cfg.rpn_post_nms_top_n_train}"
+    f"\nproposal targets: foreground IoU >= {cfg.box_fg_iou_thresh}, background "
+    f"[{cfg.box_bg_iou_lo}, {cfg.box_bg_iou_thresh}), {cfg.box_batch_size_per_image} RoIs per image, at "
+    f"most {cfg.box_positive_fraction:.0%} foreground, weights {cfg.bbox_reg_weights}"
+    f"\nhead: RoI pooling {cfg.roi_output_size} x {cfg.roi_output_size} at spatial_scale 1/{model.backbone.strides[0]}"
+    f"\ninference: score > {cfg.box_score_thresh}, per-class NMS IoU > {cfg.box_nms_thresh}, "
+    f"at most {cfg.box_detections_per_img} detections"
+)
 
 # %% [markdown]
 # ### A stand-in for a trained RPN
@@ -85,18 +100,19 @@ for name, k in (("tiny", 0), ("corner", corner), ("top edge", top)):
 # %% [markdown]
 # ## 1. The proposal layer
 #
-# Per image (the numbers of `minirccn train`'s inference, `rpn_*_test`):
+# Per image (the numbers of `minirccn train`'s inference, `rpn_*_test`,
+# printed in the first cell):
 #
 # 1. `score = softmax(logits)[:, 1]` for every anchor;
-# 2. keep the `pre_nms_top_n = 300` best (ties: lower anchor index first);
+# 2. keep the `rpn_pre_nms_top_n_test` best (ties: lower anchor index first);
 # 3. decode their deltas (weights 1, tutorial 6) and clip the boxes to the image;
-# 4. drop boxes narrower or lower than `min_size` (1e-3 px);
-# 5. NMS with IoU threshold 0.7 (tutorial 3): neighbouring anchors that
-#    regressed onto the same object collapse to one proposal;
-# 6. keep the `post_nms_top_n = 100` best.
+# 4. drop boxes narrower or lower than `rpn_min_size` pixels;
+# 5. NMS with IoU threshold `rpn_nms_thresh` (tutorial 3): neighbouring
+#    anchors that regressed onto the same object collapse to one proposal;
+# 6. keep the `rpn_post_nms_top_n_test` best.
 #
-# Training uses larger numbers (`rpn_pre_nms_top_n_train = 600`, post 300):
-# more, more varied RoIs to learn from. Step 2 exists for speed (NMS is
+# Training uses larger numbers (`rpn_pre_nms_top_n_train`,
+# `rpn_post_nms_top_n_train`): more, more varied RoIs to learn from. Step 2 exists for speed (NMS is
 # quadratic); step 4 protects the head from degenerate boxes.
 
 
@@ -159,7 +175,7 @@ T.check(
 T.check(
     ops.box_iou(proposals, proposals)[np.triu_indices(len(proposals), 1)].max()
     <= cfg.rpn_nms_thresh,
-    "after NMS no two proposals overlap by more than IoU 0.7",
+    f"after NMS no two proposals overlap by more than IoU {cfg.rpn_nms_thresh}",
 )
 
 # %% [markdown]
@@ -170,13 +186,14 @@ T.check(
 #
 # 1. append the ground-truth boxes to the proposals, so the head always has
 #    perfect foreground to learn from, even while the RPN is still random;
-# 2. each RoI's best object by IoU: `>= 0.5` foreground, labelled with that
-#    object's class; in `[0.0, 0.5)` background, label 0;
-# 3. sample 64 RoIs per image (`box_batch_size_per_image`; the paper's 128
-#    with 2 images per batch), at most a share `box_positive_fraction` of
-#    them foreground (the paper's 25%; the tiny preset's value is printed below
-#    with the sampler: `positive_fraction`);
-# 4. regression targets `encode(gt, roi) * (10, 10, 5, 5)`.
+# 2. each RoI's best object by IoU: `>= box_fg_iou_thresh` foreground,
+#    labelled with that object's class; in `[box_bg_iou_lo, box_bg_iou_thresh)`
+#    background, label 0;
+# 3. sample `box_batch_size_per_image` RoIs per image (the paper: 128 with 2
+#    images per batch), at most a share `box_positive_fraction` of them
+#    foreground (the paper: 25%; the tiny preset's values are printed in the
+#    first cell and below with the sampler);
+# 4. regression targets `encode(gt, roi) * bbox_reg_weights` (10, 10, 5, 5).
 #
 # The weights divide the deltas by their typical spread: foreground RoIs
 # overlap their object by at least 0.5, so their `dx, dy` are around 0.1 and
@@ -270,9 +287,10 @@ T.check(np.all(l0 == 0) and np.all(t0 == 0) and len(r0) > 0, "no objects: only b
 # ## 3. RoI pooling into the head
 #
 # Each RoI becomes a row `(batch index, x1, y1, x2, y2)`; RoI max pooling
-# (tutorial 4, `spatial_scale = 1 / 16`) cuts its part of the feature map
-# into 7 x 7 bins, so every RoI, whatever its size, gives `C x 7 x 7`
-# numbers. Then, as in Fast R-CNN:
+# (tutorial 4, `spatial_scale = 1 / stride`: 1/4 for this stride-4
+# preset, printed in the first cell; the paper's VGG16 pools at 1/16) cuts its
+# part of the feature map into `roi_output_size` x `roi_output_size` bins
+# (7 x 7), so every RoI, whatever its size, gives `C x 7 x 7` numbers. Then, as in Fast R-CNN:
 #
 #     flatten (R, C*49) -> fc6 + ReLU (R, D) -> fc7 + ReLU (R, D) -> cls (R, K)
 #                                                                -> bbox (R, 4K)
@@ -334,10 +352,10 @@ T.check(
 # 1. `score_k = softmax(class scores)[k]`;
 # 2. `box_k = decode(deltas[4k : 4k + 4], roi, weights (10, 10, 5, 5))`,
 #    clipped to the image;
-# 3. keep `score_k > 0.05` and boxes at least 0.01 px wide and high;
-# 4. NMS **per class** at IoU 0.5: a circle does not suppress an
+# 3. keep `score_k > box_score_thresh` and boxes at least 0.01 px wide and high;
+# 4. NMS **per class** at IoU `box_nms_thresh`: a circle does not suppress an
 #    overlapping square (tutorial 3's batched NMS);
-# 5. the 100 best over all classes.
+# 5. the `box_detections_per_img` best over all classes.
 #
 # The untrained head would give near-uniform scores (`1/4` each). Our
 # stand-in head: each proposal's logit for its best object's class grows with
@@ -409,8 +427,8 @@ T.check(
     "naive per-class loop == minirccn.detector.roi_heads.postprocess.BoxPostprocess",
 )
 T.check(
-    det["scores"].min() > cfg.box_score_thresh and len(det["boxes"]) <= 100,
-    "every detection scores above 0.05; at most 100",
+    det["scores"].min() > cfg.box_score_thresh and len(det["boxes"]) <= cfg.box_detections_per_img,
+    f"every detection scores above {cfg.box_score_thresh}; at most {cfg.box_detections_per_img}",
 )
 best_iou = ops.box_iou(gt, det["boxes"]).max(axis=1)
 T.check(
@@ -484,22 +502,93 @@ T.save_grid(
 # ## Summary
 #
 # * Proposal layer: softmax score, top-n, decode, clip, drop boxes under
-#   `min_size`, NMS 0.7, top-n; no gradient flows through it.
-# * Proposal targets: ground truth appended, IoU >= 0.5 foreground with its
-#   class, [0, 0.5) background, `box_batch_size_per_image` RoIs with at most a
-#   share `box_positive_fraction` foreground (both printed above), targets
-#   scaled by (10, 10, 5, 5) to about unit spread.
-# * Head: RoI max pool to `C x 7 x 7`, fc6, fc7, `K` scores and `4K` deltas;
-#   the box loss only sees each foreground RoI's own class.
-# * Inference: a box per class, score > 0.05, NMS per class at 0.5, at most
-#   100 detections.
+#   `rpn_min_size`, NMS at `rpn_nms_thresh`, top-n; no gradient flows through it.
+# * Proposal targets: ground truth appended, IoU >= `box_fg_iou_thresh`
+#   foreground with its class, `[box_bg_iou_lo, box_bg_iou_thresh)`
+#   background, `box_batch_size_per_image` RoIs with at most a share
+#   `box_positive_fraction` foreground, targets scaled by `bbox_reg_weights`
+#   to about unit spread (all printed in the first cell; [`RULES.md`](RULES.md)).
+# * Head: RoI max pool to `C x 7 x 7` at `1 / stride`, fc6, fc7, `K` scores
+#   and `4K` deltas; the box loss only sees each foreground RoI's own class.
+# * Inference: a box per class, score > `box_score_thresh`, NMS per class at
+#   `box_nms_thresh`, at most `box_detections_per_img` detections.
 #
 # ## Exercises
 #
-# 1. Set `nms_thresh` of the proposal layer to 0.5 and to 0.9. How many
-#    proposals survive? What does the head lose in each case?
-# 2. Skip step 1 of the proposal targets (no ground truth appended) and
-#    re-run: how many foreground RoIs are left with the *untrained* RPN's
-#    proposals (`FasterRCNN.rpn_proposals`)?
-# 3. Replace the per-class NMS by one NMS over all classes. Put a circle and
-#    a square side by side with IoU 0.6: what happens to the weaker one?
+# Fill in each stub and re-run; each check cell prints `passed` or what it
+# expected.
+#
+# 1. Run the model's proposal layer (section 1's `logits`, `deltas`) with NMS
+#    thresholds 0.5 and 0.9 (`cfg.replace(rpn_nms_thresh=...)`, then
+#    `ProposalCreator.from_config`-style, or `proposals_loop`). How many
+#    proposals survive each? (0.5 removes more near-duplicates, so objects
+#    next to each other can lose their second box; 0.9 lets through clouds
+#    of near-copies that fill the `post_nms_top_n`.)
+# 2. Skip step 1 of the proposal targets (no ground truth appended): with
+#    section 1's proposals, how many RoIs reach IoU >= `box_fg_iou_thresh`
+#    (foreground candidates) with and without the ground truth?
+# 3. Replace the per-class NMS by one NMS over all classes: a circle box and a
+#    square box with IoU about 0.6 (printed), scores 0.9 and 0.8. Which survive per-class
+#    NMS at `box_nms_thresh`, and which class-agnostic NMS?
+
+
+# %%
+@T.stub
+def proposals_with_nms(threshold):
+    """Number of proposals section 1's proposal layer returns at NMS IoU ``threshold``."""
+    raise NotImplementedError
+
+
+@T.stub
+def foreground_candidates(proposals, gt, append_gt):
+    """How many of the RoIs (proposals, plus gt if append_gt) have IoU >= box_fg_iou_thresh."""
+    raise NotImplementedError
+
+
+@T.stub
+def kept_labels(boxes, scores, labels, per_class):
+    """Labels of the boxes that survive NMS at box_nms_thresh, per class or over all classes."""
+    raise NotImplementedError
+
+
+# %%
+def _check_nms_thresholds():
+    counts = {t: proposals_with_nms(t) for t in (0.5, cfg.rpn_nms_thresh, 0.9)}
+    print(f"  proposals per NMS threshold: {counts}")
+    return counts[cfg.rpn_nms_thresh] == len(proposals) and counts[0.5] <= counts[cfg.rpn_nms_thresh] <= counts[0.9]
+
+
+T.exercise(
+    "7.1",
+    _check_nms_thresholds,
+    f"the default threshold gives section 1's {len(proposals)}; 0.5 fewer or as many, 0.9 more "
+    f"(capped at {cfg.rpn_post_nms_top_n_test})",
+)
+
+
+def _check_append():
+    with_gt = foreground_candidates(proposals, gt, True)
+    without = foreground_candidates(proposals, gt, False)
+    print(f"  foreground candidates: {with_gt} with the ground truth appended, {without} without")
+    return with_gt == without + len(gt)
+
+
+T.exercise("7.2", _check_append, "exactly len(gt) more with the ground truth (each gt box has IoU 1)")
+pair = np.array([[10.0, 10, 60, 60], [22.0, 10, 72, 60]])  # shifted by 12 of 50: IoU 38 / 62
+pair_iou = ops.box_iou(pair[:1], pair[1:])[0, 0]
+
+
+def _check_agnostic():
+    labs = np.array([1, 2])
+    per = sorted(kept_labels(pair, np.array([0.9, 0.8]), labs, True))
+    agn = sorted(kept_labels(pair, np.array([0.9, 0.8]), labs, False))
+    print(f"  IoU {pair_iou:.3f}: per-class NMS keeps labels {per}, class-agnostic keeps {agn}")
+    return per == [1, 2] and agn == [1]
+
+
+T.exercise(
+    "7.3",
+    _check_agnostic,
+    f"IoU {pair_iou:.2f} > {cfg.box_nms_thresh}: per class both survive, class-agnostic "
+    "NMS drops the weaker square",
+)

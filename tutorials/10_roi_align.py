@@ -44,8 +44,12 @@ STRIDE = 16
 # RoI pooling maps an image coordinate `x` to cell `round(x / 16)`. The
 # distance between the two is at most half a cell, 8 pixels, and for random
 # boxes it is a quarter of a cell (4 pixels) on average, on every corner.
-# The bins round again: a RoI 11 cells wide cut into 7 bins gets bins of 1 or
-# 2 cells instead of 11/7 each.
+# The bins round again. The RoI below is 11 cells wide (x from 1.5 to 12.5);
+# rounded, it covers columns 2 to 13 *inclusive*, and the "+1" makes that
+# `roi_w = 12` cells, so each of the 7 bins is `12 / 7 = 1.71` cells wide
+# instead of `11 / 7 = 1.57`. Taking `floor` of each bin's start and `ceil` of
+# its end, every bin then spans 2 or 3 whole cells (printed below), and
+# neighbouring bins share a column.
 
 # %%
 corners = rng.uniform(0, 1024, T.pick(100_000, 10_000))
@@ -64,6 +68,9 @@ T.check(
     wstart[0, 0] == 2 and wend[0, -1] == 14,
     "x1 = 1.5 -> column 2, x2 = 12.5 -> column 13 inclusive: 12 cells for an 11-cell box",
 )
+spans = (wend[0] - wstart[0]).astype(int).tolist()
+print("roi_pool's bin widths in cells:", spans)
+T.check(set(spans) <= {2, 3}, "each of the 7 bins spans 2 or 3 whole cells (floor/ceil of 12/7-cell bins)")
 
 # %% [markdown]
 # ## 2. One sample, read bilinearly
@@ -175,8 +182,17 @@ xy = rng.uniform(-48, STRIDE * size, (T.pick(12, 5), 2))
 wh = rng.uniform(0, 160, xy.shape)
 rois = np.concatenate([rng.integers(0, 2, (len(xy), 1)), xy, xy + wh], axis=1)
 rois = np.concatenate([rois, [[0, -100, -100, -40, -40], [1, 8, 8, 8, 8]]])  # off the map; a point
+torch, torchvision = T.torchvision_or_note("roi_align")  # compared in the loop below if present
 for ratio, aligned in [(2, False), (-1, False), (3, True)]:
     loop = roi_align_loop(features, rois, 3, 2, 1 / STRIDE, ratio, aligned)
+    if torch is not None:
+        tv = torchvision.ops.roi_align(
+            torch.from_numpy(features), torch.from_numpy(rois), (3, 2), 1 / STRIDE, ratio, aligned
+        ).numpy()
+        T.check(
+            np.allclose(tv, loop, rtol=0, atol=1e-12),
+            f"torchvision.ops.roi_align == the loops (sampling_ratio={ratio}, aligned={aligned})",
+        )
     for backend in ("numpy", "numba"):
         fast = ops.roi_align(features, rois, (3, 2), 1 / STRIDE, ratio, aligned, backend=backend)
         T.check(
@@ -336,37 +352,41 @@ T.check(
     np.allclose(tab.x.lo[0] + tab.x.w_hi[0], sx) and np.allclose(tab.y.lo[0] + tab.y.w_hi[0], sy),
     "the drawn sample points are the ones sample_tables computes",
 )
-ax.scatter(np.repeat(sx.ravel(), 4), np.tile(sy.ravel(), 4), s=18, c="k", zorder=3)
+ax.scatter(np.repeat(sx.ravel(), 4), np.tile(sy.ravel(), 4), s=18, c="k", zorder=3, label="RoIAlign samples")
 px, py = sx[1, 0], sy[0, 1]
 for p, _ in neighbours(py, grid_h):
     for q, _ in neighbours(px, grid_w):
         ax.add_patch(plt.Rectangle((q - 0.12, p - 0.12), 0.24, 0.24, color="red", zorder=4))
-ax.scatter([px], [py], s=40, c="red", zorder=5)
+ax.scatter([px], [py], s=40, c="red", zorder=5, label="one sample and its 4 neighbours")
 ax.set_xlim(-0.5, grid_w - 0.5)
 ax.set_ylim(grid_h - 0.5, -0.5)
 ax.set_xlabel("map x (cell q's value at x = q, +)")
+ax.set_ylabel("map y (cell p's value at y = p)")
+ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
 ax.set_aspect("equal")
 ax.set_title(
     "RoIAlign samples (dots), one sample's 4 neighbours (red)\n"
     "grey: the cells roi_pool's rounded bins cover",
-    fontsize=9,
+    fontsize=11,
 )
 
 ax = axes[1]
 im = ax.imshow(grad[0, 0], cmap="magma")
-ax.set_title("gradient of bin (0, 1): 4 cells per sample\n(section 4)", fontsize=9)
-fig.colorbar(im, ax=ax, fraction=0.046)
+ax.set_title("gradient of bin (0, 1): 4 cells per sample\n(section 4)", fontsize=11)
+ax.set_xlabel("map x")
+ax.set_ylabel("map y")
+fig.colorbar(im, ax=ax, fraction=0.046, label="d output / d cell")
 
 ax = axes[2]
 ax.plot(shifts, pool_top, "o-", ms=3, label="roi_pool (max, rounded)")
 ax.plot(shifts, align_top, "s-", ms=3, label="roi_align (bilinear, aligned)")
 ax.set_xlabel("box shift (image pixels; a cell is 16)")
 ax.set_ylabel("top-left bin output")
-ax.set_title("sliding a box by 4 px steps (section 6)", fontsize=9)
+ax.set_title("sliding a box by 4 px steps (section 6)", fontsize=11)
 ax.legend(fontsize=8)
 fig.tight_layout()
 path = T.out_dir() / "10_roi_align.png"
-fig.savefig(path, dpi=80)
+fig.savefig(path, dpi=100)
 print(f"wrote {path}")
 
 # %% [markdown]
@@ -387,9 +407,84 @@ print(f"wrote {path}")
 #
 # ## Exercises
 #
-# 1. With `sampling_ratio=1`, where is a bin's only sample? Which cells does a
-#    7 x 7 RoIAlign of a 14-cell-wide RoI never read?
-# 2. Make `aligned=True` also clamp the RoI size to 1. Which of the checks in
-#    section 3 would fail, and for which RoIs?
-# 3. Write RoIAlign with *max* instead of mean over the samples and its
-#    backward (the winning sample's 4 neighbours get the gradient); gradient-check it.
+# Fill in each stub and re-run; each check cell prints `passed` or what it
+# expected. (To edit `roi_align_loop` itself instead, run with
+# `MINIRCCN_TUTORIAL_STUDENT=1`: the checks of section 3 then report and the
+# script goes on.)
+#
+# 1. With `sampling_ratio=1` each bin has one sample, at its centre. For the
+#    RoI `(0, 0, 0, 14, 14)` at scale 1 (14 cells wide, `aligned=False`) pooled
+#    7 x 7, which columns `0..13` get no weight at all? (Each sample lands on
+#    an integer position, where bilinear reads one cell only.)
+# 2. Suppose `aligned=True` also clamped the RoI size to 1 cell (as
+#    `aligned=False` does). Which RoIs of section 3 (`rois`, scale 1/16) would
+#    give other numbers? Those whose shifted width or height is under 1 cell.
+# 3. Write RoIAlign with *max* instead of mean over the samples, and its
+#    backward (the winning sample's 4 neighbours get the bin's gradient, with
+#    their bilinear weights); the check compares it with finite differences.
+
+
+# %%
+@T.stub
+def columns_never_read():
+    """Sorted columns in 0..13 that a 7 x 7, sampling_ratio=1 RoIAlign of (0, 0, 0, 14, 14) never reads."""
+    raise NotImplementedError
+
+
+@T.stub
+def rois_changed_by_aligned_clamp(rois, spatial_scale):
+    """Sorted row indices of the RoIs whose width or height * scale is under 1 cell."""
+    raise NotImplementedError
+
+
+@T.stub
+def roi_align_max(features, rois, ph, pw, s, sampling_ratio):
+    """(R, C, ph, pw): the largest bilinear sample of each bin (aligned=False; empty: 0)."""
+    raise NotImplementedError
+
+
+@T.stub
+def roi_align_max_backward(dout, features, rois, ph, pw, s, sampling_ratio):
+    """(N, C, H, W) gradient of roi_align_max: each bin's dout to its winning sample's neighbours."""
+    raise NotImplementedError
+
+
+# %%
+def _check_never_read():
+    grad = ops.roi_align_backward(
+        np.ones((1, 1, 7, 7)), np.array([[0, 0.0, 0, 14, 14]]), (1, 1, 16, 16), 7, 1.0, 1, False
+    )
+    expected = [c for c in range(14) if grad[0, 0, :14, c].sum() == 0]
+    got = sorted(columns_never_read())
+    print(f"  never read: {got} (from the backward's zero columns: {expected})")
+    return got == expected
+
+
+T.exercise("10.1", _check_never_read, "the 7 even columns 0, 2, ..., 12: the samples sit on columns 1, 3, ..., 13")
+
+
+def _check_clamp():
+    w_c, h_c = (rois[:, 3] - rois[:, 1]) / STRIDE, (rois[:, 4] - rois[:, 2]) / STRIDE
+    expected = np.flatnonzero((w_c < 1) | (h_c < 1)).tolist()
+    got = list(rois_changed_by_aligned_clamp(rois, 1 / STRIDE))
+    print(f"  changed RoIs: {got}; the last row is the point RoI {rois[-1, 1:].tolist()}")
+    return got == expected and len(rois) - 1 in got
+
+
+T.exercise("10.2", _check_clamp, "the RoIs under 16 px on a side, the point RoI (last row) among them")
+
+
+def _check_max():
+    x = rng.standard_normal((1, 2, 8, 8))
+    r = np.array([[0, 1.3, 0.7, 6.2, 5.1], [0, 2.0, 2.5, 7.5, 7.0]])
+    out = roi_align_max(x, r, 2, 2, 1.0, 2)
+    mean = ops.roi_align(x, r, 2, 1.0, 2, False)
+    g = rng.standard_normal(out.shape)
+    analytic = roi_align_max_backward(g, x, r, 2, 2, 1.0, 2)
+    numeric = gradcheck.numerical_grad(lambda: float(np.sum(roi_align_max(x, r, 2, 2, 1.0, 2) * g)), x)
+    err = gradcheck.rel_error(analytic, numeric)
+    print(f"  max >= mean in every bin: {bool(np.all(out >= mean - 1e-12))}; backward relative error {err:.1e}")
+    return np.all(out >= mean - 1e-12) and err < 1e-6
+
+
+T.exercise("10.3", _check_max, "every bin's max >= its mean; backward relative error < 1e-6 (about 1e-10)")

@@ -130,7 +130,9 @@ T.check(
 # with `s0 = 224` (an ImageNet-sized box) at level `k0 = 4` (stride 16). A box
 # of half that side goes one level finer, one of twice the side one coarser.
 # The `1e-6` puts a box exactly on a boundary (side 112: `log2(1/2) = -1`) on
-# the upper level even after rounding. The rule, a naive loop, then the class:
+# the upper level even after rounding. (This rule sits with the RPN's, the
+# head's and RetinaNet's target rules in one table: [`RULES.md`](RULES.md).)
+# The rule, a naive loop, then the class:
 
 # %%
 mapper = LevelMapper.from_strides(model.pooler.strides)  # torchvision's s0 = 224, k0 = 4
@@ -147,6 +149,17 @@ for s, n, g in zip(sides, naive, got):
     raw = 4 + math.log2(s / 224)
     print(f"{s:11.4f}   {raw:17.7f}   {math.floor(raw + 1e-6):12d}   {n:7d}   P{g}")
 T.check(naive == got, "LevelMapper equals the formula, at the boundaries 112 and 224 too")
+# torchvision's own LevelMapper beside it, when torch is importable
+torch, torchvision = T.torchvision_or_note("LevelMapper")
+if torch is not None:
+    from torchvision.ops.poolers import LevelMapper as TorchLevelMapper
+
+    tv = TorchLevelMapper(mapper.k_min, mapper.k_max)(
+        [torch.tensor([[0, 0, s, s] for s in sides], dtype=torch.float32)]
+    )
+    tv_levels = (tv.numpy() + mapper.k_min).tolist()
+    print("torchvision's LevelMapper:", [f"P{k}" for k in tv_levels])
+    T.check(tv_levels == got, "torchvision's LevelMapper gives the same levels")
 
 # %% [markdown]
 # On 128-pixel `shapes` images every object (8 to 80 pixels) is below 112, so
@@ -207,28 +220,30 @@ T.check(
 )
 
 # %%
-fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6))
-colours = plt.cm.viridis(np.linspace(0, 0.9, len(names)))
+fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 4.6))
 for i, (ax, name) in enumerate(zip(axes, names)):
     ax.imshow(sample["image"])
-    for b in sample["boxes"]:
+    for k_gt, b in enumerate(sample["boxes"]):
         ax.add_patch(
-            plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.5, ls="--")
+            plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="white", lw=2.2, ls="--",
+                          label="ground truth" if k_gt == 0 else None)
         )
     mine = np.nonzero(levels == i)[0][:8]  # the level's 8 best (props are by score)
-    for k in mine:
+    for n_k, k in enumerate(mine):
         b = boxes[k]
         ax.add_patch(
-            plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec=colours[i], lw=1.2)
+            plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="black", lw=1.6,
+                          label=f"{name} proposals" if n_k == 0 else None)
         )
     ax.set_title(
         f"{name}: stride {trained.backbone.strides[i]}, anchor {cfg.anchor_sizes[i]}\n{rpn_counts[i]} proposals, best {len(mine)} drawn",
-        fontsize=9,
+        fontsize=10,
     )
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2, frameon=False)
     ax.axis("off")
-fig.suptitle("proposals of each RPN level (ground truth dashed red)", fontsize=11)
-fig.tight_layout()
-fig.savefig(T.out_dir() / "11_proposals_per_level.png", dpi=80)
+fig.suptitle("proposals of each RPN level on image 3", fontsize=12)
+fig.tight_layout(rect=(0, 0, 1, 0.9))  # leave the suptitle its own band above the panel titles
+fig.savefig(T.out_dir() / "11_proposals_per_level.png", dpi=100)
 plt.close(fig)
 
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -273,6 +288,8 @@ T.check(got == used, "only the levels some RoI was pooled from get a gradient in
 # %% [markdown]
 # ## Summary
 #
+# * (The deviations of this pyramid from the FPN paper and torchvision are
+#   listed in [`DEVIATIONS.md`](DEVIATIONS.md).)
 # * An FPN keeps one map per stride; the top-down pathway adds coarse, deep
 #   features into the fine maps (nearest 2x upsampling; backward: 2x2 sums).
 # * One RPN head slides over every level with one anchor size per level;
@@ -284,9 +301,75 @@ T.check(got == used, "only the levels some RoI was pooled from get a gradient in
 #
 # ## Exercises
 #
-# 1. Set `roi_canonical_scale` to 36 (224 scaled to 128-pixel images) and
-#    compare the RoIs per level and the mAP of a training run.
-# 2. Remove the top-down additions (`last = lateral`): what happens to P2's
-#    gradient from a RoI pooled on P5?
-# 3. Give every level all three anchor sizes of the `tiny` preset: how many
-#    anchors, and how many proposals survive on each level?
+# Fill in each stub and re-run; each check cell prints `passed` or what it
+# expected.
+#
+# 1. Map section 4's proposals (`boxes`) to levels with `roi_canonical_scale`
+#    36 (224 scaled to 128-pixel images) instead of the preset's: return the
+#    number of RoIs per pooled level. (A training run with
+#    `--set roi_canonical_scale=36` then tells whether it helps; a few minutes.)
+# 2. The top-down pathway is what lets a RoI pooled on P2 train the deep
+#    stages: P2 = conv(lateral(C2) + upsample(... lateral(C5))). Run the head
+#    loss on one small RoI, which LevelMapper sends to P2, and return the
+#    ResNet parameter groups (`backbone.stem`, `backbone.layer1` ..
+#    `backbone.layer4`) whose weights get a non-zero gradient. (Without the
+#    top-down additions, `last = lateral`, only the groups up to C2 would: a
+#    P5 RoI never reaches P2 either way, since P2 is not upstream of P5.)
+# 3. How many anchors does the pyramid have on a 128 x 128 image with
+#    `n_sizes` anchor sizes per level (times the 3 ratios)? The preset has one
+#    size per level; the config rejects more (`pyramid_levels` raises "an FPN
+#    needs one anchor size per level": several sizes per level would need
+#    another anchor generator and RPN head), so compute it from the level
+#    shapes of section 1.
+
+
+# %%
+@T.stub
+def rois_per_level(boxes, canonical_scale):
+    """Counts of ``boxes`` per pooled level (len(trained.pooler.strides) counts) with that s0."""
+    raise NotImplementedError
+
+
+@T.stub
+def groups_reached_from_p2():
+    """Sorted ResNet groups among backbone.stem, backbone.layer1..4 with a non-zero weight
+    gradient from the head loss of one small RoI (pooled on P2) of the ``trained`` model."""
+    raise NotImplementedError
+
+
+@T.stub
+def pyramid_anchor_count(map_shapes, n_sizes, n_ratios):
+    """Anchors of all levels: sum over (H, W) in map_shapes of H * W * n_sizes * n_ratios."""
+    raise NotImplementedError
+
+
+# %%
+def _check_levels():
+    same = list(rois_per_level(boxes, cfg.roi_canonical_scale))
+    small = list(rois_per_level(boxes, 36))
+    print(f"  RoIs per pooled level: s0 = {cfg.roi_canonical_scale}: {same}; s0 = 36: {small}")
+    weight = np.arange(len(small))
+    return same == pool_counts.tolist() and sum(small) == len(boxes) and np.dot(small, weight) >= np.dot(same, weight)
+
+
+T.exercise("11.1", _check_levels, "the preset's s0 reproduces section 4's counts; s0 = 36 moves RoIs to coarser levels")
+
+
+def _check_groups():
+    got = sorted(groups_reached_from_p2())
+    print(f"  groups with gradient from a P2 RoI: {got}")
+    return got == ["backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4", "backbone.stem"]
+
+
+T.exercise("11.2", _check_groups, "all five: the stem and layer1..layer4 (C5's features reach P2 top-down)")
+shapes = [tuple(m.shape[2:]) for m in maps]
+
+
+def _check_count():
+    one = pyramid_anchor_count(shapes, 1, len(cfg.aspect_ratios))
+    three = pyramid_anchor_count(shapes, 3, len(cfg.aspect_ratios))
+    print(f"  anchors: one size per level {one}, three sizes per level {three}")
+    return one == sum(counts) and three == 3 * one
+
+
+T.exercise("11.3", _check_count, f"one size: section 1's {sum(counts)}; three sizes: 3x that")

@@ -7,10 +7,13 @@
 # raises four questions, which a student asked in exactly these words, and which this
 # tutorial answers with numbers printed from minirccn's code on a real `shapes` image:
 #
-# 1. How do anchors become positive (IoU >= 0.5) or negative (IoU < 0.4), and what
-#    happens to the ones in between?
+# 1. How do anchors become positive (IoU >= `retina_fg_iou_thresh`) or negative (IoU <
+#    `retina_bg_iou_thresh`), and what happens to the ones in between? (0.5 and 0.4 in
+#    the paper and torchvision; the preset's values are printed below. The rule sits
+#    with the RPN's and the head's in one table: [`RULES.md`](RULES.md).)
 # 2. How do several objects of different classes in one image each train the right
-#    outputs? (the target tensors of one image with two classes)
+#    outputs? (the target tensors of one image with objects of several classes: this
+#    one has three, printed below)
 # 3. How is a W x H x (4 x 9) box output regressed when a box has 4 numbers, and how
 #    does a W x H x (K x 9) class output learn from integer labels?
 # 4. Why the focal loss, and what does its gamma do to the easy negatives?
@@ -33,7 +36,7 @@ from PIL import Image, ImageDraw
 from minirccn import ops
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.detector.models.retinanet import RetinaNet
+from minirccn.detector.models.retinanet import RetinaNet, RetinaNetPostprocess
 from minirccn.detector.dense.head import (
     from_anchor_order,
     retinanet_head_forward,
@@ -66,6 +69,7 @@ print(
     f"(sizes {cfg.anchor_sizes} x ratios {cfg.aspect_ratios}): M = {H}*{W}*{A} = {len(anchors)}"
 )
 print(f"K = {len(names)} classes with background: the class subnet predicts Kc = {Kc} sigmoids")
+print(f"this image has objects of {len(set(gt_labels.tolist()))} classes")
 
 # %% [markdown]
 # ## 1. Positive, negative, ignored
@@ -131,7 +135,10 @@ print(
 
 # %%
 S = 4  # picture scale: one feature-map cell is 4 x 4 image pixels, 16 x 16 picture pixels
-COLOUR = {1: (40, 200, 60), -1: (250, 160, 0), 0: (200, 40, 40)}  # positive, ignored, negative
+# positive green, ignored orange, negative blue: the shapes' backgrounds are often reddish, so
+# no red marker; every panel's caption carries the key
+COLOUR = {1: (40, 200, 60), -1: (250, 160, 0), 0: (40, 90, 230)}
+KEY = "key: green positive, orange ignored, blue negative"
 pic = Image.fromarray(image).resize((image.shape[1] * S, image.shape[0] * S), Image.NEAREST)
 grid = np.where(labels >= 1, 1, labels).reshape(H, W, A)  # 1 / -1 / 0 per cell and anchor
 panels = []
@@ -154,7 +161,7 @@ for k, size in enumerate(cfg.anchor_sizes):
         T.caption(
             p,
             f"{size}x{size} anchor of each cell: {counts[1]} positive,\n"
-            f"{counts[-1]} ignored, {counts[0]} negative",
+            f"{counts[-1]} ignored, {counts[0]} negative\n{KEY}",
         )
     )
 # one object: its best positive, a few ignored and near-negative anchors drawn as boxes
@@ -174,13 +181,66 @@ panels.append(
     T.caption(
         p,
         f"the {names[gt_labels[j]]}: positive (green), ignored (orange)\n"
-        "and 0.3 <= IoU < 0.4 negative (red) anchors",
+        f"and 0.3 <= IoU < 0.4 negative (blue) anchors\n{KEY}",
     )
 )
 T.save_grid(panels, "12_retinanet_anchors.png", cols=2, colours=64)
 
 # %% [markdown]
-# ## 2. The target tensors of one image with two classes
+# ### When objects compete for an anchor
+#
+# Two rules decide, both torchvision's `Matcher`:
+#
+# * an anchor that overlaps several objects takes the one with the **highest IoU**
+#   (the first on a tie), and its label is that object's class;
+# * the low-quality rule makes each object's best anchor(s) positive even below the
+#   threshold, but the promoted anchor is matched to **its own** best object, not to
+#   the object that promoted it. So an object whose best anchor belongs more to a
+#   neighbour gets no positive anchor at all.
+#
+# This image's low-quality positives and its contested anchors, then three toy cases:
+# a small object promoted below 0.5, an anchor between two objects, and the
+# reassignment.
+
+# %%
+second = np.sort(iou, axis=1)[:, -2] if iou.shape[1] > 1 else np.zeros(len(iou))
+contested = np.nonzero(second > 0.1)[0]
+contested_pos = contested[labels[contested] >= 1]
+print(
+    f"this image: {len(contested)} anchors overlap two objects (IoU > 0.1 with each), "
+    f"{len(contested_pos)} of them positive; each positive is matched to the object it "
+    f"overlaps most: {bool(np.all(matches[contested_pos] == iou[contested_pos].argmax(axis=1)))}"
+)
+T.check(
+    np.all(matches[pos] == iou[pos].argmax(axis=1)),
+    "every positive anchor is matched to the object it overlaps most",
+)
+toy_anchors = np.array([[0.0, 0, 16, 16], [40, 0, 56, 16], [100, 100, 116, 116]])
+cases = {
+    "a 6x6 object in a 16x16 anchor": (np.array([[5.0, 5, 11, 11]]), [1]),
+    "an anchor between two objects": (np.array([[0.0, 0, 16, 14], [4, 0, 20, 16]]), [1, 2]),
+    "reassignment": (np.array([[0.0, 0, 16, 16], [0, 0, 16, 40]]), [1, 2]),
+}
+toy_out = {}
+for name_c, (obj, lab) in cases.items():
+    lab_c, _, match_c = targets(toy_anchors, obj, np.array(lab))
+    iou_c = ops.box_iou(toy_anchors, obj)
+    toy_out[name_c] = (lab_c, match_c)
+    print(f"{name_c}: IoU of anchor 0 with each object {np.round(iou_c[0], 3).tolist()} -> "
+          f"labels {lab_c.tolist()}, matched objects {match_c.tolist()}")
+T.check(toy_out["a 6x6 object in a 16x16 anchor"][0][0] == 1,
+        "low quality: the 6x6 object's best anchor (IoU 36/256 = 0.14) is positive")
+T.check(toy_out["an anchor between two objects"][1][0] == 0,
+        "an anchor over two objects takes the one it overlaps more (object 0)")
+lab_r, match_r = toy_out["reassignment"]
+T.check(
+    match_r[0] == 0 and not np.any(match_r == 1),
+    "object 1's best anchor (IoU 0.4) is promoted but stays matched to object 0 (IoU 1): "
+    "object 1 gets no positive anchor",
+)
+
+# %% [markdown]
+# ## 2. The target tensors of one image with objects of several classes
 #
 # An anchor's class target is not an integer but **Kc numbers**, one per object class
 # (no background column): a 1 at column `label - 1` for a positive anchor, all zeros for
@@ -248,6 +308,9 @@ T.check(
 #
 #     classification  = sum over non-ignored anchors and all Kc columns of focal(logit, onehot) / P
 #     bbox_regression = sum over positive anchors of |delta - target| (L1, 4 numbers) / P
+#
+# (L1 is torchvision's default box loss for RetinaNet; the paper used smooth L1 with
+# `beta = 0.11`: one of the deviations listed in [`DEVIATIONS.md`](DEVIATIONS.md).)
 #
 # So the gradient reaches a box channel only at a positive anchor's 4 channels, and
 # reaches the class channels of every anchor that is not ignored: the right column of a
@@ -377,17 +440,33 @@ T.check(
     fl_all[labels[valid] == 0].sum() / ce_all[labels[valid] == 0].sum() < 1e-3,
     "gamma 2 shrinks the easy negatives' loss more than 1000-fold at p = 0.01",
 )
+# torchvision's sigmoid_focal_loss beside it, when torch is importable
+torch, torchvision = T.torchvision_or_note("sigmoid_focal_loss")
+if torch is not None:
+    ours, _ = losses.sigmoid_focal_loss(logits[0, valid], t_valid, 0.25, 2.0, "sum")
+    tv_loss = torchvision.ops.sigmoid_focal_loss(
+        torch.from_numpy(np.asarray(logits[0, valid], np.float64)),
+        torch.from_numpy(np.asarray(t_valid, np.float64)),
+        alpha=0.25, gamma=2.0, reduction="sum",
+    ).item()
+    print(f"focal loss (alpha 0.25, gamma 2, sum): minirccn {float(ours):.6f}, torchvision {tv_loss:.6f}")
+    T.check(np.isclose(float(ours), tv_loss, rtol=1e-5), "torchvision.ops.sigmoid_focal_loss gives the same sum")
 
 # %% [markdown]
 # ## 5. On a feature pyramid: which level trains which object
 #
-# Sections 1-4 used one stride-4 map that carries every anchor size. RetinaNet proper
-# runs its head on every level of an FPN (tutorial 11): the `resnet-fpn-tiny` preset has
-# P2 .. P5 and a max-pooled level (strides 4 .. 64), and level `l` gets anchors of ONE
-# base size (4 x its stride) times three octave scales `1, 2^(1/3), 2^(2/3)` (truncated
-# to whole pixels, as torchvision's `int(x * 2 ** (1 / 3))`) times the three ratios:
-# still `A = 9` per cell, the same 9 x Kc and 9 x 4 output channels, the same weights on
-# every level. The labelling is unchanged: all levels' anchors are concatenated and
+# Sections 1-4 used one stride-4 map that carries every anchor size. The RetinaNet of
+# the paper (and torchvision's `retinanet_resnet50_fpn`) runs its head on the levels
+# **P3 .. P7** of a feature pyramid: P3-P5 from the FPN, P6 a 3x3 stride-2 conv (on C5 in
+# the paper, on P5 in torchvision) and P7 a 3x3 stride-2 conv on ReLU(P6); there is no
+# P2. minirccn's RetinaNet on the `resnet-fpn-tiny` preset reuses tutorial 11's Faster
+# R-CNN pyramid instead: **P2 .. P5 plus a max-pooled level** (strides printed below).
+# That is a deviation (listed in [`DEVIATIONS.md`](DEVIATIONS.md)): on 128-pixel images
+# the small objects need the stride-4 level, and one pyramid serves both detectors. What
+# is the paper's: level `l` gets anchors of ONE base size (4 x its stride) times three
+# octave scales `1, 2^(1/3), 2^(2/3)` (truncated to whole pixels, as torchvision's
+# `int(x * 2 ** (1 / 3))`) times the three ratios: still `A = 9` per cell, the same
+# 9 x Kc and 9 x 4 output channels, the same weights on every level. The labelling is unchanged: all levels' anchors are concatenated and
 # matched at once, so an object is positive on the level(s) whose anchors fit it.
 
 # %%
@@ -504,10 +583,66 @@ if not T.FAST:  # six steps (fast mode) are too few for the collapse
     )
 
 # %% [markdown]
+# ## 7. Inference: per level top-k, threshold, decode, class-wise NMS
+#
+# At test time (torchvision's `RetinaNet.postprocess_detections`), per image:
+#
+# 1. per level: the sigmoid scores of every `(anchor, class)` pair, flattened; keep those
+#    `> retina_score_thresh`, then the `retina_topk_candidates` best of them;
+# 2. decode each kept pair's anchor with its 4 deltas (weights 1) and clip to the image;
+# 3. all levels together: NMS **per class** at `retina_nms_thresh` (an anchor can give a
+#    box for two classes; they do not suppress each other);
+# 4. the `retina_detections_per_img` best.
+#
+# Below, the loop by hand on the clipped network trained in section 6, against the
+# library's `detect`. Its few steps give low scores, so the loop and the library run
+# with a score threshold of 0.01 here (the preset's is printed) to have candidates.
+
+# %%
+print(
+    f"the preset: score > {fcfg.retina_score_thresh}, top {fcfg.retina_topk_candidates} per "
+    f"level, NMS IoU > {fcfg.retina_nms_thresh} per class, at most {fcfg.retina_detections_per_img}"
+)
+post = RetinaNetPostprocess(0.01, fcfg.retina_topk_candidates, fcfg.retina_nms_thresh,
+                            fcfg.retina_detections_per_img)
+shown_model = RetinaNet(fcfg.replace(retina_score_thresh=0.01), names, params=m.params)
+image_t = test_batch.images[:1]
+lv_t, _ = shown_model.backbone.forward(shown_model.params, image_t, False, "numpy")
+logit_t, delta_t, _ = retinanet_head_forward(shown_model.params, lv_t, backend="numpy")
+all_t, counts_t = shown_model.anchor_generator([f.shape[2:] for f in lv_t])
+anchor_t = np.split(all_t, np.cumsum(counts_t)[:-1])  # each level's anchors
+score_t = 1 / (1 + np.exp(-logit_t[0]))
+cand_boxes, cand_scores, cand_labels = [], [], []
+start = 0
+for li, a_l in enumerate(anchor_t):
+    sc_l = score_t[start : start + len(a_l)].reshape(-1)  # (M_l * Kc,) flat index anchor * Kc + class
+    d_l = delta_t[0, start : start + len(a_l)]
+    start += len(a_l)
+    idx = np.nonzero(sc_l > 0.01)[0]
+    idx = idx[np.argsort(-sc_l[idx], kind="stable")][: fcfg.retina_topk_candidates]
+    a_i, c_i = idx // Kc, idx % Kc
+    boxes_l = ops.clip_boxes(ops.decode_boxes(d_l[a_i], a_l[a_i]), (128, 128))
+    print(f"  level {li}: {len(a_l) * Kc} (anchor, class) pairs, {len(idx)} above 0.01 kept")
+    cand_boxes.append(boxes_l)
+    cand_scores.append(sc_l[idx])
+    cand_labels.append(c_i + 1)
+cb, cs, cl = np.concatenate(cand_boxes), np.concatenate(cand_scores), np.concatenate(cand_labels)
+keep_t = ops.batched_nms(cb, cs, cl, fcfg.retina_nms_thresh)[: fcfg.retina_detections_per_img]
+print(f"{len(cb)} candidates -> {len(keep_t)} after class-wise NMS; the best 3:")
+for k in keep_t[:3]:
+    print(f"  {names[cl[k]]:8s} {cs[k]:.3f} {np.round(cb[k], 1).tolist()}")
+lib = shown_model.detect(image_t, [(128, 128)], backend="numpy")[0]
+T.check(
+    np.allclose(lib["boxes"], cb[keep_t]) and np.array_equal(lib["labels"], cl[keep_t]),
+    "the inference loop by hand == minirccn's RetinaNet detect (boxes and labels)",
+)
+
+# %% [markdown]
 # ## Summary
 #
-# * Anchors: best IoU >= 0.5 positive (plus each object's best anchor), < 0.4 negative,
-#   in between ignored (no loss). Every non-ignored anchor trains the classifier.
+# * Anchors: best IoU >= `retina_fg_iou_thresh` positive (plus each object's best
+#   anchor, matched to its own best object), < `retina_bg_iou_thresh` negative, in
+#   between ignored (no loss). Every non-ignored anchor trains the classifier.
 # * Targets: Kc sigmoid targets per anchor (one-hot, background = all zeros) and 4 box
 #   numbers on positives only; several objects of different classes each light up their
 #   own column on their own anchors.
@@ -516,13 +651,95 @@ if not T.FAST:  # six steps (fast mode) are too few for the collapse
 # * Focal loss: `(1 - p_t)^gamma` turns the thousands of easy negatives from most of the
 #   loss into a small part of it; the prior-probability init (`p = 0.01`) starts there.
 # * Pyramid: every level has its own anchor sizes and the same head; the matcher sends
-#   each object to the level(s) whose anchors fit it.
+#   each object to the level(s) whose anchors fit it. (minirccn's levels are P2-P5 and a
+#   max-pooled level, not the paper's P3-P7: [`DEVIATIONS.md`](DEVIATIONS.md).)
+# * Inference: per level top-k above a score threshold, decode, clip; class-wise NMS over
+#   all levels; the best `retina_detections_per_img`.
 # * One image per step: the per-image normalisation makes some steps' gradients far
 #   larger than the rest; clipping the gradient norm keeps the class subnet alive.
 #
 # `minirccn train --model retinanet` trains the whole detector (docs/retinanet.md).
 #
-# **Exercises.** (1) Set `retina_allow_low_quality_matches=False` and count the objects
-# that lose every positive anchor. (2) Plot the gradient of the focal loss w.r.t. the
-# logit (the second output of `sigmoid_focal_loss`) for gamma 0 and 2. (3) Train with
-# `focal_gamma=0` (cross-entropy) and compare the mAP.
+# ## Exercises
+#
+# Fill in each stub and re-run; each check cell prints `passed` or what it expected.
+#
+# 1. Count the objects of section 1's image, and of the first 20 training images, that
+#    get no positive anchor with `retina_allow_low_quality_matches=False` (stride-4 map,
+#    the `tiny` RetinaNet of sections 1-4).
+# 2. The focal loss's gradient with respect to the logit, for a negative (target 0) with
+#    `alpha` off: write it from `FL = -(p)^gamma log(1 - p)`, `p = sigmoid(z)`, for gamma 0
+#    and 2. How much smaller is it at gamma 2 for an easy negative (`p = 0.01`)?
+# 3. `minirccn train --model retinanet --set focal_gamma=0` trains with plain
+#    cross-entropy (a few minutes; compare its `metrics.json` with the default's). Here:
+#    with the prior init `p = 0.01`, what share of section 4's untrained loss comes from
+#    the negatives at gamma 0, and at gamma 2? (Compare with section 4's bias-0 rows.)
+
+
+# %%
+@T.stub
+def objects_without_positive(images, allow_low_quality):
+    """Number of objects of ``images`` (samples) with no positive anchor, tiny RetinaNet anchors."""
+    raise NotImplementedError
+
+
+@T.stub
+def focal_grad_negative(z, gamma):
+    """d FL / d z for target 0, alpha off: FL = -(p ** gamma) * log(1 - p), p = sigmoid(z)."""
+    raise NotImplementedError
+
+
+@T.stub
+def negatives_share(gamma):
+    """Share (0..1) of section 4's untrained loss (prior bias, alpha off) from the negatives."""
+    raise NotImplementedError
+
+
+# %%
+first20 = [data[i] for i in range(T.pick(20, 5))]
+
+
+def _check_no_low_quality():
+    lost_on = objects_without_positive(first20, True)
+    lost_off = objects_without_positive(first20, False)
+    expected = 0
+    for smp in first20:
+        iou_s = ops.box_iou(anchors.astype(np.float64), smp["boxes"].astype(np.float64))
+        owner = iou_s.argmax(axis=1)
+        good = iou_s.max(axis=1) >= cfg.retina_fg_iou_thresh
+        expected += sum(not np.any(good & (owner == j)) for j in range(len(smp["boxes"])))
+    n_obj = sum(len(smp["boxes"]) for smp in first20)
+    print(f"  {n_obj} objects: {lost_off} without a positive when low-quality matches are off, {lost_on} with them on")
+    return lost_off == expected and lost_on <= lost_off
+
+
+T.exercise("12.1", _check_no_low_quality, "off: the objects whose best anchor IoU is < 0.5 (or owned by a neighbour); on: fewer")
+
+
+def _check_focal_grad():
+    z = np.array([-4.6, -2.0, 0.0, 1.5])
+    t0 = np.zeros_like(z)
+    ok = True
+    for gamma in (0.0, 2.0):
+        _, ref = losses.sigmoid_focal_loss(z, t0, -1, gamma, "sum")
+        ok &= bool(np.allclose(focal_grad_negative(z, gamma), ref, rtol=1e-6, atol=1e-12))
+    ratio = focal_grad_negative(np.array([-4.595]), 0.0)[0] / focal_grad_negative(np.array([-4.595]), 2.0)[0]
+    print(f"  at p = 0.01 the gradient is {ratio:.0f}x smaller with gamma 2")
+    return ok and ratio > 1000
+
+
+T.exercise("12.2", _check_focal_grad, "equal to sigmoid_focal_loss's gradient; thousands of times smaller at p = 0.01 (about 1/(3p^2))")
+
+
+def _check_share():
+    s0, s2 = negatives_share(0.0), negatives_share(2.0)
+    print(f"  share of the loss from the negatives: gamma 0 {s0:.1%}, gamma 2 {s2:.1%}")
+    return 0.01 < s0 < 1 and s2 < s0 / 100
+
+
+T.exercise(
+    "12.3",
+    _check_share,
+    "gamma 0: tens of percent (the prior init already makes each negative cheap); gamma 2: "
+    "over 100 times less",
+)

@@ -245,14 +245,29 @@ T.check(
 # loss falls, but many ReLUs die (`docs/presets.md`: at lr 0.02 most of fc6's
 # units stop firing), so the network gives up capacity without a sign in the
 # loss. Check the share of active units when a run plateaus early.
+#
+# Where to read it: `model.forward` returns a cache; its `head` field holds
+# the box head's layer caches (tutorial 7's fc layers), and
+# `cache.head.relu6.mask` is the `(R, D)` boolean mask of fc6's ReLU: True
+# where a unit fired for a RoI. Its mean is the share of active fc6 units.
+
 
 # %%
+def active_fc6(m, cfg):
+    """Share of fc6's ReLU units > 0 over the sampled RoIs of one training forward on IMAGE."""
+    batch = m.load_batch(data, [IMAGE], None, BACKEND)  # no rng: no flip
+    _, cache = m.forward(batch, np.random.default_rng(0), backend=BACKEND)
+    mask = cache.head.relu6.mask
+    return float(np.asarray(mask).mean())
+
+
 curves, finals = {}, {}
 for name, lr in (("lr / 100", one.lr / 100), ("preset lr", one.lr), ("lr x 40", one.lr * 40)):
-    _, hist, err = overfit(one.replace(lr=lr))
+    m_lr, hist, err = overfit(one.replace(lr=lr))
     curves[f"{name} = {lr:g}" + (" (diverged)" if err else "")] = hist
     finals[name] = (np.mean(hist[-q:]) if hist else float("nan"), err)
-    tail = f"diverged: {err}" if err else f"last-quarter loss {finals[name][0]:.3f}"
+    active = f", fc6 units active {active_fc6(m_lr, one):.0%}" if not err else ""
+    tail = f"diverged: {err}" if err else f"last-quarter loss {finals[name][0]:.3f}{active}"
     print(f"  {name:10s} lr {lr:<8g} {len(hist)} steps, {tail}")
 viz.plot_curves(
     curves,
@@ -284,9 +299,69 @@ if not T.FAST:
 #
 # ## Exercises
 #
-# 1. Swap `x` and `y` in the ground truth of section 4 and look at the
-#    positive anchors. Would the loss have told you?
-# 2. Train section 1 with `bn_freeze_iter = STEPS // 2`: does the memorised
-#    image's detection improve at test time?
-# 3. Find the largest learning rate that still overfits the image in
-#    section 7, and measure the share of active fc6 units there.
+# Fill in each stub and re-run; each check cell prints `passed` or what it expected.
+#
+# 1. Swap `x` and `y` in the ground truth (a classic loader bug): write the swap, then
+#    the cell counts the positive anchors of section 4's image with the true and the
+#    swapped boxes. Both get positives and a loss that falls: would the loss have told
+#    you? (No: only a picture, section 4, shows it.)
+# 2. Train section 1's one-image run with `bn_freeze_iter = STEPS // 2`: return the
+#    best IoU of each object with the 10 top detections (as section 1 prints), and
+#    compare with section 1's.
+# 3. For a few learning-rate factors, train section 7's run and return, per factor,
+#    the last-quarter loss and the share of active fc6 units (`active_fc6`), or None
+#    for a run that diverged. Which is the largest factor that still overfits?
+
+
+# %%
+@T.stub
+def swap_xy(boxes):
+    """(G, 4) xyxy boxes with x and y exchanged: (y1, x1, y2, x2)."""
+    raise NotImplementedError
+
+
+@T.stub
+def best_iou_after_overfit(cfg):
+    """Best IoU of each object of IMAGE with the 10 top detections after overfit(cfg)."""
+    raise NotImplementedError
+
+
+@T.stub
+def lr_factor_sweep(factors):
+    """{factor: (last-quarter loss, active fc6 share) or None if it diverged} for one.lr * factor."""
+    raise NotImplementedError
+
+
+# %%
+def _check_swap():
+    gt4 = sample["boxes"].astype(np.float64)
+    swapped = np.asarray(swap_xy(gt4))
+    true_pos = int((model.anchor_targets.label(model.anchor_generator([feat_hw])[0], gt4, (128, 128))[0] == 1).sum())
+    swap_pos = int((model.anchor_targets.label(model.anchor_generator([feat_hw])[0], swapped, (128, 128))[0] == 1).sum())
+    print(f"  positive anchors: {true_pos} with the true boxes, {swap_pos} with x and y swapped")
+    return np.array_equal(swapped, gt4[:, [1, 0, 3, 2]]) and swap_pos > 0
+
+
+T.exercise("15.1", _check_swap, "(y1, x1, y2, x2); the swapped boxes still get positive anchors")
+
+
+def _check_freeze():
+    again = np.asarray(best_iou_after_overfit(one))
+    frozen = np.asarray(best_iou_after_overfit(one.replace(bn_freeze_iter=max(1, STEPS // 2))))
+    print(f"  best IoUs: section 1 {best.round(2)}, again {again.round(2)}, BN frozen half way {frozen.round(2)}")
+    return np.allclose(again, best) and len(frozen) == len(best) and np.all((frozen >= 0) & (frozen <= 1))
+
+
+T.exercise("15.2", _check_freeze, "overfit(one) reproduces section 1 exactly; the frozen run gives one IoU per object")
+
+
+def _check_sweep():
+    factors = T.pick((1, 4, 10, 40), (1, 40))
+    out = lr_factor_sweep(factors)
+    for f_, v in out.items():
+        print(f"  lr x {f_:<3}: " + ("diverged" if v is None else f"last-quarter loss {v[0]:.3f}, fc6 active {v[1]:.0%}"))
+    ok = sorted(out) == sorted(factors) and out[1] is not None
+    return ok and np.isclose(out[1][0], finals["preset lr"][0]) and all(v is None or 0 <= v[1] <= 1 for v in out.values())
+
+
+T.exercise("15.3", _check_sweep, "factor 1 reproduces section 7's preset run; larger factors: fewer active units, then divergence")
