@@ -1,7 +1,8 @@
-"""Every config field without code: ``--set key=value``, ``--config file.json``, ``config show``.
+"""Every config field without code: ``--set key=value`` and ``--config file.json`` (the
+flags themselves and ``config show``: :mod:`minirccn.app.config_show`).
 
 A value given on the command line is a string; it is parsed by the *type of the
-field's default* in :class:`~minirccn.config.FasterRCNNConfig`:
+field's default* in :class:`~minirccn.config.presets.DetectorConfig`:
 
 ==========  ====================================  ===================================
 default     accepted text                         example
@@ -19,7 +20,7 @@ ints, ``aspect_ratios``: floats); an empty tuple default accepts numbers.
 
 Where a value comes from, lowest to highest precedence::
 
-    preset  <  derived from the data (minirccn.autoconfig)  <  --config FILE  <  --set
+    preset  <  derived from the data (minirccn.config.autoconfig)  <  --config FILE  <  --set
 
 :func:`resolve_config` applies them in that order and returns, with the config,
 the source of every field that differs from the preset (``config show`` prints it).
@@ -32,8 +33,8 @@ import difflib
 import json
 import os
 
-from minirccn.config import FasterRCNNConfig
-from minirccn.errors import MinirccnError
+from minirccn.config.presets import DetectorConfig
+from minirccn.core.errors import MinirccnError
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -41,11 +42,11 @@ _FALSE = ("false", "no", "off", "0")
 
 def field_names() -> list:
     """The names of every config field, in declaration order."""
-    return [f.name for f in dataclasses.fields(FasterRCNNConfig)]
+    return [f.name for f in dataclasses.fields(DetectorConfig)]
 
 
 def _default(name: str):
-    return getattr(FasterRCNNConfig(), name)
+    return getattr(DetectorConfig(), name)
 
 
 def unknown_field_error(name: str, where: str) -> MinirccnError:
@@ -184,7 +185,7 @@ def read_config_file(path) -> dict:
     return out
 
 
-def apply(config: FasterRCNNConfig, changes: dict, where: str) -> FasterRCNNConfig:
+def apply(config: DetectorConfig, changes: dict, where: str) -> DetectorConfig:
     """``config`` with ``changes``; an invalid combination is one error naming ``where``."""
     if not changes:
         return config
@@ -194,7 +195,7 @@ def apply(config: FasterRCNNConfig, changes: dict, where: str) -> FasterRCNNConf
         raise MinirccnError(f"{where}: {exc}") from None
 
 
-def resolve_config(base: FasterRCNNConfig, derived=None, file=None, sets=None):
+def resolve_config(base: DetectorConfig, derived=None, file=None, sets=None):
     """Apply the layers in precedence order (module docstring).
 
     Args:
@@ -218,85 +219,3 @@ def resolve_config(base: FasterRCNNConfig, derived=None, file=None, sets=None):
         cfg = apply(cfg, changes, os.fspath(file) if name == "file" and file else name)
         sources.update(dict.fromkeys(changes, name))
     return cfg, sources
-
-
-def add_arguments(parser) -> None:
-    """``--config FILE`` and repeatable ``--set key=value``."""
-    parser.add_argument(
-        "--config",
-        default=None,
-        metavar="FILE",
-        help="JSON file {field: value} of config fields (overrides the preset and derived values)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set one config field (repeatable; highest precedence), e.g. --set anchor_sizes=24,48,96",
-    )
-
-
-def format_config(config: FasterRCNNConfig, sources: dict | None = None) -> str:
-    """One line per field: ``name = value`` and, where a layer set it, ``# source``."""
-    sources = sources or {}
-    width = max(len(n) for n in field_names())
-    lines = []
-    for name in field_names():
-        value = getattr(config, name)
-        text = json.dumps(value) if not isinstance(value, tuple) else json.dumps(list(value))
-        tag = f"  # {sources[name]}" if name in sources else ""
-        lines.append(f"{name:<{width}} = {text}{tag}")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ minirccn config show
-
-
-def add_arguments_config(parser) -> None:
-    """``minirccn config show [--preset P] [--data D] [--images DIR] [--config F] [--set K=V]``."""
-    from minirccn.config import PRESETS
-
-    parser.add_argument("action", choices=("show",), help="show: print the resolved config")
-    from minirccn.detector.registry import MODELS
-
-    parser.add_argument(
-        "--preset",
-        default=None,
-        choices=PRESETS,
-        help="network preset (default: tiny; resnet-fpn-tiny for --model retinanet)",
-    )
-    parser.add_argument("--model", default="fasterrcnn", choices=MODELS, help="as minirccn train's --model")
-    parser.add_argument("--data", default="shapes", help="derive defaults from this data")
-    parser.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
-    parser.add_argument("--val-data", default=None, help="as minirccn train's --val-data")
-    parser.add_argument("--val-images", default=None, help="as minirccn train's --val-images")
-    parser.add_argument("--split", default=None, help="as minirccn train's --split")
-    parser.add_argument("--eval-split", default="test", help=argparse_suppress())
-    parser.add_argument("--iters", type=int, default=None, help="as minirccn train's --iters")
-    parser.add_argument("--minutes", type=float, default=None, help="as minirccn train's --minutes")
-    parser.add_argument("--lr", type=float, default=None, help="as minirccn train's --lr")
-    parser.add_argument("--no-derive", action="store_true", help="no defaults from the data")
-    parser.add_argument("--json", action="store_true", help="print the config as JSON")
-    add_arguments(parser)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
-
-
-def run_config(args) -> int:
-    """Print the config ``minirccn train`` would use with the same flags."""
-    from minirccn.config import default_preset, preset
-    from minirccn.userdata import configure
-
-    args.preset = args.preset or default_preset(args.model)
-    base = preset(args.preset, model=args.model)
-    setup = configure(args, log=(lambda *a: None) if args.json else print, base=base)
-    if args.json:
-        print(setup["config"].to_json())
-    else:
-        print(format_config(setup["config"], setup["metrics"].get("config_sources")))
-    return 0

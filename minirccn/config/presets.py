@@ -27,8 +27,9 @@ PRESETS = ("tiny", "vgg16", "tiny-align", "resnet-tiny", "resnet-fpn-tiny", "res
 
 
 @dataclass(frozen=True)
-class FasterRCNNConfig:
-    """All hyper-parameters of the model and of its training (see the module docstring)."""
+class DetectorConfig:
+    """All hyper-parameters of every model kind (``model``) and of its training (see the
+    module docstring)."""
 
     # ---- backbone -------------------------------------------------------------
     backbone: str = "tiny"  # backbone preset name (minirccn.detector.backbones.vgg)
@@ -140,33 +141,22 @@ class FasterRCNNConfig:
     proposals: str = "selective-search"  # fastrcnn / rcnn: "selective-search" or a JSON file
     max_proposals: int = 2000  # fastrcnn / rcnn: proposals used per image (paper: ~2000)
     selective_search_mode: str = "fast"  # "fast" or "quality" (Uijlings et al.)
-    selective_search_min_size: int = 10  # smallest segment in pixels (paper: k, on ~500x375
-    #   images; shapes' 128x128 images have 11x fewer pixels, and k lost the 8-px objects)
+    selective_search_min_size: int = 10  # smallest segment in pixels (the paper's k scaled
+    #   to shapes' small images: docs/lineage.md)
     rcnn_crop_size: int = 32  # rcnn: each proposal is warped to this square (paper: 227)
     rcnn_context_padding: float = 16.0  # rcnn: context around the box, in pixels of a
     #   227-pixel crop (the paper's p = 16), scaled to rcnn_crop_size
 
-    def replace(self, **changes) -> "FasterRCNNConfig":
+    def replace(self, **changes) -> "DetectorConfig":
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""
         return dataclasses.replace(self, **changes)
-
-    @property
-    def num_anchors(self) -> int:
-        """``A``: anchors per feature-map location (with an FPN: per location of each level,
-        which has one anchor size); a RetinaNet has ``len(retina_anchor_scales)`` sizes per size."""
-        per_size = len(self.aspect_ratios)
-        if self.model == "retinanet":
-            per_size *= len(self.retina_anchor_scales)
-        if self.fpn_channels:
-            return per_size
-        return len(self.anchor_sizes) * per_size
 
     def to_json(self) -> str:
         """The config as a JSON string (tuples become lists)."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "FasterRCNNConfig":
+    def from_json(cls, text: str) -> "DetectorConfig":
         """Inverse of :meth:`to_json`; raises ``ValueError`` on unknown fields or bad JSON."""
         data = json.loads(text)
         if not isinstance(data, dict):
@@ -183,13 +173,17 @@ class FasterRCNNConfig:
         return cls(**data)
 
 
+#: the name this class had when it configured Faster R-CNN alone (tests, tutorials, notebooks)
+FasterRCNNConfig = DetectorConfig
+
+
 def default_preset(model: str = "fasterrcnn") -> str:
     """The preset ``minirccn train --model MODEL`` uses without ``--preset``: ``tiny``, except
     for RetinaNet, which is a pyramid detector (``resnet-fpn-tiny``; docs/retinanet.md)."""
     return "resnet-fpn-tiny" if model == "retinanet" else "tiny"
 
 
-def preset(name: str, **overrides) -> FasterRCNNConfig:
+def preset(name: str, **overrides) -> DetectorConfig:
     """The config of preset ``name`` (one of :data:`PRESETS`) with ``overrides`` applied;
     ``model="retinanet"`` gives that preset's RetinaNet (:func:`retinanet_preset`)."""
     if name == "tiny-align":  # tiny with RoIAlign in the head, as MultiScaleRoIAlign's defaults
@@ -201,7 +195,7 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
         # backbone's last two pools dropped, so 8-pixel objects span two cells) and frozen
         # batch norm for the last part of training were the changes that mattered; then
         # as many steps as fit in the time budget
-        cfg = FasterRCNNConfig(
+        cfg = DetectorConfig(
             backbone="tiny",
             backbone_stages=((16, 1, True), (32, 1, True), (64, 1, False), (64, 1, False)),
             backbone_batch_norm=True,
@@ -226,7 +220,7 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
             images_per_batch=1,
         )
     elif name == "vgg16":
-        cfg = FasterRCNNConfig(
+        cfg = DetectorConfig(
             backbone="vgg16",
             min_size=224,
             max_size=224,
@@ -247,7 +241,7 @@ def preset(name: str, **overrides) -> FasterRCNNConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def _resnet_preset(name: str) -> FasterRCNNConfig:
+def _resnet_preset(name: str) -> DetectorConfig:
     """The ResNet presets (see minirccn.detector.backbones.resnet and docs/fpn.md for the numbers).
 
     * ``resnet-tiny``: the ``tiny`` preset's detector on a small ResNet (basic blocks, one
@@ -277,7 +271,7 @@ def _resnet_preset(name: str) -> FasterRCNNConfig:
             milestones=(4800,),
             bn_freeze_iter=3600,
         )
-    return FasterRCNNConfig(
+    return DetectorConfig(
         backbone="resnet50",
         box_roi_pool="roi_align",
         fpn_channels=256,
@@ -301,26 +295,17 @@ def _resnet_preset(name: str) -> FasterRCNNConfig:
     )
 
 
-def retinanet_preset(name: str) -> FasterRCNNConfig:
-    """RetinaNet on the backbone of preset ``name`` (see docs/retinanet.md for the numbers).
-
-    Every RetinaNet preset clips the gradient norm at 1 (``clip_grad_norm``; mmdetection's
-    RetinaNet clips at 35 for 16 images a step) and raises the learning rate to 0.03: one
-    image a step, with the losses divided by that image's positives, gives rare steps with
-    gradients ~10x the usual, and without the clip those killed the class subnet's ReLUs
-    (measured: 0.7 % firing, mAP@0.5 0.03). With the clip a step moves the weights by at most
-    ``lr x clip``; the sweep over both is in docs/retinanet.md.
+def retinanet_preset(name: str) -> DetectorConfig:
+    """RetinaNet on the backbone of preset ``name``: lr 0.03 and the gradient norm clipped at 1
+    (rare large steps killed the class subnet's ReLUs without the clip), He-normal hidden convs
+    at 32 channels (the paper's init shrinks 32-channel features to nothing). The measurements
+    behind every number: docs/retinanet.md, "The preset's numbers".
 
     ``resnet-fpn-tiny`` (the default of ``minirccn train --model retinanet``): the ResNet +
-    FPN of the Faster R-CNN preset on the default run's 5000-step schedule, P2 .. P5 and pool
-    (strides 4 .. 64), anchors 4x the
-    stride times torchvision's octave scales 1, 2^(1/3), 2^(2/3) and 3 ratios (9 per cell),
-    subnets of 4 convs x 32 channels. ``tiny``: the Faster R-CNN preset's stride-4 backbone,
-    one level carrying every anchor size (16, 32, 64 x 3 ratios). On the 32 x 32 map, subnets
-    of the paper's 256 channels would cost ~50x the backbone's multiply-adds; 32 channels
-    cost ~1.4x. At 32 channels the paper's N(0, 0.01^2) init of the hidden convs shrinks the
-    features ~10^4-fold before the output convs (measured: std 1.17 -> 1.4e-4), so both
-    draw them He-normal (``retina_hidden_init="he"``).
+    FPN of the Faster R-CNN preset on the default run's 5000-step schedule, P2 .. P5 and pool,
+    torchvision's octave scales 1, 2^(1/3), 2^(2/3) and 3 ratios (9 per cell), subnets of 4
+    convs x 32 channels. ``tiny``: the Faster R-CNN preset's stride-4 backbone, one level
+    carrying every anchor size (16, 32, 64 x 3 ratios).
     """
     cfg = preset(name).replace(model="retinanet", lr=0.03, clip_grad_norm=1.0)
     if name == "tiny":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minirccn.backend import get_array_module, is_cupy_array
+from minirccn.core.backend import get_array_module, is_cupy_array
 
 FLOAT_DTYPES = (np.float32, np.float64)
 

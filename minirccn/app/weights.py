@@ -29,16 +29,16 @@ import os
 
 import numpy as np
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
+from minirccn.detector.backbones.levels import backbone_spec
+from minirccn.detector.backbones.vgg import get_spec
+from minirccn.detector.models.faster_rcnn import FasterRCNN
 
 SKIPPED = ("classifier.6.weight", "classifier.6.bias")
 
 
 def torchvision_names(config) -> dict:
     """``{torchvision name: (minirccn name, transpose)}`` for ``config``'s backbone and head."""
-    from minirccn.detector.backbones.levels import backbone_spec
-    from minirccn.detector.backbones.vgg import get_spec
-
     spec = get_spec(backbone_spec(config))
     if spec.batch_norm:
         raise MinirccnError(
@@ -89,8 +89,6 @@ def map_weights(tensors: dict, config, where: str = "--weights") -> dict:
     Raises:
         MinirccnError: an unknown name, a missing backbone conv, or a shape mismatch.
     """
-    from minirccn.detector.models.faster_rcnn import FasterRCNN
-
     names = torchvision_names(config)
     want = FasterRCNN.init_params(config, 2, np.random.default_rng(0))
     unknown = sorted(k for k in tensors if k not in names and k not in SKIPPED)

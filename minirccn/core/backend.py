@@ -16,7 +16,7 @@ environment variable ``MINIRCCN_BACKEND``; else ``numba``.
 Under ``NUMBA_ENABLE_CUDASIM=1`` (and no GPU), ``backend="cuda"`` runs the
 Numba-CUDA kernels in Numba's simulator on NumPy arrays, so the GPU kernels are
 exercised on any machine. Asking for a backend that cannot run raises
-:class:`~minirccn.errors.BackendUnavailable`; nothing falls back silently.
+:class:`~minirccn.core.errors.BackendUnavailable`; nothing falls back silently.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from minirccn.errors import BackendUnavailable
+from minirccn.core.errors import BackendUnavailable
 
 BACKENDS = ("numpy", "numba", "cuda")
 DEFAULT_BACKEND = "numba"

@@ -31,7 +31,17 @@ from typing import Callable
 
 import numpy as np
 
-from minirccn import backend as B
+from minirccn.core import backend as B
+from minirccn import ops
+from minirccn.config import preset
+from minirccn.data import load_dataset
+from minirccn.data.batching import Batch
+from minirccn.detector.backbones.levels import backbone_spec
+from minirccn.detector.registry import build_model
+from minirccn.engine.step import make_optimizer, train_step
+from minirccn.nn import layers
+from minirccn.ops.roi_align import roi_align, roi_align_backward
+from minirccn.ops.roi_pool import roi_pool, roi_pool_backward
 
 # --------------------------------------------------------------------------- timing
 
@@ -146,8 +156,6 @@ def _on(backend: str, arrays: dict) -> dict:
 
 
 def _case_box_iou(n: int) -> Case:
-    from minirccn import ops
-
     def make(rng):
         return {"a": random_boxes(rng, n), "b": random_boxes(rng, n)}
 
@@ -165,8 +173,6 @@ def _case_box_iou(n: int) -> Case:
 
 
 def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
-    from minirccn import ops
-
     def make(rng):
         boxes, scores = clustered_boxes(rng, n, clusters=max(n // 100, 10))
         return {"boxes": boxes, "scores": scores}
@@ -192,8 +198,6 @@ def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
 
 
 def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Case:
-    from minirccn.ops.roi_pool import roi_pool, roi_pool_backward
-
     shape = (1, c, hw, hw)
 
     def make(rng):
@@ -232,8 +236,6 @@ def _case_roi_align(
     r: int = 256, c: int = 256, hw: int = 64, out: int = 7, sampling_ratio: int = 2
 ) -> Case:
     """RoIAlign forward + backward on the roi_pool case's inputs (torchvision's op as the peer)."""
-    from minirccn.ops.roi_align import roi_align, roi_align_backward
-
     shape = (1, c, hw, hw)
     scale = 1.0 / 16
 
@@ -273,8 +275,6 @@ def _case_roi_align(
 
 
 def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
-    from minirccn.nn import layers
-
     def make(rng):
         return {
             "x": rng.standard_normal((n, c, hw, hw)).astype(np.float32),
@@ -317,8 +317,6 @@ def _case_conv2d(n=2, c=64, hw=64, f=128) -> Case:
 
 
 def _case_max_pool(n=2, c=128, hw=64) -> Case:
-    from minirccn.nn import layers
-
     def make(rng):
         return {
             "x": rng.standard_normal((n, c, hw, hw)).astype(np.float32),
@@ -363,8 +361,6 @@ def torchvision_faster_rcnn(config, num_classes: int):
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.rpn import AnchorGenerator
-
-    from minirccn.detector.backbones.levels import backbone_spec
 
     spec = backbone_spec(config)
     layers, c_in, stride = [], spec.in_channels, 1
@@ -420,8 +416,6 @@ def _torch_train_step(inputs: dict, device: str):
     """One SGD step of :func:`torchvision_faster_rcnn` on the case's image (tiny preset)."""
     import torch
 
-    from minirccn.config import preset
-
     config = preset("tiny")
     data = inputs["data"]
     torch.manual_seed(inputs["seed"] % (2**31))
@@ -450,8 +444,6 @@ def _torch_predict(inputs: dict, device: str):
     """One inference of :func:`torchvision_faster_rcnn` on the case's image."""
     import torch
 
-    from minirccn.config import preset
-
     data = inputs["data"]
     model = torchvision_faster_rcnn(preset("tiny"), len(data.class_names)).to(device).eval()
     image = (
@@ -473,9 +465,6 @@ def _tiny_detector(inputs: dict, backend: str):
     """A fresh detector of the case's preset (``inputs["preset"]``, default ``tiny``) on
     ``backend``, seeded by the case's inputs; that preset's RetinaNet if
     ``inputs["model"] == "retinanet"``."""
-    from minirccn.config import preset
-    from minirccn.detector.registry import build_model
-
     rng = np.random.default_rng(inputs["seed"])
     cfg = preset(inputs.get("preset", "tiny"), model=inputs.get("model", "fasterrcnn"))
     return build_model(cfg, inputs["data"].class_names, rng=rng).to(backend)
@@ -491,8 +480,6 @@ def _inputs_of(preset_name: str, model: str = "fasterrcnn"):
 
 
 def _make_detector_inputs(rng: np.random.Generator) -> dict:
-    from minirccn.data import load_dataset
-
     return {"index": 0, "seed": int(rng.integers(1 << 31)), "data": load_dataset("shapes", "train")}
 
 
@@ -500,9 +487,6 @@ def _train_step(backend: str, inputs: dict):
     """One SGD step of the case's detector, as ``minirccn train`` runs it after warmup:
     forward, the hand-written backward, the preset's gradient clipping, SGD with momentum and
     weight decay; returns the losses."""
-    from minirccn.data.batching import Batch
-    from minirccn.engine.loop import make_optimizer, train_step
-
     model = _tiny_detector(inputs, backend)
     cfg = model.config
     sample = inputs["data"][inputs["index"]]

@@ -35,10 +35,19 @@ import time
 
 import numpy as np
 
-from minirccn import runs
-from minirccn.backend import resolve
+from minirccn import viz
 from minirccn.config import preset
-from minirccn.errors import MinirccnError
+from minirccn.core import files
+from minirccn.core.backend import array_module, resolve, to_numpy
+from minirccn.core.errors import MinirccnError
+from minirccn.data import load_dataset
+from minirccn.detector.models.external import proposal_source
+from minirccn.detector.rpn.proposal_layer import ProposalCreator
+from minirccn.engine.checkpoint import load_checkpoint
+from minirccn.engine.inference import run_model
+from minirccn.engine.loop import train
+from minirccn.evaluation import evaluate
+from minirccn.ops import box_iou
 
 #: proposal counts of the recall curves
 COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -60,8 +69,6 @@ def proposal_recall(proposals, gt_boxes, counts=COUNTS, thresholds=THRESHOLDS) -
     Returns:
         ``(T, C)`` float64 recalls (0 where there is no ground truth at all).
     """
-    from minirccn.ops import box_iou
-
     total = sum(len(g) for g in gt_boxes)
     hits = np.zeros((len(thresholds), len(counts)))
     for props, gt in zip(proposals, gt_boxes):
@@ -81,9 +88,6 @@ def proposal_recall(proposals, gt_boxes, counts=COUNTS, thresholds=THRESHOLDS) -
 def rpn_proposals(model, image, top_n: int, backend) -> np.ndarray:
     """A Faster R-CNN's RPN proposals of one image (its test settings, top-n raised to ``top_n``),
     in the image's pixel coordinates, best first: ``(P, 4)`` float32."""
-    from minirccn.backend import array_module, to_numpy
-    from minirccn.detector.rpn.proposal_layer import ProposalCreator
-
     cfg = model.config.replace(
         rpn_pre_nms_top_n_test=max(top_n, model.config.rpn_pre_nms_top_n_test),
         rpn_post_nms_top_n_test=top_n,
@@ -119,9 +123,6 @@ def evaluate_timed(model, dataset, n: int, backend, progress: bool = False) -> d
     """mAPs of ``model`` on the first ``n`` images and its median seconds per image (warm:
     the first image is run once before timing)."""
     from tqdm import tqdm
-
-    from minirccn.evaluation import evaluate
-    from minirccn.predict import run_model
 
     first = dataset[0]
     run_model(model, first["image"], backend, first["image_id"])  # compile / warm up
@@ -172,13 +173,8 @@ def run_lineage(
     """
     from tqdm import tqdm
 
-    from minirccn.checkpoint import load_checkpoint
-    from minirccn.data import load_dataset
-    from minirccn.detector.models.external import proposal_source
-    from minirccn.train import train
-
     backend = resolve(backend)
-    runs.check_out_folder(out)
+    files.check_out_folder(out)
     if os.path.exists(os.path.join(out, "lineage.json")) and not overwrite:
         raise MinirccnError(
             f"--out {out}: holds a lineage run (lineage.json); give --overwrite to replace it"
@@ -286,8 +282,8 @@ def run_lineage(
         )
     report["rows"] = rows
     report["recall"] = recall
-    runs.write_json(os.path.join(out, "lineage.json"), report, "lineage.json", indent=2)
-    runs.write_text(os.path.join(out, "lineage.md"), format_table(report), "lineage.md")
+    files.write_json(os.path.join(out, "lineage.json"), report, "lineage.json", indent=2)
+    files.write_text(os.path.join(out, "lineage.md"), format_table(report), "lineage.md")
     plot_recall(recall, os.path.join(out, "recall.png"))
     proposals_picture(
         test_data[0], ss_boxes[0], rpn_boxes[0], models, backend, os.path.join(out, "proposals.png")
@@ -353,7 +349,7 @@ def plot_recall(recall: dict, path: str) -> None:
     axes[0].set_ylabel("recall")
     axes[0].legend(loc="lower right")
     fig.tight_layout()
-    with runs.atomic_path(path, "recall.png") as tmp:
+    with files.atomic_path(path, "recall.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
@@ -400,9 +396,6 @@ def proposals_picture(
 ) -> str:
     """One image: the first ``top`` selective search and RPN proposals, each model's
     detections scoring >= 0.5; written to ``path``."""
-    from minirccn import viz
-    from minirccn.predict import run_model
-
     img = sample["image"]
     tiles = [
         draw_boxes(img, ss_boxes[:top], caption=f"selective search: first {top}"),

@@ -16,10 +16,9 @@
 the VOC all-point AP@0.5, COCO mAP@[.50:.95], mAP@0.50 and mAP@0.75 and a
 per-class table (or one JSON object with ``--json``); see
 :mod:`minirccn.evaluation` for the exact rules. :func:`evaluate_model` is the
-same computation for Python callers (the trainer uses it after training).
+same computation for Python callers (:mod:`minirccn.engine.inference`).
 
-The model is whatever :func:`minirccn.checkpoint.load_checkpoint` returns: it has
-``class_names`` and ``predict(image, backend=None) -> dict(boxes, scores, labels)``.
+The model is whatever :func:`minirccn.engine.checkpoint.load_checkpoint` returns.
 """
 
 from __future__ import annotations
@@ -28,13 +27,15 @@ import json
 import os
 import sys
 
-import numpy as np
-from tqdm import tqdm
-
-from minirccn.backend import BACKENDS, resolve, to_numpy
-from minirccn.errors import MinirccnError
-from minirccn.evaluation import evaluate
-from minirccn.runs import check_out_folder, save_image, write_json
+from minirccn.core.backend import BACKENDS, resolve
+from minirccn.core.errors import MinirccnError
+from minirccn.core.files import check_out_folder, save_image, write_json
+from minirccn.data import load_dataset
+from minirccn.data.checks import check_images
+from minirccn.data.common import read_image
+from minirccn.engine.checkpoint import load_checkpoint
+from minirccn.engine.inference import evaluate_model, run_model
+from minirccn.viz import draw_detections
 
 DEFAULT_SCORE_THRESH = 0.5
 
@@ -44,83 +45,8 @@ def _load_model(path: str):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MinirccnError(f"{path}: checkpoint file not found")
-    try:
-        from minirccn.checkpoint import load_checkpoint
-    except ImportError as exc:  # the detector package is not installed in this tree
-        raise MinirccnError(f"{path}: cannot load checkpoints here ({exc})") from None
     model, _state = load_checkpoint(path)
     return model
-
-
-def run_model(model, image: np.ndarray, backend: str | None = None, image_id=None) -> dict:
-    """``model.predict(image)`` as NumPy arrays with checked shapes.
-
-    Args:
-        image: ``(H, W, 3)`` uint8.
-        image_id: passed on (models whose proposals come from a file look it up).
-
-    Returns:
-        ``dict(boxes=(D, 4) float32, scores=(D,) float32, labels=(D,) int64)``.
-    """
-    out = model.predict(image, backend=backend, image_id=image_id)
-    boxes = np.asarray(to_numpy(out["boxes"]), dtype=np.float32).reshape(-1, 4)
-    scores = np.asarray(to_numpy(out["scores"]), dtype=np.float32).reshape(-1)
-    labels = np.asarray(to_numpy(out["labels"]), dtype=np.int64).reshape(-1)
-    if not len(boxes) == len(scores) == len(labels):
-        raise MinirccnError(
-            f"model.predict returned {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels"
-        )
-    return {"boxes": boxes, "scores": scores, "labels": labels}
-
-
-def evaluate_model(
-    model, dataset, backend: str | None = None, progress: bool = True, limit: int | None = None
-) -> dict:
-    """Run ``model`` over ``dataset`` and score it with every metric.
-
-    Args:
-        model: has ``class_names`` and ``predict(image, backend=None)``.
-        dataset: a dataset of :mod:`minirccn.data` whose labels mean what the model's do.
-        backend: passed to ``model.predict``.
-        progress: show a tqdm bar.
-        limit: evaluate only the first ``limit`` images.
-
-    Returns:
-        ``{"map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100"}``
-        (COCO), ``"voc07_map50"``, ``"voc_map50"``, ``"num_images"`` and ``"per_class"``:
-        class name -> ``{"ap", "ap50", "voc07_ap50", "voc_ap50"}`` (None for a class
-        without ground truth in the data).
-    """
-    n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    predictions, targets = [], []
-    for i in tqdm(
-        range(n), desc=f"eval {dataset.name}", unit="img", disable=not progress, leave=False
-    ):
-        sample = dataset[i]
-        predictions.append(run_model(model, sample["image"], backend, sample["image_id"]))
-        targets.append({k: sample[k] for k in ("boxes", "labels", "difficult")})
-    coco = evaluate(predictions, targets, metric="coco")
-    voc07 = evaluate(predictions, targets, metric="voc07")
-    voc = evaluate(predictions, targets, metric="voc")
-    names = list(getattr(model, "class_names", None) or dataset.class_names)
-    per_class = {
-        name: {
-            "ap": coco["per_class"].get(k),
-            "ap50": coco["per_class50"].get(k),
-            "voc07_ap50": voc07["per_class"].get(k),
-            "voc_ap50": voc["per_class"].get(k),
-        }
-        for k, name in enumerate(names)
-        if k > 0
-    }
-    result = {
-        key: coco[key]
-        for key in ("map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100")
-    }
-    result.update(
-        voc07_map50=voc07["map50"], voc_map50=voc["map50"], num_images=n, per_class=per_class
-    )
-    return result
 
 
 def format_table(result: dict, title: str = "") -> str:
@@ -181,9 +107,6 @@ def _output_stems(paths: list) -> list:
 
 
 def run_detect(args) -> int:
-    from minirccn.data.common import read_image
-    from minirccn.viz import draw_detections
-
     if not 0.0 <= args.score_thresh <= 1.0:
         raise MinirccnError(f"--score-thresh: expected a number in [0, 1], got {args.score_thresh}")
     for path in args.images:
@@ -245,8 +168,6 @@ def add_arguments_eval(parser) -> None:
 
 
 def run_eval(args) -> int:
-    from minirccn.data import load_dataset
-
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.limit is not None and args.limit < 1:
@@ -257,8 +178,6 @@ def run_eval(args) -> int:
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     if len(dataset) == 0:
         raise MinirccnError(f"{args.data}: split {args.split!r} has no images")
-    from minirccn.preflight import check_images
-
     dataset = check_images(dataset, "--data")  # unreadable images: skipped, each named
     model = _load_model(args.checkpoint)
     if list(model.class_names) != list(dataset.class_names):

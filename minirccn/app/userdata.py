@@ -25,8 +25,11 @@ import math
 import os
 from dataclasses import dataclass
 
+from minirccn.config import autoconfig, overrides, preset
+from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
-from minirccn.errors import MinirccnError
+from minirccn.detector.backbones.levels import build_backbone
+from minirccn.engine.checks import check_config
 
 
 @dataclass
@@ -133,9 +136,6 @@ def configure(args, log=print, base=None) -> dict:
         (extra entries of ``metrics.json``).
         base: the preset's config (default ``preset(args.preset)``).
     """
-    from minirccn import autoconfig, overrides
-    from minirccn.config import preset
-
     base = base if base is not None else preset(args.preset)
     sets = list(getattr(args, "set", None) or [])
     if args.lr is not None:
@@ -219,8 +219,6 @@ def configure(args, log=print, base=None) -> dict:
     if args.iters is not None:
         config = config.replace(iters=int(args.iters))
         sources["iters"] = "--iters"
-    from minirccn.preflight import check_config
-
     check_config(config, "config (preset, derived, --config, --set)")
     sj = config.scale_jitter
     if sj and not (len(sj) == 2 and 0 < float(sj[0]) <= float(sj[1]) <= 10):
@@ -232,6 +230,4 @@ def configure(args, log=print, base=None) -> dict:
 
 
 def _stride(config) -> int:
-    from minirccn.detector.backbones.levels import build_backbone
-
     return build_backbone(config).size_divisible

@@ -9,6 +9,8 @@ Ops called from Python raise plain ``ValueError`` / ``TypeError`` naming the
 argument, as NumPy and torchvision do; the CLI turns those into one line too.
 """
 
+import sys
+
 
 class MinirccnError(Exception):
     """A user-facing error: the message alone is shown, naming the file or argument."""
@@ -16,3 +18,8 @@ class MinirccnError(Exception):
 
 class BackendUnavailable(MinirccnError, RuntimeError):
     """A backend was asked for explicitly but cannot run here (no GPU, no CuPy, ...)."""
+
+
+def note(message: str) -> None:
+    """Print ``minirccn: note: <message>`` on stderr (what the run did on the user's behalf)."""
+    print(f"minirccn: note: {message}", file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 Every public op (:mod:`minirccn.ops`) and the conv / pooling layers
 (:mod:`minirccn.nn.conv`, :mod:`minirccn.nn.pool`) validate their arguments,
-resolve the backend (:func:`minirccn.backend.resolve`), then call
+resolve the backend (:func:`minirccn.core.backend.resolve`), then call
 ``kernel(op, backend)(...)``: no op chooses its implementation by hand.
 
 * ``numpy`` maps to the reference (the specification), ``numba`` and ``cuda`` to
@@ -26,7 +26,7 @@ import functools
 import importlib
 from typing import Callable
 
-from minirccn.backend import BACKENDS
+from minirccn.core.backend import BACKENDS
 
 #: implementations the table may name: the backends ops accept, then the CUDA C twins
 IMPLEMENTATIONS = (*BACKENDS, "cudac")
@@ -134,7 +134,7 @@ def kernel(op: str, backend: str) -> Callable:
     Args:
         op: a key of :data:`TABLE`, e.g. ``"box_iou"``.
         backend: ``"numpy"``, ``"numba"``, ``"cuda"`` (already resolved: see
-            :func:`minirccn.backend.resolve`) or ``"cudac"``.
+            :func:`minirccn.core.backend.resolve`) or ``"cudac"``.
 
     Raises:
         NotImplementedError: the table has no such pair (the message lists what it has).
@@ -144,10 +144,10 @@ def kernel(op: str, backend: str) -> Callable:
     except KeyError:
         if op not in TABLE:
             raise NotImplementedError(
-                f"no op {op!r} in minirccn.dispatch.TABLE (ops: {', '.join(TABLE)})"
+                f"no op {op!r} in minirccn.core.dispatch.TABLE (ops: {', '.join(TABLE)})"
             ) from None
         raise NotImplementedError(
-            f"op {op!r} has no {backend!r} implementation in minirccn.dispatch.TABLE "
+            f"op {op!r} has no {backend!r} implementation in minirccn.core.dispatch.TABLE "
             f"(it has: {', '.join(TABLE[op])})"
         ) from None
     return _load(target)

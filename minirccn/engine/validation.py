@@ -11,8 +11,11 @@ beats every earlier evaluation writes ``OUT/best.npz`` (a normal checkpoint:
 from __future__ import annotations
 
 import os
+import time
 
-from minirccn.checkpoint import save_checkpoint
+from minirccn import viz
+from minirccn.engine.checkpoint import save_checkpoint
+from minirccn.engine.inference import evaluate_model
 
 
 class Validator:
@@ -42,10 +45,6 @@ class Validator:
 
     def __call__(self, model, done: int, seed: int) -> dict:
         """Evaluate ``model`` after ``done`` steps; keep ``best.npz`` if it is the best so far."""
-        import time
-
-        from minirccn.predict import evaluate_model
-
         t0 = time.perf_counter()
         result = evaluate_model(
             model, self.data, backend=self.backend, progress=False, limit=self.limit
@@ -70,8 +69,6 @@ class Validator:
 
     def plot(self, path: str) -> None:
         """The validation curve (mAP@0.5 and mAP against the step) as a PNG."""
-        from minirccn import viz
-
         if not self.curve:
             return
         steps = [p["step"] for p in self.curve]

@@ -1,21 +1,26 @@
 """The ``minirccn`` command line.
 
-Each subcommand lives with the code it drives and exposes two functions,
-``add_arguments(parser)`` and ``run(args) -> int``:
+Each subcommand is a module of :mod:`minirccn.app` (argparse lives there and nowhere else)
+with two functions, ``add_arguments(parser)`` and ``run(args) -> int`` (``detect`` and ``eval``
+share a module: ``add_arguments_detect`` / ``run_detect``, ...):
 
-=========  =============================  =====================================
-command    module                         what it does
-=========  =============================  =====================================
-train      :mod:`minirccn.train`          train a detector, write checkpoint,
-                                          metrics, loss curve, detection PNGs
-detect     :mod:`minirccn.predict`        draw detections on images (PNG+JSON)
-eval       :mod:`minirccn.predict`        VOC07 / VOC / COCO mAP of a checkpoint
-bench      :mod:`minirccn.bench`          time every op per backend side by side
-data       :mod:`minirccn.data.export`    export ``shapes`` as VOC / COCO / CSV
-config     :mod:`minirccn.overrides`      print the resolved config (``config show``)
-lineage    :mod:`minirccn.lineage`        R-CNN, Fast R-CNN, Faster R-CNN measured
-                                          side by side (docs/lineage.md)
-=========  =============================  =====================================
+=========  ================================  =====================================
+command    module                            what it does
+=========  ================================  =====================================
+train      :mod:`minirccn.app.train`         train a detector, write checkpoint,
+                                             metrics, loss curve, detection PNGs
+detect     :mod:`minirccn.app.predict`       draw detections on images (PNG+JSON)
+eval       :mod:`minirccn.app.predict`       VOC07 / VOC / COCO mAP of a checkpoint
+bench      :mod:`minirccn.app.bench`         time every op per backend side by side
+data       :mod:`minirccn.app.data_export`   export ``shapes`` as VOC / COCO / CSV
+config     :mod:`minirccn.app.config_show`   print the resolved config (``config show``)
+lineage    :mod:`minirccn.app.lineage`       R-CNN, Fast R-CNN, Faster R-CNN measured
+                                             side by side (docs/lineage.md)
+=========  ================================  =====================================
+
+The command modules are imported when the parser is built (a string table, as
+:data:`minirccn.core.dispatch.TABLE`): setting ``OPENBLAS_NUM_THREADS`` must come before
+NumPy is imported.
 
 Errors a user can cause are printed as one line ``minirccn: error: ...`` with
 exit status 2; set ``MINIRCCN_DEBUG=1`` to see the traceback instead.
@@ -30,25 +35,28 @@ import sys
 import warnings
 
 from minirccn import __version__
-from minirccn.errors import MinirccnError
-from minirccn.runs import Interrupted, describe_os_error, early_signals, resume_command
+from minirccn.core.errors import MinirccnError
+from minirccn.core.files import describe_os_error
+from minirccn.engine.runs import Interrupted, early_signals, pending_signal, resume_command
 
-# command -> (module, help, add_arguments name, run name)
+#: command -> (module, help); the module's hooks are ``add_arguments`` and ``run``
 COMMANDS = {
-    "train": ("minirccn.train", "train Faster R-CNN (default: the built-in shapes dataset)"),
-    "detect": ("minirccn.predict", "run a trained checkpoint on images; write PNG and JSON"),
-    "eval": ("minirccn.predict", "evaluate a checkpoint (VOC07, VOC all-point, COCO mAP)"),
-    "bench": ("minirccn.bench", "time every op per backend, side by side"),
-    "data": ("minirccn.data.export", "export the shapes dataset as VOC, COCO or CSV"),
-    "config": ("minirccn.overrides", "show the resolved config (preset, data, --config, --set)"),
-    "lineage": ("minirccn.lineage", "R-CNN vs Fast R-CNN vs Faster R-CNN on shapes: recall, time, mAP"),
+    "train": ("minirccn.app.train", "train Faster R-CNN (default: the built-in shapes dataset)"),
+    "detect": ("minirccn.app.predict", "run a trained checkpoint on images; write PNG and JSON"),
+    "eval": ("minirccn.app.predict", "evaluate a checkpoint (VOC07, VOC all-point, COCO mAP)"),
+    "bench": ("minirccn.app.bench", "time every op per backend, side by side"),
+    "data": ("minirccn.app.data_export", "export the shapes dataset as VOC, COCO or CSV"),
+    "config": ("minirccn.app.config_show", "show the resolved config (preset, data, --config, --set)"),
+    "lineage": ("minirccn.app.lineage", "R-CNN vs Fast R-CNN vs Faster R-CNN on shapes: recall, time, mAP"),
 }
+#: the commands that share a module name their hooks ``add_arguments_<command>``, ``run_<command>``
+SHARED_MODULE = ("detect", "eval")
 
 
 def _hooks(command: str):
     """(add_arguments, run) for ``command`` from its module."""
     module = importlib.import_module(COMMANDS[command][0])
-    suffix = "" if command not in ("detect", "eval", "config") else f"_{command}"
+    suffix = f"_{command}" if command in SHARED_MODULE else ""
     return getattr(module, f"add_arguments{suffix}"), getattr(module, f"run{suffix}")
 
 
@@ -65,11 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands whose many small GEMMs run best on one OpenBLAS thread. With
-# OpenBLAS's default (a thread per core), a 2-core machine busy with anything
-# else ran a tiny-preset training step 20x slower (1.1 s vs 0.05 s, measured);
-# idle, one thread was as fast. `bench` keeps the default so that its large
-# GEMMs are timed as a user would run them.
+# Commands whose many small GEMMs run best on one OpenBLAS thread on a busy machine (measured:
+# docs/threads.md); `bench` keeps the default so that its large GEMMs are timed as a user runs them.
 ONE_BLAS_THREAD = ("train", "detect", "eval", "lineage")
 
 
@@ -134,13 +139,6 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"minirccn: error: {error_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, USER_ERRORS) else 1
-
-
-def pending_signal() -> int | None:
-    """The signal number the early handler saw (SIGTERM exits 143, not 130)."""
-    from minirccn.runs import _PENDING
-
-    return _PENDING["signum"]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

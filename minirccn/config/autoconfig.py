@@ -36,13 +36,8 @@ and their boxes and picks, printing every choice (``minirccn train`` and
    90-degree rotations stay off (they change what "up" means; turn them on with
    ``--set`` for overhead imagery).
 
-What the caps and rule 5 rest on (a composite set of real photographs: objects
-cut from scikit-image's sample photos pasted on others, 500 training images of
-240-400 px, six classes; the machine shared with other jobs): the tiny preset
-as it is (128 px, 5000 steps) reached test mAP@0.5 0.81; 192x240 inputs at
-stride 4 with augmentation on, 3207 steps (the same 5-minute budget): 0.63,
-still rising. Steps mattered more than pixels on that set, so the cap is
-160x224 and augmentation waits for many epochs.
+The caps and rule 5 rest on one measured composite set of real photographs (numbers:
+docs/presets.md, "Defaults derived from the data").
 
 ``shapes`` gets none of this: its preset is its tuned config.
 """
@@ -53,7 +48,8 @@ import math
 
 import numpy as np
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
+from minirccn.data.transforms import resize_scale
 
 SMALL_OBJECT_PX = 32.0  # the 10th-percentile object's shorter side, pixels, after resizing
 MIN_SHORT_SIDE = 128  # input shorter side never below this (unless the images are smaller)
@@ -150,8 +146,6 @@ def choose_image_size(stats: dict) -> tuple:
 
 def scaled_boxes(stats: dict, min_size: int, max_size: int) -> tuple:
     """Box widths and heights ``(B,)`` after each image is resized by torchvision's rule."""
-    from minirccn.data.transforms import resize_scale
-
     scales = np.array(
         [resize_scale(h, w, min_size, max_size) for h, w in zip(stats["heights"], stats["widths"])]
     )
