@@ -167,7 +167,9 @@ def train(
     if alternating:
         model = train_alternating(model, train_data, rng, seed, backend, history, progress)
     else:
-        run = Run(model, optimizer, rng, seed, backend, history, ckpt, checkpoint_every, progress)
+        run = Run(
+            model, optimizer, config, rng, seed, backend, history, ckpt, checkpoint_every, progress
+        )
         _train_joint(run, train_data, start, validator)
     train_seconds = time.perf_counter() - t0
     if validator is not None:  # the periodic evaluations are not training time
@@ -235,6 +237,7 @@ class Run:
 
     model: object
     optimizer: object
+    config: object  # this run's config (a resumed model's own may have fewer ``iters``)
     rng: np.random.Generator
     seed: int
     backend: str
@@ -259,8 +262,7 @@ def _train_joint(run: Run, data, start: int, validator=None) -> None:
     """Approximate joint training from step ``start`` to ``config.iters``; ``validator``
     (a :class:`~minirccn.engine.validation.Validator` or None) evaluates every ``eval_every``
     steps."""
-    model, history, ckpt, seed = run.model, run.history, run.checkpoint, run.seed
-    config = model.config
+    model, config, history, ckpt, seed = run.model, run.config, run.history, run.checkpoint, run.seed
     stop = runs.current_stop()
     stop.defer = True  # a signal now stops after the current step (saved below)
     bar = tqdm(range(start, config.iters), desc="train", disable=not run.progress, dynamic_ncols=True)

@@ -150,7 +150,7 @@ def test_clip_grad_norm_at_and_below_the_limit_changes_nothing():
 
 
 def test_train_step_clips_only_when_the_config_asks(monkeypatch):
-    from minirccn import train as T
+    from minirccn.engine import loop as T
 
     seen = []
     real = optim.clip_grad_norm

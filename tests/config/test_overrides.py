@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from minirccn import overrides
-from minirccn.cli import main
+from minirccn.config import overrides
+from minirccn.app.cli import main
 from minirccn.config import preset
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 
 
 @pytest.mark.parametrize(

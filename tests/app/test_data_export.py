@@ -5,7 +5,7 @@ import pytest
 from helpers import assert_cli_fails
 from PIL import Image
 
-from minirccn import cli
+from minirccn.app import cli
 from minirccn.data import ShapesDataset, load_dataset
 
 

@@ -1,4 +1,5 @@
-"""Training: outputs, exact resume, divergence guard, alternating training, the CLI (tiny settings)."""
+"""The training loop (minirccn.engine.loop): outputs, exact resume, divergence guard, alternating
+training, the CLI (tiny settings)."""
 
 import json
 
@@ -6,11 +7,15 @@ import numpy as np
 import pytest
 from helpers import SHAPES, tiny_config
 
-from minirccn import train as T
-from minirccn.checkpoint import load_checkpoint
-from minirccn.cli import main
+from minirccn.app.cli import main
 from minirccn.config import preset
 from minirccn.data import load_dataset
+from minirccn.detector.registry import model_class
+from minirccn.engine import loop as T
+from minirccn.engine.checkpoint import load_checkpoint
+
+FasterRCNN = model_class("fasterrcnn")
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -73,17 +78,17 @@ def test_resume_continues_bit_for_bit(data, tmp_path):
 def test_divergence_stops_with_one_message_and_keeps_the_last_checkpoint(
     data, tmp_path, monkeypatch
 ):
-    real = T.detector_forward
+    real = FasterRCNN.forward
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
-        losses, cache, samples = real(*args, **kwargs)
+        losses, cache = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
             losses["loss_classifier"] = float("nan")
-        return losses, cache, samples
+        return losses, cache
 
-    monkeypatch.setattr(T, "detector_forward", poisoned)
+    monkeypatch.setattr(FasterRCNN, "forward", poisoned)
     with pytest.raises(T.TrainingDiverged, match="diverged at step 2.*loss_classifier"):
         run(tiny_config(), data, str(tmp_path), iters=5, checkpoint_every=2)
     _, state = load_checkpoint(tmp_path / "checkpoint.npz")
@@ -151,9 +156,9 @@ def test_cuda_backend_step_and_predict_match_numba(data):
     )
     results = {}
     for backend in ("numba", "cuda"):
-        model = T.FasterRCNN(cfg, data[0].class_names, rng=np.random.default_rng(0)).to(backend)
-        opt = T._make_optimizer(model, cfg, ("backbone.", "rpn.", "head."))
-        batch = T.load_batch(data[0], [0], cfg, None, backend)
+        model = FasterRCNN(cfg, data[0].class_names, rng=np.random.default_rng(0)).to(backend)
+        opt = T.make_optimizer(model)
+        batch = model.load_batch(data[0], [0], None, backend)
         losses = T.train_step(
             model, opt, batch, np.random.default_rng(1), cfg.warmup_iters, backend=backend
         )

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minirccn import autoconfig as A
+from minirccn.config import autoconfig as A
+from minirccn.config.checks import check_fields
 from minirccn.config import preset
 from minirccn.data import DetectionDataset
 
@@ -106,7 +107,7 @@ def test_cost_model_matches_the_preset_on_shapes():
 def test_derived_fields_make_a_valid_config_and_report():
     fields, report = A.derive(Boxes([(240, 320)] * 5, [square_boxes(30, 2)] * 5), minutes=0.5)
     cfg = preset("tiny").replace(**fields)
-    assert cfg.num_anchors == len(fields["anchor_sizes"]) * len(fields["aspect_ratios"])
+    check_fields(cfg)  # every derived field has its type and range
     text = A.format_report(report)
     for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue"):
         assert word in text

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from minirccn.config import FasterRCNNConfig, preset
+from minirccn.config import DetectorConfig, FasterRCNNConfig, preset
 
 # keyword arguments of torchvision.models.detection.FasterRCNN that the config mirrors
 TORCHVISION_NAMES = [
@@ -70,8 +70,13 @@ def test_from_json_rejects_unknown_fields():
 
 
 def test_presets():
-    assert preset("vgg16").backbone == "vgg16" and preset("vgg16").num_anchors == 9
+    vgg = preset("vgg16")
+    assert vgg.backbone == "vgg16" and len(vgg.anchor_sizes) * len(vgg.aspect_ratios) == 9
     assert preset("tiny").backbone == "tiny"
     assert preset("tiny", iters=3).iters == 3
     with pytest.raises(ValueError, match="preset"):
         preset("resnet")
+
+
+def test_the_old_class_name_is_the_same_class():
+    assert FasterRCNNConfig is DetectorConfig and isinstance(preset("tiny"), FasterRCNNConfig)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from minirccn import backend as B
+from minirccn.core import backend as B
 from minirccn import ops
-from minirccn.errors import BackendUnavailable, MinirccnError
+from minirccn.core.errors import BackendUnavailable, MinirccnError
 
 
 class FakeCupyArray:
-    """Looks like a CuPy array to :func:`minirccn.backend.is_cupy_array` (by module name only)."""
+    """Looks like a CuPy array to :func:`minirccn.core.backend.is_cupy_array` (by module name only)."""
 
 
 FakeCupyArray.__module__ = "cupy._core.core"

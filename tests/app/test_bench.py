@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from minirccn import bench
+from minirccn.app import bench
+from minirccn.engine.step import train_step
 from minirccn.nn import optim
-from minirccn.cli import main
+from minirccn.app.cli import main
 
 
 def test_time_call_reports_a_median_after_warm_up():
@@ -60,16 +61,14 @@ def test_clustered_boxes_are_valid():
 
 
 def test_detector_train_case_runs_the_training_step():
-    from minirccn import train
-
     case = bench.detector_cases()[0]
     inputs = case.make(np.random.default_rng(0))
     got = case.run("numba", inputs)()
     model = bench._tiny_detector(inputs, "numba")
     cfg = model.config
     opt = optim.SGD(model.trainable(), cfg.lr, cfg.momentum, cfg.weight_decay)
-    batch = train.load_batch(inputs["data"], [inputs["index"]], cfg, None, "numba")
-    want = train.train_step(
+    batch = model.load_batch(inputs["data"], [inputs["index"]], None, "numba")
+    want = train_step(
         model, opt, batch, np.random.default_rng(0), cfg.warmup_iters, backend="numba"
     )
     assert got == {k: want[k] for k in got}
@@ -80,8 +79,8 @@ def test_bench_does_not_import_train():
     import sys
 
     code = (
-        "import sys, minirccn.bench as b; b.build_cases({'train'}); "
-        "print('minirccn.train' in sys.modules)"
+        "import sys, minirccn.app.bench as b; b.build_cases({'train'}); "
+        "print('minirccn.engine.loop' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

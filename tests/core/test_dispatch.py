@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from minirccn.backend import BACKENDS
-from minirccn.dispatch import IMPLEMENTATIONS, KERNELS, TABLE, kernel
+from minirccn.core.backend import BACKENDS
+from minirccn.core.dispatch import IMPLEMENTATIONS, KERNELS, TABLE, kernel
 
-PACKAGE = Path(__file__).resolve().parents[1] / "minirccn"
+PACKAGE = Path(__file__).resolve().parents[2] / "minirccn"
 
 #: every op a public function looks up, by the module that looks it up
 USERS = {
@@ -84,7 +84,7 @@ def test_no_op_chooses_its_backend_by_hand():
 
 def test_importing_the_ops_and_layers_does_not_import_numba():
     code = (
-        "import sys, minirccn.ops, minirccn.nn.layers, minirccn.dispatch; "
+        "import sys, minirccn.ops, minirccn.nn.layers, minirccn.core.dispatch; "
         "assert 'numba' not in sys.modules, 'numba imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

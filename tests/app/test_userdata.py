@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from minirccn import userdata
-from minirccn.cli import main
+from minirccn.app import userdata
+from minirccn.app.cli import main
 from minirccn.data import ShapesConfig, load_dataset
 from minirccn.data.export import export_coco, export_voc
 

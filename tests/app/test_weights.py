@@ -5,10 +5,10 @@ import pytest
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from minirccn import weights  # noqa: E402
+from minirccn.app import weights  # noqa: E402
 from minirccn.config import preset  # noqa: E402
-from minirccn.detector.models.faster_rcnn import FasterRCNN, init_params  # noqa: E402
-from minirccn.errors import MinirccnError  # noqa: E402
+from minirccn.detector.models.faster_rcnn import FasterRCNN  # noqa: E402
+from minirccn.core.errors import MinirccnError  # noqa: E402
 
 # a VGG-style stack small enough for a test: two stages of 2 and 1 convs, no batch norm
 SMALL = preset(
@@ -50,7 +50,7 @@ def test_vgg16_names_are_torchvisions():
     assert names["features.28.bias"] == ("backbone.conv5_3.b", False)
     assert names["classifier.0.weight"] == ("head.fc6.w", True)
     assert set(v[0] for v in names.values()) <= set(
-        init_params(SMALL, 2, np.random.default_rng(0))
+        FasterRCNN.init_params(SMALL, 2, np.random.default_rng(0))
     ) | {f"backbone.conv{s}_{k}.{p}" for s in range(1, 6) for k in range(1, 4) for p in "wb"}
 
 

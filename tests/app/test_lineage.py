@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from minirccn import lineage as L
-from minirccn.cli import main
+from minirccn.app import lineage as L
+from minirccn.app.cli import main
 from minirccn.config import preset
 from minirccn.data import ShapesConfig, load_dataset
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.ops import box_iou
 
 

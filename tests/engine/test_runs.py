@@ -1,4 +1,5 @@
-"""A run is never lost (minirccn.runs): output folders, the run lock, atomic writes, signals.
+"""A run is never lost (minirccn.engine.runs; atomic writes: minirccn.core.files): output folders,
+the run lock, atomic writes, signals.
 
 Training here is tiny (64x64 shapes, a 3-stage 8-channel backbone, NumPy backend) so that the
 signal tests can start a real ``minirccn train`` process and interrupt it after its first step.
@@ -15,13 +16,15 @@ import numpy as np
 import pytest
 from helpers import SHAPES, TINY
 
-from minirccn import runs
-from minirccn import train as T
-from minirccn.checkpoint import load_checkpoint, save_checkpoint
-from minirccn.cli import main
+from minirccn.app.cli import main
+from minirccn.app.train import resolve_out
 from minirccn.config import preset
+from minirccn.core import files
+from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
-from minirccn.errors import MinirccnError
+from minirccn.engine import loop as T
+from minirccn.engine import runs
+from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
 
 
 # `minirccn train` in a child process with the tiny config and data above; prints "STEP k"
@@ -29,13 +32,14 @@ from minirccn.errors import MinirccnError
 CHILD = textwrap.dedent(
     f"""
     import sys, time
-    from minirccn import train as T
+    from minirccn.engine import loop as T
     from minirccn.data import ShapesConfig, load_dataset
     shapes = ShapesConfig(**{SHAPES.__dict__!r})
     T.load_dataset = lambda spec, split, images=None, **kw: load_dataset(
         spec, split, images=images, shapes_config=shapes)
-    _preset = T.preset
-    T.preset = lambda name, **kw: _preset("tiny", **{TINY!r})
+    import minirccn.app.train as A
+    _preset = A.preset
+    A.preset = lambda name, **kw: _preset("tiny", **{TINY!r})
     _step = T.train_step
     def step(*args, **kwargs):
         out = _step(*args, **kwargs)
@@ -43,7 +47,7 @@ CHILD = textwrap.dedent(
         time.sleep(0.05)
         return out
     T.train_step = step
-    from minirccn.cli import main
+    from minirccn.app.cli import main
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -103,7 +107,7 @@ def test_signal_saves_the_current_step_and_resume_continues(tmp_path, sig, statu
     _model, state = load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert state["step"] == steps[-1] + 1 < 1000  # saved at the step it had finished
     assert f"resume with: minirccn train --backend numpy --no-progress --iters 1000" in stderr
-    assert stat_mode(os.path.join(out, "checkpoint.npz")) == runs.default_file_mode()
+    assert stat_mode(os.path.join(out, "checkpoint.npz")) == files.default_file_mode()
 
     k = state["step"]
     again = child(["--out", out, "--iters", str(k + 2), "--eval-split", "", "--resume"])
@@ -126,11 +130,11 @@ def stat_mode(path):
 
 def test_atomic_write_keeps_the_old_file_on_failure_and_gives_normal_permissions(tmp_path):
     path = tmp_path / "metrics.json"
-    runs.write_json(path, {"a": 1})
+    files.write_json(path, {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
-    assert stat_mode(path) == runs.default_file_mode()
+    assert stat_mode(path) == files.default_file_mode()
     with pytest.raises(MinirccnError, match=r"metrics.json: cannot write .*No space left.*kept"):
-        with runs.atomic_path(path, "metrics") as tmp:
+        with files.atomic_path(path, "metrics") as tmp:
             with open(tmp, "w") as fh:
                 fh.write("half")
             raise OSError(28, "No space left on device")
@@ -228,21 +232,21 @@ def test_explicit_out_holding_a_run_needs_resume_or_overwrite(data, tmp_path, ca
 
 def test_default_out_advances_to_a_new_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert T.resolve_out(None, resume=False) == "runs/train"
+    assert resolve_out(None, resume=False) == "runs/train"
     os.makedirs("runs/train")
-    assert T.resolve_out(None, resume=False) == "runs/train"  # an empty folder holds no run
+    assert resolve_out(None, resume=False) == "runs/train"  # an empty folder holds no run
     open("runs/train/checkpoint.npz", "w").close()
-    assert T.resolve_out(None, resume=False) == "runs/train2"
+    assert resolve_out(None, resume=False) == "runs/train2"
     assert "runs/train holds a run; this run writes to runs/train2" in capsys.readouterr().err
     os.makedirs("runs/train2")
     open("runs/train2/metrics.json", "w").close()
-    assert T.resolve_out(None, resume=False) == "runs/train3"
-    assert T.resolve_out("mine", resume=False) == "mine"  # explicit: as given
+    assert resolve_out(None, resume=False) == "runs/train3"
+    assert resolve_out("mine", resume=False) == "mine"  # explicit: as given
     # --resume without --out continues the latest run that has a checkpoint
-    assert T.resolve_out(None, resume=True) == "runs/train"
+    assert resolve_out(None, resume=True) == "runs/train"
     os.makedirs("runs/train3")
     open("runs/train3/checkpoint.npz", "w").close()
-    assert T.resolve_out(None, resume=True) == "runs/train3"
+    assert resolve_out(None, resume=True) == "runs/train3"
 
 
 # ----------------------------------------------------------------------------- the run lock
@@ -253,7 +257,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(data, tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from minirccn.runs import RunLock; "
+            "import sys, time; from minirccn.engine.runs import RunLock; "
             f"RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -331,7 +335,7 @@ def test_negative_seed_names_the_flag(capsys):
 
 
 def test_an_interrupt_in_a_finaliser_prints_no_traceback(capsys):
-    from minirccn import cli
+    from minirccn.app import cli
 
     class Unraisable:
         exc_value = KeyboardInterrupt()

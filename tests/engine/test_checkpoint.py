@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from minirccn import checkpoint as C
+from minirccn.engine import checkpoint as C
 from minirccn.config import preset
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.detector.models.faster_rcnn import FasterRCNN
 from minirccn.nn.optim import SGD
 

@@ -12,9 +12,10 @@ import pytest
 from helpers import assert_cli_fails
 from PIL import Image
 
-from minirccn import cli, predict
+from minirccn.app import cli, predict
 from minirccn.data import ShapesDataset
 from minirccn.data.shapes import CLASS_NAMES
+from minirccn.engine import inference
 
 
 class FakeModel:
@@ -27,7 +28,7 @@ class FakeModel:
             self.answers[s["image"].tobytes()] = (s["boxes"][keep], s["labels"][keep])
         self.calls = []
 
-    def predict(self, image, backend=None):
+    def predict(self, image, backend=None, image_id=None):
         self.calls.append(backend)
         assert image.dtype == np.uint8 and image.ndim == 3
         boxes, labels = self.answers.get(
@@ -49,12 +50,12 @@ def fake(monkeypatch):
 
 def test_evaluate_model_perfect_and_missing_class():
     ds = ShapesDataset("test", seed=0)
-    r = predict.evaluate_model(FakeModel(ds, 6), ds, progress=False, limit=6)
+    r = inference.evaluate_model(FakeModel(ds, 6), ds, progress=False, limit=6)
     assert r["num_images"] == 6
     for key in ("map", "map50", "map75", "voc07_map50", "voc_map50"):
         assert r[key] == pytest.approx(1.0), key
     assert set(r["per_class"]) == {"circle", "square", "triangle"}
-    r = predict.evaluate_model(FakeModel(ds, 6, miss_label=2), ds, progress=False, limit=6)
+    r = inference.evaluate_model(FakeModel(ds, 6, miss_label=2), ds, progress=False, limit=6)
     assert r["per_class"]["square"]["ap"] == 0.0 and r["per_class"]["circle"][
         "ap"
     ] == pytest.approx(1.0)
@@ -173,7 +174,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
 
 def test_real_checkpoint_end_to_end(tmp_path, capsys):
     """An untrained detector saved by the real checkpoint code goes through both commands."""
-    from minirccn.checkpoint import save_checkpoint
+    from minirccn.engine.checkpoint import save_checkpoint
     from minirccn.config import preset
     from minirccn.detector.models.faster_rcnn import FasterRCNN
 

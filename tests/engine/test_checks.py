@@ -1,5 +1,7 @@
-"""Checks before step 1 (minirccn.preflight) and the data loaders' guards: crafted checkpoints,
---resume against the data, truncated images among good ones, malformed and empty files."""
+"""Checks before step 1 (config fields: minirccn.config.checks; buildable: minirccn.engine.checks;
+checkpoints and --resume: minirccn.engine.checkpoint; images: minirccn.data.checks) and the data
+loaders' guards: crafted checkpoints, --resume against the data, truncated images among good
+ones, malformed and empty files."""
 
 import json
 import os
@@ -13,16 +15,18 @@ import pytest
 from helpers import SHAPES, TINY, tiny_config
 from PIL import Image
 
-from minirccn import preflight
-from minirccn import train as T
-from minirccn.checkpoint import load_checkpoint, save_checkpoint
-from minirccn.cli import main
+from minirccn.engine import loop as T
+from minirccn.data.checks import check_images, image_problem
+from minirccn.engine.checkpoint import load_checkpoint, param_shapes, save_checkpoint
+from minirccn.engine.checks import check_config
+from minirccn.app.cli import main
 from minirccn.config import PRESETS, preset
 from minirccn.data import DataWarning, load_dataset
 from minirccn.data.common import parse_bool, read_image
 from minirccn.data.export import export_dataset
-from minirccn.detector.models.faster_rcnn import FasterRCNN, init_params
-from minirccn.errors import MinirccnError
+from minirccn.detector.models.faster_rcnn import FasterRCNN
+from minirccn.detector.registry import init_model_params
+from minirccn.core.errors import MinirccnError
 
 NAMES = ["__background__", "circle", "square", "triangle"]
 
@@ -38,7 +42,7 @@ def one_line(capsys):
 
 def test_every_preset_passes_and_bad_fields_are_named():
     for name in PRESETS:
-        preflight.check_config(preset(name))
+        check_config(preset(name))
     for change, match in [
         (dict(representation_size=-1), "representation_size must be in"),
         (dict(representation_size=True), "representation_size must be an integer"),
@@ -51,13 +55,13 @@ def test_every_preset_passes_and_bad_fields_are_named():
         (dict(backbone_stages=((4, 1, "yes"),)), "backbone_stages must be"),
         (dict(backbone_stages=(), backbone="nope"), "backbone must be one of"),
         (dict(milestones=(1.5,)), "milestones must be a list of integers"),
-        (dict(fpn_channels=8), "fpn_channels needs a ResNet backbone"),
+        (dict(fpn_channels=8), "backbone: an FPN needs a ResNet backbone"),
         (dict(fpn_channels=-1), "fpn_channels must be in"),
     ]:
         with pytest.raises(MinirccnError, match=f"^here: {match}"):
-            preflight.check_config(tiny_config(**change), "here")
-    with pytest.raises(MinirccnError, match="^here: anchor_sizes must hold one size per pyramid"):
-        preflight.check_config(preset("resnet-fpn-tiny", anchor_sizes=(8, 16)), "here")
+            check_config(tiny_config(**change), "here")
+    with pytest.raises(MinirccnError, match="^here: anchor_sizes: an FPN needs one anchor size per level"):
+        check_config(preset("resnet-fpn-tiny", anchor_sizes=(8, 16)), "here")
 
 
 def test_param_shapes_are_the_model_s_own_and_cost_no_memory():
@@ -68,12 +72,12 @@ def test_param_shapes_are_the_model_s_own_and_cost_no_memory():
         preset("resnet-tiny"),
         preset("resnet-fpn-tiny"),
     ):
-        real = init_params(cfg, 4, np.random.default_rng(0))
-        traced = preflight.param_shapes(cfg, 4)
+        real = init_model_params(cfg, 4, np.random.default_rng(0))
+        traced = param_shapes(cfg, 4)
         assert traced == {k: (v.shape, v.dtype) for k, v in real.items()}
     tracemalloc.start()
     try:
-        huge = preflight.param_shapes(
+        huge = param_shapes(
             tiny_config(representation_size=65536, roi_output_size=64), 1000
         )
         peak = tracemalloc.get_traced_memory()[1]
@@ -229,11 +233,11 @@ def test_image_problem_finds_truncated_files_from_their_header_and_end(tmp_path,
     path = tmp_path / f"x.{fmt.lower()}"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path, format=fmt)
-    assert preflight.image_problem(str(path)) is None
+    assert image_problem(str(path)) is None
     truncate(path)
-    assert "truncated" in preflight.image_problem(str(path))
+    assert "truncated" in image_problem(str(path))
     path.write_bytes(b"not an image")
-    assert "cannot read the image" in preflight.image_problem(str(path))
+    assert "cannot read the image" in image_problem(str(path))
 
 
 @pytest.fixture()
@@ -269,7 +273,7 @@ def test_no_readable_image_and_an_image_lost_mid_run_are_clear(coco, tmp_path, d
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         with pytest.raises(MinirccnError, match="none of its 6 images is readable"):
-            preflight.check_images(ds)
+            check_images(ds)
     # an image that goes bad after the checks: the steps done are saved, the file is named
     good = load_dataset("shapes", "train", shapes_config=SHAPES)
 
