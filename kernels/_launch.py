@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from minirccn.backend import get_array_module as array_module
+from minirccn.core.backend import get_array_module as array_module
 
 __all__ = [
     "THREADS",

@@ -8,41 +8,51 @@ import importlib
 import os
 import sys
 
-# Numba's parallel kernels run on an OpenMP pool. By default its idle threads
-# spin; when the machine has other work (two cores, a test runner, a second
-# process) every parallel call then waits for a descheduled spinner: we
-# measured 8.5 ms per small conv call with spinning vs 0.095 ms with sleeping
-# threads on a loaded 2-core machine. The pool reads this variable when it
-# first starts, i.e. at the first parallel kernel call, after this import.
+# Numba's OpenMP pool: idle threads sleep instead of spinning, so a parallel call never waits
+# for a descheduled spinner on a busy machine (measured: docs/threads.md). The pool reads this
+# variable at the first parallel kernel call, after this import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "backend",
-    "bench",
-    "checkpoint",
-    "cli",
+    "app",
     "config",
+    "core",
     "data",
     "detector",
-    "errors",
+    "engine",
     "evaluation",
     "kernels",
     "nn",
     "ops",
-    "predict",
-    "train",
+    "proposals",
     "viz",
 }
 
-#: the contract names of DESIGN.md that lived at the top level before the regrouping:
-#: ``from minirccn import layers`` and ``import minirccn.layers`` keep working
+#: old top-level names -> the modules they live in now: ``from minirccn import layers`` and
+#: ``import minirccn.layers`` keep working. The contract names of DESIGN.md (layers, losses,
+#: optim, anchors) stay; the others are kept for one step while imports move to the new tree.
 ALIASES = {
     "layers": "minirccn.nn.layers",
     "losses": "minirccn.nn.losses",
     "optim": "minirccn.nn.optim",
     "anchors": "minirccn.detector.anchors",
+    # the package regrouped into core/ config/ engine/ app/ (issue 21)
+    "backend": "minirccn.core.backend",
+    "dispatch": "minirccn.core.dispatch",
+    "errors": "minirccn.core.errors",
+    "_checks": "minirccn.core.checks",
+    "checkpoint": "minirccn.engine.checkpoint",
+    "preflight": "minirccn.engine.checkpoint",  # check_config, param_shapes, inspect_checkpoint
+    "train": "minirccn.engine.loop",  # train, train_step, make_optimizer, lr_at
+    "predict": "minirccn.engine.inference",  # run_model, evaluate_model
+    "runs": "minirccn.engine.runs",
+    "overrides": "minirccn.config.overrides",
+    "autoconfig": "minirccn.config.autoconfig",
+    "cli": "minirccn.app.cli",
+    "bench": "minirccn.app.bench",
+    "lineage": "minirccn.app.lineage",
 }
 
 

@@ -1,3 +1,3 @@
-from minirccn.cli import main
+from minirccn.app.cli import main
 
 raise SystemExit(main())

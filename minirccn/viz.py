@@ -23,7 +23,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from minirccn.runs import atomic_path
+from minirccn.core.files import atomic_path
 
 #: distinct, saturated colours (RGB); label ``k`` gets ``PALETTE[k % len(PALETTE)]``
 PALETTE = [

@@ -51,7 +51,7 @@ for m in ("numpy", "numba", "numba_cuda", "cupy", "torch", "torchvision"):
         print(m, "not importable:", e)
 import cupy
 print("cuda runtime", cupy.cuda.runtime.runtimeGetVersion())
-from minirccn import backend
+from minirccn.core import backend
 assert backend.gpu_available(), "minirccn does not see the GPU"
 print("minirccn sees the GPU")
 PY'

@@ -55,7 +55,7 @@ def dtype(request):
 
 
 def _gpu_available() -> bool:
-    from minirccn.backend import gpu_available
+    from minirccn.core.backend import gpu_available
 
     return gpu_available()
 

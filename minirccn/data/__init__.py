@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import os
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
+from minirccn.data.coco import COCODataset
 from minirccn.data.common import BACKGROUND, DataWarning, DetectionDataset
+from minirccn.data.csvfile import CSVDataset
 from minirccn.data.shapes import ShapesConfig, ShapesDataset
+from minirccn.data.voc import VOCDataset
 
 __all__ = [
     "BACKGROUND",
@@ -63,19 +66,13 @@ def load_dataset(
     if spec == "shapes":
         return ShapesDataset(split=split, seed=seed, config=shapes_config)
     if os.path.isdir(spec):
-        from minirccn.data.voc import VOCDataset
-
         return VOCDataset(spec, split=split)
     lower = spec.lower()
     if lower.endswith((".json", ".csv")):
         if not os.path.isfile(spec):
             raise MinirccnError(f"{spec}: annotation file not found")
         if lower.endswith(".json"):
-            from minirccn.data.coco import COCODataset
-
             return COCODataset(spec, split=split, images=images)
-        from minirccn.data.csvfile import CSVDataset
-
         return CSVDataset(spec, split=split, images=images)
     if not os.path.exists(spec):
         raise MinirccnError(

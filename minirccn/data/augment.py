@@ -2,7 +2,7 @@
 
 Each is a config field (:class:`~minirccn.config.FasterRCNNConfig`), off by default
 (``shapes`` trains exactly as before); the data-derived defaults
-(:mod:`minirccn.autoconfig`) turn colour jitter and scale + crop on for other data.
+(:mod:`minirccn.config.autoconfig`) turn colour jitter and scale + crop on for other data.
 
 Boxes are ``(G, 4)`` float ``(x1, y1, x2, y2)`` in continuous pixel coordinates
 (pixel column ``c`` covers ``[c, c+1)``), so every geometric map below is exact:

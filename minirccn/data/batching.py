@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn import ops
-from minirccn.backend import array_module
+from minirccn.core.backend import array_module
 from minirccn.data import augment, transforms
 
 #: the label that marks a proposal among the ground-truth boxes while both are transformed

@@ -16,7 +16,7 @@ image_id      str                  stable name of the image (file stem, COCO id,
 ============  ===================  ==================================================
 
 Every loader checks its annotations when it is built, so a malformed file is
-one :class:`~minirccn.errors.MinirccnError` naming the file before training
+one :class:`~minirccn.core.errors.MinirccnError` naming the file before training
 starts; images are decoded lazily in ``ds[i]``.
 """
 
@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 
 BACKGROUND = "__background__"
 

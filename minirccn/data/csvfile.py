@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.data.coco import image_dir
 from minirccn.data.common import ( BACKGROUND, IMAGE_EXTENSIONS, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, partition, path_inside, read_image, )
 

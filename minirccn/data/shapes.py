@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.data.common import BACKGROUND, DetectionDataset, make_sample
 
 #: class names, alphabetical so that VOC/COCO/CSV exports load back with the same labels

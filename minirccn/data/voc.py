@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, path_inside, read_image, )
 
 VOC_CLASSES = [

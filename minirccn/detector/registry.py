@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from minirccn.detector.backbones.levels import build_backbone
 from minirccn.detector.models.external import ExternalProposals
 from minirccn.errors import MinirccnError
 
@@ -38,6 +39,15 @@ def build_model(config, class_names, params=None, rng=None):
 def init_model_params(config, num_classes: int, rng) -> dict:
     """Fresh parameters of ``config.model`` (what a checkpoint of that model must hold)."""
     return model_class(config).init_params(config, num_classes, rng)
+
+
+def check_buildable(config) -> None:
+    """Raise ``ValueError`` naming the field unless ``config.model`` is a row of the table and
+    the backbone ``config`` names can be described (specs and strides, no parameters: the
+    backbone preset, a ResNet under a pyramid, one anchor size per pyramid level)."""
+    if config.model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {config.model!r}")
+    build_backbone(config)
 
 
 def uses_external_proposals(config) -> bool:

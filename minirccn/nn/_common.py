@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import check_float, check_shape
+from minirccn.core import backend as _backend
+from minirccn.core.checks import check_float, check_shape
 
 
 def pair(value, name: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ the adjoint of :func:`im2col`).
 
 :func:`im2col` and :func:`col2im` below are the NumPy reference; the kernels with
 the same signatures are in ``kernels/conv.py`` (Numba, Numba-CUDA), and
-:mod:`minirccn.dispatch` says which runs on which backend. The GEMMs are
+:mod:`minirccn.core.dispatch` says which runs on which backend. The GEMMs are
 NumPy's BLAS (or CuPy's cuBLAS).
 
 Shapes: ``N`` images, ``C`` input channels, ``F`` output channels (filters),
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from minirccn import backend as _backend
-from minirccn._checks import check_shape
-from minirccn.dispatch import kernel
+from minirccn.core import backend as _backend
+from minirccn.core.checks import check_shape
+from minirccn.core.dispatch import kernel
 from minirccn.nn._common import check_grad, conv_output_size, geometry, offset_view, pair, prepare
 
 # ----------------------------------------------------------------------------- im2col (reference)
@@ -100,7 +100,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
         w: ``(F, C, kh, kw)`` weights, same dtype.
         b: ``(F,)`` bias, same dtype.
         stride, padding: an int or a pair ``(along H, along W)``; zero padding.
-        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.backend`).
+        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.core.backend`).
 
     Returns:
         out: ``(N, F, Ho, Wo)`` with ``Ho = (H + 2ph - kh) // sh + 1``:

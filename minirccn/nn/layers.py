@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import check_float, check_shape
+from minirccn.core import backend as _backend
+from minirccn.core.checks import check_float, check_shape
 from minirccn.nn._common import check_grad, conv_output_size, prepare
 from minirccn.nn.conv import Conv2dCache, col2im, conv2d_backward, conv2d_forward, im2col
 from minirccn.nn.pool import (

@@ -25,7 +25,7 @@ import bisect
 
 import numpy as np
 
-from minirccn import backend as _backend
+from minirccn.core import backend as _backend
 
 
 class SGD:

@@ -7,7 +7,7 @@ pixel.
 
 :func:`max_pool2d_reference` and :func:`max_pool2d_backward_reference` are the
 NumPy reference; the kernels with the same signatures are in ``kernels/pool.py``
-(Numba, Numba-CUDA), and :mod:`minirccn.dispatch` says which runs on which
+(Numba, Numba-CUDA), and :mod:`minirccn.core.dispatch` says which runs on which
 backend.
 """
 
@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import check_float, check_shape
-from minirccn.dispatch import kernel
+from minirccn.core import backend as _backend
+from minirccn.core.checks import check_float, check_shape
+from minirccn.core.dispatch import kernel
 from minirccn.nn._common import conv_output_size, offset_view, pair, prepare
 
 

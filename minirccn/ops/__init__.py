@@ -1,6 +1,6 @@
 """The public op API: torchvision.ops semantics on three backends.
 
-Each op validates its arguments, picks a backend (see :mod:`minirccn.backend`)
+Each op validates its arguments, picks a backend (see :mod:`minirccn.core.backend`)
 and runs either the NumPy reference (the specification, in the module named
 below) or a fast kernel from :mod:`minirccn.kernels` that is tested against it.
 

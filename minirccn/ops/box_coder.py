@@ -19,7 +19,7 @@ variance: ``(1, 1, 1, 1)`` for the RPN, ``(10, 10, 5, 5)`` for the box head.
 
 Arithmetic is done in the common dtype of the inputs. Both ops are elementwise
 and cheap, so every backend runs this NumPy code (on CuPy arrays for ``cuda``
-on a GPU; see :mod:`minirccn.dispatch`); there are no kernels. A box of zero
+on a GPU; see :mod:`minirccn.core.dispatch`); there are no kernels. A box of zero
 width or height gives ``inf`` or NaN deltas, as in torchvision (drop such boxes
 first).
 """
@@ -30,9 +30,9 @@ import math
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import check_boxes, check_float, check_positive, check_shape, same_module
-from minirccn.dispatch import kernel
+from minirccn.core import backend as _backend
+from minirccn.core.checks import check_boxes, check_float, check_positive, check_shape, same_module
+from minirccn.core.dispatch import kernel
 
 #: clamp of ``dw``, ``dh`` in :func:`decode_boxes`: a box grows at most 1000/16 times
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)

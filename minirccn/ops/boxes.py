@@ -20,16 +20,16 @@ so it runs unchanged on CuPy arrays. Only :func:`box_iou` has kernels
 (``numba``, ``cuda``); :func:`box_area`, :func:`clip_boxes` and
 :func:`remove_small_boxes` are cheap elementwise work and run the reference on
 every backend (on CuPy arrays for ``cuda`` on a GPU). Which function runs is
-looked up in :mod:`minirccn.dispatch`.
+looked up in :mod:`minirccn.core.dispatch`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import as_array, check_boxes, check_positive, same_module
-from minirccn.dispatch import kernel
+from minirccn.core import backend as _backend
+from minirccn.core.checks import as_array, check_boxes, check_positive, same_module
+from minirccn.core.dispatch import kernel
 
 # ----------------------------------------------------------------------------- references
 

@@ -27,7 +27,7 @@ always suppresses per category, which gives the same answer as torchvision on
 every test case without a NaN.)
 
 Every backend sorts the boxes here by :func:`score_order`, then runs the
-greedy walk over the sorted boxes that :mod:`minirccn.dispatch` names for it:
+greedy walk over the sorted boxes that :mod:`minirccn.core.dispatch` names for it:
 ``numpy`` the reference :func:`nms_sorted_reference`, ``numba`` and ``cuda``
 the kernels of :mod:`minirccn.kernels.nms` (see that module for how each works).
 Categories (``batched_nms``) are labels the walk compares; the reference
@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import (
+from minirccn.core import backend as _backend
+from minirccn.core.checks import (
     as_array,
     check_boxes,
     check_positive,
@@ -48,7 +48,7 @@ from minirccn._checks import (
     check_shape,
     same_module,
 )
-from minirccn.dispatch import kernel
+from minirccn.core.dispatch import kernel
 from minirccn.ops.boxes import box_iou_reference
 
 # ----------------------------------------------------------------------------- references

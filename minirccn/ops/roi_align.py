@@ -71,7 +71,7 @@ and its backward is the transpose::
 
     grad[b_r, c] += A_y[r].T @ grad_out[r, c] @ A_x[r] / (G_h * G_w)
 
-Every backend builds the tables here, then runs what :mod:`minirccn.dispatch`
+Every backend builds the tables here, then runs what :mod:`minirccn.core.dispatch`
 names: ``numpy`` :func:`roi_align_tables_reference` (the matrices above), the
 kernels (:mod:`minirccn.kernels.roi_align`), which receive the same tables and walk
 the samples one by one as torchvision does, adding ``w_y * w_x * X`` for the 4
@@ -86,9 +86,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import check_float, check_positive, check_shape
-from minirccn.dispatch import kernel
+from minirccn.core import backend as _backend
+from minirccn.core.checks import check_float, check_positive, check_shape
+from minirccn.core.dispatch import kernel
 from minirccn.ops.roi_pool import (
     _check_coordinates,
     _check_input_shape,
@@ -278,7 +278,7 @@ def roi_align_tables_reference(features, tab: SampleTables):
 
     Returns:
         ``(R, C, ph, pw)`` features' dtype, as :func:`roi_align_reference`. (This is
-        the signature every RoIAlign kernel shares: see :mod:`minirccn.dispatch`.)
+        the signature every RoIAlign kernel shares: see :mod:`minirccn.core.dispatch`.)
     """
     n, c, height, width = features.shape
     ph, pw = tab.y.lo.shape[1], tab.x.lo.shape[1]
@@ -367,7 +367,7 @@ def roi_align(
             adaptive, ``ceil(roi_size / bins)``.
         aligned: bool; True shifts RoIs by -0.5 cell (pixel centres at ``k + 0.5``),
             False (default) is the original Mask R-CNN rule.
-        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.backend`).
+        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.core.backend`).
 
     Returns:
         ``(R, C, ph, pw)`` of features' dtype and module.

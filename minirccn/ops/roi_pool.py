@@ -35,7 +35,7 @@ The backward pass scatters each output gradient back to its argmax cell
 Steps 1-3 (the bins) are computed once, vectorised, by :func:`roi_bins` for
 every backend; then :func:`roi_pool_bins_reference` (``numpy``) or a kernel of
 :mod:`minirccn.kernels.roi_pool` (``numba``, ``cuda``; see
-:mod:`minirccn.dispatch`) does steps 4-5, and the backward scatter.
+:mod:`minirccn.core.dispatch`) does steps 4-5, and the backward scatter.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn import backend as _backend
-from minirccn._checks import as_array, check_float, check_positive, check_shape, same_module
-from minirccn.dispatch import kernel
+from minirccn.core import backend as _backend
+from minirccn.core.checks import as_array, check_float, check_positive, check_shape, same_module
+from minirccn.core.dispatch import kernel
 
 #: Start of every max (and the output of a bin with no value above it): float32's lowest.
 LOWEST = float(np.finfo(np.float32).min)
@@ -157,7 +157,7 @@ def roi_pool_bins_reference(features, batch, hstart, hend, wstart, wend):
 
     Returns:
         ``(out, argmax)`` as :func:`roi_pool_reference` returns them. (This is
-        the signature every RoI pooling kernel shares: see :mod:`minirccn.dispatch`.)
+        the signature every RoI pooling kernel shares: see :mod:`minirccn.core.dispatch`.)
     """
     c, width = features.shape[1], features.shape[3]
     r, ph, pw = batch.shape[0], hstart.shape[1], wstart.shape[1]
@@ -245,7 +245,7 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0, *, backend=None):
             Batch indices must be integers in ``[0, N)``, coordinates finite.
         output_size: int or ``(ph, pw)``.
         spatial_scale: positive float (1/16 for a stride-16 backbone).
-        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.backend`).
+        backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.core.backend`).
 
     Returns:
         ``(out, argmax)``: ``(R, C, ph, pw)`` of features' dtype and ``(R, C, ph, pw)``

@@ -34,15 +34,15 @@ The steps, each a function below:
 
 :func:`felzenszwalb` runs them; ``backend="numba"`` runs steps 2-4 in one
 compiled kernel (:mod:`minirccn.kernels.segmentation`, looked up in
-:mod:`minirccn.dispatch`), which is tested equal to the reference label for label.
+:mod:`minirccn.core.dispatch`), which is tested equal to the reference label for label.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minirccn.backend import BACKENDS
-from minirccn.dispatch import kernel
+from minirccn.core.backend import BACKENDS
+from minirccn.core.dispatch import kernel
 
 #: forward neighbours of a pixel, (dy, dx), in the order their edges are listed
 NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))

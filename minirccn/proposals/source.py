@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.proposals.selective_search import MODES, SelectiveSearch
 
 SELECTIVE_SEARCH = "selective-search"

@@ -11,7 +11,7 @@ from PIL import Image
 from minirccn.data import DataWarning, ShapesDataset, load_dataset
 from minirccn.data.common import partition
 from minirccn.data.export import export_dataset
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 
 COUNT = 12
 

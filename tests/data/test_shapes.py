@@ -5,7 +5,7 @@ import pytest
 
 from minirccn.data import ShapesConfig, ShapesDataset, load_dataset
 from minirccn.data.shapes import CLASS_NAMES, _background, draw_image, image_rng
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 
 
 def test_contract():

@@ -7,7 +7,7 @@ from helpers import BACKENDS, FLOATS as DTYPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minirccn.dispatch import kernel
+from minirccn.core.dispatch import kernel
 from minirccn.nn import conv
 from minirccn.nn.gradcheck import check_layer
 

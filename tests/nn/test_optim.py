@@ -150,17 +150,27 @@ def test_clip_grad_norm_at_and_below_the_limit_changes_nothing():
 
 
 def test_train_step_clips_only_when_the_config_asks(monkeypatch):
-    from minirccn import train as T
+    from minirccn.engine import loop as T
 
     seen = []
     real = optim.clip_grad_norm
     monkeypatch.setattr(optim, "clip_grad_norm", lambda g, m: seen.append(m) or real(g, m))
 
+    big = {"w": np.array([30.0, 40.0])}
+
     class Model:
+        """The protocol's two calls, with a fixed gradient."""
+
         def __init__(self, clip):
             from minirccn.config import preset
 
             self.config = preset("tiny", clip_grad_norm=clip, warmup_iters=0)
+
+        def forward(self, batch, rng, **options):
+            return {"loss_x": 1.0}, None
+
+        def backward(self, cache):
+            return dict(big)
 
     class Opt:
         lr = 0.0
@@ -168,12 +178,7 @@ def test_train_step_clips_only_when_the_config_asks(monkeypatch):
         def step(self, grads):
             self.grads = grads
 
-    def forward(model, *a, **k):
-        return {"loss_x": 1.0}, None, None
-
-    big = {"w": np.array([30.0, 40.0])}
-    monkeypatch.setattr(T, "model_family", lambda cfg: (None, forward, lambda c: dict(big), None))
-    batch = (None, None, None)
+    batch = None
     opt = Opt()
     T.train_step(Model(0.0), opt, batch, None, 0, backend="numpy")
     assert seen == [] and np.array_equal(opt.grads["w"], [30.0, 40.0])  # 0: off (the default)

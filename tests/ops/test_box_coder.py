@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minirccn.backend import gpu_available
+from minirccn.core.backend import gpu_available
 from minirccn.ops.box_coder import (
     BBOX_XFORM_CLIP,
     decode_boxes,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minirccn.backend import gpu_available
+from minirccn.core.backend import gpu_available
 from minirccn.kernels import boxes as kernels
 from minirccn.ops.boxes import (
     box_area,

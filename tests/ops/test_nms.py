@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from minirccn.kernels import nms as kernels
 
-from minirccn.backend import gpu_available
-from minirccn.dispatch import kernel
+from minirccn.core.backend import gpu_available
+from minirccn.core.dispatch import kernel
 from minirccn.ops.boxes import box_iou_reference
 from minirccn.ops.nms import (
     batched_nms,

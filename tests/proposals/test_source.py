@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 from minirccn.proposals.selective_search import selective_search
 from minirccn.proposals.source import (
     ProposalCache,

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from minirccn import train as T
+from minirccn.app import train as cmd
+from minirccn.engine import loop as T
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import preset
@@ -383,11 +384,11 @@ def test_cli_file_proposals_rcnn_and_detect(tmp_path, capsys):
     capsys.readouterr()
     flags = dict(model=None, proposals=None, max_proposals=None, selective_search_mode=None)
     args = argparse.Namespace(**{**flags, "model": "rcnn", "max_proposals": 9})
-    cfg = T.lineage_config(preset("tiny", model=T.chosen_model(args)), args)
+    cfg = cmd.lineage_config(preset("tiny", model=cmd.chosen_model(args)), args)
     assert (cfg.model, cfg.proposals, cfg.max_proposals) == ("rcnn", "selective-search", 9)
-    assert T.chosen_model(argparse.Namespace(**{**flags, "proposals": "x.json"})) == "fastrcnn"
-    assert T.chosen_model(argparse.Namespace(**flags)) == "fasterrcnn"
-    assert T.lineage_config(preset("tiny"), argparse.Namespace(**flags)) == preset("tiny")
+    assert cmd.chosen_model(argparse.Namespace(**{**flags, "proposals": "x.json"})) == "fastrcnn"
+    assert cmd.chosen_model(argparse.Namespace(**flags)) == "fasterrcnn"
+    assert cmd.lineage_config(preset("tiny"), argparse.Namespace(**flags)) == preset("tiny")
     bad = [
         (["--proposals", str(tmp_path / "missing.json")], "--proposals"),
         (["--model", "fasterrcnn", "--proposals", "selective-search"], "--proposals: only for"),

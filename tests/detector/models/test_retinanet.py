@@ -260,19 +260,21 @@ def test_cli_train_detect_eval_retinanet(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
     import minirccn.data as data_module
-    from minirccn.checkpoint import load_checkpoint
-    from minirccn.cli import main
+    import minirccn.app.predict as predict_module
+    import minirccn.app.userdata as userdata_module
+    from minirccn.app.cli import main
     from minirccn.data import ShapesConfig, load_dataset
+    from minirccn.engine.checkpoint import load_checkpoint
 
     small = ShapesConfig(train_size=4, val_size=2, test_size=2)
     real = data_module.load_dataset
-    import minirccn.train as train_module
 
     def load_small(*a, **k):
         return real(*a, **{**k, "shapes_config": small})
 
-    monkeypatch.setattr(data_module, "load_dataset", load_small)
-    monkeypatch.setattr(train_module, "load_dataset", load_small)
+    for module in (data_module, userdata_module, predict_module):
+        if hasattr(module, "load_dataset"):
+            monkeypatch.setattr(module, "load_dataset", load_small)
     out = tmp_path / "run"
     argv = ["train", "--model", "retinanet", "--iters", "1", "--out", str(out), "--no-progress"]
     assert main([*argv, "--eval-split", ""]) == 0

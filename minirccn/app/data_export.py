@@ -1,0 +1,89 @@
+"""``minirccn data``: write a dataset (``shapes`` by default) as VOC, COCO or CSV, or preview it.
+
+::
+
+    minirccn data export --format voc  --out shapes_voc  [--split test] [--count N] [--seed S]
+    minirccn data export --format coco --out shapes_coco   # annotations.json + images/
+    minirccn data export --format csv  --out shapes_csv    # annotations.csv + images/
+    minirccn data preview --out preview.png                # a grid of images with their boxes
+
+The formats: :mod:`minirccn.data.export`.
+"""
+
+from __future__ import annotations
+
+from minirccn.core.errors import MinirccnError
+from minirccn.data import load_dataset
+from minirccn.data.export import FORMATS, export_dataset
+from minirccn.viz import draw_detections, save_grid
+
+
+def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -> str:
+    """Save a grid of the first ``count`` images of ``dataset`` with their boxes drawn."""
+    n = min(int(count), len(dataset))
+    if n < 1:
+        raise MinirccnError(f"--count: expected at least 1 image, got {count}")
+    pictures = []
+    for i in range(n):
+        s = dataset[i]
+        pictures.append(
+            draw_detections(
+                s["image"], s["boxes"], s["labels"], class_names=dataset.class_names, scale=scale
+            )
+        )
+    return save_grid(pictures, out, cols=cols)
+
+
+# ----------------------------------------------------------------------------- the command
+def add_arguments(parser) -> None:
+    """The ``minirccn data`` subcommands: ``export`` and ``preview``."""
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub.required = True
+    ex = sub.add_parser(
+        "export",
+        help="write a dataset (default shapes) as VOC, COCO or CSV",
+        description="write a dataset (default shapes) as VOC, COCO or CSV",
+    )
+    ex.add_argument("--format", required=True, choices=FORMATS, help="annotation format")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--data", default="shapes", help="dataset to export (default: shapes)")
+    ex.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
+    ex.add_argument("--split", default="test", help="split to export (default: test)")
+    ex.add_argument("--count", type=int, default=None, help="export only the first N images")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
+    ex.add_argument(
+        "--image-format", default="png", choices=("png", "jpg"), help="image files (default: png)"
+    )
+    pv = sub.add_parser(
+        "preview",
+        help="save a grid of images with their ground-truth boxes",
+        description="save a grid of images with their ground-truth boxes",
+    )
+    pv.add_argument("--out", default="preview.png", help="output PNG (default: preview.png)")
+    pv.add_argument("--data", default="shapes", help="dataset (default: shapes)")
+    pv.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
+    pv.add_argument("--split", default="train", help="split (default: train)")
+    pv.add_argument("--count", type=int, default=16, help="number of images (default: 16)")
+    pv.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
+
+
+def run(args) -> int:
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
+    if args.data_command == "export":
+        path = export_dataset(
+            dataset,
+            args.format,
+            args.out,
+            count=args.count,
+            split=args.split,
+            image_format=args.image_format,
+            progress=True,
+        )
+        n = len(dataset) if args.count is None else args.count
+        print(f"wrote {n} images of {dataset.name} as {args.format}: {path}")
+    else:
+        path = preview(dataset, args.out, count=args.count)
+        print(f"wrote {path}")
+    return 0

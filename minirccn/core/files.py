@@ -1,0 +1,228 @@
+"""Files are never half-written: atomic writes, temporary-file names, writable folders.
+
+====================================  ==============================================
+guarantee                             piece
+====================================  ==============================================
+no half-written file                  :func:`atomic_path` (temp file in the same
+                                      folder, ``fsync``, ``os.replace``)
+leftovers of a killed save are gone   :func:`remove_stale_temps`
+an unusable ``--out`` fails at once   :func:`check_out_folder` (before any data)
+====================================  ==============================================
+
+A temporary file is named ``.<name>.tmp-<pid>-<random><ext>`` (the extension kept, so writers
+that infer the format from the name still work); a leftover whose pid is no longer running is
+removed at the next start in that folder. Used by every layer that writes (viz, data export,
+checkpoints, run folders).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+
+from minirccn.core.errors import MinirccnError
+
+_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+(\.[A-Za-z0-9]+)?$")
+_LEGACY_TEMP_RE = re.compile(r"^\.checkpoint-.+\.tmp$")  # mkstemp names of older versions
+
+
+def describe_os_error(exc: OSError, path=None) -> str:
+    """``"<file>: <reason>"`` for an ``OSError``, naming ``path`` when the error does not."""
+    name = exc.filename if exc.filename is not None else path
+    reason = exc.strerror or str(exc) or exc.__class__.__name__
+    return f"{os.fspath(name)}: {reason}" if name is not None else reason
+
+
+# ----------------------------------------------------------------------------- permissions
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-and-restore
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~_umask()
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def _temp_name(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    ext = os.path.splitext(name)[1]
+    if not re.fullmatch(r"\.[A-Za-z0-9]+", ext or "."):
+        ext = ""
+    return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{ext}")
+
+
+@contextlib.contextmanager
+def atomic_path(path, what: str = "file"):
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    Write the whole file to the yielded path (any writer: ``open``, ``numpy.savez``,
+    ``PIL.Image.save(..., format=...)``); when the block ends without an exception the file is
+    ``fsync``-ed, given the permissions of a normally created file (``0o666 & ~umask``) and
+    ``os.replace``-d over ``path``. On any exception (including ``KeyboardInterrupt``) the
+    temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        MinirccnError: naming ``path`` for an ``OSError`` (disk full, permission denied, ...),
+            and saying that the previous file, if any, is kept.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = _temp_name(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        kept = "; the previous one is kept" if os.path.isfile(path) else ""
+        raise MinirccnError(
+            f"{path}: cannot write the {what} ({exc.strerror or exc}){kept}"
+        ) from None
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path, text: str, what: str = "file") -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
+    with atomic_path(path, what) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return os.fspath(path)
+
+
+def write_json(path, obj, what: str = "file", **dump_kwargs) -> str:
+    """``json.dump(obj)`` to ``path`` atomically; returns ``path``."""
+    return write_text(path, json.dumps(obj, **dump_kwargs), what)
+
+
+def save_image(image, path, what: str = "image", **options) -> str:
+    """Save a PIL image to ``path`` atomically (the format from ``path``'s extension)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
+    with atomic_path(path, what) as tmp:
+        image.save(tmp, format=fmt, **options)
+    return os.fspath(path)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temps(folder, any_legacy: bool = False) -> list:
+    """Remove temporary files left in ``folder`` by a killed save; returns their names.
+
+    Removed: ``.<name>.tmp-<pid>-...`` files whose pid no longer runs, and (``any_legacy``,
+    for a folder whose run lock is held) ``.checkpoint-*.tmp`` files of older versions.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_RE.match(name)
+        stale = (m is not None and not pid_alive(int(m.group(1)))) or (
+            any_legacy and _LEGACY_TEMP_RE.match(name) is not None
+        )
+        if stale:
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def check_out_folder(folder, flag: str = "--out") -> str:
+    """Make sure ``folder`` exists (created if missing) and a file can be written in it.
+
+    Runs in milliseconds, before any data is read, so that a run never trains for an hour and
+    then fails to save.
+
+    Raises:
+        MinirccnError: naming ``flag`` and ``folder``: it is a file, a parent is a file, or the
+            folder cannot be created or written (read-only, no permission, disk full).
+    """
+    folder = os.fspath(folder)
+    if not folder:
+        raise MinirccnError(f"{flag}: expected a folder name, got an empty string")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise MinirccnError(f"{flag} {folder}: exists and is not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise MinirccnError(
+            f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})"
+        ) from None
+    probe = os.path.join(folder, f".write-test.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"minirccn")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise MinirccnError(
+            f"{flag} {folder}: cannot write in this folder ({exc.strerror or exc})"
+        ) from None
+    finally:
+        remove_quietly(probe)
+    return folder

@@ -1,0 +1,130 @@
+"""Image checks before step 1: every image file's header (and its end, where the format has an
+end marker) is read, which is cheap; an unreadable or truncated image is skipped with one
+warning naming it (:class:`SkipImages`), so a run never dies mid-way on a bad file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+from minirccn.core.errors import MinirccnError
+from minirccn.data.common import warn
+
+
+def _tail(path: str, n: int = 1024) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - n))
+        return fh.read()
+
+
+def image_problem(path: str) -> str | None:
+    """Why the image at ``path`` cannot be used, or None: its header is read (cheap) and, for
+    formats with an end marker (JPEG, PNG, GIF) or a stated size (BMP, WebP), its end is
+    checked, so a truncated file is found without decoding it; other formats are decoded."""
+    try:
+        with Image.open(path) as im:
+            fmt, (w, h) = im.format, im.size
+            if w < 1 or h < 1:
+                return f"empty image ({w}x{h})"
+            size = os.path.getsize(path)
+            if fmt == "JPEG":
+                if b"\xff\xd9" not in _tail(path):
+                    return "truncated JPEG (no end-of-image marker)"
+            elif fmt == "PNG":
+                if b"IEND" not in _tail(path, 64):
+                    return "truncated PNG (no IEND chunk)"
+            elif fmt == "GIF":
+                if not _tail(path, 16).rstrip(b"\x00").endswith(b";"):
+                    return "truncated GIF (no trailer)"
+            elif fmt == "BMP":
+                with open(path, "rb") as fh:
+                    head = fh.read(6)
+                declared = int.from_bytes(head[2:6], "little")
+                if declared > size:
+                    return f"truncated BMP ({size} of {declared} bytes)"
+            elif fmt == "WEBP":
+                with open(path, "rb") as fh:
+                    head = fh.read(8)
+                if int.from_bytes(head[4:8], "little") + 8 > size:
+                    return "truncated WebP"
+            else:
+                im.load()
+    except Exception as exc:  # noqa: BLE001 - every decoder error is "cannot read it"
+        reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+        return f"cannot read the image ({reason})"
+    return None
+
+
+class SkipImages:
+    """``dataset`` without the images at ``skipped`` indices (same classes, same name)."""
+
+    def __init__(self, dataset, skipped):
+        self.dataset = dataset
+        skipped = set(skipped)
+        self.keep = [i for i in range(len(dataset)) if i not in skipped]
+        self.class_names = dataset.class_names
+        self.name = dataset.name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, index):
+        return self.dataset[self.keep[index]]
+
+    def __iter__(self):
+        for i in self.keep:
+            yield self.dataset[i]
+
+    def __getattr__(self, name):  # split, path, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def check_images(dataset, what: str = "--data"):
+    """Read every image file's header; skip unreadable or truncated ones with one warning each.
+
+    Datasets whose images are not files (``shapes``) are returned unchanged, as is a dataset
+    where every image is fine.
+
+    Returns:
+        ``dataset`` or a :class:`SkipImages` view of it.
+
+    Raises:
+        MinirccnError: no usable image is left (naming ``what`` and the dataset).
+    """
+    files = getattr(dataset, "image_file", None)
+    if files is None or len(dataset) == 0:
+        return dataset
+    skipped = []
+    for i in range(len(dataset)):
+        path = dataset.image_file(i)
+        if path is None:
+            continue
+        problem = image_problem(path)
+        if problem is not None:
+            warn(f"{path}: {problem}; skipped")
+            skipped.append(i)
+    if not skipped:
+        return dataset
+    if len(skipped) == len(dataset):
+        source = getattr(dataset, "path", None) or getattr(dataset, "root", None) or dataset.name
+        raise MinirccnError(f"{what} {source}: none of its {len(dataset)} images is readable")
+    return SkipImages(dataset, skipped)
+
+
+def check_not_empty(dataset, what: str) -> None:
+    """Raise :class:`MinirccnError` naming ``what`` if ``dataset`` has no images."""
+    if len(dataset) == 0:
+        split = getattr(dataset, "split", None)
+        raise MinirccnError(
+            f"{what}: {dataset.name} has no images" + (f" in split {split!r}" if split else "")
+        )

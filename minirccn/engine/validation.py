@@ -1,0 +1,83 @@
+"""Periodic evaluation during training and the best checkpoint.
+
+Every ``config.eval_every`` steps the trainer calls a :class:`Validator`: it runs
+the model over the validation data (batch norm with its running statistics, as
+at inference), appends ``{"step", "map50", "map"}`` to its curve, and when mAP@0.5
+beats every earlier evaluation writes ``OUT/best.npz`` (a normal checkpoint:
+``minirccn detect/eval --checkpoint OUT/best.npz``). The curve goes into
+``metrics.json`` (``val_curve``) and ``OUT/val_curve.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from minirccn import viz
+from minirccn.engine.checkpoint import save_checkpoint
+from minirccn.engine.inference import evaluate_model
+
+
+class Validator:
+    """Owns the validation data, the period and the best score so far (module docstring).
+
+    Args:
+        data: the validation dataset.
+        every: evaluate after every this many steps (> 0).
+        out: output folder of ``best.npz`` (None: keep no checkpoint).
+        backend: backend of the predictions.
+        limit: evaluate at most this many images each time (None: all).
+    """
+
+    def __init__(self, data, every: int, out=None, backend=None, limit: int | None = None):
+        self.data = data
+        self.every = int(every)
+        self.best_path = os.path.join(out, "best.npz") if out else None
+        self.backend = backend
+        self.limit = limit
+        self.curve = []
+        self.best = None  # the curve point of best.npz
+        self.seconds = 0.0  # time spent evaluating (not training)
+
+    def due(self, done: int, total: int) -> bool:
+        """True after step ``done`` if it is a multiple of ``every`` or the last step."""
+        return self.every > 0 and (done % self.every == 0 or done == total)
+
+    def __call__(self, model, done: int, seed: int) -> dict:
+        """Evaluate ``model`` after ``done`` steps; keep ``best.npz`` if it is the best so far."""
+        t0 = time.perf_counter()
+        result = evaluate_model(
+            model, self.data, backend=self.backend, progress=False, limit=self.limit
+        )
+        point = {
+            "step": int(done),
+            "map50": float(result["map50"]),
+            "map": float(result["map"]),
+        }
+        self.curve.append(point)
+        self.seconds += time.perf_counter() - t0
+        if self.best is None or point["map50"] > self.best["map50"]:
+            self.best = point
+            if self.best_path:
+                save_checkpoint(
+                    self.best_path,
+                    model,
+                    step=done,
+                    extra={"seed": seed, "val_map50": point["map50"], "val_map": point["map"]},
+                )
+        return point
+
+    def plot(self, path: str) -> None:
+        """The validation curve (mAP@0.5 and mAP against the step) as a PNG."""
+        if not self.curve:
+            return
+        steps = [p["step"] for p in self.curve]
+        viz.plot_curves(
+            {
+                "val mAP@0.5": (steps, [p["map50"] for p in self.curve]),
+                "val mAP@[.5:.95]": (steps, [p["map"] for p in self.curve]),
+            },
+            path,
+            title="validation",
+            smoothing=0.0,
+        )

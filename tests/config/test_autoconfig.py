@@ -1,0 +1,130 @@
+"""Defaults derived from the data: each rule against numbers computed here by hand."""
+
+import numpy as np
+import pytest
+
+from minirccn.config import autoconfig as A
+from minirccn.config.checks import check_fields
+from minirccn.config import preset
+from minirccn.data import DetectionDataset
+
+
+class Boxes(DetectionDataset):
+    """Blank images of given sizes with given boxes (no files)."""
+
+    def __init__(self, sizes, boxes):
+        self.sizes, self.boxes = sizes, boxes
+        self.class_names = ["__background__", "thing"]
+        self.name = "boxes"
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def _load(self, i):
+        h, w = self.sizes[i]
+        b = np.asarray(self.boxes[i], np.float32).reshape(-1, 4)
+        return {
+            "image": np.zeros((h, w, 3), np.uint8),
+            "boxes": b,
+            "labels": np.ones(len(b), np.int64),
+            "difficult": np.zeros(len(b), bool),
+            "image_id": str(i),
+        }
+
+
+def square_boxes(side, n=1, ratio=1.0):
+    w = side / np.sqrt(ratio)
+    h = side * np.sqrt(ratio)
+    return [[10, 10, 10 + w, 10 + h]] * n
+
+
+def test_large_photos_with_large_objects():
+    # 480x640 photos, objects 200..390 px: the smallest size allowed is enough
+    sizes = [(480, 640)] * 20
+    boxes = [square_boxes(200 + 10 * i) for i in range(20)]
+    fields, report = A.derive(Boxes(sizes, boxes), minutes=1.0)
+    # 32 px / (p10 side / 480) = 32 * 480 / 219 = 70 px wanted -> the floor, 128
+    assert A.SMALL_OBJECT_PX * 480 / np.percentile(200 + 10 * np.arange(20), 10) < 128
+    assert (fields["min_size"], fields["max_size"]) == (128, 168)  # 128 * 4/3 to a multiple of 8
+    scale = 128 / 480  # resize_scale(480, 640, 128, 168) = min(0.267, 0.2625)
+    scale = min(128 / 480, 168 / 640)
+    side = (200 + 10 * np.arange(20)) * scale
+    lo, hi = np.percentile(side, 5), np.percentile(side, 95)
+    count = int(np.clip(round(np.log2(hi / lo)) + 1, 2, 5))
+    assert fields["anchor_sizes"] == tuple(int(round(s)) for s in np.geomspace(lo, hi, count))
+    assert fields["aspect_ratios"] == (1.0,)
+    # 10th percentile side ~57 px: stride 16 keeps it at least two cells wide
+    assert report["stride"] == 16 and 2 * 16 <= np.percentile(side, 10)
+    assert fields["backbone_stages"][2][2] and fields["backbone_stages"][3][2]
+
+
+def test_small_objects_raise_the_resolution_up_to_the_cap_and_lower_the_stride():
+    sizes = [(300, 400)] * 10
+    boxes = [square_boxes(12, 3) for _ in range(10)]
+    fields, report = A.derive(Boxes(sizes, boxes), minutes=1.0)
+    assert fields["min_size"] == A.MAX_SHORT_SIDE  # 32 px wanted: needs 800, capped
+    assert report["stride"] == 4  # 12 * 192/300 = 7.7 px objects: stride 4
+    # images smaller than the cap are never upsampled as a whole
+    fields, _ = A.derive(Boxes([(96, 128)] * 4, [square_boxes(5)] * 4), minutes=1.0)
+    assert (fields["min_size"], fields["max_size"]) == (96, 128)
+
+
+def test_aspect_ratios_follow_the_boxes_and_fill_gaps():
+    boxes = [square_boxes(40, ratio=r) for r in [0.25] * 10 + [1.0] * 10 + [4.0] * 10]
+    fields, _ = A.derive(Boxes([(200, 200)] * 30, boxes), minutes=1.0)
+    r = fields["aspect_ratios"]
+    assert r[0] == pytest.approx(0.25, abs=0.01) and r[-1] == pytest.approx(4.0, abs=0.02)
+    assert all(b / a <= 3.0 + 1e-6 for a, b in zip(r, r[1:]))  # no gap wider than 3x
+    assert 0.9 <= r[len(r) // 2] <= 1.1
+
+
+def test_steps_follow_the_budget_deterministically():
+    ds = Boxes([(192, 256)] * 1000, [square_boxes(50)] * 1000)
+    f1, _ = A.derive(ds, minutes=2.0)
+    f2, _ = A.derive(ds, minutes=4.0)
+    per = A.step_seconds(f1["min_size"], f1["max_size"], 16)
+    assert f1["iters"] == int(120 / per)
+    assert f2["iters"] == int(240 / per)
+    assert A.derive(ds, minutes=2.0)[0] == f1
+    # the schedule scales with the steps (the tiny preset's proportions)
+    assert f1["bn_freeze_iter"] == round(0.6 * f1["iters"])
+    assert f1["milestones"] == (round(0.8 * f1["iters"]),)
+    assert f1["eval_every"] == f1["iters"] // A.EVALUATIONS
+    # a tiny dataset is not trained for more than MAX_EPOCHS passes
+    small = Boxes([(192, 256)] * 3, [square_boxes(50)] * 3)
+    assert A.derive(small, minutes=60.0)[0]["iters"] == A.MAX_EPOCHS * 3
+    # an explicit number of steps wins over the budget, the schedule follows it
+    fields, _ = A.derive(ds, iters=500)
+    assert fields["iters"] == 500 and fields["milestones"] == (400,)
+
+
+def test_cost_model_matches_the_preset_on_shapes():
+    """The tiny preset's 128x128 stride-4 step: ~50 ms on the idle 2-core machine."""
+    cfg = preset("tiny")
+    assert A.step_seconds(cfg.min_size, cfg.max_size, 4) == pytest.approx(0.05, rel=0.1)
+
+
+def test_derived_fields_make_a_valid_config_and_report():
+    fields, report = A.derive(Boxes([(240, 320)] * 5, [square_boxes(30, 2)] * 5), minutes=0.5)
+    cfg = preset("tiny").replace(**fields)
+    check_fields(cfg)  # every derived field has its type and range
+    text = A.format_report(report)
+    for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue"):
+        assert word in text
+
+
+def test_augmentation_only_when_the_steps_revisit_each_image_often():
+    few = Boxes([(192, 256)] * 20, [square_boxes(50)] * 20)
+    fields, report = A.derive(few, iters=20 * A.AUGMENT_EPOCHS)
+    assert fields["jitter_hue"] > 0 and fields["scale_jitter"] and report["epochs"] == 12
+    assert "jitter_hue" in A.format_report(report)
+    fields, report = A.derive(few, iters=20 * A.AUGMENT_EPOCHS - 1)
+    assert "jitter_hue" not in fields and "scale_jitter" not in fields
+    assert "horizontal flip only" in A.format_report(report)
+
+
+def test_no_anchor_below_the_minimum():
+    tiny_objects = Boxes([(400, 400)] * 10, [square_boxes(s) for s in range(3, 13)])
+    fields, _ = A.derive(tiny_objects, minutes=0.5)
+    assert min(fields["anchor_sizes"]) == A.MIN_ANCHOR
+    assert len(set(fields["anchor_sizes"])) == len(fields["anchor_sizes"])
