@@ -222,3 +222,21 @@ def test_fpn_checkpoint_round_trip(tiny_fpn, tmp_path):
     assert len(a["boxes"]) > 0
     np.testing.assert_array_equal(a["boxes"], b["boxes"])
     np.testing.assert_array_equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("top_n", [3, 15])
+def test_lineage_proposals_honour_top_n_on_a_pyramid(tiny_fpn, top_n):
+    """The lineage's RPN proposals at a requested top-n, on an FPN model: the layer it asks for
+    is the one used (it used to set a single-level attribute that a pyramid model ignored, so
+    the model's own rpn_post_nms_top_n_test, 10, applied instead)."""
+    from minirccn.app.lineage import rpn_proposals
+
+    net = M.FasterRCNN(tiny_fpn, NAMES, rng=np.random.default_rng(0))
+    image = (np.random.default_rng(5).random((32, 32, 3)) * 255).astype(np.uint8)
+    assert tiny_fpn.rpn_post_nms_top_n_test == 10
+    boxes = rpn_proposals(net, image, top_n, "numpy")
+    x, _ = net.preprocess(image)
+    _, ref = net.rpn_proposals(x[None], [x.shape[1:]], backend="numpy")
+    assert len(ref[0][0]) == 10  # the model's own number
+    assert len(boxes) == top_n  # the lineage's: fewer, or more, than the model's own
+    assert net.test_proposals.post_nms_top_n == 10  # the model is left as it was
