@@ -66,6 +66,46 @@ SMALL = dict(
     rcnn_crop_size=8,
     dtype="float64",
 )
+#: a 16x16-input one-level RetinaNet small enough for finite differences (float64)
+RETINA_SMALL = dict(
+    model="retinanet",
+    backbone_stages=((4, 1, True), (6, 1, False)),
+    min_size=16,
+    max_size=16,
+    anchor_sizes=(8, 12),
+    aspect_ratios=(1.0, 2.0),
+    retina_channels=5,
+    retina_num_convs=2,
+    retina_hidden_init="normal",  # the 0.01 init; tests scale the weights themselves
+    dtype="float64",
+)
+#: a 32x32-input ResNet + FPN small enough for finite differences: with TINY_RESNET_SPEC
+#: (registered as "resnet-fpn-test" by :func:`pyramid_config`) the levels are 16, 8, 4, 2
+#: and pool 1; per model kind, the fields that differ
+PYRAMID_SMALL = dict(
+    backbone="resnet-fpn-test",
+    fpn_channels=3,
+    min_size=32,
+    max_size=32,
+    anchor_sizes=(4, 8, 16, 32, 64),
+    aspect_ratios=(0.5, 1.0),
+    dtype="float64",
+)
+PYRAMID_KINDS = {
+    "fasterrcnn": dict(
+        rpn_channels=3,
+        representation_size=5,
+        roi_output_size=2,
+        roi_canonical_scale=32,  # 4..32-pixel RoIs spread over all four pooled levels
+        rpn_batch_size_per_image=32,
+        box_batch_size_per_image=12,
+        rpn_pre_nms_top_n_train=20,
+        rpn_post_nms_top_n_train=20,
+        rpn_pre_nms_top_n_test=20,
+        rpn_post_nms_top_n_test=10,
+    ),
+    "retinanet": dict(retina_anchor_scales=(1.0, 1.5), retina_channels=4, retina_num_convs=2),
+}
 #: the class names of :func:`small_batch`
 NAMES = ["__background__", "a", "b"]
 FAST = ("numba", "cuda")  # "cuda" runs in Numba's simulator without a GPU (tiny inputs only)
@@ -80,6 +120,22 @@ def tiny_config(**overrides):
 def small_config(**overrides):
     """The ``tiny`` preset with :data:`SMALL` and then ``overrides`` applied."""
     return preset("tiny", **{**SMALL, **overrides})
+
+
+def retina_config(**overrides):
+    """The ``tiny`` preset's RetinaNet with :data:`RETINA_SMALL` and ``overrides`` applied."""
+    return preset("tiny", **{**RETINA_SMALL, **overrides})
+
+
+def pyramid_config(monkeypatch, model="fasterrcnn", **overrides):
+    """The ``resnet-fpn-tiny`` preset of ``model`` on :data:`TINY_RESNET_SPEC` (registered for
+    the test through ``monkeypatch``) with :data:`PYRAMID_SMALL`, the kind's fields and
+    ``overrides``."""
+    from minirccn.detector.backbones import resnet
+
+    monkeypatch.setitem(resnet.PRESETS, "resnet-fpn-test", resnet.ResNetSpec(**TINY_RESNET_SPEC))
+    fields = {**PYRAMID_SMALL, **PYRAMID_KINDS[model], **overrides}
+    return preset("resnet-fpn-tiny", model=model).replace(**fields)
 
 
 def small_batch(dtype=np.float64, seed=0, empty=False, proposals=False, size=16) -> Batch:

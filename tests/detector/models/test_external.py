@@ -12,8 +12,8 @@ from minirccn.engine import loop as T
 from minirccn.checkpoint import load_checkpoint, save_checkpoint
 from minirccn.cli import main
 from minirccn.config import preset
-from minirccn.data import ShapesConfig, load_dataset
-from helpers import NAMES, check_detector_gradients, small_batch, small_config
+from minirccn.data import load_dataset
+from helpers import NAMES, SHAPES, check_detector_gradients, small_batch, small_config, tiny_config
 from minirccn.data import augment
 from minirccn.data.batching import batch_indices, load_batch
 from minirccn.detector.models.external import scale_proposals
@@ -36,7 +36,7 @@ def proposal_file(tmp_path, boxes_by_id, name="proposals.json"):
     return str(path)
 
 
-def tiny_config(tmp_path, model, **kw):
+def external_config(tmp_path, model, **kw):
     """:data:`helpers.SMALL` with external proposals from a file (``model``: fastrcnn / rcnn)."""
     path = proposal_file(tmp_path, {"x": [[0, 0, 4, 4]]}, "default.json")
     return small_config(model=model, **{"proposals": path, **kw})
@@ -105,7 +105,7 @@ def test_context_boxes_leave_p_warped_pixels_around_the_box():
 
 
 def test_fast_rcnn_gradient_check(tmp_path):
-    net = FastRCNN(tiny_config(tmp_path, "fastrcnn"), NAMES, rng=np.random.default_rng(0))
+    net = FastRCNN(external_config(tmp_path, "fastrcnn"), NAMES, rng=np.random.default_rng(0))
     for k in ("head.cls.w", "head.bbox.w"):
         net.params[k] = net.params[k] * 50
     full = ("backbone.conv1_1.w", "head.fc6.w", "head.bbox.w")
@@ -117,7 +117,7 @@ def test_fast_rcnn_gradient_check(tmp_path):
 
 
 def test_rcnn_gradient_check(tmp_path):
-    net = RCNN(tiny_config(tmp_path, "rcnn"), NAMES, rng=np.random.default_rng(0))
+    net = RCNN(external_config(tmp_path, "rcnn"), NAMES, rng=np.random.default_rng(0))
     assert net.map_size == 2 and net.params["head.fc6.w"].shape == (6 * 2 * 2, 7)
     for k in ("head.cls.w", "head.bbox.w"):
         net.params[k] = net.params[k] * 50
@@ -128,7 +128,7 @@ def test_rcnn_gradient_check(tmp_path):
 
 
 def test_rcnn_without_any_roi(tmp_path):
-    net = RCNN(tiny_config(tmp_path, "rcnn"), NAMES, rng=np.random.default_rng(0))
+    net = RCNN(external_config(tmp_path, "rcnn"), NAMES, rng=np.random.default_rng(0))
     batch = small_batch(empty=True)._replace(proposals=[np.zeros((0, 4))] * 2)
     losses, cache = net.forward(batch, np.random.default_rng(0))
     assert losses == {"loss_classifier": 0.0, "loss_box_reg": 0.0} and net.backward(cache) == {}
@@ -139,7 +139,7 @@ def test_rcnn_without_any_roi(tmp_path):
 
 def test_fast_rcnn_detect_equals_the_head_on_each_roi_alone(tmp_path):
     net = FastRCNN(
-        tiny_config(tmp_path, "fastrcnn", box_score_thresh=0.0),
+        external_config(tmp_path, "fastrcnn", box_score_thresh=0.0),
         NAMES,
         rng=np.random.default_rng(3),
     )
@@ -166,7 +166,7 @@ def test_fast_rcnn_detect_equals_the_head_on_each_roi_alone(tmp_path):
 
 def test_rcnn_detect_equals_one_crop_at_a_time(tmp_path, monkeypatch):
     net = RCNN(
-        tiny_config(tmp_path, "rcnn", box_score_thresh=0.0), NAMES, rng=np.random.default_rng(3)
+        external_config(tmp_path, "rcnn", box_score_thresh=0.0), NAMES, rng=np.random.default_rng(3)
     )
     net.params["head.cls.w"] = net.params["head.cls.w"] * 300
     monkeypatch.setattr(RCNN, "CHUNK", 2)  # three chunks of the five proposals
@@ -190,8 +190,7 @@ def test_rcnn_detect_equals_one_crop_at_a_time(tmp_path, monkeypatch):
 
 def test_predict_scales_proposals_in_and_detections_out(tmp_path, monkeypatch):
     path = proposal_file(tmp_path, {"im": [[4, 8, 20, 40], [0, 0, 64, 64], [10, 10, 70, 30]]})
-    cfg = tiny_config(
-        tmp_path, "fastrcnn", proposals=path, min_size=32, max_size=32, dtype="float32"
+    cfg = external_config(tmp_path, "fastrcnn", proposals=path, min_size=32, max_size=32, dtype="float32"
     )
     net = FastRCNN(cfg, NAMES, rng=np.random.default_rng(0))
     seen = {}
@@ -227,11 +226,6 @@ def test_predict_scales_proposals_in_and_detections_out(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- training
 
 
-SHAPES = ShapesConfig(
-    image_size=64, min_object_size=8, max_object_size=40, train_size=6, val_size=2, test_size=3
-)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("shapes", "train", shapes_config=SHAPES), load_dataset(
@@ -240,22 +234,8 @@ def data():
 
 
 def small(model, **kw):
-    base = dict(
-        model=model,
-        backbone_stages=((4, 1, True), (8, 1, True), (8, 1, True)),
-        min_size=64,
-        max_size=64,
-        representation_size=16,
-        roi_output_size=3,
-        box_batch_size_per_image=16,
-        rcnn_crop_size=16,
-        max_proposals=30,
-        warmup_iters=2,
-        milestones=(3,),
-        lr=0.01,
-    )
-    base.update(kw)
-    return preset("tiny", **base)
+    """:func:`helpers.tiny_config` for ``model``, with 16-pixel crops and 30 proposals."""
+    return tiny_config(model=model, **{"rcnn_crop_size": 16, "max_proposals": 30, **kw})
 
 
 def test_batch_with_proposals_is_load_batch_plus_flipped_boxes(data):
@@ -339,7 +319,7 @@ def test_train_evaluate_checkpoint_resume(model, data, tmp_path):
 
 def test_a_checkpoint_whose_proposal_file_is_gone(tmp_path):
     path = proposal_file(tmp_path, {"x": [[0, 0, 2, 2]]})
-    cfg = tiny_config(tmp_path, "fastrcnn", proposals=path)
+    cfg = external_config(tmp_path, "fastrcnn", proposals=path)
     ckpt = save_checkpoint(str(tmp_path / "c.npz"), FastRCNN(cfg, NAMES))
     (tmp_path / "proposals.json").unlink()
     with pytest.raises(MinirccnError, match="proposals.json: proposal file not found"):

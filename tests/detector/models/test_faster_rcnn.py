@@ -14,14 +14,6 @@ from minirccn.detector.rpn.head import init_rpn, rpn_forward
 
 
 
-def tiny_config(**kw):
-    return small_config(**kw)
-
-
-def batch(dtype=np.float64, seed=0, empty=False):
-    return tuple(small_batch(dtype, seed, empty)[:3])
-
-
 def test_end_to_end_gradient_check():
     """d(sum of the four losses)/d(parameters) against central differences, samples held fixed."""
     net = M.FasterRCNN(small_config(), NAMES, rng=np.random.default_rng(0))
@@ -37,9 +29,9 @@ def test_end_to_end_gradient_check():
 
 
 def test_gradient_is_sum_of_both_parts():
-    cfg = tiny_config()
+    cfg = small_config()
     net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
-    images, sizes, targets = batch()
+    images, sizes, targets, _ = small_batch()
     _, cache, samples = train_forward(
         net, images, sizes, targets, np.random.default_rng(1), backend="numpy"
     )
@@ -62,8 +54,8 @@ def test_gradient_is_sum_of_both_parts():
 
 
 def test_image_without_ground_truth():
-    net = M.FasterRCNN(tiny_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
-    images, sizes, targets = batch(np.float32, empty=True)
+    net = M.FasterRCNN(small_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
+    images, sizes, targets, _ = small_batch(np.float32, empty=True)
     losses, cache, samples = train_forward(
         net, images, sizes, targets, np.random.default_rng(0), backend="numpy"
     )
@@ -78,8 +70,8 @@ def test_image_without_ground_truth():
 
 def test_no_roi_at_all():
     """An image without ground truth and without proposals: zero RoIs, finite losses."""
-    net = M.FasterRCNN(tiny_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
-    images, sizes, targets = batch(np.float32, empty=True)
+    net = M.FasterRCNN(small_config(dtype="float32"), NAMES, rng=np.random.default_rng(0))
+    images, sizes, targets, _ = small_batch(np.float32, empty=True)
     no_props = [np.zeros((0, 4), np.float32)] * 2
     losses, cache, samples = train_forward(
         net, images, sizes, targets, np.random.default_rng(0), backend="numpy", proposals=no_props
@@ -98,7 +90,7 @@ def test_zero_width_ground_truth_is_dropped_with_a_warning():
 
 def test_no_proposal_survives_gives_no_detection():
     net = M.FasterRCNN(
-        tiny_config(dtype="float32", rpn_min_size=1e6), NAMES, rng=np.random.default_rng(0)
+        small_config(dtype="float32", rpn_min_size=1e6), NAMES, rng=np.random.default_rng(0)
     )
     image = np.random.default_rng(0).integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
     det = net.predict(image, backend="numpy")
@@ -108,7 +100,7 @@ def test_no_proposal_survives_gives_no_detection():
 
 def test_predict_maps_boxes_back_to_the_original_image(monkeypatch):
     net = M.FasterRCNN(
-        tiny_config(dtype="float32", min_size=32, max_size=32), NAMES, rng=np.random.default_rng(0)
+        small_config(dtype="float32", min_size=32, max_size=32), NAMES, rng=np.random.default_rng(0)
     )
     seen = {}
 
@@ -130,7 +122,7 @@ def test_predict_maps_boxes_back_to_the_original_image(monkeypatch):
 
 
 def test_predict_output_contract():
-    cfg = tiny_config(dtype="float32", box_score_thresh=0.0, box_detections_per_img=5)
+    cfg = small_config(dtype="float32", box_score_thresh=0.0, box_detections_per_img=5)
     net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))
     image = np.random.default_rng(0).integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
     det = net.predict(image, backend="numpy")
@@ -144,8 +136,8 @@ def test_predict_output_contract():
 
 
 def test_same_seed_same_losses_bit_for_bit_and_backends_agree():
-    cfg = tiny_config(dtype="float32")
-    images, sizes, targets = batch(np.float32)
+    cfg = small_config(dtype="float32")
+    images, sizes, targets, _ = small_batch(np.float32)
     runs = []
     for backend in ("numpy", "numpy", "numba"):
         net = M.FasterRCNN(cfg, NAMES, rng=np.random.default_rng(0))

@@ -3,7 +3,7 @@ gradient check, inference."""
 
 import numpy as np
 import pytest
-from helpers import NAMES, TINY_RESNET_SPEC, check_detector_gradients, train_forward
+from helpers import NAMES, check_detector_gradients, pyramid_config, train_forward
 
 from minirccn import ops
 from minirccn.config import preset
@@ -15,35 +15,12 @@ from minirccn.detector.roi_heads.poolers import MultiScaleRoIAlign
 from minirccn.detector.rpn.proposal_layer import level_ids
 from minirccn.nn.gradcheck import check_layer
 
-TINY_SPEC = resnet.ResNetSpec(**TINY_RESNET_SPEC)
-
 
 @pytest.fixture
 def tiny_fpn(monkeypatch):
-    """A 32x32-input FPN detector (strides 2..16: maps 16, 8, 4, 2 and pool 1; batch norm
-    sees at least 8 values per channel) small enough for finite differences; canonical
-    scale 32 so that 4..32-pixel RoIs spread over all four pooled levels."""
-    monkeypatch.setitem(resnet.PRESETS, "resnet-fpn-test", TINY_SPEC)
-    return preset(
-        "resnet-fpn-tiny",
-        backbone="resnet-fpn-test",
-        fpn_channels=3,
-        min_size=32,
-        max_size=32,
-        anchor_sizes=(4, 8, 16, 32, 64),
-        aspect_ratios=(0.5, 1.0),
-        rpn_channels=3,
-        representation_size=5,
-        roi_output_size=2,
-        roi_canonical_scale=32,
-        rpn_batch_size_per_image=32,
-        box_batch_size_per_image=12,
-        rpn_pre_nms_top_n_train=20,
-        rpn_post_nms_top_n_train=20,
-        rpn_pre_nms_top_n_test=20,
-        rpn_post_nms_top_n_test=10,
-        dtype="float64",
-    )
+    """:func:`helpers.pyramid_config`: a 32x32-input FPN detector small enough for finite
+    differences."""
+    return pyramid_config(monkeypatch)
 
 
 def _batch(seed=0):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import train_forward
+from helpers import pyramid_config, retina_config, train_forward
 from minirccn.config import preset
 from minirccn.data.batching import Batch
 from minirccn.detector.registry import model_class
@@ -144,21 +144,6 @@ def level_anchors(model, levels):
     return [anchors[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
 
 
-def _tiny_config(**kw):
-    small = dict(
-        backbone_stages=((4, 1, True), (6, 1, False)),
-        min_size=16,
-        max_size=16,
-        anchor_sizes=(8, 12),
-        aspect_ratios=(1.0, 2.0),
-        retina_channels=5,
-        retina_num_convs=2,
-        retina_hidden_init="normal",  # the 0.01 init; the test scales the weights itself
-        dtype="float64",
-    )
-    return preset("tiny", model="retinanet").replace(**{**small, **kw})
-
-
 def _batch(rng):
     images = rng.standard_normal((2, 3, 16, 16))
     targets = [
@@ -172,7 +157,7 @@ def _batch(rng):
 
 
 def test_whole_model_gradcheck_float64():
-    cfg = _tiny_config()
+    cfg = retina_config()
     names = ["__background__", "a", "b", "c"]
     model = RetinaNet(cfg, names, rng=np.random.default_rng(0))
     rng = np.random.default_rng(1)
@@ -212,7 +197,7 @@ def test_whole_model_gradcheck_float64():
 def test_train_step_checkpoint_and_predict(tmp_path):
     from minirccn.checkpoint import load_checkpoint, save_checkpoint
 
-    cfg = _tiny_config(dtype="float32")
+    cfg = retina_config(dtype="float32")
     names = ["__background__", "a", "b", "c"]
     assert model_class(cfg) is RetinaNet
     model = RetinaNet(cfg, names, rng=np.random.default_rng(0))
@@ -240,7 +225,7 @@ def test_detect_equals_postprocess_of_the_head_outputs():
     from minirccn.detector.dense.head import retinanet_head_forward
     from minirccn.nn.losses import sigmoid
 
-    cfg = _tiny_config(retina_score_thresh=0.0)
+    cfg = retina_config(retina_score_thresh=0.0)
     model = RetinaNet(cfg, ["__background__", "a", "b"], rng=np.random.default_rng(3))
     images = np.random.default_rng(4).standard_normal((1, 3, 16, 16))
     det = model.detect(images, [(16, 16)], backend="numpy")[0]
@@ -354,29 +339,6 @@ def test_model_retinanet_defaults_to_the_pyramid_preset(capsys):
 # ------------------------------------------------------------------------ on a feature pyramid
 
 
-def _fpn_config(monkeypatch, **kw):
-    """A 32x32-input ResNet + FPN RetinaNet (levels 16, 8, 4, 2 and pool 1) small enough for
-    finite differences; two octave scales per level."""
-    from minirccn.detector.backbones import resnet
-
-    from helpers import TINY_RESNET_SPEC
-
-    monkeypatch.setitem(resnet.PRESETS, "resnet-fpn-test", resnet.ResNetSpec(**TINY_RESNET_SPEC))
-    small = dict(
-        backbone="resnet-fpn-test",
-        fpn_channels=3,
-        min_size=32,
-        max_size=32,
-        anchor_sizes=(4, 8, 16, 32, 64),
-        aspect_ratios=(0.5, 1.0),
-        retina_anchor_scales=(1.0, 1.5),
-        retina_channels=4,
-        retina_num_convs=2,
-        dtype="float64",
-    )
-    return preset("resnet-fpn-tiny", model="retinanet").replace(**{**small, **kw})
-
-
 def test_fpn_preset_anchor_sizes_are_torchvisions_octave_scales():
     from minirccn.detector.models.retinanet import level_anchor_sizes
 
@@ -403,13 +365,13 @@ def test_fpn_preset_anchor_sizes_are_torchvisions_octave_scales():
 
 
 def test_fpn_needs_one_anchor_size_per_level(monkeypatch):
-    cfg = _fpn_config(monkeypatch, anchor_sizes=(4, 8, 16))
+    cfg = pyramid_config(monkeypatch, "retinanet", anchor_sizes=(4, 8, 16))
     with pytest.raises(ValueError, match="anchor_sizes"):
         RetinaNet(cfg, ["__background__", "a"])
 
 
 def test_fpn_whole_model_gradcheck_float64(monkeypatch):
-    cfg = _fpn_config(monkeypatch)
+    cfg = pyramid_config(monkeypatch, "retinanet")
     model = RetinaNet(cfg, ["__background__", "a", "b", "c"], rng=np.random.default_rng(0))
     for k, v in model.params.items():
         if k.startswith("head.") and k.endswith(".w"):
@@ -447,7 +409,7 @@ def test_fpn_detect_equals_independent_postprocess_per_level(monkeypatch):
     from minirccn.detector.dense.head import retinanet_head_forward
     from minirccn.nn.losses import sigmoid
 
-    cfg = _fpn_config(monkeypatch, retina_score_thresh=0.3, retina_topk_candidates=7)
+    cfg = pyramid_config(monkeypatch, "retinanet", retina_score_thresh=0.3, retina_topk_candidates=7)
     model = RetinaNet(cfg, ["__background__", "a", "b"], rng=np.random.default_rng(3))
     for k, v in model.params.items():
         if k.startswith("head.") and k.endswith(".w"):
@@ -479,7 +441,7 @@ def test_fpn_preflight_param_shapes_and_checkpoint_round_trip(monkeypatch, tmp_p
     from minirccn.checkpoint import load_checkpoint, save_checkpoint
     from minirccn.preflight import check_config, param_shapes
 
-    cfg = _fpn_config(monkeypatch, dtype="float32")
+    cfg = pyramid_config(monkeypatch, "retinanet", dtype="float32")
     check_config(cfg)
     model = RetinaNet(cfg, ["__background__", "a", "b"])
     assert param_shapes(cfg, 3) == {k: (v.shape, v.dtype) for k, v in model.params.items()}
