@@ -6,7 +6,7 @@ One module per reference module, with the same stem::
     kernels/nms.py       <->  minirccn/ops/nms.py         nms_sorted (nms, batched_nms)
     kernels/roi_pool.py  <->  minirccn/ops/roi_pool.py    roi_pool, roi_pool_backward
     kernels/roi_align.py <->  minirccn/ops/roi_align.py   roi_align, roi_align_backward
-    kernels/conv.py      <->  minirccn/nn/conv.py         im2col, col2im
+    kernels/conv.py      <->  minirccn/nn/conv.py         conv2d, conv2d_backward (im2col, col2im)
     kernels/pool.py      <->  minirccn/nn/pool.py         max_pool2d, max_pool2d_backward
     kernels/segmentation.py <-> minirccn/proposals/segmentation.py   felzenszwalb
     kernels/cuda/<stem>.cu                                the CUDA C twins (nms, roi_pool, roi_align)

@@ -98,16 +98,16 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.segmentation:felzenszwalb_numba",
         "cuda": "minirccn.kernels.segmentation:felzenszwalb_numba",
     },
-    # minirccn.nn.conv: conv2d is im2col + GEMM (forward), GEMM + col2im (backward)
-    "im2col": {
-        "numpy": f"{_CONV}:im2col",
-        "numba": "minirccn.kernels.conv:im2col_numba",
-        "cuda": "minirccn.kernels.conv:im2col_cuda",
+    # minirccn.nn.conv: the reference is im2col + GEMM (forward), GEMM + col2im (backward)
+    "conv2d": {
+        "numpy": f"{_CONV}:conv2d_reference",
+        "numba": "minirccn.kernels.conv:conv2d_numba",
+        "cuda": "minirccn.kernels.conv:conv2d_cuda",
     },
-    "col2im": {
-        "numpy": f"{_CONV}:col2im",
-        "numba": "minirccn.kernels.conv:col2im_numba",
-        "cuda": "minirccn.kernels.conv:col2im_cuda",
+    "conv2d_backward": {
+        "numpy": f"{_CONV}:conv2d_backward_reference",
+        "numba": "minirccn.kernels.conv:conv2d_backward_numba",
+        "cuda": "minirccn.kernels.conv:conv2d_backward_cuda",
     },
     # minirccn.nn.pool
     "max_pool2d": {

@@ -118,6 +118,17 @@ def test_max_pool_gradcheck(backend, k, s):
     assert check_layer(fwd, pool.max_pool2d_backward, [x]) < 1e-7
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "k,s,hw", [((3, 1), (1, 1), (6, 5)), ((1, 5), (1, 2), (4, 9)), ((2, 3), (2, 1), (7, 6))]
+)
+def test_max_pool_gradcheck_non_square_windows(backend, k, s, hw):
+    """kh != kw and non-square images: a pooling that swaps the window's two sides fails."""
+    x = rng_for(9).permutation(2 * 2 * hw[0] * hw[1]).reshape(2, 2, *hw) / 7.0  # no ties
+    fwd = lambda x: pool.max_pool2d_forward(x, k, s, backend=backend)  # noqa: E731
+    assert check_layer(fwd, pool.max_pool2d_backward, [x]) < 1e-7
+
+
 # ----------------------------------------------------------------------------- checks
 
 
