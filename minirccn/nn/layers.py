@@ -33,7 +33,15 @@ import numpy as np
 from minirccn import backend as _backend
 from minirccn._checks import check_float, check_shape
 from minirccn.nn._common import check_grad, conv_output_size, prepare
-from minirccn.nn.conv import Conv2dCache, col2im, conv2d_backward, conv2d_forward, im2col
+from minirccn.nn.conv import (
+    Conv2dCache,
+    col2im,
+    conv2d_backward,
+    conv2d_backward_reference,
+    conv2d_forward,
+    conv2d_reference,
+    im2col,
+)
 from minirccn.nn.pool import (
     MaxPool2dCache,
     max_pool2d_backward,
@@ -47,6 +55,8 @@ __all__ = [
     "im2col",
     "col2im",
     "Conv2dCache",
+    "conv2d_reference",
+    "conv2d_backward_reference",
     "conv2d_forward",
     "conv2d_backward",
     "ReluCache",
