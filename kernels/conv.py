@@ -46,6 +46,8 @@ return ``dx``; ``kernel_size``, ``stride`` and ``padding`` are ``(along H, along
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from minirccn.kernels._launch import THREADS, array_module, blocks, cpu_threads_for, unravel4
@@ -212,7 +214,7 @@ _scratch: dict = {}
 def _buffer(slot: str, shape, dtype):
     """A reusable ``shape`` array of ``dtype`` (contents undefined): one per ``slot`` and
     dtype, grown when a bigger one is asked for, so that steady-state calls allocate nothing."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     key = (slot, np.dtype(dtype))
     buf = _scratch.get(key)
     if buf is None or buf.size < size:
@@ -231,7 +233,8 @@ def _row_blocks(ho, wo, rows):
 def conv2d_numba(x, w, b, stride, padding):
     """``(out (N, F, Ho, Wo), saved)``: the reference's convolution, one block of output rows
     at a time (Numba unfolds the block into a reused buffer, BLAS multiplies it straight into
-    ``out``). ``saved`` is the zero-padded input ``(N, C, H+2ph, W+2pw)``: the backward
+    ``out``). ``saved`` is the zero-padded input ``(N, C, H+2ph, W+2pw)`` (``x`` itself for
+    a 1x1 kernel with stride 1 and no padding, whose columns are the input): the backward
     unfolds it again, block by block, instead of keeping the ``kh*kw`` times larger column
     matrix alive between the passes.
 
@@ -245,8 +248,13 @@ def conv2d_numba(x, w, b, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = _out_size(h, wd, (kh, kw), stride, padding)
     rows = c * kh * kw
-    xpad = _padded(np.ascontiguousarray(x), ph, pw)
+    x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(w).reshape(f, rows)
+    if _is_pointwise(kh, kw, sh, sw, ph, pw):  # the columns are the input itself: no copy
+        out = np.matmul(w2, x.reshape(n, c, h * wd))
+        out += b[None, :, None]
+        return out.reshape(n, f, ho, wo), x
+    xpad = _padded(x, ph, pw)
     out = np.empty((n, f, ho * wo), dtype=x.dtype)
     for oh0, oh1 in _row_blocks(ho, wo, rows):
         cols = _buffer("cols", (rows, (oh1 - oh0) * wo), x.dtype)
@@ -255,6 +263,12 @@ def conv2d_numba(x, w, b, stride, padding):
             np.matmul(w2, cols, out=out[i, :, oh0 * wo : oh1 * wo])
     out += b[None, :, None]
     return out.reshape(n, f, ho, wo), xpad
+
+
+def _is_pointwise(kh, kw, sh, sw, ph, pw):
+    """A 1x1 kernel, stride 1, no padding: ``im2col`` is the identity (``cols[n]`` is ``x[n]``
+    seen as ``(C, H*W)``), so the GEMMs take the input and give ``dx`` directly."""
+    return kh == kw == sh == sw == 1 and ph == pw == 0
 
 
 def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
@@ -277,19 +291,33 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
     w2t = np.ascontiguousarray(w).reshape(f, rows).T
     d2 = dout.reshape(n, f, ho * wo)
     db = d2.sum(axis=(0, 2))
-    dw = np.zeros((f, rows), dtype=w.dtype)
+    dw = np.empty((f, rows), dtype=w.dtype)
+    part = _buffer("dw", (f, rows), w.dtype)
+    if _is_pointwise(kh, kw, sh, sw, ph, pw):  # saved is x itself (see conv2d_numba)
+        x2 = xpad.reshape(n, c, h * wd)
+        for i in range(n):
+            np.matmul(d2[i], x2[i].T, out=dw if i == 0 else part)
+            if i:
+                dw += part
+        if n == 0:
+            dw[...] = 0
+        return np.matmul(w2t, d2).reshape(x_shape), dw.reshape(w.shape), db
     dxpad = np.zeros(xpad.shape, dtype=dout.dtype)
+    first = True
     for oh0, oh1 in _row_blocks(ho, wo, rows):
         cols = _buffer("cols", (rows, (oh1 - oh0) * wo), xpad.dtype)
         dcols = _buffer("dcols", (rows, (oh1 - oh0) * wo), xpad.dtype)
-        part = _buffer("dw", (f, rows), w.dtype)
         for i in range(n):
             block = d2[i, :, oh0 * wo : oh1 * wo]
             _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
-            np.matmul(block, cols.T, out=part)
-            dw += part
+            np.matmul(block, cols.T, out=dw if first else part)
+            if not first:
+                dw += part
+            first = False
             np.matmul(w2t, block, out=dcols)
             _col2im_rows(dcols, kh, kw, sh, sw, oh0, oh1, wo, dxpad[i])
+    if first:  # no image: nothing was added
+        dw[...] = 0
     return dxpad[:, :, ph : ph + h, pw : pw + wd], dw.reshape(w.shape), db
 
 

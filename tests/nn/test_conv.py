@@ -160,11 +160,12 @@ def test_conv2d_same_bits_twice():
         assert np.array_equal(g1, g2)
 
 
-def test_conv2d_empty_batch():
+@pytest.mark.parametrize("k", [3, 1])
+def test_conv2d_empty_batch(k):
     out, c = conv.conv2d_forward(
-        np.zeros((0, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="numba"
+        np.zeros((0, 2, 5, 5)), np.ones((3, 2, k, k)), np.zeros(3), backend="numba"
     )
-    assert out.shape == (0, 3, 3, 3)
+    assert out.shape == (0, 3, 6 - k, 6 - k)
     dx, dw, db = conv.conv2d_backward(out, c)
     assert dx.shape == (0, 2, 5, 5) and not dw.any() and not db.any()
 
