@@ -50,7 +50,14 @@ import math
 
 import numba
 import numpy as np
-from minirccn.kernels._launch import THREADS, array_module, blocks, cpu_threads_for, unravel4
+from minirccn.kernels._launch import (
+    THREADS,
+    array_module,
+    blas_threads_for,
+    blocks,
+    cpu_threads_for,
+    unravel4,
+)
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
@@ -250,17 +257,18 @@ def conv2d_numba(x, w, b, stride, padding):
     rows = c * kh * kw
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(w).reshape(f, rows)
-    if _is_pointwise(kh, kw, sh, sw, ph, pw):  # the columns are the input itself: no copy
-        out = np.matmul(w2, x.reshape(n, c, h * wd))
-        out += b[None, :, None]
-        return out.reshape(n, f, ho, wo), x
-    xpad = _padded(x, ph, pw)
-    out = np.empty((n, f, ho * wo), dtype=x.dtype)
-    for oh0, oh1 in _row_blocks(ho, wo, rows):
-        cols = _buffer("cols", (rows, (oh1 - oh0) * wo), x.dtype)
-        for i in range(n):
-            _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
-            np.matmul(w2, cols, out=out[i, :, oh0 * wo : oh1 * wo])
+    with blas_threads_for(2 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
+        if _is_pointwise(kh, kw, sh, sw, ph, pw):  # the columns are the input itself: no copy
+            out = np.matmul(w2, x.reshape(n, c, h * wd))
+            out += b[None, :, None]
+            return out.reshape(n, f, ho, wo), x
+        xpad = _padded(x, ph, pw)
+        out = np.empty((n, f, ho * wo), dtype=x.dtype)
+        for oh0, oh1 in _row_blocks(ho, wo, rows):
+            cols = _buffer("cols", (rows, (oh1 - oh0) * wo), x.dtype)
+            for i in range(n):
+                _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
+                np.matmul(w2, cols, out=out[i, :, oh0 * wo : oh1 * wo])
     out += b[None, :, None]
     return out.reshape(n, f, ho, wo), xpad
 
@@ -293,6 +301,16 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
     db = d2.sum(axis=(0, 2))
     dw = np.empty((f, rows), dtype=w.dtype)
     part = _buffer("dw", (f, rows), w.dtype)
+    with blas_threads_for(4 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
+        return _conv2d_backward_blocks(d2, xpad, w2t, x_shape, (kh, kw), stride, padding, dw, part, db)
+
+
+def _conv2d_backward_blocks(d2, xpad, w2t, x_shape, kernel_size, stride, padding, dw, part, db):
+    """The loop of :func:`conv2d_backward_numba` (``dw`` is filled in place)."""
+    n, c, h, wd = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    rows, f = w2t.shape
+    ho, wo = _out_size(h, wd, kernel_size, stride, padding)
     if _is_pointwise(kh, kw, sh, sw, ph, pw):  # saved is x itself (see conv2d_numba)
         x2 = xpad.reshape(n, c, h * wd)
         for i in range(n):
@@ -301,8 +319,8 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
                 dw += part
         if n == 0:
             dw[...] = 0
-        return np.matmul(w2t, d2).reshape(x_shape), dw.reshape(w.shape), db
-    dxpad = np.zeros(xpad.shape, dtype=dout.dtype)
+        return np.matmul(w2t, d2).reshape(x_shape), dw.reshape(f, c, kh, kw), db
+    dxpad = np.zeros(xpad.shape, dtype=d2.dtype)
     first = True
     for oh0, oh1 in _row_blocks(ho, wo, rows):
         cols = _buffer("cols", (rows, (oh1 - oh0) * wo), xpad.dtype)
@@ -318,7 +336,7 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
             _col2im_rows(dcols, kh, kw, sh, sw, oh0, oh1, wo, dxpad[i])
     if first:  # no image: nothing was added
         dw[...] = 0
-    return dxpad[:, :, ph : ph + h, pw : pw + wd], dw.reshape(w.shape), db
+    return dxpad[:, :, ph : ph + h, pw : pw + wd], dw.reshape(f, c, kh, kw), db
 
 
 # --------------------------------------------------------------------------- GPU
