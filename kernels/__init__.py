@@ -8,7 +8,7 @@ One module per reference module, with the same stem::
     kernels/roi_align.py <->  minirccn/ops/roi_align.py   roi_align, roi_align_backward
     kernels/conv.py      <->  minirccn/nn/conv.py         conv2d, conv2d_backward (im2col, col2im)
     kernels/pool.py      <->  minirccn/nn/pool.py         max_pool2d, max_pool2d_backward
-    kernels/layers.py    <->  minirccn/nn/layers.py       relu, batchnorm2d (and their backwards)
+    kernels/layers.py    <->  minirccn/nn/layers.py       relu, linear, batchnorm2d (and backwards)
     kernels/segmentation.py <-> minirccn/proposals/segmentation.py   felzenszwalb
     kernels/cuda/<stem>.cu                                the CUDA C twins (nms, roi_pool, roi_align)
     kernels/_launch.py                                    what every module shares

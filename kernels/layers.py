@@ -1,4 +1,4 @@
-"""Fast elementwise layers for the CPU (Numba): ReLU and batch norm, forward and backward.
+"""Fast layers for the CPU (Numba): ReLU and batch norm fused, linear's thread choice.
 
 The specifications are :func:`minirccn.nn.layers.relu_reference`,
 :func:`minirccn.nn.layers.relu_backward_reference`,
@@ -23,8 +23,13 @@ maps.
 The GPU backend runs the references on CuPy arrays (cheap elementwise work that CuPy
 already fuses well enough); the dispatch table says so.
 
+The linear layer's GEMMs are NumPy's, as in the reference; ``linear_numba`` /
+``linear_backward_numba`` only choose OpenBLAS's thread count per call
+(:func:`~minirccn.kernels._launch.blas_threads_for`).
+
 Entry points (the signatures of the references): ``relu_numba(x)`` returns ``(out,
-mask)``; ``relu_backward_numba(dout, mask)`` returns ``dx``;
+mask)``; ``linear_numba(x, w, b)`` returns ``out``; ``linear_backward_numba(dout, x,
+w)`` returns ``(dx, dw, db)``; ``relu_backward_numba(dout, mask)`` returns ``dx``;
 ``batchnorm2d_numba(x, gamma, beta, mean, var, eps)`` returns ``(out, xhat,
 inv_std)`` with the statistics ``mean``, ``var`` ``(C,)`` given (eval mode) or None
 (train mode: computed here, returned through ``mean_out``/``var_out``);
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from minirccn.kernels._launch import cpu_threads_for
+from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
 
 # --------------------------------------------------------------------------- ReLU
 
@@ -82,6 +87,23 @@ def relu_backward_numba(dout, mask):
     with cpu_threads_for(dout.size):
         _relu_backward_numba(dout.reshape(-1), mask.reshape(-1), dx.reshape(-1), CHUNK)
     return dx
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def linear_numba(x, w, b):
+    """``x @ w + b``: the reference's GEMM (the same numbers), on one OpenBLAS thread when it
+    is small or the machine is busy (:func:`~minirccn.kernels._launch.blas_threads_for`)."""
+    with blas_threads_for(2 * x.shape[0] * x.shape[1] * w.shape[1]):
+        return x @ w + b
+
+
+def linear_backward_numba(dout, x, w):
+    """``(dout @ w^T, x^T @ dout, sum_n dout)``: the reference's GEMMs (the same numbers), with
+    the thread choice of :func:`linear_numba`."""
+    with blas_threads_for(4 * x.shape[0] * x.shape[1] * w.shape[1]):
+        return dout @ w.T, x.T @ dout, dout.sum(axis=0)
 
 
 # --------------------------------------------------------------------------- batch norm

@@ -121,6 +121,16 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.layers:relu_backward_numba",
         "cuda": f"{_LAYERS}:relu_backward_reference",
     },
+    "linear": {
+        "numpy": f"{_LAYERS}:linear_reference",
+        "numba": "minirccn.kernels.layers:linear_numba",
+        "cuda": f"{_LAYERS}:linear_reference",
+    },
+    "linear_backward": {
+        "numpy": f"{_LAYERS}:linear_backward_reference",
+        "numba": "minirccn.kernels.layers:linear_backward_numba",
+        "cuda": f"{_LAYERS}:linear_backward_reference",
+    },
     "batchnorm2d": {
         "numpy": f"{_LAYERS}:batchnorm2d_reference",
         "numba": "minirccn.kernels.layers:batchnorm2d_numba",

@@ -22,7 +22,14 @@ USERS = {
     "minirccn/ops/roi_align.py": {"roi_align", "roi_align_backward"},
     "minirccn/nn/conv.py": {"conv2d", "conv2d_backward"},
     "minirccn/nn/pool.py": {"max_pool2d", "max_pool2d_backward"},
-    "minirccn/nn/layers.py": {"relu", "relu_backward", "batchnorm2d", "batchnorm2d_backward"},
+    "minirccn/nn/layers.py": {
+        "relu",
+        "relu_backward",
+        "linear",
+        "linear_backward",
+        "batchnorm2d",
+        "batchnorm2d_backward",
+    },
     "minirccn/proposals/segmentation.py": {"felzenszwalb"},
 }
 

@@ -71,6 +71,8 @@ __all__ = [
     "max_pool2d_forward",
     "max_pool2d_backward",
     "LinearCache",
+    "linear_reference",
+    "linear_backward_reference",
     "linear_forward",
     "linear_backward",
     "DropoutCache",
@@ -133,6 +135,16 @@ class LinearCache(NamedTuple):
     backend: str
 
 
+def linear_reference(x, w, b):
+    """``x @ w + b`` (the NumPy reference: one GEMM)."""
+    return x @ w + b
+
+
+def linear_backward_reference(dout, x, w):
+    """``(dout @ w^T, x^T @ dout, sum_n dout)`` (the NumPy reference: two GEMMs)."""
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
 def linear_forward(x, w, b, *, backend=None):
     """Fully connected layer ``out = x @ w + b``.
 
@@ -148,7 +160,7 @@ def linear_forward(x, w, b, *, backend=None):
     check_shape(x, "x", (None, None))
     check_shape(w, "w", (x.shape[1], None))
     check_shape(b, "b", (w.shape[1],))
-    return x @ w + b, LinearCache(x, w, backend)
+    return kernel("linear", backend)(x, w, b), LinearCache(x, w, backend)
 
 
 def linear_backward(dout, cache: LinearCache):
@@ -157,10 +169,10 @@ def linear_backward(dout, cache: LinearCache):
     Returns:
         dx ``(N, D)`` = ``dout @ w^T``; dw ``(D, M)`` = ``x^T @ dout``; db ``(M,)`` = ``sum_n dout``.
     """
-    x, w, _backend_name = cache
+    x, w, backend = cache
     xp = _backend.get_array_module(x)
     dout = check_grad(dout, "dout", (x.shape[0], w.shape[1]), x.dtype, xp)
-    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+    return kernel("linear_backward", backend)(dout, x, w)
 
 
 # ----------------------------------------------------------------------------- dropout

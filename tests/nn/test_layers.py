@@ -284,3 +284,23 @@ def test_every_layer_is_reexported_by_layers():
             value = getattr(module, name)
             if getattr(value, "__module__", None) == module.__name__ and not name.startswith("_"):
                 assert getattr(layers, name) is value, name
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(3, 5, 4), (64, 3136, 256)])  # small; the head's fc6 (big)
+def test_linear_kernel_matches_reference(dtype, shape):
+    """The numba linear runs the reference's GEMMs, choosing only OpenBLAS's thread count."""
+    from minirccn.kernels import layers as klayers
+
+    n, d, m = shape
+    rng = rng_for(15)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((n, d), (d, m), (m,)))
+    dout = rng.standard_normal((n, m)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        klayers.linear_numba(x, w, b), layers.linear_reference(x, w, b), rtol=tol, atol=tol * d
+    )
+    for got, want in zip(
+        klayers.linear_backward_numba(dout, x, w), layers.linear_backward_reference(dout, x, w)
+    ):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(n, m))
