@@ -49,20 +49,26 @@ from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
 @numba.njit(parallel=True, cache=True)
 def _relu_numba(x, out, mask, chunk):
     n = x.size
+    bits = mask.view(np.uint8)  # the bool mask as bytes: stores the compiler vectorises
     for t in numba.prange((n + chunk - 1) // chunk):  # disjoint chunks of the flat array
-        for k in range(t * chunk, min(n, (t + 1) * chunk)):
-            v = x[k]
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        xs, os, ms = x[lo:hi], out[lo:hi], bits[lo:hi]  # a plain loop per chunk: vectorised
+        for k in range(hi - lo):
+            v = xs[k]
             m = v > 0
-            mask[k] = m
-            out[k] = v if m else 0
+            ms[k] = np.uint8(m)
+            os[k] = v if m else 0
 
 
 @numba.njit(parallel=True, cache=True)
 def _relu_backward_numba(dout, mask, dx, chunk):
     n = dout.size
+    bits = mask.view(np.uint8)
     for t in numba.prange((n + chunk - 1) // chunk):
-        for k in range(t * chunk, min(n, (t + 1) * chunk)):
-            dx[k] = dout[k] if mask[k] else 0
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        ds, ms, xs = dout[lo:hi], bits[lo:hi], dx[lo:hi]
+        for k in range(hi - lo):
+            xs[k] = ds[k] if ms[k] else 0
 
 
 #: elements per task of the flat elementwise kernels
