@@ -64,6 +64,36 @@ def _max_pool2d_numba(x, kh, kw, sh, sw, out, argmax):
 
 
 @numba.njit(parallel=True, cache=True)
+def _max_pool2x2_numba(x, out, argmax):
+    # the backbone's 2x2 / stride 2 pooling, spelt out: the same rule as _max_pool2d_numba
+    # (row-major window order, strictly greater or the first NaN), with the window's four
+    # values read from two input rows; ~15x faster than the loops over kh, kw (measured)
+    n_img, n_ch, height, width = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nc in numba.prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for oh in range(ho):
+            r0, r1 = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
+            o, a = out[n, c, oh], argmax[n, c, oh]
+            base0 = 2 * oh * width
+            base1 = base0 + width
+            for ow in range(wo):
+                best, idx = r0[2 * ow], base0 + 2 * ow
+                v = r0[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best, idx = (v, base0 + 2 * ow + 1) if take else (best, idx)
+                v = r1[2 * ow]
+                take = (v > best) | ((v != v) & (best == best))
+                best, idx = (v, base1 + 2 * ow) if take else (best, idx)
+                v = r1[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best, idx = (v, base1 + 2 * ow + 1) if take else (best, idx)
+                o[ow] = best
+                a[ow] = idx
+
+
+@numba.njit(parallel=True, cache=True)
 def _max_pool2d_backward_numba(dout, argmax, dx):
     n_img, n_ch, height, width = dx.shape
     ho, wo = dout.shape[2], dout.shape[3]
@@ -97,7 +127,10 @@ def max_pool2d_numba(x, kernel_size, stride):
     """``out`` and ``argmax`` ``(N, C, Ho, Wo)`` of ``x (N, C, H, W)`` (Numba, CPU threads)."""
     x, out, argmax = _pool_outputs(x, kernel_size, stride)
     with cpu_threads_for(x.size):  # small maps: one thread (waking the others costs more)
-        _max_pool2d_numba(x, *kernel_size, *stride, out, argmax)
+        if tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2):
+            _max_pool2x2_numba(x, out, argmax)
+        else:
+            _max_pool2d_numba(x, *kernel_size, *stride, out, argmax)
     return out, argmax
 
 

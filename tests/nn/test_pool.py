@@ -148,3 +148,18 @@ def test_backward_rejects_wrong_dout_shape():
     out, c = pool.max_pool2d_forward(np.ones((1, 2, 4, 4)), 2)
     with pytest.raises(ValueError, match="dout"):
         pool.max_pool2d_backward(np.ones((1, 2, 3, 2)), c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_2x2_path_matches_reference_with_nans_and_ties(dtype):
+    """The numba kernel's spelt-out 2x2 / stride 2 path (the backbone's): the reference's
+    values and argmax bit for bit, NaNs and tied maxima included, odd sizes too."""
+    from minirccn.kernels import pool as kpool
+
+    rng = rng_for(10)
+    x = rng.integers(-2, 3, (2, 3, 9, 11)).astype(dtype)  # many ties
+    x.reshape(-1)[rng.random(x.size) < 0.1] = np.nan
+    out, arg = kpool.max_pool2d_numba(x, (2, 2), (2, 2))
+    want, want_arg = pool.max_pool2d_reference(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(arg, want_arg)
