@@ -66,10 +66,11 @@ SERIAL_BELOW = 1 << 17
 @contextlib.contextmanager
 def cpu_threads_for(elements: int):
     """Run the enclosed Numba ``parallel=True`` call on one thread when ``elements`` (the
-    work's size, e.g. the output's ``size``) is below :data:`SERIAL_BELOW`, else on every
-    thread. Only the thread count changes: each kernel gives every output element to
+    work's size, e.g. the output's ``size``) is below :data:`SERIAL_BELOW` or the machine is
+    busy (:func:`machine_busy`: a thread the OS deschedules stalls the others at the join),
+    else on every thread. Only the thread count changes: each kernel gives every output element to
     exactly one thread, so the numbers are the same either way."""
-    if elements >= SERIAL_BELOW:
+    if elements >= SERIAL_BELOW and not machine_busy():
         yield
         return
     previous = numba.get_num_threads()
@@ -120,15 +121,32 @@ def _openblas_threads():
 
 _load = {"at": -1.0, "busy": False}
 
+#: how long one reading of /proc/loadavg is trusted, seconds
+LOAD_READ_EVERY = 0.25
+
+
+def _read_load():
+    """``(1-minute load average, runnable tasks now)`` from ``/proc/loadavg`` (Linux), else
+    ``os.getloadavg()`` and 0."""
+    try:
+        with open("/proc/loadavg") as fh:
+            fields = fh.read().split()
+        return float(fields[0]), int(fields[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0], 0
+
 
 def machine_busy() -> bool:
-    """Whether other work keeps this machine's cores busy: the 1-minute load average exceeds
-    the core count by more than :data:`BUSY_LOAD_MARGIN` (read at most once a second)."""
+    """Whether other work keeps this machine's cores busy: more runnable tasks right now than
+    cores (this process counts for one or two: its thread and a spinning BLAS thread), or a
+    1-minute load average above the cores by more than :data:`BUSY_LOAD_MARGIN`. Read at
+    most every :data:`LOAD_READ_EVERY` seconds."""
     now = time.monotonic()
-    if now - _load["at"] > 1.0:
+    if now - _load["at"] > LOAD_READ_EVERY:
         cores = os.cpu_count() or 1
         try:
-            _load["busy"] = os.getloadavg()[0] > cores + BUSY_LOAD_MARGIN
+            average, running = _read_load()
+            _load["busy"] = running > cores or average > cores + BUSY_LOAD_MARGIN
         except OSError:
             _load["busy"] = False
         _load["at"] = now

@@ -163,9 +163,12 @@ def test_blas_threads_for_small_gemms_and_a_busy_machine(monkeypatch):
 def test_machine_busy_reads_the_load_average(monkeypatch):
     monkeypatch.setattr(_launch, "_load", {"at": -1e9, "busy": False})
     monkeypatch.setattr(_launch.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(_launch.os, "getloadavg", lambda: (3.5, 0.0, 0.0))
-    assert _launch.machine_busy()
-    monkeypatch.setattr(_launch.os, "getloadavg", lambda: (2.5, 0.0, 0.0))
-    assert _launch.machine_busy()  # read at most once a second
+    monkeypatch.setattr(_launch, "_read_load", lambda: (3.5, 1))
+    assert _launch.machine_busy()  # a 1-minute average above cores + 1
+    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 1))
+    assert _launch.machine_busy()  # read at most every LOAD_READ_EVERY seconds
     _launch._load["at"] = -1e9
     assert not _launch.machine_busy()
+    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 3))
+    _launch._load["at"] = -1e9
+    assert _launch.machine_busy()  # more runnable tasks than cores right now

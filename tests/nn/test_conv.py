@@ -280,6 +280,7 @@ def test_numba_conv_kernels_one_thread_below_the_threshold_same_bits(monkeypatch
         return real(elements)
 
     monkeypatch.setattr(kconv, "cpu_threads_for", spy)
+    monkeypatch.setattr(_launch, "machine_busy", lambda: False)  # a quiet machine
     threads_inside = []
     real_kernel = kconv._im2col_numba
 
