@@ -125,28 +125,42 @@ _load = {"at": -1.0, "busy": False}
 LOAD_READ_EVERY = 0.25
 
 
+def _own_running() -> int:
+    """How many of this process's threads are runnable now (``R`` in ``/proc/self/task``)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as fh:
+                state = fh.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        count += state == "R"
+    return count
+
+
 def _read_load():
-    """``(1-minute load average, runnable tasks now)`` from ``/proc/loadavg`` (Linux), else
-    ``os.getloadavg()`` and 0."""
+    """``(1-minute load average, runnable tasks of other processes now)``: from
+    ``/proc/loadavg`` less this process's runnable threads (Linux), else ``os.getloadavg()``
+    and 0."""
     try:
         with open("/proc/loadavg") as fh:
             fields = fh.read().split()
-        return float(fields[0]), int(fields[3].split("/")[0])
+        return float(fields[0]), max(0, int(fields[3].split("/")[0]) - _own_running())
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0], 0
 
 
 def machine_busy() -> bool:
-    """Whether other work keeps this machine's cores busy: more runnable tasks right now than
-    cores (this process counts for one or two: its thread and a spinning BLAS thread), or a
-    1-minute load average above the cores by more than :data:`BUSY_LOAD_MARGIN`. Read at
-    most every :data:`LOAD_READ_EVERY` seconds."""
+    """Whether other work keeps this machine's cores busy: other processes' runnable tasks
+    leave fewer than two cores free right now, or the 1-minute load average (ours included:
+    a process with two busy threads adds about 2) exceeds the cores by more than
+    :data:`BUSY_LOAD_MARGIN`. Read at most every :data:`LOAD_READ_EVERY` seconds."""
     now = time.monotonic()
     if now - _load["at"] > LOAD_READ_EVERY:
         cores = os.cpu_count() or 1
         try:
-            average, running = _read_load()
-            _load["busy"] = running > cores or average > cores + BUSY_LOAD_MARGIN
+            average, others = _read_load()
+            _load["busy"] = others > cores - 2 or average > cores + BUSY_LOAD_MARGIN
         except OSError:
             _load["busy"] = False
         _load["at"] = now

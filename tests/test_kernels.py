@@ -163,12 +163,18 @@ def test_blas_threads_for_small_gemms_and_a_busy_machine(monkeypatch):
 def test_machine_busy_reads_the_load_average(monkeypatch):
     monkeypatch.setattr(_launch, "_load", {"at": -1e9, "busy": False})
     monkeypatch.setattr(_launch.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(_launch, "_read_load", lambda: (3.5, 1))
+    monkeypatch.setattr(_launch, "_read_load", lambda: (3.5, 0))
     assert _launch.machine_busy()  # a 1-minute average above cores + 1
-    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 1))
+    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 0))
     assert _launch.machine_busy()  # read at most every LOAD_READ_EVERY seconds
     _launch._load["at"] = -1e9
     assert not _launch.machine_busy()
-    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 3))
+    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 1))
     _launch._load["at"] = -1e9
-    assert _launch.machine_busy()  # more runnable tasks than cores right now
+    assert _launch.machine_busy()  # another process runnable: fewer than 2 cores free
+
+
+def test_read_load_leaves_out_this_process():
+    average, others = _launch._read_load()
+    assert average >= 0 and others >= 0
+    assert _launch._own_running() >= 1  # this thread, reading
