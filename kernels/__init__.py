@@ -6,8 +6,9 @@ One module per reference module, with the same stem::
     kernels/nms.py       <->  minirccn/ops/nms.py         nms_sorted (nms, batched_nms)
     kernels/roi_pool.py  <->  minirccn/ops/roi_pool.py    roi_pool, roi_pool_backward
     kernels/roi_align.py <->  minirccn/ops/roi_align.py   roi_align, roi_align_backward
-    kernels/conv.py      <->  minirccn/nn/conv.py         im2col, col2im
+    kernels/conv.py      <->  minirccn/nn/conv.py         conv2d, conv2d_backward (im2col, col2im)
     kernels/pool.py      <->  minirccn/nn/pool.py         max_pool2d, max_pool2d_backward
+    kernels/layers.py    <->  minirccn/nn/layers.py       relu, linear, batchnorm2d (and backwards)
     kernels/segmentation.py <-> minirccn/proposals/segmentation.py   felzenszwalb
     kernels/cuda/<stem>.cu                                the CUDA C twins (nms, roi_pool, roi_align)
     kernels/_launch.py                                    what every module shares
@@ -22,7 +23,7 @@ The convention every module follows
   only). The jitted bodies they launch are private (``_<name>``, decorated
   ``@numba.njit`` or ``@cuda.jit``).
 * **Signatures.** Every entry point of an op takes the arguments of that op's
-  NumPy reference (named in the table of :mod:`minirccn.dispatch`) and returns
+  NumPy reference (named in the table of :mod:`minirccn.core.dispatch`) and returns
   what it returns, so the reference and the kernels are interchangeable.
 * **Outputs.** Entry points take only inputs; they ALLOCATE AND RETURN their
   outputs, with the array module of their inputs
@@ -40,11 +41,11 @@ The convention every module follows
   :data:`~minirccn.kernels._launch.CUDA_OPTIONS`; the tests compile every ``.cu``
   file with ``nvcc -ptx`` and the same options.
 * **Which runs.** Ops never import this package directly: they look the
-  implementation up in the one table :data:`minirccn.dispatch.KERNELS`
+  implementation up in the one table :data:`minirccn.core.dispatch.KERNELS`
   (``kernel(op, backend)``), which is resolved lazily so that importing
   minirccn does not import Numba.
 
 Kernels never import the model nor the ops they speed up (only
-:mod:`minirccn.backend`): they take plain arrays and return plain arrays, and
+:mod:`minirccn.core.backend`): they take plain arrays and return plain arrays, and
 contain no logic that the NumPy reference lacks.
 """

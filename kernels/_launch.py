@@ -10,13 +10,18 @@
 * :func:`array_module`: ``numpy`` or ``cupy``, whichever the inputs belong to,
   so a kernel allocates its outputs where its inputs live;
 * :func:`cpu_threads_for`: one CPU thread for a parallel Numba kernel whose work is too
-  small to pay for waking the others (the same compiled kernel, so the same numbers).
+  small to pay for waking the others (the same compiled kernel, so the same numbers);
+* :func:`blas_threads_for`: the same choice for NumPy's OpenBLAS, per call, by the GEMMs'
+  floating-point operations and by how busy the machine is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import os
+import time
 from pathlib import Path
 
 import numba
@@ -31,6 +36,7 @@ __all__ = [
     "CUDA_DIR",
     "SERIAL_BELOW",
     "array_module",
+    "blas_threads_for",
     "blocks",
     "cpu_threads_for",
     "cuda_source",
@@ -60,10 +66,11 @@ SERIAL_BELOW = 1 << 17
 @contextlib.contextmanager
 def cpu_threads_for(elements: int):
     """Run the enclosed Numba ``parallel=True`` call on one thread when ``elements`` (the
-    work's size, e.g. the output's ``size``) is below :data:`SERIAL_BELOW`, else on every
-    thread. Only the thread count changes: each kernel gives every output element to
+    work's size, e.g. the output's ``size``) is below :data:`SERIAL_BELOW` or the machine is
+    busy (:func:`machine_busy`: a thread the OS deschedules stalls the others at the join),
+    else on every thread. Only the thread count changes: each kernel gives every output element to
     exactly one thread, so the numbers are the same either way."""
-    if elements >= SERIAL_BELOW:
+    if elements >= SERIAL_BELOW and not machine_busy():
         yield
         return
     previous = numba.get_num_threads()
@@ -72,6 +79,121 @@ def cpu_threads_for(elements: int):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+#: GEMMs of fewer floating-point operations than this run on one OpenBLAS thread: ~1.3 ms of
+#: work on one core of the 2-core machine (~100 GFLOP/s single-thread sgemm, docs/conv.md),
+#: where handing half to a second thread stops costing more than it saves
+BLAS_SERIAL_BELOW = 1 << 27
+
+#: the machine counts as busy when its 1-minute load average exceeds the core count by more
+#: than this: a process of ours with two busy threads adds about 2 to the load of 2 cores,
+#: so a load above 3 means someone else's work is running too
+BUSY_LOAD_MARGIN = 1.0
+
+
+@functools.cache
+def _openblas_threads():
+    """``(get, set)`` of the OpenBLAS that NumPy loaded (its thread count), or None when there
+    is none to find (another BLAS: then :func:`blas_threads_for` changes nothing)."""
+    names = (
+        ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+        ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+        ("openblas_get_num_threads", "openblas_set_num_threads"),
+    )
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in names:
+            if hasattr(lib, get_name) and hasattr(lib, set_name):
+                get, set_ = getattr(lib, get_name), getattr(lib, set_name)
+                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                return get, set_
+    return None
+
+
+_load = {"at": -1.0, "busy": False}
+
+#: how long one reading of /proc/loadavg is trusted, seconds
+LOAD_READ_EVERY = 0.25
+
+
+def _own_running() -> int:
+    """How many of this process's threads are runnable now (``R`` in ``/proc/self/task``)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as fh:
+                state = fh.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        count += state == "R"
+    return count
+
+
+def _read_load():
+    """``(1-minute load average, runnable tasks of other processes now)``: from
+    ``/proc/loadavg`` less this process's runnable threads (Linux), else ``os.getloadavg()``
+    and 0."""
+    try:
+        with open("/proc/loadavg") as fh:
+            fields = fh.read().split()
+        return float(fields[0]), max(0, int(fields[3].split("/")[0]) - _own_running())
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0], 0
+
+
+def machine_busy() -> bool:
+    """Whether other work keeps this machine's cores busy: other processes' runnable tasks
+    leave fewer than two cores free right now, or the 1-minute load average (ours included:
+    a process with two busy threads adds about 2) exceeds the cores by more than
+    :data:`BUSY_LOAD_MARGIN`. Read at most every :data:`LOAD_READ_EVERY` seconds."""
+    now = time.monotonic()
+    if now - _load["at"] > LOAD_READ_EVERY:
+        cores = os.cpu_count() or 1
+        try:
+            average, others = _read_load()
+            _load["busy"] = others > cores - 2 or average > cores + BUSY_LOAD_MARGIN
+        except OSError:
+            _load["busy"] = False
+        _load["at"] = now
+    return _load["busy"]
+
+
+@contextlib.contextmanager
+def blas_threads_for(flops: int):
+    """Run the enclosed NumPy GEMMs on one OpenBLAS thread when they are small (``flops``
+    below :data:`BLAS_SERIAL_BELOW`) or when the machine is busy (:func:`machine_busy`),
+    else on OpenBLAS's own count; restored on exit.
+
+    Why: OpenBLAS's threads wait for each other by spinning, and a thread the OS has
+    descheduled stalls every call. Measured on the 2-core machine under another user's load
+    (docs/conv.md): a 64->64 3x3 conv on an 8x8 map took 0.23 ms on one thread and 80 ms on
+    two; the bench's 2x64x64x64 conv 75 ms and 350-1500 ms. Only the thread count changes;
+    OpenBLAS splits a GEMM among threads by output blocks, so each element's sum is taken
+    the same way (the tests compare with the reference to rounding either way).
+    """
+    handles = _openblas_threads()
+    if handles is None or (flops >= BLAS_SERIAL_BELOW and not machine_busy()):
+        yield
+        return
+    get, set_ = handles
+    previous = get()
+    if previous == 1:
+        yield
+        return
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(previous)
 
 
 def blocks(items: int, threads: int = THREADS) -> int:

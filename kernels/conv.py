@@ -1,40 +1,72 @@
-"""Fast im2col / col2im for conv2d: Numba on the CPU, Numba-CUDA on the GPU.
+"""Fast conv2d for the CPU (Numba + BLAS, blocked) and the GPU (Numba-CUDA im2col + cuBLAS).
 
-The specification is :func:`minirccn.nn.conv.im2col` / :func:`minirccn.nn.conv.col2im`
-(plain NumPy, a loop over the ``kh * kw`` kernel offsets). The kernels here
-compute exactly the same numbers, element by element, in the same order.
+The specification is :func:`minirccn.nn.conv.conv2d_reference` /
+:func:`minirccn.nn.conv.conv2d_backward_reference`: unfold the input into the column
+matrix (:func:`minirccn.nn.conv.im2col`), one GEMM per image, and backwards two GEMMs
+and the fold (:func:`minirccn.nn.conv.col2im`).
 
 Layout (shared with the reference)::
 
     x     (N, C, H, W)                     the input (or its gradient, for col2im)
+    xpad  (N, C, H + 2ph, W + 2pw)         x with the zero padding around every plane
     cols  (N, C * kh * kw, Ho * Wo)        row r = (c * kh + i) * kw + j holds, for
                                            every output position (oh, ow), the input
-                                           value x[n, c, oh*sh - ph + i, ow*sw - pw + j]
-                                           (0 where that falls in the zero padding)
+                                           value xpad[n, c, oh*sh + i, ow*sw + j]
 
 so one GEMM per image, ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``, writes the
 output straight into NCHW order.
 
-CPU kernels parallelise over the ``N * C`` input planes: in col2im each plane is
-written by exactly one thread, so ``+=`` never races. Below ``SERIAL_BELOW`` column
-entries they run on one thread (``_launch.cpu_threads_for``). GPU kernels use one
-thread per output element; col2im is a *gather* (each input pixel sums the
-columns that read it), so it needs no atomics and is deterministic.
+CPU (``conv2d_numba``, ``conv2d_backward_numba``): the same arithmetic, reorganised for
+the memory. The column matrix is ``kh*kw`` times the input (9x for 3x3: 19 MB for a
+2x64x64x64 input); the reference writes it, the GEMM reads it back from memory, and the
+backward writes and reads a second one (``dcols``) of the same size. Here the output rows
+are cut into blocks whose columns fit in a reused buffer of :data:`BLOCK_ELEMENTS`
+entries: unfold the block (a plain copy from the padded input, no bounds tests, the inner
+loop contiguous for ``sw == 1``), multiply it while it is in the cache, move on. The
+backward unfolds each block again (cheaper than keeping 9x the input alive) and folds
+each block's ``dcols`` onto ``dx`` right after its GEMM. The GEMMs are NumPy's BLAS, with
+its threads; the copies run on the calling thread. docs/conv.md has the arithmetic and
+the measurements. Summation order: the blocks change how the sums are split, so the
+results agree with the reference to rounding (tests/nn/test_conv.py, float32 and float64).
 
-Entry points (the signatures of the references): ``im2col_numba`` /
-``im2col_cuda(x, kernel_size, stride, padding)`` return ``cols``;
-``col2im_numba`` / ``col2im_cuda(cols, x_shape, kernel_size, stride, padding)``
-return ``dx``; ``kernel_size``, ``stride`` and ``padding`` are ``(along H, along W)``
-pairs.
+``im2col_numba`` / ``col2im_numba`` apply the same block kernels to whole images, one
+``(image, channel)`` per task; they equal the reference bit for bit (a copy; and a fold
+in the reference's offset order), which the tests check on random geometries.
+
+GPU kernels use one thread per output element; col2im is a *gather* (each input pixel
+sums the columns that read it), so it needs no atomics and is deterministic.
+
+Entry points (the signatures of the references): ``conv2d_numba`` / ``conv2d_cuda(x, w,
+b, stride, padding)`` return ``(out, saved)``; ``conv2d_backward_numba`` /
+``conv2d_backward_cuda(dout, saved, w, x_shape, stride, padding)`` return ``(dx, dw,
+db)``; ``im2col_numba`` / ``im2col_cuda(x, kernel_size, stride, padding)`` return
+``cols``; ``col2im_numba`` / ``col2im_cuda(cols, x_shape, kernel_size, stride, padding)``
+return ``dx``; ``kernel_size``, ``stride`` and ``padding`` are ``(along H, along W)`` pairs.
 """
 
 from __future__ import annotations
 
+import math
+
 import numba
-from minirccn.kernels._launch import THREADS, array_module, blocks, cpu_threads_for, unravel4
+import numpy as np
+from minirccn.kernels._launch import (
+    THREADS,
+    array_module,
+    blas_threads_for,
+    blocks,
+    cpu_threads_for,
+    unravel4,
+)
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
+#
+# The CPU kernels work on one image and a block of output rows ``oh0 <= oh < oh1`` at a time:
+# ``cols`` is then the ``(C*kh*kw, (oh1 - oh0) * Wo)`` slice of the reference's column matrix
+# (its columns ``oh0 * Wo ... oh1 * Wo``), written row after row in the order the GEMM reads
+# it. Each row of ``cols`` is a handful of contiguous runs of one input row (``sw == 1``: a
+# plain copy the compiler turns into vector moves) between zeros from the padding.
 
 
 @numba.njit(cache=True)
@@ -48,51 +80,79 @@ def _valid_range(j, sw, pw, wo, width):
     return lo, max(hi, lo)
 
 
-@numba.njit(parallel=True, cache=True)
-def _im2col_numba(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
-    n_img, n_ch, height, width = x.shape
-    for nc in numba.prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc % n_ch
+@numba.njit(cache=True)
+def _im2col_rows(xpad, kh, kw, sh, sw, oh0, oh1, wo, cols):
+    """``cols[(c*kh + i)*kw + j, (oh - oh0)*Wo + ow] = xpad[c, oh*sh + i, ow*sw + j]`` for the
+    output rows ``oh0 <= oh < oh1`` of one zero-padded image ``xpad (C, H + 2ph, W + 2pw)``:
+    a copy, no arithmetic; every read is inside ``xpad`` (no bounds tests), and with
+    ``sw == 1`` the inner loop is a contiguous copy the compiler vectorises."""
+    for c in range(xpad.shape[0]):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                lo, hi = _valid_range(j, sw, pw, wo, width)
-                for oh in range(ho):
-                    h = oh * sh - ph + i
-                    base = oh * wo
-                    if h < 0 or h >= height:
+                for r in range(oh1 - oh0):
+                    h = (oh0 + r) * sh + i
+                    base = r * wo
+                    if sw == 1:
                         for ow in range(wo):
-                            cols[n, row, base + ow] = 0
+                            cols[row, base + ow] = xpad[c, h, j + ow]
                     else:
-                        for ow in range(lo):
-                            cols[n, row, base + ow] = 0
-                        for ow in range(lo, hi):
-                            cols[n, row, base + ow] = x[n, c, h, ow * sw - pw + j]
-                        for ow in range(hi, wo):
-                            cols[n, row, base + ow] = 0
+                        for ow in range(wo):
+                            cols[row, base + ow] = xpad[c, h, j + ow * sw]
 
 
-@numba.njit(parallel=True, cache=True)
-def _col2im_numba(cols, kh, kw, sh, sw, ph, pw, ho, wo, dx):
-    n_img, n_ch, height, width = dx.shape
-    for nc in numba.prange(n_img * n_ch):  # one thread owns plane dx[n, c]: no race
-        n = nc // n_ch
-        c = nc % n_ch
-        for h in range(height):
-            for w in range(width):
-                dx[n, c, h, w] = 0
+@numba.njit(cache=True)
+def _col2im_rows(cols, kh, kw, sh, sw, oh0, oh1, wo, dxpad):
+    """The adjoint of :func:`_im2col_rows`: ``dxpad (C, H + 2ph, W + 2pw) +=`` every entry of
+    the block ``cols`` at the pixel it was copied from. ``dxpad`` is not zeroed: the blocks of
+    one image add up into it, block after block, kernel offsets ``(i, j)`` in order within a
+    block; the caller crops the padding off."""
+    for c in range(dxpad.shape[0]):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                lo, hi = _valid_range(j, sw, pw, wo, width)
-                for oh in range(ho):
-                    h = oh * sh - ph + i
-                    if h < 0 or h >= height:
-                        continue
-                    base = oh * wo
-                    for ow in range(lo, hi):
-                        dx[n, c, h, ow * sw - pw + j] += cols[n, row, base + ow]
+                for r in range(oh1 - oh0):
+                    h = (oh0 + r) * sh + i
+                    base = r * wo
+                    if sw == 1:
+                        for ow in range(wo):
+                            dxpad[c, h, j + ow] += cols[row, base + ow]
+                    else:
+                        for ow in range(wo):
+                            dxpad[c, h, j + ow * sw] += cols[row, base + ow]
+
+
+@numba.njit(cache=True)
+def _pad(x, ph, pw, xpad):
+    """``xpad[n, c, ph:ph+H, pw:pw+W] = x``, zeros around it (``xpad`` is ``(N, C, H+2ph, W+2pw)``)."""
+    n_img, n_ch, height, width = x.shape
+    for n in range(n_img):
+        for c in range(n_ch):
+            plane = xpad[n, c]
+            plane[:ph, :] = 0
+            plane[ph + height :, :] = 0
+            plane[ph : ph + height, :pw] = 0
+            plane[ph : ph + height, pw + width :] = 0
+            plane[ph : ph + height, pw : pw + width] = x[n, c]
+
+
+@numba.njit(parallel=True, cache=True)
+def _im2col_numba(xpad, kh, kw, sh, sw, ho, wo, cols):
+    n_ch = xpad.shape[1]
+    k = kh * kw
+    for nc in numba.prange(xpad.shape[0] * n_ch):  # one (image, channel) per task: disjoint rows
+        n, c = nc // n_ch, nc % n_ch
+        _im2col_rows(xpad[n, c : c + 1], kh, kw, sh, sw, 0, ho, wo, cols[n, c * k : (c + 1) * k])
+
+
+@numba.njit(parallel=True, cache=True)
+def _col2im_numba(cols, kh, kw, sh, sw, ho, wo, dxpad):
+    n_ch = dxpad.shape[1]
+    k = kh * kw
+    for nc in numba.prange(dxpad.shape[0] * n_ch):  # one thread owns plane dxpad[n, c]: no race
+        n, c = nc // n_ch, nc % n_ch
+        dxpad[n, c] = 0
+        _col2im_rows(cols[n, c * k : (c + 1) * k], kh, kw, sh, sw, 0, ho, wo, dxpad[n, c : c + 1])
 
 
 def _out_size(height, width, kernel_size, stride, padding):
@@ -120,20 +180,163 @@ def _dx_for(cols, x_shape, kernel_size, stride, padding):
     return xp.ascontiguousarray(cols), dx, (*kernel_size, *stride, *padding, ho, wo)
 
 
+def _padded(x, ph, pw):
+    """``x (N, C, H, W)`` with ``ph`` / ``pw`` zeros around every plane (a new array)."""
+    n, c, h, w = x.shape
+    xpad = np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    _pad(x, ph, pw, xpad)
+    return xpad
+
+
 def im2col_numba(x, kernel_size, stride, padding):
-    """``cols (N, C*kh*kw, Ho*Wo)`` unfolded from ``x (N, C, H, W)`` (Numba, CPU threads)."""
-    x, cols, geometry = _cols_for(x, kernel_size, stride, padding)
+    """``cols (N, C*kh*kw, Ho*Wo)`` unfolded from ``x (N, C, H, W)`` (Numba, CPU threads): the
+    reference's numbers bit for bit (a copy)."""
+    x, cols, (kh, kw, sh, sw, ph, pw, ho, wo) = _cols_for(x, kernel_size, stride, padding)
     with cpu_threads_for(cols.size):  # small maps: one thread (waking the others costs more)
-        _im2col_numba(x, *geometry, cols)
+        _im2col_numba(_padded(x, ph, pw), kh, kw, sh, sw, ho, wo, cols)
     return cols
 
 
 def col2im_numba(cols, x_shape, kernel_size, stride, padding):
-    """``dx (N, C, H, W)``: the sum of ``cols`` at the pixels they read (Numba, CPU threads)."""
-    cols, dx, geometry = _dx_for(cols, x_shape, kernel_size, stride, padding)
+    """``dx (N, C, H, W)``: the sum of ``cols`` at the pixels they read (Numba, CPU threads):
+    the reference's order, offset ``(i, j)`` after offset, so its bits."""
+    cols, dx, (kh, kw, sh, sw, ph, pw, ho, wo) = _dx_for(cols, x_shape, kernel_size, stride, padding)
+    n, c, h, w = dx.shape
+    dxpad = np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     with cpu_threads_for(cols.size):
-        _col2im_numba(cols, *geometry, dx)  # zeroes each plane first
-    return dx
+        _col2im_numba(cols, kh, kw, sh, sw, ho, wo, dxpad)  # zeroes each plane first
+    return dxpad[:, :, ph : ph + h, pw : pw + w]
+
+
+# ----------------------------------------------------------------------------- conv2d, CPU
+
+#: the column block of one GEMM holds at most this many entries (1 MiB of float32): it is
+#: written by :func:`_im2col_rows` and read by the GEMM while it is still in the cache, and
+#: the scratch buffer is reused by every block and every call (no fresh pages to fault in)
+BLOCK_ELEMENTS = 1 << 18
+
+_scratch: dict = {}
+
+
+def _buffer(slot: str, shape, dtype):
+    """A reusable ``shape`` array of ``dtype`` (contents undefined): one per ``slot`` and
+    dtype, grown when a bigger one is asked for, so that steady-state calls allocate nothing."""
+    size = math.prod(shape)
+    key = (slot, np.dtype(dtype))
+    buf = _scratch.get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1), dtype=dtype)
+        _scratch[key] = buf
+    return buf[:size].reshape(shape)
+
+
+def _row_blocks(ho, wo, rows):
+    """``[(oh0, oh1), ...]``: output rows split so that ``rows * (oh1 - oh0) * Wo`` stays
+    within :data:`BLOCK_ELEMENTS` (at least one output row per block)."""
+    step = max(1, min(ho, BLOCK_ELEMENTS // max(1, rows * wo)))
+    return [(oh0, min(oh0 + step, ho)) for oh0 in range(0, ho, step)]
+
+
+def conv2d_numba(x, w, b, stride, padding):
+    """``(out (N, F, Ho, Wo), saved)``: the reference's convolution, one block of output rows
+    at a time (Numba unfolds the block into a reused buffer, BLAS multiplies it straight into
+    ``out``). ``saved`` is the zero-padded input ``(N, C, H+2ph, W+2pw)`` (``x`` itself for
+    a 1x1 kernel with stride 1 and no padding, whose columns are the input): the backward
+    unfolds it again, block by block, instead of keeping the ``kh*kw`` times larger column
+    matrix alive between the passes.
+
+    Summation order: each output element is the same dot product as the reference's, of a
+    GEMM whose column count is the block's, not the image's; BLAS may split the sum over
+    ``C*kh*kw`` differently, so the result agrees with the reference to rounding (not bit for
+    bit; tests/nn/test_conv.py checks the tolerance in float32 and float64).
+    """
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = _out_size(h, wd, (kh, kw), stride, padding)
+    rows = c * kh * kw
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(w).reshape(f, rows)
+    with blas_threads_for(2 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
+        if _is_pointwise(kh, kw, sh, sw, ph, pw):  # the columns are the input itself: no copy
+            out = np.matmul(w2, x.reshape(n, c, h * wd))
+            out += b[None, :, None]
+            return out.reshape(n, f, ho, wo), x
+        xpad = _padded(x, ph, pw)
+        out = np.empty((n, f, ho * wo), dtype=x.dtype)
+        for oh0, oh1 in _row_blocks(ho, wo, rows):
+            cols = _buffer("cols", (rows, (oh1 - oh0) * wo), x.dtype)
+            for i in range(n):
+                _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
+                np.matmul(w2, cols, out=out[i, :, oh0 * wo : oh1 * wo])
+    out += b[None, :, None]
+    return out.reshape(n, f, ho, wo), xpad
+
+
+def _is_pointwise(kh, kw, sh, sw, ph, pw):
+    """A 1x1 kernel, stride 1, no padding: ``im2col`` is the identity (``cols[n]`` is ``x[n]``
+    seen as ``(C, H*W)``), so the GEMMs take the input and give ``dx`` directly."""
+    return kh == kw == sh == sw == 1 and ph == pw == 0
+
+
+def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
+    """``(dx, dw, db)`` of :func:`conv2d_numba`, block by block: unfold the block of the padded
+    input again, ``dw += dout_block @ cols^T``, ``dcols = W^T @ dout_block`` into a reused
+    buffer, fold it onto ``dx`` at once while it is in the cache (no full-size column matrix,
+    neither of ``x`` nor of its gradient).
+
+    Summation order: ``dw`` adds the blocks' products one after the other (the reference
+    adds the images' whole products), and ``dx`` receives each pixel's contributions block by
+    block (the reference: kernel offset by kernel offset): equal to rounding.
+    """
+    xpad = saved
+    dout = np.ascontiguousarray(dout)
+    n, c, h, wd = x_shape
+    f, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = _out_size(h, wd, (kh, kw), stride, padding)
+    rows = c * kh * kw
+    w2t = np.ascontiguousarray(w).reshape(f, rows).T
+    d2 = dout.reshape(n, f, ho * wo)
+    db = d2.sum(axis=(0, 2))
+    dw = np.empty((f, rows), dtype=w.dtype)
+    part = _buffer("dw", (f, rows), w.dtype)
+    with blas_threads_for(4 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
+        return _conv2d_backward_blocks(d2, xpad, w2t, x_shape, (kh, kw), stride, padding, dw, part, db)
+
+
+def _conv2d_backward_blocks(d2, xpad, w2t, x_shape, kernel_size, stride, padding, dw, part, db):
+    """The loop of :func:`conv2d_backward_numba` (``dw`` is filled in place)."""
+    n, c, h, wd = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    rows, f = w2t.shape
+    ho, wo = _out_size(h, wd, kernel_size, stride, padding)
+    if _is_pointwise(kh, kw, sh, sw, ph, pw):  # saved is x itself (see conv2d_numba)
+        x2 = xpad.reshape(n, c, h * wd)
+        for i in range(n):
+            np.matmul(d2[i], x2[i].T, out=dw if i == 0 else part)
+            if i:
+                dw += part
+        if n == 0:
+            dw[...] = 0
+        return np.matmul(w2t, d2).reshape(x_shape), dw.reshape(f, c, kh, kw), db
+    dxpad = np.zeros(xpad.shape, dtype=d2.dtype)
+    first = True
+    for oh0, oh1 in _row_blocks(ho, wo, rows):
+        cols = _buffer("cols", (rows, (oh1 - oh0) * wo), xpad.dtype)
+        dcols = _buffer("dcols", (rows, (oh1 - oh0) * wo), xpad.dtype)
+        for i in range(n):
+            block = d2[i, :, oh0 * wo : oh1 * wo]
+            _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
+            np.matmul(block, cols.T, out=dw if first else part)
+            if not first:
+                dw += part
+            first = False
+            np.matmul(w2t, block, out=dcols)
+            _col2im_rows(dcols, kh, kw, sh, sw, oh0, oh1, wo, dxpad[i])
+    if first:  # no image: nothing was added
+        dw[...] = 0
+    return dxpad[:, :, ph : ph + h, pw : pw + wd], dw.reshape(f, c, kh, kw), db
 
 
 # --------------------------------------------------------------------------- GPU
@@ -202,3 +405,33 @@ def col2im_cuda(cols, x_shape, kernel_size, stride, padding):
     if dx.size and cols.size:
         _col2im_cuda[blocks(dx.size), THREADS](cols, *geometry, dx)
     return dx
+
+
+def conv2d_cuda(x, w, b, stride, padding):
+    """``(out, cols)``: :func:`minirccn.nn.conv.conv2d_reference` on the GPU (the Numba-CUDA
+    im2col, then cuBLAS through CuPy's ``matmul``)."""
+    xp = array_module(x)
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    ho, wo = _out_size(h, wd, (kh, kw), stride, padding)
+    cols = im2col_cuda(x, (kh, kw), stride, padding)
+    out = xp.matmul(w.reshape(f, c * kh * kw), cols)
+    out += b[None, :, None]
+    return out.reshape(n, f, ho, wo), cols
+
+
+def conv2d_backward_cuda(dout, saved, w, x_shape, stride, padding):
+    """``(dx, dw, db)``: :func:`minirccn.nn.conv.conv2d_backward_reference` on the GPU (cuBLAS
+    products, the gathering Numba-CUDA col2im)."""
+    cols = saved
+    xp = array_module(cols)
+    f, c, kh, kw = w.shape
+    n = x_shape[0]
+    dout = dout.reshape(n, f, -1)
+    db = dout.sum(axis=(0, 2))
+    dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)
+    for i in range(n):
+        dw += dout[i] @ cols[i].T
+    dcols = xp.matmul(w.reshape(f, c * kh * kw).T, dout)
+    dx = col2im_cuda(dcols, x_shape, (kh, kw), stride, padding)
+    return dx, dw.reshape(w.shape), db

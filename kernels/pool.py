@@ -15,7 +15,9 @@ Arrays::
     dx      (N, C, H, W)     gradient of the input: dout summed at the argmax pixels
 
 CPU kernels parallelise over the ``N * C`` planes (the backward writes only its
-own plane, so ``+=`` never races). The GPU backward is a gather: one thread per
+own plane, so ``+=`` never races), on one thread below ``SERIAL_BELOW`` input
+elements (``_launch.cpu_threads_for``); the forward picks each window's maximum with
+selects rather than branches (random data would mispredict half of them). The GPU backward is a gather: one thread per
 input pixel adds the ``dout`` of every window whose argmax is that pixel, in
 the reference's order, so no atomics and the same bits every run.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from minirccn.kernels._launch import THREADS, array_module, blocks, unravel4
+from minirccn.kernels._launch import THREADS, array_module, blocks, cpu_threads_for, unravel4
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
@@ -42,21 +44,53 @@ def _max_pool2d_numba(x, kh, kw, sh, sw, out, argmax):
     for nc in numba.prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
+        plane, o, a = x[n, c], out[n, c], argmax[n, c]
         for oh in range(ho):
+            h0 = oh * sh
             for ow in range(wo):
-                h0 = oh * sh
                 w0 = ow * sw
-                best = x[n, c, h0, w0]
+                best = plane[h0, w0]
                 best_idx = h0 * width + w0
                 for i in range(kh):
                     for j in range(kw):
-                        v = x[n, c, h0 + i, w0 + j]
-                        # strictly greater: the first maximum wins; the first NaN wins
-                        if v > best or (v != v and best == best):
-                            best = v
-                            best_idx = (h0 + i) * width + (w0 + j)
-                out[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = best_idx
+                        v = plane[h0 + i, w0 + j]
+                        # strictly greater: the first maximum wins; the first NaN wins.
+                        # Selects, not branches: random data mispredicts every other one
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        best_idx = (h0 + i) * width + (w0 + j) if take else best_idx
+                o[oh, ow] = best
+                a[oh, ow] = best_idx
+
+
+@numba.njit(parallel=True, cache=True)
+def _max_pool2x2_numba(x, out, argmax):
+    # the backbone's 2x2 / stride 2 pooling, spelt out: the same rule as _max_pool2d_numba
+    # (row-major window order, strictly greater or the first NaN), with the window's four
+    # values read from two input rows; ~15x faster than the loops over kh, kw (measured)
+    n_img, n_ch, height, width = x.shape
+    ho, wo = out.shape[2], out.shape[3]
+    for nc in numba.prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for oh in range(ho):
+            r0, r1 = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
+            o, a = out[n, c, oh], argmax[n, c, oh]
+            base0 = 2 * oh * width
+            base1 = base0 + width
+            for ow in range(wo):
+                best, idx = r0[2 * ow], base0 + 2 * ow
+                v = r0[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best, idx = (v, base0 + 2 * ow + 1) if take else (best, idx)
+                v = r1[2 * ow]
+                take = (v > best) | ((v != v) & (best == best))
+                best, idx = (v, base1 + 2 * ow) if take else (best, idx)
+                v = r1[2 * ow + 1]
+                take = (v > best) | ((v != v) & (best == best))
+                best, idx = (v, base1 + 2 * ow + 1) if take else (best, idx)
+                o[ow] = best
+                a[ow] = idx
 
 
 @numba.njit(parallel=True, cache=True)
@@ -66,13 +100,12 @@ def _max_pool2d_backward_numba(dout, argmax, dx):
     for nc in numba.prange(n_img * n_ch):  # one thread owns plane dx[n, c]: no race
         n = nc // n_ch
         c = nc % n_ch
-        for h in range(height):
-            for w in range(width):
-                dx[n, c, h, w] = 0
+        plane = dx[n, c].reshape(height * width)  # contiguous: the flat argmax indexes it
+        plane[:] = 0
+        d, a = dout[n, c], argmax[n, c]
         for oh in range(ho):
             for ow in range(wo):
-                k = argmax[n, c, oh, ow]
-                dx[n, c, k // width, k % width] += dout[n, c, oh, ow]
+                plane[a[oh, ow]] += d[oh, ow]
 
 
 def _pool_outputs(x, kernel_size, stride):
@@ -93,14 +126,19 @@ def _grad_input(dout, x_shape):
 def max_pool2d_numba(x, kernel_size, stride):
     """``out`` and ``argmax`` ``(N, C, Ho, Wo)`` of ``x (N, C, H, W)`` (Numba, CPU threads)."""
     x, out, argmax = _pool_outputs(x, kernel_size, stride)
-    _max_pool2d_numba(x, *kernel_size, *stride, out, argmax)
+    with cpu_threads_for(x.size):  # small maps: one thread (waking the others costs more)
+        if tuple(kernel_size) == (2, 2) and tuple(stride) == (2, 2):
+            _max_pool2x2_numba(x, out, argmax)
+        else:
+            _max_pool2d_numba(x, *kernel_size, *stride, out, argmax)
     return out, argmax
 
 
 def max_pool2d_backward_numba(dout, argmax, x_shape, kernel_size, stride):
     """``dx (N, C, H, W)``: ``dout`` summed at the argmax pixels (Numba; the geometry is unused)."""
     dout, dx = _grad_input(dout, x_shape)
-    _max_pool2d_backward_numba(dout, argmax, dx)  # zeroes each plane first
+    with cpu_threads_for(dx.size):
+        _max_pool2d_backward_numba(dout, np.ascontiguousarray(argmax), dx)  # zeroes each plane first
     return dx
 
 

@@ -30,29 +30,13 @@ _SUBMODULES = {
     "viz",
 }
 
-#: old top-level names -> the modules they live in now: ``from minirccn import layers`` and
-#: ``import minirccn.layers`` keep working. The contract names of DESIGN.md (layers, losses,
-#: optim, anchors) stay; the others are kept for one step while imports move to the new tree.
+#: DESIGN.md's contract names -> the modules they live in now: ``from minirccn import layers``
+#: and ``import minirccn.layers`` keep working for outside code whatever moves.
 ALIASES = {
     "layers": "minirccn.nn.layers",
     "losses": "minirccn.nn.losses",
     "optim": "minirccn.nn.optim",
     "anchors": "minirccn.detector.anchors",
-    # the package regrouped into core/ config/ engine/ app/ (issue 21)
-    "backend": "minirccn.core.backend",
-    "dispatch": "minirccn.core.dispatch",
-    "errors": "minirccn.core.errors",
-    "_checks": "minirccn.core.checks",
-    "checkpoint": "minirccn.engine.checkpoint",
-    "preflight": "minirccn.engine.checkpoint",  # check_config, param_shapes, inspect_checkpoint
-    "train": "minirccn.engine.loop",  # train, train_step, make_optimizer, lr_at
-    "predict": "minirccn.engine.inference",  # run_model, evaluate_model
-    "runs": "minirccn.engine.runs",
-    "overrides": "minirccn.config.overrides",
-    "autoconfig": "minirccn.config.autoconfig",
-    "cli": "minirccn.app.cli",
-    "bench": "minirccn.app.bench",
-    "lineage": "minirccn.app.lineage",
 }
 
 

@@ -239,7 +239,7 @@ def random_boxes(rng, n, size=64.0, lo=2.0, hi=40.0, margin=0.0, dtype=np.float6
 def assert_cli_fails(capsys, argv, *names):
     """Run the CLI: exit status 2 and one stderr line, no traceback, naming every one of
     ``names`` (the file, flag or field at fault). Returns that line."""
-    from minirccn import cli
+    from minirccn.app import cli
 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -135,3 +135,46 @@ def test_no_launch_helper_is_copied_into_a_kernel_module():
         assert not re.search(r"^(_?THREADS|_?[A-Z_]*THREADS)\s*=", text, re.M), stem
         assert not re.search(r"^def _?blocks\(", text, re.M), stem
         assert "RawModule" not in text and "read_text" not in text, stem
+
+
+def test_blas_threads_for_small_gemms_and_a_busy_machine(monkeypatch):
+    """One OpenBLAS thread for small GEMMs or on a busy machine, the previous count after."""
+    handles = _launch._openblas_threads()
+    if handles is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS found by name")
+    get, set_ = handles
+    previous = get()
+    set_(2)
+    try:
+        monkeypatch.setattr(_launch, "machine_busy", lambda: False)
+        with _launch.blas_threads_for(_launch.BLAS_SERIAL_BELOW - 1):
+            assert get() == 1
+        assert get() == 2
+        with _launch.blas_threads_for(_launch.BLAS_SERIAL_BELOW):
+            assert get() == 2
+        monkeypatch.setattr(_launch, "machine_busy", lambda: True)
+        with _launch.blas_threads_for(_launch.BLAS_SERIAL_BELOW * 100):
+            assert get() == 1
+        assert get() == 2
+    finally:
+        set_(previous)
+
+
+def test_machine_busy_reads_the_load_average(monkeypatch):
+    monkeypatch.setattr(_launch, "_load", {"at": -1e9, "busy": False})
+    monkeypatch.setattr(_launch.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(_launch, "_read_load", lambda: (3.5, 0))
+    assert _launch.machine_busy()  # a 1-minute average above cores + 1
+    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 0))
+    assert _launch.machine_busy()  # read at most every LOAD_READ_EVERY seconds
+    _launch._load["at"] = -1e9
+    assert not _launch.machine_busy()
+    monkeypatch.setattr(_launch, "_read_load", lambda: (0.5, 1))
+    _launch._load["at"] = -1e9
+    assert _launch.machine_busy()  # another process runnable: fewer than 2 cores free
+
+
+def test_read_load_leaves_out_this_process():
+    average, others = _launch._read_load()
+    assert average >= 0 and others >= 0
+    assert _launch._own_running() >= 1  # this thread, reading

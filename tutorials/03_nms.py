@@ -23,7 +23,8 @@ GPU = T.use_cuda_simulator_without_gpu()  # before anything imports numba
 
 import numpy as np  # noqa: E402
 
-from minirccn import backend, ops, viz  # noqa: E402
+from minirccn import ops, viz  # noqa: E402
+from minirccn.core import backend
 from minirccn.data import load_dataset  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
 from minirccn.config import preset  # noqa: E402

@@ -44,12 +44,12 @@ from minirccn.nn import gradcheck, optim
 from minirccn.detector.backbones import vgg as bb
 from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.models import faster_rcnn as M
-from minirccn import train as tr
+from minirccn.engine import loop as tr
 from minirccn.data.batching import Batch, batch_indices
 from minirccn.engine.loop import lr_at, train_step
 from minirccn.config import preset
 from minirccn.data import load_dataset
-from minirccn.predict import evaluate_model
+from minirccn.engine.inference import evaluate_model
 
 BACKEND = "numba"  # the default: Numba kernels on the CPU (tutorial 9)
 SEED = 0
@@ -92,7 +92,7 @@ print(
 #
 # Every random choice (data order, flips, the anchor and RoI samples) comes
 # from one `numpy.random.Generator`: we take two steps by hand with that rule
-# and two with `minirccn.train.train_step` and `optim.SGD` from the same seed,
+# and two with `minirccn.engine.loop.train_step` and `optim.SGD` from the same seed,
 # and compare the parameters bit for bit.
 
 # %%
@@ -100,7 +100,7 @@ names = train_data.class_names
 
 
 def fresh_model(seed=SEED):
-    """A new detector and the generator that will drive its training (as minirccn.train does)."""
+    """A new detector and the generator that will drive its training (as minirccn.engine.loop does)."""
     rng = np.random.default_rng(seed)
     return M.FasterRCNN(cfg, names, rng=rng).to(BACKEND), rng
 
@@ -239,7 +239,7 @@ T.check(
 #
 # The same step, `STEPS` times, on the images in a shuffled order per epoch
 # (`train.batch_indices`). This is exactly what `minirccn train` runs
-# (`minirccn.train.train`, which adds checkpoints, progress bars and the
+# (`minirccn.engine.loop.train`, which adds checkpoints, progress bars and the
 # evaluation); we check that on its first three steps.
 
 
@@ -302,7 +302,7 @@ lib_three = tr.train(
 )["model"]
 T.check(
     all(np.array_equal(after_three[k], lib_three.params[k]) for k in after_three),
-    "this loop == minirccn.train.train (3 steps, same seed), bit for bit",
+    "this loop == minirccn.engine.loop.train (3 steps, same seed), bit for bit",
 )
 first, last = np.mean(history["loss"][: STEPS // 4]), np.mean(history["loss"][-(STEPS // 4) :])
 print(f"mean total loss: first quarter of the steps {first:.3f}, last quarter {last:.3f}")
@@ -404,7 +404,7 @@ T.save_grid(tiles, "08_detections.png", cols=4, colours=256)
 #
 # The paper reports that approximate joint training gives close accuracy and
 # trains 25-50% faster; torchvision only implements joint training. We run
-# `minirccn.train.train(..., alternating=True)` on the same number of SGD
+# `minirccn.engine.loop.train(..., alternating=True)` on the same number of SGD
 # steps and compare honestly: one short run each, one seed, so the
 # difference in mAP is partly noise.
 

@@ -10,7 +10,7 @@
 # | `numba` | NumPy | `@numba.njit(parallel=True, cache=True)` CPU code |
 # | `cuda` | CuPy (GPU) | `@numba.cuda.jit` kernels; CUDA C `RawKernel`s where C is clearer |
 #
-# One table, `minirccn.dispatch.TABLE`, says which function runs each op on each
+# One table, `minirccn.core.dispatch.TABLE`, says which function runs each op on each
 # backend; every kernel module follows one convention (`kernels/__init__.py`):
 # `<op>_numba`, `<op>_cuda` and, for a CUDA C twin, `<op>_cudac`, each taking
 # the reference's arguments and returning newly allocated outputs.
@@ -37,14 +37,17 @@ import time  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minirccn import backend, bench, dispatch, ops, viz  # noqa: E402
+from minirccn import ops, viz  # noqa: E402
+from minirccn.core import backend
+from minirccn.app import bench
+from minirccn.core import dispatch
 from minirccn.kernels import boxes as iou_kernels  # noqa: E402
 from minirccn.kernels import nms as nms_kernels  # noqa: E402
 from minirccn.kernels import roi_pool as roi_kernels  # noqa: E402
 from minirccn.ops.roi_pool import roi_bins  # noqa: E402
 
 print("machine:", bench.machine_description())
-print("\nwhich function runs each op with kernels, per backend (minirccn.dispatch.TABLE):")
+print("\nwhich function runs each op with kernels, per backend (minirccn.core.dispatch.TABLE):")
 for op, row in dispatch.TABLE.items():
     if len(set(row.values())) > 1:  # ops whose backends differ
         print(f"  {op:20s} " + "  ".join(f"{b}={t.split(':')[1]}" for b, t in row.items()))
@@ -299,7 +302,7 @@ print("\nThe CUDA backward (atomics):\n" + source(roi_kernels._backward_cuda, 15
 # %% [markdown]
 # ## 5. Timing, honestly
 #
-# `minirccn.bench.time_call` (the engine of `minirccn bench`) calls the
+# `minirccn.app.bench.time_call` (the engine of `minirccn bench`) calls the
 # function once to warm up (Numba compiles, or loads its cache, on the first
 # call: that is not run time), then repeats it and reports the **median**.
 # Inputs are built once, outside the timed call; GPU calls synchronise before

@@ -40,7 +40,7 @@ from minirccn.detector.roi_heads.poolers import LevelMapper, level_counts
 from minirccn.detector.rpn.head import rpn_forward_levels
 from minirccn.detector.rpn.proposal_layer import proposals_one_image
 from minirccn.nn import layers
-from minirccn.train import train
+from minirccn.engine.loop import train
 
 cfg = preset("resnet-fpn-tiny")
 data = load_dataset("shapes", split="train", seed=0)

@@ -56,7 +56,7 @@ import _common as T
 import numpy as np
 from PIL import Image
 
-from minirccn import lineage as L
+from minirccn.app import lineage as L
 from minirccn.config import preset
 from minirccn.data import ShapesConfig, load_dataset
 from minirccn.detector.backbones import vgg as _bb

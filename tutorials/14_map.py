@@ -25,7 +25,7 @@ import numpy as np
 import _common as T
 from minirccn import evaluation, viz
 from minirccn.data import load_dataset
-from minirccn.predict import evaluate_model
+from minirccn.engine.inference import evaluate_model
 
 # three images, one class (label 1). Ground truth per image, then detections with scores.
 gts = [

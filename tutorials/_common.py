@@ -283,7 +283,7 @@ def default_run(train_if_missing: bool = True):
     warm-up and the batch-norm freeze scaled alike), saves it to :data:`CACHE_CHECKPOINT` and
     says so: a shortened run is not the converged one, and the note says that too.
     """
-    from minirccn.checkpoint import load_checkpoint  # noqa: PLC0415 - numba must load after T
+    from minirccn.engine.checkpoint import load_checkpoint  # noqa: PLC0415 - numba must load after T
 
     env = os.environ.get("MINIRCCN_TUTORIAL_CHECKPOINT")
     for path, origin in ((env, "$MINIRCCN_TUTORIAL_CHECKPOINT"), (CACHE_CHECKPOINT, "the cache")):
@@ -297,7 +297,7 @@ def default_run(train_if_missing: bool = True):
             "`minirccn train --out DIR`, about 4 minutes on two cores)"
         )
     from minirccn.config import preset  # noqa: PLC0415
-    from minirccn.train import train  # noqa: PLC0415
+    from minirccn.engine.loop import train  # noqa: PLC0415
 
     cfg = preset("tiny")
     k = FALLBACK_STEPS / cfg.iters

@@ -38,6 +38,7 @@ _ROI_POOL = "minirccn.ops.roi_pool"
 _ROI_ALIGN = "minirccn.ops.roi_align"
 _CONV = "minirccn.nn.conv"
 _POOL = "minirccn.nn.pool"
+_LAYERS = "minirccn.nn.layers"
 
 
 def _everywhere(target: str) -> dict[str, str]:
@@ -98,16 +99,47 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.segmentation:felzenszwalb_numba",
         "cuda": "minirccn.kernels.segmentation:felzenszwalb_numba",
     },
-    # minirccn.nn.conv: conv2d is im2col + GEMM (forward), GEMM + col2im (backward)
-    "im2col": {
-        "numpy": f"{_CONV}:im2col",
-        "numba": "minirccn.kernels.conv:im2col_numba",
-        "cuda": "minirccn.kernels.conv:im2col_cuda",
+    # minirccn.nn.conv: the reference is im2col + GEMM (forward), GEMM + col2im (backward)
+    "conv2d": {
+        "numpy": f"{_CONV}:conv2d_reference",
+        "numba": "minirccn.kernels.conv:conv2d_numba",
+        "cuda": "minirccn.kernels.conv:conv2d_cuda",
     },
-    "col2im": {
-        "numpy": f"{_CONV}:col2im",
-        "numba": "minirccn.kernels.conv:col2im_numba",
-        "cuda": "minirccn.kernels.conv:col2im_cuda",
+    "conv2d_backward": {
+        "numpy": f"{_CONV}:conv2d_backward_reference",
+        "numba": "minirccn.kernels.conv:conv2d_backward_numba",
+        "cuda": "minirccn.kernels.conv:conv2d_backward_cuda",
+    },
+    # minirccn.nn.layers: fused one-pass CPU kernels; CuPy runs the references on the GPU
+    "relu": {
+        "numpy": f"{_LAYERS}:relu_reference",
+        "numba": "minirccn.kernels.layers:relu_numba",
+        "cuda": f"{_LAYERS}:relu_reference",
+    },
+    "relu_backward": {
+        "numpy": f"{_LAYERS}:relu_backward_reference",
+        "numba": "minirccn.kernels.layers:relu_backward_numba",
+        "cuda": f"{_LAYERS}:relu_backward_reference",
+    },
+    "linear": {
+        "numpy": f"{_LAYERS}:linear_reference",
+        "numba": "minirccn.kernels.layers:linear_numba",
+        "cuda": f"{_LAYERS}:linear_reference",
+    },
+    "linear_backward": {
+        "numpy": f"{_LAYERS}:linear_backward_reference",
+        "numba": "minirccn.kernels.layers:linear_backward_numba",
+        "cuda": f"{_LAYERS}:linear_backward_reference",
+    },
+    "batchnorm2d": {
+        "numpy": f"{_LAYERS}:batchnorm2d_reference",
+        "numba": "minirccn.kernels.layers:batchnorm2d_numba",
+        "cuda": f"{_LAYERS}:batchnorm2d_reference",
+    },
+    "batchnorm2d_backward": {
+        "numpy": f"{_LAYERS}:batchnorm2d_backward_reference",
+        "numba": "minirccn.kernels.layers:batchnorm2d_backward_numba",
+        "cuda": f"{_LAYERS}:batchnorm2d_backward_reference",
     },
     # minirccn.nn.pool
     "max_pool2d": {

@@ -30,7 +30,7 @@ import operator
 
 import numpy as np
 
-from minirccn._checks import check_boxes
+from minirccn.core.checks import check_boxes
 
 
 def base_anchors(sizes, aspect_ratios):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn import ops
-from minirccn.backend import array_module, resolve
+from minirccn.core.backend import array_module, resolve
 from minirccn.data import batching, transforms
 from minirccn.data.batching import Batch
 from minirccn.detector.anchors import AnchorGenerator

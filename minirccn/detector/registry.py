@@ -1,5 +1,5 @@
 """The model table: which class each ``config.model`` builds, resolved on first use (the
-same idea as :data:`minirccn.dispatch.TABLE` one floor down).
+same idea as :data:`minirccn.core.dispatch.TABLE` one floor down).
 
 Adding a model kind is one :class:`~minirccn.detector.base.Detector` subclass and one row.
 """
@@ -10,7 +10,7 @@ import importlib
 
 from minirccn.detector.backbones.levels import build_backbone
 from minirccn.detector.models.external import ExternalProposals
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 
 #: ``config.model`` -> ``"module:Class"``; the first row is the default model
 MODELS = {

@@ -6,10 +6,13 @@ per image; ``dx, dw, db = conv2d_backward(dout, cache)`` runs the products
 backwards and folds the columns' gradient back onto the input (:func:`col2im`,
 the adjoint of :func:`im2col`).
 
-:func:`im2col` and :func:`col2im` below are the NumPy reference; the kernels with
-the same signatures are in ``kernels/conv.py`` (Numba, Numba-CUDA), and
-:mod:`minirccn.core.dispatch` says which runs on which backend. The GEMMs are
-NumPy's BLAS (or CuPy's cuBLAS).
+:func:`conv2d_reference` and :func:`conv2d_backward_reference` (with :func:`im2col`
+and :func:`col2im`) are the NumPy reference; the kernels with the same signatures are
+in ``kernels/conv.py`` and :mod:`minirccn.core.dispatch` says which runs on which backend:
+the GPU one unfolds with a Numba-CUDA im2col and multiplies with cuBLAS, the CPU one
+unfolds a block of output rows at a time into a reused buffer and multiplies it with
+NumPy's BLAS while it is still in the cache, and unfolds again in the backward instead
+of keeping the column matrix (docs/conv.md: why, and what it buys).
 
 Shapes: ``N`` images, ``C`` input channels, ``F`` output channels (filters),
 ``H, W`` map size, ``kh, kw`` kernel size.
@@ -78,13 +81,66 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     return dxpad[:, :, ph : ph + h, pw : pw + w]
 
 
-# ----------------------------------------------------------------------------- conv2d
+# ----------------------------------------------------------------------------- conv2d (reference)
+
+
+def conv2d_reference(x, w, b, stride, padding):
+    """The convolution's arithmetic (the NumPy reference): im2col, then one GEMM per image.
+
+    Args:
+        x: ``(N, C, H, W)``; w: ``(F, C, kh, kw)``; b: ``(F,)`` (checked by the caller).
+        stride, padding: ``(sh, sw)``, ``(ph, pw)``.
+
+    Returns:
+        out: ``(N, F, Ho, Wo)`` = ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo) + b``;
+        saved: what :func:`conv2d_backward_reference` needs, here the columns ``cols``.
+    """
+    xp = _backend.get_array_module(x)
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    ho = conv_output_size(h, kh, stride[0], padding[0])
+    wo = conv_output_size(wd, kw, stride[1], padding[1])
+    cols = im2col(x, (kh, kw), stride, padding)  # (N, CK, L)
+    out = xp.matmul(w.reshape(f, c * kh * kw), cols)  # (N, F, L), one GEMM per image
+    out += b[None, :, None]
+    return out.reshape(n, f, ho, wo), cols
+
+
+def conv2d_backward_reference(dout, saved, w, x_shape, stride, padding):
+    """Gradients of :func:`conv2d_reference` (the NumPy reference).
+
+    Args:
+        dout: ``(N, F, Ho, Wo)`` (checked by the caller); saved: the forward's ``cols``;
+        w: ``(F, C, kh, kw)``; x_shape: ``(N, C, H, W)``; stride, padding: pairs.
+
+    Returns:
+        dx: ``(N, C, H, W)`` = ``col2im(W^T @ dout[n])``;
+        dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T``;
+        db: ``(F,)`` = ``dout`` summed over ``n, oh, ow``.
+    """
+    cols = saved
+    xp = _backend.get_array_module(cols)
+    f, c, kh, kw = w.shape
+    n = x_shape[0]
+    dout = dout.reshape(n, f, -1)
+    db = dout.sum(axis=(0, 2))
+    w2 = w.reshape(f, c * kh * kw)
+    dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)
+    for i in range(n):  # per-image GEMM: no transposed copy of cols
+        dw += dout[i] @ cols[i].T
+    dcols = xp.matmul(w2.T, dout)  # (N, CK, L)
+    dx = col2im(dcols, x_shape, (kh, kw), stride, padding)
+    return dx, dw.reshape(w.shape), db
+
+
+# ----------------------------------------------------------------------------- conv2d (layer)
 
 
 class Conv2dCache(NamedTuple):
-    """What :func:`conv2d_backward` needs: the columns of the input and the weights."""
+    """What :func:`conv2d_backward` needs: what the forward saved and the weights."""
 
-    cols: Any  # (N, C*kh*kw, Ho*Wo) the unfolded input
+    saved: Any  # the backend's choice: the columns (N, C*kh*kw, Ho*Wo) for numpy and cuda,
+    # the zero-padded input (N, C, H+2ph, W+2pw) for numba (it unfolds again, block by block)
     w: Any  # (F, C, kh, kw) the weights
     x_shape: tuple  # (N, C, H, W)
     stride: tuple  # (sh, sw)
@@ -105,7 +161,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
     Returns:
         out: ``(N, F, Ho, Wo)`` with ``Ho = (H + 2ph - kh) // sh + 1``:
             ``out[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f,c,i,j] * xpad[n, c, oh*sh+i, ow*sw+j]``,
-            computed per image as ``W (F, C*kh*kw) @ cols[n] (C*kh*kw, Ho*Wo)``.
+            computed as :func:`conv2d_reference` does (its kernels: ``kernels/conv.py``).
         cache: :class:`Conv2dCache`.
     """
     backend, xp, (x, w, b) = prepare(backend, {"x": x, "w": w, "b": b})
@@ -126,11 +182,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
         raise ValueError(
             f"x: input {h}x{wd} is smaller than the {kh}x{kw} kernel with padding {(ph, pw)}"
         )
-    cols = kernel("im2col", backend)(x, (kh, kw), (sh, sw), (ph, pw))  # (N, CK, L)
-    out = xp.matmul(w.reshape(f, c * kh * kw), cols)  # (N, F, L), one GEMM per image
-    out += b[None, :, None]
-    cache = Conv2dCache(cols, w, (n, c, h, wd), (sh, sw), (ph, pw), backend)
-    return out.reshape(n, f, ho, wo), cache
+    out, saved = kernel("conv2d", backend)(x, w, b, (sh, sw), (ph, pw))
+    cache = Conv2dCache(saved, w, (n, c, h, wd), (sh, sw), (ph, pw), backend)
+    return out, cache
 
 
 def conv2d_backward(dout, cache: Conv2dCache):
@@ -143,20 +197,14 @@ def conv2d_backward(dout, cache: Conv2dCache):
     Returns:
         dx: ``(N, C, H, W)`` = ``col2im(W^T @ dout[n])``;
         dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T``;
-        db: ``(F,)`` = ``dout`` summed over ``n, oh, ow``.
+        db: ``(F,)`` = ``dout`` summed over ``n, oh, ow``
+        (as :func:`conv2d_backward_reference` computes them).
     """
-    cols, w, x_shape, stride, padding, backend = cache
-    xp = _backend.get_array_module(cols)
+    saved, w, x_shape, stride, padding, backend = cache
+    xp = _backend.get_array_module(w)
     f, c, kh, kw = w.shape
     n = x_shape[0]
     ho = conv_output_size(x_shape[2], kh, stride[0], padding[0])
     wo = conv_output_size(x_shape[3], kw, stride[1], padding[1])
-    dout = check_grad(dout, "dout", (n, f, ho, wo), w.dtype, xp).reshape(n, f, ho * wo)
-    db = dout.sum(axis=(0, 2))
-    w2 = w.reshape(f, c * kh * kw)
-    dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)
-    for i in range(n):  # per-image GEMM: no transposed copy of cols
-        dw += dout[i] @ cols[i].T
-    dcols = xp.matmul(w2.T, dout)  # (N, CK, L)
-    dx = kernel("col2im", backend)(dcols, x_shape, (kh, kw), stride, padding)
-    return dx, dw.reshape(w.shape), db
+    dout = check_grad(dout, "dout", (n, f, ho, wo), w.dtype, xp)
+    return kernel("conv2d_backward", backend)(dout, saved, w, x_shape, stride, padding)

@@ -32,8 +32,17 @@ import numpy as np
 
 from minirccn.core import backend as _backend
 from minirccn.core.checks import check_float, check_shape
+from minirccn.core.dispatch import kernel
 from minirccn.nn._common import check_grad, conv_output_size, prepare
-from minirccn.nn.conv import Conv2dCache, col2im, conv2d_backward, conv2d_forward, im2col
+from minirccn.nn.conv import (
+    Conv2dCache,
+    col2im,
+    conv2d_backward,
+    conv2d_backward_reference,
+    conv2d_forward,
+    conv2d_reference,
+    im2col,
+)
 from minirccn.nn.pool import (
     MaxPool2dCache,
     max_pool2d_backward,
@@ -47,9 +56,13 @@ __all__ = [
     "im2col",
     "col2im",
     "Conv2dCache",
+    "conv2d_reference",
+    "conv2d_backward_reference",
     "conv2d_forward",
     "conv2d_backward",
     "ReluCache",
+    "relu_reference",
+    "relu_backward_reference",
     "relu_forward",
     "relu_backward",
     "MaxPool2dCache",
@@ -58,12 +71,16 @@ __all__ = [
     "max_pool2d_forward",
     "max_pool2d_backward",
     "LinearCache",
+    "linear_reference",
+    "linear_backward_reference",
     "linear_forward",
     "linear_backward",
     "DropoutCache",
     "dropout_forward",
     "dropout_backward",
     "BatchNorm2dCache",
+    "batchnorm2d_reference",
+    "batchnorm2d_backward_reference",
     "batchnorm2d_forward",
     "batchnorm2d_backward",
 ]
@@ -78,11 +95,24 @@ class ReluCache(NamedTuple):
     backend: str
 
 
+def relu_reference(x):
+    """``(out, mask)``: ``max(x, 0)`` and ``x > 0`` (the NumPy reference; a NaN gives 0)."""
+    xp = _backend.get_array_module(x)
+    mask = x > 0
+    return xp.where(mask, x, xp.zeros((), dtype=x.dtype)), mask
+
+
+def relu_backward_reference(dout, mask):
+    """``dx = dout`` where ``mask`` else 0 (the NumPy reference)."""
+    xp = _backend.get_array_module(mask)
+    return xp.where(mask, dout, xp.zeros((), dtype=dout.dtype))
+
+
 def relu_forward(x, *, backend=None):
     """``out = max(x, 0)`` elementwise; ``x`` any shape, float32/float64."""
     backend, xp, (x,) = prepare(backend, {"x": x})
-    mask = x > 0
-    return xp.where(mask, x, xp.zeros((), dtype=x.dtype)), ReluCache(mask, backend)
+    out, mask = kernel("relu", backend)(x)
+    return out, ReluCache(mask, backend)
 
 
 def relu_backward(dout, cache: ReluCache):
@@ -91,7 +121,7 @@ def relu_backward(dout, cache: ReluCache):
     dout = check_float(dout, "dout")
     dout = _backend.to_numpy(dout) if xp is np else xp.asarray(dout)
     check_shape(dout, "dout", cache.mask.shape)
-    return xp.where(cache.mask, dout, xp.zeros((), dtype=dout.dtype))
+    return kernel("relu_backward", cache.backend)(dout, cache.mask)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -103,6 +133,16 @@ class LinearCache(NamedTuple):
     x: Any  # (N, D)
     w: Any  # (D, M)
     backend: str
+
+
+def linear_reference(x, w, b):
+    """``x @ w + b`` (the NumPy reference: one GEMM)."""
+    return x @ w + b
+
+
+def linear_backward_reference(dout, x, w):
+    """``(dout @ w^T, x^T @ dout, sum_n dout)`` (the NumPy reference: two GEMMs)."""
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
 
 
 def linear_forward(x, w, b, *, backend=None):
@@ -120,7 +160,7 @@ def linear_forward(x, w, b, *, backend=None):
     check_shape(x, "x", (None, None))
     check_shape(w, "w", (x.shape[1], None))
     check_shape(b, "b", (w.shape[1],))
-    return x @ w + b, LinearCache(x, w, backend)
+    return kernel("linear", backend)(x, w, b), LinearCache(x, w, backend)
 
 
 def linear_backward(dout, cache: LinearCache):
@@ -129,10 +169,10 @@ def linear_backward(dout, cache: LinearCache):
     Returns:
         dx ``(N, D)`` = ``dout @ w^T``; dw ``(D, M)`` = ``x^T @ dout``; db ``(M,)`` = ``sum_n dout``.
     """
-    x, w, _backend_name = cache
+    x, w, backend = cache
     xp = _backend.get_array_module(x)
     dout = check_grad(dout, "dout", (x.shape[0], w.shape[1]), x.dtype, xp)
-    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+    return kernel("linear_backward", backend)(dout, x, w)
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -197,6 +237,44 @@ class BatchNorm2dCache(NamedTuple):
     backend: str
 
 
+def batchnorm2d_reference(x, gamma, beta, mean, var, eps):
+    """Batch norm's arithmetic (the NumPy reference).
+
+    Args:
+        x: ``(N, C, H, W)``; gamma, beta: ``(C,)``.
+        mean, var: ``(C,)`` the statistics to normalise with (eval mode), or None to use
+            the batch's (train mode: per channel over ``(N, H, W)``, the biased variance).
+        eps: added to the variance.
+
+    Returns:
+        out ``gamma * xhat + beta``, xhat ``(x - mean) * inv_std``, inv_std
+        ``1 / sqrt(var + eps)`` ``(C,)``, and the ``mean``, ``var`` used ``(C,)``.
+    """
+    xp = _backend.get_array_module(x)
+    if mean is None:
+        mean = x.mean(axis=(0, 2, 3))
+        var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+    else:
+        mean, var = mean.astype(x.dtype), var.astype(x.dtype)
+    inv_std = 1 / xp.sqrt(var + eps)
+    xhat = (x - mean[None, :, None, None]) * inv_std[None, :, None, None]
+    out = gamma[None, :, None, None] * xhat + beta[None, :, None, None]
+    return out, xhat, inv_std, mean, var
+
+
+def batchnorm2d_backward_reference(dout, xhat, inv_std, gamma, train):
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm2d_reference` (the NumPy reference; the
+    formulas are in :func:`batchnorm2d_backward`)."""
+    dbeta = dout.sum(axis=(0, 2, 3))
+    dgamma = (dout * xhat).sum(axis=(0, 2, 3))
+    scale = (gamma * inv_std)[None, :, None, None]
+    if not train:
+        return scale * dout, dgamma, dbeta
+    m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+    dx = scale / m * (m * dout - dbeta[None, :, None, None] - xhat * dgamma[None, :, None, None])
+    return dx, dgamma, dbeta
+
+
 def batchnorm2d_forward(
     x, gamma, beta, running_mean, running_var, train=True, momentum=0.1, eps=1e-5, *, backend=None
 ):
@@ -211,7 +289,8 @@ def batchnorm2d_forward(
         train: normalise with the batch statistics (True) or the running ones (False).
 
     Returns:
-        out: ``gamma * (x - mean) / sqrt(var + eps) + beta`` (biased ``var`` in train mode);
+        out: ``gamma * (x - mean) / sqrt(var + eps) + beta`` (biased ``var`` in train mode),
+        computed as :func:`batchnorm2d_reference` does;
         cache: :class:`BatchNorm2dCache`.
     """
     backend, xp, (x, gamma, beta) = prepare(backend, {"x": x, "gamma": gamma, "beta": beta})
@@ -229,17 +308,15 @@ def batchnorm2d_forward(
             raise ValueError(
                 f"x: batch norm in train mode needs more than 1 value per channel, got {tuple(x.shape)}"
             )
-        mean = x.mean(axis=(0, 2, 3))
-        var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+        stats = (None, None)
+    else:
+        stats = (running_mean, running_var)
+    out, xhat, inv_std, mean, var = kernel("batchnorm2d", backend)(x, gamma, beta, *stats, eps)
+    if train:
         running_mean *= 1 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1 - momentum
         running_var += momentum * (var * (m / (m - 1))).astype(running_var.dtype)
-    else:
-        mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
-    inv_std = 1 / xp.sqrt(var + eps)
-    xhat = (x - mean[None, :, None, None]) * inv_std[None, :, None, None]
-    out = gamma[None, :, None, None] * xhat + beta[None, :, None, None]
     return out, BatchNorm2dCache(xhat, inv_std, gamma, bool(train), backend)
 
 
@@ -256,14 +333,7 @@ def batchnorm2d_backward(dout, cache: BatchNorm2dCache):
     Returns:
         dx ``(N, C, H, W)``, dgamma ``(C,)``, dbeta ``(C,)``.
     """
-    xhat, inv_std, gamma, train, _backend_name = cache
+    xhat, inv_std, gamma, train, backend = cache
     xp = _backend.get_array_module(xhat)
     dout = check_grad(dout, "dout", xhat.shape, xhat.dtype, xp)
-    dbeta = dout.sum(axis=(0, 2, 3))
-    dgamma = (dout * xhat).sum(axis=(0, 2, 3))
-    scale = (gamma * inv_std)[None, :, None, None]
-    if not train:
-        return scale * dout, dgamma, dbeta
-    m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-    dx = scale / m * (m * dout - dbeta[None, :, None, None] - xhat * dgamma[None, :, None, None])
-    return dx, dgamma, dbeta
+    return kernel("batchnorm2d_backward", backend)(dout, xhat, inv_std, gamma, train)

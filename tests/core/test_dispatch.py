@@ -20,8 +20,16 @@ USERS = {
     "minirccn/ops/nms.py": {"nms_sorted"},
     "minirccn/ops/roi_pool.py": {"roi_pool", "roi_pool_backward"},
     "minirccn/ops/roi_align.py": {"roi_align", "roi_align_backward"},
-    "minirccn/nn/conv.py": {"im2col", "col2im"},
+    "minirccn/nn/conv.py": {"conv2d", "conv2d_backward"},
     "minirccn/nn/pool.py": {"max_pool2d", "max_pool2d_backward"},
+    "minirccn/nn/layers.py": {
+        "relu",
+        "relu_backward",
+        "linear",
+        "linear_backward",
+        "batchnorm2d",
+        "batchnorm2d_backward",
+    },
     "minirccn/proposals/segmentation.py": {"felzenszwalb"},
 }
 

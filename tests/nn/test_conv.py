@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirccn.core.dispatch import kernel
+from minirccn.kernels import conv as kconv
 from minirccn.nn import conv
 from minirccn.nn.gradcheck import check_layer
 
@@ -61,16 +62,17 @@ def _unpack(g):
 @given(g=conv_geometry, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 @settings(max_examples=25)
 def test_im2col_col2im_kernels_match_reference_bit_for_bit(backend, g, dtype, seed):
+    # the unfold is a copy and the fold adds in the reference's (i, j) order: the same bits
     shape, k, s, p = _unpack(g)
     rng = rng_for(seed)
     x = rng.standard_normal(shape).astype(dtype)
     cols = conv.im2col(x, k, s, p)
-    fast = kernel("im2col", backend)(x, k, s, p)
+    fast = getattr(kconv, f"im2col_{backend}")(x, k, s, p)
     assert fast.dtype == x.dtype and fast.shape == cols.shape
     np.testing.assert_array_equal(fast, cols)
     dcols = rng.standard_normal(cols.shape).astype(dtype)
     ref = conv.col2im(dcols, shape, k, s, p)
-    out = kernel("col2im", backend)(dcols, shape, k, s, p)
+    out = getattr(kconv, f"col2im_{backend}")(dcols, shape, k, s, p)
     assert out.dtype == dtype and out.shape == shape
     np.testing.assert_array_equal(out, ref)
 
@@ -158,11 +160,12 @@ def test_conv2d_same_bits_twice():
         assert np.array_equal(g1, g2)
 
 
-def test_conv2d_empty_batch():
+@pytest.mark.parametrize("k", [3, 1])
+def test_conv2d_empty_batch(k):
     out, c = conv.conv2d_forward(
-        np.zeros((0, 2, 5, 5)), np.ones((3, 2, 3, 3)), np.zeros(3), backend="numba"
+        np.zeros((0, 2, 5, 5)), np.ones((3, 2, k, k)), np.zeros(3), backend="numba"
     )
-    assert out.shape == (0, 3, 3, 3)
+    assert out.shape == (0, 3, 6 - k, 6 - k)
     dx, dw, db = conv.conv2d_backward(out, c)
     assert dx.shape == (0, 2, 5, 5) and not dw.any() and not db.any()
 
@@ -277,6 +280,7 @@ def test_numba_conv_kernels_one_thread_below_the_threshold_same_bits(monkeypatch
         return real(elements)
 
     monkeypatch.setattr(kconv, "cpu_threads_for", spy)
+    monkeypatch.setattr(_launch, "machine_busy", lambda: False)  # a quiet machine
     threads_inside = []
     real_kernel = kconv._im2col_numba
 
@@ -301,3 +305,138 @@ def test_numba_conv_kernels_one_thread_below_the_threshold_same_bits(monkeypatch
     assert sizes == [3 * 9 * 256, _launch.SERIAL_BELOW, 9 * 9 * 4096]  # exactly at: every thread
     assert threads_inside[0] == 1
     assert threads_inside[1] == threads_inside[2] == numba.get_num_threads()  # and restored
+
+
+# ----------------------------------------------------------------------------- fast conv2d vs the reference
+#
+# The numba conv2d multiplies one block of output rows at a time and unfolds again in the
+# backward (kernels/conv.py): the same products, the sums split differently, so it agrees
+# with the reference to rounding. The bound scales with the sum of the terms' magnitudes
+# (the reference run on |x|, |w|, |dout|), so cancelling inputs do not make it meaningless.
+
+EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).eps}
+
+fast_geometry = st.tuples(
+    st.integers(1, 3),  # N
+    st.integers(1, 4),  # C
+    st.integers(1, 9),  # H
+    st.integers(1, 9),  # W
+    st.sampled_from([(1, 1), (3, 3), (3, 1), (1, 5), (2, 3), (1, 2)]),  # (kh, kw)
+    st.integers(1, 3),  # sh
+    st.integers(1, 3),  # sw
+    st.integers(0, 2),  # ph
+    st.integers(0, 2),  # pw
+    st.integers(1, 5),  # F
+).filter(lambda g: g[2] + 2 * g[7] >= g[4][0] and g[3] + 2 * g[8] >= g[4][1])
+
+#: inputs: plain normal; a huge dynamic range with exact zeros; cancelling +-1e4 pairs
+INPUTS = ("normal", "dynamic_range", "cancelling")
+
+
+def _adversarial(rng, shape, kind, dtype):
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(dtype)
+    if kind == "dynamic_range":
+        a = rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 6, shape)
+        a[rng.random(shape) < 0.3] = 0.0
+        return a.astype(dtype)
+    return (rng.choice([-1e4, 1e4], shape) + rng.standard_normal(shape)).astype(dtype)
+
+
+def _assert_close_to_rounding(got, want, magnitude, dtype, terms):
+    """``|got - want| <= 4 * terms * eps * magnitude`` elementwise (a forward-error bound of a
+    sum of ``terms`` products, twice over: both sides round)."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    bound = 4 * max(terms, 1) * EPS[dtype] * magnitude + np.finfo(dtype).tiny
+    assert np.all(np.abs(got.astype(np.float64) - want) <= bound)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda"])
+@given(
+    g=fast_geometry,
+    dtype=st.sampled_from(DTYPES),
+    kind=st.sampled_from(INPUTS),
+    block=st.sampled_from([1, 7, 64, 1 << 18]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_conv2d_kernels_match_reference_to_rounding(backend, g, dtype, kind, block, seed):
+    """Forward and backward, float32 and float64, non-square kernels and images, strides
+    1-3, padding 0-2; ``BLOCK_ELEMENTS`` as small as one output row per block."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kconv, "BLOCK_ELEMENTS", block)
+        _check_conv2d_kernel(backend, g, dtype, kind, seed)
+
+
+def _check_conv2d_kernel(backend, g, dtype, kind, seed):
+    n, c, h, wd, (kh, kw), sh, sw, ph, pw, f = g
+    rng = rng_for(seed)
+    x = _adversarial(rng, (n, c, h, wd), kind, dtype)
+    w = _adversarial(rng, (f, c, kh, kw), kind, dtype)
+    b = _adversarial(rng, (f,), kind, dtype)
+    ref_out, ref_saved = conv.conv2d_reference(x, w, b, (sh, sw), (ph, pw))
+    out, saved = kernel("conv2d", backend)(x, w, b, (sh, sw), (ph, pw))
+    mag_out, _ = conv.conv2d_reference(np.abs(x), np.abs(w), np.abs(b), (sh, sw), (ph, pw))
+    _assert_close_to_rounding(out, ref_out, mag_out, dtype, c * kh * kw + 1)
+    dout = _adversarial(rng, ref_out.shape, kind, dtype)
+    want = conv.conv2d_backward_reference(dout, ref_saved, w, x.shape, (sh, sw), (ph, pw))
+    got = kernel("conv2d_backward", backend)(dout, saved, w, x.shape, (sh, sw), (ph, pw))
+    _, abs_cols = conv.conv2d_reference(np.abs(x), np.abs(w), np.abs(b), (sh, sw), (ph, pw))
+    mags = conv.conv2d_backward_reference(np.abs(dout), abs_cols, np.abs(w), x.shape, (sh, sw), (ph, pw))
+    ho, wo = ref_out.shape[2:]
+    terms = (f * kh * kw, n * ho * wo, n * ho * wo)  # dx, dw, db: terms per sum
+    for got_g, want_g, mag, t in zip(got, want, mags, terms):
+        _assert_close_to_rounding(np.asarray(got_g), want_g, mag, dtype, t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_numba_many_blocks_of_a_real_layer(dtype, monkeypatch):
+    """A backbone-sized layer cut into 1-row blocks and into one block: the same numbers to
+    rounding as the reference (and both block sizes agree with each other)."""
+    rng = rng_for(5)
+    x = rng.standard_normal((2, 16, 20, 24)).astype(dtype)
+    w = (rng.standard_normal((8, 16, 3, 3)) * 0.1).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    ref, rc = conv.conv2d_forward(x, w, b, 1, 1, backend="numpy")
+    dout = rng.standard_normal(ref.shape).astype(dtype)
+    want = conv.conv2d_backward(dout, rc)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for block in (1, 1 << 18):
+        monkeypatch.setattr(kconv, "BLOCK_ELEMENTS", block)
+        out, c = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol)
+        for got, exp in zip(conv.conv2d_backward(dout, c), want):
+            np.testing.assert_allclose(got, exp, rtol=tol, atol=tol * np.abs(exp).max())
+
+
+def test_conv2d_numba_reuses_its_buffers():
+    """Steady state: the column buffers are allocated once, not per call."""
+    rng = rng_for(6)
+    x = rng.standard_normal((1, 4, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    b = np.zeros(3, np.float32)
+    out, c = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
+    conv.conv2d_backward(out, c)
+    before = {k: id(v) for k, v in kconv._scratch.items()}
+    out, c = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
+    conv.conv2d_backward(out, c)
+    assert {k: id(v) for k, v in kconv._scratch.items()} == before
+
+
+# ----------------------------------------------------------------------------- non-square kernels
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "k,s,p,hw",
+    [((3, 1), (1, 1), (1, 0), (5, 4)), ((1, 5), (1, 2), (0, 2), (4, 7)), ((2, 3), (2, 1), (1, 1), (5, 6))],
+)
+def test_conv2d_gradcheck_non_square_kernels(backend, k, s, p, hw):
+    """kh != kw, non-square images and strides: catches a backward that mixes up kh and kw
+    (an output width from kh, dw laid out (F, C, kw, kh))."""
+    rng = rng_for(7)
+    x = rng.standard_normal((2, 2, *hw))
+    w = rng.standard_normal((3, 2, *k))
+    b = rng.standard_normal(3)
+    fwd = lambda x, w, b: conv.conv2d_forward(x, w, b, s, p, backend=backend)  # noqa: E731
+    assert check_layer(fwd, conv.conv2d_backward, [x, w, b]) < 1e-7

@@ -1,10 +1,13 @@
-"""Layers without kernels (relu, linear, dropout, batch norm) and the re-exports of
+"""The layers of minirccn/nn/layers.py (relu, linear, dropout, batch norm), the kernels of
+kernels/layers.py (relu, batch norm) against their references, and the re-exports of
 minirccn.nn.layers; conv2d and max_pool2d are tested in test_conv.py and test_pool.py."""
 
 import numpy as np
 import pytest
 
-from helpers import BACKENDS
+from helpers import BACKENDS, FLOATS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from minirccn.nn import layers
 from minirccn.nn.gradcheck import check_layer
 
@@ -26,9 +29,46 @@ def test_relu_values_and_gradient_at_zero(backend):
     np.testing.assert_array_equal(layers.relu_backward(np.ones_like(x), c), [[0, 0, 1, 0, 1]])
 
 
-def test_relu_gradcheck():
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_relu_gradcheck(backend):
     x = rng_for(5).standard_normal((3, 4, 2))
-    assert check_layer(layers.relu_forward, layers.relu_backward, [x]) < 1e-7
+    fwd = lambda x: layers.relu_forward(x, backend=backend)  # noqa: E731
+    assert check_layer(fwd, layers.relu_backward, [x]) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@given(shape=st.lists(st.integers(0, 7), min_size=1, max_size=4), seed=st.integers(0, 2**16))
+@settings(max_examples=30, deadline=None)
+def test_relu_kernel_matches_reference_bit_for_bit(dtype, shape, seed):
+    """Random values with +-0, NaN, +-inf and subnormals sprinkled in; above and below the
+    one-thread threshold (``CHUNK`` splits of the flat array)."""
+    from minirccn.kernels import layers as klayers
+
+    rng = rng_for(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, np.finfo(dtype).tiny / 4], dtype)
+    pick = rng.random(x.shape) < 0.2
+    x[pick] = rng.choice(special, int(pick.sum()))
+    want, want_mask = layers.relu_reference(x)
+    got, mask = klayers.relu_numba(x)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == dtype and mask.dtype == np.bool_
+    np.testing.assert_array_equal(mask, want_mask)
+    dout = rng.standard_normal(shape).astype(dtype)
+    np.testing.assert_array_equal(
+        klayers.relu_backward_numba(dout, mask), layers.relu_backward_reference(dout, want_mask)
+    )
+
+
+def test_relu_kernel_over_many_chunks():
+    from minirccn.kernels import layers as klayers
+
+    x = rng_for(6).standard_normal((3, 5, 77, 91)).astype(np.float32)  # > CHUNK and > 2^17
+    assert x.size > 4 * klayers.CHUNK
+    got, mask = klayers.relu_numba(x)
+    want, want_mask = layers.relu_reference(x)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(mask, want_mask)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -110,8 +150,9 @@ def test_batchnorm_eval_uses_running_stats():
     np.testing.assert_allclose(out, want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("train", [True, False])
-def test_batchnorm_gradcheck(train):
+def test_batchnorm_gradcheck(train, backend):
     rng = rng_for(14)
     x, gamma, beta = (
         rng.standard_normal((3, 2, 3, 4)),
@@ -121,9 +162,76 @@ def test_batchnorm_gradcheck(train):
     rv = rng.random(2) + 0.5
 
     def fwd(x, g, b):
-        return layers.batchnorm2d_forward(x, g, b, np.zeros(2), rv.copy(), train=train)
+        return layers.batchnorm2d_forward(
+            x, g, b, np.zeros(2), rv.copy(), train=train, backend=backend
+        )
 
     assert check_layer(fwd, layers.batchnorm2d_backward, [x, gamma, beta]) < 1e-7
+
+
+BN_INPUTS = ("normal", "offset", "dynamic_range", "constant_channel")
+
+
+def _bn_input(rng, shape, kind, dtype):
+    x = rng.standard_normal(shape)
+    if kind == "offset":  # a mean far larger than the spread: the variance cancels
+        x = 1e3 + 0.1 * x
+    elif kind == "dynamic_range":
+        x = x * 10.0 ** rng.integers(-4, 4, shape)
+    elif kind == "constant_channel":
+        x[:, 0] = 3.0  # variance 0: inv_std = 1/sqrt(eps)
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6)),
+    kind=st.sampled_from(BN_INPUTS),
+    train=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_batchnorm_kernel_matches_reference_to_rounding(dtype, shape, kind, train, seed):
+    """The kernel sums the statistics in float64 in (n, h, w) order, NumPy pairwise in the
+    dtype: both are compared with a float64 evaluation of the same formulas, and the kernel
+    must be no less accurate than the reference (up to a few units of rounding)."""
+    from minirccn.kernels import layers as klayers
+
+    if train and shape[0] * shape[2] * shape[3] < 2:
+        return
+    rng = rng_for(seed)
+    x = _bn_input(rng, shape, kind, dtype)
+    c = shape[1]
+    gamma = (rng.standard_normal(c) + 1).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    stats = (None, None) if train else ((rng.standard_normal(c)).astype(dtype), (rng.random(c) + 0.5).astype(dtype))
+    exact = layers.batchnorm2d_reference(
+        x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64),
+        *(None if s is None else s.astype(np.float64) for s in stats), 1e-5,
+    )
+    want = layers.batchnorm2d_reference(x, gamma, beta, *stats, 1e-5)
+    got = klayers.batchnorm2d_numba(x, gamma, beta, *stats, 1e-5)
+    eps = np.finfo(dtype).eps
+    for g, w, e in zip(got, want, exact):
+        assert g.dtype == dtype and g.shape == w.shape
+        scale = np.abs(e).max() if e.size else 0.0
+        err_ref = np.abs(w - e).max() if e.size else 0.0
+        err_got = np.abs(g - e).max() if e.size else 0.0
+        assert err_got <= 2 * err_ref + 64 * eps * max(scale, 1.0)
+    dout = rng.standard_normal(shape).astype(dtype)
+    _, xhat, inv_std, _, _ = want
+    want_b = layers.batchnorm2d_backward_reference(dout, xhat, inv_std, gamma, train)
+    got_b = klayers.batchnorm2d_backward_numba(dout, xhat, inv_std, gamma, train)
+    exact_b = layers.batchnorm2d_backward_reference(
+        dout.astype(np.float64), xhat.astype(np.float64), inv_std.astype(np.float64),
+        gamma.astype(np.float64), train,
+    )
+    for g, w, e in zip(got_b, want_b, exact_b):
+        assert g.dtype == dtype and g.shape == w.shape
+        scale = max(np.abs(e).max(), np.abs(dout).max() * np.abs(gamma * inv_std).max())
+        err_ref, err_got = np.abs(w - e).max(), np.abs(g - e).max()
+        m = shape[0] * shape[2] * shape[3]
+        assert err_got <= 2 * err_ref + 8 * m * eps * scale
 
 
 def test_batchnorm_needs_two_values_per_channel():
@@ -176,3 +284,23 @@ def test_every_layer_is_reexported_by_layers():
             value = getattr(module, name)
             if getattr(value, "__module__", None) == module.__name__ and not name.startswith("_"):
                 assert getattr(layers, name) is value, name
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(3, 5, 4), (64, 3136, 256)])  # small; the head's fc6 (big)
+def test_linear_kernel_matches_reference(dtype, shape):
+    """The numba linear runs the reference's GEMMs, choosing only OpenBLAS's thread count."""
+    from minirccn.kernels import layers as klayers
+
+    n, d, m = shape
+    rng = rng_for(15)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((n, d), (d, m), (m,)))
+    dout = rng.standard_normal((n, m)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        klayers.linear_numba(x, w, b), layers.linear_reference(x, w, b), rtol=tol, atol=tol * d
+    )
+    for got, want in zip(
+        klayers.linear_backward_numba(dout, x, w), layers.linear_backward_reference(dout, x, w)
+    ):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(n, m))

@@ -118,6 +118,17 @@ def test_max_pool_gradcheck(backend, k, s):
     assert check_layer(fwd, pool.max_pool2d_backward, [x]) < 1e-7
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "k,s,hw", [((3, 1), (1, 1), (6, 5)), ((1, 5), (1, 2), (4, 9)), ((2, 3), (2, 1), (7, 6))]
+)
+def test_max_pool_gradcheck_non_square_windows(backend, k, s, hw):
+    """kh != kw and non-square images: a pooling that swaps the window's two sides fails."""
+    x = rng_for(9).permutation(2 * 2 * hw[0] * hw[1]).reshape(2, 2, *hw) / 7.0  # no ties
+    fwd = lambda x: pool.max_pool2d_forward(x, k, s, backend=backend)  # noqa: E731
+    assert check_layer(fwd, pool.max_pool2d_backward, [x]) < 1e-7
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -137,3 +148,18 @@ def test_backward_rejects_wrong_dout_shape():
     out, c = pool.max_pool2d_forward(np.ones((1, 2, 4, 4)), 2)
     with pytest.raises(ValueError, match="dout"):
         pool.max_pool2d_backward(np.ones((1, 2, 3, 2)), c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_2x2_path_matches_reference_with_nans_and_ties(dtype):
+    """The numba kernel's spelt-out 2x2 / stride 2 path (the backbone's): the reference's
+    values and argmax bit for bit, NaNs and tied maxima included, odd sizes too."""
+    from minirccn.kernels import pool as kpool
+
+    rng = rng_for(10)
+    x = rng.integers(-2, 3, (2, 3, 9, 11)).astype(dtype)  # many ties
+    x.reshape(-1)[rng.random(x.size) < 0.1] = np.nan
+    out, arg = kpool.max_pool2d_numba(x, (2, 2), (2, 2))
+    want, want_arg = pool.max_pool2d_reference(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(arg, want_arg)

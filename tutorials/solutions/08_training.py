@@ -6,7 +6,7 @@ running script, as a student's code in the tutorial would.
 
 import __main__
 
-from minirccn import train as tr
+from minirccn.engine import loop as tr
 
 
 def _scaled(steps):

@@ -3,7 +3,8 @@
 import numba
 import numpy as np
 
-from minirccn import bench, ops
+from minirccn import ops
+from minirccn.app import bench
 
 
 @numba.njit(parallel=True)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 from minirccn.nn import layers
 
 POOL_LEVEL = "pool"

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 from minirccn.nn import init as _init
 from minirccn.nn import layers
 from minirccn.nn.layers import conv_output_size

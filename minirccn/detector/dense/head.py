@@ -41,7 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 from minirccn.nn import layers, losses
 
 LOSS_NAMES = ("classification", "bbox_regression")

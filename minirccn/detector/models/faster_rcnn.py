@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.backend import array_module, resolve, to_numpy
+from minirccn.core.backend import array_module, resolve, to_numpy
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.base import Detector, Samples, empty_detections
 from minirccn.detector.roi_heads.box_head import (

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.backend import array_module, resolve, to_numpy
+from minirccn.core.backend import array_module, resolve, to_numpy
 from minirccn.detector.backbones.levels import SingleLevel, backbone_spec
 from minirccn.detector.base import Detector, Samples
 from minirccn.detector.models.external import ExternalProposals

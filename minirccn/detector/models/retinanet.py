@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.backend import array_module, resolve
+from minirccn.core.backend import array_module, resolve
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.base import Detector
 from minirccn.detector.dense.head import (

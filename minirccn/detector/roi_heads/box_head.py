@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 from minirccn.detector.roi_heads.poolers import RoIPooler
 from minirccn.nn import layers, losses
 

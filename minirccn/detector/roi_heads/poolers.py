@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn import ops
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 from minirccn.ops.roi_align import RoIAlignCache, roi_align_layer_backward, roi_align_layer_forward
 from minirccn.ops.roi_pool import roi_pool_layer_backward, roi_pool_layer_forward
 

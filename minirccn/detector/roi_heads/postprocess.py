@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirccn import ops
-from minirccn.backend import get_array_module, to_numpy
+from minirccn.core.backend import get_array_module, to_numpy
 
 
 @dataclass(frozen=True)

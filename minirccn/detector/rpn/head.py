@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minirccn.nn import layers, losses
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 
 
 def init_rpn(in_channels: int, channels: int, num_anchors: int, rng, dtype="float32") -> dict:

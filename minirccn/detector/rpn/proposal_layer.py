@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirccn import ops
-from minirccn.backend import get_array_module
+from minirccn.core.backend import get_array_module
 
 
 def objectness_scores(logits):

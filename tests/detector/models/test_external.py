@@ -9,8 +9,8 @@ import pytest
 
 from minirccn.app import train as cmd
 from minirccn.engine import loop as T
-from minirccn.checkpoint import load_checkpoint, save_checkpoint
-from minirccn.cli import main
+from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
+from minirccn.app.cli import main
 from minirccn.config import preset
 from minirccn.data import load_dataset
 from helpers import NAMES, SHAPES, check_detector_gradients, small_batch, small_config, tiny_config
@@ -22,7 +22,7 @@ from minirccn.detector.models.rcnn import RCNN, classifier_forward, context_boxe
 from minirccn.detector.registry import build_model, uses_external_proposals
 from minirccn.detector.roi_heads.box_head import head_forward
 from minirccn.detector.roi_heads.postprocess import BoxPostprocess
-from minirccn.errors import MinirccnError
+from minirccn.core.errors import MinirccnError
 
 
 @pytest.fixture(autouse=True)

@@ -187,7 +187,7 @@ def test_fpn_inference_and_backends(tiny_fpn):
 
 def test_fpn_checkpoint_round_trip(tiny_fpn, tmp_path):
     """The checkpoint stores the config: a loaded FPN model predicts the same boxes."""
-    from minirccn.checkpoint import load_checkpoint, save_checkpoint
+    from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
 
     net = M.FasterRCNN(tiny_fpn, NAMES, rng=np.random.default_rng(0))
     net.params["head.cls.w"] = net.params["head.cls.w"] * 300

@@ -195,7 +195,7 @@ def test_whole_model_gradcheck_float64():
 
 
 def test_train_step_checkpoint_and_predict(tmp_path):
-    from minirccn.checkpoint import load_checkpoint, save_checkpoint
+    from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
 
     cfg = retina_config(dtype="float32")
     names = ["__background__", "a", "b", "c"]
@@ -282,8 +282,8 @@ def test_cli_train_detect_eval_retinanet(tmp_path, capsys, monkeypatch):
 
 
 def test_preflight_knows_the_retinanet_config_and_its_parameters():
-    from minirccn.errors import MinirccnError
-    from minirccn.preflight import check_config, param_shapes
+    from minirccn.core.errors import MinirccnError
+    from minirccn.engine.checkpoint import check_config, param_shapes
 
     cfg = preset("tiny", model="retinanet")
     check_config(cfg)
@@ -296,7 +296,7 @@ def test_preflight_knows_the_retinanet_config_and_its_parameters():
 
 
 def test_bench_retinanet_cases_run_the_training_step_and_predict():
-    from minirccn import bench
+    from minirccn.app import bench
 
     cases = {c.name: c for c in bench.detector_cases()}
     case = cases["train step (retinanet resnet-fpn-tiny)"]
@@ -318,7 +318,7 @@ def test_bench_retinanet_cases_run_the_training_step_and_predict():
 
 
 def test_model_retinanet_defaults_to_the_pyramid_preset(capsys):
-    from minirccn.cli import main
+    from minirccn.app.cli import main
     from minirccn.config import default_preset
 
     assert default_preset("retinanet") == "resnet-fpn-tiny"
@@ -438,8 +438,8 @@ def test_fpn_detect_equals_independent_postprocess_per_level(monkeypatch):
 
 
 def test_fpn_preflight_param_shapes_and_checkpoint_round_trip(monkeypatch, tmp_path):
-    from minirccn.checkpoint import load_checkpoint, save_checkpoint
-    from minirccn.preflight import check_config, param_shapes
+    from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
+    from minirccn.engine.checkpoint import check_config, param_shapes
 
     cfg = pyramid_config(monkeypatch, "retinanet", dtype="float32")
     check_config(cfg)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from helpers import NAMES, check_detector_gradients, small_batch, small_config, train_forward
-from minirccn.checkpoint import load_checkpoint, save_checkpoint
-from minirccn.cli import main
+from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
+from minirccn.app.cli import main
 from minirccn.config import FasterRCNNConfig, preset
 from minirccn.data.shapes import CLASS_NAMES
 from minirccn.detector.models import faster_rcnn as M
@@ -170,8 +170,8 @@ def test_roi_align_checkpoint_detect_and_eval(tmp_path, capsys):
     ],
 )
 def test_preflight_names_bad_pooling_fields(change, match):
-    from minirccn import preflight
-    from minirccn.errors import MinirccnError
+    from minirccn.engine import checkpoint as preflight
+    from minirccn.core.errors import MinirccnError
 
     preflight.check_config(preset("tiny-align"))
     with pytest.raises(MinirccnError, match=f"^here: {match}"):

@@ -1,0 +1,215 @@
+"""Fast layers for the CPU (Numba): ReLU and batch norm fused, linear's thread choice.
+
+The specifications are :func:`minirccn.nn.layers.relu_reference`,
+:func:`minirccn.nn.layers.relu_backward_reference`,
+:func:`minirccn.nn.layers.batchnorm2d_reference` and
+:func:`minirccn.nn.layers.batchnorm2d_backward_reference`. The NumPy versions make
+one pass over the array per operation (``x > 0``, then ``where``; for batch norm a
+mean, a centred copy, its square, a mean, ``xhat``, ``out``: six full passes and four
+temporaries); these kernels fuse them into one pass (ReLU) or two to three passes per
+channel (batch norm), each channel a task (``prange``: disjoint outputs, no races),
+with :func:`~minirccn.kernels._launch.cpu_threads_for` choosing one thread for small
+maps.
+
+* ReLU: exactly the reference's numbers (a comparison and a copy); the mask is the
+  same bool array (``x > 0``, so a NaN gives 0 and mask False).
+* Batch norm: the per-channel sums are taken in float64 accumulators that the compiler
+  may split into several partial sums (``fastmath={"reassoc"}``: vectorised, and no
+  chain of dependent adds), where NumPy sums pairwise in the input's dtype: the
+  statistics agree with the reference to rounding, not bit for bit
+  (tests/nn/test_layers.py checks the kernel is no less accurate than the reference, in
+  float32 and float64). The formulas are the reference's.
+
+The GPU backend runs the references on CuPy arrays (cheap elementwise work that CuPy
+already fuses well enough); the dispatch table says so.
+
+The linear layer's GEMMs are NumPy's, as in the reference; ``linear_numba`` /
+``linear_backward_numba`` only choose OpenBLAS's thread count per call
+(:func:`~minirccn.kernels._launch.blas_threads_for`).
+
+Entry points (the signatures of the references): ``relu_numba(x)`` returns ``(out,
+mask)``; ``linear_numba(x, w, b)`` returns ``out``; ``linear_backward_numba(dout, x,
+w)`` returns ``(dx, dw, db)``; ``relu_backward_numba(dout, mask)`` returns ``dx``;
+``batchnorm2d_numba(x, gamma, beta, mean, var, eps)`` returns ``(out, xhat,
+inv_std)`` with the statistics ``mean``, ``var`` ``(C,)`` given (eval mode) or None
+(train mode: computed here, returned through ``mean_out``/``var_out``);
+``batchnorm2d_backward_numba(dout, xhat, inv_std, gamma, train)`` returns ``(dx,
+dgamma, dbeta)``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
+
+# --------------------------------------------------------------------------- ReLU
+
+
+@numba.njit(parallel=True, cache=True)
+def _relu_numba(x, out, mask, chunk):
+    n = x.size
+    bits = mask.view(np.uint8)  # the bool mask as bytes: stores the compiler vectorises
+    for t in numba.prange((n + chunk - 1) // chunk):  # disjoint chunks of the flat array
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        xs, os, ms = x[lo:hi], out[lo:hi], bits[lo:hi]  # a plain loop per chunk: vectorised
+        for k in range(hi - lo):
+            v = xs[k]
+            m = v > 0
+            ms[k] = np.uint8(m)
+            os[k] = v if m else 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _relu_backward_numba(dout, mask, dx, chunk):
+    n = dout.size
+    bits = mask.view(np.uint8)
+    for t in numba.prange((n + chunk - 1) // chunk):
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        ds, ms, xs = dout[lo:hi], bits[lo:hi], dx[lo:hi]
+        for k in range(hi - lo):
+            xs[k] = ds[k] if ms[k] else 0
+
+
+#: elements per task of the flat elementwise kernels
+CHUNK = 1 << 14
+
+
+def relu_numba(x):
+    """``(out, mask)``: ``max(x, 0)`` and ``x > 0`` in one pass (Numba, CPU threads)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    mask = np.empty(x.shape, dtype=np.bool_)
+    with cpu_threads_for(x.size):
+        _relu_numba(x.reshape(-1), out.reshape(-1), mask.reshape(-1), CHUNK)
+    return out, mask
+
+
+def relu_backward_numba(dout, mask):
+    """``dx = dout`` where ``mask`` else 0, in one pass (Numba, CPU threads)."""
+    dout = np.ascontiguousarray(dout)
+    mask = np.ascontiguousarray(mask)
+    dx = np.empty_like(dout)
+    with cpu_threads_for(dout.size):
+        _relu_backward_numba(dout.reshape(-1), mask.reshape(-1), dx.reshape(-1), CHUNK)
+    return dx
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def linear_numba(x, w, b):
+    """``x @ w + b``: the reference's GEMM (the same numbers), on one OpenBLAS thread when it
+    is small or the machine is busy (:func:`~minirccn.kernels._launch.blas_threads_for`)."""
+    with blas_threads_for(2 * x.shape[0] * x.shape[1] * w.shape[1]):
+        return x @ w + b
+
+
+def linear_backward_numba(dout, x, w):
+    """``(dout @ w^T, x^T @ dout, sum_n dout)``: the reference's GEMMs (the same numbers), with
+    the thread choice of :func:`linear_numba`."""
+    with blas_threads_for(4 * x.shape[0] * x.shape[1] * w.shape[1]):
+        return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+#: the per-channel sums may be reassociated (vectorised into several partial sums): without
+#: it every ``acc +=`` waits for the previous one (a 4-cycle chain per element)
+REASSOC = {"reassoc"}
+
+
+@numba.njit(parallel=True, cache=True, fastmath=REASSOC)
+def _batchnorm_numba(x, gamma, beta, mean, var, train, eps, out, xhat, inv_std):
+    n_img, n_ch, height, width = x.shape
+    m = n_img * height * width
+    for c in numba.prange(n_ch):  # one channel per task: its statistics and its planes
+        if train:
+            acc = 0.0
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        acc += x[n, c, h, w]
+            mean[c] = acc / m  # rounded to the dtype, as the reference's mean
+            mu = mean[c]
+            acc = 0.0
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        d = x[n, c, h, w] - mu
+                        acc += d * d
+            var[c] = acc / m
+        inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
+        s, mu_c, g, bb = inv_std[c], mean[c], gamma[c], beta[c]
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    xh = (x[n, c, h, w] - mu_c) * s
+                    xhat[n, c, h, w] = xh
+                    out[n, c, h, w] = g * xh + bb
+
+
+@numba.njit(parallel=True, cache=True, fastmath=REASSOC)
+def _batchnorm_backward_numba(dout, xhat, inv_std, gamma, train, dx, dgamma, dbeta):
+    n_img, n_ch, height, width = dout.shape
+    m = n_img * height * width
+    for c in numba.prange(n_ch):
+        sb = 0.0
+        sg = 0.0
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    d = dout[n, c, h, w]
+                    sb += d
+                    sg += d * xhat[n, c, h, w]
+        dbeta[c] = sb
+        dgamma[c] = sg
+        scale = gamma[c] * inv_std[c]
+        if train:
+            k = scale / m
+            b, g = dbeta[c], dgamma[c]  # rounded to the output dtype, as the reference's
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        dx[n, c, h, w] = k * (m * dout[n, c, h, w] - b - xhat[n, c, h, w] * g)
+        else:
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        dx[n, c, h, w] = scale * dout[n, c, h, w]
+
+
+def batchnorm2d_numba(x, gamma, beta, mean, var, eps):
+    """``(out, xhat, inv_std, mean, var)`` of batch norm over ``(N, H, W)`` per channel.
+
+    ``mean``, ``var``: ``(C,)`` the statistics to normalise with (eval mode), or None to
+    compute the batch's (train mode: biased variance; returned). Numba, one channel per
+    task; the sums are float64 running sums (see the module docstring).
+    """
+    x = np.ascontiguousarray(x)
+    c = x.shape[1]
+    train = mean is None
+    if train:
+        mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
+    else:
+        mean, var = np.ascontiguousarray(mean, x.dtype), np.ascontiguousarray(var, x.dtype)
+    out, xhat = np.empty_like(x), np.empty_like(x)
+    inv_std = np.empty(c, dtype=x.dtype)
+    with cpu_threads_for(x.size):
+        _batchnorm_numba(
+            x, gamma, beta, mean, var, train, x.dtype.type(eps), out, xhat, inv_std
+        )
+    return out, xhat, inv_std, mean, var
+
+
+def batchnorm2d_backward_numba(dout, xhat, inv_std, gamma, train):
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm2d_numba` (the reference's formulas, one
+    pass for the two sums and one for ``dx`` per channel; Numba, CPU threads)."""
+    dout = np.ascontiguousarray(dout)
+    c = dout.shape[1]
+    dx = np.empty_like(dout)
+    dgamma, dbeta = np.empty(c, dtype=dout.dtype), np.empty(c, dtype=dout.dtype)
+    with cpu_threads_for(dout.size):
+        _batchnorm_backward_numba(dout, xhat, inv_std, gamma, bool(train), dx, dgamma, dbeta)
+    return dx, dgamma, dbeta
