@@ -544,7 +544,7 @@ def relus_firing(m):
     return sum(float(k.sum()) for k in masks) / sum(k.size for k in masks)
 
 
-steps = T.pick(500, 6)
+steps = T.pick(300, 6)
 backend = T.pick("numba", "numpy")  # the same numbers up to rounding; numba is faster
 firing = {}
 for clip in (0.0, fcfg.clip_grad_norm):
