@@ -55,11 +55,8 @@ CUDA_DIR = Path(__file__).with_name("cuda")
 CUDA_OPTIONS = ("-std=c++14", f"-I{CUDA_DIR}")
 
 
-#: a parallel CPU kernel touching fewer elements than this runs on the calling thread alone.
-#: Waking the idle threads costs ~70 us a call (``OMP_WAIT_POLICY=PASSIVE``); measured on the
-#: 2-core machine, im2col of 73,728 elements took 125 us on 2 threads and 105 us on one,
-#: of 294,912 elements 269 us and 352 us (docs/retinanet.md: a RetinaNet step makes ~70
-#: small im2col/col2im calls on the pyramid's coarse levels)
+#: a parallel CPU kernel touching fewer elements than this runs on the calling thread alone:
+#: below it, waking the idle threads costs more than they save (measured in docs/threads.md)
 SERIAL_BELOW = 1 << 17
 
 
@@ -81,9 +78,8 @@ def cpu_threads_for(elements: int):
         numba.set_num_threads(previous)
 
 
-#: GEMMs of fewer floating-point operations than this run on one OpenBLAS thread: ~1.3 ms of
-#: work on one core of the 2-core machine (~100 GFLOP/s single-thread sgemm, docs/conv.md),
-#: where handing half to a second thread stops costing more than it saves
+#: GEMMs of fewer floating-point operations than this run on one OpenBLAS thread: below it,
+#: handing half to a second thread costs more than it saves (docs/conv.md, section 3)
 BLAS_SERIAL_BELOW = 1 << 27
 
 #: the machine counts as busy when its 1-minute load average exceeds the core count by more
@@ -174,9 +170,7 @@ def blas_threads_for(flops: int):
     else on OpenBLAS's own count; restored on exit.
 
     Why: OpenBLAS's threads wait for each other by spinning, and a thread the OS has
-    descheduled stalls every call. Measured on the 2-core machine under another user's load
-    (docs/conv.md): a 64->64 3x3 conv on an 8x8 map took 0.23 ms on one thread and 80 ms on
-    two; the bench's 2x64x64x64 conv 75 ms and 350-1500 ms. Only the thread count changes;
+    descheduled stalls every call (measured in docs/conv.md, section 3). Only the thread count changes;
     OpenBLAS splits a GEMM among threads by output blocks, so each element's sum is taken
     the same way (the tests compare with the reference to rounding either way).
     """

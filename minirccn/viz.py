@@ -302,18 +302,9 @@ def curves_figure(
     return fig
 
 
-def plot_curves(
-    curves: dict,
-    path,
-    title: str = "",
-    xlabel: str = "iteration",
-    ylabel: str = "",
-    smoothing: float = 0.0,
-    logy: bool = False,
-    size=(800, 480),
-    events=(),
-) -> str:
-    """Draw a line chart of ``curves`` and save it as a PNG at ``path``.
+def plot_curves(curves: dict, path, *args, **kwargs) -> str:
+    """Draw a line chart of ``curves`` and save it as a PNG at ``path``; the other arguments
+    are :func:`curves_figure`'s, in its order.
 
     Args:
         curves: name -> list of values (plotted at steps 0, 1, ...) or ``(steps, values)``;
@@ -330,8 +321,7 @@ def plot_curves(
     Returns:
         ``path`` as a string.
     """
-    fig = curves_figure(curves, title, xlabel, ylabel, smoothing, logy, size, events)
-    return save_figure(fig, path)
+    return save_figure(curves_figure(curves, *args, **kwargs), path)
 
 
 def heatmap_figure(

@@ -197,14 +197,44 @@ def _case_nms(n: int, threshold: float = 0.7, sweep: bool = False) -> Case:
     )
 
 
-def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Case:
-    shape = (1, c, hw, hw)
+def _roi_case_inputs(r: int, c: int, hw: int, out: int):
+    """``make(rng)`` of the RoI cases: ``(1, c, hw, hw)`` float32 features, ``r`` proposal-like
+    RoIs on a ``16 hw`` image (spatial scale 1/16), an ``(r, c, out, out)`` output gradient."""
 
     def make(rng):
-        feats = rng.standard_normal(shape).astype(np.float32)
+        feats = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
         rois = proposal_rois(rng, r, hw * 16.0)
         grad = rng.standard_normal((r, c, out, out)).astype(np.float32)
         return {"features": feats, "rois": rois, "grad": grad}
+
+    return make
+
+
+def _roi_case_torch(op_name: str, *op_args):
+    """``torch_run(x, dev)`` of the RoI cases: ``torchvision.ops.<op_name>(f, rois, *op_args)``
+    forward and backward."""
+
+    def torch_run(x, dev):
+        import torch
+        import torchvision
+
+        op = getattr(torchvision.ops, op_name)
+        f = torch.from_numpy(x["features"]).to(dev).requires_grad_(True)
+        rois = torch.from_numpy(x["rois"]).to(dev)
+        g = torch.from_numpy(x["grad"]).to(dev)
+
+        def fn():
+            f.grad = None
+            op(f, rois, *op_args).backward(g)
+            return f.grad
+
+        return fn
+
+    return torch_run
+
+
+def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Case:
+    shape = (1, c, hw, hw)
 
     def run(backend, x):
         def fn():
@@ -213,22 +243,7 @@ def _case_roi_pool(r: int = 256, c: int = 256, hw: int = 64, out: int = 7) -> Ca
 
         return fn
 
-    def torch_run(x, dev):
-        import torch
-        import torchvision
-
-        f = torch.from_numpy(x["features"]).to(dev).requires_grad_(True)
-        rois = torch.from_numpy(x["rois"]).to(dev)
-        g = torch.from_numpy(x["grad"]).to(dev)
-
-        def fn():
-            f.grad = None
-            y = torchvision.ops.roi_pool(f, rois, out, 1.0 / 16)
-            y.backward(g)
-            return f.grad
-
-        return fn
-
+    make, torch_run = _roi_case_inputs(r, c, hw, out), _roi_case_torch("roi_pool", out, 1.0 / 16)
     return Case("roi_pool fwd+bwd", f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16", run, make, torch_run)
 
 
@@ -239,12 +254,6 @@ def _case_roi_align(
     shape = (1, c, hw, hw)
     scale = 1.0 / 16
 
-    def make(rng):
-        feats = rng.standard_normal(shape).astype(np.float32)
-        rois = proposal_rois(rng, r, hw * 16.0)
-        grad = rng.standard_normal((r, c, out, out)).astype(np.float32)
-        return {"features": feats, "rois": rois, "grad": grad}
-
     def run(backend, x):
         def fn():
             roi_align(x["features"], x["rois"], out, scale, sampling_ratio, backend=backend)
@@ -254,22 +263,8 @@ def _case_roi_align(
 
         return fn
 
-    def torch_run(x, dev):
-        import torch
-        import torchvision
-
-        f = torch.from_numpy(x["features"]).to(dev).requires_grad_(True)
-        rois = torch.from_numpy(x["rois"]).to(dev)
-        g = torch.from_numpy(x["grad"]).to(dev)
-
-        def fn():
-            f.grad = None
-            y = torchvision.ops.roi_align(f, rois, out, scale, sampling_ratio)
-            y.backward(g)
-            return f.grad
-
-        return fn
-
+    make = _roi_case_inputs(r, c, hw, out)
+    torch_run = _roi_case_torch("roi_align", out, scale, sampling_ratio)
     size = f"{r} RoIs, 1x{c}x{hw}x{hw}, 1/16, {sampling_ratio}x{sampling_ratio} samples"
     return Case("roi_align fwd+bwd", size, run, make, torch_run)
 

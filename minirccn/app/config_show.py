@@ -8,8 +8,9 @@ import argparse
 import json
 
 from minirccn.app.userdata import configure
-from minirccn.config import PRESETS, DetectorConfig, default_preset, preset
+from minirccn.config import PRESETS, DetectorConfig, preset
 from minirccn.config.overrides import field_names
+from minirccn.detector import registry
 from minirccn.detector.registry import MODELS
 
 
@@ -72,7 +73,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Print the config ``minirccn train`` would use with the same flags."""
-    args.preset = args.preset or default_preset(args.model)
+    args.preset = args.preset or registry.default_preset(args.model)
     base = preset(args.preset, model=args.model)
     setup = configure(args, log=(lambda *a: None) if args.json else print, base=base)
     if args.json:

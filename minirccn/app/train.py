@@ -13,7 +13,7 @@ import os
 
 from minirccn.app import summary, userdata, weights
 from minirccn.app.config_show import add_override_arguments
-from minirccn.config import PRESETS, default_preset, preset
+from minirccn.config import PRESETS, preset
 from minirccn.core.errors import MinirccnError, note
 from minirccn.detector import registry
 from minirccn.detector.registry import MODELS
@@ -185,7 +185,7 @@ def run(args) -> int:
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     model = chosen_model(args)
-    args.preset = args.preset or default_preset(model)
+    args.preset = args.preset or registry.default_preset(model)
     base = preset(args.preset)
     if model != base.model:
         base = preset(args.preset, model=model)

@@ -10,7 +10,6 @@ from minirccn.config.presets import (
     PRESETS,
     DetectorConfig,
     FasterRCNNConfig,
-    default_preset,
     preset,
     retinanet_preset,
 )
@@ -19,7 +18,6 @@ __all__ = [
     "PRESETS",
     "DetectorConfig",
     "FasterRCNNConfig",
-    "default_preset",
     "preset",
     "retinanet_preset",
 ]

@@ -177,12 +177,6 @@ class DetectorConfig:
 FasterRCNNConfig = DetectorConfig
 
 
-def default_preset(model: str = "fasterrcnn") -> str:
-    """The preset ``minirccn train --model MODEL`` uses without ``--preset``: ``tiny``, except
-    for RetinaNet, which is a pyramid detector (``resnet-fpn-tiny``; docs/retinanet.md)."""
-    return "resnet-fpn-tiny" if model == "retinanet" else "tiny"
-
-
 def preset(name: str, **overrides) -> DetectorConfig:
     """The config of preset ``name`` (one of :data:`PRESETS`) with ``overrides`` applied;
     ``model="retinanet"`` gives that preset's RetinaNet (:func:`retinanet_preset`)."""

@@ -94,6 +94,8 @@ class Detector:
     PARAM_PREFIXES: tuple = ("backbone.", "head.")
     #: whether the paper's 4-step alternating training applies (an RPN and a head)
     ALTERNATING: bool = False
+    #: the preset ``minirccn train --model KIND`` uses without ``--preset``
+    DEFAULT_PRESET: str = "tiny"
 
     def __init__(self, config, class_names, params=None, rng: np.random.Generator | None = None):
         self.config = config

@@ -31,6 +31,12 @@ def model_class(config_or_name):
     return getattr(importlib.import_module(module), cls)
 
 
+def default_preset(name: str = DEFAULT_MODEL) -> str:
+    """The preset ``minirccn train --model NAME`` uses without ``--preset``: the class's
+    ``DEFAULT_PRESET`` (``tiny``; ``resnet-fpn-tiny`` for RetinaNet, a pyramid detector)."""
+    return model_class(name).DEFAULT_PRESET
+
+
 def build_model(config, class_names, params=None, rng=None):
     """A detector of ``config.model`` (fresh parameters from ``rng`` unless ``params`` given)."""
     return model_class(config)(config, class_names, params=params, rng=rng)

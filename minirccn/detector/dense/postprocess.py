@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirccn import ops
+from minirccn.core.fields import prefixed
 from minirccn.core.backend import get_array_module, to_numpy
 from minirccn.detector.rpn.proposal_layer import top_n
 
@@ -38,12 +39,9 @@ class RetinaNetPostprocess:
 
     @classmethod
     def from_config(cls, config) -> "RetinaNetPostprocess":
-        return cls(
-            config.retina_score_thresh,
-            config.retina_topk_candidates,
-            config.retina_nms_thresh,
-            config.retina_detections_per_img,
-        )
+        """Its ``retina_*`` fields."""
+        names = ("score_thresh", "topk_candidates", "nms_thresh", "detections_per_img")
+        return cls(**prefixed(config, "retina_", *names))
 
     def candidates(self, scores):
         """The kept ``(anchor, class)`` pairs of one level.

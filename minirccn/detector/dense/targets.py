@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from minirccn import ops
+from minirccn.core.fields import prefixed
 from minirccn.detector.matching import BETWEEN_THRESHOLDS, Matcher
 
 IGNORED = -1  #: label of an anchor in between the thresholds (no loss)
@@ -60,11 +61,8 @@ class RetinaNetTargets:
     @classmethod
     def from_config(cls, config) -> "RetinaNetTargets":
         """The targets of a :class:`~minirccn.config.FasterRCNNConfig` (its ``retina_*`` fields)."""
-        return cls(
-            config.retina_fg_iou_thresh,
-            config.retina_bg_iou_thresh,
-            config.retina_allow_low_quality_matches,
-        )
+        names = ("fg_iou_thresh", "bg_iou_thresh", "allow_low_quality_matches")
+        return cls(**prefixed(config, "retina_", *names))
 
     def __repr__(self) -> str:
         return f"RetinaNetTargets({self.matcher!r}, weights={self.weights})"

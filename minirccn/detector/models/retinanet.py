@@ -103,6 +103,7 @@ class RetinaNet(Detector):
 
     LOSS_NAMES = LOSS_NAMES
     PARAM_PREFIXES = ("backbone.", "head.")
+    DEFAULT_PRESET = "resnet-fpn-tiny"  # a pyramid detector (docs/retinanet.md)
 
     def build(self) -> None:
         cfg = self.config

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirccn import ops
+from minirccn.core.fields import prefixed
 from minirccn.core.backend import get_array_module, to_numpy
 
 
@@ -35,12 +36,8 @@ class BoxPostprocess:
     @classmethod
     def from_config(cls, config) -> "BoxPostprocess":
         """``box_score_thresh``, ``box_nms_thresh``, ``box_detections_per_img``, ``bbox_reg_weights``."""
-        return cls(
-            config.box_score_thresh,
-            config.box_nms_thresh,
-            config.box_detections_per_img,
-            tuple(config.bbox_reg_weights),
-        )
+        fields = prefixed(config, "box_", "score_thresh", "nms_thresh", "detections_per_img")
+        return cls(**fields, weights=tuple(config.bbox_reg_weights))
 
     def __call__(self, class_logits, box_deltas, proposals, image_size, backend=None) -> dict:
         """Final detections of one image (module docstring).

@@ -29,11 +29,16 @@ from __future__ import annotations
 import numpy as np
 
 from minirccn import ops
+from minirccn.core.fields import prefixed
 from minirccn.detector.matching import (
     BELOW_LOW_THRESHOLD,
     BalancedPositiveNegativeSampler,
     Matcher,
 )
+
+
+#: the config fields (with their prefix) that :meth:`from_config` reads
+_FIELDS = ("fg_iou_thresh", "bg_iou_thresh", "bg_iou_lo", "batch_size_per_image", "positive_fraction")
 
 
 class ProposalTargetCreator:
@@ -68,14 +73,7 @@ class ProposalTargetCreator:
     def from_config(cls, config) -> "ProposalTargetCreator":
         """The creator of a :class:`~minirccn.config.FasterRCNNConfig` (``box_*`` fields and
         ``bbox_reg_weights``)."""
-        return cls(
-            fg_iou_thresh=config.box_fg_iou_thresh,
-            bg_iou_thresh=config.box_bg_iou_thresh,
-            bg_iou_lo=config.box_bg_iou_lo,
-            batch_size_per_image=config.box_batch_size_per_image,
-            positive_fraction=config.box_positive_fraction,
-            weights=config.bbox_reg_weights,
-        )
+        return cls(**prefixed(config, "box_", *_FIELDS), weights=config.bbox_reg_weights)
 
     def label(self, boxes, gt_boxes, gt_labels):
         """Class label (or -1: ignored) and match of each box (step 2).

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minirccn import ops
+from minirccn.core.fields import prefixed
 from minirccn.core.backend import get_array_module
 
 
@@ -136,16 +137,9 @@ class ProposalCreator:
     def from_config(cls, config, training: bool) -> "ProposalCreator":
         """The proposal layer of a :class:`~minirccn.config.FasterRCNNConfig`: its
         ``rpn_*_train`` top-n numbers if ``training``, else its ``rpn_*_test`` ones."""
-        return cls(
-            pre_nms_top_n=(
-                config.rpn_pre_nms_top_n_train if training else config.rpn_pre_nms_top_n_test
-            ),
-            post_nms_top_n=(
-                config.rpn_post_nms_top_n_train if training else config.rpn_post_nms_top_n_test
-            ),
-            nms_thresh=config.rpn_nms_thresh,
-            min_size=config.rpn_min_size,
-        )
+        split = "_train" if training else "_test"
+        top_n = prefixed(config, "rpn_", "pre_nms_top_n", "post_nms_top_n", suffix=split)
+        return cls(**top_n, **prefixed(config, "rpn_", "nms_thresh", "min_size"))
 
     def __call__(self, logits, deltas, anchors, counts, image_sizes, backend=None):
         """Proposals of a batch.

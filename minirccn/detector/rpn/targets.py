@@ -31,12 +31,17 @@ from __future__ import annotations
 import numpy as np
 
 from minirccn import ops
+from minirccn.core.fields import prefixed
 from minirccn.detector.anchors import anchors_inside
 from minirccn.detector.matching import (
     BELOW_LOW_THRESHOLD,
     BalancedPositiveNegativeSampler,
     Matcher,
 )
+
+
+#: the config fields (with their prefix) that :meth:`from_config` reads
+_FIELDS = ("fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image", "positive_fraction", "allowed_border")
 
 
 class AnchorTargetCreator:
@@ -68,13 +73,7 @@ class AnchorTargetCreator:
     @classmethod
     def from_config(cls, config) -> "AnchorTargetCreator":
         """The creator of a :class:`~minirccn.config.FasterRCNNConfig` (its ``rpn_*`` fields)."""
-        return cls(
-            fg_iou_thresh=config.rpn_fg_iou_thresh,
-            bg_iou_thresh=config.rpn_bg_iou_thresh,
-            batch_size_per_image=config.rpn_batch_size_per_image,
-            positive_fraction=config.rpn_positive_fraction,
-            allowed_border=config.rpn_allowed_border,
-        )
+        return cls(**prefixed(config, "rpn_", *_FIELDS))
 
     def label(self, anchors, gt_boxes, image_size=None):
         """Every anchor's label before sampling, and its match (steps 1-2).

@@ -184,7 +184,11 @@ def test_tiny_presets_shapes_and_backends_agree():
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     assert set(res[0][1]) == {k for k in params if ".running_" not in k}
     for k in res[0][1]:
-        np.testing.assert_allclose(res[0][1][k], res[1][1][k], rtol=1e-9, atol=1e-10)
+        # the numba conv and batch norm sum in another order (docs/conv.md): entries that
+        # cancel to ~1e-3 of the array's scale keep an absolute error relative to that scale
+        ref = res[0][1][k]
+        atol = 1e-11 * max(1.0, float(np.abs(ref).max()))
+        np.testing.assert_allclose(res[1][1][k], ref, rtol=1e-9, atol=atol)
 
 
 def test_backward_only_from_the_last_stage_and_bad_specs():

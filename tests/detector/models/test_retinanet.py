@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from helpers import pyramid_config, retina_config, train_forward
 from minirccn.config import preset
 from minirccn.data.batching import Batch
+from minirccn.detector import registry
 from minirccn.detector.registry import model_class
 from minirccn.detector.models.retinanet import RetinaNet, RetinaNetPostprocess
 from minirccn.engine.loop import make_optimizer, train_step
@@ -319,10 +320,9 @@ def test_bench_retinanet_cases_run_the_training_step_and_predict():
 
 def test_model_retinanet_defaults_to_the_pyramid_preset(capsys):
     from minirccn.app.cli import main
-    from minirccn.config import default_preset
 
-    assert default_preset("retinanet") == "resnet-fpn-tiny"
-    assert default_preset("fasterrcnn") == default_preset("rcnn") == "tiny"
+    assert registry.default_preset("retinanet") == "resnet-fpn-tiny"
+    assert registry.default_preset("fasterrcnn") == registry.default_preset("rcnn") == "tiny"
     assert main(["config", "show", "--model", "retinanet", "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     want = json.loads(preset("resnet-fpn-tiny", model="retinanet").to_json())
