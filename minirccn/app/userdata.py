@@ -145,8 +145,8 @@ def configure(args, log=print, base=None) -> dict:
     minutes = getattr(args, "minutes", None)
     if minutes is not None and args.iters is not None:
         raise MinirccnError("--minutes and --iters: give one of them, not both")
-    if minutes is not None and not minutes > 0:
-        raise MinirccnError(f"--minutes: expected a positive number, got {minutes}")
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise MinirccnError(f"--minutes: expected a positive finite number, got {minutes}")
     set_fields = overrides.parse_sets(sets)  # checked early: a typo fails before any loading
     file_fields = overrides.read_config_file(args.config) if args.config else {}
     user = {**file_fields, **set_fields}
@@ -211,8 +211,14 @@ def configure(args, log=print, base=None) -> dict:
             minutes, base.min_size, base.max_size, _stride(base), batch, n
         )
         derived = autoconfig.schedule(steps)
-        log(f"--minutes {minutes:g}: {steps} steps at a modelled "
-            f"{autoconfig.step_seconds(base.min_size, base.max_size, _stride(base), batch)} s/step")
+        per_step = autoconfig.step_seconds(base.min_size, base.max_size, _stride(base), batch)
+        capped = (
+            f" (capped at {autoconfig.MAX_EPOCHS} passes over the {n} images: about "
+            f"{steps * per_step / 60:.2g} min, not {minutes:g})"
+            if int(minutes * 60.0 / per_step) > steps
+            else ""
+        )
+        log(f"--minutes {minutes:g}: {steps} steps at a modelled {per_step} s/step{capped}")
     if minutes is not None:
         out["iters"] = None
     config, sources = overrides.resolve_config(base, derived, args.config, sets)
