@@ -38,3 +38,80 @@ def test_a_capped_minutes_budget_says_it_is_capped(coco, capsys):
     assert main(["config", "show", "--data", coco, "--minutes", "1e300"]) == 0
     out = capsys.readouterr().out
     assert "capped at 150 passes over the data" in out and "1e+300" in out
+
+
+# ------------------------------------------------------------------ D21, D16: checkpoint values
+from minirccn.config import preset  # noqa: E402
+from minirccn.core.errors import MinirccnError  # noqa: E402
+from minirccn.detector.models.faster_rcnn import FasterRCNN  # noqa: E402
+from minirccn.engine import checkpoint as C  # noqa: E402
+
+NAMES = ["__background__", "circle", "square", "triangle"]
+TINY_NET = dict(backbone_stages=((4, 1, True), (6, 1, True)), rpn_channels=4,
+                representation_size=8, roi_output_size=2, min_size=64, max_size=64)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    model = FasterRCNN(preset("tiny", **TINY_NET), NAMES, rng=np.random.default_rng(0))
+    return C.save_checkpoint(tmp_path_factory.mktemp("ck") / "checkpoint.npz", model)
+
+
+def crafted(src, dst, change=None, meta=None):
+    """A copy of checkpoint ``src`` at ``dst`` with ``change(arrays)`` / ``meta(meta)`` applied."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    if change:
+        change(arrays)
+    if meta:
+        m = json.loads(str(arrays["meta"]))
+        meta(m)
+        arrays["meta"] = np.array(json.dumps(m))
+    np.savez(dst, **arrays)
+    return str(dst)
+
+
+def first_param(arrays):
+    return sorted(k for k in arrays if k.startswith("param/"))[0]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_weights_are_refused_naming_the_parameter(ckpt, tmp_path, value, capsys):
+    def poison(a):
+        k = first_param(a)
+        a[k] = a[k].copy()
+        a[k].flat[0] = value
+    path = crafted(ckpt, tmp_path / "bad.npz", poison)
+    with pytest.raises(MinirccnError, match=r"parameter backbone\.\S+ holds 1 NaN or infinite"):
+        C.load_checkpoint(path)
+    img = str(tmp_path / "x.png")
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(img)
+    assert main(["detect", "--checkpoint", path, img, "--out", str(tmp_path / "det")]) == 2
+    assert "NaN or infinite" in last_error(capsys)
+
+
+def test_a_big_endian_float32_checkpoint_is_a_float32_checkpoint(ckpt, tmp_path):
+    def swap(a):
+        for k in [k for k in a if k.startswith("param/")]:
+            a[k] = a[k].astype(">f4")
+    model, _ = C.load_checkpoint(crafted(ckpt, tmp_path / "be.npz", swap))
+    ref, _ = C.load_checkpoint(ckpt)
+    for k, v in ref.params.items():
+        assert model.params[k].dtype.isnative and np.array_equal(model.params[k], v)
+    img = str(tmp_path / "x.png")
+    from PIL import Image
+    Image.new("RGB", (64, 64)).save(img)
+    out = str(tmp_path / "det")
+    assert main(["detect", "--checkpoint", str(tmp_path / "be.npz"), img, "--out", out]) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int32"])
+def test_a_parameter_of_another_dtype_is_refused_naming_it(ckpt, tmp_path, dtype):
+    def cast(a):
+        k = first_param(a)
+        a[k] = a[k].astype(dtype)
+    with pytest.raises(MinirccnError, match=r"checkpoint.npz|parameter backbone\.\S+ has dtype"):
+        C.load_checkpoint(crafted(ckpt, tmp_path / "dt.npz", cast))
+    with pytest.raises(MinirccnError, match=r"dt\.npz: parameter backbone\.\S+ has dtype .* its config says float32"):
+        C.load_checkpoint(str(tmp_path / "dt.npz"))
