@@ -115,3 +115,39 @@ def test_a_parameter_of_another_dtype_is_refused_naming_it(ckpt, tmp_path, dtype
         C.load_checkpoint(crafted(ckpt, tmp_path / "dt.npz", cast))
     with pytest.raises(MinirccnError, match=r"dt\.npz: parameter backbone\.\S+ has dtype .* its config says float32"):
         C.load_checkpoint(str(tmp_path / "dt.npz"))
+
+
+# ------------------------------------------------------------------ D12: bounded work
+def test_a_checkpoint_asking_for_huge_images_is_refused_before_any_work(ckpt, tmp_path, capsys):
+    def huge(m):
+        m["config"]["min_size"] = m["config"]["max_size"] = 8192
+    path = crafted(ckpt, tmp_path / "huge.npz", meta=huge)
+    with pytest.raises(MinirccnError, match=r"huge\.npz: config: min_size x max_size = 8192 x 8192"):
+        C.load_checkpoint(path)
+    img = str(tmp_path / "x.png")
+    from PIL import Image
+    Image.new("RGB", (160, 128)).save(img)
+    assert main(["detect", "--checkpoint", path, img, "--out", str(tmp_path / "d")]) == 2
+    assert "M pixels, more than the 16.8 M" in last_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        (dict(min_size=2048, max_size=4096), "anchors per image"),
+        (dict(rpn_pre_nms_top_n_test=10**6, min_size=2048, max_size=2048), "NMS walk"),
+    ],
+)
+def test_a_checkpoint_asking_for_too_many_anchors_or_nms_boxes_is_refused(ckpt, tmp_path, fields, words):
+    path = crafted(ckpt, tmp_path / "w.npz", meta=lambda m: m["config"].update(fields))
+    with pytest.raises(MinirccnError, match=words):
+        C.load_checkpoint(path)
+
+
+def test_the_work_bound_counts_this_machines_memory(ckpt, tmp_path, monkeypatch):
+    from minirccn.engine import checks
+    path = crafted(ckpt, tmp_path / "m.npz", meta=lambda m: m["config"].update(min_size=1024, max_size=1024))
+    C.load_checkpoint(path)  # 1 M pixels: fine here
+    monkeypatch.setattr(checks, "_memory_bytes", lambda: 256 << 20)
+    with pytest.raises(MinirccnError, match=r"detecting one image needs at least .* GiB, more than half"):
+        C.load_checkpoint(path)
