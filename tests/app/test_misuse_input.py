@@ -151,3 +151,22 @@ def test_the_work_bound_counts_this_machines_memory(ckpt, tmp_path, monkeypatch)
     monkeypatch.setattr(checks, "_memory_bytes", lambda: 256 << 20)
     with pytest.raises(MinirccnError, match=r"detecting one image needs at least .* GiB, more than half"):
         C.load_checkpoint(path)
+
+
+# ------------------------------------------------------------------ D24: --out first
+def test_an_unusable_out_is_refused_before_the_data_is_read(tmp_path, monkeypatch, capsys):
+    from minirccn.app import userdata
+    def never(*a, **k):
+        raise AssertionError("the data was read before --out was checked")
+    monkeypatch.setattr(userdata, "configure", never)
+    afile = tmp_path / "file.png"
+    afile.write_bytes(b"x")
+    assert main(["train", "--data", "missing.json", "--out", str(afile)]) == 2
+    assert "exists and is not a folder" in last_error(capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.npz").write_bytes(b"x")
+    assert main(["train", "--data", "missing.json", "--out", str(run)]) == 2
+    assert "holds a run already" in last_error(capsys)
+    assert main(["train", "--data", "missing.json", "--out", str(tmp_path / "new"), "--resume"]) == 2
+    assert "--resume: no checkpoint at" in last_error(capsys)
