@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from minirccn.core.backend import BACKENDS, resolve
 from minirccn.core.errors import MinirccnError
@@ -189,7 +188,7 @@ def run_eval(args) -> int:
         model,
         dataset,
         backend=backend,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=not args.json,
         limit=args.limit,
     )
     if args.json:

@@ -26,7 +26,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from PIL import Image
-from tqdm import tqdm
+from minirccn.core.progress import progress_bar
 
 from minirccn.core.errors import MinirccnError
 from minirccn.core.files import atomic_path, check_out_folder, save_image, write_json, write_text
@@ -47,10 +47,7 @@ def _samples(dataset, count, progress):
     n = len(dataset) if count is None else int(count)
     if not 0 < n <= len(dataset):
         raise MinirccnError(f"--count: expected 1..{len(dataset)} for {dataset.name}, got {count}")
-    # disable=None: a bar only on a terminal
-    for i in tqdm(
-        range(n), desc=f"export {dataset.name}", unit="img", disable=None if progress else True
-    ):
+    for i in progress_bar(range(n), desc=f"export {dataset.name}", unit="img", enabled=progress):
         yield dataset[i]
 
 
