@@ -170,3 +170,79 @@ def test_an_unusable_out_is_refused_before_the_data_is_read(tmp_path, monkeypatc
     assert "holds a run already" in last_error(capsys)
     assert main(["train", "--data", "missing.json", "--out", str(tmp_path / "new"), "--resume"]) == 2
     assert "--resume: no checkpoint at" in last_error(capsys)
+
+
+# ------------------------------------------------------------------ D18, D15, D7: one bad image
+def corrupt_inside(path):
+    """Damage ``path``'s PNG image data in the middle, keeping its IEND chunk: the preflight
+    (header and end marker) passes, decoding fails."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    b = bytearray(open(path, "rb").read())
+    for k in range(len(b) // 2, len(b) // 2 + 200):
+        b[k] ^= 0x5A
+    open(path, "wb").write(bytes(b))
+    return str(path)
+
+
+@pytest.fixture
+def one_bad(coco, tmp_path):
+    """A copy of the COCO set whose first image is corrupt inside (intact end marker)."""
+    import shutil
+    root = tmp_path / "one_bad"
+    shutil.copytree(os.path.dirname(coco), root)
+    d = json.load(open(root / "annotations.json"))
+    bad = root / "images" / d["images"][0]["file_name"].split("/")[-1]
+    corrupt_inside(bad)
+    return str(root / "annotations.json"), str(bad)
+
+
+def test_detect_skips_a_bad_image_with_one_warning_and_runs_the_others(ckpt, tmp_path, capsys):
+    from PIL import Image
+    good = [str(tmp_path / f"g{i}.png") for i in range(2)]
+    for g in good:
+        Image.new("RGB", (64, 64), (40, 90, 10)).save(g)
+    bad = corrupt_inside(tmp_path / "bad.png")
+    strip = str(tmp_path / "strip.png")
+    Image.new("RGB", (4000, 1)).save(strip)
+    out = tmp_path / "det"
+    assert main(["detect", "--checkpoint", ckpt, good[0], bad, strip, good[1], "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(p.name for p in out.glob("*.json")) == ["g0.json", "g1.json"]
+    assert len([e for e in err if "bad.png: cannot decode image" in e and "skipped" in e]) == 1
+    assert len([e for e in err if "strip.png: cannot run the model on this 4000x1 image" in e]) == 1
+    assert main(["detect", "--checkpoint", ckpt, bad, strip, "--out", str(out)]) == 2
+    assert "none of the 2 images could be read" in last_error(capsys)
+    assert main(["detect", "--checkpoint", ckpt, bad, "--out", str(out)]) == 2
+    assert "bad.png: cannot decode image" in last_error(capsys)
+
+
+def test_eval_skips_a_bad_image_with_one_warning(ckpt, one_bad, capsys):
+    data, bad = one_bad
+    assert main(["eval", "--checkpoint", ckpt, "--data", data, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["num_images"] == 7
+    assert [e for e in err.splitlines() if "skipped" in e] == [
+        f"minirccn: warning: {bad}: cannot decode image (unrecognized data stream contents "
+        "when reading image file); skipped"
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "csv"])
+def test_data_export_skips_a_bad_image(one_bad, tmp_path, fmt, capsys):
+    data, bad = one_bad
+    out = str(tmp_path / "exp")
+    assert main(["data", "export", "--format", fmt, "--data", data, "--split", "all", "--out", out]) == 0
+    o, err = capsys.readouterr()
+    assert "wrote 7 images" in o and f"{bad}: cannot decode image" in err
+    back = {"voc": out, "coco": os.path.join(out, "annotations.json"),
+            "csv": os.path.join(out, "annotations.csv")}[fmt]
+    assert len(load_dataset(back, "all")) == 7
+
+
+def test_data_preview_skips_a_bad_image(one_bad, tmp_path, capsys):
+    data, bad = one_bad
+    out = str(tmp_path / "p.png")
+    assert main(["data", "preview", "--data", data, "--split", "all", "--out", out]) == 0
+    assert f"{bad}: cannot decode image" in capsys.readouterr().err and os.path.isfile(out)
