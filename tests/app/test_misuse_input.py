@@ -246,3 +246,107 @@ def test_data_preview_skips_a_bad_image(one_bad, tmp_path, capsys):
     out = str(tmp_path / "p.png")
     assert main(["data", "preview", "--data", data, "--split", "all", "--out", out]) == 0
     assert f"{bad}: cannot decode image" in capsys.readouterr().err and os.path.isfile(out)
+
+
+# ------------------------------------------------------------------ D20: EXIF, COCO width/height
+def exif_rotated(path, size=(160, 128), orientation=6):
+    """A JPEG stored ``size`` (w, h) wide with EXIF orientation 6 (shown turned 90 degrees
+    clockwise: ``h x w``); a red block marks the stored top-left corner."""
+    from PIL import Image
+    im = Image.new("RGB", size, (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif, quality=95)
+    return str(path)
+
+
+def test_exif_orientation_is_applied_when_an_image_is_read(tmp_path):
+    from minirccn.data.common import read_image
+    img = read_image(exif_rotated(tmp_path / "e.jpg"))
+    assert img.shape == (160, 128, 3)  # shown as a portrait
+    assert img[5, -5, 0] > 200 and img[5, 5, 0] < 50  # stored top-left is now top-right
+
+
+def test_detect_writes_the_displayed_size_of_an_exif_image(ckpt, tmp_path):
+    path = exif_rotated(tmp_path / "exif6.jpg")
+    out = tmp_path / "det"
+    assert main(["detect", "--checkpoint", ckpt, path, "--out", str(out)]) == 0
+    d = json.load(open(out / "exif6.json"))
+    assert (d["width"], d["height"]) == (128, 160)
+
+
+def test_coco_width_height_that_disagree_with_the_image_are_one_warning(coco, tmp_path, capsys):
+    import warnings
+    from minirccn.data.common import DataWarning
+    d = json.load(open(coco))
+    d["images"][0]["width"] = 10
+    bad = tmp_path / "w.json"
+    json.dump(d, open(bad, "w"))
+    ds = load_dataset(str(bad), "all", images=os.path.join(os.path.dirname(coco), "images"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(len(ds)):
+            ds[i]
+    texts = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(texts) == 1 and "width 10 height 64 in the file" in texts[0] and "64x64" in texts[0]
+
+
+# ------------------------------------------------------------------ D25: no annotations
+def test_training_on_a_coco_file_without_annotations_is_refused(coco, tmp_path, capsys):
+    d = json.load(open(coco))
+    d["annotations"] = []
+    empty = tmp_path / "noanns.json"
+    json.dump(d, open(empty, "w"))
+    argv = ["train", "--data", str(empty), "--images", os.path.join(os.path.dirname(coco), "images"),
+            "--split", "all", "--iters", "2", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "hold no boxes at all: nothing to learn from" in last_error(capsys)
+    assert not os.path.exists(tmp_path / "r" / "checkpoint.npz")
+
+
+# ------------------------------------------------------------------ VOC split files
+def voc_with_lists(tmp_path, lists):
+    from minirccn.data.export import export_voc
+    root = export_voc(load_dataset("shapes", "train", shapes_config=SMALL), str(tmp_path / "voc"))
+    main_dir = os.path.join(root, "ImageSets", "Main")
+    ids = sorted(f[:-4] for f in os.listdir(os.path.join(root, "Annotations")))
+    for f in os.listdir(main_dir):
+        os.unlink(os.path.join(main_dir, f))
+    for name, (a, b) in lists.items():
+        open(os.path.join(main_dir, f"{name}.txt"), "w").write("\n".join(ids[a:b]) + "\n")
+    return root
+
+
+def test_a_voc_folder_with_only_trainval_trains_on_it_and_says_so(tmp_path):
+    from minirccn.app import userdata
+    p = userdata.plan(voc_with_lists(tmp_path, {"trainval": (0, 8)}))
+    assert p.train_split == "trainval" and len(p.train) == 8 and p.val is None
+    assert "ImageSets/Main/trainval.txt" in p.note
+
+
+def test_a_voc_folder_never_validates_on_a_list_inside_the_training_one(tmp_path):
+    from minirccn.app import userdata
+    p = userdata.plan(voc_with_lists(tmp_path, {"trainval": (0, 8), "val": (6, 8)}))
+    assert p.train_split == "trainval" and p.val is None
+
+
+def test_a_voc_folder_without_train_lists_trains_on_every_annotation(tmp_path):
+    from minirccn.app import userdata
+    p = userdata.plan(voc_with_lists(tmp_path, {"val": (6, 8)}))
+    assert p.train_split == "all" and len(p.train) == 8 and p.val is None
+    assert "no train.txt or trainval.txt" in p.note
+
+
+def test_a_missing_voc_split_file_lists_the_ones_found(tmp_path):
+    root = voc_with_lists(tmp_path, {"trainval": (0, 8), "val": (6, 8)})
+    with pytest.raises(MinirccnError, match=r"test\.txt: split file not found .*ImageSets/Main has trainval\.txt, val\.txt"):
+        load_dataset(root, "test")
+
+
+def test_a_voc_split_file_with_a_utf8_bom_reads(tmp_path):
+    root = voc_with_lists(tmp_path, {"train": (0, 4)})
+    path = os.path.join(root, "ImageSets", "Main", "train.txt")
+    text = open(path).read()
+    open(path, "w", encoding="utf-8-sig").write(text)
+    assert len(load_dataset(root, "train")) == 4
