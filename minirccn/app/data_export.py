@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
+from minirccn.data.checks import check_images
+from minirccn.data.common import warn
 from minirccn.data.export import FORMATS, export_dataset
 from minirccn.viz import draw_detections, save_grid
 
@@ -25,12 +27,18 @@ def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -
         raise MinirccnError(f"--count: expected at least 1 image, got {count}")
     pictures = []
     for i in range(n):
-        s = dataset[i]
+        try:
+            s = dataset[i]
+        except MinirccnError as exc:  # one image that cannot be decoded: skipped, as train does
+            warn(f"{exc}; skipped")
+            continue
         pictures.append(
             draw_detections(
                 s["image"], s["boxes"], s["labels"], class_names=dataset.class_names, scale=scale
             )
         )
+    if not pictures:
+        raise MinirccnError(f"{dataset.name}: none of its first {n} images could be read")
     return save_grid(pictures, out, cols=cols)
 
 
@@ -71,7 +79,9 @@ def run(args) -> int:
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
+    dataset = check_images(dataset, "--data")  # truncated images: skipped, each named
     if args.data_command == "export":
+        skipped = []
         path = export_dataset(
             dataset,
             args.format,
@@ -80,8 +90,9 @@ def run(args) -> int:
             split=args.split,
             image_format=args.image_format,
             progress=True,
+            skipped=skipped,
         )
-        n = len(dataset) if args.count is None else args.count
+        n = (len(dataset) if args.count is None else args.count) - len(skipped)
         print(f"wrote {n} images of {dataset.name} as {args.format}: {path}")
     else:
         path = preview(dataset, args.out, count=args.count)

@@ -207,8 +207,8 @@ def schedule(iters: int) -> dict:
 
 def steps_for_budget(minutes: float, min_size, max_size, stride, images_per_batch, num_images):
     """SGD steps that fit ``minutes`` of training by :func:`step_seconds` (deterministic)."""
-    if not minutes > 0:
-        raise MinirccnError(f"--minutes: expected a positive number, got {minutes}")
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise MinirccnError(f"--minutes: expected a positive finite number, got {minutes}")
     per_step = step_seconds(min_size, max_size, stride, images_per_batch)
     steps = int(minutes * 60.0 / per_step)
     cap = int(math.ceil(MAX_EPOCHS * num_images / images_per_batch))
@@ -236,10 +236,17 @@ def derive(
     sizes, ratios = choose_anchors(bw, bh)
     stride = choose_stride(bw, bh)
     budget = DEFAULT_MINUTES if minutes is None else float(minutes)
+    capped = False
     if iters is None:
         iters = steps_for_budget(
             budget, min_size, max_size, stride, images_per_batch, len(dataset)
         )
+        # the budget buys more steps than MAX_EPOCHS passes over the data: say so, and
+        # report the minutes the capped steps take, not the ones asked for
+        full = int(budget * 60.0 / step_seconds(min_size, max_size, stride, images_per_batch))
+        if full > iters:
+            capped = True
+            budget = round(iters * step_seconds(min_size, max_size, stride, images_per_batch) / 60, 2)
     else:
         budget = round(int(iters) * step_seconds(min_size, max_size, stride, images_per_batch) / 60, 2)
     epochs = int(iters) * int(images_per_batch) / max(len(dataset), 1)
@@ -271,6 +278,8 @@ def derive(
         "minutes": budget,
         "modelled_step_seconds": round(step_seconds(min_size, max_size, stride, images_per_batch), 4),
         "epochs": round(epochs, 1),
+        "capped_at_epochs": MAX_EPOCHS if capped else None,
+        "minutes_asked": float(minutes) if capped and minutes is not None else None,
         "fields": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
     }
     return fields, report
@@ -293,7 +302,14 @@ def format_report(report: dict) -> str:
         f"  steps           iters={f['iters']} for {report['minutes']:g} min at a modelled "
         f"{report['modelled_step_seconds']} s/step; warmup {f['warmup_iters']}, batch norm "
         f"frozen from {f['bn_freeze_iter']}, LR x0.1 at {f['milestones'][0]}, "
-        f"validation every {f['eval_every']}",
+        f"validation every {f['eval_every']}"
+        + (
+            f" (capped at {report['capped_at_epochs']} passes over the data: "
+            + (f"--minutes {report['minutes_asked']:g} asked for more" if report.get("minutes_asked") else "the time budget buys more")
+            + ")"
+            if report.get("capped_at_epochs")
+            else ""
+        ),
         "  augmentation    "
         + (
             " ".join(f"{k}={tuple(f[k]) if isinstance(f[k], list) else f[k]}" for k in AUGMENT)

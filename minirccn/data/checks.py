@@ -10,7 +10,7 @@ import os
 from PIL import Image
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import warn
+from minirccn.data.common import read_image, warn
 
 
 def _tail(path: str, n: int = 1024) -> bytes:
@@ -83,6 +83,9 @@ class SkipImages:
         for i in self.keep:
             yield self.dataset[i]
 
+    def image_file(self, index: int):
+        return self.dataset.image_file(self.keep[index])
+
     def __getattr__(self, name):  # split, path, ... of the wrapped dataset
         if name == "dataset":
             raise AttributeError(name)
@@ -111,6 +114,9 @@ def check_images(dataset, what: str = "--data"):
             continue
         problem = image_problem(path)
         if problem is not None:
+            if len(dataset) == 1:  # nothing to go on with: one error line naming the file
+                read_image(path)  # the decoder's own words, as when the image is read
+                raise MinirccnError(f"{path}: {problem}")
             warn(f"{path}: {problem}; skipped")
             skipped.append(i)
     if not skipped:

@@ -26,7 +26,7 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from minirccn.core.errors import MinirccnError
 
@@ -91,6 +91,11 @@ class DetectionDataset:
         """The file image ``index`` is read from (None for generated images)."""
         return None
 
+    def num_boxes(self) -> int | None:
+        """How many boxes the annotations of the dataset hold (None: not known without
+        drawing or decoding every image)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {len(self)} images, {self.num_classes - 1} classes>"
 
@@ -108,7 +113,8 @@ def make_sample(image, boxes, labels, difficult, image_id) -> dict:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode the image file at ``path`` with Pillow as RGB.
+    """Decode the image file at ``path`` with Pillow as RGB, turned as its EXIF orientation
+    says (as every viewer shows it).
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -121,6 +127,9 @@ def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            # EXIF orientation (phones store portraits as rotated landscapes): pixels as a
+            # viewer shows them, the frame the annotation tools draw boxes in
+            im = ImageOps.exif_transpose(im) or im
             if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale, never clip
                 return _scale_to_8_bits(np.asarray(im), im.mode)
             rgb = im.convert("RGB")

@@ -139,6 +139,9 @@ class CSVDataset(DetectionDataset):
     def image_file(self, index: int) -> str:
         return self._records[index][1]
 
+    def num_boxes(self) -> int:
+        return int(sum(len(r[2]) for r in self._records))
+
     def _load(self, index: int) -> dict:
         image_id, image_path, unit_boxes, labels, difficult = self._records[index]
         image = read_image(image_path)

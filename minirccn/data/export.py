@@ -26,9 +26,10 @@ import os
 import xml.etree.ElementTree as ET
 
 from PIL import Image
-from tqdm import tqdm
 
 from minirccn.core.errors import MinirccnError
+from minirccn.core.progress import progress_bar
+from minirccn.data.common import warn
 from minirccn.core.files import atomic_path, check_out_folder, save_image, write_json, write_text
 
 FORMATS = ("voc", "coco", "csv")
@@ -43,15 +44,25 @@ def _save_image(image, path: str) -> None:
     save_image(Image.fromarray(image), path, **options)  # atomic: never half an image
 
 
-def _samples(dataset, count, progress):
+def _samples(dataset, count, progress, skipped=None):
+    """The first ``count`` samples; an image that cannot be decoded is skipped with one warning
+    naming it (and its index appended to ``skipped``), as ``train`` does."""
     n = len(dataset) if count is None else int(count)
     if not 0 < n <= len(dataset):
         raise MinirccnError(f"--count: expected 1..{len(dataset)} for {dataset.name}, got {count}")
-    # disable=None: a bar only on a terminal
-    for i in tqdm(
-        range(n), desc=f"export {dataset.name}", unit="img", disable=None if progress else True
-    ):
-        yield dataset[i]
+    bad = []
+    for i in progress_bar(range(n), desc=f"export {dataset.name}", unit="img", enabled=progress):
+        try:
+            sample = dataset[i]
+        except MinirccnError as exc:
+            warn(f"{exc}; skipped")
+            bad.append(i)
+            continue
+        yield sample
+    if skipped is not None:
+        skipped.extend(bad)
+    if len(bad) == n:
+        raise MinirccnError(f"{dataset.name}: none of its {n} images could be read")
 
 
 def _voc_xml(sample: dict, filename: str, class_names: list) -> ET.ElementTree:
@@ -84,13 +95,14 @@ def export_voc(
     split: str = "test",
     image_format: str = "png",
     progress: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` (its first ``count`` images) as a VOC folder; returns the root folder."""
     out = _prepare_dir(out)
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     ids = []
-    for sample in _samples(dataset, count, progress):
+    for sample in _samples(dataset, count, progress, skipped):
         image_id = sample["image_id"]
         filename = f"{image_id}.{image_format}"
         _save_image(sample["image"], os.path.join(out, "JPEGImages", filename))
@@ -104,13 +116,14 @@ def export_voc(
 
 
 def export_coco(
-    dataset, out: str, count: int | None = None, image_format: str = "png", progress: bool = False
+    dataset, out: str, count: int | None = None, image_format: str = "png", progress: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` as ``out/annotations.json`` + ``out/images/``; returns the JSON path."""
     out = _prepare_dir(out)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     images, annotations = [], []
-    for k, sample in enumerate(_samples(dataset, count, progress)):
+    for k, sample in enumerate(_samples(dataset, count, progress, skipped)):
         h, w = sample["image"].shape[:2]
         filename = f"{sample['image_id']}.{image_format}"
         _save_image(sample["image"], os.path.join(out, "images", filename))
@@ -134,7 +147,8 @@ def export_coco(
 
 
 def export_csv(
-    dataset, out: str, count: int | None = None, image_format: str = "png", progress: bool = False
+    dataset, out: str, count: int | None = None, image_format: str = "png", progress: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` as ``out/annotations.csv`` + ``out/images/``; returns the CSV path."""
     out = _prepare_dir(out)
@@ -143,7 +157,7 @@ def export_csv(
     with atomic_path(path, "annotations") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupOf"])
-        for sample in _samples(dataset, count, progress):
+        for sample in _samples(dataset, count, progress, skipped):
             h, w = sample["image"].shape[:2]
             image_id = sample["image_id"]
             _save_image(sample["image"], os.path.join(out, "images", f"{image_id}.{image_format}"))
@@ -175,8 +189,10 @@ def export_dataset(
     split: str = "test",
     image_format: str = "png",
     progress: bool = False,
+    skipped: list | None = None,
 ) -> str:
-    """Write ``dataset`` in format ``fmt`` (voc, coco, csv) under ``out``.
+    """Write ``dataset`` in format ``fmt`` (voc, coco, csv) under ``out``; the indices of images
+    that could not be decoded (skipped with a warning) are appended to ``skipped``.
 
     Returns:
         What :func:`minirccn.data.load_dataset` takes to read it back: the VOC root
@@ -188,8 +204,13 @@ def export_dataset(
         raise MinirccnError(f"--image-format: expected png or jpg, got {image_format!r}")
     if fmt == "voc":
         return export_voc(
-            dataset, out, count, split=split, image_format=image_format, progress=progress
+            dataset, out, count, split=split, image_format=image_format, progress=progress,
+            skipped=skipped,
         )
     if fmt == "coco":
-        return export_coco(dataset, out, count, image_format=image_format, progress=progress)
-    return export_csv(dataset, out, count, image_format=image_format, progress=progress)
+        return export_coco(
+            dataset, out, count, image_format=image_format, progress=progress, skipped=skipped
+        )
+    return export_csv(
+        dataset, out, count, image_format=image_format, progress=progress, skipped=skipped
+    )

@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from minirccn import viz
 from minirccn.config import preset
 from minirccn.core.backend import resolve
 from minirccn.core.errors import MinirccnError
+from minirccn.core.progress import progress_bar
 from minirccn.core.files import write_json
 from minirccn.data import load_dataset
 from minirccn.data.batching import batch_indices
@@ -97,7 +97,7 @@ def train(
         eval_split: split evaluated after training ("" or None: no evaluation).
         eval_images: evaluate only the first this many images of the split.
         checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
-        progress: show tqdm progress bars.
+        progress: show progress (a bar on a terminal, plain lines off one).
         outputs: write metrics.json, loss_curve.png, detections.png.
         val_limit: with ``config.eval_every > 0``, the periodic evaluations of ``test_data``
             (:mod:`minirccn.engine.validation`) use at most this many images.
@@ -265,7 +265,9 @@ def _train_joint(run: Run, data, start: int, validator=None) -> None:
     model, config, history, ckpt, seed = run.model, run.config, run.history, run.checkpoint, run.seed
     stop = runs.current_stop()
     stop.defer = True  # a signal now stops after the current step (saved below)
-    bar = tqdm(range(start, config.iters), desc="train", disable=not run.progress, dynamic_ncols=True)
+    bar = progress_bar(
+        range(start, config.iters), desc="train", unit="step", enabled=run.progress, dynamic_ncols=True
+    )
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
         try:
