@@ -216,7 +216,7 @@ def test_read_only_out_is_refused(tmp_path, capsys):
 def test_explicit_out_holding_a_run_needs_resume_or_overwrite(data, tmp_path, capsys):
     run(data, str(tmp_path), iters=1, outputs=True)
     before = (tmp_path / "checkpoint.npz").read_bytes()
-    with pytest.raises(MinirccnError, match="holds a run already; .*--resume.*--overwrite"):
+    with pytest.raises(MinirccnError, match="holds a run already .*--resume.*--overwrite"):
         run(data, str(tmp_path), iters=1)
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
     (tmp_path / "metrics.json").write_text("{}")
@@ -228,6 +228,42 @@ def test_explicit_out_holding_a_run_needs_resume_or_overwrite(data, tmp_path, ca
     )
     with pytest.raises(MinirccnError, match="--resume and --overwrite: choose one"):
         run(data, str(tmp_path), iters=2, overwrite=True, resume=True)
+
+
+def validated_run(data, out, eval_every, **kw):
+    """A tiny run that validates every ``eval_every`` steps (0: never) and writes its outputs."""
+    return T.train(
+        preset("tiny", **TINY, eval_every=eval_every),
+        train_data=data[0],
+        test_data=data[1],
+        out=out,
+        backend="numpy",
+        progress=False,
+        eval_split="",
+        **kw,
+    )
+
+
+def test_overwrite_removes_every_output_of_the_previous_run(data, tmp_path, capsys):
+    """issue 25, D3: best.npz and val_curve.png of the old run went on after --overwrite."""
+    validated_run(data, str(tmp_path), eval_every=1, iters=2)
+    assert (tmp_path / "best.npz").exists() and (tmp_path / "val_curve.png").exists()
+    validated_run(data, str(tmp_path), eval_every=0, iters=1, overwrite=True)
+    assert not (tmp_path / "best.npz").exists()
+    assert not (tmp_path / "val_curve.png").exists()
+    assert "best.npz" in capsys.readouterr().err  # the note names what it removed
+    assert "best" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("name", runs.RUN_OUTPUTS)
+def test_a_folder_with_any_run_output_holds_a_run(data, tmp_path, name):
+    """issue 25, D4: a folder holding only best.npz (a run killed before its first checkpoint)
+    was not a run: the new run replaced that best.npz without --overwrite."""
+    (tmp_path / name).write_bytes(b"the earlier run's " + name.encode())
+    with pytest.raises(MinirccnError, match=f"holds a run already \\({name}\\)"):
+        validated_run(data, str(tmp_path), eval_every=1, iters=1)
+    assert (tmp_path / name).read_bytes() == b"the earlier run's " + name.encode()
+    assert sorted(os.listdir(tmp_path)) == [name]
 
 
 def test_default_out_advances_to_a_new_run_folder(tmp_path, monkeypatch, capsys):
