@@ -631,8 +631,8 @@ else:
 #    data.
 # 3. Double `lr` and halve `warmup_iters`: return the total loss of each of
 #    the first steps. Does `TrainingDiverged` trigger? (It does not at 2x: the
-#    README's preset notes report an lr-0.01 run training normally; tutorial
-#    15 shows a run blowing up at 40x.)
+#    preset notes in `docs/presets.md` report an lr-0.01 run training normally;
+#    tutorial 15 shows a run blowing up at 40x.)
 
 
 # %%
