@@ -85,3 +85,18 @@ def test_the_default_run_time_in_the_prose_agrees_with_metrics_json():
                     f"docs/metrics.json's train_seconds give {minutes}"
                 )
     assert seen >= 2, "README.md's caption and tutorials/README.md each state the default run's time"
+
+
+def test_both_readmes_list_every_tutorial_with_the_same_measured_time():
+    """README.md's tutorial table gives each tutorial's full-mode seconds as tutorials/README.md does."""
+    import glob
+    import re
+
+    root = os.path.join(HERE, "..")
+    numbers = sorted(int(os.path.basename(p)[:2]) for p in glob.glob(os.path.join(root, "tutorials", "[0-9][0-9]_*.py")))
+    with open(os.path.join(root, "tutorials", "README.md")) as f:
+        measured = {int(n): int(s) for n, s in re.findall(r"^\| (\d\d) [^|]+\| (\d+) \| [\d.]+ \|$", f.read(), re.M)}
+    with open(os.path.join(root, "README.md")) as f:
+        listed = {int(n): int(s) for n, s in re.findall(r"^\| (\d+) \| \[[^|]+\| (\d+) \| <img", f.read(), re.M)}
+    assert sorted(measured) == numbers, "tutorials/README.md's run-time table must list every tutorial"
+    assert listed == measured, "README.md's tutorial table must give tutorials/README.md's measured seconds"
