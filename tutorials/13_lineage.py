@@ -251,8 +251,17 @@ print(L.format_table(report))
 for curve in report["recall"]["selective_search"] + report["recall"]["rpn"]:
     T.check((np.diff(curve) >= 0).all(), "recall never drops when proposals are added")
 shutil.copy(out / "recall.png", T.out_dir() / "13_recall.png")
-shutil.copy(out / "proposals.png", T.out_dir() / "13_proposals.png")
-print(f"wrote {T.out_dir() / '13_recall.png'} and {T.out_dir() / '13_proposals.png'}")
+# the picture's panels name the detector only: say what its boxes are (an empty panel is a
+# short-trained detector with no detection that confident)
+T.save(
+    T.caption(
+        Image.open(out / "proposals.png").convert("RGB"),
+        "test image 0: the first 20 proposals of selective search and of the RPN;\n"
+        f"then each detector's detections scoring >= 0.5 ({ITERS} training steps)",
+    ),
+    "13_proposals.png",
+)
+print(f"wrote {T.out_dir() / '13_recall.png'}")
 shutil.rmtree(out)
 
 # %% [markdown]
