@@ -197,9 +197,12 @@ _bb.backbone_forward = real_forward
 
 tiles = [
     L.draw_boxes(image, [], caption="image"),
-    Image.fromarray(
-        (np.random.default_rng(0).integers(40, 256, (labels.max() + 1, 3))[labels]).astype(np.uint8)
-    ).resize((256, 256), Image.NEAREST),
+    L.captioned(  # the same strip of caption as the other panels
+        Image.fromarray(
+            (np.random.default_rng(0).integers(40, 256, (labels.max() + 1, 3))[labels]).astype(np.uint8)
+        ).resize((256, 256), Image.NEAREST),
+        f"segmentation (HSV, k = 50): {labels.max() + 1} segments",
+    ),
     L.draw_boxes(image, boxes[:20], caption="first 20 proposals"),
     L.draw_boxes(image, boxes, caption=f"all {len(boxes)}"),
 ]
