@@ -30,7 +30,8 @@ from minirccn.engine.inference import evaluate_model
 
 
 def _point(p) -> dict | None:
-    """``p`` as a curve point ``{"step", "map50", "map"}``, or None if it is not one."""
+    """``p`` as a curve point ``{"step", "map50", "map"}`` (with ``mar_100`` and ``train_loss``
+    when ``p`` has them), or None if it is not one."""
     if not isinstance(p, dict):
         return None
     step, map50, map_ = p.get("step"), p.get("map50"), p.get("map")
@@ -40,7 +41,16 @@ def _point(p) -> dict | None:
         return None
     if not all(math.isfinite(v) for v in (map50, map_)):
         return None
-    return {"step": step, "map50": float(map50), "map": float(map_)}
+    point = {"step": step, "map50": float(map50), "map": float(map_)}
+    for key in _OPTIONAL:  # kept when they are numbers (older checkpoints lack them)
+        v = p.get(key)
+        if key in p and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))):
+            point[key] = None if v is None else float(v)
+    return point
+
+
+#: the curve point's fields beyond step, map50 and map (written by :meth:`Validator.evaluate`)
+_OPTIONAL = ("mar_100", "train_loss")
 
 
 class Validator:
