@@ -6,7 +6,7 @@
     minirccn eval   --checkpoint runs/shapes/checkpoint.npz [--data shapes] [--split test] [--json]
 
 ``detect`` writes, per image, ``<out>/<stem>.png`` (the image with its boxes and
-``"name score"`` tags) and ``<out>/<stem>.json`` (two inputs of one stem: ``<stem>_2``, ...,
+``"name score"`` tags) and ``<out>/<stem>.json`` (two inputs of one stem: ``<stem>_1``, ``<stem>_2``, ...,
 never a name another input has). It replaces nothing it was not asked to
 (:func:`minirccn.core.files.check_replace`): files of those names already in ``--out`` need
 ``--overwrite``, an input image is never replaced, and without ``--out`` the results go to
@@ -121,7 +121,7 @@ DEFAULT_DETECT_OUT = "detections"
 
 def _output_stems(paths: list) -> list:
     """File stems for the outputs, one per input and all distinct: an input's own stem, or
-    ``<stem>_2``, ... when two inputs share one (never a stem another input has)."""
+    ``<stem>_1``, ... when two inputs share one (never a stem another input has)."""
     return distinct_names([os.path.splitext(os.path.basename(p))[0] or "image" for p in paths])
 
 
