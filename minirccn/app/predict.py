@@ -6,7 +6,11 @@
     minirccn eval   --checkpoint runs/shapes/checkpoint.npz [--data shapes] [--split test] [--json]
 
 ``detect`` writes, per image, ``<out>/<stem>.png`` (the image with its boxes and
-``"name score"`` tags) and ``<out>/<stem>.json``::
+``"name score"`` tags) and ``<out>/<stem>.json`` (two inputs of one stem: ``<stem>_1``, ``<stem>_2``, ...,
+never a name another input has). It replaces nothing it was not asked to
+(:func:`minirccn.core.files.check_replace`): files of those names already in ``--out`` need
+``--overwrite``, an input image is never replaced, and without ``--out`` the results go to
+``detections``, or ``detections2``, ... when that one holds files::
 
     {"image": "a.png", "height": 128, "width": 128,
      "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...], "names": [...],
@@ -27,8 +31,15 @@ import json
 import os
 
 from minirccn.core.backend import BACKENDS, resolve
-from minirccn.core.errors import MinirccnError
-from minirccn.core.files import check_out_folder, save_image, write_json
+from minirccn.core.errors import MinirccnError, note
+from minirccn.core.files import (
+    check_out_folder,
+    check_replace,
+    distinct_names,
+    next_free,
+    save_image,
+    write_json,
+)
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
 from minirccn.data.common import read_image, warn
@@ -84,7 +95,17 @@ def add_arguments_detect(parser) -> None:
         "--checkpoint", required=True, help="checkpoint file written by minirccn train"
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--out", default="detections", help="output folder (default: detections)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: {DEFAULT_DETECT_OUT}, or {DEFAULT_DETECT_OUT}2, ... when "
+        "it holds files)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results of the same names already in --out (never an input image)",
+    )
     parser.add_argument(
         "--score-thresh",
         type=float,
@@ -94,15 +115,33 @@ def add_arguments_detect(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="numpy, numba or cuda")
 
 
+DEFAULT_DETECT_OUT = "detections"
+
+
 def _output_stems(paths: list) -> list:
-    """File stems for the outputs, made unique (``a``, ``a_1``, ...) when two inputs share one."""
-    seen, stems = {}, []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0] or "image"
-        k = seen.get(stem, 0)
-        seen[stem] = k + 1
-        stems.append(stem if k == 0 else f"{stem}_{k}")
-    return stems
+    """File stems for the outputs, one per input and all distinct: an input's own stem, or
+    ``<stem>_1``, ... when two inputs share one (never a stem another input has)."""
+    return distinct_names([os.path.splitext(os.path.basename(p))[0] or "image" for p in paths])
+
+
+def _free_folder(path: str) -> bool:
+    return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
+
+
+def _claim_outputs(args) -> None:
+    """``--out`` (default: the first free ``detections``, ``detections2``, ...) and the rule of
+    every writer for the files detect will write there (before the model loads)."""
+    if args.out is None:
+        args.out = next_free(DEFAULT_DETECT_OUT, _free_folder)
+        if args.out != DEFAULT_DETECT_OUT:
+            note(f"{DEFAULT_DETECT_OUT} holds files; the results go to {args.out}")
+    check_out_folder(args.out)
+    paths = [
+        os.path.join(args.out, f"{stem}{ext}")
+        for stem in _output_stems(args.images)
+        for ext in (".png", ".json")
+    ]
+    check_replace(paths, overwrite=args.overwrite, inputs=args.images, where=args.out)
 
 
 def run_detect(args) -> int:
@@ -112,7 +151,7 @@ def run_detect(args) -> int:
         if not os.path.isfile(path):
             raise MinirccnError(f"{path}: image file not found")
     backend = resolve(args.backend) if args.backend else None
-    check_out_folder(args.out)  # before the model loads: an unusable --out fails at once
+    _claim_outputs(args)  # before the model loads: an unusable --out fails at once
     model = _load_model(args.checkpoint)
     names = list(model.class_names)
     failed = []

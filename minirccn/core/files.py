@@ -243,17 +243,6 @@ def check_out_folder(folder, flag: str = "--out") -> str:
 # ----------------------------------------------------------------------------- the rule of every writer
 
 
-def same_file(a, b) -> bool:
-    """True if paths ``a`` and ``b`` name one file (the same path, or links to one file)."""
-    a, b = os.fspath(a), os.fspath(b)
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_replace(paths, *, overwrite: bool = False, inputs=(), flag: str = "--out", where=None) -> list:
     """Apply the rule (module docstring) to the files a command is about to write.
 
@@ -274,15 +263,28 @@ def check_replace(paths, *, overwrite: bool = False, inputs=(), flag: str = "--o
     paths = [os.fspath(p) for p in paths]
     if where is None:
         where = os.path.dirname(paths[0]) if paths else ""
-    inputs = [os.fspath(i) for i in inputs]
-    existing_inputs = [i for i in inputs if os.path.exists(i)]
+    by_name, by_inode = {}, {}  # an input by its real path and by (device, inode)
+    for inp in inputs:
+        inp = os.fspath(inp)
+        by_name.setdefault(os.path.realpath(inp), inp)
+        try:
+            st = os.stat(inp)
+            by_inode.setdefault((st.st_dev, st.st_ino), inp)
+        except OSError:
+            pass
     for path in paths:
-        for inp in existing_inputs:
-            if same_file(path, inp):
-                raise MinirccnError(
-                    f"{flag} {where}: the output {path} would replace the input {inp}; "
-                    f"choose another {flag}"
-                )
+        inp = by_name.get(os.path.realpath(path))
+        if inp is None and by_inode:
+            try:
+                st = os.stat(path)
+                inp = by_inode.get((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        if inp is not None:
+            raise MinirccnError(
+                f"{flag} {where}: the output {path} would replace the input {inp}; "
+                f"choose another {flag}"
+            )
     existing = [p for p in paths if os.path.lexists(p)]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more of its outputs)" if len(existing) > 1 else ""

@@ -51,6 +51,30 @@ def warn(message: str) -> None:
     warnings.warn(message, DataWarning, stacklevel=3)
 
 
+def check_class_names(names, where: str) -> list:
+    """Refuse class names a detector cannot be trained on (and its checkpoint would not load):
+    a class named ``__background__`` (label 0's name) or a name given twice. Returns ``names``.
+
+    Raises:
+        MinirccnError: naming ``where`` (the data) and the name.
+    """
+    names = list(names)
+    seen = set()
+    for name in names[1:]:
+        if name == BACKGROUND:
+            raise MinirccnError(
+                f"{where}: a class is named {BACKGROUND!r}, the name kept for the background "
+                "(label 0); rename that class"
+            )
+        if name in seen:
+            raise MinirccnError(
+                f"{where}: two classes are named {name!r}; class names must be distinct "
+                "(merge or rename them)"
+            )
+        seen.add(name)
+    return names
+
+
 class DetectionDataset:
     """Base class: ``len(ds)``, ``ds[i]`` -> sample dict, ``ds.class_names``, ``ds.name``.
 
