@@ -350,3 +350,46 @@ def test_a_voc_split_file_with_a_utf8_bom_reads(tmp_path):
     text = open(path).read()
     open(path, "w", encoding="utf-8-sig").write(text)
     assert len(load_dataset(root, "train")) == 4
+
+
+# ------------------------------------------------------------------ D14: extending a run
+FAST = ["backbone_stages=[[4, 1, true], [8, 1, true], [8, 1, false]]", "rpn_channels=8",
+        "representation_size=16", "roi_output_size=3", "rpn_pre_nms_top_n_test=30",
+        "rpn_post_nms_top_n_test=10", "box_batch_size_per_image=16"]
+SETS = [a for f in FAST for a in ("--set", f)]
+
+
+def test_a_run_can_be_extended_with_resume_iters(coco, tmp_path, capsys):
+    from minirccn.engine.checkpoint import load_checkpoint
+    out = str(tmp_path / "run")
+    base = ["train", "--data", coco, "--split", "all", "--eval-split", "", "--no-progress",
+            "--out", out] + SETS
+    assert main(base + ["--iters", "10"]) == 0
+    before, _ = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    capsys.readouterr()
+    assert main(base + ["--iters", "20", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "--resume: going on to 20 steps with the checkpoint's schedule (" in err
+    assert f"milestones={list(before.config.milestones)}" in err
+    model, state = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert state["step"] == 20 and model.config.milestones == before.config.milestones
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["config"]["iters"] == 20 and m["config"]["milestones"] == list(before.config.milestones)
+
+
+def test_resuming_with_other_data_names_the_fields_that_differ(coco, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    base = ["train", "--split", "all", "--eval-split", "", "--no-progress", "--out", out,
+            "--iters", "4"] + SETS
+    assert main(base + ["--data", coco]) == 0
+    d = json.load(open(coco))
+    for a in d["annotations"]:  # boxes twice as large: other derived anchors
+        a["bbox"] = [a["bbox"][0] / 2, a["bbox"][1] / 2, a["bbox"][2] * 1.9, a["bbox"][3] * 1.9]
+    other = tmp_path / "other.json"
+    json.dump(d, open(other, "w"))
+    images = os.path.join(os.path.dirname(coco), "images")
+    capsys.readouterr()
+    assert main(base + ["--data", str(other), "--images", images, "--resume"]) == 2
+    line = last_error(capsys)
+    assert "was trained with a different config: anchor_sizes [" in line
+    assert "in the checkpoint" in line and "now (derived from the data)" in line
