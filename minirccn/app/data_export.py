@@ -78,6 +78,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if not args.out.strip():
+        raise MinirccnError("--out: expected a file or folder name, got an empty string")
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
     dataset = check_images(dataset, "--data")  # truncated images: skipped, each named
     if args.data_command == "export":

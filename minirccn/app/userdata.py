@@ -257,6 +257,14 @@ def configure(args, log=print, base=None) -> dict:
     sj = config.scale_jitter
     if sj and not (len(sj) == 2 and 0 < float(sj[0]) <= float(sj[1]) <= 10):
         raise MinirccnError(f"scale_jitter: expected (lo, hi) with 0 < lo <= hi <= 10, got {sj}")
+    if sj and float(sj[0]) * config.min_size < 2 * _stride(config):
+        lowest = 2 * _stride(config) / config.min_size
+        raise MinirccnError(
+            f"scale_jitter: {float(sj[0]):g} x min_size {config.min_size} leaves "
+            f"{float(sj[0]) * config.min_size:g} px, less than two cells of the backbone's stride "
+            f"{_stride(config)} (its last maps would be one value per channel); use a lower bound "
+            f">= {lowest:.3g}"
+        )
     out["config"] = config
     out["metrics"]["config_sources"] = sources
     out["metrics"]["config"] = json.loads(config.to_json())

@@ -2,6 +2,7 @@
 ../shared/reviews/cli-misuse-sweep.md that failed on the code the sweep ran (09c0f12)."""
 
 import json
+import re
 import os
 
 import numpy as np
@@ -393,3 +394,69 @@ def test_resuming_with_other_data_names_the_fields_that_differ(coco, tmp_path, c
     line = last_error(capsys)
     assert "was trained with a different config: anchor_sizes [" in line
     assert "in the checkpoint" in line and "now (derived from the data)" in line
+
+
+# ------------------------------------------------------------------ D17, D22: messages, nonsense flags
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["bench", "--seed", "-1"], "--seed: expected a non-negative integer, got -1"),
+        (["bench", "--min-time", "-1"], "--min-time: expected a finite number"),
+        (["bench", "--min-time", "nan"], "--min-time: expected a finite number"),
+        (["bench", "--min-time", "inf"], "--min-time: expected a finite number"),
+        (["lineage", "--seed", "-1"], "--seed: expected a non-negative integer, got -1"),
+        (["lineage", "--rpn-top-n", "0"], "--rpn-top-n: expected a positive number, got 0"),
+        (["lineage", "--rpn-top-n", "-1"], "--rpn-top-n: expected a positive number, got -1"),
+        (["data", "preview", "--out", ""], "--out: expected a file or folder name"),
+        (["config", "show", "--no-derive", "--set", "backbone=bogus"],
+         "backbone must be one of tiny, vgg16"),
+        (["config", "show", "--no-derive", "--set", "rpn_fg_iou_thresh=0.1"],
+         "rpn_bg_iou_thresh 0.3 must not exceed rpn_fg_iou_thresh 0.1"),
+        (["config", "show", "--no-derive", "--set", "scale_jitter=0.01,0.02"],
+         "scale_jitter: 0.01 x min_size"),
+    ],
+)
+def test_nonsense_flags_are_one_line_naming_the_flag(argv, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing written where the tests run
+    assert main(argv) == 2
+    assert words in last_error(capsys)
+
+
+def test_coco_files_that_name_their_problem(coco, tmp_path, capsys):
+    images = os.path.join(os.path.dirname(coco), "images")
+    text = open(coco).read()
+    d = json.loads(text)
+    big = tmp_path / "bigint.json"
+    ann = json.dumps(d["annotations"][0]["bbox"])
+    big.write_text(text.replace(ann, "[" + "9" * 5000 + ", 1, 2, 3]", 1))
+    nocats = tmp_path / "nocats.json"
+    json.dump({**d, "categories": [], "annotations": []}, open(nocats, "w"))
+    for path, words in ((big, "bigint.json: malformed JSON (Exceeds the limit"),
+                        (nocats, "nocats.json: no categories")):
+        with pytest.raises(MinirccnError, match=re.escape(words)):
+            load_dataset(str(path), "all", images=images)
+    with pytest.raises(MinirccnError, match="--images: expected a folder name"):
+        load_dataset(coco, "all", images="")
+
+
+def test_deep_config_and_proposal_files_name_the_file(tmp_path):
+    from minirccn.config.overrides import read_config_file
+    from minirccn.proposals.source import load_proposal_file
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(MinirccnError, match="deep.json: JSON nested too deeply"):
+        read_config_file(str(deep))
+    with pytest.raises(MinirccnError, match="deep.json: not a readable JSON proposal file"):
+        load_proposal_file(str(deep))
+
+
+def test_a_bad_rng_state_names_the_checkpoint(coco, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--data", coco, "--split", "all", "--eval-split", "", "--no-progress",
+            "--out", str(out), "--iters", "3"] + SETS
+    assert main(base) == 0
+    ck = str(out / "checkpoint.npz")
+    crafted(ck, ck, meta=lambda m: m.update(rng_state={"bit_generator": "MT19937", "state": {}}))
+    capsys.readouterr()
+    assert main(base + ["--resume"]) == 2
+    assert "checkpoint.npz: rng_state is not a PCG64 generator state" in last_error(capsys)
