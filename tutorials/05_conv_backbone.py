@@ -304,6 +304,9 @@ for key in grads:
 # weights. We read the output of each stage by running the first `k` stages
 # (the parameter names of a shorter spec are the same). Even random filters
 # respond to edges and colours; training will make them respond to shapes.
+# Each row of the picture: the input image, then the four most varied channels
+# of stage `k`'s output, each on its own grey scale (black its minimum, white
+# its maximum, both printed over it).
 
 # %%
 sample = load_dataset("shapes", split="train", seed=0)[3]
@@ -318,12 +321,12 @@ for k in range(1, 5):
     energy = fmap[0].reshape(fmap.shape[1], -1).std(axis=1)  # most varied channels first
     picks = np.argsort(-energy, kind="stable")[:4]
     panels.append(
-        T.caption(Image.fromarray(sample["image"]), f"stage {k} output\n{tuple(fmap.shape[1:])}")
+        T.caption(Image.fromarray(sample["image"]), f"input; stage {k}'s\noutput {tuple(fmap.shape[1:])}:")
     )
     panels += [
         T.caption(
             T.grey(fmap[0, c], up),
-            f"channel {c}\nblack {fmap[0, c].min():.2f}, white {fmap[0, c].max():.2f}",
+            f"channel {c}\nblack {fmap[0, c].min():.1f}\nwhite {fmap[0, c].max():.1f}",
         )
         for c in picks
     ]

@@ -24,7 +24,18 @@ import os
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, partition, path_inside, read_image, warn, )
+from minirccn.data.common import (
+    BACKGROUND,
+    FileDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    parse_bool,
+    partition,
+    path_inside,
+    read_image,
+    warn,
+)
 
 
 def image_dir(annotation_file: str, images: str | None) -> str:
@@ -79,7 +90,7 @@ def _id(entry, key: str, where: str):
     return value
 
 
-class COCODataset(DetectionDataset):
+class COCODataset(FileDataset):
     """A COCO detection JSON file (see the module docstring).
 
     Args:
@@ -179,15 +190,6 @@ class COCODataset(DetectionDataset):
             )
         self.split = split
         self.name = f"coco-{os.path.splitext(os.path.basename(self.path))[0]}-{split}"
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def image_file(self, index: int) -> str:
-        return self._records[index][1]
-
-    def num_boxes(self) -> int:
-        return int(sum(len(r[2]) for r in self._records))
 
     def _load(self, index: int) -> dict:
         image_id, image_path, boxes, labels, difficult, size = self._records[index]

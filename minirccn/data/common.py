@@ -100,6 +100,23 @@ class DetectionDataset:
         return f"<{type(self).__name__} {self.name!r}: {len(self)} images, {self.num_classes - 1} classes>"
 
 
+class FileDataset(DetectionDataset):
+    """A dataset read from annotation files: one record a image in ``self._records``, each a
+    tuple ``(image_id, image_path, ...)`` whose field ``BOXES`` holds the image's boxes."""
+
+    BOXES = 2  # index of the boxes in a record
+    _records: list
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def image_file(self, index: int) -> str:
+        return self._records[index][1]
+
+    def num_boxes(self) -> int:
+        return int(sum(len(r[self.BOXES]) for r in self._records))
+
+
 def make_sample(image, boxes, labels, difficult, image_id) -> dict:
     """The sample dict with the documented dtypes (copies nothing that is already right)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

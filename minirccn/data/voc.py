@@ -30,7 +30,16 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, path_inside, read_image, )
+from minirccn.data.common import (
+    BACKGROUND,
+    FileDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    parse_bool,
+    path_inside,
+    read_image,
+)
 
 VOC_CLASSES = [
     "aeroplane",
@@ -128,13 +137,15 @@ def split_files(root: str) -> list:
     )
 
 
-class VOCDataset(DetectionDataset):
+class VOCDataset(FileDataset):
     """A Pascal VOC style folder (see the module docstring).
 
     Args:
         root: folder with ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/``.
         split: name of a file ``ImageSets/Main/<split>.txt`` (one image id per line), or ``"all"``.
     """
+
+    BOXES = 3  # records: (image_id, image_path, xml, boxes, labels, difficult)
 
     def __init__(self, root: str, split: str = "train"):
         self.root = os.fspath(root)
@@ -235,15 +246,6 @@ class VOCDataset(DetectionDataset):
             except ET.ParseError:
                 continue  # not part of this split; it will be reported when its split is read
         return names
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def image_file(self, index: int) -> str:
-        return self._records[index][1]
-
-    def num_boxes(self) -> int:
-        return int(sum(len(r[3]) for r in self._records))
 
     def _load(self, index: int) -> dict:
         image_id, image_path, xml, boxes, labels, difficult = self._records[index]

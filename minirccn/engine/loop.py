@@ -168,12 +168,17 @@ def train(
     validator = None
     if config.eval_every > 0 and test_data is not None and len(test_data) and not alternating:
         validator = Validator(test_data, config.eval_every, out, backend, val_limit)
+        if resume:  # the curve and best point so far: best.npz is replaced only by a better model
+            validator.restore(state["extra"], start)
+    if resume and start >= config.iters:
+        note(f"--resume: {ckpt} has done all {config.iters} steps already; evaluating it again")
     t0 = time.perf_counter()
     if alternating:
         model = train_alternating(model, train_data, rng, seed, backend, history, progress)
     else:
         run = Run(
-            model, optimizer, config, rng, seed, backend, history, ckpt, checkpoint_every, progress
+            model, optimizer, config, rng, seed, backend, history, ckpt, checkpoint_every, progress,
+            validator,
         )
         _train_joint(run, train_data, start, validator)
     train_seconds = time.perf_counter() - t0
@@ -207,7 +212,7 @@ def train(
             optimizer_state=None if alternating else optimizer.state_dict(),
             step=config.iters,
             rng_state=rng.bit_generator.state,
-            extra={"history": history, "seed": seed},
+            extra={"history": history, "seed": seed, **(validator.state() if validator else {})},
         )
     stop = runs.current_stop()
     if stop.requested():  # a signal during the last step: the run is complete and saved
@@ -250,16 +255,21 @@ class Run:
     checkpoint: str | None = None  # path of checkpoint.npz; None: none written
     checkpoint_every: int = 500
     progress: bool = True
+    validator: object = None  # its curve and best point go into every checkpoint
 
     def save(self, done: int) -> None:
-        """The checkpoint after ``done`` steps (model, optimiser, generator, losses, seed)."""
+        """The checkpoint after ``done`` steps (model, optimiser, generator, losses, seed, the
+        validation so far)."""
+        extra = {"history": self.history, "seed": self.seed}
+        if self.validator is not None:
+            extra.update(self.validator.state())
         save_checkpoint(
             self.checkpoint,
             self.model,
             optimizer_state=self.optimizer.state_dict(),
             step=done,
             rng_state=self.rng.bit_generator.state,
-            extra={"history": self.history, "seed": self.seed},
+            extra=extra,
         )
 
 
@@ -294,7 +304,7 @@ def _train_joint(run: Run, data, start: int, validator=None) -> None:
             )
         done = step + 1
         if validator is not None and validator.due(done, config.iters):
-            point = validator(model, done, seed)
+            point = validator(model, done, seed, train_loss=tail_mean(history["loss"], validator.every))
             if run.progress:
                 bar.write(f"step {done}: validation mAP@0.5 {point['map50']:.4f} mAP {point['map']:.4f}")
         if ckpt and run.checkpoint_every and done % run.checkpoint_every == 0 and done < config.iters:
