@@ -92,6 +92,49 @@ class SkipImages:
         return getattr(self.dataset, name)
 
 
+class ReplaceUnreadable:
+    """``dataset`` whose images that cannot be decoded (corrupt inside, past the preflight's
+    header and end-marker checks) are replaced by the next readable image, with one warning
+    naming the file: a training run goes on, and, the replacement depending on the data only,
+    a resumed run takes the same images as the uninterrupted one."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.class_names = dataset.class_names
+        self.name = dataset.name
+        self.bad = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        n = len(self.dataset)
+        i = int(index) % n if n else int(index)
+        for k in range(n):
+            j = (i + k) % n
+            if j in self.bad:
+                continue
+            try:
+                return self.dataset[j]
+            except MinirccnError as exc:
+                self.bad.add(j)
+                warn(f"{exc}; skipped for the rest of the run")
+        raise MinirccnError(f"{self.name}: none of its {n} images could be read")
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getattr__(self, name):  # image_file, split, path, num_boxes ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def check_images(dataset, what: str = "--data"):
     """Read every image file's header; skip unreadable or truncated ones with one warning each.
 

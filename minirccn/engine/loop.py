@@ -36,7 +36,7 @@ from minirccn.core.progress import progress_bar
 from minirccn.core.files import write_json
 from minirccn.data import load_dataset
 from minirccn.data.batching import batch_indices
-from minirccn.data.checks import check_images, check_not_empty
+from minirccn.data.checks import ReplaceUnreadable, check_images, check_not_empty
 from minirccn.detector import registry
 from minirccn.engine import runs
 from minirccn.engine.alternating import train_alternating
@@ -123,7 +123,7 @@ def train(
         test_data = load_dataset(data, eval_split, images=images)
     # before step 1: no empty data, and every image file readable (bad ones skipped, named)
     check_not_empty(train_data, f"--data {data}")
-    train_data = check_images(train_data, "--data")
+    train_data = ReplaceUnreadable(check_images(train_data, "--data"))  # corrupt inside: skipped
     if test_data is not None and len(test_data):
         test_data = check_images(test_data, "--data")
     ckpt = os.path.join(out, "checkpoint.npz") if out else None

@@ -460,3 +460,23 @@ def test_a_bad_rng_state_names_the_checkpoint(coco, tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--resume"]) == 2
     assert "checkpoint.npz: rng_state is not a PCG64 generator state" in last_error(capsys)
+
+
+# ------------------------------------------------------------------ D7: corrupt inside, in training
+def test_a_training_image_corrupt_inside_is_skipped_and_resume_goes_past_it(one_bad, tmp_path, capsys):
+    from minirccn.engine.checkpoint import load_checkpoint
+    data, bad = one_bad
+    base = ["train", "--data", data, "--split", "all", "--eval-split", "", "--no-progress"] + SETS
+    assert main(base + ["--iters", "12", "--out", str(tmp_path / "full")]) == 0
+    err = capsys.readouterr().err
+    assert [e for e in err.splitlines() if "cannot decode" in e] == [
+        f"minirccn: warning: {bad}: cannot decode image (unrecognized data stream contents when "
+        "reading image file); skipped for the rest of the run"
+    ]
+    # interrupted runs (6 steps, then resumed to 12) take the same images: the same weights
+    assert main(base + ["--iters", "6", "--out", str(tmp_path / "kk"), "--no-derive"]) == 0
+    assert main(base + ["--iters", "12", "--out", str(tmp_path / "kk"), "--no-derive", "--resume"]) == 0
+    assert main(base + ["--iters", "12", "--out", str(tmp_path / "ref"), "--no-derive"]) == 0
+    a, _ = load_checkpoint(str(tmp_path / "kk" / "checkpoint.npz"))
+    b, _ = load_checkpoint(str(tmp_path / "ref" / "checkpoint.npz"))
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in b.params)
