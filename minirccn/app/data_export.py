@@ -15,7 +15,7 @@ from __future__ import annotations
 from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
-from minirccn.data.common import warn
+from minirccn.data.common import ImageUnreadable, warn
 from minirccn.data.export import FORMATS, export_dataset
 from minirccn.viz import draw_detections, save_grid
 
@@ -29,7 +29,7 @@ def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -
     for i in range(n):
         try:
             s = dataset[i]
-        except MinirccnError as exc:  # one image that cannot be decoded: skipped, as train does
+        except ImageUnreadable as exc:  # one image that cannot be decoded: skipped, as train does
             warn(f"{exc}; skipped")
             continue
         pictures.append(

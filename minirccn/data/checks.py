@@ -10,7 +10,7 @@ import os
 from PIL import Image
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import read_image, warn
+from minirccn.data.common import ImageUnreadable, read_image, warn
 
 
 def _tail(path: str, n: int = 1024) -> bytes:
@@ -120,7 +120,7 @@ class ReplaceUnreadable:
                 continue
             try:
                 return self.dataset[j]
-            except MinirccnError as exc:
+            except ImageUnreadable as exc:
                 self.bad.add(j)
                 warn(f"{exc}; skipped for the rest of the run")
         raise MinirccnError(f"{self.name}: none of its {n} images could be read")

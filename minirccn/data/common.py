@@ -42,6 +42,10 @@ PARTITION_SEED = 0
 TEST_FRACTION = 0.1
 
 
+class ImageUnreadable(MinirccnError):
+    """An image file is missing or cannot be decoded (the message names it)."""
+
+
 class DataWarning(UserWarning):
     """A single bad annotation was skipped (the message names the file and the annotation)."""
 
@@ -140,7 +144,7 @@ def read_image(path: str) -> np.ndarray:
         MinirccnError: the file is missing, truncated or not an image.
     """
     if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: image file not found")
+        raise ImageUnreadable(f"{path}: image file not found")
     try:
         with Image.open(path) as im:
             im.load()
@@ -151,7 +155,7 @@ def read_image(path: str) -> np.ndarray:
                 return _scale_to_8_bits(np.asarray(im), im.mode)
             rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated file, decoder errors
-        raise MinirccnError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageUnreadable(f"{path}: cannot decode image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
 
 

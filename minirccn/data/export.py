@@ -29,7 +29,7 @@ from PIL import Image
 
 from minirccn.core.errors import MinirccnError
 from minirccn.core.progress import progress_bar
-from minirccn.data.common import warn
+from minirccn.data.common import ImageUnreadable, warn
 from minirccn.core.files import atomic_path, check_out_folder, save_image, write_json, write_text
 
 FORMATS = ("voc", "coco", "csv")
@@ -54,7 +54,7 @@ def _samples(dataset, count, progress, skipped=None):
     for i in progress_bar(range(n), desc=f"export {dataset.name}", unit="img", enabled=progress):
         try:
             sample = dataset[i]
-        except MinirccnError as exc:
+        except ImageUnreadable as exc:
             warn(f"{exc}; skipped")
             bad.append(i)
             continue
