@@ -37,11 +37,12 @@ from minirccn.core.files import write_json
 from minirccn.data import load_dataset
 from minirccn.data.batching import batch_indices
 from minirccn.data.checks import ReplaceUnreadable, check_images, check_not_empty
+from minirccn.data.common import ImageUnreadable
 from minirccn.detector import registry
 from minirccn.engine import runs
 from minirccn.engine.alternating import train_alternating
 from minirccn.engine.checkpoint import check_resume, load_checkpoint, save_checkpoint
-from minirccn.engine.inference import evaluate_model, run_model
+from minirccn.engine.inference import UnusableImage, evaluate_model, run_model
 from minirccn.engine.step import (  # noqa: F401 - the step's names, importable from the loop
     TrainingDiverged,
     batch_stats_at,
@@ -339,8 +340,11 @@ def write_outputs(out, model, metrics, history, test_data, backend):
     if test_data is not None and len(test_data):
         tiles = []
         for i in range(min(8, len(test_data))):
-            sample = test_data[i]
-            det = run_model(model, sample["image"], backend, sample["image_id"])
+            try:  # a bad image: the evaluation has named it already
+                sample = test_data[i]
+                det = run_model(model, sample["image"], backend, sample["image_id"])
+            except (ImageUnreadable, UnusableImage):
+                continue
             keep = det["scores"] >= 0.5
             tiles.append(
                 viz.draw_detections(
@@ -362,7 +366,8 @@ def write_outputs(out, model, metrics, history, test_data, backend):
                     scale=2,
                 )
             )
-        viz.save_grid(tiles, os.path.join(out, "detections.png"), cols=4)
+        if tiles:
+            viz.save_grid(tiles, os.path.join(out, "detections.png"), cols=4)
 
 
 #: the fields ``minirccn train`` derives from ``--iters`` (the schedule): a resumed run that

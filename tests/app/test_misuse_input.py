@@ -480,3 +480,16 @@ def test_a_training_image_corrupt_inside_is_skipped_and_resume_goes_past_it(one_
     a, _ = load_checkpoint(str(tmp_path / "kk" / "checkpoint.npz"))
     b, _ = load_checkpoint(str(tmp_path / "ref" / "checkpoint.npz"))
     assert all(np.array_equal(a.params[k], b.params[k]) for k in b.params)
+
+
+def test_a_validation_image_corrupt_inside_is_skipped_and_the_run_finishes(coco, one_bad, tmp_path, capsys):
+    data, bad = one_bad
+    out = tmp_path / "run"
+    argv = ["train", "--data", coco, "--split", "all", "--val-data", data, "--no-progress",
+            "--iters", "4", "--set", "eval_every=2", "--out", str(out)] + SETS
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{bad}: cannot decode image" in err and "skipped" in err
+    m = json.load(open(out / "metrics.json"))
+    assert len(m["val_curve"]) == 2 and m["num_images"] == 7
+    assert (out / "checkpoint.npz").exists() and (out / "detections.png").exists()
