@@ -10,7 +10,7 @@ import os
 from PIL import Image
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import ImageUnreadable, read_image, warn
+from minirccn.data.common import ImageUnreadable, quiet_exif, read_image, warn
 
 
 def _tail(path: str, n: int = 1024) -> bytes:
@@ -26,7 +26,7 @@ def image_problem(path: str) -> str | None:
     formats with an end marker (JPEG, PNG, GIF) or a stated size (BMP, WebP), its end is
     checked, so a truncated file is found without decoding it; other formats are decoded."""
     try:
-        with Image.open(path) as im:
+        with quiet_exif(), Image.open(path) as im:
             fmt, (w, h) = im.format, im.size
             if w < 1 or h < 1:
                 return f"empty image ({w}x{h})"

@@ -332,11 +332,17 @@ def test_a_voc_folder_never_validates_on_a_list_inside_the_training_one(tmp_path
     assert p.train_split == "trainval" and p.val is None
 
 
-def test_a_voc_folder_without_train_lists_trains_on_every_annotation(tmp_path):
+def test_a_voc_folder_without_split_files_trains_on_every_annotation(tmp_path):
     from minirccn.app import userdata
-    p = userdata.plan(voc_with_lists(tmp_path, {"val": (6, 8)}))
+    p = userdata.plan(voc_with_lists(tmp_path, {}))
     assert p.train_split == "all" and len(p.train) == 8 and p.val is None
-    assert "no train.txt or trainval.txt" in p.note
+    assert "no train.txt or trainval.txt; found: no split files" in p.note
+
+
+def test_a_voc_folder_with_only_other_split_files_lists_them(tmp_path):
+    from minirccn.app import userdata
+    with pytest.raises(MinirccnError, match=r"no train\.txt or trainval\.txt, only test\.txt, val\.txt; give --split NAME"):
+        userdata.plan(voc_with_lists(tmp_path, {"val": (6, 8), "test": (4, 6)}))
 
 
 def test_a_missing_voc_split_file_lists_the_ones_found(tmp_path):
@@ -493,3 +499,16 @@ def test_a_validation_image_corrupt_inside_is_skipped_and_the_run_finishes(coco,
     m = json.load(open(out / "metrics.json"))
     assert len(m["val_curve"]) == 2 and m["num_images"] == 7
     assert (out / "checkpoint.npz").exists() and (out / "detections.png").exists()
+
+
+def test_a_corrupt_exif_block_reads_the_image_as_stored_without_a_nameless_warning(tmp_path):
+    import warnings
+    from PIL import Image
+    from minirccn.data.common import read_image
+    path = str(tmp_path / "garbexif.jpg")
+    Image.new("RGB", (40, 30)).save(path, exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f garbage")
+    from minirccn.data.checks import image_problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert image_problem(path) is None
+        assert read_image(path).shape == (30, 40, 3)
