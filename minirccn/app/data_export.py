@@ -21,7 +21,7 @@ from minirccn.core.errors import MinirccnError, note
 from minirccn.core.files import check_replace, next_free
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
-from minirccn.data.common import warn
+from minirccn.data.common import ImageUnreadable, warn
 from minirccn.data.export import FORMATS, export_dataset, source_files
 from minirccn.viz import draw_detections, save_grid
 
@@ -35,7 +35,7 @@ def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -
     for i in range(n):
         try:
             s = dataset[i]
-        except MinirccnError as exc:  # one image that cannot be decoded: skipped, as train does
+        except ImageUnreadable as exc:  # one image that cannot be decoded: skipped, as train does
             warn(f"{exc}; skipped")
             continue
         pictures.append(
@@ -113,6 +113,8 @@ def preview_out(out, overwrite: bool) -> str:
 def run(args) -> int:
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if args.out is not None and not args.out.strip():
+        raise MinirccnError("--out: expected a file or folder name, got an empty string")
     if args.data_command == "preview":  # before the data is read: a bad --out fails at once
         args.out = preview_out(args.out, args.overwrite)
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)

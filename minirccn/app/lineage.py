@@ -450,6 +450,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    for flag in ("iters", "test_images", "rcnn_max_proposals", "rpn_top_n"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise MinirccnError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
     if args.rpn_checkpoint and not os.path.isfile(args.rpn_checkpoint):
         raise MinirccnError(f"--rpn-checkpoint {args.rpn_checkpoint}: file not found")
     report = run_lineage(

@@ -42,9 +42,9 @@ from minirccn.core.files import (
 )
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
-from minirccn.data.common import read_image, warn
+from minirccn.data.common import ImageUnreadable, read_image, warn
 from minirccn.engine.checkpoint import load_checkpoint
-from minirccn.engine.inference import evaluate_model, run_model
+from minirccn.engine.inference import UnusableImage, evaluate_model, run_model
 from minirccn.viz import draw_detections
 
 DEFAULT_SCORE_THRESH = 0.5
@@ -159,7 +159,7 @@ def run_detect(args) -> int:
         try:
             image = read_image(path)
             det = run_model(model, image, backend, path)
-        except MinirccnError as exc:  # one bad image: skipped with one line, the others run
+        except (ImageUnreadable, UnusableImage) as exc:  # one bad image: one line, the others run
             if len(args.images) == 1:
                 raise
             warn(f"{exc}; skipped")

@@ -53,13 +53,21 @@ def _voc_has(root: str, split: str) -> bool:
 def voc_train_split(root: str, val_data=None) -> str:
     """The list a VOC folder trains on: ``trainval`` when a ``test`` list (or ``--val-data``)
     is there to validate on, else ``train``; a folder with only one of them trains on that
-    one (many exports write only ``trainval.txt``); with neither, on every annotation
-    (``all``)."""
+    one (many exports write only ``trainval.txt``); a folder without split files, on every
+    annotation (``all``). Other split files alone (``val.txt``, ``test.txt``): an error
+    listing them (training on every annotation would train on those images)."""
     has_train, has_trainval = _voc_has(root, "train"), _voc_has(root, "trainval")
     if has_trainval and (val_data or _voc_has(root, "test") or not has_train):
         return "trainval"
     if has_train:
         return "train"
+    found = voc_split_files(root)
+    if found:
+        raise MinirccnError(
+            f"{root}: ImageSets/Main has no train.txt or trainval.txt, only "
+            f"{', '.join(f'{n}.txt' for n in found)}; give --split NAME to train on one of them, "
+            "or --split all to train on every annotation"
+        )
     return "all"
 
 
@@ -257,6 +265,14 @@ def configure(args, log=print, base=None) -> dict:
     sj = config.scale_jitter
     if sj and not (len(sj) == 2 and 0 < float(sj[0]) <= float(sj[1]) <= 10):
         raise MinirccnError(f"scale_jitter: expected (lo, hi) with 0 < lo <= hi <= 10, got {sj}")
+    if sj and float(sj[0]) * config.min_size < 2 * _stride(config):
+        lowest = 2 * _stride(config) / config.min_size
+        raise MinirccnError(
+            f"scale_jitter: {float(sj[0]):g} x min_size {config.min_size} leaves "
+            f"{float(sj[0]) * config.min_size:g} px, less than two cells of the backbone's stride "
+            f"{_stride(config)} (its last maps would be one value per channel); use a lower bound "
+            f">= {lowest:.3g}"
+        )
     out["config"] = config
     out["metrics"]["config_sources"] = sources
     out["metrics"]["config"] = json.loads(config.to_json())

@@ -43,6 +43,8 @@ def image_dir(annotation_file: str, images: str | None) -> str:
     the file if it exists, else the file's own folder; ``MinirccnError`` if it is missing."""
     if images is not None:
         folder = os.fspath(images)
+        if not folder.strip():
+            raise MinirccnError("--images: expected a folder name, got an empty string")
     else:
         here = os.path.dirname(os.path.abspath(annotation_file))
         sub = os.path.join(here, "images")
@@ -62,6 +64,8 @@ def _load_json(path: str) -> dict:
         raise MinirccnError(f"{path}: JSON nested too deeply") from None
     except UnicodeDecodeError:
         raise MinirccnError(f"{path}: not a UTF-8 text file") from None
+    except ValueError as exc:  # a number of more than 4300 digits, ...
+        raise MinirccnError(f"{path}: malformed JSON ({exc})") from None
     except OSError as exc:
         raise MinirccnError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
@@ -156,6 +160,10 @@ class COCODataset(FileDataset):
             )
             objects[iid].append((box, label_of[cid], crowd))
 
+        if not categories:
+            raise MinirccnError(
+                f"{self.path}: no categories (its 'categories' list is empty): no class to learn"
+            )
         try:
             ids = partition(list(files), split, self.path)
         except TypeError:

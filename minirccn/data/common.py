@@ -22,6 +22,7 @@ starts; images are decoded lazily in ``ds[i]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -40,6 +41,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 #: different seed still see disjoint images
 PARTITION_SEED = 0
 TEST_FRACTION = 0.1
+
+
+class ImageUnreadable(MinirccnError):
+    """An image file is missing or cannot be decoded (the message names it)."""
 
 
 class DataWarning(UserWarning):
@@ -164,19 +169,37 @@ def read_image(path: str) -> np.ndarray:
         MinirccnError: the file is missing, truncated or not an image.
     """
     if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: image file not found")
+        raise ImageUnreadable(f"{path}: image file not found")
     try:
-        with Image.open(path) as im:
+        with quiet_exif(), Image.open(path) as im:
             im.load()
             # EXIF orientation (phones store portraits as rotated landscapes): pixels as a
             # viewer shows them, the frame the annotation tools draw boxes in
-            im = ImageOps.exif_transpose(im) or im
+            im = _exif_upright(im)
             if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale, never clip
                 return _scale_to_8_bits(np.asarray(im), im.mode)
             rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated file, decoder errors
-        raise MinirccnError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageUnreadable(f"{path}: cannot decode image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def quiet_exif():
+    """A context in which Pillow's 'Corrupt EXIF data' warnings are not shown: they name no
+    file, and an image with a malformed EXIF block has good pixels (used as stored)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+        yield
+
+
+def _exif_upright(im):
+    """``im`` turned as its EXIF orientation says; one whose EXIF block is corrupt is used
+    as stored."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the stored orientation
+        return im
 
 
 def _scale_to_8_bits(grey: np.ndarray, mode: str) -> np.ndarray:

@@ -45,7 +45,7 @@ from minirccn.core.files import (
     write_text,
 )
 from minirccn.core.progress import progress_bar
-from minirccn.data.common import warn
+from minirccn.data.common import ImageUnreadable, warn
 
 FORMATS = ("voc", "coco", "csv")
 
@@ -108,7 +108,7 @@ def _samples(dataset, count, progress, skipped=None):
     for i in progress_bar(range(n), desc=f"export {dataset.name}", unit="img", enabled=progress):
         try:
             sample = dataset[i]
-        except MinirccnError as exc:
+        except ImageUnreadable as exc:
             warn(f"{exc}; skipped")
             bad.append(i)
             continue

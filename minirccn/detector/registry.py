@@ -11,6 +11,7 @@ import importlib
 import numpy as np
 
 from minirccn.detector.backbones import resnet
+from minirccn.detector.backbones import vgg as _vgg
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.models.external import ExternalProposals
 from minirccn.core.errors import MinirccnError
@@ -56,6 +57,7 @@ def check_buildable(config) -> None:
     backbone preset, a ResNet under a pyramid, one anchor size per pyramid level)."""
     if config.model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {config.model!r}")
+    _vgg.get_spec(config.backbone)  # a known name even when backbone_stages replaces it
     build_backbone(config)
 
 

@@ -13,16 +13,21 @@ import numpy as np
 from minirccn.core.backend import to_numpy
 from minirccn.core.errors import MinirccnError
 from minirccn.core.progress import progress_bar
-from minirccn.data.common import warn
+from minirccn.data.common import ImageUnreadable, warn
 from minirccn.evaluation import evaluate
 
 
-def run_model(model, image: np.ndarray, backend: str | None = None, image_id=None) -> dict:
+class UnusableImage(MinirccnError):
+    """The model cannot run on this image (a 4000x1 strip, ...): the message names it."""
+
+
+def run_model(model, image: np.ndarray, backend: str | None = None, image_id=None, name=None) -> dict:
     """``model.predict(image)`` as NumPy arrays with checked shapes.
 
     Args:
         image: ``(H, W, 3)`` uint8.
         image_id: passed on (models whose proposals come from a file look it up).
+        name: the image in an error message (default: ``image_id``).
 
     Returns:
         ``dict(boxes=(D, 4) float32, scores=(D,) float32, labels=(D,) int64)``.
@@ -30,10 +35,11 @@ def run_model(model, image: np.ndarray, backend: str | None = None, image_id=Non
     try:
         out = model.predict(image, backend=backend, image_id=image_id)
     except ValueError as exc:  # an op's check deep inside (a 1x4000 strip, ...): name the image
-        if image_id is None:
+        name = image_id if name is None else name
+        if name is None:
             raise
         h, w = np.shape(image)[:2]
-        raise MinirccnError(f"{image_id}: cannot run the model on this {w}x{h} image ({exc})") from None
+        raise UnusableImage(f"{name}: cannot run the model on this {w}x{h} image ({exc})") from None
     boxes = np.asarray(to_numpy(out["boxes"]), dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(to_numpy(out["scores"]), dtype=np.float32).reshape(-1)
     labels = np.asarray(to_numpy(out["labels"]), dtype=np.int64).reshape(-1)
@@ -73,11 +79,11 @@ def evaluate_model(
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     predictions, targets = [], []
     for i in progress_bar(range(n), desc=f"eval {dataset.name}", unit="img", enabled=progress):
-        try:
+        try:  # one bad image (corrupt inside, a 1-pixel strip): skipped with one warning
             sample = dataset[i]
             where = _image_name(dataset, i, sample)
-            prediction = run_model(model, sample["image"], backend, where)
-        except MinirccnError as exc:  # one bad image (corrupt inside, a 1-pixel strip): skipped
+            prediction = run_model(model, sample["image"], backend, sample["image_id"], where)
+        except (ImageUnreadable, UnusableImage) as exc:
             warn(f"{exc}; skipped")
             continue
         predictions.append(prediction)

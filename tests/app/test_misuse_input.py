@@ -2,6 +2,7 @@
 ../shared/reviews/cli-misuse-sweep.md that failed on the code the sweep ran (09c0f12)."""
 
 import json
+import re
 import os
 
 import numpy as np
@@ -331,11 +332,17 @@ def test_a_voc_folder_never_validates_on_a_list_inside_the_training_one(tmp_path
     assert p.train_split == "trainval" and p.val is None
 
 
-def test_a_voc_folder_without_train_lists_trains_on_every_annotation(tmp_path):
+def test_a_voc_folder_without_split_files_trains_on_every_annotation(tmp_path):
     from minirccn.app import userdata
-    p = userdata.plan(voc_with_lists(tmp_path, {"val": (6, 8)}))
+    p = userdata.plan(voc_with_lists(tmp_path, {}))
     assert p.train_split == "all" and len(p.train) == 8 and p.val is None
-    assert "no train.txt or trainval.txt" in p.note
+    assert "no train.txt or trainval.txt; found: no split files" in p.note
+
+
+def test_a_voc_folder_with_only_other_split_files_lists_them(tmp_path):
+    from minirccn.app import userdata
+    with pytest.raises(MinirccnError, match=r"no train\.txt or trainval\.txt, only test\.txt, val\.txt; give --split NAME"):
+        userdata.plan(voc_with_lists(tmp_path, {"val": (6, 8), "test": (4, 6)}))
 
 
 def test_a_missing_voc_split_file_lists_the_ones_found(tmp_path):
@@ -350,3 +357,158 @@ def test_a_voc_split_file_with_a_utf8_bom_reads(tmp_path):
     text = open(path).read()
     open(path, "w", encoding="utf-8-sig").write(text)
     assert len(load_dataset(root, "train")) == 4
+
+
+# ------------------------------------------------------------------ D14: extending a run
+FAST = ["backbone_stages=[[4, 1, true], [8, 1, true], [8, 1, false]]", "rpn_channels=8",
+        "representation_size=16", "roi_output_size=3", "rpn_pre_nms_top_n_test=30",
+        "rpn_post_nms_top_n_test=10", "box_batch_size_per_image=16"]
+SETS = [a for f in FAST for a in ("--set", f)]
+
+
+def test_a_run_can_be_extended_with_resume_iters(coco, tmp_path, capsys):
+    from minirccn.engine.checkpoint import load_checkpoint
+    out = str(tmp_path / "run")
+    base = ["train", "--data", coco, "--split", "all", "--eval-split", "", "--no-progress",
+            "--out", out] + SETS
+    assert main(base + ["--iters", "10"]) == 0
+    before, _ = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    capsys.readouterr()
+    assert main(base + ["--iters", "20", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "--resume: going on to 20 steps with the checkpoint's schedule (" in err
+    assert f"milestones={list(before.config.milestones)}" in err
+    model, state = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert state["step"] == 20 and model.config.milestones == before.config.milestones
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["config"]["iters"] == 20 and m["config"]["milestones"] == list(before.config.milestones)
+
+
+def test_resuming_with_other_data_names_the_fields_that_differ(coco, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    base = ["train", "--split", "all", "--eval-split", "", "--no-progress", "--out", out,
+            "--iters", "4"] + SETS
+    assert main(base + ["--data", coco]) == 0
+    d = json.load(open(coco))
+    for a in d["annotations"]:  # boxes twice as large: other derived anchors
+        a["bbox"] = [a["bbox"][0] / 2, a["bbox"][1] / 2, a["bbox"][2] * 1.9, a["bbox"][3] * 1.9]
+    other = tmp_path / "other.json"
+    json.dump(d, open(other, "w"))
+    images = os.path.join(os.path.dirname(coco), "images")
+    capsys.readouterr()
+    assert main(base + ["--data", str(other), "--images", images, "--resume"]) == 2
+    line = last_error(capsys)
+    assert "was trained with a different config: anchor_sizes [" in line
+    assert "in the checkpoint" in line and "now (derived from the data)" in line
+
+
+# ------------------------------------------------------------------ D17, D22: messages, nonsense flags
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["bench", "--seed", "-1"], "--seed: expected a non-negative integer, got -1"),
+        (["bench", "--min-time", "-1"], "--min-time: expected a finite number"),
+        (["bench", "--min-time", "nan"], "--min-time: expected a finite number"),
+        (["bench", "--min-time", "inf"], "--min-time: expected a finite number"),
+        (["lineage", "--seed", "-1"], "--seed: expected a non-negative integer, got -1"),
+        (["lineage", "--rpn-top-n", "0"], "--rpn-top-n: expected a positive number, got 0"),
+        (["lineage", "--rpn-top-n", "-1"], "--rpn-top-n: expected a positive number, got -1"),
+        (["data", "preview", "--out", ""], "--out: expected a file or folder name"),
+        (["config", "show", "--no-derive", "--set", "backbone=bogus"],
+         "backbone must be one of tiny, vgg16"),
+        (["config", "show", "--no-derive", "--set", "rpn_fg_iou_thresh=0.1"],
+         "rpn_bg_iou_thresh 0.3 must not exceed rpn_fg_iou_thresh 0.1"),
+        (["config", "show", "--no-derive", "--set", "scale_jitter=0.01,0.02"],
+         "scale_jitter: 0.01 x min_size"),
+    ],
+)
+def test_nonsense_flags_are_one_line_naming_the_flag(argv, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing written where the tests run
+    assert main(argv) == 2
+    assert words in last_error(capsys)
+
+
+def test_coco_files_that_name_their_problem(coco, tmp_path, capsys):
+    images = os.path.join(os.path.dirname(coco), "images")
+    text = open(coco).read()
+    d = json.loads(text)
+    big = tmp_path / "bigint.json"
+    ann = json.dumps(d["annotations"][0]["bbox"])
+    big.write_text(text.replace(ann, "[" + "9" * 5000 + ", 1, 2, 3]", 1))
+    nocats = tmp_path / "nocats.json"
+    json.dump({**d, "categories": [], "annotations": []}, open(nocats, "w"))
+    for path, words in ((big, "bigint.json: malformed JSON (Exceeds the limit"),
+                        (nocats, "nocats.json: no categories")):
+        with pytest.raises(MinirccnError, match=re.escape(words)):
+            load_dataset(str(path), "all", images=images)
+    with pytest.raises(MinirccnError, match="--images: expected a folder name"):
+        load_dataset(coco, "all", images="")
+
+
+def test_deep_config_and_proposal_files_name_the_file(tmp_path):
+    from minirccn.config.overrides import read_config_file
+    from minirccn.proposals.source import load_proposal_file
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(MinirccnError, match="deep.json: JSON nested too deeply"):
+        read_config_file(str(deep))
+    with pytest.raises(MinirccnError, match="deep.json: not a readable JSON proposal file"):
+        load_proposal_file(str(deep))
+
+
+def test_a_bad_rng_state_names_the_checkpoint(coco, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--data", coco, "--split", "all", "--eval-split", "", "--no-progress",
+            "--out", str(out), "--iters", "3"] + SETS
+    assert main(base) == 0
+    ck = str(out / "checkpoint.npz")
+    crafted(ck, ck, meta=lambda m: m.update(rng_state={"bit_generator": "MT19937", "state": {}}))
+    capsys.readouterr()
+    assert main(base + ["--resume"]) == 2
+    assert "checkpoint.npz: rng_state is not a PCG64 generator state" in last_error(capsys)
+
+
+# ------------------------------------------------------------------ D7: corrupt inside, in training
+def test_a_training_image_corrupt_inside_is_skipped_and_resume_goes_past_it(one_bad, tmp_path, capsys):
+    from minirccn.engine.checkpoint import load_checkpoint
+    data, bad = one_bad
+    base = ["train", "--data", data, "--split", "all", "--eval-split", "", "--no-progress"] + SETS
+    assert main(base + ["--iters", "12", "--out", str(tmp_path / "full")]) == 0
+    err = capsys.readouterr().err
+    assert [e for e in err.splitlines() if "cannot decode" in e] == [
+        f"minirccn: warning: {bad}: cannot decode image (unrecognized data stream contents when "
+        "reading image file); skipped for the rest of the run"
+    ]
+    # interrupted runs (6 steps, then resumed to 12) take the same images: the same weights
+    assert main(base + ["--iters", "6", "--out", str(tmp_path / "kk"), "--no-derive"]) == 0
+    assert main(base + ["--iters", "12", "--out", str(tmp_path / "kk"), "--no-derive", "--resume"]) == 0
+    assert main(base + ["--iters", "12", "--out", str(tmp_path / "ref"), "--no-derive"]) == 0
+    a, _ = load_checkpoint(str(tmp_path / "kk" / "checkpoint.npz"))
+    b, _ = load_checkpoint(str(tmp_path / "ref" / "checkpoint.npz"))
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in b.params)
+
+
+def test_a_validation_image_corrupt_inside_is_skipped_and_the_run_finishes(coco, one_bad, tmp_path, capsys):
+    data, bad = one_bad
+    out = tmp_path / "run"
+    argv = ["train", "--data", coco, "--split", "all", "--val-data", data, "--no-progress",
+            "--iters", "4", "--set", "eval_every=2", "--out", str(out)] + SETS
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{bad}: cannot decode image" in err and "skipped" in err
+    m = json.load(open(out / "metrics.json"))
+    assert len(m["val_curve"]) == 2 and m["num_images"] == 7
+    assert (out / "checkpoint.npz").exists() and (out / "detections.png").exists()
+
+
+def test_a_corrupt_exif_block_reads_the_image_as_stored_without_a_nameless_warning(tmp_path):
+    import warnings
+    from PIL import Image
+    from minirccn.data.common import read_image
+    path = str(tmp_path / "garbexif.jpg")
+    Image.new("RGB", (40, 30)).save(path, exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f garbage")
+    from minirccn.data.checks import image_problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert image_problem(path) is None
+        assert read_image(path).shape == (30, 40, 3)
