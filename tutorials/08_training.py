@@ -347,7 +347,8 @@ print(f"warm-up ends at step {cfg.warmup_iters}; ln 2 = {np.log(2):.3f} is the o
 # Reading the curves (the printed order above is this run's). `loss_rpn_box_reg`
 # usually reaches its half-way mark first, but it is small from the start (a sum
 # over the few positive anchors, divided by all 256 sampled) and moves little;
-# of the large losses, the head's classifier falls first. At first the proposals are random, nearly
+# of the large losses, the head's classifier falls first in the full run (the
+# 12 steps of fast mode are too few for an order). At first the proposals are random, nearly
 # every sampled RoI is background apart from the appended ground truth, and
 # the classifier quickly learns to say "background", a cheap win while the
 # learning rate is still warming up. The objectness loss starts at about
