@@ -635,7 +635,8 @@ else:
 # 3. Double `lr` and halve `warmup_iters`: return the total loss of each of
 #    the first steps. Does `TrainingDiverged` trigger? (It does not at 2x: the
 #    preset notes in `docs/presets.md` report an lr-0.01 run training normally;
-#    tutorial 15 shows a run blowing up at 40x.)
+#    tutorial 15 section 7 shows a run at 40x whose loss jumps, then stalls high
+#    with almost every fc6 unit dead.)
 
 
 # %%
