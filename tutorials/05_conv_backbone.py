@@ -2,8 +2,9 @@
 # # Tutorial 5: the convolutional backbone, forward and backward, from im2col
 #
 # Faster R-CNN looks at an image once, through a stack of convolutions that
-# turns `3 x H x W` pixels into a `C x H/16 x W/16` feature map; the RPN and
-# the RoI head both read that map. minirccn writes every layer of the stack by
+# turns `3 x H x W` pixels into a `C x H/16 x W/16` feature map (the paper's
+# VGG16; the `tiny` preset that `minirccn train` uses stops at `H/4 x W/4`,
+# section 4); the RPN and the RoI head both read that map. minirccn writes every layer of the stack by
 # hand, with its backward pass, and no autograd. This tutorial goes from a
 # six-loop convolution to im2col + one matrix product, derives the three
 # gradients, checks them by finite differences, and then walks an image

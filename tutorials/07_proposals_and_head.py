@@ -80,7 +80,7 @@ print(
 
 # %%
 rng = np.random.default_rng(7)
-iou_a = ops.box_iou(anchors, gt)  # (A, G)
+iou_a = ops.box_iou(anchors, gt)  # (M, G): every anchor of the map against every object
 best, matched = iou_a.max(axis=1), iou_a.argmax(axis=1)
 logits = np.stack([np.zeros(len(anchors)), 12 * (best - 0.4) + rng.normal(0, 1.0, len(anchors))], 1)
 deltas = ops.encode_boxes(gt[matched], anchors) + rng.normal(0, 0.15, (len(anchors), 4))

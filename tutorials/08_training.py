@@ -344,8 +344,11 @@ for step_k, k in order:
 print(f"warm-up ends at step {cfg.warmup_iters}; ln 2 = {np.log(2):.3f} is the objectness loss of a coin toss")
 
 # %% [markdown]
-# Reading the curves (the printed order above is this run's): the head's
-# classifier usually falls first. At first the proposals are random, nearly
+# Reading the curves (the printed order above is this run's). `loss_rpn_box_reg`
+# usually reaches its half-way mark first, but it is small from the start (a sum
+# over the few positive anchors, divided by all 256 sampled) and moves little;
+# of the large losses, the head's classifier falls first in the full run (the
+# 12 steps of fast mode are too few for an order). At first the proposals are random, nearly
 # every sampled RoI is background apart from the appended ground truth, and
 # the classifier quickly learns to say "background", a cheap win while the
 # learning rate is still warming up. The objectness loss starts at about
@@ -632,7 +635,8 @@ else:
 # 3. Double `lr` and halve `warmup_iters`: return the total loss of each of
 #    the first steps. Does `TrainingDiverged` trigger? (It does not at 2x: the
 #    preset notes in `docs/presets.md` report an lr-0.01 run training normally;
-#    tutorial 15 shows a run blowing up at 40x.)
+#    tutorial 15 section 7 shows a run at 40x whose loss jumps, then stalls high
+#    with almost every fc6 unit dead.)
 
 
 # %%

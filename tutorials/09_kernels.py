@@ -517,7 +517,7 @@ print(f"wrote {T.out_dir() / '09_size_sweep.png'}")
 # Reading the sweep: the arithmetic is a *model*, and the printed
 # measured/predicted ratios show how far it is off on this machine. For the
 # reference it errs low: on the machine these tutorials were written on the
-# reference took 1.5 to 5 times its predicted time, at every N and in both
+# reference took 1.4 to 5 times its predicted time, at every N and in both
 # modes. The model counts only the memory traffic of the reference's
 # temporaries; it leaves out what makes the reference slower still: a dozen
 # NumPy calls, each allocating an `N x M` temporary (page faults on the first

@@ -163,7 +163,9 @@ if torch is not None:
 
 # %% [markdown]
 # On 128-pixel `shapes` images every object (sides of 7 to 80 pixels, tutorial 8) is below 112, so
-# with torchvision's numbers every RoI is pooled from P2. torchvision's 224
+# with torchvision's numbers every RoI that fits an object is pooled from P2; only a
+# proposal larger than any object (sqrt(area) >= 112, up to the whole image) reaches P3,
+# and section 4 prints how many did. torchvision's 224
 # belongs to 800-pixel images; scaled to this image size it would be
 # `224 * 128 / 800`. The preset's choice and where each size lands:
 
