@@ -12,9 +12,11 @@ point) and says which of three runs this was:
 * ``rising``: the last evaluation beats every earlier one by at least :data:`RISING`
   mAP@0.5: the run stopped while still learning, more minutes would help
   (suggested: twice the budget);
-* ``overfitting``: the last evaluation is at least :data:`OVERFIT` below the peak
-  while the training loss kept falling after it: the network memorises the training
-  images; ``best.npz`` holds the peak, and a budget that ends there is suggested;
+* ``overfitting``: the peak came early (in the first :data:`EARLY_PEAK` of the run) and
+  the evaluations after it are on average at least :data:`OVERFIT` below it, the last one
+  too, while the training loss kept falling: the network memorises the training images;
+  ``best.npz`` holds the peak, and a budget that ends there is suggested. (One dip after
+  a late peak is what a small validation set's noise looks like, not overfitting.)
 * ``flat``: neither; more of the same budget would not change much.
 
 It also states the recall (mAR@100: the share of objects found, 100 detections per
@@ -38,11 +40,21 @@ OUTPUT_FILES = (
 
 RISING = 0.02  # last validation mAP@0.5 this far above every earlier one: still rising
 OVERFIT = 0.03  # ... this far below the peak, with the training loss still falling: overfits
+EARLY_PEAK = 2 / 3  # ... when the peak came within this share of the steps
 LOW_RECALL = 0.5  # mAR@100 under this: the detector misses most objects
 
 
 def _num(v):
     return None if v is None or v < 0 else float(v)
+
+
+def _declined(curve: list, peak: dict, iters) -> bool:
+    """An early peak and a sustained fall after it (the ``overfitting`` rule)."""
+    after = [p["map50"] for p in curve if p["step"] > peak["step"]]
+    if not after or peak["step"] > EARLY_PEAK * max(int(iters or 0), curve[-1]["step"]):
+        return False
+    drop = peak["map50"] - OVERFIT
+    return after[-1] <= drop and sum(after) / len(after) <= drop
 
 
 def verdict(metrics: dict) -> dict | None:
@@ -69,7 +81,7 @@ def verdict(metrics: dict) -> dict | None:
     if len(curve) >= 2 and last["map50"] >= max(p["map50"] for p in curve[:-1]) + RISING:
         trend = "rising"
         flag = f"--minutes {2 * minutes:g}" if minutes else f"--iters {2 * int(iters)}"
-    elif peak is not last and last["map50"] <= peak["map50"] - OVERFIT:
+    elif _declined(curve, peak, iters):
         lp, ll = peak.get("train_loss"), last.get("train_loss")
         if lp is None or ll is None or ll < lp:
             trend = "overfitting"

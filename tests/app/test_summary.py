@@ -47,6 +47,15 @@ def test_val_falls_but_train_loss_rises_is_not_overfitting():
     assert v["trend"] == "flat" and v["flag"] is None
 
 
+def test_one_dip_after_a_late_peak_is_noise_not_overfitting():
+    # the dsb dev set's curve: 42 objects, one more or less moves mAP@0.5 by ~0.02
+    v = summary.verdict(_metrics([0.81, 0.81, 0.86, 0.85, 0.88, 0.89, 0.92, 0.887]))
+    assert v["trend"] == "flat" and v["flag"] is None
+    # an early peak, a sustained fall: overfitting
+    v = summary.verdict(_metrics([0.92, 0.95, 0.88, 0.92, 0.92, 0.90, 0.92, 0.885]))
+    assert v["trend"] == "overfitting" and v["peak"]["step"] == 200
+
+
 def test_flat_and_low_recall():
     v = summary.verdict(_metrics([0.3, 0.5, 0.5, 0.51], mar=0.13))
     assert v["trend"] == "flat" and v["flag"] is None
