@@ -1,0 +1,205 @@
+"""One convolution over every level of a pyramid, for the CPU (Numba unfolds, BLAS multiplies).
+
+The specification is :func:`minirccn.nn.conv_levels.conv2d_levels_reference` /
+:func:`minirccn.nn.conv_levels.conv2d_levels_backward_reference`: the levels travel packed,
+``x (N, C, P)`` with level ``l`` the pixels ``[o_l, o_l + H_l W_l)``; the forward puts every
+level's column block side by side, ``cols (N, C*kh*kw, Po)``, and multiplies them with the
+shared weight in one GEMM per image; the backward makes ``dW`` and ``dcols`` with one GEMM
+each and folds ``dcols`` back level by level.
+
+What the kernel changes: the reference calls :func:`minirccn.nn.conv.im2col` once per level
+(``kh*kw`` strided NumPy copies each, plus a concatenation: ``L * kh*kw`` small copies); here
+ONE Numba pass writes every level's columns straight into a reused buffer, one channel per
+task, the zero padding of each level written as zeros where a patch leaves its level (no
+padded copy of the input, no bounds test in the copy loop). The backward unfolds the packed
+input again (the buffer was reused by the next layer; an unfold is cheaper than keeping
+``kh*kw`` times the input alive) and folds ``dcols`` onto ``dx`` in one Numba pass, one
+``(image, channel)`` plane per task. A 1x1 kernel with stride 1 and no padding needs no
+unfolding: its columns are the packed input itself.
+
+Numbers: the unfold is a copy and the fold adds each pixel's entries in the reference's
+kernel-offset order ``(i, j)``, so ``im2col_levels_numba`` / ``col2im_levels_numba`` give the
+reference's bits (tests/nn/test_conv_levels.py); the GEMMs are the reference's products with
+the same shapes, equal to rounding (BLAS may split the sums differently when threads change).
+
+Entry points (the signatures of the references): ``conv2d_levels_numba(x, sizes, w, b,
+stride, padding)`` returns ``(out, saved)`` with ``saved`` the packed input;
+``conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding)`` returns
+``(dx, dw, db)``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
+from minirccn.kernels.conv import _buffer, _valid_range
+
+
+@numba.njit(parallel=True, cache=True)
+def _im2col_levels(x, table, kh, kw, sh, sw, ph, pw, cols):
+    """``cols[n, (c*kh + i)*kw + j, oo_l + oh*Wo_l + ow] = x_l[n, c, oh*sh-ph+i, ow*sw-pw+j]``
+    (0 outside level ``l``) for every level ``l`` of the packed ``x (N, C, P)``; ``table`` row
+    ``l`` is ``(H_l, W_l, o_l, Ho_l, Wo_l, oo_l)``. One ``(image, channel)`` per task: disjoint
+    rows of ``cols``."""
+    n_ch = x.shape[1]
+    for nc in numba.prange(x.shape[0] * n_ch):
+        n, c = nc // n_ch, nc % n_ch
+        src_plane = x[n, c]
+        for i in range(kh):
+            for j in range(kw):
+                dst = cols[n, (c * kh + i) * kw + j]
+                for lv in range(table.shape[0]):
+                    height, width, o_in = table[lv, 0], table[lv, 1], table[lv, 2]
+                    ho, wo, o_out = table[lv, 3], table[lv, 4], table[lv, 5]
+                    lo, hi = _valid_range(j, sw, pw, wo, width)
+                    for oh in range(ho):
+                        # each output row as a view indexed from 0: the compiler then knows no
+                        # index is negative (no wrap-around test) and vectorises the copy
+                        out_row = dst[o_out + oh * wo : o_out + (oh + 1) * wo]
+                        h = oh * sh - ph + i
+                        if h < 0 or h >= height:
+                            for ow in range(wo):
+                                out_row[ow] = 0
+                            continue
+                        for ow in range(lo):
+                            out_row[ow] = 0
+                        first = o_in + h * width + lo * sw - pw + j
+                        if sw == 1:
+                            row = src_plane[first : first + hi - lo]
+                            for k in range(hi - lo):
+                                out_row[lo + k] = row[k]
+                        else:
+                            for k in range(hi - lo):
+                                out_row[lo + k] = src_plane[first + k * sw]
+                        for ow in range(hi, wo):
+                            out_row[ow] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _col2im_levels(cols, table, kh, kw, sh, sw, ph, pw, dx):
+    """The adjoint of :func:`_im2col_levels`: ``dx (N, C, P)`` (overwritten) = every entry of
+    ``cols`` added at the pixel it was copied from, offsets ``(i, j)`` in order (the
+    reference's order, so its bits). One ``(image, channel)`` plane per task: no race."""
+    n_ch = dx.shape[1]
+    for nc in numba.prange(dx.shape[0] * n_ch):
+        n, c = nc // n_ch, nc % n_ch
+        plane = dx[n, c]
+        plane[:] = 0
+        for i in range(kh):
+            for j in range(kw):
+                srow = cols[n, (c * kh + i) * kw + j]
+                for lv in range(table.shape[0]):
+                    height, width, o_in = table[lv, 0], table[lv, 1], table[lv, 2]
+                    ho, wo, o_out = table[lv, 3], table[lv, 4], table[lv, 5]
+                    lo, hi = _valid_range(j, sw, pw, wo, width)
+                    for oh in range(ho):
+                        h = oh * sh - ph + i
+                        if h < 0 or h >= height:
+                            continue
+                        first = o_in + h * width + lo * sw - pw + j
+                        run = srow[o_out + oh * wo + lo : o_out + oh * wo + hi]
+                        if sw == 1:
+                            row = plane[first : first + hi - lo]
+                            for k in range(hi - lo):
+                                row[k] += run[k]
+                        else:
+                            for k in range(hi - lo):
+                                plane[first + k * sw] += run[k]
+
+
+def _table(sizes, kernel_size, stride, padding):
+    """``(table (L, 6) int64, Po)``: per level ``(H, W, o_in, Ho, Wo, o_out)``."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    rows, o_in, o_out = [], 0, 0
+    for h, w in sizes:
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        rows.append((h, w, o_in, ho, wo, o_out))
+        o_in += h * w
+        o_out += ho * wo
+    return np.array(rows, dtype=np.int64).reshape(-1, 6), o_out
+
+
+def _pointwise(kernel_size, stride, padding):
+    """1x1, stride 1, no padding: the columns are the packed input itself."""
+    return tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
+def im2col_levels_numba(x, sizes, kernel_size, stride, padding, out=None):
+    """``cols (N, C*kh*kw, Po)``: every level of the packed ``x (N, C, P)`` unfolded, side by
+    side (the reference's :func:`minirccn.nn.conv.im2col` of each level, concatenated, bit
+    for bit); written into ``out`` if given."""
+    n, c, _ = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    table, po = _table(sizes, kernel_size, stride, padding)
+    cols = np.empty((n, c * kh * kw, po), dtype=x.dtype) if out is None else out
+    with cpu_threads_for(cols.size):  # small pyramids: one thread
+        _im2col_levels(np.ascontiguousarray(x), table, kh, kw, sh, sw, ph, pw, cols)
+    return cols
+
+
+def col2im_levels_numba(cols, sizes, x_shape, kernel_size, stride, padding):
+    """``dx (N, C, P)``: the adjoint of :func:`im2col_levels_numba` (the reference's
+    :func:`minirccn.nn.conv.col2im` of each level's columns, bit for bit)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    table, _ = _table(sizes, kernel_size, stride, padding)
+    dx = np.empty(tuple(x_shape), dtype=cols.dtype)
+    with cpu_threads_for(cols.size):
+        _col2im_levels(np.ascontiguousarray(cols), table, kh, kw, sh, sw, ph, pw, dx)
+    return dx
+
+
+def conv2d_levels_numba(x, sizes, w, b, stride, padding):
+    """``(out (N, F, Po), saved)``: every level's convolution, the levels unfolded in one Numba
+    pass into a reused buffer and multiplied in one GEMM per image (BLAS writes straight into
+    ``out``). ``saved`` is the packed input ``x``: the backward unfolds it again."""
+    n, c, _ = x.shape
+    f, _, kh, kw = w.shape
+    rows = c * kh * kw
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(w).reshape(f, rows)
+    if _pointwise((kh, kw), stride, padding):
+        with blas_threads_for(2 * n * f * rows * x.shape[2]):
+            out = np.matmul(w2, x)
+    else:
+        _, po = _table(sizes, (kh, kw), stride, padding)
+        cols = _buffer("levels.cols", (n, rows, po), x.dtype)
+        im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
+        out = np.empty((n, f, po), dtype=x.dtype)
+        with blas_threads_for(2 * n * f * rows * po):  # small GEMMs: one BLAS thread
+            np.matmul(w2, cols, out=out)
+    out += b[None, :, None]
+    return out, x
+
+
+def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding):
+    """``(dx, dw, db)`` of :func:`conv2d_levels_numba`: unfold the packed input again into the
+    reused buffer, ``dw = sum_n dout[n] @ cols[n]^T`` and ``dcols = W^T @ dout`` (one GEMM each
+    per image, all levels at once), then one Numba pass folds ``dcols`` onto every level."""
+    x = saved
+    n, c, _ = x_shape
+    f, _, kh, kw = w.shape
+    rows = c * kh * kw
+    dout = np.ascontiguousarray(dout)
+    w2t = np.ascontiguousarray(w).reshape(f, rows).T
+    db = dout.sum(axis=(0, 2))
+    po = dout.shape[2]
+    pointwise = _pointwise((kh, kw), stride, padding)
+    if pointwise:
+        cols = x
+    else:
+        cols = _buffer("levels.cols", (n, rows, po), x.dtype)
+        im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
+    dw = np.zeros((f, rows), dtype=w.dtype)
+    part = _buffer("levels.dw", (f, rows), w.dtype)
+    with blas_threads_for(4 * n * f * rows * po):  # small GEMMs: one BLAS thread
+        for i in range(n):
+            np.matmul(dout[i], cols[i].T, out=dw if i == 0 else part)
+            if i:
+                dw += part
+        if pointwise:
+            return np.matmul(w2t, dout), dw.reshape(w.shape), db
+        dcols = _buffer("levels.dcols", (n, rows, po), x.dtype)
+        np.matmul(w2t, dout, out=dcols)
+    dx = col2im_levels_numba(dcols, sizes, x_shape, (kh, kw), stride, padding)
+    return dx, dw.reshape(w.shape), db
