@@ -174,8 +174,10 @@ def conv2d_levels_numba(x, sizes, w, b, stride, padding):
 
 def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding):
     """``(dx, dw, db)`` of :func:`conv2d_levels_numba`: unfold the packed input again into the
-    reused buffer, ``dw = sum_n dout[n] @ cols[n]^T`` and ``dcols = W^T @ dout`` (one GEMM each
-    per image, all levels at once), then one Numba pass folds ``dcols`` onto every level."""
+    reused buffer, ``dw^T = sum_n cols[n] @ dout[n]^T`` and ``dcols = W^T @ dout`` (one GEMM
+    each per image, all levels at once), then one Numba pass folds ``dcols`` onto every level.
+    Summation order: each ``dw`` entry is the reference's sum over the pixels, split by BLAS as
+    it splits the transposed product: equal to rounding."""
     x = saved
     n, c, _ = x_shape
     f, _, kh, kw = w.shape
@@ -190,16 +192,19 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     else:
         cols = _buffer("levels.cols", (n, rows, po), x.dtype)
         im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
-    dw = np.zeros((f, rows), dtype=w.dtype)
-    part = _buffer("levels.dw", (f, rows), w.dtype)
+    # dW^T = cols @ dout^T, written into a contiguous (C*kh*kw, F) array: on this OpenBLAS
+    # 1.5x faster than dout @ cols^T for these thin shapes (F = 32, Po ~ 1400); the same sums
+    dwt = np.zeros((rows, f), dtype=w.dtype)
+    part = _buffer("levels.dwt", (rows, f), w.dtype)
     with blas_threads_for(4 * n * f * rows * po):  # small GEMMs: one BLAS thread
         for i in range(n):
-            np.matmul(dout[i], cols[i].T, out=dw if i == 0 else part)
+            np.matmul(cols[i], dout[i].T, out=dwt if i == 0 else part)
             if i:
-                dw += part
+                dwt += part
+        dw = np.ascontiguousarray(dwt.T).reshape(w.shape)
         if pointwise:
-            return np.matmul(w2t, dout), dw.reshape(w.shape), db
+            return np.matmul(w2t, dout), dw, db
         dcols = _buffer("levels.dcols", (n, rows, po), x.dtype)
         np.matmul(w2t, dout, out=dcols)
     dx = col2im_levels_numba(dcols, sizes, x_shape, (kh, kw), stride, padding)
-    return dx, dw.reshape(w.shape), db
+    return dx, dw, db
