@@ -54,26 +54,25 @@ def _im2col_levels(x, table, kh, kw, sh, sw, ph, pw, cols):
                     ho, wo, o_out = table[lv, 3], table[lv, 4], table[lv, 5]
                     lo, hi = _valid_range(j, sw, pw, wo, width)
                     for oh in range(ho):
-                        # each output row as a view indexed from 0: the compiler then knows no
-                        # index is negative (no wrap-around test) and vectorises the copy
-                        out_row = dst[o_out + oh * wo : o_out + (oh + 1) * wo]
+                        # unsigned indices: Numba then skips the negative-index wrap-around
+                        # test on every access and the copy loops vectorise
+                        row = np.uint64(o_out + oh * wo)
                         h = oh * sh - ph + i
                         if h < 0 or h >= height:
                             for ow in range(wo):
-                                out_row[ow] = 0
+                                dst[row + np.uint64(ow)] = 0
                             continue
                         for ow in range(lo):
-                            out_row[ow] = 0
-                        first = o_in + h * width + lo * sw - pw + j
+                            dst[row + np.uint64(ow)] = 0
+                        first = np.uint64(o_in + h * width + lo * sw - pw + j)
                         if sw == 1:
-                            row = src_plane[first : first + hi - lo]
                             for k in range(hi - lo):
-                                out_row[lo + k] = row[k]
+                                dst[row + np.uint64(lo + k)] = src_plane[first + np.uint64(k)]
                         else:
                             for k in range(hi - lo):
-                                out_row[lo + k] = src_plane[first + k * sw]
+                                dst[row + np.uint64(lo + k)] = src_plane[first + np.uint64(k * sw)]
                         for ow in range(hi, wo):
-                            out_row[ow] = 0
+                            dst[row + np.uint64(ow)] = 0
 
 
 @numba.njit(parallel=True, cache=True)
@@ -97,15 +96,14 @@ def _col2im_levels(cols, table, kh, kw, sh, sw, ph, pw, dx):
                         h = oh * sh - ph + i
                         if h < 0 or h >= height:
                             continue
-                        first = o_in + h * width + lo * sw - pw + j
-                        run = srow[o_out + oh * wo + lo : o_out + oh * wo + hi]
+                        first = np.uint64(o_in + h * width + lo * sw - pw + j)
+                        src = np.uint64(o_out + oh * wo + lo)
                         if sw == 1:
-                            row = plane[first : first + hi - lo]
                             for k in range(hi - lo):
-                                row[k] += run[k]
+                                plane[first + np.uint64(k)] += srow[src + np.uint64(k)]
                         else:
                             for k in range(hi - lo):
-                                plane[first + k * sw] += run[k]
+                                plane[first + np.uint64(k * sw)] += srow[src + np.uint64(k)]
 
 
 def _table(sizes, kernel_size, stride, padding):
