@@ -30,6 +30,8 @@ stride, padding)`` returns ``(out, saved)`` with ``saved`` the packed input;
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
@@ -107,7 +109,14 @@ def _col2im_levels(cols, table, kh, kw, sh, sw, ph, pw, dx):
 
 
 def _table(sizes, kernel_size, stride, padding):
-    """``(table (L, 6) int64, Po)``: per level ``(H, W, o_in, Ho, Wo, o_out)``."""
+    """``(table (L, 6) int64, Po)``: per level ``(H, W, o_in, Ho, Wo, o_out)`` (made once per
+    pyramid and geometry: a training run sees the same few)."""
+    key = tuple(map(tuple, sizes)), tuple(kernel_size), tuple(stride), tuple(padding)
+    return _table_cached(*key)
+
+
+@functools.lru_cache(maxsize=256)
+def _table_cached(sizes, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     rows, o_in, o_out = [], 0, 0
     for h, w in sizes:
@@ -115,7 +124,9 @@ def _table(sizes, kernel_size, stride, padding):
         rows.append((h, w, o_in, ho, wo, o_out))
         o_in += h * w
         o_out += ho * wo
-    return np.array(rows, dtype=np.int64).reshape(-1, 6), o_out
+    table = np.array(rows, dtype=np.int64).reshape(-1, 6)
+    table.flags.writeable = False  # shared by every call with this pyramid
+    return table, o_out
 
 
 def _pointwise(kernel_size, stride, padding):
