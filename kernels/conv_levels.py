@@ -37,6 +37,13 @@ import numpy as np
 from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
 from minirccn.kernels.conv import _buffer, _valid_range
 
+#: the GEMMs of a batched pyramid conv split well over two OpenBLAS threads from about this many
+#: floating-point operations (measured, RetinaNet's head: 32 filters, 3x3 over 32 channels, one
+#: product per pass: at 25 MFLOP two threads take 0.15 ms where one takes 0.27 ms; at 6 MFLOP
+#: they gain little): lower than the plain conv's BLAS_SERIAL_BELOW, whose thin per-level
+#: GEMMs did not gain
+LEVELS_BLAS_SERIAL_BELOW = 1 << 24
+
 
 @numba.njit(parallel=True, cache=True)
 def _im2col_levels(x, table, kh, kw, sh, sw, ph, pw, cols):
@@ -168,14 +175,14 @@ def conv2d_levels_numba(x, sizes, w, b, stride, padding):
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(w).reshape(f, rows)
     if _pointwise((kh, kw), stride, padding):
-        with blas_threads_for(2 * n * f * rows * x.shape[2]):
+        with blas_threads_for(2 * n * f * rows * x.shape[2], LEVELS_BLAS_SERIAL_BELOW):
             out = np.matmul(w2, x)
     else:
         _, po = _table(sizes, (kh, kw), stride, padding)
         cols = _buffer("levels.cols", (n, rows, po), x.dtype)
         im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
         out = np.empty((n, f, po), dtype=x.dtype)
-        with blas_threads_for(2 * n * f * rows * po):  # small GEMMs: one BLAS thread
+        with blas_threads_for(2 * n * f * rows * po, LEVELS_BLAS_SERIAL_BELOW):
             np.matmul(w2, cols, out=out)
     out += b[None, :, None]
     return out, x
@@ -205,7 +212,7 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     # 1.5x faster than dout @ cols^T for these thin shapes (F = 32, Po ~ 1400); the same sums
     dwt = np.zeros((rows, f), dtype=w.dtype)
     part = _buffer("levels.dwt", (rows, f), w.dtype)
-    with blas_threads_for(4 * n * f * rows * po):  # small GEMMs: one BLAS thread
+    with blas_threads_for(2 * n * f * rows * po, LEVELS_BLAS_SERIAL_BELOW):  # per GEMM
         for i in range(n):
             np.matmul(cols[i], dout[i].T, out=dwt if i == 0 else part)
             if i:
