@@ -209,7 +209,7 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
         cols = _buffer("levels.cols", (n, rows, po), x.dtype)
         im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
     # dW^T = cols @ dout^T, written into a contiguous (C*kh*kw, F) array: on this OpenBLAS
-    # 1.5x faster than dout @ cols^T for these thin shapes (F = 32, Po ~ 1400); the same sums
+    # 1.5x faster than dout @ cols^T for these thin shapes (F = 32, Po ~ 1400); equal to rounding
     dwt = np.zeros((rows, f), dtype=w.dtype)
     part = _buffer("levels.dwt", (rows, f), w.dtype)
     with blas_threads_for(2 * n * f * rows * po, LEVELS_BLAS_SERIAL_BELOW):  # per GEMM
