@@ -23,7 +23,8 @@ reference's bits (tests/nn/test_conv_levels.py); the GEMMs are the reference's p
 the same shapes, equal to rounding (BLAS may split the sums differently when threads change).
 
 Entry points (the signatures of the references): ``conv2d_levels_numba(x, sizes, w, b,
-stride, padding)`` returns ``(out, saved)`` with ``saved`` the packed input;
+stride, padding, relu)`` returns ``(out, saved)`` with ``saved`` the packed input and the
+ReLU's mask;
 ``conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding)`` returns
 ``(dx, dw, db)``.
 """
@@ -115,6 +116,38 @@ def _col2im_levels(cols, table, kh, kw, sh, sw, ph, pw, dx):
                                 plane[first + np.uint64(k * sw)] += srow[src + np.uint64(k)]
 
 
+@numba.njit(parallel=True, cache=True)
+def _bias_relu(out, b, mask):
+    """``out (N, F, Po) += b[f]``, then ``max(out, 0)`` with ``mask = out > 0`` (``mask`` the
+    bool mask seen as bytes): the reference's adds and ReLU, in one pass over ``out``."""
+    n_f = out.shape[1]
+    for t in numba.prange(out.shape[0] * n_f):
+        n, f = t // n_f, t % n_f
+        row, bits, bf = out[n, f], mask[n, f], b[f]
+        for q in range(row.shape[0]):
+            v = row[q] + bf
+            m = v > 0
+            bits[q] = np.uint8(m)
+            row[q] = v if m else 0
+
+
+@numba.njit(parallel=True, cache=True)
+def _relu_backward_sum(dout, mask, dmasked, db):
+    """``dmasked = dout`` where ``mask`` else 0 (``(N, F, Po)``) and ``db[f]`` its sum over
+    ``n`` and the pixels (accumulated in float64): the ReLU's backward and the bias gradient
+    in one pass."""
+    n_img, n_f = dout.shape[0], dout.shape[1]
+    for f in numba.prange(n_f):
+        acc = 0.0
+        for n in range(n_img):
+            src, bits, dst = dout[n, f], mask[n, f], dmasked[n, f]
+            for q in range(src.shape[0]):
+                v = src[q] if bits[q] else 0
+                dst[q] = v
+                acc += v
+        db[f] = acc
+
+
 def _table(sizes, kernel_size, stride, padding):
     """``(table (L, 6) int64, Po)``: per level ``(H, W, o_in, Ho, Wo, o_out)`` (made once per
     pyramid and geometry: a training run sees the same few)."""
@@ -165,10 +198,11 @@ def col2im_levels_numba(cols, sizes, x_shape, kernel_size, stride, padding):
     return dx
 
 
-def conv2d_levels_numba(x, sizes, w, b, stride, padding):
+def conv2d_levels_numba(x, sizes, w, b, stride, padding, relu):
     """``(out (N, F, Po), saved)``: every level's convolution, the levels unfolded in one Numba
     pass into a reused buffer and multiplied in one GEMM per image (BLAS writes straight into
-    ``out``). ``saved`` is the packed input ``x``: the backward unfolds it again."""
+    ``out``), then the bias (and the ReLU) in one pass. ``saved`` is ``(x, mask)``: the packed
+    input (the backward unfolds it again) and the ReLU's mask or None."""
     n, c, _ = x.shape
     f, _, kh, kw = w.shape
     rows = c * kh * kw
@@ -184,8 +218,13 @@ def conv2d_levels_numba(x, sizes, w, b, stride, padding):
         out = np.empty((n, f, po), dtype=x.dtype)
         with blas_threads_for(2 * n * f * rows * po, LEVELS_BLAS_SERIAL_BELOW):
             np.matmul(w2, cols, out=out)
-    out += b[None, :, None]
-    return out, x
+    if not relu:
+        out += b[None, :, None]
+        return out, (x, None)
+    mask = np.empty(out.shape, dtype=np.bool_)
+    with cpu_threads_for(out.size):
+        _bias_relu(out, np.ascontiguousarray(b), mask.view(np.uint8))
+    return out, (x, mask)
 
 
 def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding):
@@ -194,13 +233,20 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     each per image, all levels at once), then one Numba pass folds ``dcols`` onto every level.
     Summation order: each ``dw`` entry is the reference's sum over the pixels, split by BLAS as
     it splits the transposed product: equal to rounding."""
-    x = saved
+    x, mask = saved
     n, c, _ = x_shape
     f, _, kh, kw = w.shape
     rows = c * kh * kw
     dout = np.ascontiguousarray(dout)
     w2t = np.ascontiguousarray(w).reshape(f, rows).T
-    db = dout.sum(axis=(0, 2))
+    if mask is None:
+        db = dout.sum(axis=(0, 2))
+    else:  # through the ReLU first, the bias gradient in the same pass
+        masked = np.empty_like(dout)
+        db64 = np.empty(f, dtype=np.float64)
+        with cpu_threads_for(dout.size):
+            _relu_backward_sum(dout, mask.view(np.uint8), masked, db64)
+        dout, db = masked, db64.astype(dout.dtype)
     po = dout.shape[2]
     pointwise = _pointwise((kh, kw), stride, padding)
     if pointwise:

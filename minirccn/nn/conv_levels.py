@@ -100,17 +100,20 @@ def _out_sizes(sizes, kernel_size, stride, padding):
 # ----------------------------------------------------------------------------- reference
 
 
-def conv2d_levels_reference(x, sizes, w, b, stride, padding):
+def conv2d_levels_reference(x, sizes, w, b, stride, padding, relu):
     """The convolution of every level at once (the NumPy reference).
 
     Args:
         x: ``(N, C, P)`` packed levels (checked by the caller); sizes: ``((H_l, W_l), ...)``.
         w: ``(F, C, kh, kw)``; b: ``(F,)``; stride, padding: ``(sh, sw)``, ``(ph, pw)``.
+        relu: apply ``max(., 0)`` to the output (a ReLU after the conv, in the same call).
 
     Returns:
         out: ``(N, F, Po)`` packed outputs (level ``l``: ``Ho_l x Wo_l`` pixels) =
-            ``W (F, C*kh*kw) @ cols[n] + b`` with ``cols`` the levels' ``im2col`` side by side;
-        saved: ``cols`` ``(N, C*kh*kw, Po)``.
+            ``W (F, C*kh*kw) @ cols[n] + b`` with ``cols`` the levels' ``im2col`` side by side
+            (then ``max(out, 0)`` if ``relu``, as :func:`minirccn.nn.layers.relu_reference`);
+        saved: ``(cols (N, C*kh*kw, Po), mask)``, ``mask`` the ReLU's ``out > 0`` ``(N, F, Po)``
+            bool, or None without ``relu``.
     """
     xp = _backend.get_array_module(x)
     f, c, kh, kw = w.shape
@@ -118,24 +121,30 @@ def conv2d_levels_reference(x, sizes, w, b, stride, padding):
     cols = xp.concatenate([im2col(m, (kh, kw), stride, padding) for m in levels], axis=2)
     out = xp.matmul(w.reshape(f, c * kh * kw), cols)  # (N, F, Po): one GEMM per image
     out += b[None, :, None]
-    return out, cols
+    if not relu:
+        return out, (cols, None)
+    mask = out > 0
+    return xp.where(mask, out, xp.zeros((), dtype=out.dtype)), (cols, mask)
 
 
 def conv2d_levels_backward_reference(dout, saved, w, sizes, x_shape, stride, padding):
     """Gradients of :func:`conv2d_levels_reference` (the NumPy reference).
 
     Args:
-        dout: ``(N, F, Po)`` (checked by the caller); saved: the forward's ``cols``;
+        dout: ``(N, F, Po)`` (checked by the caller); saved: the forward's ``(cols, mask)``;
         w: ``(F, C, kh, kw)``; sizes: the input levels' ``((H_l, W_l), ...)``;
         x_shape: ``(N, C, P)``; stride, padding: pairs.
 
     Returns:
         dx: ``(N, C, P)`` packed: level ``l`` is ``col2im`` of its columns of ``W^T @ dout[n]``;
         dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T`` (all levels' pixels in one sum);
-        db: ``(F,)`` = ``dout`` summed over ``n`` and every pixel of every level.
+        db: ``(F,)`` = ``dout`` summed over ``n`` and every pixel of every level;
+        where ``dout`` is first zeroed where the ReLU's ``mask`` is False (if there was one).
     """
-    cols = saved
+    cols, mask = saved
     xp = _backend.get_array_module(cols)
+    if mask is not None:  # through the ReLU first
+        dout = xp.where(mask, dout, xp.zeros((), dtype=dout.dtype))
     f, c, kh, kw = w.shape
     n = x_shape[0]
     db = dout.sum(axis=(0, 2))
@@ -158,7 +167,8 @@ def conv2d_levels_backward_reference(dout, saved, w, sizes, x_shape, stride, pad
 class Conv2dLevelsCache(NamedTuple):
     """What :func:`conv2d_levels_backward` needs."""
 
-    saved: Any  # the backend's choice: the columns for numpy and cuda, the packed input for numba
+    saved: Any  # (the backend's choice: the columns for numpy and cuda, the packed input for
+    # numba; the ReLU's mask (N, F, Po) bool or None)
     w: Any  # (F, C, kh, kw)
     sizes: tuple  # the input levels' ((H_l, W_l), ...)
     x_shape: tuple  # (N, C, P)
@@ -168,14 +178,17 @@ class Conv2dLevelsCache(NamedTuple):
     backend: str
 
 
-def conv2d_levels_forward(x, w, b, stride=1, padding=0, *, backend=None):
-    """The same 2-D convolution on every level of a pyramid, in one call.
+def conv2d_levels_forward(x, w, b, stride=1, padding=0, *, relu=False, backend=None):
+    """The same 2-D convolution on every level of a pyramid, in one call (and its ReLU).
 
     Args:
         x: the levels: a list of ``(N, C, H_l, W_l)`` maps (same ``N``, ``C``, dtype), or a
             :class:`Packed` ``(N, C, P)``.
         w: ``(F, C, kh, kw)`` the shared weights; b: ``(F,)``.
         stride, padding: an int or a pair, as :func:`minirccn.nn.conv.conv2d_forward`.
+        relu: follow the conv by a ReLU in the same call (``max(out, 0)``; the backward then
+            zeroes the gradient where the output was not positive, as
+            :func:`minirccn.nn.layers.relu_backward`): one pass over the output fewer each way.
         backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None.
 
     Returns:
@@ -208,7 +221,7 @@ def conv2d_levels_forward(x, w, b, stride=1, padding=0, *, backend=None):
                 f"x: a level of {h}x{wd} is smaller than the {kh}x{kw} kernel with padding "
                 f"{padding}"
             )
-    out, saved = kernel("conv2d_levels", backend)(data, sizes, w, b, stride, padding)
+    out, saved = kernel("conv2d_levels", backend)(data, sizes, w, b, stride, padding, bool(relu))
     cache = Conv2dLevelsCache(saved, w, sizes, (n, c, p), stride, padding, listed, backend)
     out = Packed(out, out_sizes)
     return (unpack_levels(out) if listed else out), cache

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from minirccn.kernels import conv_levels as kcl
 
-from minirccn.nn import conv
+from minirccn.nn import conv, layers
 from minirccn.nn import conv_levels as cl
 from minirccn.nn.gradcheck import check_layer
 
@@ -29,11 +29,15 @@ def _close(got, want, dtype, what=""):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
-def _per_level(xs, w, b, s, p, douts):
-    """The specification: one conv2d call per level, weight gradients added level by level."""
+def _per_level(xs, w, b, s, p, douts, relu=False):
+    """The specification: one conv2d (and relu) call per level, weight gradients added level by
+    level."""
     outs, dxs, dw, db = [], [], 0, 0
     for x, d in zip(xs, douts):
         o, c = conv.conv2d_forward(x, w, b, s, p, backend="numpy")
+        if relu:
+            o, rc = layers.relu_forward(o, backend="numpy")
+            d = layers.relu_backward(d, rc)
         gx, gw, gb = conv.conv2d_backward(d, c)
         outs.append(o)
         dxs.append(gx)
@@ -52,17 +56,22 @@ geometry = st.tuples(
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + ["cuda"])
-@given(g=geometry, dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+@given(
+    g=geometry,
+    relu=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
 @settings(max_examples=30, deadline=None)
-def test_batched_conv_matches_the_per_level_conv(backend, g, dtype, seed):
+def test_batched_conv_matches_the_per_level_conv(backend, g, relu, dtype, seed):
     n, c, f, sizes, (k, s, p) = g
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((n, c, h, w)).astype(dtype) for h, w in sizes]
     w = rng.standard_normal((f, c, k, k)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype)
-    outs, cache = cl.conv2d_levels_forward(xs, w, b, s, p, backend=backend)
+    outs, cache = cl.conv2d_levels_forward(xs, w, b, s, p, relu=relu, backend=backend)
     douts = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
-    want_outs, want_dxs, want_dw, want_db = _per_level(xs, w, b, s, p, douts)
+    want_outs, want_dxs, want_dw, want_db = _per_level(xs, w, b, s, p, douts, relu)
     assert [o.shape for o in outs] == [o.shape for o in want_outs]
     for i, (o, want) in enumerate(zip(outs, want_outs)):
         assert o.dtype == dtype
@@ -123,19 +132,25 @@ def test_numba_matches_numpy_on_a_retinanet_pyramid():
     w = (rng.standard_normal((27, 32, 3, 3)) * 0.05).astype(np.float32)
     b = rng.standard_normal(27).astype(np.float32)
     x = cl.pack_levels(xs)
-    ref, rc = cl.conv2d_levels_forward(x, w, b, 1, 1, backend="numpy")
-    out, c = cl.conv2d_levels_forward(x, w, b, 1, 1, backend="numba")
-    assert isinstance(out, cl.Packed) and out.sizes == x.sizes and c.backend == "numba"
-    _close(out.data, ref.data, np.float32)
-    d = cl.Packed(rng.standard_normal(out.data.shape).astype(np.float32), out.sizes)
-    for got, want in zip(cl.conv2d_levels_backward(d, c), cl.conv2d_levels_backward(d, rc)):
-        got, want = getattr(got, "data", got), getattr(want, "data", want)
-        _close(got, want, np.float32)
+    for relu in (False, True):
+        ref, rc = cl.conv2d_levels_forward(x, w, b, 1, 1, relu=relu, backend="numpy")
+        out, c = cl.conv2d_levels_forward(x, w, b, 1, 1, relu=relu, backend="numba")
+        assert isinstance(out, cl.Packed) and out.sizes == x.sizes and c.backend == "numba"
+        _close(out.data, ref.data, np.float32)
+        if relu:
+            assert (out.data >= 0).all() and 0 < (out.data > 0).mean() < 1
+        d = cl.Packed(rng.standard_normal(out.data.shape).astype(np.float32), out.sizes)
+        for got, want in zip(cl.conv2d_levels_backward(d, c), cl.conv2d_levels_backward(d, rc)):
+            got, want = getattr(got, "data", got), getattr(want, "data", want)
+            _close(got, want, np.float32)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (2, 1, 0)])
-def test_batched_backward_gradcheck(backend, k, s, p):
+@pytest.mark.parametrize(
+    "k,s,p,relu",
+    [(3, 1, 1, False), (3, 1, 1, True), (3, 2, 1, True), (1, 1, 0, True), (2, 1, 0, False)],
+)
+def test_batched_backward_gradcheck(backend, k, s, p, relu):
     rng = np.random.default_rng(4)
     sizes = ((4, 3), (2, 2), (1, 1), (3, 5))
     sizes = tuple((h, w) for h, w in sizes if min(h, w) + 2 * p >= k)
@@ -143,7 +158,9 @@ def test_batched_backward_gradcheck(backend, k, s, p):
     w, b = rng.standard_normal((3, 2, k, k)), rng.standard_normal(3)
 
     def fwd(x, w, b):
-        out, cache = cl.conv2d_levels_forward(cl.Packed(x, sizes), w, b, s, p, backend=backend)
+        out, cache = cl.conv2d_levels_forward(
+            cl.Packed(x, sizes), w, b, s, p, relu=relu, backend=backend
+        )
         return out.data, (cache, out.sizes)
 
     def bwd(dout, cache):

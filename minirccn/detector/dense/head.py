@@ -37,8 +37,8 @@ Two ways to run the levels, the same arithmetic:
 
 * ``batched=True`` (the default): the levels travel packed side by side, ``(N, C, P)`` with
   ``P = sum_l H_l W_l`` (:mod:`minirccn.nn.conv_levels`), and every conv is ONE call over all
-  the levels (one im2col pass, one GEMM), every ReLU one call: 10 conv calls a forward
-  instead of ``10 L``. The packed pixels are level after level, row-major within a level, so
+  the levels (one im2col pass, one GEMM; the ReLU in the same call): 10 conv calls a
+  forward instead of ``10 L`` conv and ``8 L`` ReLU calls. The packed pixels are level after level, row-major within a level, so
   the anchor order of every level concatenated is one transpose of the packed output.
   The weight gradients are then one sum over all the levels' pixels instead of a sum of
   per-level sums: the same numbers up to the order of the additions (last bits; float32
@@ -170,7 +170,8 @@ class SubnetCache(NamedTuple):
     """One subnet on one level (or on all, packed): the conv and ReLU caches in forward
     order, and the map size."""
 
-    convs: tuple  # ((conv cache, relu cache), ...) of the hidden layers
+    convs: tuple  # ((conv cache, relu cache), ...) of the hidden layers (batched: conv caches,
+    # the ReLU inside each)
     out: object  # conv cache of the output conv
     size: tuple  # (H, W) of the level; batched: ((H_0, W_0), ...) of every level
 
@@ -225,7 +226,8 @@ def _subnet_backward(name, dout, cache: SubnetCache, grads: dict):
 
 def _subnet_forward_levels(params, name, x: Packed, backend):
     """:func:`_subnet_forward` on every level at once: ``x`` packed ``(N, C, P)``; each conv
-    and each ReLU is one call over all the levels. Returns the packed output and its cache."""
+    and its ReLU are one call over all the levels. Returns the packed output and its cache
+    (``convs``: the hidden layers' conv caches, each holding its ReLU's mask)."""
     caches = []
     t = x
     for i in range(num_convs_of(params)):
@@ -235,11 +237,10 @@ def _subnet_forward_levels(params, name, x: Packed, backend):
             params[f"head.{name}.conv{i}.b"],
             1,
             1,
+            relu=True,
             backend=backend,
         )
-        r, rc = layers.relu_forward(t.data, backend=backend)
-        t = Packed(r, t.sizes)
-        caches.append((cc, rc))
+        caches.append(cc)
     out, oc = conv2d_levels_forward(
         t, params[f"head.{name}.out.w"], params[f"head.{name}.out.b"], 1, 1, backend=backend
     )
@@ -252,11 +253,9 @@ def _subnet_backward_levels(name, dout, cache: SubnetCache, grads: dict):
     dt, grads[f"head.{name}.out.w"], grads[f"head.{name}.out.b"] = conv2d_levels_backward(
         Packed(dout, cache.size), cache.out
     )
-    for i in reversed(range(len(cache.convs))):
-        cc, rc = cache.convs[i]
-        dt = Packed(layers.relu_backward(dt.data, rc), dt.sizes)
+    for i in reversed(range(len(cache.convs))):  # each through its ReLU, then its conv
         dt, grads[f"head.{name}.conv{i}.w"], grads[f"head.{name}.conv{i}.b"] = (
-            conv2d_levels_backward(dt, cc)
+            conv2d_levels_backward(dt, cache.convs[i])
         )
     return dt.data
 

@@ -203,8 +203,7 @@ class PackedRPNCache(NamedTuple):
     """The RPN head run once over all the levels packed side by side (see
     :func:`rpn_forward_levels`): its layer caches and the levels' sizes."""
 
-    conv: tuple
-    relu: tuple
+    conv: tuple  # the 3x3 conv and its ReLU (conv2d_levels_forward with relu=True)
     cls: tuple
     bbox: tuple
     sizes: tuple  # ((H_0, W_0), ...)
@@ -253,11 +252,9 @@ def _rpn_forward_packed(params, maps, backend):
     x = pack_levels(maps)
     n, p = x.data.shape[0], x.data.shape[2]
     a = params["rpn.cls.w"].shape[0] // 2
-    t, conv_cache = conv2d_levels_forward(
-        x, params["rpn.conv.w"], params["rpn.conv.b"], 1, 1, backend=backend
+    t, conv_cache = conv2d_levels_forward(  # the 3x3 conv and its ReLU
+        x, params["rpn.conv.w"], params["rpn.conv.b"], 1, 1, relu=True, backend=backend
     )
-    r, relu_cache = layers.relu_forward(t.data, backend=backend)
-    t = Packed(r, t.sizes)
     cls, cls_cache = conv2d_levels_forward(
         t, params["rpn.cls.w"], params["rpn.cls.b"], backend=backend
     )
@@ -267,7 +264,7 @@ def _rpn_forward_packed(params, maps, backend):
     logits = _to_anchor_order(cls.data.reshape(n, 2 * a, p, 1), n, a, 2)
     deltas = _to_anchor_order(box.data.reshape(n, 4 * a, p, 1), n, a, 4)
     counts = [h * w * a for h, w in x.sizes]
-    cache = PackedRPNCache(conv_cache, relu_cache, cls_cache, bbox_cache, x.sizes, a, counts)
+    cache = PackedRPNCache(conv_cache, cls_cache, bbox_cache, x.sizes, a, counts)
     return logits, deltas, cache
 
 
@@ -300,8 +297,8 @@ def _rpn_backward_packed(dlogits, ddeltas, cache: PackedRPNCache):
     dbox = _from_anchor_order(ddeltas, n, a, 4, p, 1).reshape(n, 4 * a, p)
     dt_cls, dw_cls, db_cls = conv2d_levels_backward(Packed(dcls, sizes), cache.cls)
     dt_box, dw_box, db_box = conv2d_levels_backward(Packed(dbox, sizes), cache.bbox)
-    dt = layers.relu_backward(dt_cls.data + dt_box.data, cache.relu)
-    dx, dw_conv, db_conv = conv2d_levels_backward(Packed(dt, sizes), cache.conv)
+    dt = Packed(dt_cls.data + dt_box.data, sizes)
+    dx, dw_conv, db_conv = conv2d_levels_backward(dt, cache.conv)  # the ReLU, then the conv
     xp = get_array_module(dx.data)
     grads = {
         "rpn.conv.w": dw_conv,
