@@ -31,7 +31,7 @@ from tqdm import tqdm
 from minirccn import viz
 from minirccn.config import preset
 from minirccn.core.backend import resolve
-from minirccn.core.errors import MinirccnError
+from minirccn.core.errors import MinirccnError, note
 from minirccn.core.files import write_json
 from minirccn.data import load_dataset
 from minirccn.data.batching import batch_indices
@@ -156,7 +156,14 @@ def train(
     else:
         model = model_class(config, train_data.class_names, rng=rng)
         if init_params:
-            model.params.update({k: v.astype(model.params[k].dtype) for k, v in init_params.items()})
+            fits = {k: v for k, v in init_params.items() if k in model.params and v.shape == model.params[k].shape}
+            other = sorted(set(init_params) - set(fits))
+            if other:  # a checkpoint of other classes: its predictor starts afresh
+                note(
+                    f"--weights: {len(other)} array(s) of other shapes or names start afresh "
+                    f"({', '.join(other[:4])}{', ...' if len(other) > 4 else ''})"
+                )
+            model.params.update({k: v.astype(model.params[k].dtype) for k, v in fits.items()})
         model.to(backend)
         optimizer = make_optimizer(model)
 

@@ -276,3 +276,20 @@ def test_rpn_score_thresh_drops_low_proposals():
     _, all_scores, _ = proposals_one_image(logits, deltas, anchors, [50], (100, 100), **common)
     _, kept, _ = proposals_one_image(logits, deltas, anchors, [50], (100, 100), score_thresh=0.5, **common)
     assert (kept >= 0.5).all() and len(kept) == int((all_scores >= 0.5).sum()) < len(all_scores)
+
+
+def test_train_fine_tunes_a_checkpoint(tmp_path, capsys):
+    """train --weights CK.npz: the checkpoint's network and weights; a predictor of other
+    classes starts afresh, with a note naming it."""
+    config = preset("tiny", **TINY)
+    start = random_model(config, names=["__background__", "x"])
+    ck = save_checkpoint(tmp_path / "ck.npz", start)
+    out = tmp_path / "ft"
+    argv = ["train", "--weights", ck, "--iters", "1", "--out", str(out), "--no-progress", "--eval-images", "1"]
+    assert main(argv + ["--set", "lr=1e-12", "--set", "warmup_iters=0"]) == 0
+    err = capsys.readouterr().err
+    assert "fine-tuning its tiny network" in err and "start afresh (head.bbox.b, head.bbox.w, head.cls.b, head.cls.w)" in err
+    tuned, _ = load_checkpoint(out / "checkpoint.npz")
+    assert tuned.config.backbone_stages == config.backbone_stages and tuned.num_classes == 4  # shapes: 3 + bg
+    np.testing.assert_allclose(tuned.params["backbone.conv1_1.w"], start.params["backbone.conv1_1.w"], atol=1e-6)
+    np.testing.assert_allclose(tuned.params["rpn.bbox.w"], start.params["rpn.bbox.w"], atol=1e-6)
