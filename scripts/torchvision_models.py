@@ -106,7 +106,7 @@ def synthetic_photos(n: int, seed: int, sizes=((480, 640), (427, 640), (500, 375
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 in [0, 1] (torchvision's ``to_tensor``)."""
-    return torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
 
 
 @torch.no_grad()
