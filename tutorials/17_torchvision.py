@@ -56,10 +56,10 @@ print(f"{ARCH}: {len(NAMES)} classes, min_size = max_size = {SIZE}, image {image
 # torchvision's `state_dict` names every tensor by its module path. minirccn's parameters
 # follow the same structure under its own words; `minirccn.engine.interop.key_table` is the
 # one table between them. Two kinds of rows are more than a copy: a `Linear` weight is
-# `(out, in)` in torch and `(in, out)` in minirccn (transposed), and the RPN's objectness is
-# ONE logit `l` per anchor in torchvision but TWO, `(l0, l1)`, in the paper's softmax. Since
-# `softmax(l0, l1)[1] = sigmoid(l1 - l0)`, putting `l` in row `2a + 1` and zeros in row `2a`
-# gives exactly torchvision's probability.
+# `(out, in)` in torch and `(in, out)` in minirccn (transposed), and the RPN's objectness:
+# ONE logit `l` per anchor in torchvision (a sigmoid), TWO, `(l0, l1)`, in the paper's
+# softmax. The converted model keeps torchvision's (`rpn_objectness="sigmoid"`: a copy);
+# a two-logit model takes `(0, l)`, since `softmax(0, l)[1] = sigmoid(l)` exactly.
 
 # %%
 T.section("1. the weights: torchvision's names -> minirccn's")
@@ -106,8 +106,11 @@ print(f"{'torchvision':44s} {'shape':>18s}   {'minirccn':32s} {'shape':>18s}  ki
 for k in keys[:3] + keys[5:7] + [k for k in keys if k.kind != "copy"][:4]:
     print(f"{k.torch:44s} {str(tuple(state[k.torch].shape)):>18s}   {k.ours:32s} "
           f"{str(model.params[k.ours].shape):>18s}  {k.kind}")
-cls = model.params["rpn.cls.w"]
-T.check(len(keys) == len(model.params) and not cls[0::2].any(), "every tensor has its row; background rows of the objectness are 0")
+T.check(len(keys) == len(model.params), "every tensor has its row")
+two = interop.convert(state, config.replace(rpn_objectness="softmax"), NAMES, "the state_dict", ARCH)
+w1, w2 = model.params["rpn.cls.w"], two.params["rpn.cls.w"]
+print(f"rpn.cls.w: sigmoid model {w1.shape}; softmax model {w2.shape}, background rows all 0: {not w2[0::2].any()}")
+T.check(np.array_equal(w2[1::2], w1) and not w2[0::2].any(), "the two-logit model holds (0, l): softmax(0, l)[1] = sigmoid(l)")
 
 # %% [markdown]
 # ## 2. The input
@@ -183,7 +186,7 @@ if tv is not None:
 T.section("4. the RPN")
 c4 = stages[2]
 logits, deltas, _ = rpn_forward_levels(p, [c4], backend="numpy")
-ours_logit = logits[0, :, 1] - logits[0, :, 0]
+ours_logit = logits[0, :, 0]  # one logit per anchor (rpn_objectness="sigmoid")
 anchors, counts = model.anchor_generator([c4.shape[2:]], np, batch.shape[2:])
 _, props = model.rpn_proposals(batch, sizes, backend="numpy")
 boxes = props[0][0]
@@ -251,9 +254,9 @@ T.save_grid(pictures, "17_torchvision.png", cols=2)
 #
 # * The write-up's model is minirccn's `fasterrcnn_resnet50_c4`: the same layers, the same
 #   numbers, read from the same `state_dict` through one name table.
-# * The only non-copies: transposed `Linear` weights and the objectness, one logit `l`
-#   as the two logits `(0, l)` (`softmax(0, l)[1] = sigmoid(l)`); `minirccn export` writes
-#   the difference `l1 - l0` back.
+# * The only non-copies: transposed `Linear` weights, and the objectness of a two-logit
+#   (softmax) model: one logit `l` as `(0, l)` (`softmax(0, l)[1] = sigmoid(l)`); `minirccn
+#   export` writes the difference `l1 - l0` back.
 # * torchvision's input and anchor conventions (bilinear resize of the float image, padding
 #   to 32, anchors on the corner grid) are config fields: `image_resize`, `size_divisible`,
 #   `anchor_offset`, `anchor_grid`.

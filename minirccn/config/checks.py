@@ -113,6 +113,7 @@ CHOICES = {
     "box_roi_pool": ("roi_pool", "roi_align"),
     "image_resize": ("pillow", "torchvision"),
     "anchor_grid": ("stride", "image"),
+    "rpn_objectness": ("softmax", "sigmoid"),
 }
 DTYPES = CHOICES["dtype"]
 

@@ -62,6 +62,8 @@ class DetectorConfig:
 
     # ---- RPN -------------------------------------------------------------------
     rpn_channels: int = 128  # channels of the RPN's 3x3 conv
+    rpn_objectness: str = "softmax"  # "softmax": two logits per anchor (the paper); "sigmoid":
+    #   one logit, binary cross-entropy (torchvision's RPNHead)
     rpn_pre_nms_top_n_train: int = 2000  # proposals kept by score before NMS (training)
     rpn_pre_nms_top_n_test: int = 1000  # proposals kept by score before NMS (inference)
     rpn_post_nms_top_n_train: int = 2000  # proposals kept after NMS (training)

@@ -16,7 +16,7 @@ The architectures torchvision has and minirccn can build (:data:`ARCHS`, ``--arc
 
 Both with torchvision's numbers (800 / 1333 pixels, 1000 proposals at test time, ...), read
 by :func:`arch_config`; the config fields that make minirccn compute what torchvision computes
-are set there: ``image_resize="torchvision"`` (bilinear on the normalised float image),
+are set there: ``rpn_objectness="sigmoid"``, ``image_resize="torchvision"`` (bilinear on the normalised float image),
 ``size_divisible=32``, ``anchor_offset=0.0`` and ``anchor_grid="image"`` (torchvision's
 anchor grid), RoIAlign with 2x2 samples per bin. Batch norm is "frozen" in both (the running
 statistics, ``eps = 1e-5``: torchvision's ``FrozenBatchNorm2d`` and minirccn's inference mode
@@ -36,6 +36,7 @@ torchvision                                      minirccn                       
 ``backbone.{i}.weight`` (VGG-style stack)        ``backbone.conv{s}_{k}.w`` (and BN)     copy
 ``rpn.head.conv.0.0.*``                          ``rpn.conv.w / .b``                     copy
 ``rpn.head.cls_logits.*``  ``(A, C, 1, 1)``      ``rpn.cls.w / .b``  ``(2A, C, 1, 1)``   objectness
+(``rpn_objectness="sigmoid"``: ``(A, C, 1, 1)``)                                              copy
 ``rpn.head.bbox_pred.*``                         ``rpn.bbox.w / .b``                     copy
 ``roi_heads.box_head.fc6/fc7.weight`` (out, in)  ``head.fc6/fc7.w`` (in, out)            linear
 ``roi_heads.box_predictor.cls_score.*``          ``head.cls.w / .b``                     linear
@@ -47,12 +48,14 @@ batch norm: torchvision's ``weight``, ``bias``, ``running_mean``, ``running_var`
 ``num_batches_tracked`` is accepted and ignored (``FrozenBatchNorm2d`` has none).
 
 **Objectness.** torchvision's RPN scores an anchor with ONE logit ``l`` and a sigmoid; the
-paper's (minirccn's) with TWO, ``(l0, l1)``, and a softmax. They are the same function of
-``l1 - l0``: ``softmax(l0, l1)[1] = 1 / (1 + exp(l0 - l1)) = sigmoid(l1 - l0)``. So importing
-puts torchvision's weights in the object row ``2a + 1`` and zeros in the background row
-``2a`` (``l0 = 0``, ``l1 = l``: exactly torchvision's score); exporting writes the difference
-of the two rows, ``w[2a + 1] - w[2a]`` and ``b[2a + 1] - b[2a]`` (the same logit ``l1 - l0``,
-up to the rounding of one subtraction).
+paper's with TWO, ``(l0, l1)``, and a softmax. The converted architectures use torchvision's
+(``rpn_objectness="sigmoid"``: the weights are copied, fine-tuning uses its binary
+cross-entropy). The two are the same function of ``l1 - l0``: ``softmax(l0, l1)[1] =
+1 / (1 + exp(l0 - l1)) = sigmoid(l1 - l0)``. So a two-logit model (``--set
+rpn_objectness=softmax``, every minirccn preset) imports torchvision's weights in the object
+rows ``2a + 1`` and zeros in the background rows ``2a`` (``l0 = 0``, ``l1 = l``: exactly
+torchvision's score), and exports the difference of the two rows, ``w[2a + 1] - w[2a]`` and
+``b[2a + 1] - b[2a]`` (the same logit ``l1 - l0``, up to the rounding of one subtraction).
 
 **Linear layers.** torch stores ``(out, in)`` and computes ``x @ W.T``; minirccn stores ``(in,
 out)`` and computes ``x @ W``: the weight is transposed, the flattening order of the pooled
@@ -88,6 +91,7 @@ TORCHVISION_DEFAULTS = dict(
     aspect_ratios=(0.5, 1.0, 2.0),
     anchor_offset=0.0,
     anchor_grid="image",
+    rpn_objectness="sigmoid",
     rpn_pre_nms_top_n_train=2000,
     rpn_pre_nms_top_n_test=1000,
     rpn_post_nms_top_n_train=2000,
@@ -119,7 +123,7 @@ TORCHVISION_DEFAULTS = dict(
     iters=1000,
     milestones=(),
     flip=True,
-    bn_freeze_iter=1,
+    bn_freeze_iter=1,  # batch norm on its running statistics from the second step (0: never)
 )
 
 
@@ -233,7 +237,8 @@ def key_table(model) -> list:
     for part in ("w", "b"):
         t = "weight" if part == "w" else "bias"
         keys.append(Key(f"rpn.head.conv.0.0.{t}", f"rpn.conv.{part}", "copy"))
-        keys.append(Key(f"rpn.head.cls_logits.{t}", f"rpn.cls.{part}", "objectness"))
+        kind = "copy" if config.rpn_objectness == "sigmoid" else "objectness"
+        keys.append(Key(f"rpn.head.cls_logits.{t}", f"rpn.cls.{part}", kind))
         keys.append(Key(f"rpn.head.bbox_pred.{t}", f"rpn.bbox.{part}", "copy"))
     for ours, theirs in (
         ("fc6", "box_head.fc6"),

@@ -293,3 +293,26 @@ def test_train_fine_tunes_a_checkpoint(tmp_path, capsys):
     assert tuned.config.backbone_stages == config.backbone_stages and tuned.num_classes == 4  # shapes: 3 + bg
     np.testing.assert_allclose(tuned.params["backbone.conv1_1.w"], start.params["backbone.conv1_1.w"], atol=1e-6)
     np.testing.assert_allclose(tuned.params["rpn.bbox.w"], start.params["rpn.bbox.w"], atol=1e-6)
+
+
+def test_sigmoid_and_softmax_objectness_give_the_same_detections():
+    """torchvision's one-logit RPN copied (sigmoid) or as (0, l) (softmax): one detector; and a
+    sigmoid model trains: forward and the hand-written backward run, every parameter a gradient."""
+    sig_cfg = TINY_TV.replace(rpn_objectness="sigmoid")
+    sig = random_model(sig_cfg)
+    keys = interop.key_table(sig)
+    assert {k.kind for k in keys if k.ours.startswith("rpn.cls")} == {"copy"}
+    tensors = interop.to_torchvision(sig.params, keys)
+    two = build_model(TINY_TV, NAMES, params=interop.from_torchvision(tensors, interop.key_table(shell(TINY_TV, 3)), np.float32))
+    image = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    a, b = sig.predict(image, backend="numpy"), two.predict(image, backend="numpy")
+    assert len(a["scores"]) > 0
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    from minirccn.data.batching import Batch
+
+    x = sig.preprocess(image)[0][None]
+    batch = Batch(x, [(64, 64)], [{"boxes": np.array([[8, 8, 40, 30]], np.float32), "labels": np.array([1])}])
+    losses, cache = sig.forward(batch, np.random.default_rng(0), backend="numpy")
+    grads = sig.backward(cache)
+    assert losses["loss_objectness"] > 0 and grads["rpn.cls.w"].shape == sig.params["rpn.cls.w"].shape == (9, 8, 1, 1)

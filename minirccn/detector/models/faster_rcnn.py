@@ -128,7 +128,8 @@ class FasterRCNN(Detector):
         params = backbone.init(rng, dtype)
         c = backbone.out_channels
         a = len(level_anchor_sizes(config)[0]) * len(config.aspect_ratios)
-        params.update(init_rpn(c, config.rpn_channels, a, rng, dtype))
+        k = 1 if config.rpn_objectness == "sigmoid" else 2  # logits per anchor
+        params.update(init_rpn(c, config.rpn_channels, a, rng, dtype, k))
         params.update(
             init_head(c, num_classes, config.representation_size, rng, config.roi_output_size, dtype)
         )

@@ -6,7 +6,8 @@ arrays and has no backward.
 
 Per image (paper Sec. 3.3; torchvision's ``RegionProposalNetwork.filter_proposals``):
 
-1. ``score = softmax(logits)[:, 1]``, the object probability of each anchor;
+1. ``score = softmax(logits)[:, 1]``, the object probability of each anchor (``sigmoid`` of
+   the one logit with ``rpn_objectness="sigmoid"``, torchvision's);
 2. keep the ``pre_nms_top_n`` highest scores (ties: lower anchor index first) *of each
    level*, so the many fine-level anchors of a pyramid cannot crowd out the coarse ones;
 3. ``boxes = decode_boxes(deltas, anchors)`` and clip them to the image;
@@ -34,15 +35,18 @@ from minirccn.core.backend import get_array_module
 
 
 def objectness_scores(logits):
-    """Object probability ``softmax(logits)[..., 1] = 1 / (1 + exp(l0 - l1))``.
+    """Object probability ``softmax(logits)[..., 1] = 1 / (1 + exp(l0 - l1))``; with one
+    logit ``l`` (torchvision's sigmoid objectness), ``sigmoid(l) = 1 / (1 + exp(-l))``.
 
     Args:
-        logits: ``(..., 2)`` float (background, object) scores.
+        logits: ``(..., 2)`` float (background, object) scores, or ``(..., 1)`` one logit.
 
     Returns:
         ``(...)`` float probabilities in [0, 1], logits' dtype.
     """
     xp = get_array_module(logits)
+    if logits.shape[-1] == 1:
+        return (1.0 / (1.0 + xp.exp(-logits[..., 0]))).astype(logits.dtype)
     return (1.0 / (1.0 + xp.exp(logits[..., 0] - logits[..., 1]))).astype(logits.dtype)
 
 
@@ -83,7 +87,8 @@ def proposals_one_image(
     """Proposals of one image over its levels (steps 1-6 of the module docstring).
 
     Args:
-        logits: ``(M, 2)`` float objectness scores of the anchors, levels concatenated.
+        logits: ``(M, 2)`` float objectness scores of the anchors, levels concatenated
+            (``(M, 1)``: one logit, the sigmoid objectness).
         deltas: ``(M, 4)`` float predicted deltas (weights 1, 1, 1, 1).
         anchors: ``(M, 4)`` float anchors in input pixels.
         counts: anchors per level (they sum to ``M``; ``[M]`` for a one-level detector).
