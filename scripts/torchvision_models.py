@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -221,31 +222,36 @@ def save_images(images, folder) -> list:
     return paths
 
 
-def reproduce(arch, seed, backends, n_images, size, json_out=None) -> dict:
+def reproduce(arch, seed, backends, n_images, size, json_out=None, sets=()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = make(arch, seed)
         model.transform.min_size, model.transform.max_size = (size,), size
         weights = os.path.join(tmp, f"{arch}.safetensors")
         save_file(model.state_dict(), weights)
         ck = os.path.join(tmp, "converted.npz")
+        extra = [a for kv in sets for a in ("--set", kv)]
         minirccn("convert", weights, "--arch", arch, "--num-classes", "91", "--out", ck,
-                 "--set", f"min_size={size}", "--set", f"max_size={size}")
+                 "--set", f"min_size={size}", "--set", f"max_size={size}", *extra)
         images = synthetic_photos(n_images, seed + 2000)
         paths = save_images(images, tmp)
         with torch.no_grad():
             ref = [{k: v.numpy() for k, v in o.items()} for o in model([to_tensor(im) for im in images])]
-        result = {"arch": arch, "seed": seed, "size": size, "images": [list(im.shape[:2]) for im in images],
+        result = {"arch": arch, "seed": seed, "size": size, "sets": list(sets),
+                  "images": [list(im.shape[:2]) for im in images],
                   "torch": torch.__version__, "torchvision": torchvision.__version__, "backends": {}}
         for backend in backends:
+            t0 = time.perf_counter()
             dets = minirccn_detect(ck, paths, backend, os.path.join(tmp, backend))
+            seconds = time.perf_counter() - t0
             per = [match(r, d) for r, d in zip(ref, dets)]
             hits, total = sum(h for h, _ in per), sum(t for _, t in per)
             result["backends"][backend] = {
                 "per_image": [f"{h}/{t}" for h, t in per],
                 "reproduced": hits / max(total, 1),
                 "minimum_per_image": min(h / max(t, 1) for h, t in per),
+                "detect_seconds": round(seconds, 1),
             }
-            print(f"{arch} {backend}: {hits}/{total} of torchvision's top-20 reproduced "
+            print(f"{arch} {' '.join(sets)} {backend}: {hits}/{total} of torchvision's top-20 reproduced "
                   f"({100 * hits / max(total, 1):.1f} %), per image {result['backends'][backend]['per_image']}",
                   flush=True)
     if json_out:
@@ -259,7 +265,7 @@ def export_check(preset, iters, n_images, seed=0, backend="numpy", json_out=None
     with tempfile.TemporaryDirectory() as tmp:
         run = os.path.join(tmp, "run")
         minirccn("train", "--preset", preset, "--iters", str(iters), "--out", run, "--seed", str(seed),
-                 "--no-progress", "--eval-images", "2", "--backend", backend)
+                 "--no-progress", "--eval-images", "2")
         ck = os.path.join(run, "checkpoint.npz")
         out = os.path.join(tmp, "tv")
         minirccn("export", "--checkpoint", ck, "--to", "torchvision", "--out", out)
@@ -308,6 +314,7 @@ def main(argv=None) -> int:
     r.add_argument("--images", type=int, default=4)
     r.add_argument("--size", type=int, default=320)
     r.add_argument("--json", default=None)
+    r.add_argument("--set", dest="sets", action="append", default=[], help="a config field for convert")
     e = sub.add_parser("export-check")
     e.add_argument("preset")
     e.add_argument("--iters", type=int, default=300)
@@ -322,7 +329,7 @@ def main(argv=None) -> int:
         save_file(make(a.arch, a.seed, a.num_classes).state_dict(), a.out)
         print(f"wrote {a.out}")
     elif a.cmd == "reproduce":
-        reproduce(a.arch, a.seed, a.backends.split(","), a.images, a.size, a.json)
+        reproduce(a.arch, a.seed, a.backends.split(","), a.images, a.size, a.json, a.sets)
     else:
         export_check(a.preset, a.iters, a.images, backend=a.backend, json_out=a.json)
     return 0
