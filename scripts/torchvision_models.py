@@ -234,8 +234,8 @@ def reproduce(arch, seed, backends, n_images, size, json_out=None, sets=()) -> d
                  "--set", f"min_size={size}", "--set", f"max_size={size}", *extra)
         images = synthetic_photos(n_images, seed + 2000)
         paths = save_images(images, tmp)
-        with torch.no_grad():
-            ref = [{k: v.numpy() for k, v in o.items()} for o in model([to_tensor(im) for im in images])]
+        with torch.no_grad():  # one image at a time, as minirccn detect (a batch pads all to the largest)
+            ref = [{k: v.numpy() for k, v in model([to_tensor(im)])[0].items()} for im in images]
         result = {"arch": arch, "seed": seed, "size": size, "sets": list(sets),
                   "images": [list(im.shape[:2]) for im in images],
                   "torch": torch.__version__, "torchvision": torchvision.__version__, "backends": {}}
@@ -283,7 +283,7 @@ def export_check(preset, iters, n_images, seed=0, backend="numpy", json_out=None
         paths = save_images(images, tmp)
         dets = minirccn_detect(ck, paths, backend, os.path.join(tmp, "det"))
         with torch.no_grad():
-            tv = [{k: v.numpy() for k, v in o.items()} for o in model([to_tensor(im) for im in images])]
+            tv = [{k: v.numpy() for k, v in model([to_tensor(im)])[0].items()} for im in images]
         per = [match(d, t) for d, t in zip(dets, tv)]  # minirccn's top-20, reproduced by build()
         hits, total = sum(h for h, _ in per), sum(t for _, t in per)
         result = {"preset": preset, "iters": iters, "torch": torch.__version__,
