@@ -128,3 +128,17 @@ def test_build_reproduces_minirccn_and_back(config, tmp_path):
     for image in images:
         assert reproduced(torch_detect(tv, image), back.predict(image, backend="numpy")) >= 0.95
     assert out["tensors"] == len(keys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", interop.ARCHS)
+def test_resnet50_archs_reproduce_torchvision(arch):
+    """The issue's check, small: torchvision's real ResNet-50 model (seeded, batch norm
+    calibrated), ``minirccn convert`` and ``minirccn detect`` as commands, one 160-pixel photo
+    (the full check, 4 photos at 320 pixels on both backends, is the script's: docs/interop.md)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "torchvision_models.py")
+    spec = importlib.util.spec_from_file_location("torchvision_models", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.reproduce(arch, seed=1, backends=["numba"], n_images=1, size=160)
+    assert result["backends"]["numba"]["reproduced"] >= 0.95
