@@ -21,8 +21,8 @@ own parts:
   ``BackboneWithFPN`` with ``LastLevelMaxPool``; batch norm as ``FrozenBatchNorm2d`` (eps 1e-5);
 * ``AnchorGenerator`` (subclassed when the anchors sit at cell centres, ``anchor_offset=0.5``,
   or on the backbone's nominal strides, ``anchor_grid="stride"``);
-* ``RPNHead`` (the paper's two-way softmax objectness as its one logit, the exact
-  difference ``l1 - l0``);
+* ``RPNHead`` (a one-logit model's objectness copied; the paper's two-way softmax as its
+  one logit, the exact difference ``l1 - l0``);
 * RoI pooling: a small ``RoIPool`` module around ``torchvision.ops.roi_pool`` (or ``roi_align``)
   for one level, with minirccn's ``1 / stride`` scale; ``MultiScaleRoIAlign`` for a pyramid;
 * ``TwoMLPHead`` and ``FastRCNNPredictor`` of the checkpoint's widths;
