@@ -99,8 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         default=None,
-        metavar="FILE.safetensors",
-        help="ImageNet-pretrained backbone weights with torchvision's names (vgg16 preset)",
+        metavar="FILE.safetensors|CK.npz",
+        help="ImageNet-pretrained backbone weights with torchvision's names (vgg16 preset), or a "
+        "checkpoint to fine-tune (minirccn convert's or train's: its network, its weights)",
     )
     parser.add_argument(
         "--json", action="store_true", help="end with one JSON object instead of the summary"
@@ -206,13 +207,18 @@ def run(args) -> int:
     if model != base.model:
         base = preset(args.preset, model=model)
     base = lineage_config(base, args)
+    finetune = None
+    if args.weights and args.weights.endswith(".npz"):  # fine-tune a checkpoint: its network
+        base, finetune = weights.checkpoint_weights(args.weights)
+        args.no_derive = True  # the architecture is the checkpoint's, not derived from the data
+        note(f"--weights {args.weights}: fine-tuning its {base.backbone} network (--preset ignored)")
     args.out = resolve_out(args.out, resume=args.resume)
     check_out_early(args)  # in milliseconds, before any data is read
     log = (lambda *a: None) if args.json else print
     setup = userdata.configure(args, log=log, base=base)
     config = setup["config"]
-    init_params = None
-    if args.weights:
+    init_params = finetune
+    if args.weights and finetune is None:
         init_params = weights.backbone_params(args.weights, config)
         log(f"--weights {args.weights}: loaded {len(init_params)} backbone arrays")
     result = train(

@@ -39,6 +39,8 @@ RANGES = {
     "rpn_post_nms_top_n_test": (1, MAX_COUNT),
     "rpn_nms_thresh": _UNIT,
     "rpn_min_size": (0.0, None),
+    "rpn_score_thresh": _UNIT,
+    "size_divisible": (0, 1024),
     "rpn_fg_iou_thresh": _UNIT,
     "rpn_bg_iou_thresh": _UNIT,
     "rpn_batch_size_per_image": (1, MAX_COUNT),
@@ -116,6 +118,9 @@ CHOICES = {
     "selective_search_mode": ("fast", "quality"),
     "dtype": ("float32", "float64"),
     "box_roi_pool": ("roi_pool", "roi_align"),
+    "image_resize": ("pillow", "torchvision"),
+    "anchor_grid": ("stride", "image"),
+    "rpn_objectness": ("softmax", "sigmoid"),
 }
 DTYPES = CHOICES["dtype"]
 

@@ -162,7 +162,14 @@ def train(
     else:
         model = model_class(config, train_data.class_names, rng=rng)
         if init_params:
-            model.params.update({k: v.astype(model.params[k].dtype) for k, v in init_params.items()})
+            fits = {k: v for k, v in init_params.items() if k in model.params and v.shape == model.params[k].shape}
+            other = sorted(set(init_params) - set(fits))
+            if other:  # a checkpoint of other classes: its predictor starts afresh
+                note(
+                    f"--weights: {len(other)} array(s) of other shapes or names start afresh "
+                    f"({', '.join(other[:4])}{', ...' if len(other) > 4 else ''})"
+                )
+            model.params.update({k: v.astype(model.params[k].dtype) for k, v in fits.items()})
         model.to(backend)
         optimizer = make_optimizer(model)
 

@@ -114,9 +114,10 @@ def test_shared_rpn_head_gradcheck_sums_over_levels(batched):
     assert check_layer(fwd, bwd, [params[k] for k in names] + maps, max_full=300) < 1e-7
 
 
+@pytest.mark.parametrize("logits_per_anchor", [2, 1])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_batched_rpn_head_matches_the_per_level_head(backend, dtype):
+def test_batched_rpn_head_matches_the_per_level_head(backend, dtype, logits_per_anchor):
     """All the levels in one call per layer (minirccn/nn/conv_levels.py) against the head run
     level by level: the weight gradients are one sum over every level's pixels instead of a
     sum of per-level sums, so equal to rounding (relative 1e-5 float32, 1e-12 float64); one
@@ -125,13 +126,15 @@ def test_batched_rpn_head_matches_the_per_level_head(backend, dtype):
     from minirccn.nn.gradcheck import rel_error
 
     rng = np.random.default_rng(1)
-    p = {k: (v * 30).astype(dtype) for k, v in init_rpn(8, 6, 3, rng, dtype=dtype).items()}
+    init = init_rpn(8, 6, 3, rng, dtype=dtype, logits_per_anchor=logits_per_anchor)
+    p = {k: (v * 30).astype(dtype) for k, v in init.items()}  # k = 1: the sigmoid objectness
     sizes = ((16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (3, 5))
     maps = [rng.standard_normal((2, 8, h, w)).astype(dtype) for h, w in sizes]
     lg0, dl0, c0 = rpn_forward_levels(p, maps, backend="numpy", batched=False)
     lg, dl, c = rpn_forward_levels(p, maps, backend=backend)
     assert isinstance(c, PackedRPNCache) and isinstance(c0, LevelsRPNCache)
     tol = 1e-5 if dtype == "float32" else 1e-12
+    assert lg.shape[-1] == logits_per_anchor
     assert lg.dtype == dtype and rel_error(lg, lg0) < tol and rel_error(dl, dl0) < tol
     d_lg, d_dl = rng.standard_normal(lg.shape).astype(dtype), rng.standard_normal(dl.shape)
     dm0, g0 = rpn_backward_levels(d_lg, d_dl.astype(dtype), c0)
