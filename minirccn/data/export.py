@@ -177,6 +177,18 @@ def export_voc(
     return out
 
 
+def _images_and_file(dataset, out, count, filename, image_format, overwrite):
+    """The COCO and CSV layout, ``out/<filename>`` + ``out/images/<name>.<image_format>``:
+    the folder made, every file claimed (:func:`_claim`); returns ``(out, names, path)``."""
+    out = _prepare_dir(out)
+    names = export_names(dataset, count)
+    path = os.path.join(out, filename)
+    images = [os.path.join(out, "images", f"{n}.{image_format}") for n in names]
+    _claim(dataset, out, [path, *images], overwrite)
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    return out, names, path
+
+
 def export_coco(
     dataset,
     out: str,
@@ -187,16 +199,7 @@ def export_coco(
     skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` as ``out/annotations.json`` + ``out/images/``; returns the JSON path."""
-    out = _prepare_dir(out)
-    names = export_names(dataset, count)
-    path = os.path.join(out, "annotations.json")
-    _claim(
-        dataset,
-        out,
-        [path, *(os.path.join(out, "images", f"{n}.{image_format}") for n in names)],
-        overwrite,
-    )
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    out, names, path = _images_and_file(dataset, out, count, "annotations.json", image_format, overwrite)
     images, annotations = [], []
     for k, (i, sample) in enumerate(_samples(dataset, count, progress, skipped)):
         name = names[i]
@@ -231,16 +234,7 @@ def export_csv(
     skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` as ``out/annotations.csv`` + ``out/images/``; returns the CSV path."""
-    out = _prepare_dir(out)
-    names = export_names(dataset, count)
-    path = os.path.join(out, "annotations.csv")
-    _claim(
-        dataset,
-        out,
-        [path, *(os.path.join(out, "images", f"{n}.{image_format}") for n in names)],
-        overwrite,
-    )
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    out, names, path = _images_and_file(dataset, out, count, "annotations.csv", image_format, overwrite)
     with atomic_path(path, "annotations") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupOf"])

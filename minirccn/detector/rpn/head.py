@@ -197,15 +197,13 @@ def rpn_backward(dlogits, ddeltas, cache: RPNCache):
     dt_box, dw_box, db_box = layers.conv2d_backward(dbox, cache.bbox)
     dt = layers.relu_backward(dt_cls + dt_box, cache.relu)
     dfeatures, dw_conv, db_conv = layers.conv2d_backward(dt, cache.conv)
-    grads = {
-        "rpn.conv.w": dw_conv,
-        "rpn.conv.b": db_conv,
-        "rpn.cls.w": dw_cls,
-        "rpn.cls.b": db_cls,
-        "rpn.bbox.w": dw_box,
-        "rpn.bbox.b": db_box,
-    }
+    grads = _named_grads(conv=(dw_conv, db_conv), cls=(dw_cls, db_cls), bbox=(dw_box, db_box))
     return dfeatures, grads
+
+
+def _named_grads(**layers_) -> dict:
+    """``{"rpn.<layer>.w": dw, "rpn.<layer>.b": db}`` of each ``layer=(dw, db)``."""
+    return {f"rpn.{name}.{p}": g for name, wb in layers_.items() for p, g in zip("wb", wb)}
 
 
 # ------------------------------------------------------------------------ over levels
@@ -322,12 +320,5 @@ def _rpn_backward_packed(dlogits, ddeltas, cache: PackedRPNCache):
     dt = Packed(dt_cls.data + dt_box.data, sizes)
     dx, dw_conv, db_conv = conv2d_levels_backward(dt, cache.conv)  # the ReLU, then the conv
     xp = get_array_module(dx.data)
-    grads = {
-        "rpn.conv.w": dw_conv,
-        "rpn.conv.b": db_conv,
-        "rpn.cls.w": dw_cls,
-        "rpn.cls.b": db_cls,
-        "rpn.bbox.w": dw_box,
-        "rpn.bbox.b": db_box,
-    }
+    grads = _named_grads(conv=(dw_conv, db_conv), cls=(dw_cls, db_cls), bbox=(dw_box, db_box))
     return [xp.ascontiguousarray(m) for m in unpack_levels(dx)], grads
