@@ -20,6 +20,7 @@ the ``numpy`` and ``numba`` columns only.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -717,6 +718,10 @@ def json_out(path, overwrite: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if not (args.min_time >= 0 and math.isfinite(args.min_time)):
+        raise MinirccnError(f"--min-time: expected a finite number of seconds >= 0, got {args.min_time}")
     groups = {g.strip() for g in args.groups.split(",") if g.strip()}
     unknown = groups - {"ops", "layers", "sweep", "train"}
     if unknown:

@@ -16,6 +16,10 @@ data       :mod:`minirccn.app.data_export`   export ``shapes`` as VOC / COCO / C
 config     :mod:`minirccn.app.config_show`   print the resolved config (``config show``)
 lineage    :mod:`minirccn.app.lineage`       R-CNN, Fast R-CNN, Faster R-CNN measured
                                              side by side (docs/lineage.md)
+convert    :mod:`minirccn.app.convert`       torchvision weights (safetensors) -> a
+                                             minirccn checkpoint
+export     :mod:`minirccn.app.export`        a checkpoint -> torchvision (safetensors
+                                             and a build.py)
 =========  ================================  =====================================
 
 The command modules are imported when the parser is built (a string table, as
@@ -48,6 +52,8 @@ COMMANDS = {
     "data": ("minirccn.app.data_export", "export the shapes dataset as VOC, COCO or CSV"),
     "config": ("minirccn.app.config_show", "show the resolved config (preset, data, --config, --set)"),
     "lineage": ("minirccn.app.lineage", "R-CNN vs Fast R-CNN vs Faster R-CNN on shapes: recall, time, mAP"),
+    "convert": ("minirccn.app.convert", "convert a torchvision detector's weights (safetensors) to a checkpoint"),
+    "export": ("minirccn.app.export", "export a checkpoint to torchvision: model.safetensors and build.py"),
 }
 #: the commands that share a module name their hooks ``add_arguments_<command>``, ``run_<command>``
 SHARED_MODULE = ("detect", "eval")

@@ -20,6 +20,8 @@ import os
 from minirccn.core.errors import MinirccnError, note
 from minirccn.core.files import check_replace, next_free
 from minirccn.data import load_dataset
+from minirccn.data.checks import check_images
+from minirccn.data.common import ImageUnreadable, warn
 from minirccn.data.export import FORMATS, export_dataset, source_files
 from minirccn.viz import draw_detections, save_grid
 
@@ -31,12 +33,18 @@ def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -
         raise MinirccnError(f"--count: expected at least 1 image, got {count}")
     pictures = []
     for i in range(n):
-        s = dataset[i]
+        try:
+            s = dataset[i]
+        except ImageUnreadable as exc:  # one image that cannot be decoded: skipped, as train does
+            warn(f"{exc}; skipped")
+            continue
         pictures.append(
             draw_detections(
                 s["image"], s["boxes"], s["labels"], class_names=dataset.class_names, scale=scale
             )
         )
+    if not pictures:
+        raise MinirccnError(f"{dataset.name}: none of its first {n} images could be read")
     return save_grid(pictures, out, cols=cols)
 
 
@@ -105,10 +113,14 @@ def preview_out(out, overwrite: bool) -> str:
 def run(args) -> int:
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if args.out is not None and not args.out.strip():
+        raise MinirccnError("--out: expected a file or folder name, got an empty string")
     if args.data_command == "preview":  # before the data is read: a bad --out fails at once
         args.out = preview_out(args.out, args.overwrite)
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
+    dataset = check_images(dataset, "--data")  # truncated images: skipped, each named
     if args.data_command == "export":
+        skipped = []
         path = export_dataset(
             dataset,
             args.format,
@@ -117,9 +129,10 @@ def run(args) -> int:
             split=args.split,
             image_format=args.image_format,
             progress=True,
+            skipped=skipped,
             overwrite=args.overwrite,
         )
-        n = len(dataset) if args.count is None else args.count
+        n = (len(dataset) if args.count is None else args.count) - len(skipped)
         print(f"wrote {n} images of {dataset.name} as {args.format}: {path}")
     else:
         check_replace([args.out], overwrite=True, inputs=source_files(dataset), where=args.out)

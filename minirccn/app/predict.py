@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from minirccn.core.backend import BACKENDS, resolve
 from minirccn.core.errors import MinirccnError, note
@@ -43,9 +42,9 @@ from minirccn.core.files import (
 )
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
-from minirccn.data.common import read_image
+from minirccn.data.common import ImageUnreadable, read_image, warn
 from minirccn.engine.checkpoint import load_checkpoint
-from minirccn.engine.inference import evaluate_model, run_model
+from minirccn.engine.inference import UnusableImage, evaluate_model, run_model
 from minirccn.viz import draw_detections
 
 DEFAULT_SCORE_THRESH = 0.5
@@ -155,9 +154,17 @@ def run_detect(args) -> int:
     _claim_outputs(args)  # before the model loads: an unusable --out fails at once
     model = _load_model(args.checkpoint)
     names = list(model.class_names)
+    failed = []
     for path, stem in zip(args.images, _output_stems(args.images)):
-        image = read_image(path)
-        det = run_model(model, image, backend, path)
+        try:
+            image = read_image(path)
+            det = run_model(model, image, backend, path)
+        except (ImageUnreadable, UnusableImage) as exc:  # one bad image: one line, the others run
+            if len(args.images) == 1:
+                raise
+            warn(f"{exc}; skipped")
+            failed.append(path)
+            continue
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
         scale = 2 if max(image.shape[:2]) < 256 else 1
@@ -177,6 +184,8 @@ def run_detect(args) -> int:
         }
         write_json(os.path.join(args.out, f"{stem}.json"), record, "detections", indent=1)
         print(f"{path}: {len(boxes)} detections -> {os.path.join(args.out, stem)}.png/.json")
+    if failed and len(failed) == len(args.images):
+        raise MinirccnError(f"none of the {len(failed)} images could be read")
     return 0
 
 
@@ -228,7 +237,7 @@ def run_eval(args) -> int:
         model,
         dataset,
         backend=backend,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=not args.json,
         limit=args.limit,
     )
     if args.json:

@@ -1,4 +1,6 @@
-"""``--weights FILE.safetensors``: ImageNet-pretrained backbone weights, torchvision's names.
+"""``--weights FILE.safetensors``: ImageNet-pretrained backbone weights, torchvision's names;
+``--weights CK.npz``: every array of a checkpoint (one ``minirccn convert`` wrote from a
+torchvision detector, or one ``minirccn train`` wrote) to fine-tune from (:func:`checkpoint_weights`).
 
 Nothing can be downloaded here, but a user who has torchvision's VGG16 weights
 can save them (``safetensors.torch.save_file(vgg16().state_dict(), "vgg16.safetensors")``)
@@ -30,6 +32,7 @@ import os
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
+from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.backbones.vgg import get_spec
 from minirccn.detector.models.faster_rcnn import FasterRCNN
@@ -118,3 +121,14 @@ def map_weights(tensors: dict, config, where: str = "--weights") -> dict:
 def backbone_params(path, config) -> dict:
     """Read ``path`` and map it (:func:`map_weights`): what ``--weights`` loads."""
     return map_weights(read_safetensors(path), config, where=f"--weights {os.fspath(path)}")
+
+
+def checkpoint_weights(path):
+    """``(config, params)`` of checkpoint ``path``: fine-tuning starts from its architecture
+    (its config, then ``--config`` / ``--set``) and from every array whose name and shape the new
+    model shares; a predictor of other classes starts afresh (the training loop names it)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MinirccnError(f"--weights {path}: file not found")
+    model, _state = load_checkpoint(path)
+    return model.config, dict(model.params)

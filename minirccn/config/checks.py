@@ -39,6 +39,8 @@ RANGES = {
     "rpn_post_nms_top_n_test": (1, MAX_COUNT),
     "rpn_nms_thresh": _UNIT,
     "rpn_min_size": (0.0, None),
+    "rpn_score_thresh": _UNIT,
+    "size_divisible": (0, 1024),
     "rpn_fg_iou_thresh": _UNIT,
     "rpn_bg_iou_thresh": _UNIT,
     "rpn_batch_size_per_image": (1, MAX_COUNT),
@@ -103,12 +105,22 @@ TUPLES = {
     "bbox_reg_weights": (4, 1e-12, None, float),
     "milestones": (None, 0, MAX_ITERS, int),
 }
+#: (low, high) field pairs: low <= high (the matchers' thresholds)
+ORDERED = (
+    ("rpn_bg_iou_thresh", "rpn_fg_iou_thresh"),
+    ("box_bg_iou_thresh", "box_fg_iou_thresh"),
+    ("box_bg_iou_lo", "box_bg_iou_thresh"),
+    ("retina_bg_iou_thresh", "retina_fg_iou_thresh"),
+)
 #: string fields and the values they may take (config vocabulary the detector implements)
 CHOICES = {
     "retina_hidden_init": ("normal", "he"),
     "selective_search_mode": ("fast", "quality"),
     "dtype": ("float32", "float64"),
     "box_roi_pool": ("roi_pool", "roi_align"),
+    "image_resize": ("pillow", "torchvision"),
+    "anchor_grid": ("stride", "image"),
+    "rpn_objectness": ("softmax", "sigmoid"),
 }
 DTYPES = CHOICES["dtype"]
 
@@ -199,6 +211,12 @@ def check_fields(config, where: str = "config") -> None:
         raise MinirccnError(
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
+    for low, high in ORDERED:
+        if getattr(config, low) > getattr(config, high):
+            raise MinirccnError(
+                f"{where}: {low} {getattr(config, low)} must not exceed {high} "
+                f"{getattr(config, high)}"
+            )
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise MinirccnError(

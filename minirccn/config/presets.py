@@ -47,20 +47,31 @@ class DetectorConfig:
     max_size: int = 128  # ... unless the longer side would exceed this
     image_mean: tuple = (0.485, 0.456, 0.406)  # per-channel mean of [0, 1] pixels
     image_std: tuple = (0.229, 0.224, 0.225)  # per-channel std of [0, 1] pixels
+    image_resize: str = "pillow"  # "pillow": Pillow's bilinear on uint8 pixels (antialiased
+    #   when shrinking); "torchvision": torch's bilinear interpolate (align_corners=False, no
+    #   antialias) of the normalised float image, boxes rescaled per axis (GeneralizedRCNNTransform)
+    size_divisible: int = 0  # > 0: every batch, detect's included, is zero-padded to a multiple
+    #   of this (torchvision: 32); 0: training pads to the backbone's stride, detect does not pad
 
     # ---- anchors (AnchorGenerator) --------------------------------------------
     anchor_sizes: tuple = (16, 32, 64)  # anchor side lengths in input pixels (sqrt of area)
     aspect_ratios: tuple = (0.5, 1.0, 2.0)  # height / width of the anchors
     anchor_offset: float = 0.5  # 0.5: anchors centred on cells (paper); 0.0: torchvision
+    anchor_grid: str = "stride"  # "stride": a level's cells are its backbone stride apart;
+    #   "image": padded input size // map size apart, per axis (torchvision's AnchorGenerator)
 
     # ---- RPN -------------------------------------------------------------------
     rpn_channels: int = 128  # channels of the RPN's 3x3 conv
+    rpn_objectness: str = "softmax"  # "softmax": two logits per anchor (the paper); "sigmoid":
+    #   one logit, binary cross-entropy (torchvision's RPNHead)
     rpn_pre_nms_top_n_train: int = 2000  # proposals kept by score before NMS (training)
     rpn_pre_nms_top_n_test: int = 1000  # proposals kept by score before NMS (inference)
     rpn_post_nms_top_n_train: int = 2000  # proposals kept after NMS (training)
     rpn_post_nms_top_n_test: int = 1000  # proposals kept after NMS (inference)
     rpn_nms_thresh: float = 0.7  # NMS IoU threshold of the proposal layer
     rpn_min_size: float = 1e-3  # proposals smaller than this (pixels) are dropped
+    rpn_score_thresh: float = 0.0  # > 0: proposals whose object probability is below this are
+    #   dropped before NMS (torchvision's RegionProposalNetwork score_thresh)
     rpn_fg_iou_thresh: float = 0.7  # anchor IoU >= this: positive
     rpn_bg_iou_thresh: float = 0.3  # anchor max IoU < this: negative
     rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses

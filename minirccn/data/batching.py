@@ -98,7 +98,9 @@ def load_batch(
             props = proposals_of(sample).astype(dtype)
             boxes = np.concatenate([boxes, props])
             labels = np.concatenate([labels, np.full(len(props), _PROPOSAL, np.int64)])
-        image, boxes, _ = transforms.resize(sample["image"], boxes, config.min_size, config.max_size)
+        image, boxes, _ = transforms.resize(
+            sample["image"], boxes, config.min_size, config.max_size, config.image_resize
+        )
         if config.flip and rng is not None and rng.random() < 0.5:
             image, boxes = transforms.hflip(image, boxes)
         if rng is not None and augment.enabled(config):

@@ -33,7 +33,6 @@ import os
 import xml.etree.ElementTree as ET
 
 from PIL import Image
-from tqdm import tqdm
 
 from minirccn.core.errors import MinirccnError
 from minirccn.core.files import (
@@ -45,6 +44,8 @@ from minirccn.core.files import (
     write_json,
     write_text,
 )
+from minirccn.core.progress import progress_bar
+from minirccn.data.common import ImageUnreadable, warn
 
 FORMATS = ("voc", "coco", "csv")
 
@@ -96,15 +97,26 @@ def _save_image(image, path: str) -> None:
     save_image(Image.fromarray(image), path, **options)  # atomic: never half an image
 
 
-def _samples(dataset, count, progress):
+def _samples(dataset, count, progress, skipped=None):
+    """``(index, sample)`` of the first ``count`` samples; an image that cannot be decoded is
+    skipped with one warning naming it (and its index appended to ``skipped``), as ``train``
+    does."""
     n = len(dataset) if count is None else int(count)
     if not 0 < n <= len(dataset):
         raise MinirccnError(f"--count: expected 1..{len(dataset)} for {dataset.name}, got {count}")
-    # disable=None: a bar only on a terminal
-    for i in tqdm(
-        range(n), desc=f"export {dataset.name}", unit="img", disable=None if progress else True
-    ):
-        yield dataset[i]
+    bad = []
+    for i in progress_bar(range(n), desc=f"export {dataset.name}", unit="img", enabled=progress):
+        try:
+            sample = dataset[i]
+        except ImageUnreadable as exc:
+            warn(f"{exc}; skipped")
+            bad.append(i)
+            continue
+        yield i, sample
+    if skipped is not None:
+        skipped.extend(bad)
+    if len(bad) == n:
+        raise MinirccnError(f"{dataset.name}: none of its {n} images could be read")
 
 
 def _voc_xml(sample: dict, filename: str, class_names: list) -> ET.ElementTree:
@@ -138,6 +150,7 @@ def export_voc(
     image_format: str = "png",
     progress: bool = False,
     overwrite: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` (its first ``count`` images) as a VOC folder; returns the root folder."""
     out = _prepare_dir(out)
@@ -151,7 +164,8 @@ def export_voc(
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     ids = []
-    for image_id, sample in zip(names, _samples(dataset, count, progress)):
+    for i, sample in _samples(dataset, count, progress, skipped):
+        image_id = names[i]
         filename = f"{image_id}.{image_format}"
         _save_image(sample["image"], os.path.join(out, "JPEGImages", filename))
         with atomic_path(os.path.join(out, "Annotations", f"{image_id}.xml"), "annotation") as tmp:
@@ -170,6 +184,7 @@ def export_coco(
     image_format: str = "png",
     progress: bool = False,
     overwrite: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` as ``out/annotations.json`` + ``out/images/``; returns the JSON path."""
     out = _prepare_dir(out)
@@ -183,7 +198,8 @@ def export_coco(
     )
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     images, annotations = [], []
-    for k, (name, sample) in enumerate(zip(names, _samples(dataset, count, progress))):
+    for k, (i, sample) in enumerate(_samples(dataset, count, progress, skipped)):
+        name = names[i]
         h, w = sample["image"].shape[:2]
         filename = f"{name}.{image_format}"
         _save_image(sample["image"], os.path.join(out, "images", filename))
@@ -212,6 +228,7 @@ def export_csv(
     image_format: str = "png",
     progress: bool = False,
     overwrite: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` as ``out/annotations.csv`` + ``out/images/``; returns the CSV path."""
     out = _prepare_dir(out)
@@ -227,7 +244,8 @@ def export_csv(
     with atomic_path(path, "annotations") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax", "IsGroupOf"])
-        for image_id, sample in zip(names, _samples(dataset, count, progress)):
+        for i, sample in _samples(dataset, count, progress, skipped):
+            image_id = names[i]
             h, w = sample["image"].shape[:2]
             _save_image(sample["image"], os.path.join(out, "images", f"{image_id}.{image_format}"))
             if len(sample["boxes"]) == 0:
@@ -259,9 +277,12 @@ def export_dataset(
     image_format: str = "png",
     progress: bool = False,
     overwrite: bool = False,
+    skipped: list | None = None,
 ) -> str:
     """Write ``dataset`` in format ``fmt`` (voc, coco, csv) under ``out`` (files of the same
-    names already there: replaced only with ``overwrite``; the source's files: never).
+    names already there: replaced only with ``overwrite``; the source's files: never); the
+    indices of images that could not be decoded (skipped with a warning) are appended to
+    ``skipped``.
 
     Returns:
         What :func:`minirccn.data.load_dataset` takes to read it back: the VOC root
@@ -271,7 +292,7 @@ def export_dataset(
         raise MinirccnError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if image_format not in ("png", "jpg"):
         raise MinirccnError(f"--image-format: expected png or jpg, got {image_format!r}")
-    options = dict(image_format=image_format, progress=progress, overwrite=overwrite)
+    options = dict(image_format=image_format, progress=progress, overwrite=overwrite, skipped=skipped)
     if fmt == "voc":
         return export_voc(dataset, out, count, split=split, **options)
     if fmt == "coco":

@@ -10,6 +10,12 @@ The pipeline, as torchvision's ``GeneralizedRCNNTransform`` runs it::
     image, boxes = hflip(image, boxes)           # training only, half of the time
     x = normalize(image, mean, std)              # (3, H, W) float32
     batch, sizes = batch_images([x, ...])        # zero-padded to a multiple of 16
+
+Two ways to resample (the config field ``image_resize``): Pillow's bilinear filter on the
+uint8 pixels (``"pillow"``, the default; it antialiases when shrinking), or torchvision's
+(``"torchvision"``: :func:`torchvision_size` and :func:`bilinear_resize`, torch's
+``interpolate(mode="bilinear", align_corners=False)`` of the normalised float image, as
+``GeneralizedRCNNTransform`` does after normalising).
 """
 
 from __future__ import annotations
@@ -52,7 +58,80 @@ def resize_scale(height: int, width: int, min_size: float, max_size: float) -> f
     return min(min_size / min(height, width), max_size / max(height, width))
 
 
-def resize(image: np.ndarray, boxes: np.ndarray, min_size: float, max_size: float):
+def torchvision_size(height: int, width: int, min_size: float, max_size: float) -> tuple:
+    """The output size of torchvision's resize, computed in its precisions.
+
+    ``scale = min(min_size / min(h, w), max_size / max(h, w))`` in float32, each quotient as
+    torch computes a Python number over a float32 tensor: ``min_size * (1 / side)``, both
+    products rounded to float32; then ``interpolate`` floors ``side * scale`` in float64:
+    ``(floor(h * scale), floor(w * scale))``. (``320 * (1 / 100)`` is 3.1999998 in float32, so
+    a 100-pixel side becomes 319 pixels, not 320.)
+
+    Returns:
+        ``(new_height, new_width)`` ints >= 1.
+    """
+    one = np.float32(1)
+    lo, hi = np.float32(min(height, width)), np.float32(max(height, width))
+    scale = float(min(np.float32(min_size) * (one / lo), np.float32(max_size) * (one / hi)))
+    return max(math.floor(float(height) * scale), 1), max(math.floor(float(width) * scale), 1)
+
+
+def bilinear_source(in_size: int, out_size: int):
+    """Source cells and weights of torch's bilinear resampling along one axis (float32).
+
+    ``align_corners=False`` with the scale recomputed from the sizes: output cell ``o`` reads
+    the continuous source position ``s = max((in / out) * (o + 0.5) - 0.5, 0)`` (``in / out``
+    in float32, the multiply-add rounded once to float32),
+    cells ``i0 = floor(s)`` and ``i1 = min(i0 + 1, in - 1)``, with weights ``1 - l`` and
+    ``l = s - i0``. Equal sizes copy (``i0 = i1 = o``, ``l = 0``). No antialiasing.
+
+    Returns:
+        ``i0 (out,)`` int64, ``i1 (out,)`` int64, ``l0 (out,)`` float32, ``l1 (out,)`` float32.
+    """
+    o = np.arange(out_size)
+    if in_size == out_size:
+        zeros = np.zeros(out_size, np.float32)
+        return o, o.copy(), zeros + np.float32(1), zeros
+    scale = np.float32(in_size) / np.float32(out_size)
+    # one rounding to float32 after the multiply-add, as torch's compiled kernel (a fused
+    # multiply-add) computes it
+    src = (np.float64(scale) * (o + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0))
+    i0 = src.astype(np.int64)  # truncation = floor (src >= 0)
+    i1 = i0 + (i0 < in_size - 1)
+    l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    return i0, i1, (np.float32(1) - l1).astype(np.float32), l1
+
+
+def bilinear_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torch's ``interpolate(x, size=(height, width), mode="bilinear", align_corners=False)``.
+
+    ``out[c, y, x] = ly0 * (lx0 * in[c, y0, x0] + lx1 * in[c, y0, x1])
+                   + ly1 * (lx0 * in[c, y1, x0] + lx1 * in[c, y1, x1])``
+    with the cells and weights of :func:`bilinear_source` per axis, in float32 (torch's
+    order of operations; its vectorised loops may round the last bit differently).
+
+    Args:
+        x: ``(C, H, W)`` float32.
+        height, width: output size.
+
+    Returns:
+        ``(C, height, width)`` float32.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected shape (C, H, W), got {x.shape}")
+    y0, y1, ly0, ly1 = bilinear_source(x.shape[1], int(height))
+    x0, x1, lx0, lx1 = bilinear_source(x.shape[2], int(width))
+    rows0, rows1 = x[:, y0], x[:, y1]  # (C, height, W)
+    top = lx0 * rows0[:, :, x0] + lx1 * rows0[:, :, x1]
+    bottom = lx0 * rows1[:, :, x0] + lx1 * rows1[:, :, x1]
+    return np.ascontiguousarray(ly0[:, None] * top + ly1[:, None] * bottom, dtype=np.float32)
+
+
+def resize(
+    image: np.ndarray, boxes: np.ndarray, min_size: float, max_size: float, method: str = "pillow"
+):
     """Resize so the shorter side is ``min_size`` (longer side at most ``max_size``), bilinear.
 
     The output size is ``(floor(h * scale), floor(w * scale))`` as torchvision's
@@ -60,12 +139,15 @@ def resize(image: np.ndarray, boxes: np.ndarray, min_size: float, max_size: floa
     boxes are multiplied by the actual per-axis ratios ``new_w / w`` and
     ``new_h / h`` (equal to ``scale`` up to the flooring), so they stay on the
     same pixels. Pixels are resampled with Pillow's bilinear filter (which,
-    unlike torchvision's, antialiases when shrinking).
+    unlike torchvision's, antialiases when shrinking). ``method="torchvision"``: the size of
+    :func:`torchvision_size` and the pixels of :func:`bilinear_resize`, rounded back to uint8
+    (training batches; inference resizes the float image, :func:`minirccn.detector.base.preprocess_image`).
 
     Args:
         image: ``(H, W, 3)`` uint8.
         boxes: ``(G, 4)`` float32 or float64.
         min_size, max_size: target sizes in pixels, > 0.
+        method: ``"pillow"`` or ``"torchvision"``.
 
     Returns:
         ``(image, boxes, scale)``: ``(H', W', 3)`` uint8, ``(G, 4)`` same dtype as
@@ -75,12 +157,22 @@ def resize(image: np.ndarray, boxes: np.ndarray, min_size: float, max_size: floa
     boxes = _check_boxes(boxes)
     if not (min_size > 0 and max_size > 0):
         raise ValueError(f"min_size, max_size: expected positive sizes, got {min_size}, {max_size}")
+    if method not in ("pillow", "torchvision"):
+        raise ValueError(f"method: expected 'pillow' or 'torchvision', got {method!r}")
     h, w = image.shape[:2]
     scale = resize_scale(h, w, min_size, max_size)
-    new_h, new_w = max(math.floor(h * scale), 1), max(math.floor(w * scale), 1)
+    if method == "torchvision":
+        new_h, new_w = torchvision_size(h, w, min_size, max_size)
+    else:
+        new_h, new_w = max(math.floor(h * scale), 1), max(math.floor(w * scale), 1)
     if (new_h, new_w) == (h, w):
         return image.copy(), boxes.copy(), scale
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    if method == "torchvision":
+        chw = bilinear_resize(image.transpose(2, 0, 1).astype(np.float32), new_h, new_w)
+        resized = np.clip(np.rint(chw), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        resized = np.ascontiguousarray(resized)
+    else:
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     ratios = np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=boxes.dtype)
     return resized, boxes * ratios, scale
 

@@ -121,14 +121,21 @@ class AnchorGenerator:
         aspect_ratios: height / width ratios (every level).
         offset: cell offset (:func:`generate_anchors`).
         dtype: the dtype of the anchors returned.
+        grid: ``"stride"``: a level's cells are ``strides[l]`` pixels apart; ``"image"``:
+            ``input size // map size`` apart per axis (torchvision's ``AnchorGenerator``, which
+            divides the padded batch's size by each map's; a 7-cell P5 pooled to 4 cells on a
+            224-pixel input gives 56, not 64).
     """
 
-    def __init__(self, strides, sizes, aspect_ratios, offset=0.0, dtype="float32"):
+    def __init__(self, strides, sizes, aspect_ratios, offset=0.0, dtype="float32", grid="stride"):
         self.strides = tuple(strides)
         self.sizes = [tuple(s) for s in sizes]
         self.aspect_ratios = tuple(aspect_ratios)
         self.offset = offset
         self.dtype = np.dtype(dtype)
+        if grid not in ("stride", "image"):
+            raise ValueError(f"grid: expected 'stride' or 'image', got {grid!r}")
+        self.grid = grid
         self._cache = {}
 
     @property
@@ -136,13 +143,21 @@ class AnchorGenerator:
         """``A``, anchors per cell (the same on every level)."""
         return len(self.sizes[0]) * len(self.aspect_ratios)
 
-    def __call__(self, map_sizes, xp=np):
+    def __call__(self, map_sizes, xp=np, image_size=None):
         """``(anchors (M, 4), counts per level)`` of maps of ``map_sizes`` (cached), as arrays of
-        the module ``xp`` in this generator's dtype."""
-        key = (tuple(tuple(int(v) for v in s) for s in map_sizes), xp.__name__)
+        the module ``xp`` in this generator's dtype; ``image_size``: ``(H, W)`` of the (padded)
+        input, needed by ``grid="image"``."""
+        map_sizes = tuple(tuple(int(v) for v in s) for s in map_sizes)
+        strides = self.strides
+        if self.grid == "image":
+            if image_size is None:
+                raise ValueError("image_size: anchors on grid='image' need the input's size")
+            h, w = (int(v) for v in image_size)
+            strides = tuple((h // mh, w // mw) for mh, mw in map_sizes)
+        key = (map_sizes, strides, xp.__name__)
         if key not in self._cache:
             a, counts = multilevel_anchors(
-                key[0], self.strides, self.sizes, self.aspect_ratios, offset=self.offset
+                map_sizes, strides, self.sizes, self.aspect_ratios, offset=self.offset
             )
             self._cache[key] = (xp.asarray(a.astype(self.dtype)), counts)
         return self._cache[key]

@@ -56,7 +56,17 @@ def empty_detections() -> dict:
 
 def preprocess_image(config, image):
     """One ``(H, W, 3)`` uint8 image -> normalised ``(3, H', W')`` float of ``config.dtype`` and
-    the resize scale (``min_size`` / ``max_size`` rule, ``image_mean`` / ``image_std``)."""
+    the resize scale (``min_size`` / ``max_size`` rule, ``image_mean`` / ``image_std``).
+
+    ``config.image_resize == "torchvision"``: normalised first, then resized as float32
+    (:func:`~minirccn.data.transforms.bilinear_resize`), as torchvision's
+    ``GeneralizedRCNNTransform`` does; else resized as uint8 by Pillow, then normalised."""
+    if config.image_resize == "torchvision":
+        h, w = image.shape[:2]
+        new_h, new_w = transforms.torchvision_size(h, w, config.min_size, config.max_size)
+        x = transforms.normalize(image, config.image_mean, config.image_std)
+        x = transforms.bilinear_resize(x, new_h, new_w).astype(config.dtype)
+        return x, transforms.resize_scale(h, w, config.min_size, config.max_size)
     resized, _, scale = transforms.resize(
         image, np.zeros((0, 4), np.float32), config.min_size, config.max_size
     )
@@ -145,7 +155,12 @@ class Detector:
         cfg = self.config
         self.backbone = build_backbone(cfg)
         self.anchor_generator = AnchorGenerator(
-            self.backbone.strides, level_sizes, cfg.aspect_ratios, cfg.anchor_offset, cfg.dtype
+            self.backbone.strides,
+            level_sizes,
+            cfg.aspect_ratios,
+            cfg.anchor_offset,
+            cfg.dtype,
+            cfg.anchor_grid,
         )
 
     @property
@@ -155,8 +170,9 @@ class Detector:
 
     @property
     def size_divisible(self) -> int:
-        """Training batches are padded to a multiple of this (the backbone's stride)."""
-        return self.backbone.size_divisible
+        """Training batches are padded to a multiple of this: ``config.size_divisible`` if
+        set (> 0), else the backbone's stride."""
+        return int(self.config.size_divisible) or self.backbone.size_divisible
 
     def to(self, backend: str):
         """Move the parameters to ``backend``'s array module, in place; returns self."""
@@ -204,8 +220,11 @@ class Detector:
             dict ``boxes`` ``(D, 4)`` float32, ``scores`` ``(D,)`` float32 (decreasing),
             ``labels`` ``(D,)`` int64 in 1..K-1.
 
-        Steps: preprocess (resize, normalise) -> :meth:`detect` -> boxes divided by the
-        resize scale and clipped to the image.
+        Steps: preprocess (resize, normalise; zero-padded to a multiple of
+        ``config.size_divisible`` when that is > 0) -> :meth:`detect` -> boxes divided by the
+        resize scale (``image_resize == "torchvision"``: multiplied by the per-axis ratios
+        ``float32(original) / float32(resized)``, as torchvision's ``postprocess``) and clipped
+        to the image.
         """
         image = check_image(image)
         backend = resolve(backend)
@@ -215,13 +234,21 @@ class Detector:
         proposals = self.image_proposals(image, image_id, size)
         if proposals is not None and proposals.shape[0] == 0:
             return empty_detections()
+        batch = x[None]
+        if self.config.size_divisible:
+            batch, _ = transforms.batch_images([x], self.config.size_divisible)
         det = self.detect(
-            xp.asarray(x[None]),
+            xp.asarray(batch),
             [size],
             backend=backend,
             proposals=None if proposals is None else [proposals],
         )[0]
-        boxes = det["boxes"] / np.float32(scale)
+        if self.config.image_resize == "torchvision":
+            rh = np.float32(image.shape[0]) / np.float32(size[0])
+            rw = np.float32(image.shape[1]) / np.float32(size[1])
+            boxes = det["boxes"] * np.array([rw, rh, rw, rh], np.float32)
+        else:
+            boxes = det["boxes"] / np.float32(scale)
         boxes = ops.clip_boxes(boxes, image.shape[:2], backend="numpy").astype(np.float32)
         return {
             "boxes": boxes,

@@ -2,7 +2,9 @@
 
 Every ``config.eval_every`` steps the trainer calls a :class:`Validator`: it runs
 the model over the validation data (batch norm with its running statistics, as
-at inference), appends ``{"step", "map50", "map"}`` to its curve, and when mAP@0.5
+at inference), appends ``{"step", "map50", "map", "mar_100", "train_loss"}`` to its curve
+(``train_loss``: the mean total training loss over the steps since the last evaluation, given
+by the trainer; the end-of-run verdict compares it with the validation mAP), and when mAP@0.5
 beats every earlier evaluation writes ``OUT/best.npz`` (a normal checkpoint:
 ``minirccn detect/eval --checkpoint OUT/best.npz``). The curve goes into
 ``metrics.json`` (``val_curve``) and ``OUT/val_curve.png``.
@@ -28,7 +30,8 @@ from minirccn.engine.inference import evaluate_model
 
 
 def _point(p) -> dict | None:
-    """``p`` as a curve point ``{"step", "map50", "map"}``, or None if it is not one."""
+    """``p`` as a curve point ``{"step", "map50", "map"}`` (with ``mar_100`` and ``train_loss``
+    when ``p`` has them), or None if it is not one."""
     if not isinstance(p, dict):
         return None
     step, map50, map_ = p.get("step"), p.get("map50"), p.get("map")
@@ -38,7 +41,16 @@ def _point(p) -> dict | None:
         return None
     if not all(math.isfinite(v) for v in (map50, map_)):
         return None
-    return {"step": step, "map50": float(map50), "map": float(map_)}
+    point = {"step": step, "map50": float(map50), "map": float(map_)}
+    for key in _OPTIONAL:  # kept when they are numbers (older checkpoints lack them)
+        v = p.get(key)
+        if key in p and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))):
+            point[key] = None if v is None else float(v)
+    return point
+
+
+#: the curve point's fields beyond step, map50 and map (written by :meth:`Validator.evaluate`)
+_OPTIONAL = ("mar_100", "train_loss")
 
 
 class Validator:
@@ -66,8 +78,10 @@ class Validator:
         """True after step ``done`` if it is a multiple of ``every`` or the last step."""
         return self.every > 0 and (done % self.every == 0 or done == total)
 
-    def __call__(self, model, done: int, seed: int) -> dict:
-        """Evaluate ``model`` after ``done`` steps; keep ``best.npz`` if it is the best so far."""
+    def __call__(self, model, done: int, seed: int, train_loss: float | None = None) -> dict:
+        """Evaluate ``model`` after ``done`` steps; keep ``best.npz`` if it is the best so far.
+
+        ``train_loss`` (optional): the recent mean training loss, recorded with the point."""
         t0 = time.perf_counter()
         result = evaluate_model(
             model, self.data, backend=self.backend, progress=False, limit=self.limit
@@ -76,6 +90,8 @@ class Validator:
             "step": int(done),
             "map50": float(result["map50"]),
             "map": float(result["map"]),
+            "mar_100": float(result["mar_100"]),
+            "train_loss": None if train_loss is None else round(float(train_loss), 5),
         }
         self.curve.append(point)
         self.seconds += time.perf_counter() - t0

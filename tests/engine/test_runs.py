@@ -272,7 +272,7 @@ def scripted_validation(monkeypatch, map50s):
 
     def evaluate(model, data, **kw):
         v = next(values)
-        return {"map50": v, "map": v / 10}
+        return {"map50": v, "map": v / 10, "mar_100": v / 2}
 
     monkeypatch.setattr(validation, "evaluate_model", evaluate)
 

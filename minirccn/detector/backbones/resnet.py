@@ -40,6 +40,8 @@ Presets (:data:`PRESETS`):
 * ``resnet-fpn-tiny``: the same full-resolution stem + 2x2 pool, four stages of one basic
   block (32, 64, 64, 64 channels), C2..C5 at strides 4, 8, 16, 32: the input of a feature
   pyramid (a stride-2 stem conv and 16 channels in C2 measured worse: docs/fpn.md).
+* ``resnet50-c4``: ResNet-50 up to ``layer3`` (C4, 1024 channels, stride 16), the single
+  map of torchvision's ``FasterRCNN`` around ``nn.Sequential(*list(resnet50().children())[:-3])``.
 * ``resnet50``: torchvision's ResNet-50 (7x7 stem + max pool, bottlenecks 3-4-6-3,
   outputs 256, 512, 1024, 2048 at strides 4, 8, 16, 32). Its shapes are tested; it is far
   too slow to train on a CPU.
@@ -114,6 +116,11 @@ PRESETS = {
         stem_kernel=3,
         stem_stride=1,
         stem_pool="max2",
+    ),
+    # torchvision's ResNet-50 cut after layer3 (C4: 1024 channels, stride 16), the one-level
+    # backbone of the classic Faster R-CNN on ResNet ("resnet50 children up to layer3")
+    "resnet50-c4": ResNetSpec(
+        widths=(256, 512, 1024), blocks=(3, 4, 6), strides=(1, 2, 2), block="bottleneck"
     ),
     "resnet18": ResNetSpec(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2), strides=(1, 2, 2, 2)),
     "resnet50": ResNetSpec(

@@ -128,7 +128,8 @@ class FasterRCNN(Detector):
         params = backbone.init(rng, dtype)
         c = backbone.out_channels
         a = len(level_anchor_sizes(config)[0]) * len(config.aspect_ratios)
-        params.update(init_rpn(c, config.rpn_channels, a, rng, dtype))
+        k = 1 if config.rpn_objectness == "sigmoid" else 2  # logits per anchor
+        params.update(init_rpn(c, config.rpn_channels, a, rng, dtype, k))
         params.update(
             init_head(c, num_classes, config.representation_size, rng, config.roi_output_size, dtype)
         )
@@ -194,7 +195,7 @@ class FasterRCNN(Detector):
         if "rpn." in self.PARAM_PREFIXES:
             logits, deltas, rpn_cache = rpn_forward_levels(p, maps, backend=backend)
             if samples is None:
-                anchors, _ = self.anchor_generator(sizes, np)
+                anchors, _ = self.anchor_generator(sizes, np, images.shape[2:])
                 samples = Samples(*self.sample_anchors(anchors, image_sizes, targets, rng), None, None, None)
             if "rpn" in parts:
                 (losses["loss_objectness"], losses["loss_rpn_box_reg"], d_obj, d_rpn) = rpn_losses(
@@ -210,7 +211,7 @@ class FasterRCNN(Detector):
         if "head" in parts:
             if samples.rois is None:
                 if proposals is None:
-                    anchors, counts = self.anchor_generator(sizes, xp)
+                    anchors, counts = self.anchor_generator(sizes, xp, images.shape[2:])
                     props = self.train_proposals(logits, deltas, anchors, counts, image_sizes, backend)
                     proposals = [to_numpy(b) for b, _ in props]
                 rois, labels, regression = sample_rois(
@@ -318,7 +319,9 @@ class FasterRCNN(Detector):
         xp = array_module(backend)
         maps, _ = self.backbone.forward(self.params, images, False, backend)
         logits, deltas, _ = rpn_forward_levels(self.params, maps, backend=backend)
-        anchors, counts = self.anchor_generator([m.shape[2:] for m in maps], xp)
+        anchors, counts = self.anchor_generator(
+            [m.shape[2:] for m in maps], xp, images.shape[2:]
+        )
         if layer is None:
             layer = self.train_proposals if training else self.test_proposals
         return maps, layer(logits, deltas, anchors, counts, image_sizes, backend)

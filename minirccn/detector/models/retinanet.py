@@ -175,7 +175,7 @@ class RetinaNet(Detector):
         logits, deltas, head_cache = retinanet_head_forward(self.params, levels, backend=backend)
         # 3. anchor targets (constants, host): every anchor labelled, nothing sampled
         if samples is None:
-            anchors, _ = self.anchor_generator([f.shape[2:] for f in levels], np)
+            anchors, _ = self.anchor_generator([f.shape[2:] for f in levels], np, images.shape[2:])
             labels, box_targets = [], []
             for t in targets:
                 lab, reg, _ = self.targets(anchors, t["boxes"], t["labels"])
@@ -213,7 +213,9 @@ class RetinaNet(Detector):
         xp = array_module(backend)
         levels, _ = self.backbone.forward(self.params, images, False, backend)
         logits, deltas, _ = retinanet_head_forward(self.params, levels, backend=backend)
-        anchors, counts = self.anchor_generator([f.shape[2:] for f in levels], xp)
+        anchors, counts = self.anchor_generator(
+            [f.shape[2:] for f in levels], xp, images.shape[2:]
+        )
         bounds = np.cumsum([0] + list(counts))
         spans = list(zip(bounds[:-1], bounds[1:]))  # each level's rows
         level_anchors = [anchors[s:e] for s, e in spans]

@@ -6,11 +6,13 @@ arrays and has no backward.
 
 Per image (paper Sec. 3.3; torchvision's ``RegionProposalNetwork.filter_proposals``):
 
-1. ``score = softmax(logits)[:, 1]``, the object probability of each anchor;
+1. ``score = softmax(logits)[:, 1]``, the object probability of each anchor (``sigmoid`` of
+   the one logit with ``rpn_objectness="sigmoid"``, torchvision's);
 2. keep the ``pre_nms_top_n`` highest scores (ties: lower anchor index first) *of each
    level*, so the many fine-level anchors of a pyramid cannot crowd out the coarse ones;
 3. ``boxes = decode_boxes(deltas, anchors)`` and clip them to the image;
-4. drop boxes whose width or height is below ``min_size``;
+4. drop boxes whose width or height is below ``min_size`` (and, when ``score_thresh > 0``,
+   those whose probability is below it: torchvision's ``score_thresh``);
 5. NMS with IoU threshold ``nms_thresh`` *per level* (``batched_nms`` with the level as
    the category: boxes of different levels never suppress each other);
 6. keep the ``post_nms_top_n`` best over all levels.
@@ -33,15 +35,18 @@ from minirccn.core.backend import get_array_module
 
 
 def objectness_scores(logits):
-    """Object probability ``softmax(logits)[..., 1] = 1 / (1 + exp(l0 - l1))``.
+    """Object probability ``softmax(logits)[..., 1] = 1 / (1 + exp(l0 - l1))``; with one
+    logit ``l`` (torchvision's sigmoid objectness), ``sigmoid(l) = 1 / (1 + exp(-l))``.
 
     Args:
-        logits: ``(..., 2)`` float (background, object) scores.
+        logits: ``(..., 2)`` float (background, object) scores, or ``(..., 1)`` one logit.
 
     Returns:
         ``(...)`` float probabilities in [0, 1], logits' dtype.
     """
     xp = get_array_module(logits)
+    if logits.shape[-1] == 1:
+        return (1.0 / (1.0 + xp.exp(-logits[..., 0]))).astype(logits.dtype)
     return (1.0 / (1.0 + xp.exp(logits[..., 0] - logits[..., 1]))).astype(logits.dtype)
 
 
@@ -76,18 +81,20 @@ def proposals_one_image(
     post_nms_top_n: int,
     nms_thresh: float = 0.7,
     min_size: float = 1e-3,
+    score_thresh: float = 0.0,
     backend=None,
 ):
     """Proposals of one image over its levels (steps 1-6 of the module docstring).
 
     Args:
-        logits: ``(M, 2)`` float objectness scores of the anchors, levels concatenated.
+        logits: ``(M, 2)`` float objectness scores of the anchors, levels concatenated
+            (``(M, 1)``: one logit, the sigmoid objectness).
         deltas: ``(M, 4)`` float predicted deltas (weights 1, 1, 1, 1).
         anchors: ``(M, 4)`` float anchors in input pixels.
         counts: anchors per level (they sum to ``M``; ``[M]`` for a one-level detector).
         image_size: ``(height, width)`` of the input image.
         pre_nms_top_n: kept per LEVEL before NMS; post_nms_top_n: kept in all after NMS.
-        nms_thresh, min_size: see above.
+        nms_thresh, min_size, score_thresh: see above.
         backend: backend of decode / NMS.
 
     Returns:
@@ -110,6 +117,9 @@ def proposals_one_image(
     boxes = ops.clip_boxes(boxes, image_size, backend=backend)
     keep = ops.remove_small_boxes(boxes, min_size, backend=backend)
     boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+    if score_thresh > 0:
+        keep = xp.nonzero(scores >= score_thresh)[0]
+        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
     keep = ops.batched_nms(boxes, scores, lvl, nms_thresh, backend=backend)[:post_nms_top_n]
     return boxes[keep], scores[keep], lvl[keep]
 
@@ -123,6 +133,7 @@ class ProposalCreator:
         post_nms_top_n: proposals kept after NMS.
         nms_thresh: NMS IoU threshold.
         min_size: boxes narrower or lower than this (pixels) are dropped.
+        score_thresh: > 0: proposals of lower object probability are dropped before NMS.
 
     Build it once (:meth:`from_config`, one for training and one for inference), then
     call it with data only.
@@ -132,6 +143,7 @@ class ProposalCreator:
     post_nms_top_n: int
     nms_thresh: float = 0.7
     min_size: float = 1e-3
+    score_thresh: float = 0.0
 
     @classmethod
     def from_config(cls, config, training: bool) -> "ProposalCreator":
@@ -139,7 +151,7 @@ class ProposalCreator:
         ``rpn_*_train`` top-n numbers if ``training``, else its ``rpn_*_test`` ones."""
         split = "_train" if training else "_test"
         top_n = prefixed(config, "rpn_", "pre_nms_top_n", "post_nms_top_n", suffix=split)
-        return cls(**top_n, **prefixed(config, "rpn_", "nms_thresh", "min_size"))
+        return cls(**top_n, **prefixed(config, "rpn_", "nms_thresh", "min_size", "score_thresh"))
 
     def __call__(self, logits, deltas, anchors, counts, image_sizes, backend=None):
         """Proposals of a batch.
@@ -166,6 +178,7 @@ class ProposalCreator:
                 post_nms_top_n=self.post_nms_top_n,
                 nms_thresh=self.nms_thresh,
                 min_size=self.min_size,
+                score_thresh=self.score_thresh,
                 backend=backend,
             )[:2]
             for i in range(logits.shape[0])
