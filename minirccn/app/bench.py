@@ -20,7 +20,6 @@ the ``numpy`` and ``numba`` columns only.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -33,9 +32,10 @@ from typing import Callable
 import numpy as np
 
 from minirccn.core import backend as B
+from minirccn.core.errors import MinirccnError, note
+from minirccn.core.files import check_replace, next_free, write_json
 from minirccn import ops
 from minirccn.config import preset
-from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
 from minirccn.data.batching import Batch
 from minirccn.detector.backbones.levels import backbone_spec
@@ -689,8 +689,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--json", dest="json_path", default="bench.json", help="where to write the JSON results"
+        "--json",
+        dest="json_path",
+        default=None,
+        help=f"where to write the JSON results (default: {DEFAULT_JSON}, or bench2.json, ... "
+        "when it exists)",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json file"
+    )
+
+
+DEFAULT_JSON = "bench.json"
+
+
+def json_out(path, overwrite: bool) -> str:
+    """The results file: ``path`` (an existing file needs ``overwrite``), else the first free
+    of ``bench.json``, ``bench2.json``, ... (the rule of every writer, before any timing)."""
+    if path is None:
+        path = next_free(DEFAULT_JSON)
+        if path != DEFAULT_JSON:
+            note(f"{DEFAULT_JSON} exists; the results go to {path}")
+        return path
+    if not path.strip():
+        raise MinirccnError("--json: expected a file name, got an empty string")
+    check_replace([path], overwrite=overwrite, flag="--json", where=path)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -708,6 +732,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}"
             )
+    args.json_path = json_out(args.json_path, args.overwrite)
     backends = available_backends(requested)
     devices = [] if args.no_torch else torch_devices()
     machine = machine_description()
@@ -721,7 +746,6 @@ def run(args: argparse.Namespace) -> int:
         )
     print()
     print(format_table(rows))
-    with open(args.json_path, "w") as fh:
-        json.dump({"machine": machine, "results": rows}, fh, indent=1)
+    write_json(args.json_path, {"machine": machine, "results": rows}, "results", indent=1)
     print(f"\nwrote {args.json_path}")
     return 0

@@ -44,6 +44,7 @@ from minirccn.core.progress import progress_bar
 from minirccn.data import load_dataset
 from minirccn.detector.models.external import proposal_source
 from minirccn.detector.rpn.proposal_layer import ProposalCreator
+from minirccn.engine import runs
 from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.engine.inference import run_model
 from minirccn.engine.loop import train
@@ -174,10 +175,14 @@ def run_lineage(
 
     backend = resolve(backend)
     files.check_out_folder(out)
-    if os.path.exists(os.path.join(out, "lineage.json")) and not overwrite:
-        raise MinirccnError(
-            f"--out {out}: holds a lineage run (lineage.json); give --overwrite to replace it"
-        )
+    # the rule of every writer: any file an earlier (or killed) lineage run wrote needs
+    # --overwrite; --rpn-checkpoint is never replaced
+    written = [os.path.join(out, f) for f in LINEAGE_FILES] + [
+        os.path.join(out, kind, f) for kind in LINEAGE_KINDS for f in runs.RUN_OUTPUTS
+    ]
+    files.check_replace(
+        written, overwrite=overwrite, inputs=[rpn_checkpoint] if rpn_checkpoint else [], where=out
+    )
     train_data, test_data = (
         data
         if data is not None
@@ -414,6 +419,11 @@ def proposals_picture(
         )
         tiles.append(captioned(pil, LABELS[name]))
     return viz.save_grid(tiles, path, cols=len(tiles))
+
+
+#: what a lineage run writes in --out, beside one run folder per kind (LINEAGE_KINDS)
+LINEAGE_FILES = ("lineage.json", "lineage.md", "recall.png", "proposals.png")
+LINEAGE_KINDS = ("rcnn", "fastrcnn", "fasterrcnn")
 
 
 # ----------------------------------------------------------------------------- CLI

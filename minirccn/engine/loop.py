@@ -179,7 +179,10 @@ def train(
         if resume:  # the curve and best point so far: best.npz is replaced only by a better model
             validator.restore(state["extra"], start)
     if resume and start >= config.iters:
-        note(f"--resume: {ckpt} has done all {config.iters} steps already; evaluating it again")
+        note(
+            f"--resume: {ckpt} has done all {config.iters} steps already; nothing to train, its "
+            "outputs are written again"
+        )
     t0 = time.perf_counter()
     if alternating:
         model = train_alternating(model, train_data, rng, seed, backend, history, progress)

@@ -211,3 +211,58 @@ def test_preview_default_name_moves_on(tmp_path, monkeypatch, capsys):
     assert cli.main(["data", "preview", "--count", "1"]) == 0
     assert "the preview goes to preview2.png" in capsys.readouterr().err
     assert os.path.isfile("preview.png") and os.path.isfile("preview2.png")
+
+
+# ----------------------------------------------------------------------------- bench, lineage
+
+
+def test_bench_refuses_to_replace_a_json_file_before_timing(tmp_path, capsys, monkeypatch):
+    from minirccn.app import bench
+
+    monkeypatch.setattr(bench, "build_cases", lambda *a, **k: pytest.fail("timed anyway"))
+    mine = tmp_path / "results.json"
+    mine.write_text('{"mine": 1}')
+    argv = ["bench", "--quick", "--groups", "ops", "--backends", "numpy", "--no-torch"]
+    assert cli.main([*argv, "--json", str(mine)]) == 2
+    assert "results.json exists already" in _error_line(capsys)
+    assert mine.read_text() == '{"mine": 1}'
+
+
+def test_bench_default_json_moves_on(tmp_path, capsys, monkeypatch):
+    from minirccn.app import bench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "build_cases", lambda *a, **k: [])
+    (tmp_path / "bench.json").write_text('{"mine": 1}')
+    argv = ["bench", "--quick", "--groups", "ops", "--backends", "numpy", "--no-torch"]
+    assert cli.main(argv) == 0
+    assert "the results go to bench2.json" in capsys.readouterr().err
+    assert (tmp_path / "bench.json").read_text() == '{"mine": 1}'
+    assert json.loads((tmp_path / "bench2.json").read_text())["results"] == []
+
+
+@pytest.mark.parametrize("left", ["rcnn/checkpoint.npz", "recall.png"])
+def test_lineage_refuses_a_folder_an_earlier_run_wrote_in(tmp_path, left):
+    """A lineage run killed before lineage.json left rcnn/checkpoint.npz: the next run replaced
+    it without --overwrite (only lineage.json was looked at)."""
+    from minirccn.app import lineage
+
+    path = tmp_path / left
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"earlier")
+    with pytest.raises(MinirccnError, match="exists already.*--overwrite"):
+        lineage.run_lineage(str(tmp_path), iters=1, data=([], []))
+    assert path.read_bytes() == b"earlier"
+
+
+def test_lineage_never_replaces_its_rpn_checkpoint(tmp_path):
+    from minirccn.app import lineage
+
+    ck = tmp_path / "fasterrcnn" / "checkpoint.npz"
+    ck.parent.mkdir()
+    ck.write_bytes(b"my trained model")
+    with pytest.raises(MinirccnError, match="would replace the input"):
+        lineage.run_lineage(
+            str(tmp_path), iters=1, data=([], []), rpn_checkpoint=str(ck), overwrite=True
+        )
+    assert ck.read_bytes() == b"my trained model"
