@@ -127,7 +127,8 @@ def test_derived_fields_make_a_valid_config_and_report():
     cfg = preset("tiny").replace(**fields)
     check_fields(cfg)  # every derived field has its type and range
     text = A.format_report(report)
-    for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue"):
+    assert cfg.box_roi_pool == "roi_align" and cfg.box_roi_pool_aligned  # rule 6
+    for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue", "roi_align"):
         assert word in text
 
 
