@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
 from minirccn.kernels.conv import _buffer, _valid_range
+from minirccn.kernels.layers import relu_backward_numba
 
 #: the GEMMs of a batched pyramid conv split well over two OpenBLAS threads from about this many
 #: floating-point operations (measured, RetinaNet's head: 32 filters, 3x3 over 32 channels, one
@@ -131,23 +132,6 @@ def _bias_relu(out, b, mask):
             row[q] = v if m else 0
 
 
-@numba.njit(parallel=True, cache=True)
-def _relu_backward_sum(dout, mask, dmasked, db):
-    """``dmasked = dout`` where ``mask`` else 0 (``(N, F, Po)``) and ``db[f]`` its sum over
-    ``n`` and the pixels (accumulated in float64): the ReLU's backward and the bias gradient
-    in one pass."""
-    n_img, n_f = dout.shape[0], dout.shape[1]
-    for f in numba.prange(n_f):
-        acc = 0.0
-        for n in range(n_img):
-            src, bits, dst = dout[n, f], mask[n, f], dmasked[n, f]
-            for q in range(src.shape[0]):
-                v = src[q] if bits[q] else 0
-                dst[q] = v
-                acc += v
-        db[f] = acc
-
-
 def _table(sizes, kernel_size, stride, padding):
     """``(table (L, 6) int64, Po)``: per level ``(H, W, o_in, Ho, Wo, o_out)`` (made once per
     pyramid and geometry: a training run sees the same few)."""
@@ -239,14 +223,9 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     rows = c * kh * kw
     dout = np.ascontiguousarray(dout)
     w2t = np.ascontiguousarray(w).reshape(f, rows).T
-    if mask is None:
-        db = dout.sum(axis=(0, 2))
-    else:  # through the ReLU first, the bias gradient in the same pass
-        masked = np.empty_like(dout)
-        db64 = np.empty(f, dtype=np.float64)
-        with cpu_threads_for(dout.size):
-            _relu_backward_sum(dout, mask.view(np.uint8), masked, db64)
-        dout, db = masked, db64.astype(dout.dtype)
+    if mask is not None:  # through the ReLU first (its kernel, without the layer's checks)
+        dout = relu_backward_numba(dout, mask)
+    db = dout.sum(axis=(0, 2))
     po = dout.shape[2]
     pointwise = _pointwise((kh, kw), stride, padding)
     if pointwise:
