@@ -164,10 +164,11 @@ def machine_busy() -> bool:
 
 
 @contextlib.contextmanager
-def blas_threads_for(flops: int):
+def blas_threads_for(flops: int, serial_below: int = BLAS_SERIAL_BELOW):
     """Run the enclosed NumPy GEMMs on one OpenBLAS thread when they are small (``flops``
-    below :data:`BLAS_SERIAL_BELOW`) or when the machine is busy (:func:`machine_busy`),
-    else on OpenBLAS's own count; restored on exit.
+    below ``serial_below``, default :data:`BLAS_SERIAL_BELOW`) or when the machine is busy
+    (:func:`machine_busy`), else on OpenBLAS's own count; restored on exit. A kernel whose
+    GEMMs have a shape measured to split well passes its own ``serial_below``.
 
     Why: OpenBLAS's threads wait for each other by spinning, and a thread the OS has
     descheduled stalls every call (measured in docs/conv.md, section 3). Only the thread count changes;
@@ -175,7 +176,7 @@ def blas_threads_for(flops: int):
     the same way (the tests compare with the reference to rounding either way).
     """
     handles = _openblas_threads()
-    if handles is None or (flops >= BLAS_SERIAL_BELOW and not machine_busy()):
+    if handles is None or (flops >= serial_below and not machine_busy()):
         yield
         return
     get, set_ = handles

@@ -405,17 +405,9 @@ def sweep_figure(
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(list(sizes), [f"{v:g}" for v in sizes])
-    if logy:
-        ax.set_yscale("log")
     ax.set_xlabel(xlabel + (" (log scale)" if logx else ""))
-    ax.set_ylabel(ylabel + (" (log scale)" if logy else ""))
     ax.grid(True, which="both", color="0.9")
-    if title:
-        ax.set_title(title)
-    if series:
-        ax.legend(fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, ylabel, logy, legend=bool(series))
 
 
 def plot_sweep(sizes, series: dict, path, **kwargs) -> str:
@@ -439,12 +431,18 @@ def bars_figure(values: dict, title="", ylabel="", size=(640, 420), logy=False):
         rects = ax.bar(xs, ys, width, color=_rgb(k), label=name)
         ax.bar_label(rects, fmt="%.3g", fontsize=8)
     ax.set_xticks(range(len(values)), [textwrap.fill(str(g), 22) for g in values], fontsize=9)
+    return _finish(fig, ax, title, ylabel, logy, legend=bool(names))
+
+
+def _finish(fig, ax, title, ylabel, logy, legend):
+    """The shared ending of the one-axes charts: y scale and label (``(log scale)`` when
+    ``logy``), title, legend; returns ``fig`` laid out."""
     if logy:
         ax.set_yscale("log")
     ax.set_ylabel((ylabel + " (log scale)").strip() if logy else ylabel)
     if title:
         ax.set_title(title)
-    if names:
+    if legend:
         ax.legend(fontsize=9)
     fig.tight_layout()
     return fig

@@ -47,3 +47,56 @@ def test_the_published_runs_are_in_the_repository(name):
     with open(os.path.join(DOCS, "measured", f"{name}.json")) as f:
         m = json.load(f)
     assert 0 < m["map50"] <= 1 and m["train_seconds"] > 0
+
+
+_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+
+
+def _default_run_minutes_claims(text):
+    """Every 'about N minutes' within 160 characters after a mention of `minirccn train`."""
+    import re
+
+    flat = re.sub(r"\s*\n\s*(#\s*)?", " ", text)  # join lines (and a script's comment lines)
+    claims = []
+    for m in re.finditer(r"minirccn train", flat):
+        window = flat[m.end() : m.end() + 160]
+        found = re.search(r"about (\d+|[a-z]+) minutes", window)
+        if found and (found.group(1).isdigit() or found.group(1) in _WORDS):
+            claims.append(int(found.group(1)) if found.group(1).isdigit() else _WORDS[found.group(1)])
+    return claims
+
+
+def test_the_default_run_time_in_the_prose_agrees_with_metrics_json():
+    """README's caption and the tutorials' 'about N minutes' of `minirccn train` = docs/metrics.json."""
+    import glob
+
+    with open(os.path.join(DOCS, "metrics.json")) as f:
+        minutes = round(json.load(f)["train_seconds"] / 60)
+    root = os.path.join(HERE, "..")
+    files = [os.path.join(root, "README.md"), os.path.join(root, "tutorials", "README.md")]
+    files += sorted(glob.glob(os.path.join(root, "tutorials", "*.py")))
+    seen = 0
+    for path in files:
+        with open(path) as f:
+            for claim in _default_run_minutes_claims(f.read()):
+                seen += 1
+                assert claim == minutes, (
+                    f"{os.path.relpath(path, root)} says `minirccn train` takes about {claim} minutes; "
+                    f"docs/metrics.json's train_seconds give {minutes}"
+                )
+    assert seen >= 2, "README.md's caption and tutorials/README.md each state the default run's time"
+
+
+def test_both_readmes_list_every_tutorial_with_the_same_measured_time():
+    """README.md's tutorial table gives each tutorial's full-mode seconds as tutorials/README.md does."""
+    import glob
+    import re
+
+    root = os.path.join(HERE, "..")
+    numbers = sorted(int(os.path.basename(p)[:2]) for p in glob.glob(os.path.join(root, "tutorials", "[0-9][0-9]_*.py")))
+    with open(os.path.join(root, "tutorials", "README.md")) as f:
+        measured = {int(n): int(s) for n, s in re.findall(r"^\| (\d\d) [^|]+\| (\d+) \| [\d.]+ \|$", f.read(), re.M)}
+    with open(os.path.join(root, "README.md")) as f:
+        listed = {int(n): int(s) for n, s in re.findall(r"^\| (\d+) \| \[[^|]+\| (\d+) \| <img", f.read(), re.M)}
+    assert sorted(measured) == numbers, "tutorials/README.md's run-time table must list every tutorial"
+    assert listed == measured, "README.md's tutorial table must give tutorials/README.md's measured seconds"

@@ -26,7 +26,7 @@ rng = np.random.default_rng(0)
 cfg = preset("tiny")
 print(f"anchor positive (RPN):          IoU >= {cfg.rpn_fg_iou_thresh}  (rpn_fg_iou_thresh)")
 print(f"proposal-layer NMS removes:     IoU >  {cfg.rpn_nms_thresh}  (rpn_nms_thresh)")
-print(f"final per-class NMS removes:    IoU >  {cfg.box_nms_thresh}  (box_nms_thresh; the paper: 0.3)")
+print(f"final per-class NMS removes:    IoU >  {cfg.box_nms_thresh}  (box_nms_thresh; the original Caffe code: 0.3)")
 print(f"RoI foreground (head):          IoU >= {cfg.box_fg_iou_thresh}  (box_fg_iou_thresh)")
 print(f"evaluation hit (COCO):          IoU >= {IOU_THRESHOLDS[0]:.2f} ... {IOU_THRESHOLDS[-1]:.2f}")
 
@@ -89,7 +89,8 @@ T.check(ops.box_area(box)[0] == 20 * 40, "box_area = (x2 - x1) * (y2 - y1) = 20 
 #     union = area(a) + area(b) - inter
 #     IoU   = inter / union        (minirccn: 0 when union == 0)
 #
-# IoU is 1 for identical boxes, 0 for disjoint ones, and symmetric. The
+# IoU is 1 for identical boxes of non-zero area (two identical zero-area boxes
+# have union 0: minirccn gives 0, section 4), 0 for disjoint ones, and symmetric. The
 # `max(0, ...)` is what makes disjoint boxes give 0 rather than a negative
 # "intersection".
 #
@@ -309,8 +310,10 @@ T.save_grid([draw_iou_picture(a_box, b_box), draw_conventions()], "01_iou.png")
 # * IoU = intersection / union; `ops.box_iou` computes all pairs at once, the
 #   Numba kernel repeats the same operations in the same order and gives the
 #   same bits.
-# * Mixing the inclusive ("+1") and continuous conventions shifts small boxes'
-#   IoU by 0.1 and more: enough to flip a threshold.
+# * Mixing the inclusive ("+1") and continuous conventions shifts the IoU of
+#   two 4-pixel boxes by 0.07 to 0.1, of 2-pixel boxes by 0.17 to 0.33, and of
+#   boxes from 8 pixels up by 0.03 or less (the table of section 5): enough to
+#   flip a threshold for small boxes.
 #
 # ## Exercises
 #

@@ -228,8 +228,8 @@ def centres_panel(offset):
         d.line([(0, k * scale), (128 * scale, k * scale)], fill=(255, 255, 255))
     a = anchors.generate_anchors(cells, tiny_stride, tiny_sizes, ratios, offset=offset)[::9]
     for x, y in (a[:, :2] + a[:, 2:]) / 2 * scale:
-        d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(230, 25, 75), outline=(0, 0, 0))
-    return T.caption(img, f"cell positions, offset {offset}")
+        d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(255, 255, 255), outline=(0, 0, 0), width=2)
+    return T.caption(img, f"cell positions (white dots), offset {offset}")
 
 
 # the 9 anchors of the cell holding the first object's best anchor
@@ -289,7 +289,9 @@ T.save_grid(
 # 3. Recompute each object's best IoU of section 5 with `offset = 0`: does it go
 #    up or down? (At stride 16 a shift of `S / 2 = 8` pixels is half a 16-pixel
 #    anchor: single IoUs move a lot, either way. For the network it is only a
-#    constant `dx = dy = 0.5` that the deltas learn.)
+#    constant shift of 8 pixels that the deltas learn: `dx = 8 / anchor width`,
+#    `dy = 8 / anchor height`, 0.5 for the square 16-pixel anchors, 0.125 for
+#    the square 64-pixel ones.)
 
 
 # %%

@@ -2,8 +2,9 @@
 # # Tutorial 5: the convolutional backbone, forward and backward, from im2col
 #
 # Faster R-CNN looks at an image once, through a stack of convolutions that
-# turns `3 x H x W` pixels into a `C x H/16 x W/16` feature map; the RPN and
-# the RoI head both read that map. minirccn writes every layer of the stack by
+# turns `3 x H x W` pixels into a `C x H/16 x W/16` feature map (the paper's
+# VGG16; the `tiny` preset that `minirccn train` uses stops at `H/4 x W/4`,
+# section 4); the RPN and the RoI head both read that map. minirccn writes every layer of the stack by
 # hand, with its backward pass, and no autograd. This tutorial goes from a
 # six-loop convolution to im2col + one matrix product, derives the three
 # gradients, checks them by finite differences, and then walks an image
@@ -304,6 +305,9 @@ for key in grads:
 # weights. We read the output of each stage by running the first `k` stages
 # (the parameter names of a shorter spec are the same). Even random filters
 # respond to edges and colours; training will make them respond to shapes.
+# Each row of the picture: the input image, then the four most varied channels
+# of stage `k`'s output, each on its own grey scale (black its minimum, white
+# its maximum, both printed over it).
 
 # %%
 sample = load_dataset("shapes", split="train", seed=0)[3]
@@ -318,12 +322,12 @@ for k in range(1, 5):
     energy = fmap[0].reshape(fmap.shape[1], -1).std(axis=1)  # most varied channels first
     picks = np.argsort(-energy, kind="stable")[:4]
     panels.append(
-        T.caption(Image.fromarray(sample["image"]), f"stage {k} output\n{tuple(fmap.shape[1:])}")
+        T.caption(Image.fromarray(sample["image"]), f"input; stage {k}'s\noutput {tuple(fmap.shape[1:])}:")
     )
     panels += [
         T.caption(
             T.grey(fmap[0, c], up),
-            f"channel {c}\nblack {fmap[0, c].min():.2f}, white {fmap[0, c].max():.2f}",
+            f"channel {c}\nblack {fmap[0, c].min():.1f}\nwhite {fmap[0, c].max():.1f}",
         )
         for c in picks
     ]

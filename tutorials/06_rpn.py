@@ -368,8 +368,9 @@ T.check(
 # The scores are two logits per anchor and a softmax, as in the paper
 # (torchvision uses one logit and a sigmoid: the same model, parametrised
 # differently). Negatives contribute to the first loss only: there is no box
-# to regress. We run the untrained `tiny` network (backbone + RPN head) on the
-# image; its objectness weights are `N(0, 0.01^2)`, so both scores are near 0
+# to regress. We run the untrained network of this tutorial (the `tiny` preset
+# with the pinned stride-16 stack: backbone + RPN head) on the image; its
+# objectness weights are `N(0, 0.01^2)`, so both scores are near 0
 # and the loss starts near `ln 2 = 0.693`.
 
 
@@ -449,8 +450,12 @@ T.check(
 # Left: the objects (red) and every positive anchor (green, before sampling).
 # Middle: one sample of 256: positives (green) and one in four of the
 # sampled negatives (blue; drawing all of them would hide the image).
-# Right: per cell, the best IoU of its 9 anchors with any object: cells above
-# 0.7 hold positives, those below 0.3 only negatives.
+# Right: per cell, the best IoU of its 9 anchors with any object. A cell at 0.7
+# or above holds positives; a cell below 0.7 holds one only through rule 2 (an
+# object's best anchor), and that can happen at any IoU, even below 0.3: the
+# cell of each object's best anchor is printed below with both numbers (a cell
+# can show more than its positive's IoU when another of its anchors overlaps
+# another object more).
 
 # %%
 scale = T.pick(3, 2)
@@ -474,6 +479,17 @@ middle = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=sc
 outline(middle, anchors[lab_s == 0][::4], (40, 80, 200), 1)
 outline(middle, anchors[lab_s == 1], (40, 170, 60), 2)
 cell_best = iou.max(axis=1).reshape(8, 8, A).max(axis=2)  # (8, 8)
+for g in range(len(gt)):
+    k = int(iou[:, g].argmax())
+    cell = divmod(k // A, 8)
+    print(
+        f"object {g}: best anchor {k} (IoU {iou[k, g]:.2f}, positive: {labels_all[k] == 1}) "
+        f"in cell {cell}, whose best IoU is {cell_best[cell]:.2f}"
+    )
+T.check(
+    any(labels_all[int(iou[:, g].argmax())] == 1 and iou[:, g].max() < 0.7 for g in range(len(gt))),
+    "rule 2 puts positives in cells whose IoU with their object is below 0.7",
+)
 right = T.heatmap(cell_best, 16 * scale, 0.0, 1.0)
 d = ImageDraw.Draw(right)
 for (i, j), v in np.ndenumerate(cell_best):
@@ -583,7 +599,12 @@ def _check_rule2():
     return 0 < len(lost) < len(every) and np.median(lost) <= np.median(every)
 
 
-T.exercise("6.2", _check_rule2, "most objects at this stride (anchors 16 px apart), the lost ones no larger than the median")
+T.exercise(
+    "6.2",
+    _check_rule2,
+    "some objects lose every positive at this stride (anchors 16 px apart; how many is printed "
+    "above); the lost ones are no larger than the median object",
+)
 
 
 def _check_64():

@@ -80,7 +80,7 @@ print(
 
 # %%
 rng = np.random.default_rng(7)
-iou_a = ops.box_iou(anchors, gt)  # (A, G)
+iou_a = ops.box_iou(anchors, gt)  # (M, G): every anchor of the map against every object
 best, matched = iou_a.max(axis=1), iou_a.argmax(axis=1)
 logits = np.stack([np.zeros(len(anchors)), 12 * (best - 0.4) + rng.normal(0, 1.0, len(anchors))], 1)
 deltas = ops.encode_boxes(gt[matched], anchors) + rng.normal(0, 0.15, (len(anchors), 4))
@@ -189,8 +189,8 @@ T.check(
 # 2. each RoI's best object by IoU: `>= box_fg_iou_thresh` foreground,
 #    labelled with that object's class; in `[box_bg_iou_lo, box_bg_iou_thresh)`
 #    background, label 0;
-# 3. sample `box_batch_size_per_image` RoIs per image (the paper: 128 with 2
-#    images per batch), at most a share `box_positive_fraction` of them
+# 3. sample `box_batch_size_per_image` RoIs per image (Fast R-CNN: 128 per
+#    mini-batch of 2 images, so 64 from each), at most a share `box_positive_fraction` of them
 #    foreground (the paper: 25%; the tiny preset's values are printed in the
 #    first cell and below with the sampler);
 # 4. regression targets `encode(gt, roi) * bbox_reg_weights` (10, 10, 5, 5).

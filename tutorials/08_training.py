@@ -34,6 +34,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import inspect
+import json
 import time
 
 import numpy as np
@@ -343,8 +344,11 @@ for step_k, k in order:
 print(f"warm-up ends at step {cfg.warmup_iters}; ln 2 = {np.log(2):.3f} is the objectness loss of a coin toss")
 
 # %% [markdown]
-# Reading the curves (the printed order above is this run's): the head's
-# classifier usually falls first. At first the proposals are random, nearly
+# Reading the curves (the printed order above is this run's). `loss_rpn_box_reg`
+# usually reaches its half-way mark first, but it is small from the start (a sum
+# over the few positive anchors, divided by all 256 sampled) and moves little;
+# of the large losses, the head's classifier falls first in the full run (the
+# 12 steps of fast mode are too few for an order). At first the proposals are random, nearly
 # every sampled RoI is background apart from the appended ground truth, and
 # the classifier quickly learns to say "background", a cheap win while the
 # learning rate is still warming up. The objectness loss starts at about
@@ -546,7 +550,7 @@ T.check(min(bn_gap) > 0, "one image's own statistics differ from the running ave
 #
 # Everything above trained for a few hundred steps. `minirccn train` with no
 # arguments runs the `tiny` preset's whole schedule (printed at the top), about
-# four minutes on two cores. This section loads that run's checkpoint: from
+# three minutes on two cores (`docs/metrics.json`, printed below). This section loads that run's checkpoint: from
 # `$MINIRCCN_TUTORIAL_CHECKPOINT` if set (`minirccn train --out DIR` writes
 # `DIR/checkpoint.npz`), else from `tutorials/.cache/default-run/`; in full
 # mode without either it trains a shortened schedule now and caches it (the
@@ -556,6 +560,12 @@ T.check(min(bn_gap) > 0, "one image's own statistics differ from the running ave
 # class, or on background (tutorial 14 section 7 writes that analysis out).
 
 # %%
+published = json.loads(T.METRICS.read_text())
+print(
+    f"the default run as published in docs/metrics.json: {published['iters']} steps in "
+    f"{published['train_seconds']:.0f} s (about {T.default_run_minutes()} minutes), "
+    f"mAP@0.5 {published['map50']:.3f}"
+)
 trained, trained_at, note = T.default_run()
 print(note)
 if trained is not None:
@@ -624,8 +634,9 @@ else:
 #    data.
 # 3. Double `lr` and halve `warmup_iters`: return the total loss of each of
 #    the first steps. Does `TrainingDiverged` trigger? (It does not at 2x: the
-#    README's preset notes report an lr-0.01 run training normally; tutorial
-#    15 shows a run blowing up at 40x.)
+#    preset notes in `docs/presets.md` report an lr-0.01 run training normally;
+#    tutorial 15 section 7 shows a run at 40x whose loss jumps, then stalls high
+#    with almost every fc6 unit dead.)
 
 
 # %%

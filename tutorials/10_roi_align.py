@@ -317,7 +317,7 @@ T.check(
 # the gradient one bin sends back. Right: section 6's slide.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
 ax = axes[0]
 grid_w, grid_h = 9, 7
 pic_roi = np.array([[0, 1.7, 1.2, 6.1, 5.9]])  # in cells (scale 1)
@@ -339,7 +339,7 @@ for q in range(grid_w + 1):
 for p in range(grid_h + 1):
     ax.axhline(p - 0.5, color="0.6", lw=0.5)
 cy, cx = np.mgrid[0:grid_h, 0:grid_w]
-ax.scatter(cx.ravel(), cy.ravel(), s=6, c="0.5", marker="+", zorder=1)
+ax.scatter(cx.ravel(), cy.ravel(), s=6, c="0.5", marker="+", zorder=1, label="cell values (+)")
 _, x1, y1, x2, y2 = pic_roi[0]
 ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="green", lw=2))
 bw, bh = (x2 - x1) / 2, (y2 - y1) / 2
@@ -360,9 +360,9 @@ for p, _ in neighbours(py, grid_h):
 ax.scatter([px], [py], s=40, c="red", zorder=5, label="one sample and its 4 neighbours")
 ax.set_xlim(-0.5, grid_w - 0.5)
 ax.set_ylim(grid_h - 0.5, -0.5)
-ax.set_xlabel("map x (cell q's value at x = q, +)")
+ax.set_xlabel("map x (cell q's value at x = q)")
 ax.set_ylabel("map y (cell p's value at y = p)")
-ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
 ax.set_aspect("equal")
 ax.set_title(
     "RoIAlign samples (dots), one sample's 4 neighbours (red)\n"

@@ -162,8 +162,10 @@ if torch is not None:
     T.check(tv_levels == got, "torchvision's LevelMapper gives the same levels")
 
 # %% [markdown]
-# On 128-pixel `shapes` images every object (8 to 80 pixels) is below 112, so
-# with torchvision's numbers every RoI is pooled from P2. torchvision's 224
+# On 128-pixel `shapes` images every object (sides of 7 to 80 pixels, tutorial 8) is below 112, so
+# with torchvision's numbers every RoI that fits an object is pooled from P2; only a
+# proposal larger than any object (sqrt(area) >= 112, up to the whole image) reaches P3,
+# and section 4 prints how many did. torchvision's 224
 # belongs to 800-pixel images; scaled to this image size it would be
 # `224 * 128 / 800`. The preset's choice and where each size lands:
 
@@ -239,10 +241,13 @@ for i, (ax, name) in enumerate(zip(axes, names)):
         f"{name}: stride {trained.backbone.strides[i]}, anchor {cfg.anchor_sizes[i]}\n{rpn_counts[i]} proposals, best {len(mine)} drawn",
         fontsize=10,
     )
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2, frameon=False)
     ax.axis("off")
-fig.suptitle("proposals of each RPN level on image 3", fontsize=12)
-fig.tight_layout(rect=(0, 0, 1, 0.9))  # leave the suptitle its own band above the panel titles
+fig.suptitle(
+    "proposals of each RPN level on image 3\n"
+    "black: the level's best proposals (at most 8); white dashed: the ground truth",
+    fontsize=12,
+)
+fig.tight_layout(rect=(0, 0, 1, 0.86))  # leave the suptitle its own band above the panel titles
 fig.savefig(T.out_dir() / "11_proposals_per_level.png", dpi=100)
 plt.close(fig)
 

@@ -151,8 +151,9 @@ for k, size in enumerate(cfg.anchor_sizes):
     for r in range(H):
         for c in range(W):
             x0, y0 = c * model.strides[0] * S, r * model.strides[0] * S
-            d.rectangle(
-                (x0 + 4, y0 + 4, x0 + 11, y0 + 11), fill=COLOUR[int(grid[r, c, a])] + (200,)
+            d.rectangle(  # a black rim: the markers stay visible on blue or green shapes too
+                (x0 + 3, y0 + 3, x0 + 12, y0 + 12), fill=COLOUR[int(grid[r, c, a])] + (230,),
+                outline=(0, 0, 0, 255),
             )
     for b in gt:
         d.rectangle((b * S).tolist(), outline=(255, 255, 255), width=2)
@@ -524,7 +525,7 @@ T.check(
 # also allows a higher learning rate (docs/retinanet.md has the sweep). Below, two copies
 # of the same network train on the same images at the preset's learning rate, one
 # clipped: the gradient norms each saw, and the share of the class subnet's last ReLUs
-# that fire on a test image.
+# that fire on two test images.
 
 # %%
 print(f"the preset: lr {fcfg.lr}, clip_grad_norm {fcfg.clip_grad_norm}")
@@ -648,8 +649,11 @@ T.check(
 #   own column on their own anchors.
 # * Outputs: channel `4a + j` of the box map and `a * Kc + c` of the class map belong to
 #   anchor `a` of that cell; the loss touches only the channels its targets name.
-# * Focal loss: `(1 - p_t)^gamma` turns the thousands of easy negatives from most of the
-#   loss into a small part of it; the prior-probability init (`p = 0.01`) starts there.
+# * Focal loss: `(1 - p_t)^gamma` makes easy negatives (`p_t` near 1) a tiny part of the
+#   loss; the prior-probability init (`p = 0.01`) makes every negative easy from the first
+#   step. Neither alone is enough (section 4's table): at bias 0 every anchor is equally
+#   hard and gamma leaves the negatives' share where it was; with the prior init and no
+#   gamma they are still a sizeable share.
 # * Pyramid: every level has its own anchor sizes and the same head; the matcher sends
 #   each object to the level(s) whose anchors fit it. (minirccn's levels are P2-P5 and a
 #   max-pooled level, not the paper's P3-P7: [`DEVIATIONS.md`](DEVIATIONS.md).)

@@ -142,7 +142,7 @@ T.check(np.array_equal(batch[1, :, :128, :128], b) and np.all(batch[1, :, 128:, 
 # One 128 x 128 image through each detector (untrained: the shapes do not depend on
 # the weights). Training-time shapes come from one training forward (its caches), the
 # detections from `detect`. Letters: `N` images, `M` anchors, `R` sampled RoIs, `K`
-# classes with background, `Kc` without, `D` detections.
+# classes with background, `Kc` without, `F` the width of the fc layers, `D` detections.
 
 # %%
 x, _ = M.FasterRCNN(tiny, names, rng=np.random.default_rng(0)).preprocess(img)
@@ -162,7 +162,7 @@ flows["Faster R-CNN (tiny)"] = [
     ("RPN deltas (N, M, 4)", cache.d_rpn_deltas.shape),
     ("sampled RoIs (R, 5): batch index + box", samples.rois.shape),
     ("RoI pool (R, C, 7, 7)", cache.pooled_shape),
-    ("fc6, fc7 (R, D)", cache.head.relu6.mask.shape),
+    ("fc6, fc7 (R, F)", cache.head.relu6.mask.shape),
     ("class scores (R, K)", cache.d_class_logits.shape),
     ("box deltas (R, 4K)", cache.d_box_deltas.shape),
     ("detections (D, 4)", det["boxes"].shape),
@@ -184,7 +184,7 @@ flows["Faster R-CNN + FPN (resnet-fpn-tiny)"] = (
         ("RPN objectness, all levels (N, M, 2)", fcache.d_objectness.shape),
         ("sampled RoIs (R, 5): batch index + box", fsamples.rois.shape),
         ("RoIAlign from each RoI's level, flat (R, C*7*7)", fcache.head.fc6.x.shape),
-        ("fc6, fc7 (R, D)", fcache.head.relu6.mask.shape),
+        ("fc6, fc7 (R, F)", fcache.head.relu6.mask.shape),
         ("class scores (R, K)", fcache.d_class_logits.shape),
         ("box deltas (R, 4K)", fcache.d_box_deltas.shape),
         ("detections (D, 4)", fdet["boxes"].shape),

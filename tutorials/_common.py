@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -270,8 +271,18 @@ def error_breakdown(preds, targets, score_thresh=0.5, fg_iou=0.5, bg_iou=0.1):
 CACHE_CHECKPOINT = HERE / ".cache" / "default-run" / "checkpoint.npz"
 
 #: full mode without a cached checkpoint: the default schedule shortened to this many steps
-#: (about 100 s on two cores), saved to :data:`CACHE_CHECKPOINT` for the next runs
+#: (2/5 of the default run's time, see :func:`default_run_minutes`), saved to
+#: :data:`CACHE_CHECKPOINT` for the next runs
 FALLBACK_STEPS = 2000
+
+#: the default run's published measurement (``minirccn train`` on two cores)
+METRICS = HERE.parent / "docs" / "metrics.json"
+
+
+def default_run_minutes() -> int:
+    """The default run's training time in whole minutes, read from ``docs/metrics.json``."""
+    seconds = json.loads(METRICS.read_text())["train_seconds"]
+    return max(1, round(seconds / 60))
 
 
 def default_run(train_if_missing: bool = True):
@@ -294,7 +305,7 @@ def default_run(train_if_missing: bool = True):
     if FAST or not train_if_missing:
         return None, None, (
             "no trained checkpoint (set MINIRCCN_TUTORIAL_CHECKPOINT=DIR/checkpoint.npz after "
-            "`minirccn train --out DIR`, about 4 minutes on two cores)"
+            f"`minirccn train --out DIR`, about {default_run_minutes()} minutes on two cores)"
         )
     from minirccn.config import preset  # noqa: PLC0415
     from minirccn.engine.loop import train  # noqa: PLC0415

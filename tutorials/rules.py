@@ -16,6 +16,14 @@ from minirccn.config import preset
 HERE = Path(__file__).resolve().parent
 
 
+def _border(cfg):
+    """The border rule of the RPN's anchors, in words for the value the config holds."""
+    value = cfg.rpn_allowed_border
+    if value < 0:
+        return f"no anchor is ignored for crossing the image border (`rpn_allowed_border` = {value})"
+    return f"also anchors crossing the image border by more than {value} px (`rpn_allowed_border`)"
+
+
 def _f(cfg, name):
     """``value (`field`)``: a config value with the field that holds it."""
     value = getattr(cfg, name)
@@ -45,7 +53,7 @@ def table() -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         "| RPN anchor targets (`AnchorTargetCreator`) | every anchor vs the ground truth, best IoU "
         f"| IoU >= {_f(tiny, 'rpn_fg_iou_thresh')} | IoU < {_f(tiny, 'rpn_bg_iou_thresh')} "
-        f"| in between; anchors crossing the border by more than {_f(tiny, 'rpn_allowed_border')} px (-1: none ignored) "
+        f"| in between; {_border(tiny)} "
         "| positive, all ties (`allow_low_quality_matches=True`), matched to the anchor's own best object "
         f"| {_f(tiny, 'rpn_batch_size_per_image')}, at most {_f(tiny, 'rpn_positive_fraction')} positive "
         f"| softmax cross-entropy (2 scores) over the sample, mean; smooth L1 (beta {_f(tiny, 'rpn_box_beta')}) on the positives / sample size "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,6 +35,7 @@ import numpy as np
 from minirccn.core import backend as B
 from minirccn import ops
 from minirccn.config import preset
+from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
 from minirccn.data.batching import Batch
 from minirccn.detector.backbones.levels import backbone_spec
@@ -692,6 +694,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if not (args.min_time >= 0 and math.isfinite(args.min_time)):
+        raise MinirccnError(f"--min-time: expected a finite number of seconds >= 0, got {args.min_time}")
     groups = {g.strip() for g in args.groups.split(",") if g.strip()}
     unknown = groups - {"ops", "layers", "sweep", "train"}
     if unknown:

@@ -7,14 +7,22 @@
     minirccn data export --format csv  --out shapes_csv    # annotations.csv + images/
     minirccn data preview --out preview.png                # a grid of images with their boxes
 
-The formats: :mod:`minirccn.data.export`.
+The formats: :mod:`minirccn.data.export`. Both replace nothing they were not asked to
+(:func:`minirccn.core.files.check_replace`): files already in ``--out`` need ``--overwrite``;
+the source dataset's own files are never replaced; ``preview --out`` must end in ``.png``
+(it writes a PNG) and without ``--out`` goes to ``preview.png``, or ``preview2.png``, ...
 """
 
 from __future__ import annotations
 
-from minirccn.core.errors import MinirccnError
+import os
+
+from minirccn.core.errors import MinirccnError, note
+from minirccn.core.files import check_replace, next_free
 from minirccn.data import load_dataset
-from minirccn.data.export import FORMATS, export_dataset
+from minirccn.data.checks import check_images
+from minirccn.data.common import ImageUnreadable, warn
+from minirccn.data.export import FORMATS, export_dataset, source_files
 from minirccn.viz import draw_detections, save_grid
 
 
@@ -25,12 +33,18 @@ def preview(dataset, out: str, count: int = 16, cols: int = 4, scale: int = 2) -
         raise MinirccnError(f"--count: expected at least 1 image, got {count}")
     pictures = []
     for i in range(n):
-        s = dataset[i]
+        try:
+            s = dataset[i]
+        except ImageUnreadable as exc:  # one image that cannot be decoded: skipped, as train does
+            warn(f"{exc}; skipped")
+            continue
         pictures.append(
             draw_detections(
                 s["image"], s["boxes"], s["labels"], class_names=dataset.class_names, scale=scale
             )
         )
+    if not pictures:
+        raise MinirccnError(f"{dataset.name}: none of its first {n} images could be read")
     return save_grid(pictures, out, cols=cols)
 
 
@@ -54,12 +68,22 @@ def add_arguments(parser) -> None:
     ex.add_argument(
         "--image-format", default="png", choices=("png", "jpg"), help="image files (default: png)"
     )
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files of the same names already in --out (never the source's own files)",
+    )
     pv = sub.add_parser(
         "preview",
         help="save a grid of images with their ground-truth boxes",
         description="save a grid of images with their ground-truth boxes",
     )
-    pv.add_argument("--out", default="preview.png", help="output PNG (default: preview.png)")
+    pv.add_argument(
+        "--out",
+        default=None,
+        help=f"output .png file (default: {DEFAULT_PREVIEW}, or preview2.png, ... when it exists)",
+    )
+    pv.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     pv.add_argument("--data", default="shapes", help="dataset (default: shapes)")
     pv.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
     pv.add_argument("--split", default="train", help="split (default: train)")
@@ -67,11 +91,36 @@ def add_arguments(parser) -> None:
     pv.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
 
 
+DEFAULT_PREVIEW = "preview.png"
+
+
+def preview_out(out, overwrite: bool) -> str:
+    """The file ``data preview`` writes: ``out`` (a ``.png`` name; an existing file needs
+    ``overwrite``), else the first free of ``preview.png``, ``preview2.png``, ..."""
+    if out is None:
+        out = next_free(DEFAULT_PREVIEW)
+        if out != DEFAULT_PREVIEW:
+            note(f"{DEFAULT_PREVIEW} exists; the preview goes to {out}")
+        return out
+    if not out.strip():
+        raise MinirccnError("--out: expected a .png file name, got an empty string")
+    if os.path.splitext(out)[1].lower() != ".png":
+        raise MinirccnError(f"--out {out}: the preview is a PNG; give a file name ending in .png")
+    check_replace([out], overwrite=overwrite, where=out)
+    return out
+
+
 def run(args) -> int:
     if args.seed < 0:
         raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    if args.out is not None and not args.out.strip():
+        raise MinirccnError("--out: expected a file or folder name, got an empty string")
+    if args.data_command == "preview":  # before the data is read: a bad --out fails at once
+        args.out = preview_out(args.out, args.overwrite)
     dataset = load_dataset(args.data, split=args.split, images=args.images, seed=args.seed)
+    dataset = check_images(dataset, "--data")  # truncated images: skipped, each named
     if args.data_command == "export":
+        skipped = []
         path = export_dataset(
             dataset,
             args.format,
@@ -80,10 +129,13 @@ def run(args) -> int:
             split=args.split,
             image_format=args.image_format,
             progress=True,
+            skipped=skipped,
+            overwrite=args.overwrite,
         )
-        n = len(dataset) if args.count is None else args.count
+        n = (len(dataset) if args.count is None else args.count) - len(skipped)
         print(f"wrote {n} images of {dataset.name} as {args.format}: {path}")
     else:
+        check_replace([args.out], overwrite=True, inputs=source_files(dataset), where=args.out)
         path = preview(dataset, args.out, count=args.count)
         print(f"wrote {path}")
     return 0

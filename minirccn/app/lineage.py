@@ -40,6 +40,7 @@ from minirccn.config import preset
 from minirccn.core import files
 from minirccn.core.backend import array_module, resolve, to_numpy
 from minirccn.core.errors import MinirccnError
+from minirccn.core.progress import progress_bar
 from minirccn.data import load_dataset
 from minirccn.detector.models.external import proposal_source
 from minirccn.detector.rpn.proposal_layer import ProposalCreator
@@ -122,12 +123,11 @@ def scaled_config(model: str, iters: int, base=None, **changes):
 def evaluate_timed(model, dataset, n: int, backend, progress: bool = False) -> dict:
     """mAPs of ``model`` on the first ``n`` images and its median seconds per image (warm:
     the first image is run once before timing)."""
-    from tqdm import tqdm
 
     first = dataset[0]
     run_model(model, first["image"], backend, first["image_id"])  # compile / warm up
     preds, targets, seconds = [], [], []
-    for i in tqdm(range(n), desc="eval", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="eval", unit="img", enabled=progress, leave=False):
         s = dataset[i]
         t0 = time.perf_counter()
         preds.append(run_model(model, s["image"], backend, s["image_id"]))
@@ -171,7 +171,6 @@ def run_lineage(
         data: ``(train, test)`` datasets instead of ``shapes`` (tests, tutorials).
         base_config: the config whose schedule is scaled (default: the ``tiny`` preset).
     """
-    from tqdm import tqdm
 
     backend = resolve(backend)
     files.check_out_folder(out)
@@ -210,7 +209,7 @@ def run_lineage(
     # 1. selective search on the test images, timed without the cache (then cached)
     source = proposal_source(configs["fastrcnn"])
     ss_boxes, ss_seconds, gts = [], [], []
-    for i in tqdm(range(n), desc="selective search", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="selective search", unit="img", enabled=progress, leave=False):
         s = test_data[i]
         t0 = time.perf_counter()
         boxes = source.search(s["image"])
@@ -451,6 +450,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    if args.seed < 0:
+        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    for flag in ("iters", "test_images", "rcnn_max_proposals", "rpn_top_n"):
+        value = getattr(args, flag)
+        if value < 1:
+            raise MinirccnError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
     if args.rpn_checkpoint and not os.path.isfile(args.rpn_checkpoint):
         raise MinirccnError(f"--rpn-checkpoint {args.rpn_checkpoint}: file not found")
     report = run_lineage(

@@ -6,7 +6,11 @@
     minirccn eval   --checkpoint runs/shapes/checkpoint.npz [--data shapes] [--split test] [--json]
 
 ``detect`` writes, per image, ``<out>/<stem>.png`` (the image with its boxes and
-``"name score"`` tags) and ``<out>/<stem>.json``::
+``"name score"`` tags) and ``<out>/<stem>.json`` (two inputs of one stem: ``<stem>_1``, ``<stem>_2``, ...,
+never a name another input has). It replaces nothing it was not asked to
+(:func:`minirccn.core.files.check_replace`): files of those names already in ``--out`` need
+``--overwrite``, an input image is never replaced, and without ``--out`` the results go to
+``detections``, or ``detections2``, ... when that one holds files::
 
     {"image": "a.png", "height": 128, "width": 128,
      "boxes": [[x1, y1, x2, y2], ...], "scores": [...], "labels": [...], "names": [...],
@@ -25,16 +29,22 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from minirccn.core.backend import BACKENDS, resolve
-from minirccn.core.errors import MinirccnError
-from minirccn.core.files import check_out_folder, save_image, write_json
+from minirccn.core.errors import MinirccnError, note
+from minirccn.core.files import (
+    check_out_folder,
+    check_replace,
+    distinct_names,
+    next_free,
+    save_image,
+    write_json,
+)
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
-from minirccn.data.common import read_image
+from minirccn.data.common import ImageUnreadable, read_image, warn
 from minirccn.engine.checkpoint import load_checkpoint
-from minirccn.engine.inference import evaluate_model, run_model
+from minirccn.engine.inference import UnusableImage, evaluate_model, run_model
 from minirccn.viz import draw_detections
 
 DEFAULT_SCORE_THRESH = 0.5
@@ -85,7 +95,17 @@ def add_arguments_detect(parser) -> None:
         "--checkpoint", required=True, help="checkpoint file written by minirccn train"
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--out", default="detections", help="output folder (default: detections)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: {DEFAULT_DETECT_OUT}, or {DEFAULT_DETECT_OUT}2, ... when "
+        "it holds files)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results of the same names already in --out (never an input image)",
+    )
     parser.add_argument(
         "--score-thresh",
         type=float,
@@ -95,15 +115,33 @@ def add_arguments_detect(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="numpy, numba or cuda")
 
 
+DEFAULT_DETECT_OUT = "detections"
+
+
 def _output_stems(paths: list) -> list:
-    """File stems for the outputs, made unique (``a``, ``a_1``, ...) when two inputs share one."""
-    seen, stems = {}, []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0] or "image"
-        k = seen.get(stem, 0)
-        seen[stem] = k + 1
-        stems.append(stem if k == 0 else f"{stem}_{k}")
-    return stems
+    """File stems for the outputs, one per input and all distinct: an input's own stem, or
+    ``<stem>_1``, ... when two inputs share one (never a stem another input has)."""
+    return distinct_names([os.path.splitext(os.path.basename(p))[0] or "image" for p in paths])
+
+
+def _free_folder(path: str) -> bool:
+    return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
+
+
+def _claim_outputs(args) -> None:
+    """``--out`` (default: the first free ``detections``, ``detections2``, ...) and the rule of
+    every writer for the files detect will write there (before the model loads)."""
+    if args.out is None:
+        args.out = next_free(DEFAULT_DETECT_OUT, _free_folder)
+        if args.out != DEFAULT_DETECT_OUT:
+            note(f"{DEFAULT_DETECT_OUT} holds files; the results go to {args.out}")
+    check_out_folder(args.out)
+    paths = [
+        os.path.join(args.out, f"{stem}{ext}")
+        for stem in _output_stems(args.images)
+        for ext in (".png", ".json")
+    ]
+    check_replace(paths, overwrite=args.overwrite, inputs=args.images, where=args.out)
 
 
 def run_detect(args) -> int:
@@ -113,12 +151,20 @@ def run_detect(args) -> int:
         if not os.path.isfile(path):
             raise MinirccnError(f"{path}: image file not found")
     backend = resolve(args.backend) if args.backend else None
-    check_out_folder(args.out)  # before the model loads: an unusable --out fails at once
+    _claim_outputs(args)  # before the model loads: an unusable --out fails at once
     model = _load_model(args.checkpoint)
     names = list(model.class_names)
+    failed = []
     for path, stem in zip(args.images, _output_stems(args.images)):
-        image = read_image(path)
-        det = run_model(model, image, backend, path)
+        try:
+            image = read_image(path)
+            det = run_model(model, image, backend, path)
+        except (ImageUnreadable, UnusableImage) as exc:  # one bad image: one line, the others run
+            if len(args.images) == 1:
+                raise
+            warn(f"{exc}; skipped")
+            failed.append(path)
+            continue
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
         scale = 2 if max(image.shape[:2]) < 256 else 1
@@ -138,6 +184,8 @@ def run_detect(args) -> int:
         }
         write_json(os.path.join(args.out, f"{stem}.json"), record, "detections", indent=1)
         print(f"{path}: {len(boxes)} detections -> {os.path.join(args.out, stem)}.png/.json")
+    if failed and len(failed) == len(args.images):
+        raise MinirccnError(f"none of the {len(failed)} images could be read")
     return 0
 
 
@@ -189,7 +237,7 @@ def run_eval(args) -> int:
         model,
         dataset,
         backend=backend,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=not args.json,
         limit=args.limit,
     )
     if args.json:

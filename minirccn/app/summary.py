@@ -1,9 +1,27 @@
 """The end-of-run summary of ``minirccn train``: a table for people, a dict for machines.
 
 :func:`format_summary` prints the training speed, the evaluation (mAP@0.5, COCO
-mAP, per-class AP), the best validation point and where every output file is;
-:func:`summary_dict` is the same information as one JSON-ready dict
+mAP, per-class AP), the best validation point, a verdict on the run and where every
+output file is; :func:`summary_dict` is the same information as one JSON-ready dict
 (``minirccn train --json``).
+
+The verdict (:func:`verdict`) reads the validation curve (one point per
+``eval_every`` steps: mAP@0.5, mAR@100 and the mean training loss since the last
+point) and says which of three runs this was:
+
+* ``rising``: the last evaluation beats every earlier one by at least :data:`RISING`
+  mAP@0.5: the run stopped while still learning, more minutes would help
+  (suggested: twice the budget);
+* ``overfitting``: the peak came early (in the first :data:`EARLY_PEAK` of the run) and
+  the evaluations after it are on average at least :data:`OVERFIT` below it, the last one
+  too, while the training loss kept falling: the network memorises the training images;
+  ``best.npz`` holds the peak, and a budget that ends there is suggested. (One dip after
+  a late peak is what a small validation set's noise looks like, not overfitting.)
+* ``flat``: neither; more of the same budget would not change much.
+
+It also states the recall (mAR@100: the share of objects found, 100 detections per
+image) and, when it is under :data:`LOW_RECALL`, says so: more minutes do not fix a
+detector that misses objects it cannot represent (docs/real_data.md).
 """
 
 from __future__ import annotations
@@ -18,6 +36,87 @@ OUTPUT_FILES = (
     ("val_curve", "val_curve.png", "validation mAP during training"),
     ("detections", "detections.png", "detections (left) and ground truth (right)"),
 )
+
+
+RISING = 0.02  # last validation mAP@0.5 this far above every earlier one: still rising
+OVERFIT = 0.03  # ... this far below the peak, with the training loss still falling: overfits
+EARLY_PEAK = 2 / 3  # ... when the peak came within this share of the steps
+LOW_RECALL = 0.5  # mAR@100 under this: the detector misses most objects
+
+
+def _num(v):
+    return None if v is None or v < 0 else float(v)
+
+
+def _declined(curve: list, peak: dict, iters) -> bool:
+    """An early peak and a sustained fall after it (the ``overfitting`` rule)."""
+    after = [p["map50"] for p in curve if p["step"] > peak["step"]]
+    if not after or peak["step"] > EARLY_PEAK * max(int(iters or 0), curve[-1]["step"]):
+        return False
+    drop = peak["map50"] - OVERFIT
+    return after[-1] <= drop and sum(after) / len(after) <= drop
+
+
+def verdict(metrics: dict) -> dict | None:
+    """The run's verdict from its validation curve (module docstring); None without one.
+
+    Returns:
+        dict ``trend`` (``rising`` / ``overfitting`` / ``flat``), ``map50`` and ``mar_100``
+        (the final evaluation's, else the last point's), ``peak`` (the best point),
+        ``flag`` (the one command-line flag that would help, or None) and ``text`` (one
+        sentence for people).
+    """
+    curve = [p for p in (metrics.get("val_curve") or []) if p.get("map50") is not None]
+    if not curve:
+        return None
+    last = curve[-1]
+    map50 = _num(metrics.get("map50")) if metrics.get("map50") is not None else _num(last["map50"])
+    mar = metrics.get("mar_100", last.get("mar_100"))
+    mar = _num(mar) if mar is not None else None
+    peak = max(curve, key=lambda p: p["map50"])  # the first of equal maxima
+    trend, flag = "flat", None
+    derived = metrics.get("derived") or {}
+    minutes = derived.get("minutes")
+    iters = metrics.get("iters") or last.get("step")
+    if len(curve) >= 2 and last["map50"] >= max(p["map50"] for p in curve[:-1]) + RISING:
+        trend = "rising"
+        flag = f"--minutes {2 * minutes:g}" if minutes else f"--iters {2 * int(iters)}"
+    elif _declined(curve, peak, iters):
+        lp, ll = peak.get("train_loss"), last.get("train_loss")
+        if lp is None or ll is None or ll < lp:
+            trend = "overfitting"
+            share = peak["step"] / max(int(iters or peak["step"]), 1)
+            flag = (
+                f"--minutes {max(round(minutes * share, 1), 0.1):g}"
+                if minutes
+                else f"--iters {int(peak['step'])}"
+            )
+    parts = []
+    if map50 is not None:
+        parts.append(f"validation mAP@0.5 {map50:.3f}")
+    if mar is not None:
+        parts.append(f"mAR@100 {mar:.3f} (about {round(100 * mar)} % of the objects found)")
+    text = ", ".join(parts) + "."
+    if trend == "rising":
+        prev = max(p["map50"] for p in curve[:-1])
+        text += (
+            f" The validation curve was still rising ({prev:.3f} -> {last['map50']:.3f} at the "
+            f"last evaluation): more minutes would help: {flag}."
+        )
+    elif trend == "overfitting":
+        text += (
+            f" It overfits: validation mAP@0.5 peaked at {peak['map50']:.3f} (step "
+            f"{peak['step']}, kept in best.npz) and fell to {last['map50']:.3f} while the "
+            f"training loss kept falling: train only that long: {flag}."
+        )
+    else:
+        text += " The validation curve had levelled off: more minutes would not change much."
+    if mar is not None and mar < LOW_RECALL:
+        text += (
+            " Recall is low: the detector misses most objects (too small at the input size, "
+            "or more objects per image than it keeps); see docs/real_data.md."
+        )
+    return {"trend": trend, "map50": map50, "mar_100": mar, "peak": peak, "flag": flag, "text": text}
 
 
 def output_files(out) -> dict:
@@ -55,6 +154,10 @@ def summary_dict(metrics: dict, out) -> dict:
         }
     if metrics.get("best"):
         d["best"] = metrics["best"]
+    d["mar_100"] = metrics.get("mar_100")
+    v = verdict(metrics)
+    if v is not None:
+        d["verdict"] = {k: v[k] for k in ("trend", "flag", "text")}
     d["files"] = output_files(out)
     return d
 
@@ -78,6 +181,7 @@ def format_summary(metrics: dict, out) -> str:
         lines.append(
             f"  mAP@0.5 {_fmt(m['map50'])}   mAP@[.5:.95] {_fmt(m.get('map'))}   "
             f"mAP@0.75 {_fmt(m.get('map75'))}   VOC07 mAP@0.5 {_fmt(m.get('voc07_map50'))}"
+            + (f"   mAR@100 {_fmt(m['mar_100'])}" if m.get("mar_100") is not None else "")
         )
         per_class = m.get("per_class") or {}
         if per_class:
@@ -93,6 +197,9 @@ def format_summary(metrics: dict, out) -> str:
             f"best validation mAP@0.5 {_fmt(best['map50'])} at step {best['step']} "
             f"(of {len(m.get('val_curve') or [])} evaluations)"
         )
+    v = verdict(m)
+    if v is not None:
+        lines.append("verdict: " + v["text"])
     files = output_files(out)
     if files:
         lines.append("files:")

@@ -15,6 +15,7 @@ from minirccn.app import summary, userdata, weights
 from minirccn.app.config_show import add_override_arguments
 from minirccn.config import PRESETS, preset
 from minirccn.core.errors import MinirccnError, note
+from minirccn.core.files import check_out_folder
 from minirccn.detector import registry
 from minirccn.detector.registry import MODELS
 from minirccn.engine import runs
@@ -177,6 +178,21 @@ def resolve_out(out: str | None, resume: bool) -> str:
     return folder
 
 
+def check_out_early(args) -> None:
+    """The checks of :func:`minirccn.engine.runs.guarded_run` that need no data, made before the
+    data is read (a 100 MB COCO file takes seconds): ``--resume`` needs a checkpoint,
+    ``--out`` must be a writable folder, a folder holding a run needs ``--resume`` or
+    ``--overwrite``. ``train`` repeats them under the run lock."""
+    if args.resume and args.overwrite:
+        raise MinirccnError("--resume and --overwrite: choose one")
+    ckpt = os.path.join(args.out, runs.CHECKPOINT)
+    if args.resume and not os.path.isfile(ckpt):
+        raise MinirccnError(f"--resume: no checkpoint at {ckpt}")
+    check_out_folder(args.out)
+    if not args.overwrite:
+        runs.guard_existing_run(args.out, resume=args.resume, overwrite=False)
+
+
 def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the summary."""
     if args.iters is not None and args.iters < 1:
@@ -197,6 +213,7 @@ def run(args) -> int:
         args.no_derive = True  # the architecture is the checkpoint's, not derived from the data
         note(f"--weights {args.weights}: fine-tuning its {base.backbone} network (--preset ignored)")
     args.out = resolve_out(args.out, resume=args.resume)
+    check_out_early(args)  # in milliseconds, before any data is read
     log = (lambda *a: None) if args.json else print
     setup = userdata.configure(args, log=log, base=base)
     config = setup["config"]

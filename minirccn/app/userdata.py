@@ -9,7 +9,9 @@ COCO / CSV file alone               the fixed 90 % of the file           the fix
                                                                          (said in the output)
 VOC folder + ``--val-data V``       ``trainval`` (else ``train``)        every image of ``V``
 VOC folder alone                    ``trainval`` if ``test`` exists,     ``test``, else ``val``
-                                    else ``train``                       (said in the output)
+                                    else ``train``; the one of the two   (never a list inside
+                                    that exists; neither: every          the training one;
+                                    annotation (said in the output)      said in the output)
 ``--split all``                     every image of ``--data``            ``--val-data`` if given
 ==================================  ===================================  ===========================
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from minirccn.config import autoconfig, overrides, preset
 from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
+from minirccn.data.voc import split_files as voc_split_files
 from minirccn.detector.backbones.levels import build_backbone
 from minirccn.engine.checks import check_config
 
@@ -47,6 +50,27 @@ def _voc_has(root: str, split: str) -> bool:
     return os.path.isfile(os.path.join(root, "ImageSets", "Main", f"{split}.txt"))
 
 
+def voc_train_split(root: str, val_data=None) -> str:
+    """The list a VOC folder trains on: ``trainval`` when a ``test`` list (or ``--val-data``)
+    is there to validate on, else ``train``; a folder with only one of them trains on that
+    one (many exports write only ``trainval.txt``); a folder without split files, on every
+    annotation (``all``). Other split files alone (``val.txt``, ``test.txt``): an error
+    listing them (training on every annotation would train on those images)."""
+    has_train, has_trainval = _voc_has(root, "train"), _voc_has(root, "trainval")
+    if has_trainval and (val_data or _voc_has(root, "test") or not has_train):
+        return "trainval"
+    if has_train:
+        return "train"
+    found = voc_split_files(root)
+    if found:
+        raise MinirccnError(
+            f"{root}: ImageSets/Main has no train.txt or trainval.txt, only "
+            f"{', '.join(f'{n}.txt' for n in found)}; give --split NAME to train on one of them, "
+            "or --split all to train on every annotation"
+        )
+    return "all"
+
+
 def plan(data, images=None, val_data=None, val_images=None, split=None, eval_split="test"):
     """The :class:`DataPlan` of a non-``shapes`` ``--data`` (module docstring's table).
 
@@ -61,16 +85,20 @@ def plan(data, images=None, val_data=None, val_images=None, split=None, eval_spl
     """
     data = os.fspath(data)
     is_voc = os.path.isdir(data)
+    chosen = split is None  # the table's choice, not --split
     if split is None:
         if is_voc:
-            split = "trainval" if _voc_has(data, "trainval") and (
-                val_data or _voc_has(data, "test")
-            ) else "train"
+            split = voc_train_split(data, val_data)
         else:
             split = "all" if val_data else "train"
     train = load_dataset(data, split, images=images)
     if len(train) == 0:
         raise MinirccnError(f"{data}: split {split!r} has no images")
+    if getattr(train, "num_boxes", lambda: None)() == 0:
+        raise MinirccnError(
+            f"{data}: its {len(train)} training images (split {split!r}) hold no boxes at all: "
+            "nothing to learn from (an empty 'annotations' list? the wrong file?)"
+        )
     if val_data:
         val = load_dataset(val_data, "all", images=val_images)
         if list(val.class_names) != list(train.class_names):
@@ -84,13 +112,21 @@ def plan(data, images=None, val_data=None, val_images=None, split=None, eval_spl
         )
         return DataPlan(train, val, split, "all", note)
     if split == "all":
+        why = (
+            f" (ImageSets/Main has no train.txt or trainval.txt; found: "
+            f"{', '.join(voc_split_files(data)) or 'no split files'})"
+            if is_voc and chosen
+            else ""
+        )
         note = (
-            f"training on all {len(train)} images of {data}; no validation data "
+            f"training on all {len(train)} images of {data}{why}; no validation data "
             "(give --val-data FILE to validate during and after training)"
         )
         return DataPlan(train, None, split, None, note)
     if is_voc:
-        vsplit = next((s for s in ("test", "val") if _voc_has(data, s)), None)
+        # never a list inside the training one: val is part of trainval
+        inside = {"trainval": ("train", "val")}.get(split, ())
+        vsplit = next((s for s in ("test", "val") if _voc_has(data, s) and s not in inside), None)
         vsplit = vsplit if vsplit != split else None
         if vsplit is None and eval_split and _voc_has(data, eval_split) and eval_split != split:
             vsplit = eval_split
@@ -145,8 +181,8 @@ def configure(args, log=print, base=None) -> dict:
     minutes = getattr(args, "minutes", None)
     if minutes is not None and args.iters is not None:
         raise MinirccnError("--minutes and --iters: give one of them, not both")
-    if minutes is not None and not minutes > 0:
-        raise MinirccnError(f"--minutes: expected a positive number, got {minutes}")
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise MinirccnError(f"--minutes: expected a positive finite number, got {minutes}")
     set_fields = overrides.parse_sets(sets)  # checked early: a typo fails before any loading
     file_fields = overrides.read_config_file(args.config) if args.config else {}
     user = {**file_fields, **set_fields}
@@ -211,8 +247,14 @@ def configure(args, log=print, base=None) -> dict:
             minutes, base.min_size, base.max_size, _stride(base), batch, n
         )
         derived = autoconfig.schedule(steps)
-        log(f"--minutes {minutes:g}: {steps} steps at a modelled "
-            f"{autoconfig.step_seconds(base.min_size, base.max_size, _stride(base), batch)} s/step")
+        per_step = autoconfig.step_seconds(base.min_size, base.max_size, _stride(base), batch)
+        capped = (
+            f" (capped at {autoconfig.MAX_EPOCHS} passes over the {n} images: about "
+            f"{steps * per_step / 60:.2g} min, not {minutes:g})"
+            if int(minutes * 60.0 / per_step) > steps
+            else ""
+        )
+        log(f"--minutes {minutes:g}: {steps} steps at a modelled {per_step} s/step{capped}")
     if minutes is not None:
         out["iters"] = None
     config, sources = overrides.resolve_config(base, derived, args.config, sets)
@@ -223,6 +265,14 @@ def configure(args, log=print, base=None) -> dict:
     sj = config.scale_jitter
     if sj and not (len(sj) == 2 and 0 < float(sj[0]) <= float(sj[1]) <= 10):
         raise MinirccnError(f"scale_jitter: expected (lo, hi) with 0 < lo <= hi <= 10, got {sj}")
+    if sj and float(sj[0]) * config.min_size < 2 * _stride(config):
+        lowest = 2 * _stride(config) / config.min_size
+        raise MinirccnError(
+            f"scale_jitter: {float(sj[0]):g} x min_size {config.min_size} leaves "
+            f"{float(sj[0]) * config.min_size:g} px, less than two cells of the backbone's stride "
+            f"{_stride(config)} (its last maps would be one value per channel); use a lower bound "
+            f">= {lowest:.3g}"
+        )
     out["config"] = config
     out["metrics"]["config_sources"] = sources
     out["metrics"]["config"] = json.loads(config.to_json())

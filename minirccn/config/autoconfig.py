@@ -11,6 +11,11 @@ and their boxes and picks, printing every choice (``minirccn train`` and
    ``[MIN_SHORT_SIDE, MAX_SHORT_SIDE]`` (a CPU-friendly cap) and never above
    the median shorter side itself (no upsampling of whole datasets);
    ``max_size = min_size * median(long / short)``, capped at :data:`MAX_LONG_SIDE`.
+   Small objects outrank the cap: the images are never shrunk so far that the
+   10th-percentile shorter side falls under :data:`KEEP_SMALL_PX` pixels (up to the
+   native size, at most :data:`MAX_KEEP_SHORT_SIDE` x :data:`MAX_KEEP_LONG_SIDE`):
+   12-px nuclei shrunk to 10 px lose more than the extra steps buy
+   (docs/real_data.md).
 2. **Anchors at that scale.** Box sides ``w, h`` times the resize scale of their
    image. Sizes: geometric steps of x2 from the 5th to the 95th percentile of
    ``sqrt(w h)`` (at least 2, at most 5 sizes; none below :data:`MIN_ANCHOR`).
@@ -55,6 +60,9 @@ SMALL_OBJECT_PX = 32.0  # the 10th-percentile object's shorter side, pixels, aft
 MIN_SHORT_SIDE = 128  # input shorter side never below this (unless the images are smaller)
 MAX_SHORT_SIDE = 160  # the CPU-friendly cap of the shorter side
 MAX_LONG_SIDE = 224  # ... and of the longer side
+KEEP_SMALL_PX = 16.0  # ... which small objects override: their 10th-percentile shorter side
+MAX_KEEP_SHORT_SIDE = 256  # how far they may override it: shorter side
+MAX_KEEP_LONG_SIDE = 320  # ... and longer side
 DEFAULT_MINUTES = 5.0  # training budget when neither --iters nor --minutes is given
 MAX_EPOCHS = 150  # at most this many passes over the training images
 AUGMENT_EPOCHS = 12  # augmentation on when the steps visit each image at least this often
@@ -127,21 +135,57 @@ def data_statistics(dataset, max_images: int = MAX_STAT_IMAGES) -> dict:
 
 def choose_image_size(stats: dict) -> tuple:
     """``(min_size, max_size)`` (rule 1 of the module docstring)."""
+    min_size, max_size, _ = _image_size(stats)
+    return min_size, max_size
+
+
+def _image_size(stats: dict) -> tuple:
+    """``(min_size, max_size, reason)``: rule 1 and why, in words."""
     short = np.minimum(stats["heights"], stats["widths"]).astype(np.float64)
     long = np.maximum(stats["heights"], stats["widths"]).astype(np.float64)
     med_short = float(np.median(short))
+    keep = 0.0
     if len(stats["box_w"]):
         scaled_short = np.minimum(stats["box_w"], stats["box_h"])
         # relative to the image's shorter side, so images of mixed sizes compare
-        rel = scaled_short / short[stats["box_image"]]
-        want = SMALL_OBJECT_PX / max(_percentile(rel, 10), 1e-6)
+        rel = max(_percentile(scaled_short / short[stats["box_image"]], 10), 1e-6)
+        want = SMALL_OBJECT_PX / rel
+        keep = KEEP_SMALL_PX / rel  # the size that keeps the small objects KEEP_SMALL_PX wide
     else:
         want = med_short
-    min_size = min(max(want, MIN_SHORT_SIDE), MAX_SHORT_SIDE, med_short)
+    capped = min(max(want, MIN_SHORT_SIDE), MAX_SHORT_SIDE, med_short)
+    kept = min(keep, med_short, MAX_KEEP_SHORT_SIDE)
+    min_size = max(capped, kept)
     min_size = int(max(round(min_size / 8) * 8, 32))
     aspect = float(np.median(long / short))
-    max_size = int(min(max(round(min_size * aspect / 8) * 8, min_size), MAX_LONG_SIDE))
-    return min_size, max_size
+    long_cap = MAX_KEEP_LONG_SIDE if kept > capped else MAX_LONG_SIDE
+    max_size = int(min(max(round(min_size * aspect / 8) * 8, min_size), long_cap))
+    p10 = SMALL_OBJECT_PX * med_short / want if len(stats["box_w"]) else None
+    if p10 is None:
+        reason = "no boxes: the images' own size, within the CPU cap"
+    elif kept > capped:
+        reason = (
+            f"small objects: their 10th-percentile shorter side is {p10:.1f} px in the images; "
+            f"the {MAX_SHORT_SIDE}-px CPU cap would shrink it under {KEEP_SMALL_PX:g} px, so the "
+            + ("images keep their own size" if kept >= med_short else
+               f"images shrink only to {min_size} px (at most {MAX_KEEP_SHORT_SIDE})")
+        )
+    elif capped >= med_short:
+        reason = (
+            f"the images' own size (no upsampling; the 10th-percentile object's shorter side "
+            f"is {p10:.1f} px)"
+        )
+    elif capped >= MAX_SHORT_SIDE:
+        reason = (
+            f"the {MAX_SHORT_SIDE}-px CPU cap: {want:.0f} px would make the 10th-percentile "
+            f"object's shorter side ({p10:.1f} px in the images) {SMALL_OBJECT_PX:g} px; at the "
+            f"cap it is {p10 * min_size / med_short:.1f} px, at least {KEEP_SMALL_PX:g}"
+        )
+    elif capped <= MIN_SHORT_SIDE:
+        reason = f"the {MIN_SHORT_SIDE}-px floor: the objects are large"
+    else:
+        reason = f"makes the 10th-percentile object's shorter side {SMALL_OBJECT_PX:g} px"
+    return min_size, max_size, reason
 
 
 def scaled_boxes(stats: dict, min_size: int, max_size: int) -> tuple:
@@ -207,8 +251,8 @@ def schedule(iters: int) -> dict:
 
 def steps_for_budget(minutes: float, min_size, max_size, stride, images_per_batch, num_images):
     """SGD steps that fit ``minutes`` of training by :func:`step_seconds` (deterministic)."""
-    if not minutes > 0:
-        raise MinirccnError(f"--minutes: expected a positive number, got {minutes}")
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise MinirccnError(f"--minutes: expected a positive finite number, got {minutes}")
     per_step = step_seconds(min_size, max_size, stride, images_per_batch)
     steps = int(minutes * 60.0 / per_step)
     cap = int(math.ceil(MAX_EPOCHS * num_images / images_per_batch))
@@ -231,15 +275,22 @@ def derive(
         choices (JSON-serialisable) for printing and for ``metrics.json``.
     """
     stats = data_statistics(dataset)
-    min_size, max_size = choose_image_size(stats)
+    min_size, max_size, size_reason = _image_size(stats)
     bw, bh = scaled_boxes(stats, min_size, max_size)
     sizes, ratios = choose_anchors(bw, bh)
     stride = choose_stride(bw, bh)
     budget = DEFAULT_MINUTES if minutes is None else float(minutes)
+    capped = False
     if iters is None:
         iters = steps_for_budget(
             budget, min_size, max_size, stride, images_per_batch, len(dataset)
         )
+        # the budget buys more steps than MAX_EPOCHS passes over the data: say so, and
+        # report the minutes the capped steps take, not the ones asked for
+        full = int(budget * 60.0 / step_seconds(min_size, max_size, stride, images_per_batch))
+        if full > iters:
+            capped = True
+            budget = round(iters * step_seconds(min_size, max_size, stride, images_per_batch) / 60, 2)
     else:
         budget = round(int(iters) * step_seconds(min_size, max_size, stride, images_per_batch) / 60, 2)
     epochs = int(iters) * int(images_per_batch) / max(len(dataset), 1)
@@ -261,6 +312,7 @@ def derive(
         "boxes_read": int(len(bw)),
         "median_image_hw": [int(np.median(stats["heights"])), int(np.median(stats["widths"]))],
         "median_short_side": float(np.median(short)),
+        "image_size_reason": size_reason,
         "box_side_at_scale_p5_p50_p95": [
             round(_percentile(np.sqrt(bw * bh), q), 1) if len(bw) else None for q in (5, 50, 95)
         ],
@@ -271,6 +323,8 @@ def derive(
         "minutes": budget,
         "modelled_step_seconds": round(step_seconds(min_size, max_size, stride, images_per_batch), 4),
         "epochs": round(epochs, 1),
+        "capped_at_epochs": MAX_EPOCHS if capped else None,
+        "minutes_asked": float(minutes) if capped and minutes is not None else None,
         "fields": {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()},
     }
     return fields, report
@@ -284,7 +338,8 @@ def format_report(report: dict) -> str:
         f"derived from the data ({report['images']} images, statistics of "
         f"{report['images_read']} images / {report['boxes_read']} boxes):",
         f"  image size      min_size={f['min_size']} max_size={f['max_size']} "
-        f"(median image {report['median_image_hw'][0]}x{report['median_image_hw'][1]})",
+        f"(median image {report['median_image_hw'][0]}x{report['median_image_hw'][1]}; "
+        f"{report.get('image_size_reason', '')})",
         f"  anchors         anchor_sizes={tuple(f['anchor_sizes'])} "
         f"aspect_ratios={tuple(f['aspect_ratios'])} (box side at that scale: 5%={p5} "
         f"50%={p50} 95%={p95} px)",
@@ -293,7 +348,14 @@ def format_report(report: dict) -> str:
         f"  steps           iters={f['iters']} for {report['minutes']:g} min at a modelled "
         f"{report['modelled_step_seconds']} s/step; warmup {f['warmup_iters']}, batch norm "
         f"frozen from {f['bn_freeze_iter']}, LR x0.1 at {f['milestones'][0]}, "
-        f"validation every {f['eval_every']}",
+        f"validation every {f['eval_every']}"
+        + (
+            f" (capped at {report['capped_at_epochs']} passes over the data: "
+            + (f"--minutes {report['minutes_asked']:g} asked for more" if report.get("minutes_asked") else "the time budget buys more")
+            + ")"
+            if report.get("capped_at_epochs")
+            else ""
+        ),
         "  augmentation    "
         + (
             " ".join(f"{k}={tuple(f[k]) if isinstance(f[k], list) else f[k]}" for k in AUGMENT)

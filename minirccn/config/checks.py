@@ -105,6 +105,13 @@ TUPLES = {
     "bbox_reg_weights": (4, 1e-12, None, float),
     "milestones": (None, 0, MAX_ITERS, int),
 }
+#: (low, high) field pairs: low <= high (the matchers' thresholds)
+ORDERED = (
+    ("rpn_bg_iou_thresh", "rpn_fg_iou_thresh"),
+    ("box_bg_iou_thresh", "box_fg_iou_thresh"),
+    ("box_bg_iou_lo", "box_bg_iou_thresh"),
+    ("retina_bg_iou_thresh", "retina_fg_iou_thresh"),
+)
 #: string fields and the values they may take (config vocabulary the detector implements)
 CHOICES = {
     "retina_hidden_init": ("normal", "he"),
@@ -204,6 +211,12 @@ def check_fields(config, where: str = "config") -> None:
         raise MinirccnError(
             f"{where}: min_size {config.min_size} must not exceed max_size {config.max_size}"
         )
+    for low, high in ORDERED:
+        if getattr(config, low) > getattr(config, high):
+            raise MinirccnError(
+                f"{where}: {low} {getattr(config, low)} must not exceed {high} "
+                f"{getattr(config, high)}"
+            )
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise MinirccnError(

@@ -175,6 +175,10 @@ def read_config_file(path) -> dict:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MinirccnError(f"{path}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise MinirccnError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:  # a 5000-digit number, ...
+        raise MinirccnError(f"{path}: malformed JSON ({exc})") from None
     if not isinstance(data, dict):
         raise MinirccnError(f"{path}: expected a JSON object {{field: value}}")
     out = {}

@@ -37,6 +37,7 @@ _NMS = "minirccn.ops.nms"
 _ROI_POOL = "minirccn.ops.roi_pool"
 _ROI_ALIGN = "minirccn.ops.roi_align"
 _CONV = "minirccn.nn.conv"
+_CONV_LEVELS = "minirccn.nn.conv_levels"
 _POOL = "minirccn.nn.pool"
 _LAYERS = "minirccn.nn.layers"
 
@@ -109,6 +110,17 @@ TABLE: dict[str, dict[str, str]] = {
         "numpy": f"{_CONV}:conv2d_backward_reference",
         "numba": "minirccn.kernels.conv:conv2d_backward_numba",
         "cuda": "minirccn.kernels.conv:conv2d_backward_cuda",
+    },
+    # minirccn.nn.conv_levels: one conv over every level of a pyramid (packed side by side)
+    "conv2d_levels": {
+        "numpy": f"{_CONV_LEVELS}:conv2d_levels_reference",
+        "numba": "minirccn.kernels.conv_levels:conv2d_levels_numba",
+        "cuda": f"{_CONV_LEVELS}:conv2d_levels_reference",
+    },
+    "conv2d_levels_backward": {
+        "numpy": f"{_CONV_LEVELS}:conv2d_levels_backward_reference",
+        "numba": "minirccn.kernels.conv_levels:conv2d_levels_backward_numba",
+        "cuda": f"{_CONV_LEVELS}:conv2d_levels_backward_reference",
     },
     # minirccn.nn.layers: fused one-pass CPU kernels; CuPy runs the references on the GPU
     "relu": {

@@ -7,7 +7,19 @@ no half-written file                  :func:`atomic_path` (temp file in the same
                                       folder, ``fsync``, ``os.replace``)
 leftovers of a killed save are gone   :func:`remove_stale_temps`
 an unusable ``--out`` fails at once   :func:`check_out_folder` (before any data)
+nothing the user did not ask to       :func:`check_replace` (an existing output needs
+replace is replaced                   ``--overwrite``; an input is never an output),
+                                      :func:`distinct_names` (outputs of one command
+                                      never share a name), :func:`next_free` (a
+                                      default output name never replaces anything)
 ====================================  ==============================================
+
+The one rule of every command that writes (train, detect, data export, data preview, bench,
+lineage): nothing the user did not ask to replace is replaced. Two outputs of one command get
+distinct names; an output that exists already is refused with one line naming it unless the
+user gave ``--overwrite``; an output that would be one of the command's own inputs is refused
+even then; a default name (no ``--out`` given) moves on to the next free one (``preview2.png``,
+``detections2``, ``runs/train2``) with a note.
 
 A temporary file is named ``.<name>.tmp-<pid>-<random><ext>`` (the extension kept, so writers
 that infer the format from the name still work); a leftover whose pid is no longer running is
@@ -226,3 +238,106 @@ def check_out_folder(folder, flag: str = "--out") -> str:
     finally:
         remove_quietly(probe)
     return folder
+
+
+# ----------------------------------------------------------------------------- the rule of every writer
+
+
+def check_replace(paths, *, overwrite: bool = False, inputs=(), flag: str = "--out", where=None) -> list:
+    """Apply the rule (module docstring) to the files a command is about to write.
+
+    Args:
+        paths: every file the command will write.
+        overwrite: the user asked to replace existing files (``--overwrite``).
+        inputs: files the command reads; none of them is ever replaced, ``overwrite`` or not.
+        flag, where: the flag and value named in the messages (``where`` default: the folder
+            of the first path).
+
+    Returns:
+        The paths that exist already (replaced, with ``overwrite``), in order.
+
+    Raises:
+        MinirccnError: one line naming the input that would be replaced, or the first file
+            that exists already (and how many more) with the two ways out.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if where is None:
+        where = os.path.dirname(paths[0]) if paths else ""
+    by_name, by_inode = {}, {}  # an input by its real path and by (device, inode)
+    for inp in inputs:
+        inp = os.fspath(inp)
+        by_name.setdefault(os.path.realpath(inp), inp)
+        try:
+            st = os.stat(inp)
+            by_inode.setdefault((st.st_dev, st.st_ino), inp)
+        except OSError:
+            pass
+    for path in paths:
+        inp = by_name.get(os.path.realpath(path))
+        if inp is None and by_inode:
+            try:
+                st = os.stat(path)
+                inp = by_inode.get((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        if inp is not None:
+            raise MinirccnError(
+                f"{flag} {where}: the output {path} would replace the input {inp}; "
+                f"choose another {flag}"
+            )
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of its outputs)" if len(existing) > 1 else ""
+        raise MinirccnError(
+            f"{flag} {where}: {existing[0]} exists already{more}; add --overwrite to replace, "
+            f"or choose another {flag}"
+        )
+    for p in existing:
+        if os.path.isdir(p) and not os.path.islink(p):
+            raise MinirccnError(f"{flag} {where}: {p} is a folder, not a file; choose another {flag}")
+    return existing
+
+
+def distinct_names(stems, taken=()) -> list:
+    """``stems`` made distinct from each other and from ``taken``.
+
+    A stem keeps its own name when it is free; a repeated one gets the first free
+    ``<stem>_<k>``, where every input stem counts as taken: ``x/same.png, y/same.png,
+    same_1.png`` give ``same, same_2, same_1`` (three names for three inputs). Names compare
+    without case (``A.png`` and ``a.png`` are one file on macOS and Windows).
+    """
+    stems = [str(s) for s in stems]
+    used = {t.casefold() for t in taken}
+    reserved = {}
+    for s in stems:
+        reserved[s.casefold()] = reserved.get(s.casefold(), 0) + 1
+    out = []
+    for s in stems:
+        key = s.casefold()
+        if key not in used:
+            name = s
+        else:
+            k = 1
+            while f"{s}_{k}".casefold() in used or f"{s}_{k}".casefold() in reserved:
+                k += 1
+            name = f"{s}_{k}"
+        used.add(name.casefold())
+        out.append(name)
+    return out
+
+
+def next_free(path, is_free=None) -> str:
+    """``path`` if it is free, else the first free of ``<stem>2<ext>``, ``<stem>3<ext>``, ...
+    (``preview.png`` -> ``preview2.png``; ``detections`` -> ``detections2``). ``is_free``
+    (default: the path does not exist) decides what free means."""
+    path = os.fspath(path)
+    is_free = is_free or (lambda p: not os.path.lexists(p))
+    stem, ext = os.path.splitext(path)
+    if os.path.isdir(path) or not ext:
+        stem, ext = path, ""
+    k = 1
+    while True:
+        candidate = path if k == 1 else f"{stem}{k}{ext}"
+        if is_free(candidate):
+            return candidate
+        k += 1

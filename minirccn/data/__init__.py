@@ -25,7 +25,7 @@ import os
 
 from minirccn.core.errors import MinirccnError
 from minirccn.data.coco import COCODataset
-from minirccn.data.common import BACKGROUND, DataWarning, DetectionDataset
+from minirccn.data.common import BACKGROUND, DataWarning, DetectionDataset, check_class_names
 from minirccn.data.csvfile import CSVDataset
 from minirccn.data.shapes import ShapesConfig, ShapesDataset
 from minirccn.data.voc import VOCDataset
@@ -60,8 +60,16 @@ def load_dataset(
         shapes_config: optional :class:`ShapesConfig` for ``shapes``.
 
     Raises:
-        MinirccnError: naming ``spec`` (unknown, missing) or the bad file inside it.
+        MinirccnError: naming ``spec`` (unknown, missing) or the bad file inside it; also for
+            class names no detector can be trained on (:func:`~minirccn.data.common.check_class_names`),
+            before any training.
     """
+    dataset = _load_dataset(spec, split, images, seed, shapes_config)
+    check_class_names(dataset.class_names, os.fspath(spec))
+    return dataset
+
+
+def _load_dataset(spec, split, images, seed, shapes_config) -> DetectionDataset:
     spec = os.fspath(spec)
     if spec == "shapes":
         return ShapesDataset(split=split, seed=seed, config=shapes_config)

@@ -10,7 +10,7 @@ import os
 from PIL import Image
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import warn
+from minirccn.data.common import ImageUnreadable, quiet_exif, read_image, warn
 
 
 def _tail(path: str, n: int = 1024) -> bytes:
@@ -26,7 +26,7 @@ def image_problem(path: str) -> str | None:
     formats with an end marker (JPEG, PNG, GIF) or a stated size (BMP, WebP), its end is
     checked, so a truncated file is found without decoding it; other formats are decoded."""
     try:
-        with Image.open(path) as im:
+        with quiet_exif(), Image.open(path) as im:
             fmt, (w, h) = im.format, im.size
             if w < 1 or h < 1:
                 return f"empty image ({w}x{h})"
@@ -83,7 +83,53 @@ class SkipImages:
         for i in self.keep:
             yield self.dataset[i]
 
+    def image_file(self, index: int):
+        return self.dataset.image_file(self.keep[index])
+
     def __getattr__(self, name):  # split, path, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class ReplaceUnreadable:
+    """``dataset`` whose images that cannot be decoded (corrupt inside, past the preflight's
+    header and end-marker checks) are replaced by the next readable image, with one warning
+    naming the file: a training run goes on, and, the replacement depending on the data only,
+    a resumed run takes the same images as the uninterrupted one."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.class_names = dataset.class_names
+        self.name = dataset.name
+        self.bad = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        n = len(self.dataset)
+        i = int(index) % n if n else int(index)
+        for k in range(n):
+            j = (i + k) % n
+            if j in self.bad:
+                continue
+            try:
+                return self.dataset[j]
+            except ImageUnreadable as exc:
+                self.bad.add(j)
+                warn(f"{exc}; skipped for the rest of the run")
+        raise MinirccnError(f"{self.name}: none of its {n} images could be read")
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getattr__(self, name):  # image_file, split, path, num_boxes ... of the wrapped dataset
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
@@ -111,6 +157,9 @@ def check_images(dataset, what: str = "--data"):
             continue
         problem = image_problem(path)
         if problem is not None:
+            if len(dataset) == 1:  # nothing to go on with: one error line naming the file
+                read_image(path)  # the decoder's own words, as when the image is read
+                raise MinirccnError(f"{path}: {problem}")
             warn(f"{path}: {problem}; skipped")
             skipped.append(i)
     if not skipped:

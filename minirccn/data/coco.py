@@ -24,7 +24,18 @@ import os
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, partition, path_inside, read_image, )
+from minirccn.data.common import (
+    BACKGROUND,
+    FileDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    parse_bool,
+    partition,
+    path_inside,
+    read_image,
+    warn,
+)
 
 
 def image_dir(annotation_file: str, images: str | None) -> str:
@@ -32,6 +43,8 @@ def image_dir(annotation_file: str, images: str | None) -> str:
     the file if it exists, else the file's own folder; ``MinirccnError`` if it is missing."""
     if images is not None:
         folder = os.fspath(images)
+        if not folder.strip():
+            raise MinirccnError("--images: expected a folder name, got an empty string")
     else:
         here = os.path.dirname(os.path.abspath(annotation_file))
         sub = os.path.join(here, "images")
@@ -51,6 +64,8 @@ def _load_json(path: str) -> dict:
         raise MinirccnError(f"{path}: JSON nested too deeply") from None
     except UnicodeDecodeError:
         raise MinirccnError(f"{path}: not a UTF-8 text file") from None
+    except ValueError as exc:  # a number of more than 4300 digits, ...
+        raise MinirccnError(f"{path}: malformed JSON ({exc})") from None
     except OSError as exc:
         raise MinirccnError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
@@ -75,7 +90,7 @@ def _id(entry, key: str, where: str):
     return value
 
 
-class COCODataset(DetectionDataset):
+class COCODataset(FileDataset):
     """A COCO detection JSON file (see the module docstring).
 
     Args:
@@ -107,7 +122,7 @@ class COCODataset(DetectionDataset):
         self.class_names = [BACKGROUND] + [categories[c] for c in cat_ids]
         label_of = {c: k + 1 for k, c in enumerate(cat_ids)}
 
-        files = {}
+        files, declared = {}, {}
         for k, img in enumerate(data["images"]):
             where = f"{self.path}: images[{k}]"
             iid, name = _id(img, "id", where), _field(img, "file_name", where)
@@ -115,6 +130,9 @@ class COCODataset(DetectionDataset):
                 raise MinirccnError(f"{where}: duplicate image id {iid!r}")
             path_inside(image_folder, name, where, "file_name")
             files[iid] = name
+            w, h = img.get("width"), img.get("height")
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (w, h)):
+                declared[iid] = (w, h)
         if not files:
             raise MinirccnError(f"{self.path}: no images (its 'images' list is empty)")
 
@@ -142,6 +160,10 @@ class COCODataset(DetectionDataset):
             )
             objects[iid].append((box, label_of[cid], crowd))
 
+        if not categories:
+            raise MinirccnError(
+                f"{self.path}: no categories (its 'categories' list is empty): no class to learn"
+            )
         try:
             ids = partition(list(files), split, self.path)
         except TypeError:
@@ -163,18 +185,21 @@ class COCODataset(DetectionDataset):
                     np.array([o[0] for o in obj], np.float32).reshape(-1, 4),
                     np.array([o[1] for o in obj], np.int64),
                     np.array([o[2] for o in obj], bool),
+                    declared.get(iid),
                 )
             )
         self.split = split
         self.name = f"coco-{os.path.splitext(os.path.basename(self.path))[0]}-{split}"
 
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def image_file(self, index: int) -> str:
-        return self._records[index][1]
-
     def _load(self, index: int) -> dict:
-        image_id, image_path, boxes, labels, difficult = self._records[index]
-        sample = make_sample(read_image(image_path), boxes, labels, difficult, image_id)
+        image_id, image_path, boxes, labels, difficult, size = self._records[index]
+        image = read_image(image_path)
+        h, w = image.shape[:2]
+        if size is not None and (float(size[0]), float(size[1])) != (w, h):
+            warn(
+                f"{self.path}: image {image_id}: width {size[0]} height {size[1]} in the file, "
+                f"but {image_path} is {w}x{h} (after its EXIF orientation); its boxes are taken "
+                "in the image's pixels"
+            )
+        sample = make_sample(image, boxes, labels, difficult, image_id)
         return clip_to_image(sample, f"{self.path}: image {image_id}")

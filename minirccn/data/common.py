@@ -22,11 +22,12 @@ starts; images are decoded lazily in ``ds[i]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from minirccn.core.errors import MinirccnError
 
@@ -42,6 +43,10 @@ PARTITION_SEED = 0
 TEST_FRACTION = 0.1
 
 
+class ImageUnreadable(MinirccnError):
+    """An image file is missing or cannot be decoded (the message names it)."""
+
+
 class DataWarning(UserWarning):
     """A single bad annotation was skipped (the message names the file and the annotation)."""
 
@@ -49,6 +54,30 @@ class DataWarning(UserWarning):
 def warn(message: str) -> None:
     """Emit a :class:`DataWarning` (shown once per distinct message)."""
     warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def check_class_names(names, where: str) -> list:
+    """Refuse class names a detector cannot be trained on (and its checkpoint would not load):
+    a class named ``__background__`` (label 0's name) or a name given twice. Returns ``names``.
+
+    Raises:
+        MinirccnError: naming ``where`` (the data) and the name.
+    """
+    names = list(names)
+    seen = set()
+    for name in names[1:]:
+        if name == BACKGROUND:
+            raise MinirccnError(
+                f"{where}: a class is named {BACKGROUND!r}, the name kept for the background "
+                "(label 0); rename that class"
+            )
+        if name in seen:
+            raise MinirccnError(
+                f"{where}: two classes are named {name!r}; class names must be distinct "
+                "(merge or rename them)"
+            )
+        seen.add(name)
+    return names
 
 
 class DetectionDataset:
@@ -91,8 +120,30 @@ class DetectionDataset:
         """The file image ``index`` is read from (None for generated images)."""
         return None
 
+    def num_boxes(self) -> int | None:
+        """How many boxes the annotations of the dataset hold (None: not known without
+        drawing or decoding every image)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {len(self)} images, {self.num_classes - 1} classes>"
+
+
+class FileDataset(DetectionDataset):
+    """A dataset read from annotation files: one record a image in ``self._records``, each a
+    tuple ``(image_id, image_path, ...)`` whose field ``BOXES`` holds the image's boxes."""
+
+    BOXES = 2  # index of the boxes in a record
+    _records: list
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def image_file(self, index: int) -> str:
+        return self._records[index][1]
+
+    def num_boxes(self) -> int:
+        return int(sum(len(r[self.BOXES]) for r in self._records))
 
 
 def make_sample(image, boxes, labels, difficult, image_id) -> dict:
@@ -108,7 +159,8 @@ def make_sample(image, boxes, labels, difficult, image_id) -> dict:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode the image file at ``path`` with Pillow as RGB.
+    """Decode the image file at ``path`` with Pillow as RGB, turned as its EXIF orientation
+    says (as every viewer shows it).
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -117,16 +169,37 @@ def read_image(path: str) -> np.ndarray:
         MinirccnError: the file is missing, truncated or not an image.
     """
     if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: image file not found")
+        raise ImageUnreadable(f"{path}: image file not found")
     try:
-        with Image.open(path) as im:
+        with quiet_exif(), Image.open(path) as im:
             im.load()
+            # EXIF orientation (phones store portraits as rotated landscapes): pixels as a
+            # viewer shows them, the frame the annotation tools draw boxes in
+            im = _exif_upright(im)
             if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale, never clip
                 return _scale_to_8_bits(np.asarray(im), im.mode)
             rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated file, decoder errors
-        raise MinirccnError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageUnreadable(f"{path}: cannot decode image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def quiet_exif():
+    """A context in which Pillow's 'Corrupt EXIF data' warnings are not shown: they name no
+    file, and an image with a malformed EXIF block has good pixels (used as stored)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
+        yield
+
+
+def _exif_upright(im):
+    """``im`` turned as its EXIF orientation says; one whose EXIF block is corrupt is used
+    as stored."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the stored orientation
+        return im
 
 
 def _scale_to_8_bits(grey: np.ndarray, mode: str) -> np.ndarray:

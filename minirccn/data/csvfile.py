@@ -28,7 +28,18 @@ import numpy as np
 
 from minirccn.core.errors import MinirccnError
 from minirccn.data.coco import image_dir
-from minirccn.data.common import ( BACKGROUND, IMAGE_EXTENSIONS, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, partition, path_inside, read_image, )
+from minirccn.data.common import (
+    BACKGROUND,
+    IMAGE_EXTENSIONS,
+    FileDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    parse_bool,
+    partition,
+    path_inside,
+    read_image,
+)
 
 COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 TOLERANCE = 1e-6  # normalised coordinates may stray this far outside [0, 1] (rounding)
@@ -69,7 +80,7 @@ def find_image(folder: str, image_id: str) -> str | None:
     return None
 
 
-class CSVDataset(DetectionDataset):
+class CSVDataset(FileDataset):
     """An Open Images style CSV file (see the module docstring).
 
     Args:
@@ -132,12 +143,6 @@ class CSVDataset(DetectionDataset):
             )
         self.split = split
         self.name = f"csv-{os.path.splitext(os.path.basename(self.path))[0]}-{split}"
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def image_file(self, index: int) -> str:
-        return self._records[index][1]
 
     def _load(self, index: int) -> dict:
         image_id, image_path, unit_boxes, labels, difficult = self._records[index]

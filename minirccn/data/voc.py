@@ -30,7 +30,16 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
-from minirccn.data.common import ( BACKGROUND, DetectionDataset, check_box, clip_to_image, make_sample, parse_bool, path_inside, read_image, )
+from minirccn.data.common import (
+    BACKGROUND,
+    FileDataset,
+    check_box,
+    clip_to_image,
+    make_sample,
+    parse_bool,
+    path_inside,
+    read_image,
+)
 
 VOC_CLASSES = [
     "aeroplane",
@@ -112,13 +121,31 @@ def parse_voc_xml(path: str) -> dict:
     return {"filename": _text(root, "filename", path, required=False), "objects": objects}
 
 
-class VOCDataset(DetectionDataset):
+def split_files(root: str) -> list:
+    """The split names ``ImageSets/Main/<name>.txt`` of VOC folder ``root`` has, sorted
+    (per-class lists such as ``dog_train.txt`` left out)."""
+    folder = os.path.join(os.fspath(root), "ImageSets", "Main")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    per_class = ("_train", "_val", "_trainval", "_test")
+    return sorted(
+        n[:-4] for n in names
+        if n.endswith(".txt") and not n[:-4].endswith(per_class)
+        and os.path.isfile(os.path.join(folder, n))
+    )
+
+
+class VOCDataset(FileDataset):
     """A Pascal VOC style folder (see the module docstring).
 
     Args:
         root: folder with ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/``.
         split: name of a file ``ImageSets/Main/<split>.txt`` (one image id per line), or ``"all"``.
     """
+
+    BOXES = 3  # records: (image_id, image_path, xml, boxes, labels, difficult)
 
     def __init__(self, root: str, split: str = "train"):
         self.root = os.fspath(root)
@@ -135,9 +162,18 @@ class VOCDataset(DetectionDataset):
         else:
             list_file = os.path.join(self.root, "ImageSets", "Main", f"{split}.txt")
             if not os.path.isfile(list_file):
-                raise MinirccnError(f"{list_file}: split file not found (split {split!r})")
+                found = split_files(self.root)
+                raise MinirccnError(
+                    f"{list_file}: split file not found (split {split!r}); "
+                    + (
+                        f"ImageSets/Main has {', '.join(f'{n}.txt' for n in found)}"
+                        if found
+                        else "ImageSets/Main has no split files"
+                    )
+                    + " (--split all: every annotation)"
+                )
             try:
-                with open(list_file, encoding="utf-8") as f:
+                with open(list_file, encoding="utf-8-sig") as f:  # a BOM is not part of an id
                     ids = [line.split()[0] for line in f if line.strip()]
             except UnicodeDecodeError:
                 raise MinirccnError(f"{list_file}: not a UTF-8 text file") from None
@@ -210,12 +246,6 @@ class VOCDataset(DetectionDataset):
             except ET.ParseError:
                 continue  # not part of this split; it will be reported when its split is read
         return names
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def image_file(self, index: int) -> str:
-        return self._records[index][1]
 
     def _load(self, index: int) -> dict:
         image_id, image_path, xml, boxes, labels, difficult = self._records[index]

@@ -112,6 +112,8 @@ class Detector:
         self.class_names = list(class_names)
         if len(self.class_names) < 2 or self.class_names[0] != "__background__":
             raise ValueError("class_names: expected ['__background__', <at least one class>, ...]")
+        if len(set(self.class_names)) != len(self.class_names):  # a checkpoint would not load
+            raise ValueError(f"class_names: expected distinct names, got {self.class_names}")
         self.build()
         if params is None:
             rng = rng if rng is not None else np.random.default_rng(0)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import importlib
 
-from minirccn.detector.backbones.levels import build_backbone
+import numpy as np
+
+from minirccn.detector.backbones import resnet
+from minirccn.detector.backbones import vgg as _vgg
+from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.models.external import ExternalProposals
 from minirccn.core.errors import MinirccnError
 
@@ -53,6 +57,7 @@ def check_buildable(config) -> None:
     backbone preset, a ResNet under a pyramid, one anchor size per pyramid level)."""
     if config.model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {config.model!r}")
+    _vgg.get_spec(config.backbone)  # a known name even when backbone_stages replaces it
     build_backbone(config)
 
 
@@ -60,3 +65,27 @@ def uses_external_proposals(config) -> bool:
     """True for the models that read proposals from outside the network (selective search or
     a file): their config's ``proposals`` field is used."""
     return issubclass(model_class(config), ExternalProposals)
+
+
+def work_estimate(config) -> dict:
+    """What detecting ONE image costs at the largest size ``config`` allows, without building
+    anything: ``pixels`` (min_size x max_size), ``anchors`` (every level), ``proposals`` (the
+    boxes NMS walks: the smaller of ``rpn_pre_nms_top_n_test`` per level and the anchors) and
+    ``bytes`` (the full-resolution maps of the backbone's first stage: the input, the output
+    and the 3x3 im2col of its channels, about ``12 x channels`` values per pixel, plus 64
+    bytes per anchor), a lower bound of the real peak."""
+    pixels = int(config.min_size) * int(config.max_size)
+    backbone = build_backbone(config)
+    spec = backbone.spec
+    if isinstance(spec, resnet.ResNetSpec):
+        channels = spec.stem_channels / spec.stem_stride**2
+    else:
+        channels = spec.stages[0].channels if spec.stages else spec.in_channels
+    per_level = len(config.anchor_sizes) * len(config.aspect_ratios)
+    if is_fpn(config):
+        per_level = len(config.aspect_ratios)  # one anchor size per level
+    anchors = sum(int(np.ceil(pixels / s**2)) * per_level for s in backbone.strides)
+    top_n = min(int(config.rpn_pre_nms_top_n_test) * len(backbone.strides), anchors)
+    itemsize = np.dtype(config.dtype).itemsize
+    nbytes = int(pixels * channels * 12 * itemsize + anchors * 64)
+    return {"pixels": pixels, "anchors": anchors, "proposals": top_n, "bytes": nbytes}

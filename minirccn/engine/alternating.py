@@ -14,7 +14,7 @@ Each step is :func:`~minirccn.engine.step.train_step` with Faster R-CNN's forwar
 
 from __future__ import annotations
 
-from tqdm import tqdm
+from minirccn.core.progress import progress_bar
 
 from minirccn.data.batching import batch_indices
 from minirccn.engine.step import make_optimizer, train_step
@@ -44,10 +44,11 @@ def train_alternating(model, data, rng, seed, backend, history, progress=True):
             )
         prefixes = tuple(s + "." for s in parts) + (("backbone.",) if train_backbone else ())
         opt = make_optimizer(net, prefixes)
-        bar = tqdm(
+        bar = progress_bar(
             range(quarter),
             desc=f"alternating step {alt_step}/4",
-            disable=not progress,
+            unit="step",
+            enabled=progress,
             dynamic_ncols=True,
         )
         for i in bar:

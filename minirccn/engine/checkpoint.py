@@ -142,6 +142,14 @@ def load_checkpoint(path):
     try:
         class_names = list(meta["class_names"])
         params = {k[len("param/") :]: v for k, v in files.items() if k.startswith("param/")}
+        params = {k: _native(v) for k, v in params.items()}
+        for k in sorted(params):
+            bad = int(np.size(params[k]) - np.count_nonzero(np.isfinite(params[k])))
+            if bad:
+                raise MinirccnError(
+                    f"{path}: parameter {k} holds {bad} NaN or infinite values of "
+                    f"{params[k].size} (a diverged run or a damaged file); not used"
+                )
         model = build_model(config, class_names, params=params)
         optimizer = None
         if meta.get("optimizer") is not None:
@@ -155,6 +163,11 @@ def load_checkpoint(path):
         "extra": meta.get("extra") or {},
     }
     return model, state
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` in the machine's byte order (a big-endian float32 array is a float32 array)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 # ----------------------------------------------------------------------------- shapes, no memory
@@ -350,6 +363,13 @@ def inspect_checkpoint(path: str) -> dict:
         raise MinirccnError(
             f"{path}: incompatible checkpoint: its parameters do not match its config ({detail})"
         )
+    want_dtype = np.dtype(config.dtype)
+    for k in sorted(have):
+        dt = have[k][1]
+        if dt.kind != "f" or dt.newbyteorder("=") != want_dtype:
+            raise MinirccnError(
+                f"{path}: parameter {k} has dtype {dt.str}, its config says {config.dtype}"
+            )
     stored = sum(h[2] for h in headers.values())
     if stored > 4 * total + MAX_META_BYTES:  # parameters, momentum, metadata
         raise MinirccnError(

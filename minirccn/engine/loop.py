@@ -21,26 +21,28 @@ checkpoint written (from an earlier, finite step) is kept.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
-from tqdm import tqdm
 
 from minirccn import viz
 from minirccn.config import preset
 from minirccn.core.backend import resolve
 from minirccn.core.errors import MinirccnError, note
+from minirccn.core.progress import progress_bar
 from minirccn.core.files import write_json
 from minirccn.data import load_dataset
 from minirccn.data.batching import batch_indices
-from minirccn.data.checks import check_images, check_not_empty
+from minirccn.data.checks import ReplaceUnreadable, check_images, check_not_empty
+from minirccn.data.common import ImageUnreadable
 from minirccn.detector import registry
 from minirccn.engine import runs
 from minirccn.engine.alternating import train_alternating
 from minirccn.engine.checkpoint import check_resume, load_checkpoint, save_checkpoint
-from minirccn.engine.inference import evaluate_model, run_model
+from minirccn.engine.inference import UnusableImage, evaluate_model, run_model
 from minirccn.engine.step import (  # noqa: F401 - the step's names, importable from the loop
     TrainingDiverged,
     batch_stats_at,
@@ -97,7 +99,7 @@ def train(
         eval_split: split evaluated after training ("" or None: no evaluation).
         eval_images: evaluate only the first this many images of the split.
         checkpoint_every: write ``out/checkpoint.npz`` every this many steps.
-        progress: show tqdm progress bars.
+        progress: show progress (a bar on a terminal, plain lines off one).
         outputs: write metrics.json, loss_curve.png, detections.png.
         val_limit: with ``config.eval_every > 0``, the periodic evaluations of ``test_data``
             (:mod:`minirccn.engine.validation`) use at most this many images.
@@ -122,7 +124,7 @@ def train(
         test_data = load_dataset(data, eval_split, images=images)
     # before step 1: no empty data, and every image file readable (bad ones skipped, named)
     check_not_empty(train_data, f"--data {data}")
-    train_data = check_images(train_data, "--data")
+    train_data = ReplaceUnreadable(check_images(train_data, "--data"))  # corrupt inside: skipped
     if test_data is not None and len(test_data):
         test_data = check_images(test_data, "--data")
     ckpt = os.path.join(out, "checkpoint.npz") if out else None
@@ -145,10 +147,14 @@ def train(
             seed=seed,
             reseed=reseed,
         )
-        if model.config.replace(iters=config.iters) != config:
-            raise MinirccnError(f"--resume: {ckpt} was trained with a different config")
+        config = resume_config(ckpt, model.config, config, (extra_metrics or {}).get("config_sources"))
+        if extra_metrics and "config" in extra_metrics:  # metrics.json: the config it goes on with
+            extra_metrics = {**extra_metrics, "config": json.loads(config.to_json())}
         model.to(backend)
-        rng.bit_generator.state = state["rng_state"]
+        try:
+            rng.bit_generator.state = state["rng_state"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise MinirccnError(f"--resume: {ckpt}: rng_state is not a PCG64 generator state ({exc})") from None
         start = state["step"]
         history = state["extra"].get("history", history)
         optimizer = make_optimizer(model)
@@ -170,12 +176,17 @@ def train(
     validator = None
     if config.eval_every > 0 and test_data is not None and len(test_data) and not alternating:
         validator = Validator(test_data, config.eval_every, out, backend, val_limit)
+        if resume:  # the curve and best point so far: best.npz is replaced only by a better model
+            validator.restore(state["extra"], start)
+    if resume and start >= config.iters:
+        note(f"--resume: {ckpt} has done all {config.iters} steps already; evaluating it again")
     t0 = time.perf_counter()
     if alternating:
         model = train_alternating(model, train_data, rng, seed, backend, history, progress)
     else:
         run = Run(
-            model, optimizer, config, rng, seed, backend, history, ckpt, checkpoint_every, progress
+            model, optimizer, config, rng, seed, backend, history, ckpt, checkpoint_every, progress,
+            validator,
         )
         _train_joint(run, train_data, start, validator)
     train_seconds = time.perf_counter() - t0
@@ -209,7 +220,7 @@ def train(
             optimizer_state=None if alternating else optimizer.state_dict(),
             step=config.iters,
             rng_state=rng.bit_generator.state,
-            extra={"history": history, "seed": seed},
+            extra={"history": history, "seed": seed, **(validator.state() if validator else {})},
         )
     stop = runs.current_stop()
     if stop.requested():  # a signal during the last step: the run is complete and saved
@@ -252,16 +263,21 @@ class Run:
     checkpoint: str | None = None  # path of checkpoint.npz; None: none written
     checkpoint_every: int = 500
     progress: bool = True
+    validator: object = None  # its curve and best point go into every checkpoint
 
     def save(self, done: int) -> None:
-        """The checkpoint after ``done`` steps (model, optimiser, generator, losses, seed)."""
+        """The checkpoint after ``done`` steps (model, optimiser, generator, losses, seed, the
+        validation so far)."""
+        extra = {"history": self.history, "seed": self.seed}
+        if self.validator is not None:
+            extra.update(self.validator.state())
         save_checkpoint(
             self.checkpoint,
             self.model,
             optimizer_state=self.optimizer.state_dict(),
             step=done,
             rng_state=self.rng.bit_generator.state,
-            extra={"history": self.history, "seed": self.seed},
+            extra=extra,
         )
 
 
@@ -272,7 +288,9 @@ def _train_joint(run: Run, data, start: int, validator=None) -> None:
     model, config, history, ckpt, seed = run.model, run.config, run.history, run.checkpoint, run.seed
     stop = runs.current_stop()
     stop.defer = True  # a signal now stops after the current step (saved below)
-    bar = tqdm(range(start, config.iters), desc="train", disable=not run.progress, dynamic_ncols=True)
+    bar = progress_bar(
+        range(start, config.iters), desc="train", unit="step", enabled=run.progress, dynamic_ncols=True
+    )
     for step in bar:
         idx = batch_indices(seed, step, config.images_per_batch, len(data))
         try:
@@ -294,7 +312,7 @@ def _train_joint(run: Run, data, start: int, validator=None) -> None:
             )
         done = step + 1
         if validator is not None and validator.due(done, config.iters):
-            point = validator(model, done, seed)
+            point = validator(model, done, seed, train_loss=tail_mean(history["loss"], validator.every))
             if run.progress:
                 bar.write(f"step {done}: validation mAP@0.5 {point['map50']:.4f} mAP {point['map']:.4f}")
         if ckpt and run.checkpoint_every and done % run.checkpoint_every == 0 and done < config.iters:
@@ -329,8 +347,11 @@ def write_outputs(out, model, metrics, history, test_data, backend):
     if test_data is not None and len(test_data):
         tiles = []
         for i in range(min(8, len(test_data))):
-            sample = test_data[i]
-            det = run_model(model, sample["image"], backend, sample["image_id"])
+            try:  # a bad image: the evaluation has named it already
+                sample = test_data[i]
+                det = run_model(model, sample["image"], backend, sample["image_id"])
+            except (ImageUnreadable, UnusableImage):
+                continue
             keep = det["scores"] >= 0.5
             tiles.append(
                 viz.draw_detections(
@@ -352,4 +373,54 @@ def write_outputs(out, model, metrics, history, test_data, backend):
                     scale=2,
                 )
             )
-        viz.save_grid(tiles, os.path.join(out, "detections.png"), cols=4)
+        if tiles:
+            viz.save_grid(tiles, os.path.join(out, "detections.png"), cols=4)
+
+
+#: the fields ``minirccn train`` derives from ``--iters`` (the schedule): a resumed run that
+#: goes on to more steps keeps the checkpoint's
+SCHEDULE_FIELDS = ("warmup_iters", "bn_freeze_iter", "milestones", "eval_every")
+
+
+def _shown(value) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+
+
+def resume_config(ckpt: str, saved, config, sources: dict | None = None):
+    """The config a ``--resume`` of ``ckpt`` goes on with.
+
+    ``config`` (this run's) must be the checkpoint's ``saved`` one, but for ``iters`` and the
+    schedule derived from it (:data:`SCHEDULE_FIELDS`, unless ``--set`` / ``--config`` chose
+    them): a run extended with ``--resume --iters N`` keeps the checkpoint's warmup, LR steps,
+    batch-norm freeze and validation interval (said in a note). Any other difference is a
+    :class:`MinirccnError` naming the fields, their two values and where this run's came from.
+
+    Args:
+        sources: ``{field: "derived" | "file" | "--set" | "--iters"}`` of this run's config
+            (a field not in it is the preset's).
+    """
+    sources = sources or {}
+    differ = [
+        f.name for f in fields(config)
+        if f.name != "iters" and getattr(saved, f.name) != getattr(config, f.name)
+    ]
+    kept = [f for f in differ if f in SCHEDULE_FIELDS and sources.get(f, "derived") == "derived"]
+    other = [f for f in differ if f not in kept]
+    if other:
+        origin = {"derived": "derived from the data", "file": "--config", "--set": "--set"}
+        detail = "; ".join(
+            f"{f} {_shown(getattr(saved, f))} in the checkpoint, {_shown(getattr(config, f))} "
+            f"now ({origin.get(sources.get(f), 'the preset')})"
+            for f in other[:4]
+        ) + (f"; and {len(other) - 4} more" if len(other) > 4 else "")
+        raise MinirccnError(
+            f"--resume: {ckpt} was trained with a different config: {detail} (resume with the "
+            "data, --preset, --config and --set of that run, or start a new run in another --out)"
+        )
+    if kept:
+        note(
+            f"--resume: going on to {config.iters} steps with the checkpoint's schedule ("
+            + ", ".join(f"{f}={_shown(getattr(saved, f))}" for f in kept)
+            + f"), not the one derived for {config.iters} steps"
+        )
+    return saved.replace(iters=config.iters)

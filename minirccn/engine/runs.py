@@ -37,15 +37,28 @@ from minirccn.core.files import (
 
 LOCK_NAME = ".minirccn.lock"
 CHECKPOINT = "checkpoint.npz"
-#: files whose presence means "this folder holds a run"
-RUN_FILES = (CHECKPOINT, "metrics.json")
-#: the outputs of a run that ``--overwrite`` removes before the new run starts
-RUN_OUTPUTS = (CHECKPOINT, "metrics.json", "loss_curve.png", "detections.png")
+#: every file a run writes in its folder: ``--overwrite`` removes them all before the new run
+#: starts, and any one of them means "this folder holds a run" (a run killed before its first
+#: checkpoint may have left only ``best.npz``)
+RUN_OUTPUTS = (
+    CHECKPOINT,
+    "best.npz",
+    "metrics.json",
+    "loss_curve.png",
+    "val_curve.png",
+    "detections.png",
+)
+RUN_FILES = RUN_OUTPUTS
+
+
+def run_files_in(folder) -> list:
+    """The names of :data:`RUN_OUTPUTS` present in ``folder``."""
+    return [f for f in RUN_OUTPUTS if os.path.lexists(os.path.join(folder, f))]
 
 
 def holds_run(folder) -> bool:
-    """True if ``folder`` holds the outputs of a run (a checkpoint or metrics.json)."""
-    return any(os.path.exists(os.path.join(folder, f)) for f in RUN_FILES)
+    """True if ``folder`` holds any output of a run (:data:`RUN_OUTPUTS`)."""
+    return bool(run_files_in(folder))
 
 
 def _numbered(base: str, k: int) -> str:
@@ -86,17 +99,18 @@ def guard_existing_run(folder, *, resume: bool, overwrite: bool, flag: str = "--
     """
     if resume and overwrite:
         raise MinirccnError("--resume and --overwrite: choose one")
-    if resume or not holds_run(folder):
+    found = run_files_in(folder)
+    if resume or not found:
         return
     if not overwrite:
         raise MinirccnError(
-            f"{flag} {folder}: holds a run already; continue it with --resume, replace it with "
-            "--overwrite, or choose another --out"
+            f"{flag} {folder}: holds a run already ({', '.join(found)}); continue it with "
+            "--resume, replace it with --overwrite, or choose another --out"
         )
     removed = []
-    for name in RUN_OUTPUTS:
+    for name in found:
         path = os.path.join(folder, name)
-        if os.path.exists(path):
+        if os.path.lexists(path):
             try:
                 os.unlink(path)
             except OSError as exc:

@@ -122,7 +122,7 @@ def conv2d_backward_reference(dout, saved, w, x_shape, stride, padding):
     xp = _backend.get_array_module(cols)
     f, c, kh, kw = w.shape
     n = x_shape[0]
-    dout = dout.reshape(n, f, -1)
+    dout = dout.reshape(n, f, dout.shape[2] * dout.shape[3])  # (-1 fails for N = 0)
     db = dout.sum(axis=(0, 2))
     w2 = w.reshape(f, c * kh * kw)
     dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)

@@ -57,9 +57,7 @@ def conv_params(
     dtype=np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(w (F, C, k, k), b (F,))``: He normal weights (or ``N(0, std^2)``), zero bias."""
-    shape = (out_channels, in_channels, kernel_size, kernel_size)
-    w = he_normal(shape, rng, dtype) if std is None else normal(shape, std, rng, dtype)
-    return w, np.zeros(out_channels, dtype=dtype)
+    return _weight_and_bias((out_channels, in_channels, kernel_size, kernel_size), out_channels, rng, std, dtype)
 
 
 def linear_params(
@@ -70,6 +68,10 @@ def linear_params(
     dtype=np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(w (D, M), b (M,))``: He normal weights (or ``N(0, std^2)``), zero bias."""
-    shape = (in_features, out_features)
+    return _weight_and_bias((in_features, out_features), out_features, rng, std, dtype)
+
+
+def _weight_and_bias(shape, outputs, rng, std, dtype):
+    """``(w shape, b (outputs,))``: He normal ``w`` (or ``N(0, std^2)``), zero ``b``."""
     w = he_normal(shape, rng, dtype) if std is None else normal(shape, std, rng, dtype)
-    return w, np.zeros(out_features, dtype=dtype)
+    return w, np.zeros(outputs, dtype=dtype)

@@ -122,11 +122,7 @@ def encode_boxes(reference_boxes, proposals, weights=(1.0, 1.0, 1.0, 1.0), *, ba
     )
     same_module("reference_boxes", reference_boxes, "proposals", proposals)
     weights = _check_weights(weights)
-    name = _backend.resolve(backend, reference_boxes, proposals)
-    dtype = np.result_type(reference_boxes.dtype, proposals.dtype)
-    reference_boxes, proposals = (
-        _backend.to_backend(a, name).astype(dtype, copy=False) for a in (reference_boxes, proposals)
-    )
+    name, reference_boxes, proposals = _common(backend, reference_boxes, proposals)
     return kernel("encode_boxes", name)(reference_boxes, proposals, weights)
 
 
@@ -150,12 +146,15 @@ def decode_boxes(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0), *, backend=None):
     boxes = check_shape(check_boxes(boxes, "boxes"), "boxes", (deltas.shape[0], 4))
     same_module("deltas", deltas, "boxes", boxes)
     weights = _check_weights(weights)
-    name = _backend.resolve(backend, deltas, boxes)
-    dtype = np.result_type(deltas.dtype, boxes.dtype)
-    deltas, boxes = (
-        _backend.to_backend(a, name).astype(dtype, copy=False) for a in (deltas, boxes)
-    )
+    name, deltas, boxes = _common(backend, deltas, boxes)
     return kernel("decode_boxes", name)(deltas, boxes, weights)
+
+
+def _common(backend, a, b):
+    """``(backend name, a, b)``: both arrays on the resolved backend, in their common dtype."""
+    name = _backend.resolve(backend, a, b)
+    dtype = np.result_type(a.dtype, b.dtype)
+    return (name, *(_backend.to_backend(x, name).astype(dtype, copy=False) for x in (a, b)))
 
 
 def _check_weights(weights) -> tuple[float, float, float, float]:

@@ -377,16 +377,8 @@ def roi_align(
     """
     features = check_shape(check_float(features, "features"), "features", (None, None, None, None))
     rois = _check_rois(rois, features.shape[0], features, "features")
-    output_size = _check_output_size(output_size)
-    spatial_scale = check_positive(spatial_scale, "spatial_scale")
-    sampling_ratio = _check_sampling_ratio(sampling_ratio)
-    aligned = _check_aligned(aligned)
-    name = _backend.resolve(backend, features, rois)
-    xp = _backend.array_module(name)
-    features, rois = _backend.to_backend(features, name), _backend.to_backend(rois, name)
-    _check_coordinates(rois, spatial_scale, xp)
-    args = (output_size, spatial_scale, sampling_ratio, aligned)
-    tab = sample_tables(rois, *args, features.shape[2], features.shape[3], xp)
+    args = (_check_output_size(output_size), spatial_scale, sampling_ratio, aligned)
+    name, features, tab = _checked_tables(features, rois, args, features.shape[2:], backend)
     return kernel("roi_align", name)(features, tab)
 
 
@@ -422,16 +414,34 @@ def roi_align_backward(
     grad_out = check_shape(check_float(grad_out, "grad_out"), "grad_out", (None, c, *output_size))
     rois = _check_rois(rois, n, grad_out, "grad_out")
     check_shape(rois, "rois", (grad_out.shape[0], 5))
+    args = (output_size, spatial_scale, sampling_ratio, aligned)
+    name, grad_out, tab = _checked_tables(grad_out, rois, args, (height, width), backend)
+    return kernel("roi_align_backward", name)(grad_out, tab, input_shape)
+
+
+def _checked_tables(data, rois, args, map_size, backend):
+    """Check the scalar arguments, move ``data`` and ``rois`` to the backend, build the tables.
+
+    Args:
+        data: the checked ``features`` or ``grad_out`` array.
+        rois: the checked ``(R, 5)`` RoIs.
+        args: ``(output_size (checked), spatial_scale, sampling_ratio, aligned)``.
+        map_size: ``(H, W)`` of the feature map.
+        backend: as for :func:`roi_align`.
+
+    Returns:
+        ``(backend name, data on it, SampleTables)``.
+    """
+    output_size, spatial_scale, sampling_ratio, aligned = args
     spatial_scale = check_positive(spatial_scale, "spatial_scale")
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     aligned = _check_aligned(aligned)
-    name = _backend.resolve(backend, grad_out, rois)
+    name = _backend.resolve(backend, data, rois)
     xp = _backend.array_module(name)
-    grad_out, rois = _backend.to_backend(grad_out, name), _backend.to_backend(rois, name)
+    data, rois = _backend.to_backend(data, name), _backend.to_backend(rois, name)
     _check_coordinates(rois, spatial_scale, xp)
     args = (output_size, spatial_scale, sampling_ratio, aligned)
-    tab = sample_tables(rois, *args, height, width, xp)
-    return kernel("roi_align_backward", name)(grad_out, tab, input_shape)
+    return name, data, sample_tables(rois, *args, *map_size, xp)
 
 
 # ----------------------------------------------------------------------------- layer form

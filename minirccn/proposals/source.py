@@ -108,7 +108,9 @@ def load_proposal_file(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise MinirccnError(f"{path}: not a readable JSON proposal file (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError too
         raise MinirccnError(f"{path}: not a readable JSON proposal file ({exc})") from None
     if not isinstance(data, dict):
         raise MinirccnError(f"{path}: expected a JSON object {{image id: [[x1, y1, x2, y2], ...]}}")

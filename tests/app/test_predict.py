@@ -132,7 +132,8 @@ def test_detect_writes_png_and_json(fake, tmp_path, capsys):
     assert (out / "pic_1.json").exists()  # the same stem twice does not overwrite
     assert (
         cli.main(
-            ["detect", "--checkpoint", "c", str(img), "--out", str(out), "--score-thresh", "0"]
+            ["detect", "--checkpoint", "c", str(img), "--out", str(out), "--score-thresh", "0",
+             "--overwrite"]
         )
         == 0
     )

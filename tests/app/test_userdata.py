@@ -82,6 +82,9 @@ def test_train_with_val_data_periodic_eval_best_and_summary(files, tmp_path, cap
         assert word in text, word
     m = json.loads((out / "metrics.json").read_text())
     assert [p["step"] for p in m["val_curve"]] == [2, 4]
+    for p in m["val_curve"]:  # each point: recall and the training loss since the last one
+        assert -1.0 <= p["mar_100"] <= 1.0 and p["train_loss"] > 0
+    assert "verdict: validation mAP@0.5" in text
     assert m["best"]["map50"] == max(p["map50"] for p in m["val_curve"])
     assert m["eval_images"] == 6 and m["derived"]["fields"]["iters"] == 4
     assert m["config"]["rpn_channels"] == 8 and m["config_sources"]["rpn_channels"] == "--set"

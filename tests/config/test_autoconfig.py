@@ -60,10 +60,28 @@ def test_large_photos_with_large_objects():
 
 def test_small_objects_raise_the_resolution_up_to_the_cap_and_lower_the_stride():
     sizes = [(300, 400)] * 10
+    boxes = [square_boxes(30, 3) for _ in range(10)]
+    fields, report = A.derive(Boxes(sizes, boxes), minutes=1.0)
+    assert fields["min_size"] == A.MAX_SHORT_SIDE  # 32 px wanted: needs 320, capped
+    assert "CPU cap" in report["image_size_reason"]  # 30 * 160/300 = 16 px: the cap is fine
+    # 12-px objects: the cap would make them 6.4 px; kept at 16 px needs 400: 256 at most
     boxes = [square_boxes(12, 3) for _ in range(10)]
     fields, report = A.derive(Boxes(sizes, boxes), minutes=1.0)
-    assert fields["min_size"] == A.MAX_SHORT_SIDE  # 32 px wanted: needs 800, capped
-    assert report["stride"] == 4  # 12 * 192/300 = 7.7 px objects: stride 4
+    assert (fields["min_size"], fields["max_size"]) == (A.MAX_KEEP_SHORT_SIDE, A.MAX_KEEP_LONG_SIDE)
+    assert report["stride"] == 4  # 12 * 0.8 = 9.6 px objects: stride 4
+    assert "small objects" in report["image_size_reason"]
+    assert "small objects" in A.format_report(report)
+
+
+def test_small_objects_keep_the_native_size():
+    """192-px tiles of 11-px nuclei (the dsb dev set): never shrunk to the 160-px cap."""
+    boxes = [square_boxes(11, 3) + square_boxes(25, 10) for _ in range(8)]
+    fields, report = A.derive(Boxes([(192, 192)] * 8, boxes), minutes=1.0)
+    assert (fields["min_size"], fields["max_size"]) == (192, 192)
+    assert "keep their own size" in report["image_size_reason"]
+    # the same objects on 400-px images: 16 px needs 16 / (11 / 400) = 582 px: 256 at most
+    fields, _ = A.derive(Boxes([(400, 400)] * 8, boxes), minutes=1.0)
+    assert (fields["min_size"], fields["max_size"]) == (256, 256)
     # images smaller than the cap are never upsampled as a whole
     fields, _ = A.derive(Boxes([(96, 128)] * 4, [square_boxes(5)] * 4), minutes=1.0)
     assert (fields["min_size"], fields["max_size"]) == (96, 128)

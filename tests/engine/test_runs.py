@@ -23,7 +23,7 @@ from minirccn.core import files
 from minirccn.core.errors import MinirccnError
 from minirccn.data import load_dataset
 from minirccn.engine import loop as T
-from minirccn.engine import runs
+from minirccn.engine import runs, validation
 from minirccn.engine.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -216,7 +216,7 @@ def test_read_only_out_is_refused(tmp_path, capsys):
 def test_explicit_out_holding_a_run_needs_resume_or_overwrite(data, tmp_path, capsys):
     run(data, str(tmp_path), iters=1, outputs=True)
     before = (tmp_path / "checkpoint.npz").read_bytes()
-    with pytest.raises(MinirccnError, match="holds a run already; .*--resume.*--overwrite"):
+    with pytest.raises(MinirccnError, match="holds a run already .*--resume.*--overwrite"):
         run(data, str(tmp_path), iters=1)
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
     (tmp_path / "metrics.json").write_text("{}")
@@ -228,6 +228,97 @@ def test_explicit_out_holding_a_run_needs_resume_or_overwrite(data, tmp_path, ca
     )
     with pytest.raises(MinirccnError, match="--resume and --overwrite: choose one"):
         run(data, str(tmp_path), iters=2, overwrite=True, resume=True)
+
+
+def validated_run(data, out, eval_every, **kw):
+    """A tiny run that validates every ``eval_every`` steps (0: never) and writes its outputs."""
+    return T.train(
+        preset("tiny", **TINY, eval_every=eval_every),
+        train_data=data[0],
+        test_data=data[1],
+        out=out,
+        backend="numpy",
+        progress=False,
+        eval_split="",
+        **kw,
+    )
+
+
+def test_overwrite_removes_every_output_of_the_previous_run(data, tmp_path, capsys):
+    """issue 25, D3: best.npz and val_curve.png of the old run went on after --overwrite."""
+    validated_run(data, str(tmp_path), eval_every=1, iters=2)
+    assert (tmp_path / "best.npz").exists() and (tmp_path / "val_curve.png").exists()
+    validated_run(data, str(tmp_path), eval_every=0, iters=1, overwrite=True)
+    assert not (tmp_path / "best.npz").exists()
+    assert not (tmp_path / "val_curve.png").exists()
+    assert "best.npz" in capsys.readouterr().err  # the note names what it removed
+    assert "best" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("name", runs.RUN_OUTPUTS)
+def test_a_folder_with_any_run_output_holds_a_run(data, tmp_path, name):
+    """issue 25, D4: a folder holding only best.npz (a run killed before its first checkpoint)
+    was not a run: the new run replaced that best.npz without --overwrite."""
+    (tmp_path / name).write_bytes(b"the earlier run's " + name.encode())
+    with pytest.raises(MinirccnError, match=f"holds a run already \\({name}\\)"):
+        validated_run(data, str(tmp_path), eval_every=1, iters=1)
+    assert (tmp_path / name).read_bytes() == b"the earlier run's " + name.encode()
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+def scripted_validation(monkeypatch, map50s):
+    """Periodic evaluations return these mAP@0.5 values in turn (mAP: a tenth of each)."""
+    values = iter(map50s)
+
+    def evaluate(model, data, **kw):
+        v = next(values)
+        return {"map50": v, "map": v / 10, "mar_100": v / 2}
+
+    monkeypatch.setattr(validation, "evaluate_model", evaluate)
+
+
+def test_resume_goes_on_with_the_validation_state(data, tmp_path, monkeypatch, capsys):
+    """issue 25, D5: after --resume the first evaluation always beat best=None and replaced
+    best.npz with a worse model; metrics.json kept only the curve after the resume; resuming a
+    finished run emptied val_curve and best."""
+    scripted_validation(monkeypatch, [0.5, 0.2, 0.1, 0.3])
+    out = tmp_path / "run"
+    validated_run(data, str(out), eval_every=1, iters=2)
+    best_before = (out / "best.npz").read_bytes()
+    result = validated_run(data, str(out), eval_every=1, iters=4, resume=True)
+    assert (out / "best.npz").read_bytes() == best_before  # 0.1 and 0.3 < 0.5: kept
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [p["step"] for p in metrics["val_curve"]] == [1, 2, 3, 4]
+    assert [p["map50"] for p in metrics["val_curve"]] == [0.5, 0.2, 0.1, 0.3]
+    assert metrics["best"]["step"] == 1 and metrics["best"]["map50"] == 0.5
+    assert result["metrics"]["best"]["step"] == 1
+    # a finished run resumed: nothing to train, its validation is not forgotten
+    capsys.readouterr()
+    validated_run(data, str(out), eval_every=1, iters=4, resume=True)
+    assert "has done all 4 steps already" in capsys.readouterr().err
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["val_curve"] == metrics["val_curve"] and again["best"] == metrics["best"]
+    assert (out / "best.npz").read_bytes() == best_before
+
+
+def test_resume_of_an_older_checkpoint_takes_the_best_point_from_best_npz(
+    data, tmp_path, monkeypatch
+):
+    """A checkpoint written before the validation state was kept: best.npz's own record
+    (step, val_map50) is the best so far."""
+    scripted_validation(monkeypatch, [0.5, 0.2, 0.1])
+    out = tmp_path / "run"
+    validated_run(data, str(out), eval_every=1, iters=2)
+    model, state = load_checkpoint(out / "checkpoint.npz")
+    extra = {k: v for k, v in state["extra"].items() if not k.startswith("val_")}
+    save_checkpoint(
+        out / "checkpoint.npz", model, optimizer_state=state["optimizer"], step=2,
+        rng_state=state["rng_state"], extra=extra,
+    )
+    best_before = (out / "best.npz").read_bytes()
+    result = validated_run(data, str(out), eval_every=1, iters=3, resume=True)
+    assert (out / "best.npz").read_bytes() == best_before
+    assert result["metrics"]["best"]["step"] == 1
 
 
 def test_default_out_advances_to_a_new_run_folder(tmp_path, monkeypatch, capsys):

@@ -22,15 +22,16 @@ rng_for = np.random.default_rng
 
 
 def naive_conv2d(x, w, b, s, p):
-    """Direct six-loop convolution (no im2col), float64."""
+    """Direct six-loop convolution (no im2col), float64; ``s``, ``p``: ints or (h, w) pairs."""
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
-    ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+    (sh, sw), (ph, pw) = (s, s) if np.isscalar(s) else s, (p, p) if np.isscalar(p) else p
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
     out = np.zeros((n, f, ho, wo))
     for i in range(ho):
         for j in range(wo):
-            patch = xp[:, :, i * s : i * s + kh, j * s : j * s + kw]
+            patch = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
             out[:, :, i, j] = (
                 np.tensordot(patch, w.astype(np.float64), axes=([1, 2, 3], [1, 2, 3])) + b
             )
@@ -440,3 +441,18 @@ def test_conv2d_gradcheck_non_square_kernels(backend, k, s, p, hw):
     b = rng.standard_normal(3)
     fwd = lambda x, w, b: conv.conv2d_forward(x, w, b, s, p, backend=backend)  # noqa: E731
     assert check_layer(fwd, conv.conv2d_backward, [x, w, b]) < 1e-7
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "k,s,p,hw",
+    [((3, 1), (1, 1), (1, 0), (5, 4)), ((1, 5), (1, 2), (0, 2), (4, 7)), ((2, 3), (2, 1), (1, 1), (5, 6))],
+)
+def test_conv2d_forward_non_square_matches_naive_loops(backend, k, s, p, hw):
+    """The forward of the non-square gradchecks above, float64, against six loops: the
+    gradcheck proves the backward matches this forward, this proves the forward is the
+    convolution (an output width computed from kh fails both)."""
+    rng = rng_for(8)
+    x, w, b = rng.standard_normal((2, 2, *hw)), rng.standard_normal((3, 2, *k)), rng.standard_normal(3)
+    out, _ = conv.conv2d_forward(x, w, b, s, p, backend=backend)
+    np.testing.assert_allclose(out, naive_conv2d(x, w, b, s, p), rtol=1e-12, atol=1e-12)

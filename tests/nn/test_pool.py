@@ -20,9 +20,11 @@ rng_for = np.random.default_rng
 
 
 def naive_max_pool(x, k, s):
-    """Loop max pool; first maximum in row-major window order wins."""
+    """Loop max pool; first maximum in row-major window order wins; ``k``, ``s``: ints or
+    (h, w) pairs."""
     n, c, h, w = x.shape
-    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    (kh, kw), (sh, sw) = (k, k) if np.isscalar(k) else k, (s, s) if np.isscalar(s) else s
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
     out = np.zeros((n, c, ho, wo), x.dtype)
     arg = np.zeros((n, c, ho, wo), np.int64)
     for a in range(n):
@@ -30,11 +32,11 @@ def naive_max_pool(x, k, s):
             for i in range(ho):
                 for j in range(wo):
                     best, bi = None, -1
-                    for di in range(k):
-                        for dj in range(k):
-                            v = x[a, b, i * s + di, j * s + dj]
+                    for di in range(kh):
+                        for dj in range(kw):
+                            v = x[a, b, i * sh + di, j * sw + dj]
                             if best is None or v > best:
-                                best, bi = v, (i * s + di) * w + (j * s + dj)
+                                best, bi = v, (i * sh + di) * w + (j * sw + dj)
                     out[a, b, i, j], arg[a, b, i, j] = best, bi
     return out, arg
 
@@ -127,6 +129,20 @@ def test_max_pool_gradcheck_non_square_windows(backend, k, s, hw):
     x = rng_for(9).permutation(2 * 2 * hw[0] * hw[1]).reshape(2, 2, *hw) / 7.0  # no ties
     fwd = lambda x: pool.max_pool2d_forward(x, k, s, backend=backend)  # noqa: E731
     assert check_layer(fwd, pool.max_pool2d_backward, [x]) < 1e-7
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "k,s,hw", [((3, 1), (1, 1), (6, 5)), ((1, 5), (1, 2), (4, 9)), ((2, 3), (2, 1), (7, 6))]
+)
+def test_max_pool_forward_non_square_matches_naive_loops(backend, k, s, hw):
+    """The forward of the non-square gradchecks, float64 with ties, against loops: values and
+    the argmax the backward scatters to."""
+    x = rng_for(10).integers(0, 3, (2, 2, *hw)).astype(np.float64)  # many ties
+    out, c = pool.max_pool2d_forward(x, k, s, backend=backend)
+    want, warg = naive_max_pool(x, k, s)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(c.argmax, warg)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -30,8 +30,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.nn import layers, losses
 from minirccn.core.backend import get_array_module
+from minirccn.nn import layers, losses
+from minirccn.nn.conv_levels import (
+    Packed,
+    conv2d_levels_backward,
+    conv2d_levels_forward,
+    pack_levels,
+    unpack_levels,
+)
 
 
 def init_rpn(
@@ -211,18 +218,39 @@ class LevelsRPNCache(NamedTuple):
     counts: list
 
 
-def rpn_forward_levels(params: dict, maps, backend=None):
+class PackedRPNCache(NamedTuple):
+    """The RPN head run once over all the levels packed side by side (see
+    :func:`rpn_forward_levels`): its layer caches and the levels' sizes."""
+
+    conv: tuple  # the 3x3 conv and its ReLU (conv2d_levels_forward with relu=True)
+    cls: tuple
+    bbox: tuple
+    sizes: tuple  # ((H_0, W_0), ...)
+    num_anchors: int  # A
+    counts: list  # anchors of each level, H_l * W_l * A (as LevelsRPNCache.counts)
+
+
+def rpn_forward_levels(params: dict, maps, backend=None, *, batched: bool = True):
     """The RPN head, its weights shared, on each level's map (torchvision's RPN on an FPN; a
     one-level detector has one map).
 
     Args:
         params: ``rpn.*`` (see :func:`init_rpn`).
         maps: list of ``(N, C, H_l, W_l)``, finest first.
+        batched: with several levels, run every layer ONCE over all of them, their pixels
+            packed side by side (:mod:`minirccn.nn.conv_levels`: 3 conv calls instead of
+            ``3 L``); the weight gradients are then one sum over every level's pixels, equal
+            to the per-level path's sum of sums up to rounding. ``False`` (and one level, the
+            ``tiny`` preset's, always): :func:`rpn_forward` level by level.
 
     Returns:
-        logits ``(N, M, k)``, deltas ``(N, M, 4)`` with ``M = sum_l H_l W_l A`` (levels
-        concatenated in order, as the anchors are), cache: :class:`LevelsRPNCache`.
+        logits ``(N, M, k)`` (``k`` = 2, the two-way softmax, or 1, the sigmoid: the
+        parameters' ``rpn.cls``), deltas ``(N, M, 4)`` with ``M = sum_l H_l W_l A`` (levels
+        concatenated in order, as the anchors are), cache: :class:`LevelsRPNCache` (level by
+        level) or :class:`PackedRPNCache` (batched).
     """
+    if batched and len(maps) > 1:
+        return _rpn_forward_packed(params, maps, backend)
     xp = get_array_module(maps[0])
     logits, deltas, caches, counts = [], [], [], []
     for m in maps:
@@ -238,6 +266,29 @@ def rpn_forward_levels(params: dict, maps, backend=None):
     )
 
 
+def _rpn_forward_packed(params, maps, backend):
+    """:func:`rpn_forward` on every level at once: the packed ``(N, C, P)`` levels seen as one
+    ``P x 1`` map for the anchor order (level after level, location-major, then anchor)."""
+    x = pack_levels(maps)
+    n, p = x.data.shape[0], x.data.shape[2]
+    a = params["rpn.bbox.w"].shape[0] // 4
+    k = params["rpn.cls.w"].shape[0] // a  # 2 (softmax) or 1 (sigmoid objectness)
+    t, conv_cache = conv2d_levels_forward(  # the 3x3 conv and its ReLU
+        x, params["rpn.conv.w"], params["rpn.conv.b"], 1, 1, relu=True, backend=backend
+    )
+    cls, cls_cache = conv2d_levels_forward(
+        t, params["rpn.cls.w"], params["rpn.cls.b"], backend=backend
+    )
+    box, bbox_cache = conv2d_levels_forward(
+        t, params["rpn.bbox.w"], params["rpn.bbox.b"], backend=backend
+    )
+    logits = _to_anchor_order(cls.data.reshape(n, k * a, p, 1), n, a, k)
+    deltas = _to_anchor_order(box.data.reshape(n, 4 * a, p, 1), n, a, 4)
+    counts = [h * w * a for h, w in x.sizes]
+    cache = PackedRPNCache(conv_cache, cls_cache, bbox_cache, x.sizes, a, counts)
+    return logits, deltas, cache
+
+
 def rpn_backward_levels(dlogits, ddeltas, cache: LevelsRPNCache):
     """Backward of :func:`rpn_forward_levels`: the gradients are cut back into levels, each
     goes through the shared head's backward, and the head's parameter gradients are the SUM
@@ -246,6 +297,8 @@ def rpn_backward_levels(dlogits, ddeltas, cache: LevelsRPNCache):
     Returns:
         dmaps: the gradient of each level's map; grads: ``rpn.*`` gradients.
     """
+    if isinstance(cache, PackedRPNCache):
+        return _rpn_backward_packed(dlogits, ddeltas, cache)
     dmaps, grads = [], {}
     start = 0
     for c, m in zip(cache.levels, cache.counts):
@@ -255,3 +308,26 @@ def rpn_backward_levels(dlogits, ddeltas, cache: LevelsRPNCache):
         for k, v in g.items():
             grads[k] = v if k not in grads else grads[k] + v
     return dmaps, grads
+
+
+def _rpn_backward_packed(dlogits, ddeltas, cache: PackedRPNCache):
+    """Backward of :func:`_rpn_forward_packed`: every layer once over all the levels."""
+    n, a, sizes = dlogits.shape[0], cache.num_anchors, cache.sizes
+    k = dlogits.shape[-1]  # 2 (softmax) or 1 (sigmoid objectness)
+    p = sum(h * w for h, w in sizes)
+    dcls = _from_anchor_order(dlogits, n, a, k, p, 1).reshape(n, k * a, p)
+    dbox = _from_anchor_order(ddeltas, n, a, 4, p, 1).reshape(n, 4 * a, p)
+    dt_cls, dw_cls, db_cls = conv2d_levels_backward(Packed(dcls, sizes), cache.cls)
+    dt_box, dw_box, db_box = conv2d_levels_backward(Packed(dbox, sizes), cache.bbox)
+    dt = Packed(dt_cls.data + dt_box.data, sizes)
+    dx, dw_conv, db_conv = conv2d_levels_backward(dt, cache.conv)  # the ReLU, then the conv
+    xp = get_array_module(dx.data)
+    grads = {
+        "rpn.conv.w": dw_conv,
+        "rpn.conv.b": db_conv,
+        "rpn.cls.w": dw_cls,
+        "rpn.cls.b": db_cls,
+        "rpn.bbox.w": dw_box,
+        "rpn.bbox.b": db_box,
+    }
+    return [xp.ascontiguousarray(m) for m in unpack_levels(dx)], grads

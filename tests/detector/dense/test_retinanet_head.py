@@ -68,12 +68,16 @@ def test_levels_share_the_weights_and_concatenate_in_order():
     p = _params()
     rng = np.random.default_rng(2)
     f1, f2 = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 2, 3))
-    lg, dl, _ = retinanet_head_forward(p, [f1, f2], backend="numpy")
+    lg, dl, _ = retinanet_head_forward(p, [f1, f2], backend="numpy", batched=False)
     lg1, dl1, _ = retinanet_head_forward(p, f1, backend="numpy")
     lg2, dl2, _ = retinanet_head_forward(p, [f2], backend="numpy")
     assert lg.shape == (2, 4 * 5 * 2 + 2 * 3 * 2, 3)
     np.testing.assert_array_equal(lg, np.concatenate([lg1, lg2], axis=1))
     np.testing.assert_array_equal(dl, np.concatenate([dl1, dl2], axis=1))
+    # the levels batched: every conv one GEMM over both levels' pixels, the same to rounding
+    lgb, dlb, _ = retinanet_head_forward(p, [f1, f2], backend="numpy")
+    np.testing.assert_allclose(lgb, lg, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dlb, dl, rtol=1e-12, atol=1e-12)
     # one hand-run class subnet on level 2: conv, relu, conv, relu, out conv
     t = f2
     for i in range(2):
@@ -89,7 +93,8 @@ def test_levels_share_the_weights_and_concatenate_in_order():
     np.testing.assert_allclose(lg2, to_anchor_order(out, 3))
 
 
-def test_head_backward_gradcheck_two_levels():
+@pytest.mark.parametrize("batched", [True, False])
+def test_head_backward_gradcheck_two_levels(batched):
     p = _params(seed=3)
     rng = np.random.default_rng(4)
     feats = [rng.standard_normal((2, 3, 3, 4)), rng.standard_normal((2, 3, 2, 2))]
@@ -97,10 +102,10 @@ def test_head_backward_gradcheck_two_levels():
     r_cls, r_box = rng.standard_normal((2, m, 3)), rng.standard_normal((2, m, 4))
 
     def f():
-        lg, dl, _ = retinanet_head_forward(p, feats, backend="numpy")
+        lg, dl, _ = retinanet_head_forward(p, feats, backend="numpy", batched=batched)
         return float((lg * r_cls).sum() + (dl * r_box).sum())
 
-    _, _, cache = retinanet_head_forward(p, feats, backend="numpy")
+    _, _, cache = retinanet_head_forward(p, feats, backend="numpy", batched=batched)
     dfeats, grads = retinanet_head_backward(r_cls, r_box, cache)
     assert set(grads) == set(p)
     for x, g in zip(feats, dfeats):
@@ -109,6 +114,52 @@ def test_head_backward_gradcheck_two_levels():
         assert rel_error(grads[k], numerical_grad(f, p[k])) < 1e-7, k
     for k in ("head.cls.out.w", "head.box.conv0.w", "head.cls.conv1.w"):
         assert directional_grad_check(f, p[k], grads[k], rng, n_dirs=4) < 1e-7, k
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batched_head_matches_the_per_level_head(backend, dtype):
+    """The levels batched (one conv call over all of them) against the per-level path (the
+    specification), forward and backward. The weight gradients are one sum over all the
+    levels' pixels instead of a sum of per-level sums (and every GEMM is wider, so BLAS may
+    split its sums differently): equal up to the order of the additions, so compared to
+    rounding, relative to each array's scale: 1e-5 in float32, 1e-12 in float64."""
+    rng = np.random.default_rng(7)
+    p = init_retinanet_head(8, 6, 3, 4, rng, hidden_init="he", dtype=dtype)
+    p = {k: v + (rng.normal(size=v.shape) * 0.1).astype(dtype) for k, v in p.items()}
+    sizes = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (3, 5)]
+    feats = [rng.standard_normal((2, 8, h, w)).astype(dtype) for h, w in sizes]
+    lg0, dl0, c0 = retinanet_head_forward(p, feats, backend="numpy", batched=False)
+    lg, dl, c = retinanet_head_forward(p, feats, backend=backend)
+    assert c.batched and not c0.batched
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert lg.dtype == dtype and rel_error(lg, lg0) < tol and rel_error(dl, dl0) < tol
+    r_cls = rng.standard_normal(lg.shape).astype(dtype)
+    r_box = rng.standard_normal(dl.shape).astype(dtype)
+    df0, g0 = retinanet_head_backward(r_cls, r_box, c0)
+    df, g = retinanet_head_backward(r_cls, r_box, c)
+    assert len(df) == len(feats) and set(g) == set(g0) == set(p)
+    for x, d, d0 in zip(feats, df, df0):
+        assert d.shape == x.shape and d.dtype == dtype and rel_error(d, d0) < tol
+    for k in p:
+        assert g[k].shape == p[k].shape and g[k].dtype == dtype
+        assert rel_error(g[k], g0[k]) < tol, k
+
+
+def test_batched_head_on_one_level_is_the_per_level_head_bit_for_bit():
+    # one level: the same products in the same order (the tiny RetinaNet's case)
+    p = _params(seed=8)
+    x = np.random.default_rng(9).standard_normal((2, 3, 5, 4))
+    lg0, dl0, c0 = retinanet_head_forward(p, [x], backend="numpy", batched=False)
+    lg, dl, c = retinanet_head_forward(p, [x], backend="numpy")
+    np.testing.assert_array_equal(lg, lg0)
+    np.testing.assert_array_equal(dl, dl0)
+    r_cls, r_box = np.ones_like(lg), np.full_like(dl, 0.5)
+    (d0,), g0 = retinanet_head_backward(r_cls, r_box, c0)
+    (d,), g = retinanet_head_backward(r_cls, r_box, c)
+    np.testing.assert_array_equal(d, d0)
+    for k in p:
+        np.testing.assert_array_equal(g[k], g0[k])
 
 
 # ------------------------------------------------------------------------------------- losses

@@ -88,11 +88,14 @@ def test_multilevel_anchors_are_the_levels_concatenated():
     assert gen([(4, 4), (2, 2), (1, 1)])[0] is got
     # one level with every size: generate_anchors itself
     one = AnchorGenerator((4,), ((8, 16),), (0.5, 1.0))
-    np.testing.assert_array_equal(one([(3, 5)])[0], generate_anchors((3, 5), 4, (8, 16), (0.5, 1.0)))
+    np.testing.assert_array_equal(
+        one([(3, 5)])[0], generate_anchors((3, 5), 4, (8, 16), (0.5, 1.0))
+    )
     assert one.num_anchors == 4
 
 
-def test_shared_rpn_head_gradcheck_sums_over_levels():
+@pytest.mark.parametrize("batched", [True, False])
+def test_shared_rpn_head_gradcheck_sums_over_levels(batched):
     rng = np.random.default_rng(0)
     params = {k: v * 30 for k, v in init_rpn(3, 4, 2, rng, dtype=np.float64).items()}
     maps = [rng.standard_normal((2, 3, h, w)) for h, w in ((4, 5), (2, 3), (1, 2))]
@@ -100,7 +103,8 @@ def test_shared_rpn_head_gradcheck_sums_over_levels():
 
     def fwd(*arrays):
         p = dict(zip(names, arrays[: len(names)]))
-        lg, dl, cache = rpn_forward_levels(p, list(arrays[len(names) :]), backend="numpy")
+        maps = list(arrays[len(names) :])
+        lg, dl, cache = rpn_forward_levels(p, maps, backend="numpy", batched=batched)
         return np.concatenate([lg, dl], axis=2), cache
 
     def bwd(d, cache):
@@ -108,6 +112,40 @@ def test_shared_rpn_head_gradcheck_sums_over_levels():
         return tuple(grads[k] for k in names) + tuple(dmaps)
 
     assert check_layer(fwd, bwd, [params[k] for k in names] + maps, max_full=300) < 1e-7
+
+
+@pytest.mark.parametrize("logits_per_anchor", [2, 1])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batched_rpn_head_matches_the_per_level_head(backend, dtype, logits_per_anchor):
+    """All the levels in one call per layer (minirccn/nn/conv_levels.py) against the head run
+    level by level: the weight gradients are one sum over every level's pixels instead of a
+    sum of per-level sums, so equal to rounding (relative 1e-5 float32, 1e-12 float64); one
+    level always runs the per-level path (the tiny preset keeps its bits)."""
+    from minirccn.detector.rpn.head import LevelsRPNCache, PackedRPNCache
+    from minirccn.nn.gradcheck import rel_error
+
+    rng = np.random.default_rng(1)
+    init = init_rpn(8, 6, 3, rng, dtype=dtype, logits_per_anchor=logits_per_anchor)
+    p = {k: (v * 30).astype(dtype) for k, v in init.items()}  # k = 1: the sigmoid objectness
+    sizes = ((16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (3, 5))
+    maps = [rng.standard_normal((2, 8, h, w)).astype(dtype) for h, w in sizes]
+    lg0, dl0, c0 = rpn_forward_levels(p, maps, backend="numpy", batched=False)
+    lg, dl, c = rpn_forward_levels(p, maps, backend=backend)
+    assert isinstance(c, PackedRPNCache) and isinstance(c0, LevelsRPNCache)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert lg.shape[-1] == logits_per_anchor
+    assert lg.dtype == dtype and rel_error(lg, lg0) < tol and rel_error(dl, dl0) < tol
+    d_lg, d_dl = rng.standard_normal(lg.shape).astype(dtype), rng.standard_normal(dl.shape)
+    dm0, g0 = rpn_backward_levels(d_lg, d_dl.astype(dtype), c0)
+    dm, g = rpn_backward_levels(d_lg, d_dl.astype(dtype), c)
+    for m, d, d0 in zip(maps, dm, dm0):
+        assert d.shape == m.shape and d.dtype == dtype and rel_error(d, d0) < tol
+    assert set(g) == set(g0) == set(p)
+    for k in p:
+        assert g[k].dtype == dtype and rel_error(g[k], g0[k]) < tol, k
+    _, _, one = rpn_forward_levels(p, maps[:1], backend=backend)
+    assert isinstance(one, LevelsRPNCache)
 
 
 # ------------------------------------------------------------------------ proposals
@@ -173,7 +211,11 @@ def test_levels_never_suppress_each_other():
     np.testing.assert_allclose(scores, 1 / (1 + np.exp([-3.0, -1.0])), rtol=1e-6)
     layer = ProposalCreator(pre_nms_top_n=10, post_nms_top_n=1)
     batch = layer(
-        np.stack([logits, logits[::-1]]), np.stack([deltas, deltas]), anchors, [2, 1], [(20, 20)] * 2
+        np.stack([logits, logits[::-1]]),
+        np.stack([deltas, deltas]),
+        anchors,
+        [2, 1],
+        [(20, 20)] * 2,
     )
     # post top-n is over all levels: each image keeps only its best box (level 0, then level 1)
     best = 1 / (1 + np.exp(-3.0))
