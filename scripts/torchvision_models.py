@@ -66,17 +66,27 @@ def build_torchvision(arch: str, num_classes: int = 91):
         resnet = torchvision.models.resnet50(weights=None)
         backbone = nn.Sequential(*list(resnet.children())[:-3])  # up to layer3
         backbone.out_channels = 1024
-        anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+        anchors = AnchorGenerator(
+            sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),)
+        )
         pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-        model = FasterRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchors, box_roi_pool=pool)
+        model = FasterRCNN(
+            backbone, num_classes=num_classes, rpn_anchor_generator=anchors, box_roi_pool=pool
+        )
     elif arch == "fasterrcnn_resnet50_fpn":
-        model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
+        model = fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=num_classes
+        )
     else:
         raise SystemExit(f"arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
     return model.eval()
 
 
-def synthetic_photos(n: int, seed: int, sizes=((480, 640), (427, 640), (500, 375), (320, 320), (360, 480), (640, 426))):
+def synthetic_photos(
+    n: int,
+    seed: int,
+    sizes=((480, 640), (427, 640), (500, 375), (320, 320), (360, 480), (640, 426)),
+):
     """``n`` RGB uint8 pictures: a colour gradient, noise, and 4-12 filled shapes, blurred a
     little (edges and textures for the convolutions), sizes cycling through ``sizes``."""
     rng = np.random.default_rng(seed)
@@ -100,7 +110,10 @@ def synthetic_photos(n: int, seed: int, sizes=((480, 640), (427, 640), (500, 375
             elif kind == 1:
                 draw.ellipse(box, fill=color)
             else:
-                draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=color)
+                draw.polygon(
+                    [(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])],
+                    fill=color,
+                )
         out.append(np.asarray(img.filter(ImageFilter.GaussianBlur(1.0))))
     return out
 
@@ -135,7 +148,9 @@ def calibrate(model, images, seed: int):
         layer, seen = modules[name], []
         if isinstance(layer, nn.Sequential):  # RPNHead's conv: Conv2dNormActivation
             layer = layer[0][0] if isinstance(layer[0], nn.Sequential) else layer[0]
-        hook = layer.register_forward_hook(lambda m, i, o: seen.append(o.detach().flatten()))
+        hook = layer.register_forward_hook(
+            lambda m, i, o, seen=seen: seen.append(o.detach().flatten())
+        )
         model([to_tensor(im) for im in images])
         hook.remove()
         std = float(torch.cat(seen).std())
@@ -161,7 +176,9 @@ def manifest(out: str) -> None:
     }
     for arch in ARCHS:
         sd = build_torchvision(arch).state_dict()
-        data["archs"][arch] = {k: list(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+        data["archs"][arch] = {
+            k: list(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")
+        }
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as fh:
         json.dump(data, fh, indent=0, sort_keys=True)
@@ -172,7 +189,9 @@ def manifest(out: str) -> None:
 # ----------------------------------------------------------------------------- comparison
 
 
-def match(reference: dict, candidate: dict, top: int = 20, iou: float = 0.99, score_tol: float = 1e-3):
+def match(
+    reference: dict, candidate: dict, top: int = 20, iou: float = 0.99, score_tol: float = 1e-3
+):
     """How many of ``reference``'s ``top`` best detections ``candidate`` reproduces: same label,
     IoU >= ``iou``, |score difference| <= ``score_tol``, each candidate used once.
 
@@ -185,7 +204,9 @@ def match(reference: dict, candidate: dict, top: int = 20, iou: float = 0.99, sc
         return 0, 0
     if len(cs) == 0:
         return 0, len(order)
-    ious = box_iou(torch.from_numpy(rb[order].reshape(-1, 4)), torch.from_numpy(cb.reshape(-1, 4))).numpy()
+    ious = box_iou(
+        torch.from_numpy(rb[order].reshape(-1, 4)), torch.from_numpy(cb.reshape(-1, 4))
+    ).numpy()
     used, hits = set(), 0
     for r, i in enumerate(order):
         ok = (cl == rl[i]) & (ious[r] >= iou) & (np.abs(cs - rs[i]) <= score_tol)
@@ -199,13 +220,26 @@ def match(reference: dict, candidate: dict, top: int = 20, iou: float = 0.99, sc
 
 def minirccn(*args) -> None:
     """Run ``python -m minirccn ARGS`` (raises with its stderr if it fails)."""
-    proc = subprocess.run([PY, "-m", "minirccn", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [PY, "-m", "minirccn", *args], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise SystemExit(f"minirccn {' '.join(args)} failed:\n{proc.stderr}")
 
 
 def minirccn_detect(checkpoint, paths, backend, out) -> list:
-    minirccn("detect", "--checkpoint", checkpoint, *paths, "--score-thresh", "0.05", "--backend", backend, "--out", out)
+    minirccn(
+        "detect",
+        "--checkpoint",
+        checkpoint,
+        *paths,
+        "--score-thresh",
+        "0.05",
+        "--backend",
+        backend,
+        "--out",
+        out,
+    )
     dets = []
     for p in paths:
         with open(os.path.join(out, os.path.splitext(os.path.basename(p))[0] + ".json")) as fh:
@@ -230,15 +264,37 @@ def reproduce(arch, seed, backends, n_images, size, json_out=None, sets=()) -> d
         save_file(model.state_dict(), weights)
         ck = os.path.join(tmp, "converted.npz")
         extra = [a for kv in sets for a in ("--set", kv)]
-        minirccn("convert", weights, "--arch", arch, "--num-classes", "91", "--out", ck,
-                 "--set", f"min_size={size}", "--set", f"max_size={size}", *extra)
+        minirccn(
+            "convert",
+            weights,
+            "--arch",
+            arch,
+            "--num-classes",
+            "91",
+            "--out",
+            ck,
+            "--set",
+            f"min_size={size}",
+            "--set",
+            f"max_size={size}",
+            *extra,
+        )
         images = synthetic_photos(n_images, seed + 2000)
         paths = save_images(images, tmp)
-        with torch.no_grad():  # one image at a time, as minirccn detect (a batch pads all to the largest)
+        with (
+            torch.no_grad()
+        ):  # one image at a time, as minirccn detect (a batch pads all to the largest)
             ref = [{k: v.numpy() for k, v in model([to_tensor(im)])[0].items()} for im in images]
-        result = {"arch": arch, "seed": seed, "size": size, "sets": list(sets),
-                  "images": [list(im.shape[:2]) for im in images],
-                  "torch": torch.__version__, "torchvision": torchvision.__version__, "backends": {}}
+        result = {
+            "arch": arch,
+            "seed": seed,
+            "size": size,
+            "sets": list(sets),
+            "images": [list(im.shape[:2]) for im in images],
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "backends": {},
+        }
         for backend in backends:
             t0 = time.perf_counter()
             dets = minirccn_detect(ck, paths, backend, os.path.join(tmp, backend))
@@ -251,9 +307,11 @@ def reproduce(arch, seed, backends, n_images, size, json_out=None, sets=()) -> d
                 "minimum_per_image": min(h / max(t, 1) for h, t in per),
                 "detect_seconds": round(seconds, 1),
             }
-            print(f"{arch} {' '.join(sets)} {backend}: {hits}/{total} of torchvision's top-20 reproduced "
-                  f"({100 * hits / max(total, 1):.1f} %), per image {result['backends'][backend]['per_image']}",
-                  flush=True)
+            print(
+                f"{arch} {' '.join(sets)} {backend}: {hits}/{total} of torchvision's top-20 reproduced "
+                f"({100 * hits / max(total, 1):.1f} %), per image {result['backends'][backend]['per_image']}",
+                flush=True,
+            )
     if json_out:
         with open(json_out, "w") as fh:
             json.dump(result, fh, indent=1)
@@ -264,8 +322,20 @@ def export_check(preset, iters, n_images, seed=0, backend="numpy", json_out=None
     sys.path_importer_cache.clear()
     with tempfile.TemporaryDirectory() as tmp:
         run = os.path.join(tmp, "run")
-        minirccn("train", "--preset", preset, "--iters", str(iters), "--out", run, "--seed", str(seed),
-                 "--no-progress", "--eval-images", "2")
+        minirccn(
+            "train",
+            "--preset",
+            preset,
+            "--iters",
+            str(iters),
+            "--out",
+            run,
+            "--seed",
+            str(seed),
+            "--no-progress",
+            "--eval-images",
+            "2",
+        )
         ck = os.path.join(run, "checkpoint.npz")
         out = os.path.join(tmp, "tv")
         minirccn("export", "--checkpoint", ck, "--to", "torchvision", "--out", out)
@@ -286,11 +356,19 @@ def export_check(preset, iters, n_images, seed=0, backend="numpy", json_out=None
             tv = [{k: v.numpy() for k, v in model([to_tensor(im)])[0].items()} for im in images]
         per = [match(d, t) for d, t in zip(dets, tv)]  # minirccn's top-20, reproduced by build()
         hits, total = sum(h for h, _ in per), sum(t for _, t in per)
-        result = {"preset": preset, "iters": iters, "torch": torch.__version__,
-                  "torchvision": torchvision.__version__, "per_image": [f"{h}/{t}" for h, t in per],
-                  "reproduced": hits / max(total, 1)}
-        print(f"export {preset}: build() reproduces {hits}/{total} of minirccn detect's top-20 "
-              f"({100 * hits / max(total, 1):.1f} %), per image {result['per_image']}", flush=True)
+        result = {
+            "preset": preset,
+            "iters": iters,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "per_image": [f"{h}/{t}" for h, t in per],
+            "reproduced": hits / max(total, 1),
+        }
+        print(
+            f"export {preset}: build() reproduces {hits}/{total} of minirccn detect's top-20 "
+            f"({100 * hits / max(total, 1):.1f} %), per image {result['per_image']}",
+            flush=True,
+        )
     if json_out:
         with open(json_out, "w") as fh:
             json.dump(result, fh, indent=1)
@@ -301,7 +379,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("manifest")
-    m.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "interop", "torchvision_manifest.json"))
+    m.add_argument(
+        "--out",
+        default=os.path.join(
+            os.path.dirname(__file__), "..", "tests", "interop", "torchvision_manifest.json"
+        ),
+    )
     k = sub.add_parser("make")
     k.add_argument("arch", choices=ARCHS)
     k.add_argument("--out", required=True)
@@ -314,7 +397,9 @@ def main(argv=None) -> int:
     r.add_argument("--images", type=int, default=4)
     r.add_argument("--size", type=int, default=320)
     r.add_argument("--json", default=None)
-    r.add_argument("--set", dest="sets", action="append", default=[], help="a config field for convert")
+    r.add_argument(
+        "--set", dest="sets", action="append", default=[], help="a config field for convert"
+    )
     e = sub.add_parser("export-check")
     e.add_argument("preset")
     e.add_argument("--iters", type=int, default=300)

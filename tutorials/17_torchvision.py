@@ -101,16 +101,27 @@ else:  # the same names, minirccn's own random weights
     state = interop.to_torchvision(own.params, interop.key_table(own))
 model = interop.convert(state, config, NAMES, "the state_dict", ARCH)
 keys = interop.key_table(model)
-print(f"{len(keys)} tensors ({sum(1 for k in state if k.endswith('num_batches_tracked'))} batch counters ignored)")
+print(
+    f"{len(keys)} tensors ({sum(1 for k in state if k.endswith('num_batches_tracked'))} batch counters ignored)"
+)
 print(f"{'torchvision':44s} {'shape':>18s}   {'minirccn':32s} {'shape':>18s}  kind")
 for k in keys[:3] + keys[5:7] + [k for k in keys if k.kind != "copy"][:4]:
-    print(f"{k.torch:44s} {str(tuple(state[k.torch].shape)):>18s}   {k.ours:32s} "
-          f"{str(model.params[k.ours].shape):>18s}  {k.kind}")
+    print(
+        f"{k.torch:44s} {tuple(state[k.torch].shape)!s:>18s}   {k.ours:32s} "
+        f"{model.params[k.ours].shape!s:>18s}  {k.kind}"
+    )
 T.check(len(keys) == len(model.params), "every tensor has its row")
-two = interop.convert(state, config.replace(rpn_objectness="softmax"), NAMES, "the state_dict", ARCH)
+two = interop.convert(
+    state, config.replace(rpn_objectness="softmax"), NAMES, "the state_dict", ARCH
+)
 w1, w2 = model.params["rpn.cls.w"], two.params["rpn.cls.w"]
-print(f"rpn.cls.w: sigmoid model {w1.shape}; softmax model {w2.shape}, background rows all 0: {not w2[0::2].any()}")
-T.check(np.array_equal(w2[1::2], w1) and not w2[0::2].any(), "the two-logit model holds (0, l): softmax(0, l)[1] = sigmoid(l)")
+print(
+    f"rpn.cls.w: sigmoid model {w1.shape}; softmax model {w2.shape}, background rows all 0: {not w2[0::2].any()}"
+)
+T.check(
+    np.array_equal(w2[1::2], w1) and not w2[0::2].any(),
+    "the two-logit model holds (0, l): softmax(0, l)[1] = sigmoid(l)",
+)
 
 # %% [markdown]
 # ## 2. The input
@@ -130,10 +141,18 @@ if tv is not None:
     with torch.no_grad():
         images_tv, _ = tv.transform([x_tv])
     d = float(np.abs(images_tv.tensors.numpy() - batch).max())
-    print(f"torchvision: batch {tuple(images_tv.tensors.shape)}, sizes {images_tv.image_sizes}; max |difference| {d:.2e}")
-    T.check(d < 1e-5 and images_tv.image_sizes == sizes, "torchvision's transform = minirccn's preprocess + padding")
+    print(
+        f"torchvision: batch {tuple(images_tv.tensors.shape)}, sizes {images_tv.image_sizes}; max |difference| {d:.2e}"
+    )
+    T.check(
+        d < 1e-5 and images_tv.image_sizes == sizes,
+        "torchvision's transform = minirccn's preprocess + padding",
+    )
 else:
-    T.check(batch.shape[2] % 32 == 0 and batch.shape[3] % 32 == 0, "the batch is padded to a multiple of 32")
+    T.check(
+        batch.shape[2] % 32 == 0 and batch.shape[3] % 32 == 0,
+        "the batch is padded to a multiple of 32",
+    )
 
 # %% [markdown]
 # ## 3. The backbone, layer by layer
@@ -146,10 +165,18 @@ else:
 # %%
 T.section("3. the backbone")
 p, spec = model.params, resnet.get_spec("resnet50-c4")
-stem, _ = resnet.conv_bn_forward(p, "backbone.stem.conv", "backbone.stem.bn", batch, 2, True, False, "numpy")
+stem, _ = resnet.conv_bn_forward(
+    p, "backbone.stem.conv", "backbone.stem.bn", batch, 2, True, False, "numpy"
+)
 pooled, _ = resnet.max_pool_padded_forward(stem, 3, 2, 1)
 stages, _ = resnet.resnet_forward(p, batch, spec, train=False, backend="numpy")
-ours = {"conv1+bn1+relu": stem, "maxpool": pooled, "layer1": stages[0], "layer2": stages[1], "layer3": stages[2]}
+ours = {
+    "conv1+bn1+relu": stem,
+    "maxpool": pooled,
+    "layer1": stages[0],
+    "layer2": stages[1],
+    "layer3": stages[2],
+}
 theirs = {}
 if tv is not None:
     with torch.no_grad():
@@ -159,7 +186,9 @@ if tv is not None:
             name = {2: "conv1+bn1+relu", 3: "maxpool", 4: "layer1", 5: "layer2", 6: "layer3"}.get(i)
             if name:
                 theirs[name] = h.numpy()
-print(f"{'layer':16s} {'shape':>20s} {'minirccn mean / std':>21s} {'torchvision: max |diff| / std':>30s}")
+print(
+    f"{'layer':16s} {'shape':>20s} {'minirccn mean / std':>21s} {'torchvision: max |diff| / std':>30s}"
+)
 worst = 0.0
 for name, a in ours.items():
     col = "(torch not installed)"
@@ -167,8 +196,11 @@ for name, a in ours.items():
         rel = float(np.abs(theirs[name] - a).max() / a.std())
         worst = max(worst, rel)
         col = f"{rel:.1e}"
-    print(f"{name:16s} {str(a.shape):>20s} {a.mean():10.4f} / {a.std():8.4f} {col:>30s}")
-T.check(stages[2].shape[1:] == (1024, batch.shape[2] // 16, batch.shape[3] // 16), "layer3: 1024 channels at stride 16")
+    print(f"{name:16s} {a.shape!s:>20s} {a.mean():10.4f} / {a.std():8.4f} {col:>30s}")
+T.check(
+    stages[2].shape[1:] == (1024, batch.shape[2] // 16, batch.shape[3] // 16),
+    "layer3: 1024 channels at stride 16",
+)
 if tv is not None:
     # float32 sums in another order, through 16 blocks and batch norms calibrated on one image
     T.check(worst < 1e-3, "every layer equals torchvision's to 1e-3 of its spread")
@@ -199,11 +231,15 @@ if tv is not None:
         tv_anchors = tv.rpn.anchor_generator(images_tv, [feats["0"]])[0].numpy()
         tv_props, _ = tv.rpn(images_tv, feats)
     tv_boxes = tv_props[0].numpy()
-    print(f"torchvision: {tv_anchors.shape[0]} anchors, {len(tv_boxes)} proposals; "
-          f"max |logit difference| {np.abs(tv_logit - ours_logit).max():.1e}")
+    print(
+        f"torchvision: {tv_anchors.shape[0]} anchors, {len(tv_boxes)} proposals; "
+        f"max |logit difference| {np.abs(tv_logit - ours_logit).max():.1e}"
+    )
     T.check(np.array_equal(tv_anchors, anchors), "the anchors are torchvision's, bit for bit")
     n = min(10, len(boxes), len(tv_boxes))
-    T.check(np.abs(tv_boxes[:n] - boxes[:n]).max() < 1e-2, f"the {n} best proposals are torchvision's")
+    T.check(
+        np.abs(tv_boxes[:n] - boxes[:n]).max() < 1e-2, f"the {n} best proposals are torchvision's"
+    )
 else:
     T.check(len(boxes) <= POST, "at most POST proposals")
 
@@ -222,28 +258,42 @@ pooled_rois, _ = model.pooler.forward([c4], rois, backend="numpy")
 cls_logits, _, _ = box_head_forward(p, pooled_rois.reshape(len(rois), -1), backend="numpy")
 print(f"minirccn: pooled {pooled_rois.shape}, class logits {cls_logits.shape}")
 ours_det = model.predict(image, backend="numpy")
-picture = viz.draw_detections(image, ours_det["boxes"][:5], ours_det["labels"][:5], ours_det["scores"][:5], NAMES, scale=3)
+picture = viz.draw_detections(
+    image, ours_det["boxes"][:5], ours_det["labels"][:5], ours_det["scores"][:5], NAMES, scale=3
+)
 pictures = [T.caption(picture, "minirccn: the 5 best")]
 print(f"{'':12s} {'label':>9s} {'score':>8s}  box")
 for i in range(min(5, len(ours_det["scores"]))):
-    print(f"minirccn     {NAMES[ours_det['labels'][i]]:>9s} {ours_det['scores'][i]:8.4f}  {np.round(ours_det['boxes'][i], 2)}")
+    print(
+        f"minirccn     {NAMES[ours_det['labels'][i]]:>9s} {ours_det['scores'][i]:8.4f}  {np.round(ours_det['boxes'][i], 2)}"
+    )
 if tv is not None:
     with torch.no_grad():
-        tv_pooled = tv.roi_heads.box_roi_pool(feats, [torch.from_numpy(boxes)], images_tv.image_sizes).numpy()
+        tv_pooled = tv.roi_heads.box_roi_pool(
+            feats, [torch.from_numpy(boxes)], images_tv.image_sizes
+        ).numpy()
         tv_det = {k: v.numpy() for k, v in tv([x_tv])[0].items()}
     print(f"torchvision: pooled max |difference| {np.abs(tv_pooled - pooled_rois).max():.1e}")
     for i in range(min(5, len(tv_det["scores"]))):
-        print(f"torchvision  {NAMES[tv_det['labels'][i]]:>9s} {tv_det['scores'][i]:8.4f}  {np.round(tv_det['boxes'][i], 2)}")
+        print(
+            f"torchvision  {NAMES[tv_det['labels'][i]]:>9s} {tv_det['scores'][i]:8.4f}  {np.round(tv_det['boxes'][i], 2)}"
+        )
     top = min(20, len(tv_det["scores"]))
     found = sum(
-        bool(np.any((ours_det["labels"] == tv_det["labels"][i])
-                    & (np.abs(ours_det["scores"] - tv_det["scores"][i]) <= 1e-3)
-                    & (np.abs(ours_det["boxes"] - tv_det["boxes"][i]).max(1) < 0.05)))
+        bool(
+            np.any(
+                (ours_det["labels"] == tv_det["labels"][i])
+                & (np.abs(ours_det["scores"] - tv_det["scores"][i]) <= 1e-3)
+                & (np.abs(ours_det["boxes"] - tv_det["boxes"][i]).max(1) < 0.05)
+            )
+        )
         for i in range(top)
     )
     print(f"torchvision's {top} best detections found in minirccn's: {found}")
     T.check(found >= 0.95 * top, "minirccn reproduces torchvision's detections")
-    picture = viz.draw_detections(image, tv_det["boxes"][:5], tv_det["labels"][:5], tv_det["scores"][:5], NAMES, scale=3)
+    picture = viz.draw_detections(
+        image, tv_det["boxes"][:5], tv_det["labels"][:5], tv_det["scores"][:5], NAMES, scale=3
+    )
     pictures.append(T.caption(picture, "torchvision: the 5 best"))
 else:
     T.check(ours_det["boxes"].shape[1] == 4, "detections in the photo's pixels")
@@ -271,6 +321,7 @@ T.save_grid(pictures, "17_torchvision.png", cols=2)
 # 3. **torchvision's size.** To what size does torchvision resize a 427 x 640 photo at
 #    `min_size = max_size = 320`, and a 100 x 37 one? (`minirccn.data.transforms`)
 
+
 # %%
 @T.stub
 def backbone_numbers(params):
@@ -296,8 +347,15 @@ w = np.random.default_rng(1).normal(size=(15, 8, 1, 1)).astype(np.float32)
 T.exercise(
     "17.2",
     lambda: np.array_equal(
-        two_logits(w), interop.from_torchvision({"k": w}, [interop.Key("k", "rpn.cls.w", "objectness")], np.float32)["rpn.cls.w"]
+        two_logits(w),
+        interop.from_torchvision(
+            {"k": w}, [interop.Key("k", "rpn.cls.w", "objectness")], np.float32
+        )["rpn.cls.w"],
     ),
     "rows 2a zero, rows 2a + 1 the weight",
 )
-T.exercise("17.3", lambda: list(torchvision_sizes()) == [(213, 320), (319, 118)], "[(213, 320), (319, 118)]")
+T.exercise(
+    "17.3",
+    lambda: list(torchvision_sizes()) == [(213, 320), (319, 118)],
+    "[(213, 320), (319, 118)]",
+)

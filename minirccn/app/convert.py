@@ -26,9 +26,14 @@ from minirccn.engine.checkpoint import save_checkpoint
 
 def add_arguments(parser) -> None:
     parser.add_argument("weights", metavar="FILE.safetensors", help="a torchvision state_dict")
-    parser.add_argument("--arch", required=True, choices=interop.ARCHS, help="torchvision architecture")
     parser.add_argument(
-        "--num-classes", type=int, required=True, help="classes of the box predictor, background included"
+        "--arch", required=True, choices=interop.ARCHS, help="torchvision architecture"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        required=True,
+        help="classes of the box predictor, background included",
     )
     parser.add_argument("--out", required=True, metavar="CK.npz", help="the checkpoint to write")
     parser.add_argument(
@@ -48,7 +53,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.num_classes < 2:
-        raise MinirccnError(f"--num-classes: expected at least 2 (background included), got {args.num_classes}")
+        raise MinirccnError(
+            f"--num-classes: expected at least 2 (background included), got {args.num_classes}"
+        )
     if not args.out.strip() or os.path.isdir(args.out):
         raise MinirccnError(f"--out {args.out}: expected a checkpoint file name (CK.npz)")
     names = interop.class_names_for(
@@ -57,7 +64,11 @@ def run(args) -> int:
     config = apply(interop.arch_config(args.arch), parse_sets(args.sets), "--set")
     tensors = interop.read_state_dict(args.weights)
     model = interop.convert(tensors, config, names, args.weights, args.arch)
-    path = save_checkpoint(args.out, model, extra={"converted_from": {"file": args.weights, "arch": args.arch}})
+    path = save_checkpoint(
+        args.out, model, extra={"converted_from": {"file": args.weights, "arch": args.arch}}
+    )
     n = sum(int(v.size) for k, v in model.params.items() if ".running_" not in k)
-    print(f"{args.weights}: {args.arch}, {len(model.params)} arrays ({n:,} weights), {args.num_classes} classes -> {path}")
+    print(
+        f"{args.weights}: {args.arch}, {len(model.params)} arrays ({n:,} weights), {args.num_classes} classes -> {path}"
+    )
     return 0

@@ -160,7 +160,12 @@ class Key(NamedTuple):
     kind: str  # "copy", "linear" (transposed) or "objectness" (one logit <-> two)
 
 
-_BN = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "running_mean"), ("running_var", "running_var"))
+_BN = (
+    ("weight", "gamma"),
+    ("bias", "beta"),
+    ("running_mean", "running_mean"),
+    ("running_var", "running_var"),
+)
 
 
 def _bn_keys(torch_prefix: str, ours_prefix: str) -> list:
@@ -182,7 +187,9 @@ def _resnet_keys(spec, names: set, body: str, layer_prefix) -> list:
                 keys += _bn_keys(f"{theirs}.bn{j}", f"{ours}.bn{j}")
                 j += 1
             if f"{ours}.downsample.conv.w" in names:
-                keys.append(Key(f"{theirs}.downsample.0.weight", f"{ours}.downsample.conv.w", "copy"))
+                keys.append(
+                    Key(f"{theirs}.downsample.0.weight", f"{ours}.downsample.conv.w", "copy")
+                )
                 keys += _bn_keys(f"{theirs}.downsample.1", f"{ours}.downsample.bn")
             k += 1
     return keys
@@ -218,16 +225,28 @@ def key_table(model) -> list:
     if hasattr(spec, "widths"):  # a ResNet
         if int(config.fpn_channels) > 0:
             keys += _resnet_keys(
-                spec, names, ("backbone.body.conv1", "backbone.body.bn1"), lambda s: f"backbone.body.layer{s}"
+                spec,
+                names,
+                ("backbone.body.conv1", "backbone.body.bn1"),
+                lambda s: f"backbone.body.layer{s}",
             )
             i = 0
             while f"backbone.fpn.inner{i}.w" in names:
-                for ours, theirs in ((f"inner{i}", f"inner_blocks.{i}"), (f"layer{i}", f"layer_blocks.{i}")):
-                    keys.append(Key(f"backbone.fpn.{theirs}.0.weight", f"backbone.fpn.{ours}.w", "copy"))
-                    keys.append(Key(f"backbone.fpn.{theirs}.0.bias", f"backbone.fpn.{ours}.b", "copy"))
+                for ours, theirs in (
+                    (f"inner{i}", f"inner_blocks.{i}"),
+                    (f"layer{i}", f"layer_blocks.{i}"),
+                ):
+                    keys.append(
+                        Key(f"backbone.fpn.{theirs}.0.weight", f"backbone.fpn.{ours}.w", "copy")
+                    )
+                    keys.append(
+                        Key(f"backbone.fpn.{theirs}.0.bias", f"backbone.fpn.{ours}.b", "copy")
+                    )
                 i += 1
         else:
-            keys += _resnet_keys(spec, names, ("backbone.0", "backbone.1"), lambda s: f"backbone.{3 + s}")
+            keys += _resnet_keys(
+                spec, names, ("backbone.0", "backbone.1"), lambda s: f"backbone.{3 + s}"
+            )
     else:  # a VGG-style stack
         for name, i, bn, _pool in vgg_layout(spec):
             keys.append(Key(f"backbone.{i}.weight", f"{name}.w", "copy"))
@@ -325,7 +344,11 @@ def check_state_dict(tensors: dict, keys: list, shapes: dict, where: str, arch: 
     :data:`ARCHS`, which one.
     """
     want = {k.torch: torch_shape(k, shapes[k.ours]) for k in keys}
-    have = {name: tuple(int(v) for v in np.shape(a)) for name, a in tensors.items() if not ignorable(name)}
+    have = {
+        name: tuple(int(v) for v in np.shape(a))
+        for name, a in tensors.items()
+        if not ignorable(name)
+    }
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     bad = sorted(n for n in set(want) & set(have) if want[n] != have[n])
@@ -354,7 +377,11 @@ def guess_arch(names) -> str:
     names = set(names)
     if "backbone.body.conv1.weight" in names and "backbone.fpn.inner_blocks.0.0.weight" in names:
         return "fasterrcnn_resnet50_fpn"
-    if "backbone.0.weight" in names and "backbone.6.0.conv1.weight" in names and "backbone.7.0.conv1.weight" not in names:
+    if (
+        "backbone.0.weight" in names
+        and "backbone.6.0.conv1.weight" in names
+        and "backbone.7.0.conv1.weight" not in names
+    ):
         return "fasterrcnn_resnet50_c4"
     return ""
 
@@ -389,12 +416,16 @@ def read_state_dict(path) -> dict:
     if not os.path.isfile(path):
         raise MinirccnError(f"{path}: file not found")
     if path.lower().endswith(PICKLE_SUFFIXES) or zipfile.is_zipfile(path):
-        raise MinirccnError(f"{path}: a pickled torch file is not read (it can run code); {SAVE_HINT}")
+        raise MinirccnError(
+            f"{path}: a pickled torch file is not read (it can run code); {SAVE_HINT}"
+        )
     st = _safetensors_numpy()
     try:
         return dict(st.load_file(path))
     except Exception as exc:  # noqa: BLE001 - the library raises its own error types
-        raise MinirccnError(f"{path}: not a readable safetensors file ({exc}); {SAVE_HINT}") from None
+        raise MinirccnError(
+            f"{path}: not a readable safetensors file ({exc}); {SAVE_HINT}"
+        ) from None
 
 
 def write_state_dict(path, tensors: dict) -> str:
@@ -412,16 +443,99 @@ def write_state_dict(path, tensors: dict) -> str:
 #: torchvision's COCO category names (``weights.meta["categories"]`` of its COCO detectors):
 #: 91 entries, index 0 the background, with 11 unused ids (named ``N/A-<id>`` here so names stay
 #: unique)
-COCO_CATEGORIES = (
-    "__background__ person bicycle car motorcycle airplane bus train truck boat "
-    "traffic_light fire_hydrant N/A-12 stop_sign parking_meter bench bird cat dog horse sheep cow "
-    "elephant bear zebra giraffe N/A-26 backpack umbrella N/A-29 N/A-30 handbag tie suitcase "
-    "frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
-    "tennis_racket bottle N/A-45 wine_glass cup fork knife spoon bowl banana apple sandwich orange "
-    "broccoli carrot hot_dog pizza donut cake chair couch potted_plant bed N/A-66 dining_table "
-    "N/A-68 N/A-69 toilet N/A-71 tv laptop mouse remote keyboard cell_phone microwave oven toaster "
-    "sink refrigerator N/A-83 book clock vase scissors teddy_bear hair_drier toothbrush"
-).split()
+COCO_CATEGORIES = [
+    "__background__",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic_light",
+    "fire_hydrant",
+    "N/A-12",
+    "stop_sign",
+    "parking_meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "N/A-26",
+    "backpack",
+    "umbrella",
+    "N/A-29",
+    "N/A-30",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports_ball",
+    "kite",
+    "baseball_bat",
+    "baseball_glove",
+    "skateboard",
+    "surfboard",
+    "tennis_racket",
+    "bottle",
+    "N/A-45",
+    "wine_glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot_dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted_plant",
+    "bed",
+    "N/A-66",
+    "dining_table",
+    "N/A-68",
+    "N/A-69",
+    "toilet",
+    "N/A-71",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell_phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "N/A-83",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy_bear",
+    "hair_drier",
+    "toothbrush",
+]
 
 
 def class_names_for(num_classes: int, names=None) -> list:
@@ -429,7 +543,11 @@ def class_names_for(num_classes: int, names=None) -> list:
     background) if given, COCO's for 91, else ``class1 .. class{K-1}``."""
     if names:
         names = [n.strip() for n in names]
-        if len(names) != num_classes - 1 or any(not n for n in names) or len(set(names)) != len(names):
+        if (
+            len(names) != num_classes - 1
+            or any(not n for n in names)
+            or len(set(names)) != len(names)
+        ):
             raise MinirccnError(
                 f"--class-names: expected {num_classes - 1} distinct non-empty names (--num-classes "
                 f"{num_classes} counts the background), got {len(names)}"
@@ -467,10 +585,11 @@ def convert(tensors: dict, config: DetectorConfig, class_names: list, where: str
     check_config(config, where)
     check_num_classes(tensors, len(class_names), where)
     shell = build_model(config, class_names, params={})  # the layout only, no arrays
-    shapes = {name: shape for name, (shape, _dtype) in param_shapes(config, len(class_names)).items()}
+    shapes = {
+        name: shape for name, (shape, _dtype) in param_shapes(config, len(class_names)).items()
+    }
     shell.params = shapes
     keys = key_table(shell)
     check_state_dict(tensors, keys, shapes, where, arch)
     params = from_torchvision(tensors, keys, np.dtype(config.dtype))
     return build_model(config, class_names, params=params)
-

@@ -103,7 +103,9 @@ def build_spec(model) -> dict:
         "pooled_levels": int(bb.pooled_levels),
         "num_classes": int(model.num_classes),
         "class_names": list(model.class_names),
-        "anchor_sizes": [[int(s)] for s in cfg.anchor_sizes] if fpn else [[int(s) for s in cfg.anchor_sizes]],
+        "anchor_sizes": [[int(s)] for s in cfg.anchor_sizes]
+        if fpn
+        else [[int(s) for s in cfg.anchor_sizes]],
         "aspect_ratios": [float(r) for r in cfg.aspect_ratios],
         "anchor_offset": float(cfg.anchor_offset),
         "anchor_grid": cfg.anchor_grid,

@@ -10,34 +10,39 @@ batch norm, 320-pixel images, numpy and numba backends) takes minutes:
 
 import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="needs torch and torchvision (not a minirccn dependency)")
+torch = pytest.importorskip(
+    "torch", reason="needs torch and torchvision (not a minirccn dependency)"
+)
 pytest.importorskip("torchvision", reason="needs torchvision (not a minirccn dependency)")
 pytest.importorskip("safetensors.numpy")
 
-import torch.nn.functional as F  # noqa: E402
-from helpers import TINY  # noqa: E402
-from test_interop import random_model  # noqa: E402
+import torch.nn.functional as F
+from helpers import TINY
+from test_interop import random_model
 
-from minirccn.config import preset  # noqa: E402
-from minirccn.data import transforms  # noqa: E402
-from minirccn.detector.registry import build_model  # noqa: E402
-from minirccn.engine import interop  # noqa: E402
-from minirccn.engine.checkpoint import load_checkpoint  # noqa: E402
-from minirccn.engine.torchvision_export import export_torchvision  # noqa: E402
+from minirccn.config import preset
+from minirccn.data import transforms
+from minirccn.detector.registry import build_model
+from minirccn.engine import interop
+from minirccn.engine.checkpoint import load_checkpoint
+from minirccn.engine.torchvision_export import export_torchvision
 
 pytestmark = pytest.mark.torch
-FIXTURE = os.path.join(os.path.dirname(__file__), "..", "engine", "fixtures", "fasterrcnn-09c0f12.npz")
+FIXTURE = os.path.join(
+    os.path.dirname(__file__), "..", "engine", "fixtures", "fasterrcnn-09c0f12.npz"
+)
 NAMES = ["__background__", "a", "b"]
 
 
 def load_build(folder):
     """The ``build`` module of an export folder."""
-    spec = importlib.util.spec_from_file_location(f"build_{abs(hash(str(folder)))}", os.path.join(folder, "build.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"build_{abs(hash(str(folder)))}", os.path.join(folder, "build.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -57,7 +62,10 @@ def reproduced(reference, candidate, top=20):
     order = np.argsort(-reference["scores"], kind="stable")[:top]
     if len(order) == 0:
         return 1.0
-    ious = box_iou(torch.from_numpy(reference["boxes"][order]).double(), torch.from_numpy(candidate["boxes"]).double()).numpy()
+    ious = box_iou(
+        torch.from_numpy(reference["boxes"][order]).double(),
+        torch.from_numpy(candidate["boxes"]).double(),
+    ).numpy()
     used, hits = set(), 0
     for r, i in enumerate(order):
         ok = (candidate["labels"] == reference["labels"][i]) & (ious[r] >= 0.99)
@@ -77,16 +85,26 @@ def test_resize_is_torchs(size):
     t = torch.from_numpy(x)
     short, long_ = torch.min(torch.tensor(size)).float(), torch.max(torch.tensor(size)).float()
     scale = torch.min(320.0 / short, 320.0 / long_).item()  # GeneralizedRCNNTransform's arithmetic
-    ref = F.interpolate(t[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
+    ref = F.interpolate(
+        t[None],
+        scale_factor=scale,
+        mode="bilinear",
+        recompute_scale_factor=True,
+        align_corners=False,
+    )[0]
     assert tuple(ref.shape[1:]) == transforms.torchvision_size(h, w, 320, 320)
-    np.testing.assert_allclose(transforms.bilinear_resize(x, *ref.shape[1:]), ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        transforms.bilinear_resize(x, *ref.shape[1:]), ref.numpy(), atol=1e-6
+    )
 
 
 def test_the_old_tiny_checkpoint_exports_to_the_same_detections(tmp_path):
     model, _ = load_checkpoint(FIXTURE)
     build = load_build(export_torchvision(model, str(tmp_path))["build"].rsplit(os.sep, 1)[0])
     tv = build.build()
-    image = np.load(os.path.join(os.path.dirname(FIXTURE), "image.npy"))  # 48 x 80: Pillow resizes it
+    image = np.load(
+        os.path.join(os.path.dirname(FIXTURE), "image.npy")
+    )  # 48 x 80: Pillow resizes it
     ours = model.predict(image, backend="numpy")
     assert len(ours["scores"]) >= 5
     assert reproduced(ours, torch_detect(tv, image)) == 1.0
@@ -97,9 +115,20 @@ def test_the_old_tiny_checkpoint_exports_to_the_same_detections(tmp_path):
     [
         preset("tiny", **{**TINY, "rpn_channels": 8}),
         preset("tiny-align", **{**TINY, "rpn_channels": 8}),
-        preset("resnet-fpn-tiny", rpn_channels=32, representation_size=32, min_size=96, max_size=96),
-        preset("resnet-fpn-tiny", rpn_channels=32, representation_size=32, min_size=96, max_size=96,
-               image_resize="torchvision", size_divisible=32, anchor_offset=0.0, anchor_grid="image"),
+        preset(
+            "resnet-fpn-tiny", rpn_channels=32, representation_size=32, min_size=96, max_size=96
+        ),
+        preset(
+            "resnet-fpn-tiny",
+            rpn_channels=32,
+            representation_size=32,
+            min_size=96,
+            max_size=96,
+            image_resize="torchvision",
+            size_divisible=32,
+            anchor_offset=0.0,
+            anchor_grid="image",
+        ),
     ],
     ids=["tiny", "tiny-align", "resnet-fpn-tiny", "resnet-fpn-tiny-torchvision-mode"],
 )
@@ -111,7 +140,9 @@ def test_build_reproduces_minirccn_and_back(config, tmp_path):
     out = export_torchvision(model, str(tmp_path))
     tv = load_build(str(tmp_path)).build()
     rng = np.random.default_rng(7)
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((64, 64), (70, 50), (96, 120))]
+    images = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((64, 64), (70, 50), (96, 120))
+    ]
     for image in images:
         ours = model.predict(image, backend="numpy")
         assert len(ours["scores"]) > 0
@@ -120,10 +151,15 @@ def test_build_reproduces_minirccn_and_back(config, tmp_path):
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in tv.named_parameters():
-            p.add_(torch.randn_like(p) * (0.3 * p.std() if p.numel() > 1 else 0.1) + (0.05 if "bias" in name else 0.0))
+            p.add_(
+                torch.randn_like(p) * (0.3 * p.std() if p.numel() > 1 else 0.1)
+                + (0.05 if "bias" in name else 0.0)
+            )
     state = {k: v.numpy() for k, v in tv.state_dict().items()}
     keys = interop.key_table(model)
-    interop.check_state_dict(state, keys, {k: v.shape for k, v in model.params.items()}, "state_dict")
+    interop.check_state_dict(
+        state, keys, {k: v.shape for k, v in model.params.items()}, "state_dict"
+    )
     back = build_model(config, NAMES, params=interop.from_torchvision(state, keys, np.float32))
     for image in images:
         assert reproduced(torch_detect(tv, image), back.predict(image, backend="numpy")) >= 0.95

@@ -6,7 +6,9 @@ from minirccn.data import transforms
 
 
 def backbone_numbers(params):
-    return sum(int(v.size) for k, v in params.items() if k.startswith("backbone.") and ".running_" not in k)
+    return sum(
+        int(v.size) for k, v in params.items() if k.startswith("backbone.") and ".running_" not in k
+    )
 
 
 def two_logits(weight):
@@ -16,4 +18,7 @@ def two_logits(weight):
 
 
 def torchvision_sizes():
-    return [transforms.torchvision_size(427, 640, 320, 320), transforms.torchvision_size(100, 37, 320, 320)]
+    return [
+        transforms.torchvision_size(427, 640, 320, 320),
+        transforms.torchvision_size(100, 37, 320, 320),
+    ]
