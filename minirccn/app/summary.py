@@ -116,7 +116,9 @@ def verdict(metrics: dict) -> dict | None:
             " Recall is low: the detector misses most objects (too small at the input size, "
             "or more objects per image than it keeps); see docs/real_data.md."
         )
-    return {"trend": trend, "map50": map50, "mar_100": mar, "peak": peak, "flag": flag, "text": text}
+    return {
+        "trend": trend, "map50": map50, "mar_100": mar, "peak": peak, "flag": flag, "text": text
+    }
 
 
 def output_files(out) -> dict:

@@ -315,7 +315,8 @@ def _train_joint(run: Run, data, start: int, validator=None) -> None:
             )
         done = step + 1
         if validator is not None and validator.due(done, config.iters):
-            point = validator(model, done, seed, train_loss=tail_mean(history["loss"], validator.every))
+            recent = tail_mean(history["loss"], validator.every)
+            point = validator(model, done, seed, train_loss=recent)
             if run.progress:
                 bar.write(f"step {done}: validation mAP@0.5 {point['map50']:.4f} mAP {point['map']:.4f}")
         if ckpt and run.checkpoint_every and done % run.checkpoint_every == 0 and done < config.iters:
