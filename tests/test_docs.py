@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -67,11 +68,14 @@ def _default_run_minutes_claims(text):
 
 
 def test_the_default_run_time_in_the_prose_agrees_with_metrics_json():
-    """README's caption and the tutorials' 'about N minutes' of `minirccn train` = docs/metrics.json."""
+    """README's caption and the tutorials' 'about N minutes' of `minirccn train` agree with
+    docs/metrics.json: N is the training + evaluation time rounded down or up."""
     import glob
 
     with open(os.path.join(DOCS, "metrics.json")) as f:
-        minutes = round(json.load(f)["train_seconds"] / 60)
+        m = json.load(f)
+    total = (m["train_seconds"] + m["eval_seconds"]) / 60  # what the user waits, in minutes
+    minutes = (math.floor(total), math.ceil(total))  # "about N": N either side of it
     root = os.path.join(HERE, "..")
     files = [os.path.join(root, "README.md"), os.path.join(root, "tutorials", "README.md")]
     files += sorted(glob.glob(os.path.join(root, "tutorials", "*.py")))
@@ -80,9 +84,9 @@ def test_the_default_run_time_in_the_prose_agrees_with_metrics_json():
         with open(path) as f:
             for claim in _default_run_minutes_claims(f.read()):
                 seen += 1
-                assert claim == minutes, (
+                assert claim in minutes, (
                     f"{os.path.relpath(path, root)} says `minirccn train` takes about {claim} minutes; "
-                    f"docs/metrics.json's train_seconds give {minutes}"
+                    f"docs/metrics.json's train_seconds + eval_seconds give {total:.2f}"
                 )
     assert seen >= 2, "README.md's caption and tutorials/README.md each state the default run's time"
 
