@@ -93,8 +93,11 @@ def test_resize_is_torchs(size):
         align_corners=False,
     )[0]
     assert tuple(ref.shape[1:]) == transforms.torchvision_size(h, w, 320, 320)
+    # torch 2.14.1 (torchvision 0.29.1) agrees to 1e-6; torch 2.15.0 (torchvision 0.29.2)
+    # rounds its float32 interpolation weights otherwise: up to 1.6e-5 on these normalised
+    # pixels (about 1e-5 of their range), the same sampling points and weights otherwise
     np.testing.assert_allclose(
-        transforms.bilinear_resize(x, *ref.shape[1:]), ref.numpy(), atol=1e-6
+        transforms.bilinear_resize(x, *ref.shape[1:]), ref.numpy(), atol=3e-5
     )
 
 
