@@ -32,8 +32,8 @@ from typing import Callable
 import numpy as np
 
 from minirccn.core import backend as B
-from minirccn.core.errors import MinirccnError, note
-from minirccn.core.files import check_replace, next_free, write_json
+from minirccn.core.errors import MinirccnError
+from minirccn.core.files import check_replace, default_output, write_json
 from minirccn import ops
 from minirccn.config import preset
 from minirccn.data import load_dataset
@@ -707,10 +707,7 @@ def json_out(path, overwrite: bool) -> str:
     """The results file: ``path`` (an existing file needs ``overwrite``), else the first free
     of ``bench.json``, ``bench2.json``, ... (the rule of every writer, before any timing)."""
     if path is None:
-        path = next_free(DEFAULT_JSON)
-        if path != DEFAULT_JSON:
-            note(f"{DEFAULT_JSON} exists; the results go to {path}")
-        return path
+        return default_output(DEFAULT_JSON, "the results go")
     if not path.strip():
         raise MinirccnError("--json: expected a file name, got an empty string")
     check_replace([path], overwrite=overwrite, flag="--json", where=path)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 
-from minirccn.core.errors import MinirccnError, note
-from minirccn.core.files import check_replace, next_free
+from minirccn.core.errors import MinirccnError
+from minirccn.core.files import check_replace, default_output
 from minirccn.data import load_dataset
 from minirccn.data.checks import check_images
 from minirccn.data.common import ImageUnreadable, warn
@@ -98,10 +98,7 @@ def preview_out(out, overwrite: bool) -> str:
     """The file ``data preview`` writes: ``out`` (a ``.png`` name; an existing file needs
     ``overwrite``), else the first free of ``preview.png``, ``preview2.png``, ..."""
     if out is None:
-        out = next_free(DEFAULT_PREVIEW)
-        if out != DEFAULT_PREVIEW:
-            note(f"{DEFAULT_PREVIEW} exists; the preview goes to {out}")
-        return out
+        return default_output(DEFAULT_PREVIEW, "the preview goes")
     if not out.strip():
         raise MinirccnError("--out: expected a .png file name, got an empty string")
     if os.path.splitext(out)[1].lower() != ".png":

@@ -31,12 +31,12 @@ import json
 import os
 
 from minirccn.core.backend import BACKENDS, resolve
-from minirccn.core.errors import MinirccnError, note
+from minirccn.core.errors import MinirccnError
 from minirccn.core.files import (
     check_out_folder,
     check_replace,
     distinct_names,
-    next_free,
+    default_output,
     save_image,
     write_json,
 )
@@ -132,9 +132,7 @@ def _claim_outputs(args) -> None:
     """``--out`` (default: the first free ``detections``, ``detections2``, ...) and the rule of
     every writer for the files detect will write there (before the model loads)."""
     if args.out is None:
-        args.out = next_free(DEFAULT_DETECT_OUT, _free_folder)
-        if args.out != DEFAULT_DETECT_OUT:
-            note(f"{DEFAULT_DETECT_OUT} holds files; the results go to {args.out}")
+        args.out = default_output(DEFAULT_DETECT_OUT, "the results go", "holds files", _free_folder)
     check_out_folder(args.out)
     paths = [
         os.path.join(args.out, f"{stem}{ext}")

@@ -35,7 +35,7 @@ import os
 import re
 import secrets
 
-from minirccn.core.errors import MinirccnError
+from minirccn.core.errors import MinirccnError, note
 
 _TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+(\.[A-Za-z0-9]+)?$")
 _LEGACY_TEMP_RE = re.compile(r"^\.checkpoint-.+\.tmp$")  # mkstemp names of older versions
@@ -341,3 +341,12 @@ def next_free(path, is_free=None) -> str:
         if is_free(candidate):
             return candidate
         k += 1
+
+
+def default_output(default: str, what: str, taken: str = "exists", is_free=None) -> str:
+    """The output a command writes when none was given: ``default``, or the first free name
+    after it (:func:`next_free`), said in one note (``"<default> <taken>; <what> to <path>"``)."""
+    path = next_free(default, is_free)
+    if path != default:
+        note(f"{default} {taken}; {what} to {path}")
+    return path
