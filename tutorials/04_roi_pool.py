@@ -66,7 +66,9 @@ T.check(
 # NumPy (and Python 3, and Numba's `round()`) round halves to the nearest
 # *even* integer; C's `round` rounds them away from zero. With `s = 1/16`
 # every image coordinate that is an odd multiple of 8 lands exactly on a
-# half, so this happens all the time with integer boxes.
+# half, and on every other one of them (8, 40, 72, ...: the halves whose
+# neighbour away from zero is odd) the two rules disagree (the table below):
+# with integer boxes that happens all the time.
 
 # %%
 xs = np.array([8.0, 24.0, 40.0, -8.0, 56.0])
@@ -445,7 +447,12 @@ def _check_moved():
     return list(moved) == expected and 2 in moved
 
 
-T.exercise("4.1", _check_moved, "the rows whose coordinates / 16 end in .5 with an even floor, row 2 among them")
+T.exercise(
+    "4.1",
+    _check_moved,
+    "the rows with a coordinate / 16 exactly halfway between two integers whose neighbour away from "
+    "zero is odd (0.5: 1 vs 0, 2.5: 3 vs 2, -12.5: -13 vs -12), row 2 among them",
+)
 
 
 def _check_point():
