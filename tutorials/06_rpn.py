@@ -32,7 +32,7 @@ from minirccn.nn import gradcheck, losses
 from minirccn import ops, viz
 from minirccn.detector.backbones.vgg import backbone_forward
 from minirccn.config import preset
-from minirccn.data import load_dataset
+from minirccn.data import ShapesConfig, load_dataset
 from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.models.faster_rcnn import FasterRCNN
 from minirccn.detector.rpn.head import rpn_forward, rpn_losses
@@ -78,7 +78,9 @@ print(f"thresholds (config): positive IoU >= {cfg.rpn_fg_iou_thresh} (rpn_fg_iou
 # there is a second rule (paper Sec. 3.1.2): **for each object, the anchor(s)
 # with its highest IoU are positive**, whatever that IoU is, and on a tie *all*
 # of the tied anchors are (torchvision's `allow_low_quality_matches`). An
-# object that touches no anchor at all (best IoU 0) gets none.
+# object that touches no anchor at all (best IoU 0) gets none here; torchvision's
+# `Matcher` has no such test, so there every anchor that misses that object too
+# (all tie at IoU 0) would be promoted (listed in [`DEVIATIONS.md`](DEVIATIONS.md)).
 #
 # `minirccn.detector.matching.Matcher` writes this rule once (the RoI head's
 # targets in tutorial 7 use it too, with other numbers). Like torchvision's, it
@@ -420,13 +422,20 @@ T.check(max(err_cls, err_box) < 1e-6, "both loss gradients match float64 finite 
 # %% [markdown]
 # ## 5. An image with no object
 #
-# About 10% of `shapes` images are empty, as are many real photographs for
-# any one class. There is nothing to match: every anchor is negative, the
+# A share of the `shapes` images is empty by design (`ShapesConfig.empty_fraction`,
+# printed below with the share among the first training images), as are many real
+# photographs for any one class. There is nothing to match: every anchor is negative, the
 # sample is 256 negatives, the box loss is an empty sum (0, not 0/0), and the
 # objectness loss is finite; the network learns from them that empty
 # background is background.
 
 # %%
+n_seen = T.pick(200, 20)
+n_empty = sum(len(data[i]["boxes"]) == 0 for i in range(n_seen))
+print(
+    f"empty images: ShapesConfig.empty_fraction {ShapesConfig().empty_fraction:.0%}; "
+    f"{n_empty} of the first {n_seen} training images ({n_empty / n_seen:.0%})"
+)
 empty = data[7]
 T.check(len(empty["boxes"]) == 0, "shapes train image 7 has no object")
 lab0, t0 = model.anchor_targets(anchors, empty["boxes"], (128, 128), np.random.default_rng(2))

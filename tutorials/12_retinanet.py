@@ -310,8 +310,9 @@ T.check(
 #     classification  = sum over non-ignored anchors and all Kc columns of focal(logit, onehot) / P
 #     bbox_regression = sum over positive anchors of |delta - target| (L1, 4 numbers) / P
 #
-# (L1 is torchvision's default box loss for RetinaNet; the paper used smooth L1 with
-# `beta = 0.11`: one of the deviations listed in [`DEVIATIONS.md`](DEVIATIONS.md).)
+# (L1 is torchvision's default box loss for RetinaNet; the paper used smooth L1, with
+# `beta = 0.11` in its authors' Detectron code: one of the deviations listed in
+# [`DEVIATIONS.md`](DEVIATIONS.md).)
 #
 # So the gradient reaches a box channel only at a positive anchor's 4 channels, and
 # reaches the class channels of every anchor that is not ignored: the right column of a
@@ -632,7 +633,7 @@ cb, cs, cl = np.concatenate(cand_boxes), np.concatenate(cand_scores), np.concate
 keep_t = ops.batched_nms(cb, cs, cl, fcfg.retina_nms_thresh)[: fcfg.retina_detections_per_img]
 print(f"{len(cb)} candidates -> {len(keep_t)} after class-wise NMS; the best 3:")
 for k in keep_t[:3]:
-    print(f"  {names[cl[k]]:8s} {cs[k]:.3f} {np.round(cb[k], 1).tolist()}")
+    print(f"  {names[cl[k]]:8s} {cs[k]:.3f} {np.round(cb[k].astype(np.float64), 1).tolist()}")
 lib = shown_model.detect(image_t, [(128, 128)], backend="numpy")[0]
 T.check(
     np.allclose(lib["boxes"], cb[keep_t]) and np.array_equal(lib["labels"], cl[keep_t]),
