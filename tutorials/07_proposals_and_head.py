@@ -196,10 +196,13 @@ T.check(
 # 4. regression targets `encode(gt, roi) * bbox_reg_weights` (10, 10, 5, 5).
 #
 # The weights divide the deltas by their typical spread: foreground RoIs
-# overlap their object by at least 0.5, so their `dx, dy` are around 0.1 and
-# `dw, dh` around 0.2 (Fast R-CNN measured these on its training set). Scaled
-# to about 1, the box loss weighs as much as the classification loss, and the
-# smooth L1's switch point `beta = 1/9` means a tenth of that spread.
+# overlap their object by at least 0.5, so their `dx, dy` spread about 0.1 and
+# `dw, dh` about 0.2 (this image's spreads are printed below). Fast R-CNN
+# normalised its targets by the mean and spread it measured on its training
+# set; the Faster R-CNN code fixed the spread at `(0.1, 0.1, 0.2, 0.2)`, whose
+# inverses are these weights. Scaled to about 1, the box loss weighs as much
+# as the classification loss, and the smooth L1's switch point `beta = 1/9`
+# means about a tenth of that spread.
 
 
 # %%
@@ -461,13 +464,14 @@ def outline(img, boxes, colour, width=1):
     return img
 
 
+# one colour per proposal, none of them red, pink or magenta: shapes' backgrounds often are
+no_red = [k for k in range(len(viz.PALETTE)) if k not in (0, 6, 8, 12)]
 left = viz.draw_detections(
     image,
     proposals[:12],
-    np.zeros(12, int),
+    np.array([no_red[k % len(no_red)] for k in range(12)]),
     prop_scores[:12],
-    class_names=[""],
-    color_by_label=False,
+    class_names=[""] * len(viz.PALETTE),
     scale=scale,
 )
 middle = viz.draw_detections(image, np.zeros((0, 4)), np.zeros(0, int), scale=scale)
