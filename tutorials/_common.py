@@ -280,9 +280,10 @@ METRICS = HERE.parent / "docs" / "metrics.json"
 
 
 def default_run_minutes() -> int:
-    """The default run's training time in whole minutes, read from ``docs/metrics.json``."""
-    seconds = json.loads(METRICS.read_text())["train_seconds"]
-    return max(1, round(seconds / 60))
+    """What the default run makes its user wait (training and evaluation) in whole minutes,
+    rounded, read from ``docs/metrics.json`` (the minutes ``tests/test_docs.py`` accepts)."""
+    metrics = json.loads(METRICS.read_text())
+    return max(1, round((metrics["train_seconds"] + metrics["eval_seconds"]) / 60))
 
 
 def default_run(train_if_missing: bool = True):
