@@ -126,10 +126,11 @@ T.check(
 # %% [markdown]
 # ## 2. The input
 #
-# torchvision's `GeneralizedRCNNTransform` divides by 255, normalises with the ImageNet
-# mean and std, resizes the float image bilinearly (`align_corners=False`, no antialias) so
-# the shorter side is `min_size` unless the longer passes `max_size`, and pads the batch with
-# zeros to a multiple of 32. The config fields `image_resize="torchvision"` and
+# torchvision's detection models take float images in `[0, 1]` (the caller divides by 255,
+# as the cell of section 1 does); their `GeneralizedRCNNTransform` normalises with the
+# ImageNet mean and std, resizes the float image bilinearly (`align_corners=False`, no
+# antialias) so the shorter side is `min_size` unless the longer passes `max_size`, and pads
+# the batch with zeros to a multiple of 32. The config fields `image_resize="torchvision"` and
 # `size_divisible=32` make minirccn do the same (`minirccn.data.transforms.bilinear_resize`).
 
 # %%
@@ -319,7 +320,10 @@ T.save_grid(pictures, "17_torchvision.png", cols=2)
 # 2. **One logit into two.** Write torchvision's `rpn.head.cls_logits.weight` `(A, C, 1, 1)`
 #    as minirccn's `rpn.cls.w` `(2A, C, 1, 1)`.
 # 3. **torchvision's size.** To what size does torchvision resize a 427 x 640 photo at
-#    `min_size = max_size = 320`, and a 100 x 37 one? (`minirccn.data.transforms`)
+#    `min_size = max_size = 320`, and a 100 x 37 one? The formula of section 2 in exact
+#    arithmetic is not quite it: torch computes the scale in float32, and
+#    `320 * (1 / 100)` is 3.1999998 there, so `100 * scale` floors to 319, not 320.
+#    (`minirccn.data.transforms.torchvision_size` writes torch's steps out.)
 
 
 # %%
@@ -354,8 +358,10 @@ T.exercise(
     ),
     "rows 2a zero, rows 2a + 1 the weight",
 )
+scale_f32 = np.float32(320) * (np.float32(1) / np.float32(100))  # torch's float32 scale of 100 x 37
 T.exercise(
     "17.3",
     lambda: list(torchvision_sizes()) == [(213, 320), (319, 118)],
-    "[(213, 320), (319, 118)]",
+    f"[(213, 320), (319, 118)]: in float32 320 * (1 / 100) = {scale_f32:.7f}, and 100 * that floors to "
+    f"{int(np.floor(100 * np.float64(scale_f32)))}",
 )
