@@ -701,15 +701,25 @@ def _check_private():
 T.exercise("9.1", _check_private, f"bincount exactly, every run ({n_race:,d} ones into one cell: {n_race:,d})")
 
 
+ns_92 = T.pick((100, 1000, 4000), (100, 400))  # the N of exercise 9.2
+
+
 def _check_timing():
-    ns = T.pick((100, 1000, 4000), (100, 400))
+    ns = ns_92
     t_np = [time_box_iou(n_t, "numpy") for n_t in ns]
     t_nb = [time_box_iou(n_t, "numba") for n_t in ns]
     print("  N: " + ", ".join(f"{n_t}: numpy {a * 1e3:.3f} ms, numba {b * 1e3:.3f} ms" for n_t, a, b in zip(ns, t_np, t_nb)))
+    print(f"  numpy's time grew {t_np[-1] / t_np[0]:.0f}x from N = {ns[0]} to {ns[-1]}")
     return all(v > 0 for v in t_np + t_nb) and t_np[-1] > t_np[0]
 
 
-T.exercise("9.2", _check_timing, "positive medians; numpy's time grows about with N^2 (hundreds of times from 100 to 4000)")
+T.exercise(
+    "9.2",
+    _check_timing,
+    f"positive medians; numpy's time grows about with N^2 ((N_max / N_min)^2 = "
+    f"{(ns_92[-1] / ns_92[0]) ** 2:.0f} times from {ns_92[0]} to {ns_92[-1]}; more where the "
+    "temporaries leave the caches, less where fixed costs dominate)",
+)
 
 
 def _check_chain():
