@@ -297,18 +297,26 @@ def default_run(train_if_missing: bool = True):
     """
     from minirccn.engine.checkpoint import load_checkpoint  # noqa: PLC0415 - numba must load after T
 
+    from minirccn.config import preset  # noqa: PLC0415
+
+    full_iters = preset("tiny").iters
     env = os.environ.get("MINIRCCN_TUTORIAL_CHECKPOINT")
     for path, origin in ((env, "$MINIRCCN_TUTORIAL_CHECKPOINT"), (CACHE_CHECKPOINT, "the cache")):
         if path and Path(path).is_file():
             model, state = load_checkpoint(path)
-            note = f"the default run's checkpoint from {origin} ({path}), step {state['step']}"
+            if int(state["step"]) < full_iters:  # e.g. the cached shortening trained below
+                note = (
+                    f"a {state['step']}-step shortening of the default schedule, from {origin} "
+                    f"({path}) (the default run, `minirccn train`, trains {full_iters})"
+                )
+            else:
+                note = f"the default run's checkpoint from {origin} ({path}), step {state['step']}"
             return model, Path(path), note
     if FAST or not train_if_missing:
         return None, None, (
             "no trained checkpoint (set MINIRCCN_TUTORIAL_CHECKPOINT=DIR/checkpoint.npz after "
             f"`minirccn train --out DIR`, about {default_run_minutes()} minutes on two cores)"
         )
-    from minirccn.config import preset  # noqa: PLC0415
     from minirccn.engine.loop import train  # noqa: PLC0415
 
     cfg = preset("tiny")
@@ -325,7 +333,7 @@ def default_run(train_if_missing: bool = True):
     model, state = load_checkpoint(CACHE_CHECKPOINT)
     note = (
         f"a {cfg.iters}-step shortening of the default schedule, trained now and cached in "
-        f"{CACHE_CHECKPOINT} (the default run, `minirccn train`, trains {preset('tiny').iters})"
+        f"{CACHE_CHECKPOINT} (the default run, `minirccn train`, trains {full_iters})"
     )
     return model, CACHE_CHECKPOINT, note
 
