@@ -516,10 +516,10 @@ print(f"wrote {T.out_dir() / '09_size_sweep.png'}")
 # %% [markdown]
 # Reading the sweep: the arithmetic is a *model*, and the printed
 # measured/predicted ratios show how far it is off on this machine. For the
-# reference it errs low: on the machine these tutorials were written on the
-# reference took 1.4 to 5 times its predicted time, at every N and in both
-# modes. The model counts only the memory traffic of the reference's
-# temporaries; it leaves out what makes the reference slower still: a dozen
+# reference it errs low: the reference takes longer than predicted (the line
+# "reference: measured / predicted" above prints the factor per N, which
+# depends on the machine and on its load). The model counts only the memory
+# traffic of the reference's temporaries; it leaves out what makes the reference slower still: a dozen
 # NumPy calls, each allocating an `N x M` temporary (page faults on the first
 # touch of every page, the allocator), broadcasting's strided reads, and the
 # cache misses of arrays larger than the caches. For the kernel it assumes its
@@ -610,15 +610,18 @@ print("speed-up numba / numpy, measured vs predicted: "
 
 # %% [markdown]
 # Reading it: the reference's time is at or above its prediction (the model
-# counts bytes, not the allocator and page faults of fresh 9x-sized arrays),
-# and the blocked kernel runs the same GEMMs at a share of the peak that grows
-# with the layer's size (last column): small layers are bound by per-call
-# overhead and by GEMMs too thin to reach the peak, large ones come closer.
-# The model predicts a large gain only where the reference is memory-bound
-# (few FLOPs per byte of its column matrix: the first row in full mode) and about 1x where
-# both are compute-bound: the kernel saves memory traffic and page faults, not
-# FLOPs. The measured gains are modest, and on a busy machine they can fall
-# well below the predictions. `docs/conv.md` has the idle-machine sweep on one
+# counts bytes, not the allocator and page faults of fresh 9x-sized arrays).
+# The last column is the blocked kernel's share of the peak measured just
+# before it; on an idle machine it grows with the layer's size (`docs/conv.md`:
+# small layers are bound by per-call overhead and by GEMMs too thin to reach
+# the peak, large ones come closer), on a busy one the measured peak is itself
+# low and the shares are noise (they can pass 100%). The model predicts a gain
+# above 1x only where the reference is memory-bound (few FLOPs per byte of its
+# column matrix: its `pred` is then above the kernel's) and 1x where both are
+# compute-bound, the kernel saving memory traffic and page faults, not FLOPs;
+# which rows are which depends on this machine's bandwidth and peak, printed
+# above. The measured gains are modest and differ from the predictions either
+# way (the last line). `docs/conv.md` has the idle-machine sweep on one
 # and two threads with torch beside it: on one thread the kernel is 1.0 to
 # 1.3 times faster than the reference for most layers (2.3 times for a
 # 64-channel 8 x 8 map, where the reference's fixed costs dominate), and
