@@ -519,6 +519,8 @@ T.check(
 # gives a gradient many times the usual one; SGD with momentum takes it, the class
 # subnet's hidden units are pushed below zero everywhere, and their ReLUs never fire
 # again ("dead"): the class subnet outputs its biases, the same score for every anchor.
+# Or a step is so large that the loss overflows and the run is lost (which of the two
+# happens first depends on the run: the line printed below says).
 #
 # The cure the RetinaNet presets use is mmdetection's: **clip the gradient's norm**
 # (the config's `clip_grad_norm`, torch's `clip_grad_norm_`: when the norm of all the
@@ -526,7 +528,7 @@ T.check(
 # also allows a higher learning rate (docs/retinanet.md has the sweep). Below, two copies
 # of the same network train on the same images at the preset's learning rate, one
 # clipped: the gradient norms each saw, and the share of the class subnet's last ReLUs
-# that fire on two test images.
+# that fire on two test images (not measured for a run whose loss overflowed).
 
 # %%
 print(f"the preset: lr {fcfg.lr}, clip_grad_norm {fcfg.clip_grad_norm}")
@@ -577,7 +579,11 @@ for clip in (0.0, fcfg.clip_grad_norm):
         + f", gradient norm median {np.median(norms):.2f}, above 10x the median on "
         f"{int((np.array(norms) > 10 * np.median(norms)).sum())} steps, largest "
         f"{norms[big]:.3g} (step {big}, {len(data[big]['labels'])} objects); "
-        f"class-subnet ReLUs firing {firing[clip]:.2%}"
+        + (
+            "class-subnet ReLUs not measured (the run is lost)"
+            if diverged is not None
+            else f"class-subnet ReLUs firing {firing[clip]:.2%}"
+        )
     )
 if not T.FAST:  # six steps (fast mode) are too few for the collapse
     T.check(
