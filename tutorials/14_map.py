@@ -367,7 +367,8 @@ if trained is not None:
         {f"detections scoring > 0.5 on {n_eval} test images": {k: float(v) for k, v in kinds.items()},
          f"AP@0.5 per class (x100)": {n: 100 * a["ap50"] for n, a in result["per_class"].items()}},
         T.out_dir() / "14_error_analysis.png",
-        title="the default run: what its confident detections are, and AP per class",
+        title=("a shortened default run" if "shortening" in note else "the default run")
+        + ": what its confident detections are, and AP per class",
     )
     print(f"wrote {T.out_dir() / '14_error_analysis.png'}")
 else:
