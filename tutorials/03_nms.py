@@ -150,10 +150,11 @@ T.check(
 # At the end of the detector every class has its own boxes, and a "circle"
 # box must not suppress a "square" box at the same place. `batched_nms(boxes,
 # scores, idxs, threshold)` runs NMS separately for each value of `idxs` and
-# returns all kept indices, again by decreasing score. torchvision implements
-# it with a trick worth knowing: shift each class's boxes by
-# `class * (max coordinate + 1)` so that boxes of different classes can never
-# overlap, then run plain NMS once.
+# returns all kept indices, again by decreasing score. For small inputs (up to
+# a few thousand coordinates on the CPU) torchvision implements it with a trick
+# worth knowing: shift each class's boxes by `class * (max coordinate + 1)` so
+# that boxes of different classes can never overlap, then run plain NMS once;
+# above that it runs plain NMS class by class (the same result).
 
 # %%
 pair = np.array([[10, 10, 50, 50], [12, 11, 52, 49]], dtype=np.float64)

@@ -91,10 +91,12 @@ print(
 #     v = g                   (first step)      v = momentum * v + g   (later)
 #     p = p - lr * v
 #
-# Every random choice (data order, flips, the anchor and RoI samples) comes
-# from one `numpy.random.Generator`: we take two steps by hand with that rule
-# and two with `minirccn.engine.loop.train_step` and `optim.SGD` from the same seed,
-# and compare the parameters bit for bit.
+# Every random choice comes from the seed: the data order from
+# `batch_indices(SEED, step, ...)` (a shuffle of the images per epoch, drawn from
+# the seed and the epoch), the flips and the anchor and RoI samples from one
+# `numpy.random.Generator`. We take two steps by hand with that rule and two with
+# `minirccn.engine.loop.train_step` and `optim.SGD` from the same seed, and compare
+# the parameters bit for bit.
 
 # %%
 names = train_data.class_names
@@ -610,8 +612,8 @@ else:
 # * One step: `FasterRCNN.forward` (four losses), `FasterRCNN.backward` (one
 #   hand-written function, the forward in reverse; the feature map's gradient
 #   is the sum of both parts'), SGD with momentum and weight decay.
-# * Every random choice comes from one seeded generator: the same seed gives
-#   the same parameters, bit for bit.
+# * Every random choice comes from the seed (the data order per epoch, one
+#   generator for the rest): the same seed gives the same parameters, bit for bit.
 # * A few hundred steps already teach the RPN what an object is; the head
 #   and the mAP need the full `minirccn train` run.
 # * Alternating training works too; its steps are cheaper but each part
