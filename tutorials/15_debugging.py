@@ -159,12 +159,17 @@ iou_pos = ops.box_iou(positive, sample["boxes"].astype(np.float64)).max(axis=1)
 T.check(len(positive) > 0 and iou_pos.min() > 0, "every positive anchor overlaps an object")
 scale = T.pick(3, 2)
 gt_panel = viz.draw_detections(sample["image"], sample["boxes"], sample["labels"], None, data.class_names, scale=scale)
-left = viz.draw_detections(
-    gt_panel, positive * scale, np.zeros(len(positive), int), class_names=[""], color_by_label=False, width=1
-)
-right = viz.draw_detections(
-    gt_panel, fg_rois * scale, np.zeros(len(fg_rois), int), class_names=[""], color_by_label=False, width=1
-)
+# one colour per box, none of them red, pink or magenta: the shapes' backgrounds often are
+no_red = [k for k in range(len(viz.PALETTE)) if k not in (0, 6, 8, 12)]
+
+
+def colour_labels(n):
+    return np.array([no_red[k % len(no_red)] for k in range(n)], dtype=int)
+
+
+blank = [""] * len(viz.PALETTE)
+left = viz.draw_detections(gt_panel, positive * scale, colour_labels(len(positive)), class_names=blank, width=1)
+right = viz.draw_detections(gt_panel, fg_rois * scale, colour_labels(len(fg_rois)), class_names=blank, width=1)
 T.save_grid(
     [
         T.caption(left, f"objects and the {len(positive)} positive anchors"),
