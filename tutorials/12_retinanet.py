@@ -384,10 +384,13 @@ T.check(after > before, "training raises the score of each positive anchor's own
 #
 #     CE = -log(p_t)           FL = -(1 - p_t)^gamma * log(p_t)     (times alpha_t)
 #
-# An image has ~9,000 anchors, almost all easy background (`p_t` near 1). With plain
-# cross-entropy each contributes a little, and thousands of littles swamp the few
-# positives; `(1 - p_t)^gamma` scales an easy example's loss down by orders of
-# magnitude and leaves a hard one (small `p_t`) almost untouched.
+# An image has thousands of anchors (this one's `M` is printed at the top), almost all
+# background. With plain cross-entropy each negative contributes a little, and thousands
+# of littles can swamp the few positives: how much depends on how easy the negatives
+# already are and on how many anchors there are per positive (the table below prints
+# this image's share at two starting points; the paper's images have far more anchors
+# per object than this one). `(1 - p_t)^gamma` scales an easy example's loss down by
+# orders of magnitude and leaves a hard one (small `p_t`) almost untouched.
 
 # %%
 pt = np.linspace(0.001, 0.999, 999)
