@@ -632,11 +632,12 @@ print("speed-up numba / numpy, measured vs predicted: "
 # win mostly by not allocating temporaries and by skipping work (the NMS walk
 # jumps over suppressed boxes, the RoI-pool kernel scans each bin once), not by
 # parallelism. Every `prange` loop ends with a join: the calling thread waits
-# for the others. On a machine busier than its core count, OpenMP's default
-# spin-waiting can make that join cost tens of milliseconds, and a small
-# `box_iou` then looks slower in Numba than in NumPy; run with
-# `OMP_WAIT_POLICY=PASSIVE` (or `NUMBA_NUM_THREADS=1`) to see the kernel's own
-# time. On a GPU the picture changes with size: the
+# for the others. With OpenMP's default spin-waiting that join can cost
+# milliseconds on a machine busier than its core count, so `import minirccn`
+# sets `OMP_WAIT_POLICY=PASSIVE` (idle threads sleep; `docs/threads.md` has the
+# measurements). Waking sleeping threads still costs a little per call, so a
+# small `box_iou` can look slower in Numba than in NumPy; run with
+# `NUMBA_NUM_THREADS=1` to see the kernel's own time on one thread. On a GPU the picture changes with size: the
 # launch and the copy of the mask to the host cost tens of microseconds, so
 # small inputs are faster on the CPU.
 #
