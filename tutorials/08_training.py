@@ -23,7 +23,8 @@
 # from converged, and its mAP is low. The real run is `minirccn train`, the
 # README's main command: the same loop over the `tiny` preset's full
 # schedule (printed below), a few minutes on two cores, ending with the
-# mAP on the 200 test images in `runs/train/metrics.json`. This tutorial
+# mAP on the 200 test images in `runs/train/metrics.json` (once `runs/train`
+# holds a run, the next free `runs/train2`, ...: the command says which). This tutorial
 # shows the loop working and what the first few hundred steps buy.
 
 # %%
