@@ -23,7 +23,8 @@
 #    classification + box regression together). The proposals still come
 #    from selective search, which now costs more than the network.
 # 4. **Faster R-CNN** (2015): let the network propose the regions too (the RPN,
-#    tutorials 6-7): the proposals cost one more small conv layer.
+#    tutorials 6-7): the proposals cost a small head on the shared feature map
+#    (a 3x3 conv and two 1x1 convs) and the proposal layer.
 #
 # minirccn implements R-CNN, Fast R-CNN and Faster R-CNN with the same
 # backbone and fc head, so that the differences are mostly the ones the papers
