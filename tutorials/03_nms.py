@@ -331,7 +331,7 @@ T.save_grid([before, after], "03_nms.png", colours=256)
 #    multiplied by `exp(-IoU(b, box)^2 / sigma)`. Decay alone never deletes
 #    anything, so two more steps make a kept set: **re-sort** the remaining
 #    boxes by their decayed scores before each pick, and drop a box once its
-#    score falls below a final threshold (the paper: 0.001). Write it,
+#    score falls below a final threshold (the authors' code: 0.001). Write it,
 #    returning the kept indices in pick order and their decayed scores.
 #    (At 0.001 every box of section 1 survives, its duplicates with decayed
 #    scores far below the first box of each object: the evaluation's ranking
