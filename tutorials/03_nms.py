@@ -334,8 +334,8 @@ T.save_grid([before, after], "03_nms.png", colours=256)
 #    score falls below a final threshold (the authors' code: 0.001). Write it,
 #    returning the kept indices in pick order and their decayed scores.
 #    (At 0.001 every box of section 1 survives, its duplicates with decayed
-#    scores far below the first box of each object: the evaluation's ranking
-#    does the rest. The check also runs it at `score_thresh=0.3`: then the
+#    scores below the first box of every object (the check prints both): the
+#    evaluation's ranking does the rest. The check also runs it at `score_thresh=0.3`: then the
 #    kept set is NMS's, one box per object.)
 # 2. How many `uint64` words does the suppression mask of 6000 proposals (the
 #    original Caffe code's pre-NMS top-n at test time) take, and how many bytes travel from
@@ -371,12 +371,18 @@ def _check_soft():
     keep, decayed = soft_nms(twins, np.array([0.9, 0.8, 0.5]))
     print(f"  twins + a far box: keep {[int(k) for k in keep]}, decayed scores {np.round(decayed, 4)}")
     ok = list(keep) == [0, 2, 1] and np.allclose(decayed, [0.9, 0.5, 0.8 * np.exp(-1 / 0.5)])
-    keep_soft, _ = soft_nms(boxes, scores)
+    keep_soft, decayed_soft = soft_nms(boxes, scores)
     keep_03, _ = soft_nms(boxes, scores, score_thresh=0.3)
     print(
         f"  section 1's boxes: Soft-NMS keeps {len(keep_soft)} of {len(boxes)} at score_thresh 0.001, "
         f"{len(keep_03)} at 0.3 (objects {sorted(which[keep_03].tolist())}); NMS keeps {len(keep_ref)}"
     )
+    g = len(gt)
+    if len(keep_soft) > g:
+        print(
+            f"  its first {g} picks are one box per object: {sorted(which[keep_soft[:g]].tolist()) == list(range(g))}; "
+            f"the best duplicate's decayed score {decayed_soft[g]:.3f}, the weakest first box's {decayed_soft[g - 1]:.3f}"
+        )
     return (
         ok
         and keep_soft[0] == keep_ref[0]
