@@ -539,6 +539,13 @@ def _stacked_lookups(tables: tuple):
 
 
 def jpeg_problem(path: str) -> str | None:
-    """:func:`jpeg_data_problem` of the file at ``path`` (read whole; a JPEG is small next to
-    its decoded pixels)."""
-    return jpeg_data_problem(np.fromfile(os.fspath(path), np.uint8))
+    """:func:`jpeg_data_problem` of the file at ``path``, remembered for the file as it is now
+    (its size, modification time and inode): the preflight walks each JPEG once, and the
+    loader's later reads of it cost nothing."""
+    st = os.stat(path)
+    return _file_problem(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_problem(path: str, size: int, mtime_ns: int, inode: int) -> str | None:
+    return jpeg_data_problem(np.fromfile(path, np.uint8))
