@@ -108,8 +108,8 @@ def unstuff(data, start):
 @numba.njit(cache=True, inline="always")
 def _code(look, t, w):
     """The entry of row ``t`` of ``look`` for the next 16 bits ``w``: the 9-bit table first."""
-    e = look[t, 65536 + (w >> 7)]
-    return e if e != 0 else look[t, w]
+    e = np.int64(look[t, 65536 + (w >> 7)])
+    return e if e != 0 else np.int64(look[t, w])
 
 
 @numba.njit(cache=True, inline="always")
@@ -243,7 +243,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                         k += 1
                     if eobrun > 0:  # the rest of the band: a correction bit per nonzero one
                         while k <= se:
-                            p += nonzero[m, k]
+                            p += np.int64(nonzero[m, k])
                             k += 1
                         eobrun -= 1
                         if p > lim:
@@ -293,7 +293,11 @@ class _Unchecked(Exception):
 
 
 class _Corrupt(Exception):
-    """A marker segment that is malformed or runs past the end of the file."""
+    """A malformed marker segment."""
+
+
+class _Truncated(Exception):
+    """A marker segment that runs past the end of the file."""
 
 
 def _segments(data: np.ndarray):
@@ -318,10 +322,12 @@ def _segments(data: np.ndarray):
         if 0xD0 <= code <= 0xD7 or code in (0x01, 0x00):
             continue  # no length (a stray 00 after FF: skipped)
         if i + 2 > n:
-            raise _Corrupt("a marker segment runs past the end of the file")
+            raise _Truncated("a marker segment runs past the end of the file")
         length = int(data[i]) << 8 | int(data[i + 1])
-        if length < 2 or i + length > n:
-            raise _Corrupt("a marker segment runs past the end of the file")
+        if length < 2:
+            raise _Corrupt(f"a marker segment of length {length}")
+        if i + length > n:
+            raise _Truncated("a marker segment runs past the end of the file")
         body = (i + 2, i + length)
         i += length
         resume = yield (code, *body)
@@ -377,6 +383,8 @@ def jpeg_data_problem(data) -> str | None:
         return "not a JPEG file (no start-of-image marker)"
     try:
         return _walk_file(data)
+    except _Truncated as exc:
+        return f"truncated JPEG ({exc})"
     except _Corrupt as exc:
         return f"corrupt JPEG ({exc})"
     except _Unchecked:  # only the end marker can be looked for
@@ -403,33 +411,38 @@ def _walk_file(data: np.ndarray) -> str | None:
             return "truncated JPEG (no end-of-image marker)"
         if code == 0xD9:
             break
-        if code in (0xC0, 0xC1, 0xC2):
-            if frame is not None:
-                raise _Corrupt("two frame headers")
-            width, height, comps = _parse_sof(body)
-            if height == 0:  # the height comes in a DNL marker after the first scan
-                raise _Unchecked
-            if width == 0:
-                raise _Corrupt("a frame 0 pixels wide")
-            frame = (width, height, comps, code == 0xC2)
-            coef_al = np.full((len(comps), 64), -1, np.int64)
-        elif 0xC3 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC):
-            raise _Unchecked  # lossless, hierarchical or arithmetic-coded
-        elif code == 0xC4:
-            _parse_dht(body, tables)
-        elif code == 0xDD:
-            if len(body) < 2:
-                raise _Corrupt("a short restart interval")
-            restart = int(body[0]) << 8 | int(body[1])
-        elif code == 0xDA:
-            if frame is None:
-                raise _Corrupt("a scan before the frame header")
-            scans += 1
-            result = _walk_one_scan(data, body, b1, frame, tables, restart, scans, seen, coef_al,
-                                    nonzero)
-            if isinstance(result, str):
-                return result
-            resume = result
+        try:  # a malformed segment that swallowed the end marker is a truncated file
+            if code in (0xC0, 0xC1, 0xC2):
+                if frame is not None:
+                    raise _Corrupt("two frame headers")
+                width, height, comps = _parse_sof(body)
+                if height == 0:  # the height comes in a DNL marker after the first scan
+                    raise _Unchecked
+                if width == 0:
+                    raise _Corrupt("a frame 0 pixels wide")
+                frame = (width, height, comps, code == 0xC2)
+                coef_al = np.full((len(comps), 64), -1, np.int64)
+            elif 0xC3 <= code <= 0xCF and code not in (0xC4, 0xC8, 0xCC):
+                raise _Unchecked  # lossless, hierarchical or arithmetic-coded
+            elif code == 0xC4:
+                _parse_dht(body, tables)
+            elif code == 0xDD:
+                if len(body) < 2:
+                    raise _Corrupt("a short restart interval")
+                restart = int(body[0]) << 8 | int(body[1])
+            elif code == 0xDA:
+                if frame is None:
+                    raise _Corrupt("a scan before the frame header")
+                scans += 1
+                result = _walk_one_scan(data, body, b1, frame, tables, restart, scans, seen, coef_al,
+                                        nonzero)
+                if isinstance(result, str):
+                    return result
+                resume = result
+        except _Corrupt:
+            if b"\xff\xd9" not in data[b1:].tobytes():
+                raise _Truncated("no end-of-image marker") from None
+            raise
     if frame is None:
         return "truncated JPEG (no frame header before the end-of-image marker)"
     width, height, comps, progressive = frame
