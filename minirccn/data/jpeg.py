@@ -18,10 +18,13 @@ real), so :func:`jpeg_problem` reads the file's structure instead:
    ``ceil(ceil(X H / Hmax) / 8) * ceil(ceil(Y V / Vmax) / 8)`` of them.
 
 A scan whose data ends (at a marker or the end of the file) before its last MCU is complete is a
-truncated file. The walk follows libjpeg's decoder bit for bit (the same ``FF`` fill and stuffing
-rules, the same block loop), so an intact file is never flagged; a bit is "real" only if it comes
-before the marker (libjpeg pads the rest with zeros), so a file cut anywhere inside its data is
-always found, whatever the cut bytes held.
+truncated file. The walk follows libjpeg's block loops (the same ``FF`` fill and stuffing rules,
+the same end-of-block and end-of-band rules), so an intact file is never flagged. A bit is "real"
+only if it comes before the marker (libjpeg pads the rest with zeros), and an encoder pads only
+the last byte of a scan or restart interval, with fewer than 8 one-bits, so every data byte holds
+a bit the decoder reads: a file cut anywhere inside its data is always found. Bits that are no
+Huffman code, and restart markers out of order, are reported as a corrupt file (libjpeg warns
+and decodes them as zeros).
 
 What is checked, and what is not:
 
@@ -29,15 +32,20 @@ What is checked, and what is not:
   in some scan;
 * progressive Huffman (``SOF2``): every scan present is walked exactly (DC first / refinement,
   AC first with its end-of-band runs, AC refinement with each block's history of nonzero
-  coefficients), and the scans must bring every coefficint of every component to full precision
-  (last ``Al`` 0): a file cut at a scan boundary is found too. (The standard allows an encoder to
-  leave coefficients out; none of libjpeg, mozjpeg or Pillow does.)
+  coefficients), and the scans must bring every coefficient of every component to full precision
+  (last ``Al`` 0), so a file cut at a scan boundary is found too. The standard lets an encoder
+  leave coefficients out; libjpeg's progression (Pillow's ``progressive=True``) never does, and a
+  file that did would be reported here.
 * unchecked, only the end marker is looked for: arithmetic coding (``SOF9``-``SOF11``), lossless
   and hierarchical frames, a height given later by a ``DNL`` marker, scans using a Huffman table
-  the file never defines (Motion-JPEG frames rely on the standard tables).
+  the file never defines (Motion-JPEG frames rely on the standard tables, which libjpeg-turbo
+  supplies).
 
-Cost: one pass over the file's bytes, with no inverse DCT, no colour conversion and no output
-image; see ``docs/misuse-input.md`` (D19) for the measured time next to Pillow's decoding.
+Cost: the walk reads every Huffman code of the file, the same serial work as libjpeg-turbo's own
+entropy decoding (without its inverse DCT, upsampling and colour conversion):
+``scripts/jpeg_check_cost.py`` measures it next to Pillow's decoding (``docs/misuse-input.md``,
+D19). :func:`jpeg_problem` remembers its answer per file, so training walks each JPEG once, in
+the check before step 1, and its loader's later reads cost nothing.
 """
 
 from __future__ import annotations
@@ -434,8 +442,8 @@ def _walk_file(data: np.ndarray) -> str | None:
                 if frame is None:
                     raise _Corrupt("a scan before the frame header")
                 scans += 1
-                result = _walk_one_scan(data, body, b1, frame, tables, restart, scans, seen, coef_al,
-                                        nonzero)
+                result = _walk_one_scan(data, body, b1, frame, tables, restart, scans, seen,
+                                        coef_al, nonzero)
                 if isinstance(result, str):
                     return result
                 resume = result
@@ -484,7 +492,7 @@ def _walk_one_scan(data, body, start, frame, tables, restart, number, seen, coef
     else:
         mode = AC_FIRST if ah == 0 else AC_REFINE
         if ns != 1 or se > 63 or ss > se:
-            raise _Corrupt(f"scan {number}: an AC scan of {ns} components or coefficients {ss}..{se}")
+            raise _Corrupt(f"scan {number}: an AC scan of {ns} components, coefficients {ss}..{se}")
     # the tables this scan decodes with
     need = set()
     for _, td, ta in sel:
@@ -529,9 +537,11 @@ def _walk_one_scan(data, body, start, frame, tables, restart, number, seen, coef
         return (f"truncated JPEG ({where} ends after {done} of its {total} blocks of {pixels} "
                 f"pixels; a decoder fills the rest grey)")
     if status == BAD_CODE:
-        return f"corrupt JPEG (bits that are no Huffman code in block {done + 1} of {total}, {where})"
+        return (f"corrupt JPEG (bits that are no Huffman code in block {done + 1} of {total}, "
+                f"{where})")
     if status == BAD_RESTART:
-        return f"corrupt JPEG (a restart marker missing or out of order after block {done}, {where})"
+        return (f"corrupt JPEG (a restart marker out of order after block {done}, "
+                f"{where})")
     for cid, _, _ in sel:
         seen.add(cid)
         if progressive:  # the bit each coefficient of the scan is now known to

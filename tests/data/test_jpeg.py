@@ -191,6 +191,16 @@ def test_restart_markers_out_of_order_are_corrupt():
     assert J.jpeg_data_problem(bytes(data)).startswith("corrupt JPEG (a restart marker")
 
 
+def test_bits_that_are_no_huffman_code_are_corrupt():
+    """160 one-bits (``FF 00`` stuffed twenty times) in the middle of the data: JPEG never gives
+    the all-ones pattern a code, so some symbol starts on 16 of them; Pillow decodes it anyway."""
+    data = encode(picture(64, 64, 0), quality=90)
+    mid = (first_scan_data(data) + len(data)) // 2
+    broken = data[:mid] + b"\xff\x00" * 20 + data[mid + 40 :]
+    assert pixels(broken).shape == (64, 64, 3)
+    assert J.jpeg_data_problem(broken).startswith("corrupt JPEG (bits that are no Huffman code")
+
+
 def test_kinds_that_are_not_walked_fall_back_to_the_end_marker():
     data = bytearray(encode(picture(24, 24, 0)))
     sof = data.index(b"\xff\xc0")
