@@ -70,14 +70,15 @@ def unstuff(data, start):
     ``FF``; ``FF RSTn`` ends a restart interval; ``FF`` and any other code ends the scan.
 
     Returns:
-        ``(clean, bounds, rst, end)``: ``clean`` ``(L + 4,)`` uint8, the data bytes and 4 zero
-        bytes (so that 3 bytes can always be read ahead); ``bounds`` ``(S + 2,)`` int64,
+        ``(clean, bounds, rst, end)``: ``clean`` ``(L + 64,)`` uint8, the data bytes and 64
+        zero bytes (the bit reader loads ahead: at most 80 bits of one AC refinement step, and
+        a 4-byte load, past the end before the walk sees it); ``bounds`` ``(S + 2,)`` int64,
         segment ``j`` (restart interval ``j``) is ``clean[bounds[j]:bounds[j + 1]]``; ``rst``
         ``(S,)`` int64, the number ``n`` of the ``RSTn`` after segment ``j``; ``end``: the index
         of the ``FF`` of the marker that ends the scan (``len(data)`` if the file ends first).
     """
     n = data.shape[0]
-    clean = np.zeros(n - start + 4, np.uint8)
+    clean = np.empty(n - start + 64, np.uint8)  # the tail is zeroed at the end
     bounds = np.empty((n - start) // 2 + 2, np.int64)
     rst = np.empty((n - start) // 2 + 1, np.int64)
     size = 0  # bytes in clean
@@ -110,22 +111,36 @@ def unstuff(data, start):
             break
         pos = q + 1
     bounds[segments + 1] = size
-    return clean[: size + 4], bounds[: segments + 2], rst[:segments], end
+    clean[size : size + 64] = 0
+    return clean[: size + 64], bounds[: segments + 2], rst[:segments], end
+
+
+# The bit reader: ``acc`` (int64) holds the next ``nbits`` bits of the data left-aligned, the next
+# bit at bit 62 (bit 63 stays 0, so no shift is ever signed); ``q`` is the next byte of ``clean``
+# to load, so the bits read so far are ``8 * q - nbits``. Before each code ``acc`` is topped up to
+# at least 32 bits, enough for a code (<= 16 bits) and what follows it (<= 16 bits).
+LOW63 = (1 << 63) - 1
 
 
 @numba.njit(cache=True, inline="always")
-def _code(look, t, w):
-    """The entry of row ``t`` of ``look`` for the next 16 bits ``w``: the 9-bit table first."""
-    e = np.int64(look[t, 65536 + (w >> 7)])
-    return e if e != 0 else np.int64(look[t, w])
+def _load32(clean, q):
+    """The 4 bytes ``clean[q : q + 4]`` as a big-endian number."""
+    return ((np.int64(clean[q]) << 24) | (np.int64(clean[q + 1]) << 16)
+            | (np.int64(clean[q + 2]) << 8) | np.int64(clean[q + 3]))
 
 
 @numba.njit(cache=True, inline="always")
-def _peek16(buf, p):
-    """The 16 bits of ``buf`` that start at bit ``p`` (most significant bit first)."""
-    i = p >> 3
-    w = (np.int64(buf[i]) << 16) | (np.int64(buf[i + 1]) << 8) | np.int64(buf[i + 2])
-    return (w >> (8 - (p & 7))) & 0xFFFF
+def _code(look, t, acc):
+    """The entry of row ``t`` of ``look`` for the code ``acc`` begins with: the 9-bit table
+    first (in L1 cache), the 16-bit one for longer codes."""
+    e = np.int64(look[t, 65536 + ((acc >> 54) & 0x1FF)])
+    return e if e != 0 else np.int64(look[t, (acc >> 47) & 0xFFFF])
+
+
+@numba.njit(cache=True, inline="always")
+def _peek(acc, r):
+    """The next ``r`` (0..16) bits of ``acc`` as a number."""
+    return (acc >> (63 - r)) & ((np.int64(1) << r) - 1)
 
 
 # ----------------------------------------------------------------------------- one scan
@@ -135,9 +150,9 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
     """Walk the entropy-coded data of one scan (libjpeg's ``decode_mcu*`` loops, with the
     coefficient values dropped) and count its complete MCUs.
 
-    A block's data is read from bit ``p`` on; the bits of restart interval ``j`` end at
-    ``lim = 8 * bounds[j + 1]``: a code or a magnitude that needs bits past ``lim`` means the data
-    ended inside the block (libjpeg would fill it with zero bits).
+    The bits of restart interval ``j`` end at ``lim = 8 * bounds[j + 1]``: a code or a
+    magnitude that needs bits past ``lim`` means the data ended inside the block (libjpeg would
+    fill it with zero bits).
 
     Args:
         clean, bounds, rst: the scan's data (:func:`unstuff`).
@@ -148,8 +163,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
         blocks_h, blocks_v: ``(Ns,)`` int64, blocks across and down of each scan component in
             one MCU (its ``H, V`` in an interleaved scan, ``1, 1`` in a non-interleaved one).
         dc, ac: ``(Ns,)`` int64, each component's rows of ``look``.
-        look: ``(T, 65536)`` int32, the Huffman tables (:func:`huffman_lookup`): ``length << 8 |
-            symbol`` of the code the next 16 bits begin with, 0 if they begin with no code.
+        look: ``(T, 65536 + 512)`` int32, the Huffman tables (:func:`huffman_lookup`).
         nonzero: ``(mcus_x * mcus_y, 64)`` uint8, the component's history of nonzero
             coefficients (zigzag index) in a progressive AC scan: AC refinement reads a
             correction bit for each; a ``(1, 64)`` dummy in other scans.
@@ -161,8 +175,10 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
     """
     total = mcus_x * mcus_y
     seg = 0
-    p = 0
     lim = 8 * bounds[1]
+    acc = np.int64(0)
+    nbits = np.int64(0)
+    q = np.int64(0)
     eobrun = 0  # progressive AC: empty bands still to come
     for m in range(total):
         if restart > 0 and m > 0 and m % restart == 0:  # the next interval, after RSTn
@@ -171,34 +187,47 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
             if rst[seg] != (m // restart - 1) & 7:
                 return m, BAD_RESTART
             seg += 1
-            p = 8 * bounds[seg]
+            q = bounds[seg]
             lim = 8 * bounds[seg + 1]
+            acc = np.int64(0)
+            nbits = np.int64(0)
             eobrun = 0
         for c in range(blocks_h.shape[0]):
             for _ in range(blocks_h[c] * blocks_v[c]):
                 # ---------------------------------------------------------- one block
                 if mode == SEQUENTIAL or mode == DC_FIRST:
-                    e = _code(look, dc[c], _peek16(clean, p))  # the DC difference's size s, s bits
-                    if e == 0:
-                        return m, ENDED if p + 16 > lim else BAD_CODE
-                    p += e >> 8
-                    if p > lim:
-                        return m, ENDED
-                    k = 1
-                    while mode == SEQUENTIAL and k < 64:
-                        e = _code(look, ac[c], _peek16(clean, p))  # (run r, size s), s bits
+                    t = dc[c]  # the DC difference's size s and s bits, then the AC codes
+                    k = 0
+                    while k < 64:
+                        if nbits < 32:
+                            acc |= _load32(clean, q) << (31 - nbits)
+                            q += 4
+                            nbits += 32
+                        e = _code(look, t, acc)
                         if e == 0:
-                            return m, ENDED if p + 16 > lim else BAD_CODE
-                        p += e >> 8
-                        if p > lim:
+                            return m, ENDED if 8 * q - nbits + 16 > lim else BAD_CODE
+                        acc = (acc << (e >> 8)) & LOW63  # the code and the s bits after it
+                        nbits -= e >> 8
+                        if 8 * q - nbits > lim:
                             return m, ENDED
-                        rs = e & 0xFF
+                        if k == 0:
+                            if mode == DC_FIRST:
+                                break
+                            t = ac[c]
+                            k = 1
+                            continue
+                        rs = e & 0xFF  # (run r, size s)
                         if rs & 15 == 0 and rs != 0xF0:  # end of block
                             break
                         k += (rs >> 4) + 1  # r zeros and a coefficient, or 16 zeros (0xF0)
                 elif mode == DC_REFINE:  # one bit a block
-                    p += 1
-                    if p > lim:
+                    if nbits < 32:
+                        acc |= _load32(clean, q) << (31 - nbits)
+                        q += 4
+                        nbits += 32
+                    acc = (acc << 1) & LOW63
+                    nbits -= 1
+                    if 8 * q - nbits > lim:
                         return m, ENDED
                 elif mode == AC_FIRST:
                     if eobrun > 0:  # inside a run of empty bands
@@ -206,11 +235,16 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                         continue
                     k = ss
                     while k <= se:
-                        e = _code(look, ac[c], _peek16(clean, p))
+                        if nbits < 32:
+                            acc |= _load32(clean, q) << (31 - nbits)
+                            q += 4
+                            nbits += 32
+                        e = _code(look, ac[c], acc)
                         if e == 0:
-                            return m, ENDED if p + 16 > lim else BAD_CODE
+                            return m, ENDED if 8 * q - nbits + 16 > lim else BAD_CODE
+                        acc = (acc << (e >> 8)) & LOW63
+                        nbits -= e >> 8
                         r, s = (e & 0xFF) >> 4, e & 15
-                        p += e >> 8
                         if s:
                             k += r
                             if k < 64:
@@ -218,27 +252,39 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                         elif r == 15:
                             k += 15
                         else:  # a run of 2**r + (r more bits) empty bands, this one included
-                            eobrun = (1 << r) - 1 + (_peek16(clean, p) >> (16 - r) if r else 0)
-                            p += r
+                            eobrun = (1 << r) - 1 + _peek(acc, r)
+                            acc = (acc << r) & LOW63
+                            nbits -= r
                             k = se
-                        if p > lim:
+                        if 8 * q - nbits > lim:
                             return m, ENDED
                         k += 1
                 else:  # AC_REFINE
                     k = ss
                     while eobrun == 0 and k <= se:
-                        e = _code(look, ac[c], _peek16(clean, p))
+                        if nbits < 32:
+                            acc |= _load32(clean, q) << (31 - nbits)
+                            q += 4
+                            nbits += 32
+                        e = _code(look, ac[c], acc)
                         if e == 0 or (e & 15) > 1:
-                            return m, ENDED if p + 16 > lim else BAD_CODE
+                            return m, ENDED if 8 * q - nbits + 16 > lim else BAD_CODE
+                        acc = (acc << (e >> 8)) & LOW63  # the code, the sign of a new coefficient
+                        nbits -= e >> 8
                         r, s = (e & 0xFF) >> 4, e & 15
-                        p += e >> 8  # the code, and the sign bit of a new coefficient
                         if s == 0 and r != 15:  # a run of empty bands starts here
-                            eobrun = (1 << r) + (_peek16(clean, p) >> (16 - r) if r else 0)
-                            p += r
+                            eobrun = (1 << r) + _peek(acc, r)
+                            acc = (acc << r) & LOW63
+                            nbits -= r
                             break
                         while k <= se:  # skip r zero coefficients; nonzero ones: 1 bit each
                             if nonzero[m, k]:
-                                p += 1
+                                if nbits < 32:
+                                    acc |= _load32(clean, q) << (31 - nbits)
+                                    q += 4
+                                    nbits += 32
+                                acc = (acc << 1) & LOW63
+                                nbits -= 1
                             else:
                                 r -= 1
                                 if r < 0:
@@ -246,15 +292,21 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                             k += 1
                         if s and k < 64:
                             nonzero[m, k] = 1
-                        if p > lim:
+                        if 8 * q - nbits > lim:
                             return m, ENDED
                         k += 1
                     if eobrun > 0:  # the rest of the band: a correction bit per nonzero one
                         while k <= se:
-                            p += np.int64(nonzero[m, k])
+                            if nonzero[m, k]:
+                                if nbits < 32:
+                                    acc |= _load32(clean, q) << (31 - nbits)
+                                    q += 4
+                                    nbits += 32
+                                acc = (acc << 1) & LOW63
+                                nbits -= 1
                             k += 1
                         eobrun -= 1
-                        if p > lim:
+                        if 8 * q - nbits > lim:
                             return m, ENDED
     return total, COMPLETE
 
