@@ -314,15 +314,16 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
 # ----------------------------------------------------------------------------- the markers
 @functools.lru_cache(maxsize=32)
 def huffman_lookup(tc: int, counts: tuple, symbols: tuple) -> np.ndarray | None:
-    """The ``(65536,)`` int32 decoding table of a Huffman table: class ``tc`` (0 DC, 1 AC),
+    """The ``(65536 + 512,)`` int32 decoding table of a Huffman table: class ``tc`` (0 DC, 1 AC),
     ``counts`` (how many codes of 1..16 bits) and ``symbols``.
 
-    Entry ``w`` is ``skip << 8 | symbol`` for the code that the 16 bits ``w`` begin with, where
-    ``skip`` is the code's length plus the magnitude bits that follow it (a DC symbol is that
-    number of bits, an AC symbol ``r << 4 | s`` is followed by ``s`` bits), or 0 if the bits
-    begin with no code (or with a DC symbol above 16, which no decoder accepts). Codes are
-    canonical (JPEG spec Annex C): each length's codes follow the previous length's, shifted
-    left by one bit.
+    Entry ``w < 65536`` is ``skip << 8 | symbol`` for the code that the 16 bits ``w`` begin
+    with, where ``skip`` is the code's length plus the magnitude bits that follow it (a DC
+    symbol is that number of bits, an AC symbol ``r << 4 | s`` is followed by ``s`` bits), or 0
+    if the bits begin with no code (or with a DC symbol above 16, which no decoder accepts).
+    Entries ``65536 + v`` hold the same for the codes of at most 9 bits, looked up by the next 9
+    bits ``v`` (0 for longer codes). Codes are canonical (JPEG spec Annex C): each length's codes
+    follow the previous length's, shifted left by one bit.
 
     Returns None if the table codes more symbols than its lengths allow (a corrupt table).
     Cached: most files share a few tables (the standard ones, an encoder's own).
@@ -604,7 +605,7 @@ def _walk_one_scan(data, body, start, frame, tables, restart, number, seen, coef
 
 @functools.lru_cache(maxsize=16)
 def _stacked_lookups(tables: tuple):
-    """``(T, 65536)`` int32: :func:`huffman_lookup` of each ``(class, (counts, symbols))`` in
+    """``(T, 65536 + 512)`` int32: :func:`huffman_lookup` of each ``(class, (counts, symbols))`` in
     ``tables``, one row each (None if one is corrupt); ``(1, 1)`` zeros for a scan that needs
     none (DC refinement)."""
     if not tables:
