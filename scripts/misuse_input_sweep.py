@@ -124,6 +124,18 @@ def make_scratch(work):
         "widthwrong": variant("widthwrong", lambda v: v["images"][0].update(width=10)),
         "bigint": variant("bigint", lambda v: None),
     }
+    # the COCO set with its first image a JPEG cut in half and closed with an end marker
+    def first_jpeg(v):
+        name = v["images"][0]["file_name"]
+        v["images"][0]["file_name"] = name.rsplit(".", 1)[0] + ".jpg"
+
+    files["one_trunc_jpg"] = variant("one_trunc_jpg", first_jpeg)
+    root = os.path.dirname(files["one_trunc_jpg"])
+    first = json.load(open(files["one_trunc_jpg"]))["images"][0]["file_name"]
+    png = os.path.join(root, "images", first.rsplit(".", 1)[0] + ".png")
+    Image.open(png).convert("RGB").save(os.path.join(root, "images", first), quality=95)
+    b = open(os.path.join(root, "images", first), "rb").read()
+    open(os.path.join(root, "images", first), "wb").write(b[: len(b) // 2] + b"\xff\xd9")
     text = open(files["bigint"]).read().replace(
         json.dumps(d["annotations"][0]["bbox"]), "[" + "9" * 5000 + ", 1, 2, 3]", 1)
     open(files["bigint"], "w").write(text)
@@ -301,6 +313,9 @@ def cases(work, f):
           "o/exp"], ok("skipped")),
         ("D19 truncated JPEG with an end marker", "D19",
          ["detect", "--checkpoint", ck, "img/trunc_eoi.jpg", "--out", "o/d19"], error("trunc_eoi")),
+        ("D19 train on a set with a truncated JPEG", "D19",
+         [*tr, "--data", f["one_trunc_jpg"], "--split", "all", "--iters", "2", "--out", "o/d19t"],
+         ok("truncated JPEG", "skipped")),
         ("D20 detect an EXIF-6 JPEG", "D20",
          ["detect", "--checkpoint", ck, "img/exif6.jpg", "--out", "o/d20"],
          det_json("o/d20/exif6.json", (128, 160))),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from minirccn.core.errors import MinirccnError
 from minirccn.data.common import ImageUnreadable, quiet_exif, read_image, warn
+from minirccn.data.jpeg import jpeg_problem
 
 
 def _tail(path: str, n: int = 1024) -> bytes:
@@ -23,17 +24,18 @@ def _tail(path: str, n: int = 1024) -> bytes:
 
 def image_problem(path: str) -> str | None:
     """Why the image at ``path`` cannot be used, or None: its header is read (cheap) and, for
-    formats with an end marker (JPEG, PNG, GIF) or a stated size (BMP, WebP), its end is
-    checked, so a truncated file is found without decoding it; other formats are decoded."""
+    formats with an end marker (PNG, GIF) or a stated size (BMP, WebP), its end is checked, so
+    a truncated file is found without decoding it; a JPEG's structure is walked
+    (:func:`minirccn.data.jpeg.jpeg_problem`: every block its header promises is in its data,
+    which finds one cut short and closed with an end marker); other formats are decoded."""
     try:
         with quiet_exif(), Image.open(path) as im:
             fmt, (w, h) = im.format, im.size
             if w < 1 or h < 1:
                 return f"empty image ({w}x{h})"
             size = os.path.getsize(path)
-            if fmt == "JPEG":
-                if b"\xff\xd9" not in _tail(path):
-                    return "truncated JPEG (no end-of-image marker)"
+            if fmt == "JPEG":  # every block the frame header promises, read from the file
+                return jpeg_problem(path)
             elif fmt == "PNG":
                 if b"IEND" not in _tail(path, 64):
                     return "truncated PNG (no IEND chunk)"

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from minirccn.core.errors import MinirccnError
+from minirccn.data.jpeg import jpeg_problem
 
 BACKGROUND = "__background__"
 
@@ -166,21 +167,28 @@ def read_image(path: str) -> np.ndarray:
         ``(H, W, 3)`` uint8.
 
     Raises:
-        MinirccnError: the file is missing, truncated or not an image.
+        ImageUnreadable: the file is missing, truncated (a JPEG whose image data stops before
+            its last block included: :func:`minirccn.data.jpeg.jpeg_problem`) or not an image.
     """
     if not os.path.isfile(path):
         raise ImageUnreadable(f"{path}: image file not found")
     try:
         with quiet_exif(), Image.open(path) as im:
-            im.load()
-            # EXIF orientation (phones store portraits as rotated landscapes): pixels as a
-            # viewer shows them, the frame the annotation tools draw boxes in
-            im = _exif_upright(im)
-            if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale, never clip
-                return _scale_to_8_bits(np.asarray(im), im.mode)
-            rgb = im.convert("RGB")
+            # a JPEG cut short and closed with an end marker decodes without an error (the
+            # missing blocks grey): its structure is checked before it is decoded
+            problem = jpeg_problem(path) if im.format == "JPEG" else None
+            if problem is None:
+                im.load()
+                # EXIF orientation (phones store portraits as rotated landscapes): pixels as a
+                # viewer shows them, the frame the annotation tools draw boxes in
+                im = _exif_upright(im)
+                if im.mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale, never clip
+                    return _scale_to_8_bits(np.asarray(im), im.mode)
+                rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, truncated file, decoder errors
         raise ImageUnreadable(f"{path}: cannot decode image ({exc})") from None
+    if problem is not None:
+        raise ImageUnreadable(f"{path}: {problem}")
     return np.asarray(rgb, dtype=np.uint8)
 
 

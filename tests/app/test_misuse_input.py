@@ -249,6 +249,87 @@ def test_data_preview_skips_a_bad_image(one_bad, tmp_path, capsys):
     assert f"{bad}: cannot decode image" in capsys.readouterr().err and os.path.isfile(out)
 
 
+# ------------------------------------------------------------------ D19: a truncated JPEG closed with FFD9
+def truncate_jpeg_with_eoi(path, keep=0.5):
+    """Cut the JPEG at ``path`` to ``keep`` of its bytes and append the end-of-image marker:
+    Pillow decodes it without an error, the missing blocks grey."""
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)] + b"\xff\xd9")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def one_trunc_jpeg(tmp_path_factory):
+    """A COCO set of 8 JPEG images whose first is cut in half and closed with FFD9."""
+    root = tmp_path_factory.mktemp("trunc_jpeg")
+    data = export_coco(load_dataset("shapes", "train", shapes_config=SMALL), str(root / "ds"),
+                       image_format="jpg")
+    d = json.load(open(data))
+    bad = os.path.join(os.path.dirname(data), "images", d["images"][0]["file_name"])
+    return data, truncate_jpeg_with_eoi(bad)
+
+
+def test_detect_refuses_a_truncated_jpeg_closed_with_an_end_marker(ckpt, tmp_path, capsys):
+    from PIL import Image
+    good = str(tmp_path / "good.jpg")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        good, quality=95)
+    bad = truncate_jpeg_with_eoi(_copy(good, tmp_path / "trunc_eoi.jpg"))
+    out = tmp_path / "det"
+    assert main(["detect", "--checkpoint", ckpt, bad, "--out", str(out)]) == 2
+    assert last_error(capsys) == (
+        f"minirccn: error: {bad}: truncated JPEG (scan 1 ends after 7 of its 16 blocks of 16x16 "
+        "pixels; a decoder fills the rest grey)")
+    assert main(["detect", "--checkpoint", ckpt, good, bad, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{bad}: truncated JPEG" in err and "skipped" in err
+    assert sorted(p.name for p in out.glob("*.json")) == ["good.json"]
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copy(src, dst)
+    return dst
+
+
+def test_train_skips_a_truncated_jpeg_with_one_warning(one_trunc_jpeg, tmp_path, capsys):
+    data, bad = one_trunc_jpeg
+    argv = ["train", "--data", data, "--split", "all", "--eval-split", "", "--no-progress",
+            "--iters", "2", "--out", str(tmp_path / "run")] + SETS
+    assert main(argv) == 0
+    warned = [e for e in capsys.readouterr().err.splitlines() if "truncated JPEG" in e]
+    assert warned == [f"minirccn: warning: {bad}: truncated JPEG (scan 1 ends after 6 of its 16 "
+                      "blocks of 16x16 pixels; a decoder fills the rest grey); skipped"]
+
+
+def test_the_training_loader_replaces_a_jpeg_truncated_after_the_preflight(one_trunc_jpeg):
+    from minirccn.data.checks import ReplaceUnreadable
+    from minirccn.data.common import DataWarning
+    data, bad = one_trunc_jpeg
+    ds = ReplaceUnreadable(load_dataset(data, "all"))  # no preflight: the loader finds it
+    i = [ds.dataset.image_file(k) for k in range(len(ds))].index(bad)
+    with pytest.warns(DataWarning, match="truncated JPEG") as record:
+        assert ds[i]["image_id"] == ds.dataset[(i + 1) % len(ds)]["image_id"]
+    assert [str(w.message) for w in record] == [
+        f"{bad}: truncated JPEG (scan 1 ends after 6 of its 16 blocks of 16x16 pixels; a decoder "
+        "fills the rest grey); skipped for the rest of the run"]
+
+
+def test_eval_preview_and_export_skip_a_truncated_jpeg(ckpt, one_trunc_jpeg, tmp_path, capsys):
+    data, bad = one_trunc_jpeg
+    assert main(["eval", "--checkpoint", ckpt, "--data", data, "--split", "all", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["num_images"] == 7 and f"{bad}: truncated JPEG" in err
+    prev = str(tmp_path / "p.png")
+    assert main(["data", "preview", "--data", data, "--split", "all", "--out", prev]) == 0
+    assert f"{bad}: truncated JPEG" in capsys.readouterr().err and os.path.isfile(prev)
+    exp = str(tmp_path / "exp")
+    assert main(["data", "export", "--format", "coco", "--data", data, "--split", "all",
+                 "--out", exp]) == 0
+    o, err = capsys.readouterr()
+    assert "wrote 7 images" in o and f"{bad}: truncated JPEG" in err
+
+
 # ------------------------------------------------------------------ D20: EXIF, COCO width/height
 def exif_rotated(path, size=(160, 128), orientation=6):
     """A JPEG stored ``size`` (w, h) wide with EXIF orientation 6 (shown turned 90 degrees
