@@ -243,7 +243,7 @@ def run_lineage(
         rows[name] = {"train_seconds": result["metrics"]["train_seconds"], "iters": iters}
     if rpn_checkpoint:
         rpn_model, state = load_checkpoint(rpn_checkpoint)
-        if rpn_model.config.model != "fasterrcnn":
+        if rpn_model.PROPOSALS != "rpn":
             raise MinirccnError(f"--rpn-checkpoint {rpn_checkpoint}: not a Faster R-CNN checkpoint")
         rpn_model.to(backend)
         models["fasterrcnn_checkpoint"] = rpn_model
@@ -268,7 +268,7 @@ def run_lineage(
         ev = evaluate_timed(model, test_data, n, backend, progress)
         row = rows[name]
         row.update(ev)
-        if name in ("rcnn", "fastrcnn"):
+        if model.PROPOSALS == "external":
             cap = model.config.max_proposals
             props = [b[:cap] for b in ss_boxes]
             row.update(proposal_seconds=ss_time, proposals="selective search")

@@ -127,8 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def chosen_model(args) -> str:
-    """``--model``, else ``fastrcnn`` when ``--proposals`` is given, else ``fasterrcnn``."""
-    return args.model or ("fastrcnn" if args.proposals else "fasterrcnn")
+    """``--model``, else ``fastrcnn`` when ``--proposals`` is given, else ``fasterrcnn``
+    (:func:`minirccn.detector.registry.default_model`)."""
+    return args.model or registry.default_model(external_proposals=bool(args.proposals))
 
 
 def lineage_config(config, args):

@@ -106,6 +106,13 @@ class Detector:
     ALTERNATING: bool = False
     #: the preset ``minirccn train --model KIND`` uses without ``--preset``
     DEFAULT_PRESET: str = "tiny"
+    #: where the regions it classifies come from: ``"rpn"`` (its own RPN, ``rpn_proposals``),
+    #: ``"external"`` (selective search or a file, ``image_proposals``) or ``""`` (none: a
+    #: dense one-stage model classifies every anchor)
+    PROPOSALS: str = ""
+    #: the torchvision class a checkpoint of this model exports to (``minirccn export``);
+    #: ``""``: none
+    TORCHVISION: str = ""
 
     def __init__(self, config, class_names, params=None, rng: np.random.Generator | None = None):
         self.config = config

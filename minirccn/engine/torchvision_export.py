@@ -52,7 +52,7 @@ TARGETS = ("torchvision",)
 def check_exportable(model) -> None:
     """Raise one :class:`MinirccnError` unless torchvision's ``FasterRCNN`` can hold ``model``."""
     cfg = model.config
-    if cfg.model != "fasterrcnn":
+    if model.TORCHVISION != "FasterRCNN":
         raise MinirccnError(
             f"export: a {cfg.model} checkpoint cannot be exported to torchvision (only Faster R-CNN "
             f"checkpoints: torchvision's FasterRCNN)"

@@ -108,6 +108,8 @@ class FasterRCNN(Detector):
     #: the parts this model trains (Fast R-CNN: the head only)
     PARTS = PARTS
     ALTERNATING = True
+    PROPOSALS = "rpn"
+    TORCHVISION = "FasterRCNN"
 
     def build(self) -> None:
         cfg = self.config
