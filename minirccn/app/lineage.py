@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from minirccn.app import flags
 from minirccn import viz
 from minirccn.config import preset
 from minirccn.core import files
@@ -453,15 +454,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rpn-top-n", type=int, default=2000, help="RPN proposals for the recall curve"
     )
-    parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    flags.add_backend_argument(parser)
+    flags.add_seed_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the lineage run in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    flags.add_progress_argument(parser)
 
 
 def run(args) -> int:
-    if args.seed < 0:
-        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    flags.check_seed(args)
     for flag in ("iters", "test_images", "rcnn_max_proposals", "rpn_top_n"):
         value = getattr(args, flag)
         if value < 1:
