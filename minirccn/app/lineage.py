@@ -466,8 +466,8 @@ def run(args) -> int:
         value = getattr(args, flag)
         if value < 1:
             raise MinirccnError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
-    if args.rpn_checkpoint and not os.path.isfile(args.rpn_checkpoint):
-        raise MinirccnError(f"--rpn-checkpoint {args.rpn_checkpoint}: file not found")
+    if args.rpn_checkpoint:
+        files.existing_file(args.rpn_checkpoint, flag="--rpn-checkpoint")
     report = run_lineage(
         args.out,
         iters=args.iters,

@@ -37,6 +37,7 @@ from minirccn.core.files import (
     check_out_folder,
     check_replace,
     distinct_names,
+    existing_file,
     default_output,
     save_image,
     write_json,
@@ -53,9 +54,7 @@ DEFAULT_SCORE_THRESH = 0.5
 
 def _load_model(path: str):
     """The model stored in checkpoint ``path`` (one :class:`MinirccnError` naming it if unusable)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: checkpoint file not found")
+    path = existing_file(path, "checkpoint file")
     model, _state = load_checkpoint(path)
     return model
 

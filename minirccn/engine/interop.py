@@ -72,7 +72,7 @@ import numpy as np
 
 from minirccn.config.presets import DetectorConfig
 from minirccn.core.errors import MinirccnError
-from minirccn.core.files import atomic_path
+from minirccn.core.files import atomic_path, existing_file
 from minirccn.detector.registry import build_model
 from minirccn.engine.checkpoint import param_shapes
 from minirccn.engine.checks import check_config
@@ -407,9 +407,7 @@ def read_state_dict(path) -> dict:
     A pickled torch file (``.pth`` and kin, or a zip archive whatever its name) is refused
     with how to convert it: minirccn never unpickles (arbitrary code) and never imports torch.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: file not found")
+    path = existing_file(path)
     if path.lower().endswith(PICKLE_SUFFIXES) or zipfile.is_zipfile(path):
         raise MinirccnError(
             f"{path}: a pickled torch file is not read (it can run code); {SAVE_HINT}"
