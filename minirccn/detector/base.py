@@ -170,6 +170,16 @@ class Detector:
             cfg.anchor_grid,
         )
 
+    def inference_levels(self, images, backend: str):
+        """The backbone's levels of a batch ``images`` ``(N, 3, H, W)`` in inference mode (batch
+        norm on its running statistics) and the anchors of every level:
+        ``(levels, anchors (M, 4), counts)``, ``counts[l]`` anchors on level ``l``, finest first."""
+        levels, _ = self.backbone.forward(self.params, images, False, backend)
+        anchors, counts = self.anchor_generator(
+            [f.shape[2:] for f in levels], array_module(backend), images.shape[2:]
+        )
+        return levels, anchors, counts
+
     @property
     def num_classes(self) -> int:
         """``K``, including the background class 0."""
