@@ -35,8 +35,8 @@ import time
 
 import numpy as np
 
-from minirccn.app import flags
 from minirccn import viz
+from minirccn.app import flags
 from minirccn.config import preset
 from minirccn.core import files
 from minirccn.core.backend import array_module, resolve, to_numpy
