@@ -1,11 +1,16 @@
 """A refactor proves itself: 300-step runs of every model kind give the same metrics.json.
 
-    python scripts/same_numbers.py run OUT        # the six 300-step runs into OUT/<kind>/
-    python scripts/same_numbers.py compare OUT    # every non-timing value against the baselines
+    python scripts/same_numbers.py run OUT           # the six 300-step runs into OUT/<kind>/
+    python scripts/same_numbers.py compare OUT       # every non-timing value against the baselines
+    python scripts/same_numbers.py compare OUT BASE  # ... against the runs in BASE/<kind>/
 
 The baselines, docs/measured/refactor-300/<kind>.json, are the metrics.json of the same runs
 made with the code before the detector redesign (09c0f12); the runs are deterministic, so any
-difference in a non-timing value means the numbers moved.
+difference in a non-timing value means the numbers moved. Changes made since that were meant
+to move numbers (faster kernels, new config fields) make them differ from the baselines; a
+refactor of such a later commit proves itself against BASE: the same ``run`` with that
+commit's code (e.g. ``git archive COMMIT | tar -x -C /tmp/base`` and
+``PYTHONPATH=/tmp/base python /tmp/base/scripts/same_numbers.py run /tmp/base-runs``).
 """
 
 import json
@@ -41,10 +46,13 @@ def run(out: Path) -> None:
         subprocess.run(argv + flags, check=True, stdout=subprocess.DEVNULL)
 
 
-def compare(out: Path) -> int:
+def compare(out: Path, base: Path | None = None) -> int:
+    """Print one line per run; 1 if any non-timing value of ``out``'s runs differs from the
+    baselines (or from ``base``'s runs), else 0."""
     failures = 0
     for kind in RUNS:
-        want = without_timings(json.loads((BASELINES / f"{kind}.json").read_text()))
+        wanted = base / kind / "metrics.json" if base is not None else BASELINES / f"{kind}.json"
+        want = without_timings(json.loads(wanted.read_text()))
         got = without_timings(json.loads((out / kind / "metrics.json").read_text()))
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
         failures += bool(diff)
@@ -54,9 +62,12 @@ def compare(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("run", "compare"):
+    usage_ok = (len(sys.argv) == 3 and sys.argv[1] == "run") or (
+        len(sys.argv) in (3, 4) and sys.argv[1] == "compare"
+    )
+    if not usage_ok:
         sys.exit(__doc__)
     folder = Path(sys.argv[2])
     if sys.argv[1] == "run":
         run(folder)
-    sys.exit(compare(folder))
+    sys.exit(compare(folder, Path(sys.argv[3]) if len(sys.argv) == 4 else None))

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from minirccn.app import flags
 from minirccn.core import backend as B
 from minirccn.core.errors import MinirccnError
 from minirccn.core.files import check_replace, default_output, write_json
@@ -687,7 +688,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    flags.add_seed_argument(parser, help="seed of the benchmark inputs")
     parser.add_argument(
         "--json",
         dest="json_path",
@@ -715,8 +716,7 @@ def json_out(path, overwrite: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seed < 0:
-        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    flags.check_seed(args)
     if not (args.min_time >= 0 and math.isfinite(args.min_time)):
         raise MinirccnError(f"--min-time: expected a finite number of seconds >= 0, got {args.min_time}")
     groups = {g.strip() for g in args.groups.split(",") if g.strip()}

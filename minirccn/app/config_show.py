@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from minirccn.app import flags
 from minirccn.app.userdata import configure
 from minirccn.config import PRESETS, DetectorConfig, preset
 from minirccn.config.overrides import field_names
@@ -57,8 +58,7 @@ def add_arguments(parser) -> None:
         help="network preset (default: tiny; resnet-fpn-tiny for --model retinanet)",
     )
     parser.add_argument("--model", default="fasterrcnn", choices=MODELS, help="as minirccn train's --model")
-    parser.add_argument("--data", default="shapes", help="derive defaults from this data")
-    parser.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
+    flags.add_data_arguments(parser, help="derive defaults from this data")
     parser.add_argument("--val-data", default=None, help="as minirccn train's --val-data")
     parser.add_argument("--val-images", default=None, help="as minirccn train's --val-images")
     parser.add_argument("--split", default=None, help="as minirccn train's --split")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from minirccn.app import flags
 from minirccn.core.errors import MinirccnError
 from minirccn.core.files import check_replace, default_output
 from minirccn.data import load_dataset
@@ -60,11 +61,10 @@ def add_arguments(parser) -> None:
     )
     ex.add_argument("--format", required=True, choices=FORMATS, help="annotation format")
     ex.add_argument("--out", required=True, help="output folder")
-    ex.add_argument("--data", default="shapes", help="dataset to export (default: shapes)")
-    ex.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
+    flags.add_data_arguments(ex, help="dataset to export (default: shapes)")
     ex.add_argument("--split", default="test", help="split to export (default: test)")
     ex.add_argument("--count", type=int, default=None, help="export only the first N images")
-    ex.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
+    flags.add_seed_argument(ex, help="seed of the shapes images (default: 0)")
     ex.add_argument(
         "--image-format", default="png", choices=("png", "jpg"), help="image files (default: png)"
     )
@@ -84,11 +84,10 @@ def add_arguments(parser) -> None:
         help=f"output .png file (default: {DEFAULT_PREVIEW}, or preview2.png, ... when it exists)",
     )
     pv.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    pv.add_argument("--data", default="shapes", help="dataset (default: shapes)")
-    pv.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
+    flags.add_data_arguments(pv, help="dataset (default: shapes)")
     pv.add_argument("--split", default="train", help="split (default: train)")
     pv.add_argument("--count", type=int, default=16, help="number of images (default: 16)")
-    pv.add_argument("--seed", type=int, default=0, help="seed of the shapes images (default: 0)")
+    flags.add_seed_argument(pv, help="seed of the shapes images (default: 0)")
 
 
 DEFAULT_PREVIEW = "preview.png"
@@ -108,8 +107,7 @@ def preview_out(out, overwrite: bool) -> str:
 
 
 def run(args) -> int:
-    if args.seed < 0:
-        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    flags.check_seed(args)
     if args.out is not None and not args.out.strip():
         raise MinirccnError("--out: expected a file or folder name, got an empty string")
     if args.data_command == "preview":  # before the data is read: a bad --out fails at once

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from minirccn.core.errors import MinirccnError
+from minirccn.core.files import existing_file
 from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.engine.torchvision_export import TARGETS, check_exportable, export_torchvision
 
@@ -26,8 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if not os.path.isfile(args.checkpoint):
-        raise MinirccnError(f"{args.checkpoint}: checkpoint file not found")
+    existing_file(args.checkpoint, "checkpoint file")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise MinirccnError(f"--out {args.out}: exists and is not a folder")
     model, _state = load_checkpoint(args.checkpoint)

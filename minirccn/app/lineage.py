@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from minirccn import viz
+from minirccn.app import flags
 from minirccn.config import preset
 from minirccn.core import files
 from minirccn.core.backend import array_module, resolve, to_numpy
@@ -243,7 +244,7 @@ def run_lineage(
         rows[name] = {"train_seconds": result["metrics"]["train_seconds"], "iters": iters}
     if rpn_checkpoint:
         rpn_model, state = load_checkpoint(rpn_checkpoint)
-        if rpn_model.config.model != "fasterrcnn":
+        if rpn_model.PROPOSALS != "rpn":
             raise MinirccnError(f"--rpn-checkpoint {rpn_checkpoint}: not a Faster R-CNN checkpoint")
         rpn_model.to(backend)
         models["fasterrcnn_checkpoint"] = rpn_model
@@ -268,7 +269,7 @@ def run_lineage(
         ev = evaluate_timed(model, test_data, n, backend, progress)
         row = rows[name]
         row.update(ev)
-        if name in ("rcnn", "fastrcnn"):
+        if model.PROPOSALS == "external":
             cap = model.config.max_proposals
             props = [b[:cap] for b in ss_boxes]
             row.update(proposal_seconds=ss_time, proposals="selective search")
@@ -453,21 +454,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rpn-top-n", type=int, default=2000, help="RPN proposals for the recall curve"
     )
-    parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    flags.add_backend_argument(parser)
+    flags.add_seed_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the lineage run in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    flags.add_progress_argument(parser)
 
 
 def run(args) -> int:
-    if args.seed < 0:
-        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    flags.check_seed(args)
     for flag in ("iters", "test_images", "rcnn_max_proposals", "rpn_top_n"):
         value = getattr(args, flag)
         if value < 1:
             raise MinirccnError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
-    if args.rpn_checkpoint and not os.path.isfile(args.rpn_checkpoint):
-        raise MinirccnError(f"--rpn-checkpoint {args.rpn_checkpoint}: file not found")
+    if args.rpn_checkpoint:
+        files.existing_file(args.rpn_checkpoint, flag="--rpn-checkpoint")
     report = run_lineage(
         args.out,
         iters=args.iters,

@@ -30,12 +30,14 @@ from __future__ import annotations
 import json
 import os
 
-from minirccn.core.backend import BACKENDS, resolve
+from minirccn.app import flags
+from minirccn.core.backend import resolve
 from minirccn.core.errors import MinirccnError
 from minirccn.core.files import (
     check_out_folder,
     check_replace,
     distinct_names,
+    existing_file,
     default_output,
     save_image,
     write_json,
@@ -52,9 +54,7 @@ DEFAULT_SCORE_THRESH = 0.5
 
 def _load_model(path: str):
     """The model stored in checkpoint ``path`` (one :class:`MinirccnError` naming it if unusable)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: checkpoint file not found")
+    path = existing_file(path, "checkpoint file")
     model, _state = load_checkpoint(path)
     return model
 
@@ -112,7 +112,7 @@ def add_arguments_detect(parser) -> None:
         default=DEFAULT_SCORE_THRESH,
         help=f"keep detections scoring at least this (default: {DEFAULT_SCORE_THRESH})",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default=None, help="numpy, numba or cuda")
+    flags.add_backend_argument(parser)
 
 
 DEFAULT_DETECT_OUT = "detections"
@@ -192,30 +192,22 @@ def add_arguments_eval(parser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="checkpoint file written by minirccn train"
     )
-    parser.add_argument(
-        "--data",
-        default="shapes",
-        help="shapes (default), a VOC root folder, a COCO .json or a .csv file",
-    )
-    parser.add_argument("--images", default=None, help="image folder of a COCO/CSV --data")
+    flags.add_data_arguments(parser)
     parser.add_argument(
         "--split",
         default=None,
         help="split to evaluate (default: all of a COCO/CSV file, else test)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the shapes images (default: 0)"
-    )
+    flags.add_seed_argument(parser, help="seed of the shapes images (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--backend", choices=BACKENDS, default=None, help="numpy, numba or cuda")
+    flags.add_backend_argument(parser)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
 
 
 def run_eval(args) -> int:
-    if args.seed < 0:
-        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    flags.check_seed(args)
     if args.limit is not None and args.limit < 1:
         raise MinirccnError(f"--limit: expected a positive number of images, got {args.limit}")
     backend = resolve(args.backend) if args.backend else None

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from minirccn.app import summary, userdata, weights
+from minirccn.app import flags, summary, userdata, weights
 from minirccn.app.config_show import add_override_arguments
 from minirccn.config import PRESETS, preset
 from minirccn.core.errors import MinirccnError, note
@@ -24,12 +24,7 @@ from minirccn.engine.loop import train
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``minirccn train``."""
-    parser.add_argument(
-        "--data",
-        default="shapes",
-        help="'shapes' (default), a VOC root folder, a COCO .json or a .csv file",
-    )
-    parser.add_argument("--images", default=None, help="image folder for COCO / CSV annotations")
+    flags.add_data_arguments(parser)
     parser.add_argument(
         "--out",
         default=None,
@@ -50,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "warped proposal, slow by design; docs/lineage.md)",
     )
     parser.add_argument("--iters", type=int, default=None, help="SGD steps (default: the preset's)")
-    parser.add_argument("--backend", default=None, help="numpy, numba (default) or cuda")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    flags.add_backend_argument(parser)
+    flags.add_seed_argument(parser)
     parser.add_argument("--lr", type=float, default=None, help="base learning rate")
     parser.add_argument(
         "--resume",
@@ -77,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-images", type=int, default=None, help="evaluate only this many images"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    flags.add_progress_argument(parser)
     parser.add_argument(
         "--minutes",
         type=float,
@@ -127,8 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def chosen_model(args) -> str:
-    """``--model``, else ``fastrcnn`` when ``--proposals`` is given, else ``fasterrcnn``."""
-    return args.model or ("fastrcnn" if args.proposals else "fasterrcnn")
+    """``--model``, else ``fastrcnn`` when ``--proposals`` is given, else ``fasterrcnn``
+    (:func:`minirccn.detector.registry.default_model`)."""
+    return args.model or registry.default_model(external_proposals=bool(args.proposals))
 
 
 def lineage_config(config, args):
@@ -197,8 +193,7 @@ def run(args) -> int:
     """``minirccn train``: train, evaluate, write outputs; print the summary."""
     if args.iters is not None and args.iters < 1:
         raise MinirccnError(f"--iters: expected a positive number, got {args.iters}")
-    if args.seed < 0:
-        raise MinirccnError(f"--seed: expected a non-negative integer, got {args.seed}")
+    flags.check_seed(args)
     if args.eval_images is not None and args.eval_images < 1:
         raise MinirccnError(f"--eval-images: expected a positive number, got {args.eval_images}")
     model = chosen_model(args)

@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
+from minirccn.core.files import existing_file
 from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.detector.backbones.levels import backbone_spec
 from minirccn.detector.backbones.vgg import get_spec
@@ -64,9 +65,7 @@ def torchvision_names(config) -> dict:
 
 def read_safetensors(path) -> dict:
     """``{name: NumPy array}`` of a ``.safetensors`` file (one clear error if unreadable)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"--weights {path}: file not found")
+    path = existing_file(path, flag="--weights")
     try:
         from safetensors.numpy import load_file
     except ImportError:
@@ -127,8 +126,6 @@ def checkpoint_weights(path):
     """``(config, params)`` of checkpoint ``path``: fine-tuning starts from its architecture
     (its config, then ``--config`` / ``--set``) and from every array whose name and shape the new
     model shares; a predictor of other classes starts afresh (the training loop names it)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"--weights {path}: file not found")
+    path = existing_file(path, flag="--weights")
     model, _state = load_checkpoint(path)
     return model.config, dict(model.params)

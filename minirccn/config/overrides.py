@@ -35,6 +35,7 @@ import os
 
 from minirccn.config.presets import DetectorConfig
 from minirccn.core.errors import MinirccnError
+from minirccn.core.files import existing_file
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -167,9 +168,7 @@ def parse_sets(items) -> dict:
 
 def read_config_file(path) -> dict:
     """The fields set in JSON file ``path`` (an object ``{field: value}``), checked and typed."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: config file not found")
+    path = existing_file(path, "config file")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)

@@ -203,6 +203,15 @@ def remove_stale_temps(folder, any_legacy: bool = False) -> list:
     return removed
 
 
+def existing_file(path, what: str = "file", flag: str = "") -> str:
+    """``path`` as a ``str`` if it names a file, else one :class:`MinirccnError` naming it:
+    ``"[FLAG ]PATH: WHAT not found"`` (``what``: "checkpoint file", "config file", ...)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MinirccnError(f"{flag + ' ' if flag else ''}{path}: {what} not found")
+    return path
+
+
 def check_out_folder(folder, flag: str = "--out") -> str:
     """Make sure ``folder`` exists (created if missing) and a file can be written in it.
 

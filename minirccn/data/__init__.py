@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 from minirccn.core.errors import MinirccnError
+from minirccn.core.files import existing_file
 from minirccn.data.coco import COCODataset
 from minirccn.data.common import BACKGROUND, DataWarning, DetectionDataset, check_class_names
 from minirccn.data.csvfile import CSVDataset
@@ -77,8 +78,7 @@ def _load_dataset(spec, split, images, seed, shapes_config) -> DetectionDataset:
         return VOCDataset(spec, split=split)
     lower = spec.lower()
     if lower.endswith((".json", ".csv")):
-        if not os.path.isfile(spec):
-            raise MinirccnError(f"{spec}: annotation file not found")
+        existing_file(spec, "annotation file")
         if lower.endswith(".json"):
             return COCODataset(spec, split=split, images=images)
         return CSVDataset(spec, split=split, images=images)

@@ -61,13 +61,13 @@ def image_problem(path: str) -> str | None:
     return None
 
 
-class SkipImages:
-    """``dataset`` without the images at ``skipped`` indices (same classes, same name)."""
+class DatasetView:
+    """A dataset seen through a wrapper: the wrapped ``dataset``'s classes and name, and every
+    attribute the wrapper does not define (``split``, ``path``, ``image_file``, ...) read from
+    it. Subclasses define which images it shows (``__len__``, ``__getitem__``)."""
 
-    def __init__(self, dataset, skipped):
+    def __init__(self, dataset):
         self.dataset = dataset
-        skipped = set(skipped)
-        self.keep = [i for i in range(len(dataset)) if i not in skipped]
         self.class_names = dataset.class_names
         self.name = dataset.name
 
@@ -75,18 +75,9 @@ class SkipImages:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def __len__(self) -> int:
-        return len(self.keep)
-
-    def __getitem__(self, index):
-        return self.dataset[self.keep[index]]
-
     def __iter__(self):
-        for i in self.keep:
-            yield self.dataset[i]
-
-    def image_file(self, index: int):
-        return self.dataset.image_file(self.keep[index])
+        for i in range(len(self)):
+            yield self[i]
 
     def __getattr__(self, name):  # split, path, ... of the wrapped dataset
         if name == "dataset":
@@ -94,21 +85,33 @@ class SkipImages:
         return getattr(self.dataset, name)
 
 
-class ReplaceUnreadable:
+class SkipImages(DatasetView):
+    """``dataset`` without the images at ``skipped`` indices (same classes, same name)."""
+
+    def __init__(self, dataset, skipped):
+        super().__init__(dataset)
+        skipped = set(skipped)
+        self.keep = [i for i in range(len(dataset)) if i not in skipped]
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, index):
+        return self.dataset[self.keep[index]]
+
+    def image_file(self, index: int):
+        return self.dataset.image_file(self.keep[index])
+
+
+class ReplaceUnreadable(DatasetView):
     """``dataset`` whose images that cannot be decoded (corrupt inside, past the preflight's
     header and end-marker checks) are replaced by the next readable image, with one warning
     naming the file: a training run goes on, and, the replacement depending on the data only,
     a resumed run takes the same images as the uninterrupted one."""
 
     def __init__(self, dataset):
-        self.dataset = dataset
-        self.class_names = dataset.class_names
-        self.name = dataset.name
+        super().__init__(dataset)
         self.bad = set()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -126,15 +129,6 @@ class ReplaceUnreadable:
                 self.bad.add(j)
                 warn(f"{exc}; skipped for the rest of the run")
         raise MinirccnError(f"{self.name}: none of its {n} images could be read")
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
-
-    def __getattr__(self, name):  # image_file, split, path, num_boxes ... of the wrapped dataset
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 def check_images(dataset, what: str = "--data"):

@@ -106,6 +106,13 @@ class Detector:
     ALTERNATING: bool = False
     #: the preset ``minirccn train --model KIND`` uses without ``--preset``
     DEFAULT_PRESET: str = "tiny"
+    #: where the regions it classifies come from: ``"rpn"`` (its own RPN, ``rpn_proposals``),
+    #: ``"external"`` (selective search or a file, ``image_proposals``) or ``""`` (none: a
+    #: dense one-stage model classifies every anchor)
+    PROPOSALS: str = ""
+    #: the torchvision class a checkpoint of this model exports to (``minirccn export``);
+    #: ``""``: none
+    TORCHVISION: str = ""
 
     def __init__(self, config, class_names, params=None, rng: np.random.Generator | None = None):
         self.config = config
@@ -162,6 +169,16 @@ class Detector:
             cfg.dtype,
             cfg.anchor_grid,
         )
+
+    def inference_levels(self, images, backend: str):
+        """The backbone's levels of a batch ``images`` ``(N, 3, H, W)`` in inference mode (batch
+        norm on its running statistics) and the anchors of every level:
+        ``(levels, anchors (M, 4), counts)``, ``counts[l]`` anchors on level ``l``, finest first."""
+        levels, _ = self.backbone.forward(self.params, images, False, backend)
+        anchors, counts = self.anchor_generator(
+            [f.shape[2:] for f in levels], array_module(backend), images.shape[2:]
+        )
+        return levels, anchors, counts
 
     @property
     def num_classes(self) -> int:

@@ -13,7 +13,6 @@ import numpy as np
 from minirccn.detector.backbones import resnet
 from minirccn.detector.backbones import vgg as _vgg
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
-from minirccn.detector.models.external import ExternalProposals
 from minirccn.core.errors import MinirccnError
 
 #: ``config.model`` -> ``"module:Class"``; the first row is the default model
@@ -64,7 +63,24 @@ def check_buildable(config) -> None:
 def uses_external_proposals(config) -> bool:
     """True for the models that read proposals from outside the network (selective search or
     a file): their config's ``proposals`` field is used."""
-    return issubclass(model_class(config), ExternalProposals)
+    return model_class(config).PROPOSALS == "external"
+
+
+def default_model(external_proposals: bool = False) -> str:
+    """The model ``minirccn train`` builds without ``--model``: the first row of
+    :data:`MODELS`, or, given external proposals (``--proposals``), the first row whose class
+    reads them (``fastrcnn``)."""
+    if not external_proposals:
+        return DEFAULT_MODEL
+    return next(name for name in MODELS if model_class(name).PROPOSALS == "external")
+
+
+def model_record(model) -> dict:
+    """What a run's ``metrics.json`` records about ``model`` beyond its config: its
+    ``model`` name (not for the default model: that run's ``metrics.json`` keeps the keys it
+    had before there were other kinds) and the model's own :meth:`run_record`."""
+    kind = {} if model.config.model == DEFAULT_MODEL else {"model": model.config.model}
+    return {**kind, **model.run_record()}
 
 
 def work_estimate(config) -> dict:

@@ -72,13 +72,19 @@ import numpy as np
 
 from minirccn.config.presets import DetectorConfig
 from minirccn.core.errors import MinirccnError
-from minirccn.core.files import atomic_path
+from minirccn.core.files import atomic_path, existing_file
 from minirccn.detector.registry import build_model
 from minirccn.engine.checkpoint import param_shapes
 from minirccn.engine.checks import check_config
 
-#: the torchvision architectures ``minirccn convert --arch`` reads
-ARCHS = ("fasterrcnn_resnet50_c4", "fasterrcnn_resnet50_fpn")
+#: the torchvision architectures ``minirccn convert --arch`` reads, each with the fields that
+#: set it apart from :data:`TORCHVISION_DEFAULTS` (C4: RPN and head on ResNet-50's stride-16
+#: map, 1024 channels; FPN: five levels of 256 channels)
+ARCH_FIELDS = {
+    "fasterrcnn_resnet50_c4": dict(backbone="resnet50-c4", fpn_channels=0, rpn_channels=1024),
+    "fasterrcnn_resnet50_fpn": dict(backbone="resnet50", fpn_channels=256, rpn_channels=256),
+}
+ARCHS = tuple(ARCH_FIELDS)
 
 #: torchvision's ``FasterRCNN`` defaults (its keyword names are minirccn's config fields)
 TORCHVISION_DEFAULTS = dict(
@@ -130,23 +136,12 @@ TORCHVISION_DEFAULTS = dict(
 def arch_config(arch: str) -> DetectorConfig:
     """The config of torchvision architecture ``arch`` (one of :data:`ARCHS`) with
     torchvision's default numbers (module docstring)."""
-    if arch == "fasterrcnn_resnet50_c4":
-        return DetectorConfig(
-            backbone="resnet50-c4",
-            fpn_channels=0,
-            anchor_sizes=(32, 64, 128, 256, 512),
-            rpn_channels=1024,
-            **TORCHVISION_DEFAULTS,
-        )
-    if arch == "fasterrcnn_resnet50_fpn":
-        return DetectorConfig(
-            backbone="resnet50",
-            fpn_channels=256,
-            anchor_sizes=(32, 64, 128, 256, 512),
-            rpn_channels=256,
-            **TORCHVISION_DEFAULTS,
-        )
-    raise MinirccnError(f"--arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    if arch not in ARCH_FIELDS:
+        raise MinirccnError(f"--arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    # both builders' anchors: one size per level on the pyramid, all five on the C4 map
+    return DetectorConfig(
+        anchor_sizes=(32, 64, 128, 256, 512), **ARCH_FIELDS[arch], **TORCHVISION_DEFAULTS
+    )
 
 
 # ----------------------------------------------------------------------------- the name table
@@ -412,9 +407,7 @@ def read_state_dict(path) -> dict:
     A pickled torch file (``.pth`` and kin, or a zip archive whatever its name) is refused
     with how to convert it: minirccn never unpickles (arbitrary code) and never imports torch.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: file not found")
+    path = existing_file(path)
     if path.lower().endswith(PICKLE_SUFFIXES) or zipfile.is_zipfile(path):
         raise MinirccnError(
             f"{path}: a pickled torch file is not read (it can run code); {SAVE_HINT}"

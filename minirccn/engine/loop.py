@@ -213,9 +213,7 @@ def train(
         metrics["val_seconds"] = round(validator.seconds, 3)
         metrics["best"] = validator.best and {**validator.best, "checkpoint": validator.best_path}
     metrics.update(extra_metrics or {})
-    if config.model != registry.DEFAULT_MODEL:  # the default run's metrics.json: no "model" key
-        metrics["model"] = config.model
-    metrics.update(model.run_record())
+    metrics.update(registry.model_record(model))
     if ckpt:
         save_checkpoint(
             ckpt,

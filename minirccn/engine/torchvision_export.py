@@ -52,7 +52,7 @@ TARGETS = ("torchvision",)
 def check_exportable(model) -> None:
     """Raise one :class:`MinirccnError` unless torchvision's ``FasterRCNN`` can hold ``model``."""
     cfg = model.config
-    if cfg.model != "fasterrcnn":
+    if model.TORCHVISION != "FasterRCNN":
         raise MinirccnError(
             f"export: a {cfg.model} checkpoint cannot be exported to torchvision (only Faster R-CNN "
             f"checkpoints: torchvision's FasterRCNN)"
@@ -396,26 +396,12 @@ def build(weights=os.path.join(HERE, "model.safetensors"), spec=SPEC):
         image_std=spec["image_std"],
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(c, len(sizes[0]) * len(ratios)),
-        rpn_pre_nms_top_n_train=rpn["pre_nms_top_n_train"],
-        rpn_pre_nms_top_n_test=rpn["pre_nms_top_n_test"],
-        rpn_post_nms_top_n_train=rpn["post_nms_top_n_train"],
-        rpn_post_nms_top_n_test=rpn["post_nms_top_n_test"],
-        rpn_nms_thresh=rpn["nms_thresh"],
-        rpn_fg_iou_thresh=rpn["fg_iou_thresh"],
-        rpn_bg_iou_thresh=rpn["bg_iou_thresh"],
-        rpn_batch_size_per_image=rpn["batch_size_per_image"],
-        rpn_positive_fraction=rpn["positive_fraction"],
-        rpn_score_thresh=rpn["score_thresh"],
+        # SPEC's "rpn" and "box" keys are FasterRCNN's rpn_* and box_* arguments, prefix dropped
+        **{f"rpn_{k}": v for k, v in rpn.items() if k != "min_size"},  # min_size: set below
         box_roi_pool=pooler,
         box_head=TwoMLPHead(c * p * p, d),
         box_predictor=FastRCNNPredictor(d, spec["num_classes"]),
-        box_score_thresh=box["score_thresh"],
-        box_nms_thresh=box["nms_thresh"],
-        box_detections_per_img=box["detections_per_img"],
-        box_fg_iou_thresh=box["fg_iou_thresh"],
-        box_bg_iou_thresh=box["bg_iou_thresh"],
-        box_batch_size_per_image=box["batch_size_per_image"],
-        box_positive_fraction=box["positive_fraction"],
+        **{f"box_{k}": v for k, v in box.items() if k != "bbox_reg_weights"},
         bbox_reg_weights=tuple(box["bbox_reg_weights"]),
         size_divisible=spec["size_divisible"],
     )

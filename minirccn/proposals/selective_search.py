@@ -52,7 +52,7 @@ columns ``c0..c1`` and rows ``r0..r1`` has the box ``(c0, r0, c1 + 1, r1 + 1)``.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -443,29 +443,17 @@ class SelectiveSearch:
         if self.ranking not in ("random", "level"):
             raise ValueError(f"ranking: expected 'random' or 'level', got {self.ranking!r}")
 
+    def settings(self) -> dict:
+        """The fields that decide the output (all but ``backend``), as
+        :func:`selective_search` takes them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "backend"}
+
     def params(self) -> dict:
         """Everything that decides the output (the proposal cache's key)."""
-        return {
-            "method": "selective-search",
-            "mode": self.mode,
-            "sigma": self.sigma,
-            "min_size": self.min_size,
-            "ranking": self.ranking,
-            "seed": self.seed,
-            "max_proposals": self.max_proposals,
-        }
+        return {"method": "selective-search", **self.settings()}
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        return selective_search(
-            image,
-            mode=self.mode,
-            sigma=self.sigma,
-            min_size=self.min_size,
-            ranking=self.ranking,
-            seed=self.seed,
-            max_proposals=self.max_proposals,
-            backend=self.backend,
-        )
+        return selective_search(image, **self.settings(), backend=self.backend)
 
 
 def strategies(mode: str) -> list:

@@ -33,6 +33,7 @@ import tempfile
 import numpy as np
 
 from minirccn.core.errors import MinirccnError
+from minirccn.core.files import existing_file
 from minirccn.proposals.selective_search import MODES, SelectiveSearch
 
 SELECTIVE_SEARCH = "selective-search"
@@ -103,8 +104,7 @@ def load_proposal_file(path: str) -> dict:
             or holds anything but lists of finite ``[x1, y1, x2, y2]`` with ``x2 >= x1``,
             ``y2 >= y1``.
     """
-    if not os.path.isfile(path):
-        raise MinirccnError(f"{path}: proposal file not found")
+    existing_file(path, "proposal file")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)

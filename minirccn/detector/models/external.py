@@ -60,6 +60,8 @@ class ExternalProposals:
             unless given to the constructor).
     """
 
+    PROPOSALS = "external"
+
     def __init__(self, config, class_names, params=None, rng=None, source=None):
         self.source = source if source is not None else proposal_source(config)
         super().__init__(config, class_names, params=params, rng=rng)

@@ -40,6 +40,7 @@ class FastRCNN(ExternalProposals, FasterRCNN):
     PARAM_PREFIXES = ("backbone.", "head.")
     PARTS = ("head",)
     ALTERNATING = False
+    TORCHVISION = ""  # torchvision's FasterRCNN has an RPN
 
     @classmethod
     def init_params(cls, config, num_classes: int, rng) -> dict:

@@ -108,6 +108,8 @@ class FasterRCNN(Detector):
     #: the parts this model trains (Fast R-CNN: the head only)
     PARTS = PARTS
     ALTERNATING = True
+    PROPOSALS = "rpn"
+    TORCHVISION = "FasterRCNN"
 
     def build(self) -> None:
         cfg = self.config
@@ -316,12 +318,8 @@ class FasterRCNN(Detector):
         mode; ``layer``: a :class:`~minirccn.detector.rpn.proposal_layer.ProposalCreator` to use
         instead of :attr:`train_proposals` / :attr:`test_proposals`."""
         backend = resolve(backend, images)
-        xp = array_module(backend)
-        maps, _ = self.backbone.forward(self.params, images, False, backend)
+        maps, anchors, counts = self.inference_levels(images, backend)
         logits, deltas, _ = rpn_forward_levels(self.params, maps, backend=backend)
-        anchors, counts = self.anchor_generator(
-            [m.shape[2:] for m in maps], xp, images.shape[2:]
-        )
         if layer is None:
             layer = self.train_proposals if training else self.test_proposals
         return maps, layer(logits, deltas, anchors, counts, image_sizes, backend)

@@ -210,12 +210,8 @@ class RetinaNet(Detector):
         ``image_sizes``: ``N`` dicts of :class:`RetinaNetPostprocess`, in the coordinates of
         ``images``."""
         backend = resolve(backend, images)
-        xp = array_module(backend)
-        levels, _ = self.backbone.forward(self.params, images, False, backend)
+        levels, anchors, counts = self.inference_levels(images, backend)
         logits, deltas, _ = retinanet_head_forward(self.params, levels, backend=backend)
-        anchors, counts = self.anchor_generator(
-            [f.shape[2:] for f in levels], xp, images.shape[2:]
-        )
         bounds = np.cumsum([0] + list(counts))
         spans = list(zip(bounds[:-1], bounds[1:]))  # each level's rows
         level_anchors = [anchors[s:e] for s, e in spans]
