@@ -130,6 +130,15 @@ def _load32(clean, q):
 
 
 @numba.njit(cache=True, inline="always")
+def _refill(clean, q, acc, nbits):
+    """``acc`` topped up with the next 4 bytes when it holds fewer than 32 bits: the new
+    ``(acc, q, nbits)``."""
+    if nbits < 32:
+        return acc | (_load32(clean, q) << (31 - nbits)), q + 4, nbits + 32
+    return acc, q, nbits
+
+
+@numba.njit(cache=True, inline="always")
 def _code(look, t, acc):
     """The entry of row ``t`` of ``look`` for the code ``acc`` begins with: the 9-bit table
     first (in L1 cache), the 16-bit one for longer codes."""
@@ -199,10 +208,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                     t = dc[c]  # the DC difference's size s and s bits, then the AC codes
                     k = 0
                     while k < 64:
-                        if nbits < 32:
-                            acc |= _load32(clean, q) << (31 - nbits)
-                            q += 4
-                            nbits += 32
+                        acc, q, nbits = _refill(clean, q, acc, nbits)
                         e = _code(look, t, acc)
                         if e == 0:
                             return m, ENDED if 8 * q - nbits + 16 > lim else BAD_CODE
@@ -221,10 +227,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                             break
                         k += (rs >> 4) + 1  # r zeros and a coefficient, or 16 zeros (0xF0)
                 elif mode == DC_REFINE:  # one bit a block
-                    if nbits < 32:
-                        acc |= _load32(clean, q) << (31 - nbits)
-                        q += 4
-                        nbits += 32
+                    acc, q, nbits = _refill(clean, q, acc, nbits)
                     acc = (acc << 1) & LOW63
                     nbits -= 1
                     if 8 * q - nbits > lim:
@@ -235,10 +238,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                         continue
                     k = ss
                     while k <= se:
-                        if nbits < 32:
-                            acc |= _load32(clean, q) << (31 - nbits)
-                            q += 4
-                            nbits += 32
+                        acc, q, nbits = _refill(clean, q, acc, nbits)
                         e = _code(look, ac[c], acc)
                         if e == 0:
                             return m, ENDED if 8 * q - nbits + 16 > lim else BAD_CODE
@@ -262,10 +262,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                 else:  # AC_REFINE
                     k = ss
                     while eobrun == 0 and k <= se:
-                        if nbits < 32:
-                            acc |= _load32(clean, q) << (31 - nbits)
-                            q += 4
-                            nbits += 32
+                        acc, q, nbits = _refill(clean, q, acc, nbits)
                         e = _code(look, ac[c], acc)
                         if e == 0 or (e & 15) > 1:
                             return m, ENDED if 8 * q - nbits + 16 > lim else BAD_CODE
@@ -279,10 +276,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                             break
                         while k <= se:  # skip r zero coefficients; nonzero ones: 1 bit each
                             if nonzero[m, k]:
-                                if nbits < 32:
-                                    acc |= _load32(clean, q) << (31 - nbits)
-                                    q += 4
-                                    nbits += 32
+                                acc, q, nbits = _refill(clean, q, acc, nbits)
                                 acc = (acc << 1) & LOW63
                                 nbits -= 1
                             else:
@@ -298,10 +292,7 @@ def walk_scan(clean, bounds, rst, mode, ss, se, restart, mcus_x, mcus_y, blocks_
                     if eobrun > 0:  # the rest of the band: a correction bit per nonzero one
                         while k <= se:
                             if nonzero[m, k]:
-                                if nbits < 32:
-                                    acc |= _load32(clean, q) << (31 - nbits)
-                                    q += 4
-                                    nbits += 32
+                                acc, q, nbits = _refill(clean, q, acc, nbits)
                                 acc = (acc << 1) & LOW63
                                 nbits -= 1
                             k += 1
