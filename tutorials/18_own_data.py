@@ -162,13 +162,14 @@ T.check(status == 0, "minirccn config show ran")
 # %%
 train_data = load_dataset(TRAIN_JSON, "all")
 stats = autoconfig.data_statistics(train_data)
-native, native_max, reason = autoconfig._image_size(stats)
+native, native_max = autoconfig.choose_image_size(stats)
 rel10 = np.percentile(np.minimum(stats["box_w"], stats["box_h"]) / np.minimum(stats["heights"], stats["widths"])[stats["box_image"]], 10)
 median_side = float(np.median(np.minimum(stats["heights"], stats["widths"])))
-OLD = int(min(autoconfig.MAX_SHORT_SIDE, median_side))  # the cap the old rule stopped at
+want = autoconfig.SMALL_OBJECT_PX / rel10  # the input size that makes them SMALL_OBJECT_PX
+OLD = int(min(max(want, autoconfig.MIN_SHORT_SIDE), autoconfig.MAX_SHORT_SIDE, median_side))  # the old rule
 print(f"image size: median tile {median_side:.0f} px; small objects' shorter side {rel10 * median_side:.1f} px "
-      f"(10th percentile); at the old {OLD}-px cap: {rel10 * OLD:.1f} px, under {autoconfig.KEEP_SMALL_PX:g} px "
-      f"-> min_size {native}")
+      f"(10th percentile); {autoconfig.SMALL_OBJECT_PX:g} px would need {want:.0f}-px inputs; the old rule "
+      f"stopped at the {OLD}-px cap: {rel10 * OLD:.1f} px, under {autoconfig.KEEP_SMALL_PX:g} px -> min_size {native}")
 fields, report = autoconfig.derive(train_data)
 for size_px in (OLD, native):
     w, h = autoconfig.scaled_boxes(stats, size_px, size_px)
