@@ -113,7 +113,7 @@ def verdict(metrics: dict) -> dict | None:
         prev = max(p["map50"] for p in curve[:-1])
         text += (
             f" The validation curve was still rising ({prev:.3f} -> {last['map50']:.3f} at the "
-            f"last evaluation): more minutes would help: {flag}."
+            f"last evaluation): more training would help: {flag}."
         )
     elif trend == "overfitting":
         text += (
