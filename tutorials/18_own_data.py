@@ -217,7 +217,11 @@ def run(name, sets):
     )
     print("$ minirccn train --data", TRAIN_JSON, "--val-data", DEV_JSON, f"--iters {STEPS} --seed {SEED}",
           *(f"--set {s}" for s in sets))
-    setup = configure(args, log=lambda *a: None, base=preset("tiny"))
+    said = []
+    setup = configure(args, log=said.append, base=preset("tiny"))  # the plan and derived block: section 2's
+    for line in said:
+        if line.strip().startswith("overridden"):
+            print(line)  # what --set replaced, as minirccn train prints it
     cfg = setup["config"]
     folder = WORK / "runs" / name
     key = {"config": json.loads(cfg.to_json()), "seed": SEED, "tiles": len(setup["train_data"])}
@@ -236,6 +240,11 @@ def run(name, sets):
     return model, json.loads((folder / "metrics.json").read_text()), folder, cfg
 
 
+# %% [markdown]
+# `minirccn train` prints the derived block of section 2 and, under it, every derived value a
+# `--set` replaced (`overridden`): the baseline's line shows the old defaults against today's.
+
+# %%
 OLD_SETS = [
     f"min_size={OLD}", f"max_size={OLD}", "anchor_sizes=" + ",".join(map(str, OLD_ANCHORS)),
     "box_roi_pool=roi_pool", "box_roi_pool_aligned=false",
