@@ -116,10 +116,12 @@ print(
     f"every box's shorter side, 10th percentile {np.percentile(shorter, 10):.1f} px"
 )
 if not T.FAST:
-    T.check(counts["train"][0] == 81 and counts["dev"][0] == 3, "the dsb set of docs/real_data.md: 81 training tiles, 3 dev tiles")
+    T.check(counts["train"][0] == 81 and counts["dev"][0] == 3,
+            "the dsb set of docs/real_data.md: 81 training tiles, 3 dev tiles")
 real = REPO / "data" / "real" / "dsb" / "train.json"
 if not T.FAST and real.is_file():  # built by scripts/make_real_sets.py from the wheel
-    T.check(real.read_text() == (DATA / "train.json").read_text(), "the same train.json as data/real/dsb (made from the wheel)")
+    T.check(real.read_text() == (DATA / "train.json").read_text(),
+            "the same train.json as data/real/dsb (made from the wheel)")
 
 # %% [markdown]
 # ## 2. What `minirccn config show --data` derives, and why
@@ -164,20 +166,23 @@ T.check(status == 0, "minirccn config show ran")
 train_data = load_dataset(TRAIN_JSON, "all")
 stats = autoconfig.data_statistics(train_data)
 native, native_max = autoconfig.choose_image_size(stats)
-rel10 = np.percentile(np.minimum(stats["box_w"], stats["box_h"]) / np.minimum(stats["heights"], stats["widths"])[stats["box_image"]], 10)
+image_short = np.minimum(stats["heights"], stats["widths"])[stats["box_image"]]  # per box
+rel10 = np.percentile(np.minimum(stats["box_w"], stats["box_h"]) / image_short, 10)
 median_side = float(np.median(np.minimum(stats["heights"], stats["widths"])))
 want = autoconfig.SMALL_OBJECT_PX / rel10  # the input size that makes them SMALL_OBJECT_PX
 OLD = int(min(max(want, autoconfig.MIN_SHORT_SIDE), autoconfig.MAX_SHORT_SIDE, median_side))  # the old rule
 print(f"image size: median tile {median_side:.0f} px; small objects' shorter side {rel10 * median_side:.1f} px "
       f"(10th percentile); {autoconfig.SMALL_OBJECT_PX:g} px would need {want:.0f}-px inputs; the old rule "
-      f"stopped at the {OLD}-px cap: {rel10 * OLD:.1f} px, under {autoconfig.KEEP_SMALL_PX:g} px -> min_size {native}")
+      f"stopped at the {OLD}-px cap: {rel10 * OLD:.1f} px, under {autoconfig.KEEP_SMALL_PX:g} px "
+      f"-> min_size {native}")
 fields, report = autoconfig.derive(train_data)
 for size_px in (OLD, native):
     w, h = autoconfig.scaled_boxes(stats, size_px, size_px)
     a_sizes, a_ratios = autoconfig.choose_anchors(w, h)
     print(f"at {size_px} px: box sqrt(w h) 5% / 95% = {np.percentile(np.sqrt(w * h), 5):.1f} / "
           f"{np.percentile(np.sqrt(w * h), 95):.1f} px -> anchor_sizes {a_sizes}, aspect_ratios {a_ratios}; "
-          f"10th percentile {np.percentile(np.sqrt(w * h), 10):.1f} px -> stride {autoconfig.choose_stride(w, h)}")
+          f"10th percentile {np.percentile(np.sqrt(w * h), 10):.1f} px "
+          f"-> stride {autoconfig.choose_stride(w, h)}")
 old_w, old_h = autoconfig.scaled_boxes(stats, OLD, OLD)
 OLD_ANCHORS = autoconfig.choose_anchors(old_w, old_h)[0]
 per_step = autoconfig.step_seconds(native, native_max, report["stride"])
@@ -185,14 +190,20 @@ print(f"steps: {autoconfig.DEFAULT_MINUTES:g} min x 60 / {per_step:.4f} modelled
       f"{int(autoconfig.DEFAULT_MINUTES * 60 / per_step)} (at most {autoconfig.MAX_EPOCHS} passes over "
       f"the {len(train_data)} tiles) -> iters {fields['iters']}; "
       f"{report['epochs']:g} passes -> augmentation {'on' if 'scale_jitter' in fields else 'off'}")
-print(f"(the rules' numbers: SMALL_OBJECT_PX {autoconfig.SMALL_OBJECT_PX:g}, MAX_SHORT_SIDE {autoconfig.MAX_SHORT_SIDE}, "
+print(f"(the rules' numbers: SMALL_OBJECT_PX {autoconfig.SMALL_OBJECT_PX:g}, "
+      f"MAX_SHORT_SIDE {autoconfig.MAX_SHORT_SIDE}, "
       f"KEEP_SMALL_PX {autoconfig.KEEP_SMALL_PX:g}, AUGMENT_EPOCHS {autoconfig.AUGMENT_EPOCHS}, "
       f"DEFAULT_MINUTES {autoconfig.DEFAULT_MINUTES:g}, EVALUATIONS {autoconfig.EVALUATIONS})")
-T.check((autoconfig.SMALL_OBJECT_PX, autoconfig.MAX_SHORT_SIDE, autoconfig.KEEP_SMALL_PX, autoconfig.AUGMENT_EPOCHS)
-        == (32, 160, 16, 12), "the prose's 32 px, 160-px cap, 16 px and 12 passes are autoconfig's constants")
-T.check(native == fields["min_size"] == median_side > OLD, "the tiles keep their own size now; the old cap shrank them")
-T.check(rel10 * OLD < autoconfig.KEEP_SMALL_PX, "at the old cap the small objects' shorter side falls under KEEP_SMALL_PX")
-T.check(tuple(fields["anchor_sizes"]) == autoconfig.choose_anchors(*autoconfig.scaled_boxes(stats, native, native))[0],
+rule_numbers = (autoconfig.SMALL_OBJECT_PX, autoconfig.MAX_SHORT_SIDE, autoconfig.KEEP_SMALL_PX,
+                autoconfig.AUGMENT_EPOCHS)
+T.check(rule_numbers == (32, 160, 16, 12),
+        "the prose's 32 px, 160-px cap, 16 px and 12 passes are autoconfig's constants")
+T.check(native == fields["min_size"] == median_side > OLD,
+        "the tiles keep their own size now; the old cap shrank them")
+T.check(rel10 * OLD < autoconfig.KEEP_SMALL_PX,
+        "at the old cap the small objects' shorter side falls under KEEP_SMALL_PX")
+native_w, native_h = autoconfig.scaled_boxes(stats, native, native)
+T.check(tuple(fields["anchor_sizes"]) == autoconfig.choose_anchors(native_w, native_h)[0],
         "the derived anchors are choose_anchors of the boxes at the derived size")
 T.check(autoconfig.choose_stride(old_w, old_h) == report["stride"], "both sizes give the same stride")
 T.check(fields["box_roi_pool"] == "roi_align", "the derived RoI pooling is RoIAlign")
@@ -255,11 +266,12 @@ base_model, base_metrics, base_dir, base_cfg = run("baseline", OLD_SETS)
 # %% [markdown]
 # When a run ends, `minirccn train` prints a summary (`minirccn.app.summary`): the final
 # evaluation, the best validation point, and a **verdict** read from the validation curve:
-# `rising` (the last evaluation beats every earlier one by 0.02 mAP@0.5: more training would
-# help, and it suggests the flag: `--minutes`, or `--iters` when the steps were set by hand), `overfitting` (a peak in the first two thirds of the run,
-# then a lasting fall of 0.03 while the training loss still falls: it suggests stopping at
-# the peak, whose model `best.npz` holds) or `flat`. It also states
-# the recall (mAR@100: the share of objects found) and warns when it is under one half.
+# `rising` (the last evaluation beats every earlier one by 0.02 mAP@0.5: more training
+# would help, and it suggests the flag: `--minutes`, or `--iters` when the steps were set
+# by hand), `overfitting` (a peak in the first two thirds of the run, then a lasting fall
+# of 0.03 while the training loss still falls: it suggests stopping at the peak, whose
+# model `best.npz` holds) or `flat`. It also states the recall (mAR@100: the share of
+# objects found) and warns when it is under one half.
 # Here is the baseline's, printed from its `metrics.json`:
 
 # %%
@@ -271,8 +283,10 @@ print(summary.format_summary(base_metrics, str(base_dir)))
 base_verdict = summary.verdict(base_metrics)
 curve = [round(p["map50"], 3) for p in base_metrics["val_curve"]]
 print(f"\nvalidation curve (mAP@0.5 every {base_cfg.eval_every} steps): {curve}")
-T.check(base_verdict is not None and base_verdict["trend"] in ("rising", "overfitting", "flat"), "the summary gives a verdict")
-T.check(np.isclose(base_verdict["map50"], base_metrics["map50"]), "the verdict states the final evaluation's mAP@0.5")
+T.check(base_verdict is not None and base_verdict["trend"] in ("rising", "overfitting", "flat"),
+        "the summary gives a verdict")
+T.check(np.isclose(base_verdict["map50"], base_metrics["map50"]),
+        "the verdict states the final evaluation's mAP@0.5")
 
 # %% [markdown]
 # ## 4. The diagnosis: recall per object size and per IoU threshold
@@ -352,8 +366,10 @@ mar = evaluation.evaluate(base_preds, [{k: t[k] for k in ("boxes", "labels", "di
 mine = np.mean([f.mean() for f in base_found.values()])
 print(f"mean over the 10 IoU thresholds: {mine:.4f}; minirccn.evaluation's mAR@100 {mar['mar_100']:.4f}; "
       f"metrics.json's {base_metrics['mar_100']:.4f}")
-T.check(np.isclose(mine, mar["mar_100"]), "this matching, averaged over COCO's thresholds, is minirccn.evaluation's mAR@100")
-T.check(np.isclose(mar["map50"], base_metrics["map50"]), "the checkpoint's detections give the run's own mAP@0.5 again")
+T.check(np.isclose(mine, mar["mar_100"]),
+        "this matching, averaged over COCO's thresholds, is minirccn.evaluation's mAR@100")
+T.check(np.isclose(mar["map50"], base_metrics["map50"]),
+        "the checkpoint's detections give the run's own mAP@0.5 again")
 if not T.FAST:
     T.check(base_table["smallest third", 0.5] < min(base_table[t, 0.5] for t in THIRDS[1:]),
             "at IoU 0.5 the misses are in the smallest third")
@@ -382,7 +398,8 @@ def missed_kinds(found):
 
 
 kinds = missed_kinds(base_found)
-print(f"missed at IoU 0.5: {kinds[0]} nuclei; {kinds[1]} of them touch or overlap a neighbour's box, {kinds[2]} touch the tile's edge")
+print(f"missed at IoU 0.5: {kinds[0]} nuclei; {kinds[1]} of them touch or overlap a neighbour's "
+      f"box, {kinds[2]} touch the tile's edge")
 
 # %% [markdown]
 # Reading it: at IoU 0.5 the baseline finds nearly every nucleus of the two larger thirds
@@ -398,7 +415,8 @@ print(f"missed at IoU 0.5: {kinds[0]} nuclei; {kinds[1]} of them touch or overla
 # nuclei such a shift alone drops the IoU under 0.75.
 
 # %%
-print(f"{'sqrt(w h)':>10s} " + " ".join(f"{f'{s} px: cell {4 * 192 / s:.1f}, half {2 * 192 / s:.1f} px':>28s}" for s in (OLD, native)))
+heads = [f"{s} px: cell {4 * 192 / s:.1f}, half {2 * 192 / s:.1f} px" for s in (OLD, native)]
+print(f"{'sqrt(w h)':>10s} " + " ".join(f"{h:>28s}" for h in heads))
 shift_iou = {}
 for s_obj in (np.percentile(gt_sizes, 10), np.median(gt_sizes), np.percentile(gt_sizes, 90)):
     box = np.array([[0.0, 0.0, s_obj, s_obj]])
@@ -488,7 +506,8 @@ print_recall("fix", fix_table, fix_found)
 fix_kinds = missed_kinds(fix_found)
 print(f"missed at IoU 0.5: {fix_kinds[0]} nuclei; {fix_kinds[1]} of them touch or overlap a neighbour's box, "
       f"{fix_kinds[2]} touch the tile's edge")
-T.check(fix_cfg.min_size == native and fix_cfg.box_roi_pool == "roi_align", "the fixed run used the derived native size and RoIAlign")
+T.check(fix_cfg.min_size == native and fix_cfg.box_roi_pool == "roi_align",
+        "the fixed run used the derived native size and RoIAlign")
 found_missed_figure([("baseline", base_found), ("fix", fix_found)], T.out_dir() / "18_found_missed.png")
 
 # %% [markdown]
@@ -539,8 +558,10 @@ viz.save_figure(bars, T.out_dir() / "18_numbers.png")
 print(f"wrote {T.out_dir() / '18_numbers.png'}")
 if not T.FAST:
     T.check(fix_metrics["map"] > base_metrics["map"] + 0.05, "the fix lifts COCO mAP by more than 0.05")
-    T.check(fix_metrics["mar_100"] > base_metrics["mar_100"], "the fix finds more nuclei averaged over the IoU thresholds")
-    T.check(fix_table["all", 0.75] > base_table["all", 0.75], "the fix finds more nuclei at IoU 0.75: tighter boxes")
+    T.check(fix_metrics["mar_100"] > base_metrics["mar_100"],
+            "the fix finds more nuclei averaged over the IoU thresholds")
+    T.check(fix_table["all", 0.75] > base_table["all", 0.75],
+            "the fix finds more nuclei at IoU 0.75: tighter boxes")
     T.check(abs(fix_metrics["map50"] - base_metrics["map50"]) < 3 / len(gt_sizes),
             "mAP@0.5 moves by less than three nuclei's worth")
     T.check(all(k[0] <= k[1] + k[2] for k in (kinds, fix_kinds)),
