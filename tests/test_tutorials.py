@@ -156,3 +156,57 @@ def test_rules_table_is_printed_from_the_config():
     spec.loader.exec_module(module)
     committed = (TUTORIALS / "RULES.md").read_text()
     assert committed == module.table(), "RULES.md is stale: run python tutorials/rules.py --write"
+
+
+REPO = TUTORIALS.parent
+DSB_COPY = TUTORIALS / "data" / "dsb"
+
+
+def _real_sets_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_real_sets", REPO / "scripts" / "make_real_sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tutorial_18_data_is_small_and_says_where_it_is_from():
+    """The nuclei image tutorial 18 ships: under 300 KB, with its provenance and licence."""
+    files = sorted(p for p in DSB_COPY.iterdir() if p.is_file())
+    assert [p.name for p in files] == ["README.md", "image.png", "mask.png"], files
+    assert sum(p.stat().st_size for p in files) < 300_000
+    readme = (DSB_COPY / "README.md").read_text()
+    for needed in ("stardist", "CC0", "BBBC038", "Caicedo", "--tutorial-copy"):
+        assert needed in readme, f"tutorials/data/dsb/README.md does not mention {needed}"
+
+
+def test_tutorial_18_data_is_the_wheels_when_the_wheel_is_here():
+    """The shipped copy is ``scripts/make_real_sets.py``'s dsb source, pixel for pixel (skipped
+    unless ``python scripts/make_real_sets.py`` has downloaded the wheel: no network here)."""
+    import numpy as np
+    from PIL import Image
+
+    wheels = REPO / "data" / "real" / "wheels"
+    if not wheels.is_dir() or not any(p.name.startswith("stardist-") for p in wheels.iterdir()):
+        pytest.skip("no stardist wheel in data/real/wheels (run scripts/make_real_sets.py)")
+    image, mask, _ = _real_sets_module().source("dsb", str(wheels))
+    assert np.array_equal(np.array(Image.open(DSB_COPY / "image.png")), image)
+    assert np.array_equal(np.array(Image.open(DSB_COPY / "mask.png")), mask)
+
+
+def test_tutorial_18_tiles_are_the_dsb_set(tmp_path):
+    """Cut from the shipped copy, the tiles and COCO files are those of ``data/real/dsb``: the
+    split sizes and box counts of docs/real_data.md."""
+    import numpy as np
+    from PIL import Image
+
+    module = _real_sets_module()
+    image = np.array(Image.open(DSB_COPY / "image.png"))
+    mask = np.array(Image.open(DSB_COPY / "mask.png"))
+    counts = module.write_set("dsb", image, mask, str(tmp_path), tile=192, stride=16)
+    assert counts == {"train": (81, 1258, 171), "dev": (3, 42, 6), "test": (2, 44, 3)}
+    real = REPO / "data" / "real" / "dsb"
+    if real.is_dir():
+        for split in ("train", "dev", "test"):
+            assert (tmp_path / "dsb" / f"{split}.json").read_text() == (real / f"{split}.json").read_text()

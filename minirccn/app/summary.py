@@ -11,7 +11,8 @@ point) and says which of three runs this was:
 
 * ``rising``: the last evaluation beats every earlier one by at least :data:`RISING`
   mAP@0.5: the run stopped while still learning, more minutes would help
-  (suggested: twice the budget);
+  (suggested: twice the budget, as ``--minutes`` or ``--iters``, whichever set the steps:
+  :func:`budget_flag`);
 * ``overfitting``: the peak came early (in the first :data:`EARLY_PEAK` of the run) and
   the evaluations after it are on average at least :data:`OVERFIT` below it, the last one
   too, while the training loss kept falling: the network memorises the training images;
@@ -57,6 +58,23 @@ def _declined(curve: list, peak: dict, iters) -> bool:
     return after[-1] <= drop and sum(after) / len(after) <= drop
 
 
+def budget_flag(metrics: dict, steps: int) -> str:
+    """The flag that asks for a run of ``steps`` steps, in the unit the user chose.
+
+    ``--minutes`` when the steps came from the time budget (derived, not capped at
+    ``MAX_EPOCHS`` passes: there doubling the minutes adds no step); ``--iters`` when the user
+    set the steps (``--iters``, ``--set iters=``, ``--config``: ``--minutes`` and ``--iters`` do
+    not combine), when the budget was capped, or without a derived budget (``shapes``).
+    """
+    derived = metrics.get("derived") or {}
+    minutes = derived.get("minutes")
+    iters = int(metrics.get("iters") or 0)
+    source = (metrics.get("config_sources") or {}).get("iters", "derived")
+    if minutes and iters > 0 and source == "derived" and not derived.get("capped_at_epochs"):
+        return f"--minutes {max(round(minutes * steps / iters, 1), 0.1):g}"
+    return f"--iters {max(int(steps), 1)}"
+
+
 def verdict(metrics: dict) -> dict | None:
     """The run's verdict from its validation curve (module docstring); None without one.
 
@@ -75,22 +93,16 @@ def verdict(metrics: dict) -> dict | None:
     mar = _num(mar) if mar is not None else None
     peak = max(curve, key=lambda p: p["map50"])  # the first of equal maxima
     trend, flag = "flat", None
-    derived = metrics.get("derived") or {}
-    minutes = derived.get("minutes")
     iters = metrics.get("iters") or last.get("step")
+    sized = {**metrics, "iters": iters}
     if len(curve) >= 2 and last["map50"] >= max(p["map50"] for p in curve[:-1]) + RISING:
         trend = "rising"
-        flag = f"--minutes {2 * minutes:g}" if minutes else f"--iters {2 * int(iters)}"
+        flag = budget_flag(sized, 2 * int(iters))
     elif _declined(curve, peak, iters):
         lp, ll = peak.get("train_loss"), last.get("train_loss")
         if lp is None or ll is None or ll < lp:
             trend = "overfitting"
-            share = peak["step"] / max(int(iters or peak["step"]), 1)
-            flag = (
-                f"--minutes {max(round(minutes * share, 1), 0.1):g}"
-                if minutes
-                else f"--iters {int(peak['step'])}"
-            )
+            flag = budget_flag(sized, int(peak["step"]))
     parts = []
     if map50 is not None:
         parts.append(f"validation mAP@0.5 {map50:.3f}")
@@ -101,7 +113,7 @@ def verdict(metrics: dict) -> dict | None:
         prev = max(p["map50"] for p in curve[:-1])
         text += (
             f" The validation curve was still rising ({prev:.3f} -> {last['map50']:.3f} at the "
-            f"last evaluation): more minutes would help: {flag}."
+            f"last evaluation): more training would help: {flag}."
         )
     elif trend == "overfitting":
         text += (

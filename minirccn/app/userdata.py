@@ -261,6 +261,14 @@ def configure(args, log=print, base=None) -> dict:
     if args.iters is not None:
         config = config.replace(iters=int(args.iters))
         sources["iters"] = "--iters"
+    replaced = overridden(config, sources, derived)
+    if replaced and "derived" in out["metrics"]:
+        # the derived block above shows what the data gave; say what the run uses instead
+        log("  overridden      " + "; ".join(
+            f"{k}={_shown(v['value'])} ({v['source']}; derived {_shown(v['derived'])})"
+            for k, v in replaced.items()
+        ))
+        out["metrics"]["derived"]["overridden"] = replaced
     check_config(config, "config (preset, derived, --config, --set)")
     sj = config.scale_jitter
     if sj and not (len(sj) == 2 and 0 < float(sj[0]) <= float(sj[1]) <= 10):
@@ -276,6 +284,26 @@ def configure(args, log=print, base=None) -> dict:
     out["config"] = config
     out["metrics"]["config_sources"] = sources
     out["metrics"]["config"] = json.loads(config.to_json())
+    return out
+
+
+def _plain(value):
+    """A config value as JSON would hold it (tuples as lists), for comparing."""
+    return json.loads(json.dumps(value))
+
+
+def _shown(value) -> str:
+    return json.dumps(value).replace(" ", "")
+
+
+def overridden(config, sources: dict, derived: dict) -> dict:
+    """``{field: {"value", "derived", "source"}}``: the derived fields that ``--config``,
+    ``--set`` or ``--iters`` replaced with another value (the run uses ``value``)."""
+    out = {}
+    for name, value in derived.items():
+        now = _plain(getattr(config, name))
+        if sources.get(name, "derived") != "derived" and now != _plain(value):
+            out[name] = {"value": now, "derived": _plain(value), "source": sources[name]}
     return out
 
 

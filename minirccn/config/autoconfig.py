@@ -327,6 +327,10 @@ def derive(
         "box_side_at_scale_p10": round(_percentile(np.sqrt(bw * bh), 10), 1)
         if len(bw)
         else None,
+        "box_ratio_p10_p50_p90": [
+            round(float(np.exp(_percentile(np.log(bh / bw), q))), 2) if len(bw) else None
+            for q in (10, 50, 90)
+        ],
         "stride": stride,
         "minutes": budget,
         "modelled_step_seconds": round(step_seconds(min_size, max_size, stride, images_per_batch), 4),
@@ -342,6 +346,12 @@ def format_report(report: dict) -> str:
     """The derived defaults as the lines ``minirccn train`` prints before training."""
     f = report["fields"]
     p5, p50, p95 = report["box_side_at_scale_p5_p50_p95"]
+    r10, r50, r90 = report.get("box_ratio_p10_p50_p90") or (None, None, None)
+    ratios = (
+        f"; ratios h/w: 10%={r10} 50%={r50} 90%={r90}, merged when within x1.4"
+        if r50 is not None
+        else ""
+    )
     lines = [
         f"derived from the data ({report['images']} images, statistics of "
         f"{report['images_read']} images / {report['boxes_read']} boxes):",
@@ -349,14 +359,14 @@ def format_report(report: dict) -> str:
         f"(median image {report['median_image_hw'][0]}x{report['median_image_hw'][1]}; "
         f"{report.get('image_size_reason', '')})",
         f"  anchors         anchor_sizes={tuple(f['anchor_sizes'])} "
-        f"aspect_ratios={tuple(f['aspect_ratios'])} (box side at that scale: 5%={p5} "
-        f"50%={p50} 95%={p95} px)",
+        f"aspect_ratios={tuple(f['aspect_ratios'])} (sizes in x2 steps over the box side "
+        f"sqrt(w h) at that scale: 5%={p5} 50%={p50} 95%={p95} px{ratios})",
         f"  stride          {report['stride']} (small boxes, 10th percentile "
         f"{report['box_side_at_scale_p10']} px, at least two cells wide)",
         f"  steps           iters={f['iters']} for {report['minutes']:g} min at a modelled "
         f"{report['modelled_step_seconds']} s/step; warmup {f['warmup_iters']}, batch norm "
         f"frozen from {f['bn_freeze_iter']}, LR x0.1 at {f['milestones'][0]}, "
-        f"validation every {f['eval_every']}"
+        f"validation every {f['eval_every']} ({EVALUATIONS} evaluations)"
         + (
             f" (capped at {report['capped_at_epochs']} passes over the data: "
             + (

@@ -71,3 +71,24 @@ def test_format_and_dict_carry_the_verdict():
     assert "mAR@100 0.8000" in text
     d = summary.summary_dict(m, None)
     assert d["verdict"]["trend"] == "rising" and d["mar_100"] == 0.8
+
+
+def test_steps_the_user_set_get_an_iters_flag():
+    """--iters 600 (or --set iters=...): the suggestion is --iters, which combines with the rest
+    of the command line (--minutes and --iters do not)."""
+    m = _metrics([0.2, 0.4, 0.5, 0.6], minutes=0.8)
+    m["config_sources"] = {"iters": "--iters"}
+    assert summary.verdict(m)["flag"] == "--iters 800"
+    m = _metrics([0.3, 0.7, 0.6, 0.5], minutes=0.8)
+    m["config_sources"] = {"iters": "--set"}
+    assert summary.verdict(m)["flag"] == "--iters 200"
+
+
+def test_a_budget_capped_at_max_epochs_gets_an_iters_flag():
+    """Capped at MAX_EPOCHS passes, twice the minutes would train the same steps."""
+    m = _metrics([0.2, 0.4, 0.5, 0.6], minutes=1.2)
+    m["derived"]["capped_at_epochs"] = 150
+    assert summary.verdict(m)["flag"] == "--iters 800"
+    m["derived"]["capped_at_epochs"] = None
+    m["config_sources"] = {"iters": "derived"}
+    assert summary.verdict(m)["flag"] == "--minutes 2.4"

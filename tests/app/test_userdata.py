@@ -139,3 +139,30 @@ def test_a_pyramid_preset_keeps_one_anchor_size_per_level(files, capsys):
 
     assert cfg["anchor_sizes"] == list(preset("resnet-fpn-tiny").anchor_sizes)
     assert cfg["min_size"] == 64 and cfg["fpn_channels"] == 32
+
+
+def test_derived_values_that_set_replaces_are_said_so(files, capsys):
+    """The derived block shows what the data gave; a --set that replaces one of those values
+    is named with both values, and recorded in metrics.json's derived.overridden."""
+    args = [
+        "config", "show", "--data", files["train"], "--val-data", files["val"], "--iters", "4",
+        "--set", "min_size=48", "--set", "box_roi_pool=roi_pool",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    line = next(l for l in text.splitlines() if l.strip().startswith("overridden"))
+    assert "min_size=48 (--set; derived 64)" in line
+    assert 'box_roi_pool="roi_pool" (--set; derived "roi_align")' in line
+    assert "iters" not in line  # --iters is what the derivation used: nothing replaced
+    import argparse
+
+    ns = argparse.Namespace(
+        preset="tiny", set=["min_size=48"], lr=None, minutes=None, iters=4, config=None,
+        eval_split="test", data=files["train"], images=None, val_data=files["val"],
+        val_images=None, split=None, no_derive=False,
+    )
+    setup = userdata.configure(ns, log=lambda *a: None)
+    assert setup["config"].min_size == 48
+    assert setup["metrics"]["derived"]["overridden"] == {
+        "min_size": {"value": 48, "derived": 64, "source": "--set"}
+    }

@@ -130,6 +130,10 @@ def test_derived_fields_make_a_valid_config_and_report():
     assert cfg.box_roi_pool == "roi_align" and cfg.box_roi_pool_aligned  # rule 6
     for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue", "roi_align"):
         assert word in text
+    # why: the percentiles each rule read (square boxes: every h/w is 1), the evaluation count
+    assert report["box_ratio_p10_p50_p90"] == [1.0, 1.0, 1.0] and cfg.aspect_ratios == (1.0,)
+    assert "ratios h/w: 10%=1.0 50%=1.0 90%=1.0" in text
+    assert f"validation every {cfg.eval_every} ({A.EVALUATIONS} evaluations)" in text
 
 
 def test_augmentation_only_when_the_steps_revisit_each_image_often():
