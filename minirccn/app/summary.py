@@ -20,9 +20,12 @@ point) and says which of three runs this was:
   a late peak is what a small validation set's noise looks like, not overfitting.)
 * ``flat``: neither; more of the same budget would not change much.
 
-It also states the recall (mAR@100: the share of objects found, 100 detections per
-image) and, when it is under :data:`LOW_RECALL`, says so: more minutes do not fix a
-detector that misses objects it cannot represent (docs/real_data.md).
+It also states the recall (mAR@100: the share of objects a detection matches, 100
+detections per image, averaged over COCO's IoU thresholds 0.5 to 0.95, so a loosely placed
+box counts at the low thresholds only) and, when it is under :data:`LOW_RECALL`, says so:
+the detector misses objects or places its boxes loosely, and more minutes do not fix one
+that cannot represent them (docs/real_data.md; tutorial 18 tells the two apart with the
+recall at IoU 0.5 and at 0.75).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ OUTPUT_FILES = (
 RISING = 0.02  # last validation mAP@0.5 this far above every earlier one: still rising
 OVERFIT = 0.03  # ... this far below the peak, with the training loss still falling: overfits
 EARLY_PEAK = 2 / 3  # ... when the peak came within this share of the steps
-LOW_RECALL = 0.5  # mAR@100 under this: the detector misses most objects
+LOW_RECALL = 0.5  # mAR@100 under this: many objects missed or loosely placed
 
 
 def _num(v):
@@ -107,7 +110,10 @@ def verdict(metrics: dict) -> dict | None:
     if map50 is not None:
         parts.append(f"validation mAP@0.5 {map50:.3f}")
     if mar is not None:
-        parts.append(f"mAR@100 {mar:.3f} (about {round(100 * mar)} % of the objects found)")
+        parts.append(
+            f"mAR@100 {mar:.3f} (the share of the objects a detection matches, averaged over "
+            "IoU 0.5 to 0.95)"
+        )
     text = ", ".join(parts) + "."
     if trend == "rising":
         prev = max(p["map50"] for p in curve[:-1])
@@ -125,8 +131,9 @@ def verdict(metrics: dict) -> dict | None:
         text += " The validation curve had levelled off: more minutes would not change much."
     if mar is not None and mar < LOW_RECALL:
         text += (
-            " Recall is low: the detector misses most objects (too small at the input size, "
-            "or more objects per image than it keeps); see docs/real_data.md."
+            " Recall is low: the detector misses objects (too small at the input size, or more "
+            "objects per image than it keeps) or places its boxes loosely (a box counts only at "
+            "the IoU thresholds it reaches); see docs/real_data.md."
         )
     return {
         "trend": trend, "map50": map50, "mar_100": mar, "peak": peak, "flag": flag, "text": text

@@ -59,7 +59,9 @@ def test_one_dip_after_a_late_peak_is_noise_not_overfitting():
 def test_flat_and_low_recall():
     v = summary.verdict(_metrics([0.3, 0.5, 0.5, 0.51], mar=0.13))
     assert v["trend"] == "flat" and v["flag"] is None
-    assert "about 13 % of the objects found" in v["text"] and "Recall is low" in v["text"]
+    share = "mAR@100 0.130 (the share of the objects a detection matches, averaged over IoU 0.5"
+    assert share in v["text"]
+    assert "Recall is low" in v["text"] and "loosely" in v["text"]
 
 
 def test_format_and_dict_carry_the_verdict():
