@@ -81,8 +81,9 @@ else:
 # nucleus from its mask, cuts 192-px tiles (training tiles from the top-left 320x320
 # region, 3 dev tiles from the right band, 2 test tiles from the bottom band: no pixel of
 # a dev tile is in a training tile) and writes one COCO JSON file per split. A nucleus
-# cut by a tile's border keeps its clipped box when at least half of it is inside, and is
-# marked `iscrowd` (ignored by the evaluation) when less. Every choice below is made on
+# cut by a tile's border keeps its clipped box when at least half of its pixels are inside,
+# is marked `iscrowd` (ignored by the evaluation) when fewer are, and is dropped when only
+# a sliver is (the thresholds are printed below). Every choice below is made on
 # `dev`; `test` stays untouched, as it should with your own data.
 
 # %%
@@ -90,7 +91,11 @@ image = np.array(Image.open(SOURCE / "image.png"))
 mask = np.array(Image.open(SOURCE / "mask.png"))
 counts = real_sets.write_set("dsb", image, mask, str(WORK), tile=192, stride=TRAIN_STRIDE)
 DATA = WORK / "dsb"
-print(f"source {image.shape} {image.dtype}, {len(np.unique(mask)) - 1} nuclei in the mask")
+print(f"source {image.shape} {image.dtype}, values {image.min()}-{image.max()}; mask ids "
+      f"{mask[mask > 0].min()}-{mask.max()}, {len(np.unique(mask)) - 1} nuclei")
+print(f"a cut nucleus: a box when >= {real_sets.MIN_VISIBLE:.0%} of its pixels are in the tile, iscrowd at "
+      f"{real_sets.MIN_CROWD:.0%}-{real_sets.MIN_VISIBLE:.0%}, dropped under {real_sets.MIN_CROWD:.0%} "
+      f"or {real_sets.MIN_SIDE:g} px")
 for split, (n, boxes, crowd) in counts.items():
     print(f"  {split:5s} {n:3d} tiles, {boxes:4d} boxes, {crowd:3d} ignored (iscrowd) -> {DATA / split}.json")
 
@@ -270,8 +275,10 @@ base_model, base_metrics, base_dir, base_cfg = run("baseline", OLD_SETS)
 # would help, and it suggests the flag: `--minutes`, or `--iters` when the steps were set
 # by hand), `overfitting` (a peak in the first two thirds of the run, then a lasting fall
 # of 0.03 while the training loss still falls: it suggests stopping at the peak, whose
-# model `best.npz` holds) or `flat`. It also states the recall (mAR@100: the share of
-# objects found) and warns when it is under one half.
+# model `best.npz` holds) or `flat`. It also states the recall mAR@100 (the share of the
+# objects a detection matches, averaged over COCO's IoU thresholds 0.5 to 0.95: a loose box
+# counts only at the low thresholds, so this is not the share of objects *found*; section 4
+# takes it apart) and warns when it is under one half.
 # Here is the baseline's, printed from its `metrics.json`:
 
 # %%
@@ -380,9 +387,9 @@ if not T.FAST:
 
 
 def missed_kinds(found):
-    """``(missed, next_to_a_neighbour, at_the_edge)``: dev nuclei no detection takes at IoU 0.5,
-    how many of them have a box within 2 px of another nucleus's box (overlapping or
-    touching), how many one that touches the tile's edge (within 1 px)."""
+    """``(missed, next_to_a_neighbour, at_the_edge, neither)``: dev nuclei no detection takes at
+    IoU 0.5, how many of them have a box within 2 px of another nucleus's box (overlapping or
+    touching), how many one that touches the tile's edge (within 1 px), and how many neither."""
     k50 = found[min(found, key=lambda t: abs(t - 0.5))]
     neighbour, edge = [], []
     for t in targets:
@@ -394,12 +401,13 @@ def missed_kinds(found):
         h, w = t["image"].shape[:2]
         edge.append((b[:, :2].min(axis=1) <= 1) | (b[:, 2] >= w - 1) | (b[:, 3] >= h - 1))
     neighbour, edge = np.concatenate(neighbour), np.concatenate(edge)
-    return int((~k50).sum()), int((~k50 & neighbour).sum()), int((~k50 & edge).sum())
+    return (int((~k50).sum()), int((~k50 & neighbour).sum()), int((~k50 & edge).sum()),
+            int((~k50 & ~neighbour & ~edge).sum()))
 
 
 kinds = missed_kinds(base_found)
 print(f"missed at IoU 0.5: {kinds[0]} nuclei; {kinds[1]} of them touch or overlap a neighbour's "
-      f"box, {kinds[2]} touch the tile's edge")
+      f"box, {kinds[2]} touch the tile's edge, {kinds[3]} neither")
 
 # %% [markdown]
 # Reading it: at IoU 0.5 the baseline finds nearly every nucleus of the two larger thirds
@@ -408,27 +416,31 @@ print(f"missed at IoU 0.5: {kinds[0]} nuclei; {kinds[1]} of them touch or overla
 # in every third. The boxes are *near* the nuclei but not *on* them, and COCO mAP (printed
 # in the summary) is far below mAP@0.5: the run's weakness is **loose boxes**. Why, in
 # numbers: the backbone's stride is 4, so a feature-map cell is 4 input pixels; at 160 px
-# that is 4 x 192 / 160 = 4.8 pixels of the tile (printed below). RoI max
+# that is 4 x 192 / 160 = 4.8 pixels of the 192-px tile (printed below). RoI max
 # pooling rounds each RoI to whole cells (tutorial 10), so the head sees a window up to
 # half a cell off on each side. Below: the IoU of a nucleus's box with the same box moved
 # by half a cell in x and in y, at the old size and at the native one. For the small
 # nuclei such a shift alone drops the IoU under 0.75.
 
 # %%
-heads = [f"{s} px: cell {4 * 192 / s:.1f}, half {2 * 192 / s:.1f} px" for s in (OLD, native)]
-print(f"{'sqrt(w h)':>10s} " + " ".join(f"{h:>28s}" for h in heads))
+STRIDE = report["stride"]
+T.check(STRIDE == 4, "the derived stride is 4, as the prose says")
+print(f"IoU of a square nucleus box with itself moved by half a stride-{STRIDE} cell in x and in y")
+heads = [f"at {s} px: cell {STRIDE * median_side / s:.1f} px, half {STRIDE / 2 * median_side / s:.1f}"
+         for s in (OLD, native)]
+print(f"{'dev nucleus, sqrt(w h)':27s} " + " ".join(f"{h:>32s}" for h in heads))
 shift_iou = {}
-for s_obj in (np.percentile(gt_sizes, 10), np.median(gt_sizes), np.percentile(gt_sizes, 90)):
+for q in (10, 50, 90):
+    s_obj = np.percentile(gt_sizes, q)
     box = np.array([[0.0, 0.0, s_obj, s_obj]])
     row = []
     for s_in in (OLD, native):
-        d = 2 * 192 / s_in  # half a stride-4 cell, in tile pixels
-        shift_iou[s_obj, s_in] = float(ops.box_iou(box, box + d)[0, 0])
-        row.append(f"{shift_iou[s_obj, s_in]:28.3f}")
-    print(f"{s_obj:8.1f} px " + " ".join(row))
-small_obj = np.percentile(gt_sizes, 10)
-T.check(shift_iou[small_obj, OLD] < 0.75, "half a cell of rounding alone puts a small nucleus under IoU 0.75")
-T.check(shift_iou[small_obj, OLD] < shift_iou[small_obj, native], "the rounding costs less at the native size")
+        d = STRIDE / 2 * median_side / s_in  # half a cell, in tile pixels
+        shift_iou[q, s_in] = float(ops.box_iou(box, box + d)[0, 0])
+        row.append(f"{shift_iou[q, s_in]:32.3f}")
+    print(f"{q:2d}th percentile: {s_obj:5.1f} px    " + " ".join(row))
+T.check(shift_iou[10, OLD] < 0.75, "half a cell of rounding alone puts a small nucleus under IoU 0.75")
+T.check(shift_iou[10, OLD] < shift_iou[10, native], "the rounding costs less at the native size")
 
 # %% [markdown]
 # The picture: the dev tiles with every nucleus's box coloured by what the baseline did
@@ -505,7 +517,7 @@ print()
 print_recall("fix", fix_table, fix_found)
 fix_kinds = missed_kinds(fix_found)
 print(f"missed at IoU 0.5: {fix_kinds[0]} nuclei; {fix_kinds[1]} of them touch or overlap a neighbour's box, "
-      f"{fix_kinds[2]} touch the tile's edge")
+      f"{fix_kinds[2]} touch the tile's edge, {fix_kinds[3]} neither")
 T.check(fix_cfg.min_size == native and fix_cfg.box_roi_pool == "roi_align",
         "the fixed run used the derived native size and RoIAlign")
 found_missed_figure([("baseline", base_found), ("fix", fix_found)], T.out_dir() / "18_found_missed.png")
@@ -520,8 +532,8 @@ found_missed_figure([("baseline", base_found), ("fix", fix_found)], T.out_dir() 
 # %%
 rows = [
     ("input size (px)", base_cfg.min_size, fix_cfg.min_size, "{:.0f}"),
-    ("modelled s/step", autoconfig.step_seconds(base_cfg.min_size, base_cfg.max_size, 4),
-     autoconfig.step_seconds(fix_cfg.min_size, fix_cfg.max_size, 4), "{:.4f}"),
+    ("modelled s/step", autoconfig.step_seconds(base_cfg.min_size, base_cfg.max_size, STRIDE),
+     autoconfig.step_seconds(fix_cfg.min_size, fix_cfg.max_size, STRIDE), "{:.4f}"),
     ("measured s/step", base_metrics["train_seconds"] / STEPS, fix_metrics["train_seconds"] / STEPS, "{:.3f}"),
     ("mAP@0.5", base_metrics["map50"], fix_metrics["map50"], "{:.3f}"),
     ("COCO mAP@[.5:.95]", base_metrics["map"], fix_metrics["map"], "{:.3f}"),
@@ -564,7 +576,7 @@ if not T.FAST:
             "the fix finds more nuclei at IoU 0.75: tighter boxes")
     T.check(abs(fix_metrics["map50"] - base_metrics["map50"]) < 3 / len(gt_sizes),
             "mAP@0.5 moves by less than three nuclei's worth")
-    T.check(all(k[0] <= k[1] + k[2] for k in (kinds, fix_kinds)),
+    T.check(kinds[3] == 0 and fix_kinds[3] == 0,
             "in both runs every nucleus missed at IoU 0.5 is next to a neighbour or at the tile's edge")
 
 # %% [markdown]
@@ -627,7 +639,8 @@ T.check(native_gain[0] > 0 and align_gain[1] > 0 and align_gain[2] > 0,
 # 3. The nuclei pressed against a neighbour: is it the per-class NMS at inference
 #    (`box_nms_thresh`, IoU 0.5) that removes their boxes? Rebuild the fixed run's model with
 #    another threshold (the same parameters: `type(fix_model)(config, class_names,
-#    params=...)`), and return its recall at IoU 0.5 on the dev nuclei (use `matched`).
+#    params=...)`, with `config = fix_model.config.replace(box_nms_thresh=...)`), and return
+#    its recall at IoU 0.5 on the dev nuclei (use `matched` on each of `targets`).
 #    Try 0.3, 0.5 (section 6's number again) and 0.7. (A test-time field: no training.)
 
 
