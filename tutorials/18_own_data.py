@@ -530,8 +530,11 @@ found_missed_figure([("baseline", base_found), ("fix", fix_found)], T.out_dir() 
 # ## 6. The numbers, side by side
 #
 # The same data, steps and seed; only the input size (and the anchors derived at it) and
-# the RoI pooling differ. Seconds per step are this machine's (the modelled ones are
-# `autoconfig`'s cost model, which ignores the RoI pooling).
+# the RoI pooling differ. Seconds per step are this machine's, from the runs' `metrics.json`
+# (the modelled ones are `autoconfig`'s cost model, which ignores the RoI pooling). On a
+# fresh install the first run trained also pays Numba's first compilation (cached on disk
+# afterwards), so its measured seconds per step come out high: a later run (delete
+# `.cache/own-data/`) measures the steps alone.
 
 # %%
 rows = [
