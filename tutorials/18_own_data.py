@@ -159,8 +159,9 @@ T.check(status == 0, "minirccn config show ran")
 #   160 px and never above the images' own size: these 192-px tiles went to 160 px. The
 #   rule now also refuses to shrink the small objects under 16 px: they are already under
 #   it, so the tiles keep their own size.
-# * **Anchors.** Sizes in steps of x2 from the 5th to the 95th percentile of the boxes'
-#   `sqrt(w h)` *at the input size*; aspect ratios from the percentiles of `h / w`.
+# * **Anchors.** Sizes from the 5th to the 95th percentile of the boxes' `sqrt(w h)` *at the
+#   input size*, one size per factor of about 2 between them (a geometric series: here the
+#   two ends, printed below); aspect ratios from the percentiles of `h / w`.
 # * **Stride.** The coarsest of 4, 8, 16 at which the small objects are two cells wide.
 # * **Steps.** A fixed cost model of one step (seconds, as a function of the input pixels
 #   and the stride) turns the 5-minute budget into steps; the schedule scales with them.
