@@ -1,5 +1,6 @@
 """The flags several commands share, each written (and checked) once: the data to read
-(``--data``, ``--images``), ``--seed``, ``--backend`` and ``--no-progress``.
+(``--data``, ``--images``), ``--seed``, ``--backend``, ``--no-progress`` and the inference
+switch ``--test-flip``.
 
 A command's own flags stay in its module (``add_arguments``); these helpers keep one name,
 one default, one help line and one error message per shared flag.
@@ -40,3 +41,13 @@ def add_backend_argument(parser) -> None:
 def add_progress_argument(parser) -> None:
     """``--no-progress``: no progress bars (``progress=not args.no_progress``)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_test_flip_argument(parser) -> None:
+    """``--test-flip``: turn on the checkpoint's ``test_flip`` (test-time augmentation)."""
+    parser.add_argument(
+        "--test-flip",
+        action="store_true",
+        help="also detect on each image's mirror image and merge the two (class-wise NMS): "
+        "test-time augmentation, twice the time (default: the checkpoint's test_flip)",
+    )

@@ -52,10 +52,13 @@ from minirccn.viz import draw_detections
 DEFAULT_SCORE_THRESH = 0.5
 
 
-def _load_model(path: str):
-    """The model stored in checkpoint ``path`` (one :class:`MinirccnError` naming it if unusable)."""
+def _load_model(path: str, test_flip: bool = False):
+    """The model stored in checkpoint ``path`` (one :class:`MinirccnError` naming it if
+    unusable); ``test_flip``: its config's ``test_flip`` turned on."""
     path = existing_file(path, "checkpoint file")
     model, _state = load_checkpoint(path)
+    if test_flip:
+        model.config = model.config.replace(test_flip=True)
     return model
 
 
@@ -112,6 +115,7 @@ def add_arguments_detect(parser) -> None:
         default=DEFAULT_SCORE_THRESH,
         help=f"keep detections scoring at least this (default: {DEFAULT_SCORE_THRESH})",
     )
+    flags.add_test_flip_argument(parser)
     flags.add_backend_argument(parser)
 
 
@@ -150,7 +154,7 @@ def run_detect(args) -> int:
             raise MinirccnError(f"{path}: image file not found")
     backend = resolve(args.backend) if args.backend else None
     _claim_outputs(args)  # before the model loads: an unusable --out fails at once
-    model = _load_model(args.checkpoint)
+    model = _load_model(args.checkpoint, args.test_flip)
     names = list(model.class_names)
     failed = []
     for path, stem in zip(args.images, _output_stems(args.images)):
@@ -200,6 +204,7 @@ def add_arguments_eval(parser) -> None:
     )
     flags.add_seed_argument(parser, help="seed of the shapes images (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    flags.add_test_flip_argument(parser)
     flags.add_backend_argument(parser)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
@@ -217,7 +222,7 @@ def run_eval(args) -> int:
     if len(dataset) == 0:
         raise MinirccnError(f"{args.data}: split {args.split!r} has no images")
     dataset = check_images(dataset, "--data")  # unreadable images: skipped, each named
-    model = _load_model(args.checkpoint)
+    model = _load_model(args.checkpoint, args.test_flip)
     if list(model.class_names) != list(dataset.class_names):
         raise MinirccnError(
             f"{args.data}: its classes {dataset.class_names[1:]} differ from the classes of "

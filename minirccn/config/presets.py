@@ -90,6 +90,8 @@ class DetectorConfig:
     box_score_thresh: float = 0.05  # detections scoring <= this are dropped
     box_nms_thresh: float = 0.5  # per-class NMS IoU threshold at inference
     box_detections_per_img: int = 100  # detections kept per image
+    test_flip: bool = False  # inference: detect on the image and its mirror image too and merge
+    #   the two (class-wise NMS; minirccn.detector.test_time): test-time augmentation, 2x the time
     box_fg_iou_thresh: float = 0.5  # RoI IoU >= this: foreground
     box_bg_iou_thresh: float = 0.5  # RoI IoU < this (and >= box_bg_iou_lo): background
     box_bg_iou_lo: float = 0.0  # low bound of background IoU (Fast R-CNN used 0.1)

@@ -27,6 +27,7 @@ from minirccn.data import batching, transforms
 from minirccn.data.batching import Batch
 from minirccn.detector.anchors import AnchorGenerator
 from minirccn.detector.backbones.levels import build_backbone
+from minirccn.detector.test_time import merge_detections, mirror_boxes
 
 __all__ = ["Batch", "Detector", "Samples", "empty_detections", "preprocess_image"]
 
@@ -225,6 +226,19 @@ class Detector:
         """What a run's ``metrics.json`` should record about this model beyond its config."""
         return {}
 
+    def _detect_one(self, x, proposals, backend) -> dict:
+        """:meth:`detect` of one preprocessed ``(3, H', W')`` input (padded to
+        ``config.size_divisible`` when that is > 0), ``proposals`` ``(P, 4)`` or None."""
+        batch = x[None]
+        if self.config.size_divisible:
+            batch, _ = transforms.batch_images([x], self.config.size_divisible)
+        return self.detect(
+            array_module(backend).asarray(batch),
+            [tuple(x.shape[1:])],
+            backend=backend,
+            proposals=None if proposals is None else [proposals],
+        )[0]
+
     def predict(self, image, backend=None, image_id=None) -> dict:
         """Detections of one image, in that image's pixel coordinates.
 
@@ -238,28 +252,34 @@ class Detector:
             ``labels`` ``(D,)`` int64 in 1..K-1.
 
         Steps: preprocess (resize, normalise; zero-padded to a multiple of
-        ``config.size_divisible`` when that is > 0) -> :meth:`detect` -> boxes divided by the
+        ``config.size_divisible`` when that is > 0) -> :meth:`detect` (``config.test_flip``: on
+        the input and its mirror image, merged by :mod:`minirccn.detector.test_time`) -> boxes
+        divided by the
         resize scale (``image_resize == "torchvision"``: multiplied by the per-axis ratios
         ``float32(original) / float32(resized)``, as torchvision's ``postprocess``) and clipped
         to the image.
         """
         image = check_image(image)
         backend = resolve(backend)
-        xp = array_module(backend)
         x, scale = self.preprocess(image)
         size = tuple(x.shape[1:])
         proposals = self.image_proposals(image, image_id, size)
         if proposals is not None and proposals.shape[0] == 0:
             return empty_detections()
-        batch = x[None]
-        if self.config.size_divisible:
-            batch, _ = transforms.batch_images([x], self.config.size_divisible)
-        det = self.detect(
-            xp.asarray(batch),
-            [size],
-            backend=backend,
-            proposals=None if proposals is None else [proposals],
-        )[0]
+        det = self._detect_one(x, proposals, backend)
+        if self.config.test_flip:  # test-time augmentation (minirccn.detector.test_time)
+            mirrored = self._detect_one(
+                np.ascontiguousarray(x[:, :, ::-1]),
+                None if proposals is None else mirror_boxes(proposals, size[1]),
+                backend,
+            )
+            mirrored = {**mirrored, "boxes": mirror_boxes(mirrored["boxes"], size[1])}
+            det = merge_detections(
+                [det, mirrored],
+                self.postprocess.nms_thresh,
+                self.postprocess.detections_per_img,
+                backend="numba" if backend == "cuda" else backend,
+            )
         if self.config.image_resize == "torchvision":
             rh = np.float32(image.shape[0]) / np.float32(size[0])
             rw = np.float32(image.shape[1]) / np.float32(size[1])
