@@ -52,12 +52,16 @@ from minirccn.viz import draw_detections
 DEFAULT_SCORE_THRESH = 0.5
 
 
-def _load_model(path: str, test_flip: bool = False):
-    """The model stored in checkpoint ``path`` (one :class:`MinirccnError` naming it if
-    unusable); ``test_flip``: its config's ``test_flip`` turned on."""
+def _load_model(path: str):
+    """The model stored in checkpoint ``path`` (one :class:`MinirccnError` naming it if unusable)."""
     path = existing_file(path, "checkpoint file")
     model, _state = load_checkpoint(path)
-    if test_flip:
+    return model
+
+
+def _test_flip(model, on: bool):
+    """``model`` with its config's ``test_flip`` turned on when ``on`` (``--test-flip``)."""
+    if on:
         model.config = model.config.replace(test_flip=True)
     return model
 
@@ -154,7 +158,7 @@ def run_detect(args) -> int:
             raise MinirccnError(f"{path}: image file not found")
     backend = resolve(args.backend) if args.backend else None
     _claim_outputs(args)  # before the model loads: an unusable --out fails at once
-    model = _load_model(args.checkpoint, args.test_flip)
+    model = _test_flip(_load_model(args.checkpoint), args.test_flip)
     names = list(model.class_names)
     failed = []
     for path, stem in zip(args.images, _output_stems(args.images)):
@@ -222,7 +226,7 @@ def run_eval(args) -> int:
     if len(dataset) == 0:
         raise MinirccnError(f"{args.data}: split {args.split!r} has no images")
     dataset = check_images(dataset, "--data")  # unreadable images: skipped, each named
-    model = _load_model(args.checkpoint, args.test_flip)
+    model = _test_flip(_load_model(args.checkpoint), args.test_flip)
     if list(model.class_names) != list(dataset.class_names):
         raise MinirccnError(
             f"{args.data}: its classes {dataset.class_names[1:]} differ from the classes of "
