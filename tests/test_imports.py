@@ -3,7 +3,7 @@
     core <- kernels, ops, nn <- data, proposals, config, evaluation, viz <- detector <- engine <- app
 
 A module imports only modules of its own layer or of the layers below it; inside ``detector/``
-the order is base, matching, anchors, backbones <- rpn, roi_heads, dense <- models <- registry;
+the order is base, matching, anchors, test_time, backbones <- rpn, roi_heads, dense <- models <- registry;
 ``engine/`` reaches the detector only through ``registry`` and ``base`` (its Faster R-CNN
 recipe, ``alternating``, excepted); nothing imports ``app/``. The module graph has no circle,
 and imports written inside functions are few (lazy imports of optional heavy dependencies and
@@ -33,6 +33,7 @@ LAYERS = {
     "minirccn.detector.base": 3.0,
     "minirccn.detector.matching": 3.0,
     "minirccn.detector.anchors": 3.0,
+    "minirccn.detector.test_time": 3.0,
     "minirccn.detector.backbones": 3.0,
     "minirccn.detector.rpn": 3.1,
     "minirccn.detector.roi_heads": 3.1,

@@ -10,6 +10,7 @@ module                                 what
 ``registry``                           the model table: ``config.model`` -> class, built lazily
 ``anchors``                            the anchor grid of a map, of many levels (``AnchorGenerator``)
 ``matching``                           the one Matcher and the one balanced sampler
+``test_time``                          test-time flip: mirror boxes, merge two passes (``predict``)
 ``backbones/vgg``, ``resnet``, ``fpn``  the VGG-style stack, the ResNets, the FPN neck
 ``backbones/levels``                   a backbone yields levels: one map (``SingleLevel``) or a
                                        pyramid (``Pyramid``)
@@ -29,6 +30,6 @@ module                                 what
 ``external``                           file): Fast R-CNN is Faster R-CNN without its RPN
 =====================================  ===========================================================
 
-Import direction inside: base, matching, anchors, backbones <- rpn, roi_heads, dense <- models
+Import direction inside: base, matching, anchors, test_time, backbones <- rpn, roi_heads, dense <- models
 <- registry.
 """
