@@ -32,6 +32,8 @@ USERS = {
         "batchnorm2d_backward",
     },
     "minirccn/proposals/segmentation.py": {"felzenszwalb"},
+    "minirccn/detector/matching.py": {"match"},
+    "minirccn/nn/losses.py": {"labeled_focal_loss"},
 }
 
 
