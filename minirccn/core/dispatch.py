@@ -165,6 +165,16 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.layers:batchnorm2d_backward_numba",
         "cuda": f"{_LAYERS}:batchnorm2d_backward_reference",
     },
+    "batchnorm2d_relu": {
+        "numpy": f"{_LAYERS}:batchnorm2d_relu_reference",
+        "numba": "minirccn.kernels.layers:batchnorm2d_relu_numba",
+        "cuda": f"{_LAYERS}:batchnorm2d_relu_reference",
+    },
+    "batchnorm2d_relu_backward": {
+        "numpy": f"{_LAYERS}:batchnorm2d_relu_backward_reference",
+        "numba": "minirccn.kernels.layers:batchnorm2d_relu_backward_numba",
+        "cuda": f"{_LAYERS}:batchnorm2d_relu_backward_reference",
+    },
     # minirccn.nn.pool
     "max_pool2d": {
         "numpy": f"{_POOL}:max_pool2d_reference",

@@ -30,6 +30,8 @@ USERS = {
         "linear_backward",
         "batchnorm2d",
         "batchnorm2d_backward",
+        "batchnorm2d_relu",
+        "batchnorm2d_relu_backward",
     },
     "minirccn/proposals/segmentation.py": {"felzenszwalb"},
     "minirccn/detector/matching.py": {"match"},
