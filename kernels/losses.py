@@ -19,17 +19,20 @@ Python scalars):
                  r = p (1 - p) / q (0 where q = 0); the second term only when gamma != 0
     alpha_t    = alpha t + (1 - alpha)(1 - t) when alpha >= 0, else 1
 
-``q**gamma`` is ``q * q`` when ``gamma == 2``, as in the reference: NumPy computes an array to
-the power of the Python scalar 2.0 as ``np.square`` (its scalar-power fast path), any other
-exponent with ``pow``.
+``q**gamma`` is ``q * q`` when ``gamma == 2`` and ``sqrt(q)`` when ``gamma == 0.5``, as in the
+reference: NumPy computes an array to the power of the Python scalar 2.0 or 0.5 as
+``np.square`` or ``np.sqrt`` (its scalar-power fast paths), any other exponent with ``pow``.
 
-Rounding: every elementwise value is the reference's up to the last bits of ``exp``,
-``log1p`` and ``pow`` (Numba calls the C library's; NumPy has its own SIMD versions), and the
-loss is summed in a float64 accumulator in row order, where NumPy sums the float32 values
-pairwise. So the loss and the gradient agree with the reference to rounding, not bit for
-bit (tests/nn/test_losses.py: relative 1e-5 in float32, 1e-12 in float64, adversarial
-logits of +-1000 included). The elements are independent; 36,828 of them run on the
-calling thread.
+The same numbers as the reference, bit for bit: ``exp(-|x|)`` and its ``log1p`` are NumPy's
+own (two whole-array passes before the kernel: Numba's would call the C library's, which
+can differ from NumPy's SIMD versions in the last bit), the rest is ``+ - * /`` in the
+reference's order and dtype (no fused multiply-adds: Numba compiles without fast-math), and
+the per-element losses of the valid anchors are written in their order into one array that
+NumPy sums, as the reference sums its gathered array (tests/nn/test_losses.py compares
+exactly, adversarial logits of +-1000 included; a ``gamma``
+other than 0, 0.5, 1 and 2 uses ``pow``, whose last bit may differ from NumPy's: compared to
+rounding). The elements are independent; 36,828 of them run on the calling
+thread.
 
 Entry point (the reference's signature): ``labeled_focal_loss_numba(logits, labels, alpha,
 gamma)`` returns ``(loss, dlogits)``.
@@ -44,13 +47,16 @@ import numpy as np
 
 
 @numba.njit(cache=True)
-def _labeled_focal(x, labels, alpha, one_minus_alpha, use_alpha, gamma, zero, one, two, dx):
-    """Write the gradient into ``dx (M, Kc)`` and return the summed loss (float64).
+def _labeled_focal(
+    x, e, log1p_e, labels, alpha, one_minus_alpha, use_alpha, gamma, zero, half, one, two, loss_out, dx
+):
+    """Write the valid anchors' per-element losses, in order, into ``loss_out (V, Kc)`` and the
+    gradient into ``dx (M, Kc)`` (0 on ignored rows).
 
-    ``x (M, Kc)``, ``labels (M,)`` int64; the scalars are in ``x``'s dtype, ``use_alpha``
-    a bool."""
+    ``x``, ``e = exp(-|x|)``, ``log1p_e = log1p(e)`` ``(M, Kc)``; ``labels (M,)`` int64; the
+    scalars in ``x``'s dtype, ``use_alpha`` a bool."""
     m, kc = x.shape
-    total = 0.0
+    row = 0
     for i in range(m):
         lab = labels[i]
         if lab < 0:
@@ -60,16 +66,21 @@ def _labeled_focal(x, labels, alpha, one_minus_alpha, use_alpha, gamma, zero, on
         for c in range(kc):
             v = x[i, c]
             t = one if lab - 1 == c else zero
-            e = math.exp(-abs(v))
-            big = one / (one + e)
-            small = e / (one + e)
+            ev = e[i, c]
+            big = one / (one + ev)
+            small = ev / (one + ev)
             if v >= zero:
                 p, omp = big, small
             else:
                 p, omp = small, big
-            ce = max(v, zero) - v * t + math.log1p(e)
+            ce = max(v, zero) - v * t + log1p_e[i, c]
             q = p * (one - t) + omp * t
-            qg = q * q if gamma == two else q**gamma
+            if gamma == two:  # NumPy's power by a Python 2.0 or 0.5: square and sqrt
+                qg = q * q
+            elif gamma == half:
+                qg = np.sqrt(q)
+            else:
+                qg = q**gamma
             loss = ce * qg
             grad = (p * (one - t) - omp * t) * qg
             if gamma != zero:
@@ -80,9 +91,9 @@ def _labeled_focal(x, labels, alpha, one_minus_alpha, use_alpha, gamma, zero, on
                 alpha_t = alpha * t + one_minus_alpha * (one - t)
                 loss = alpha_t * loss
                 grad = alpha_t * grad
-            total += loss
+            loss_out[row, c] = loss
             dx[i, c] = grad
-    return total
+        row += 1
 
 
 def labeled_focal_loss_numba(logits, labels, alpha=0.25, gamma=2.0):
@@ -104,8 +115,13 @@ def labeled_focal_loss_numba(logits, labels, alpha=0.25, gamma=2.0):
         raise ValueError(f"gamma: expected a non-negative number, got {gamma!r}")
     if not np.isfinite(alpha) or alpha > 1:
         raise ValueError(f"alpha: expected a number <= 1 (negative disables it), got {alpha!r}")
+    e = np.exp(-np.abs(x))  # NumPy's exp and log1p, as the reference's: the same bits
+    log1p_e = np.log1p(e)
+    valid = int(np.count_nonzero(labels >= 0))
+    loss = np.empty((valid, x.shape[1]), dtype=x.dtype)
     dx = np.empty_like(x)
-    loss = _labeled_focal(
-        x, labels, t(alpha), t(1 - alpha), alpha >= 0, t(gamma), t(0), t(1), t(2), dx
+    _labeled_focal(
+        x, e, log1p_e, labels, t(alpha), t(1 - alpha), alpha >= 0, t(gamma), t(0), t(0.5), t(1), t(2),
+        loss, dx,
     )
-    return float(loss), dx
+    return float(loss.sum()), dx  # NumPy's pairwise sum of the same values, as the reference

@@ -316,8 +316,8 @@ def labeled_focal_loss_reference(logits, labels, alpha=0.25, gamma=2.0):
 
 def labeled_focal_loss(logits, labels, alpha=0.25, gamma=2.0, *, backend=None):
     """:func:`labeled_focal_loss_reference` on ``backend`` (the ``labeled_focal_loss`` op:
-    ``numba`` makes one pass over the anchors, ``minirccn.kernels.losses``; the same numbers
-    to rounding). ``backend`` None: inferred from ``logits`` (else ``MINIRCCN_BACKEND``, else
+    ``numba`` makes one pass over the anchors, ``minirccn.kernels.losses``: the same numbers
+    for ``gamma`` 0, 0.5, 1 and 2, others to rounding). ``backend`` None: inferred from ``logits`` (else ``MINIRCCN_BACKEND``, else
     ``numba``)."""
     logits = check_float(logits, "logits")
     name = _backend.resolve(backend, logits)

@@ -369,7 +369,7 @@ def retinanet_losses(
         box_targets: ``(N, M, 4)`` encoded targets (used where ``labels >= 1``).
         alpha, gamma: of :func:`minirccn.nn.losses.sigmoid_focal_loss`.
         backend: of the focal loss (the ``labeled_focal_loss`` op: the reference, or one
-            Numba pass over each image's anchors that returns its numbers to rounding); None:
+            Numba pass over each image's anchors with the same numbers); None:
             inferred from ``logits``.
 
     Returns:
