@@ -213,3 +213,121 @@ def batchnorm2d_backward_numba(dout, xhat, inv_std, gamma, train):
     with cpu_threads_for(dout.size):
         _batchnorm_backward_numba(dout, xhat, inv_std, gamma, bool(train), dx, dgamma, dbeta)
     return dx, dgamma, dbeta
+
+
+# --------------------------------------------------------------------------- batch norm + ReLU
+# The fused op (the tiny backbone's and the ResNet's conv -> BN -> ReLU): the reference is
+# batchnorm2d_reference then relu_reference (minirccn/nn/layers.py). Unfused, the ReLU reads
+# batch norm's output and writes a second output and its mask, and its backward writes a
+# masked gradient that batch norm's backward reads twice; fused, the last pass of batch norm
+# writes the ReLU's output and mask, and the backward masks ``dout`` channel by channel into
+# ``dx`` and runs batch norm's loops on it while it is in the cache (one call, one array
+# fewer). The arithmetic is the two kernels' in their order: the same ``y = gamma * xhat +
+# beta``, ``max(y, 0)`` and ``y > 0``, the same per-channel sums: bit for bit the unfused pair's
+# numbers (tests/nn/test_layers.py).
+
+
+@numba.njit(parallel=True, cache=True, fastmath=REASSOC)
+def _batchnorm_relu_numba(x, gamma, beta, mean, var, train, eps, out, xhat, inv_std, mask):
+    n_img, n_ch, height, width = x.shape
+    m = n_img * height * width
+    for c in numba.prange(n_ch):  # one channel per task, as _batchnorm_numba
+        if train:
+            acc = 0.0
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        acc += x[n, c, h, w]
+            mean[c] = acc / m
+            mu = mean[c]
+            acc = 0.0
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        d = x[n, c, h, w] - mu
+                        acc += d * d
+            var[c] = acc / m
+        inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
+        s, mu_c, g, bb = inv_std[c], mean[c], gamma[c], beta[c]
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    xh = (x[n, c, h, w] - mu_c) * s
+                    xhat[n, c, h, w] = xh
+                    y = g * xh + bb
+                    pos = y > 0
+                    mask[n, c, h, w] = np.uint8(pos)
+                    out[n, c, h, w] = y if pos else 0
+
+
+@numba.njit(parallel=True, cache=True, fastmath=REASSOC)
+def _batchnorm_relu_backward_numba(dout, mask, xhat, inv_std, gamma, train, dx, dgamma, dbeta):
+    n_img, n_ch, height, width = dout.shape
+    m = n_img * height * width
+    zero = dout.dtype.type(0)
+    for c in numba.prange(n_ch):
+        # the ReLU's gradient into this channel's planes of dx (they stay in the cache), then
+        # _batchnorm_backward_numba's loops on it, unchanged: the same sums, bit for bit
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    dx[n, c, h, w] = dout[n, c, h, w] if mask[n, c, h, w] else zero
+        sb = 0.0
+        sg = 0.0
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    d = dx[n, c, h, w]
+                    sb += d
+                    sg += d * xhat[n, c, h, w]
+        dbeta[c] = sb
+        dgamma[c] = sg
+        scale = gamma[c] * inv_std[c]
+        if train:
+            k = scale / m
+            b, g = dbeta[c], dgamma[c]
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        dx[n, c, h, w] = k * (m * dx[n, c, h, w] - b - xhat[n, c, h, w] * g)
+        else:
+            for n in range(n_img):
+                for h in range(height):
+                    for w in range(width):
+                        dx[n, c, h, w] = scale * dx[n, c, h, w]
+
+
+def batchnorm2d_relu_numba(x, gamma, beta, mean, var, eps):
+    """``(out, xhat, inv_std, mean, var, mask)``: :func:`batchnorm2d_numba` with the ReLU in its
+    last pass (``out = max(gamma * xhat + beta, 0)``, ``mask`` its ``> 0``, bool)."""
+    x = np.ascontiguousarray(x)
+    c = x.shape[1]
+    train = mean is None
+    if train:
+        mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
+    else:
+        mean, var = np.ascontiguousarray(mean, x.dtype), np.ascontiguousarray(var, x.dtype)
+    out, xhat = np.empty_like(x), np.empty_like(x)
+    mask = np.empty(x.shape, dtype=np.bool_)
+    inv_std = np.empty(c, dtype=x.dtype)
+    with cpu_threads_for(x.size):
+        _batchnorm_relu_numba(
+            x, gamma, beta, mean, var, train, x.dtype.type(eps), out, xhat, inv_std,
+            mask.view(np.uint8),
+        )
+    return out, xhat, inv_std, mean, var, mask
+
+
+def batchnorm2d_relu_backward_numba(dout, mask, xhat, inv_std, gamma, train):
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm2d_relu_numba`: batch norm's backward on
+    ``dout`` masked as it is read (Numba, CPU threads)."""
+    dout = np.ascontiguousarray(dout)
+    mask = np.ascontiguousarray(mask)
+    c = dout.shape[1]
+    dx = np.empty_like(dout)
+    dgamma, dbeta = np.empty(c, dtype=dout.dtype), np.empty(c, dtype=dout.dtype)
+    with cpu_threads_for(dout.size):
+        _batchnorm_relu_backward_numba(
+            dout, mask.view(np.uint8), xhat, inv_std, gamma, bool(train), dx, dgamma, dbeta
+        )
+    return dx, dgamma, dbeta

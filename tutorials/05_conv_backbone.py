@@ -202,8 +202,9 @@ def describe(name, spec, size):
     print(f"\n{name}: input {x_in.shape}")
     print(f"  {'layer':26s} {'output':>20s} {'parameters':>11s}")
     for layer, kind, c in cache.steps:
-        if kind == "relu":
+        if kind in ("relu", "bn"):  # the ReLU, alone or fused into batch norm (its mask)
             shape = c.mask.shape
+            layer, kind = layer.removesuffix(".bn"), "relu"
         elif kind == "pool":
             shape = c.argmax.shape
         else:

@@ -95,6 +95,13 @@ def resolve(backend: str | None = None, *arrays) -> str:
     return backend
 
 
+def host_backend(backend: str) -> str:
+    """The backend for a model's host NumPy work (targets, matching) when the model runs on
+    ``backend``: ``numpy`` keeps the references, ``numba`` and ``cuda`` use the Numba CPU
+    kernels (they return the references' numbers)."""
+    return "numpy" if backend == "numpy" else "numba"
+
+
 def array_module(backend: str):
     """The array module of ``backend``: ``cupy`` for ``cuda`` on a GPU, else ``numpy``."""
     if backend == "cuda" and not cuda_simulator():

@@ -122,6 +122,18 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.conv_levels:conv2d_levels_backward_numba",
         "cuda": f"{_CONV_LEVELS}:conv2d_levels_backward_reference",
     },
+    # minirccn.detector.matching: host NumPy work of the targets (every backend's host arrays)
+    "match": {
+        "numpy": "minirccn.detector.matching:match_reference",
+        "numba": "minirccn.kernels.matching:match_numba",
+        "cuda": "minirccn.detector.matching:match_reference",
+    },
+    # minirccn.nn.losses: RetinaNet's focal loss over labelled anchors in one pass
+    "labeled_focal_loss": {
+        "numpy": "minirccn.nn.losses:labeled_focal_loss_reference",
+        "numba": "minirccn.kernels.losses:labeled_focal_loss_numba",
+        "cuda": "minirccn.nn.losses:labeled_focal_loss_reference",
+    },
     # minirccn.nn.layers: fused one-pass CPU kernels; CuPy runs the references on the GPU
     "relu": {
         "numpy": f"{_LAYERS}:relu_reference",
@@ -152,6 +164,16 @@ TABLE: dict[str, dict[str, str]] = {
         "numpy": f"{_LAYERS}:batchnorm2d_backward_reference",
         "numba": "minirccn.kernels.layers:batchnorm2d_backward_numba",
         "cuda": f"{_LAYERS}:batchnorm2d_backward_reference",
+    },
+    "batchnorm2d_relu": {
+        "numpy": f"{_LAYERS}:batchnorm2d_relu_reference",
+        "numba": "minirccn.kernels.layers:batchnorm2d_relu_numba",
+        "cuda": f"{_LAYERS}:batchnorm2d_relu_reference",
+    },
+    "batchnorm2d_relu_backward": {
+        "numpy": f"{_LAYERS}:batchnorm2d_relu_backward_reference",
+        "numba": "minirccn.kernels.layers:batchnorm2d_relu_backward_numba",
+        "cuda": f"{_LAYERS}:batchnorm2d_relu_backward_reference",
     },
     # minirccn.nn.pool
     "max_pool2d": {

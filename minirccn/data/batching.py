@@ -12,6 +12,7 @@ augmentation as its ground truth (one draw each), so the two stay aligned.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -34,9 +35,14 @@ class Batch(NamedTuple):
     proposals: list | None = None  # N arrays (P_i, 4) float: external proposals, or None
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
-    """The order images are visited in during ``epoch``: a permutation seeded by ``(seed, epoch)``."""
-    return np.random.default_rng([int(seed), int(epoch), 7]).permutation(size)
+    """The order images are visited in during ``epoch``: a permutation seeded by ``(seed, epoch)``.
+
+    Kept for the next calls (read-only): every step of an epoch asks for the same one."""
+    order = np.random.default_rng([int(seed), int(epoch), 7]).permutation(size)
+    order.setflags(write=False)
+    return order
 
 
 def batch_indices(seed: int, step: int, batch: int, size: int) -> list:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minirccn.core.dispatch import kernel
+
 BELOW_LOW_THRESHOLD = -1  #: a match code: best IoU < low_threshold (negative / background)
 BETWEEN_THRESHOLDS = -2  #: a match code: low_threshold <= best IoU < high_threshold (ignored)
 
@@ -63,11 +65,14 @@ class Matcher:
                 f"high_threshold ({self.high_threshold})"
             )
 
-    def __call__(self, iou) -> np.ndarray:
+    def __call__(self, iou, backend: str = "numpy") -> np.ndarray:
         """Match the ``M`` boxes of ``iou``'s rows to the ``G`` ground truths of its columns.
 
         Args:
-            iou: ``(M, G)`` float IoU of every box with every ground truth (``G`` may be 0).
+            iou: ``(M, G)`` float IoU of every box with every ground truth (``G`` may be 0);
+                any strides (a transposed ``(G, M)`` result is fine).
+            backend: ``"numpy"`` (:func:`match_reference`, the specification) or ``"numba"``
+                (one pass, ``minirccn.kernels.matching``); host arrays either way.
 
         Returns:
             ``(M,)`` int64: a ground-truth index in ``0..G-1``, :data:`BELOW_LOW_THRESHOLD`
@@ -77,15 +82,9 @@ class Matcher:
         m, g = iou.shape
         if m == 0 or g == 0:
             return np.full(m, BELOW_LOW_THRESHOLD, dtype=np.int64)
-        best_gt = iou.argmax(axis=1)  # (M,) first index on a tie
-        best = iou[np.arange(m), best_gt]
-        matches = best_gt.astype(np.int64)
-        matches[best < self.low_threshold] = BELOW_LOW_THRESHOLD
-        matches[(best >= self.low_threshold) & (best < self.high_threshold)] = BETWEEN_THRESHOLDS
-        if self.allow_low_quality_matches:
-            promoted = self.best_box_of_each_gt(iou)
-            matches[promoted] = best_gt[promoted]
-        return matches
+        return kernel("match", backend)(
+            iou, self.high_threshold, self.low_threshold, self.allow_low_quality_matches
+        )
 
     @staticmethod
     def best_box_of_each_gt(iou) -> np.ndarray:
@@ -93,6 +92,32 @@ class Matcher:
         the boxes with that highest IoU (all ties). ``iou`` is ``(M, G)`` with ``M, G >= 1``."""
         gt_best = iou.max(axis=0)  # (G,)
         return ((iou == gt_best[None, :]) & (gt_best[None, :] > 0)).any(axis=1)
+
+
+def match_reference(iou, high_threshold, low_threshold, allow_low_quality_matches):
+    """The matching rule of :class:`Matcher` on a non-empty ``iou`` (the specification of the
+    ``match`` op; the module docstring says it in words).
+
+    Args:
+        iou: ``(M, G)`` float, ``M, G >= 1``.
+        high_threshold, low_threshold: floats, ``low <= high``.
+        allow_low_quality_matches: bool.
+
+    Returns:
+        ``(M,)`` int64 matches. A NaN IoU follows NumPy: ``argmax`` picks a row's first NaN,
+        which is then neither below ``low`` nor between (it keeps its index), and a column
+        holding a NaN has a NaN maximum (it promotes nothing).
+    """
+    m = iou.shape[0]
+    best_gt = iou.argmax(axis=1)  # (M,) first index on a tie
+    best = iou[np.arange(m), best_gt]
+    matches = best_gt.astype(np.int64)
+    matches[best < low_threshold] = BELOW_LOW_THRESHOLD
+    matches[(best >= low_threshold) & (best < high_threshold)] = BETWEEN_THRESHOLDS
+    if allow_low_quality_matches:
+        promoted = Matcher.best_box_of_each_gt(iou)
+        matches[promoted] = best_gt[promoted]
+    return matches
 
 
 @dataclass(frozen=True)

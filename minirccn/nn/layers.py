@@ -83,6 +83,8 @@ __all__ = [
     "batchnorm2d_backward_reference",
     "batchnorm2d_forward",
     "batchnorm2d_backward",
+    "batchnorm2d_relu_reference",
+    "batchnorm2d_relu_backward_reference",
 ]
 
 # ----------------------------------------------------------------------------- relu
@@ -235,6 +237,7 @@ class BatchNorm2dCache(NamedTuple):
     gamma: Any  # (C,)
     train: bool  # batch statistics (True) or running statistics (False)
     backend: str
+    mask: Any = None  # (N, C, H, W) bool: the fused ReLU's ``out > 0`` (None: no ReLU)
 
 
 def batchnorm2d_reference(x, gamma, beta, mean, var, eps):
@@ -275,8 +278,34 @@ def batchnorm2d_backward_reference(dout, xhat, inv_std, gamma, train):
     return dx, dgamma, dbeta
 
 
+def batchnorm2d_relu_reference(x, gamma, beta, mean, var, eps):
+    """Batch norm then ReLU (the NumPy reference of the fused op): :func:`batchnorm2d_reference`
+    and :func:`relu_reference` of its output. Returns ``(out, xhat, inv_std, mean, var, mask)``
+    with ``out = max(gamma * xhat + beta, 0)`` and ``mask`` the ReLU's ``(N, C, H, W)`` bool."""
+    out, xhat, inv_std, mean, var = batchnorm2d_reference(x, gamma, beta, mean, var, eps)
+    out, mask = relu_reference(out)
+    return out, xhat, inv_std, mean, var, mask
+
+
+def batchnorm2d_relu_backward_reference(dout, mask, xhat, inv_std, gamma, train):
+    """``(dx, dgamma, dbeta)`` of :func:`batchnorm2d_relu_reference`: the ReLU's backward, then
+    :func:`batchnorm2d_backward_reference` (the NumPy reference of the fused op)."""
+    dy = relu_backward_reference(dout, mask)
+    return batchnorm2d_backward_reference(dy, xhat, inv_std, gamma, train)
+
+
 def batchnorm2d_forward(
-    x, gamma, beta, running_mean, running_var, train=True, momentum=0.1, eps=1e-5, *, backend=None
+    x,
+    gamma,
+    beta,
+    running_mean,
+    running_var,
+    train=True,
+    momentum=0.1,
+    eps=1e-5,
+    *,
+    relu=False,
+    backend=None,
 ):
     """Batch normalisation over ``(N, H, W)`` per channel (torch's ``BatchNorm2d``).
 
@@ -287,10 +316,14 @@ def batchnorm2d_forward(
             ``r = (1 - momentum) * r + momentum * batch_stat``, with the *unbiased*
             batch variance (``m / (m - 1)`` times the biased one, ``m = N*H*W``).
         train: normalise with the batch statistics (True) or the running ones (False).
+        relu: a ReLU on the output, fused (the ``batchnorm2d_relu`` op: on ``numba`` one pass
+            writes the output and the ReLU's mask, and the backward masks the gradient inside
+            batch norm's own passes; the same numbers as :func:`relu_forward` after this
+            layer).
 
     Returns:
         out: ``gamma * (x - mean) / sqrt(var + eps) + beta`` (biased ``var`` in train mode),
-        computed as :func:`batchnorm2d_reference` does;
+        computed as :func:`batchnorm2d_reference` does (``max(., 0)`` of it with ``relu``);
         cache: :class:`BatchNorm2dCache`.
     """
     backend, xp, (x, gamma, beta) = prepare(backend, {"x": x, "gamma": gamma, "beta": beta})
@@ -311,13 +344,19 @@ def batchnorm2d_forward(
         stats = (None, None)
     else:
         stats = (running_mean, running_var)
-    out, xhat, inv_std, mean, var = kernel("batchnorm2d", backend)(x, gamma, beta, *stats, eps)
+    mask = None
+    if relu:
+        out, xhat, inv_std, mean, var, mask = kernel("batchnorm2d_relu", backend)(
+            x, gamma, beta, *stats, eps
+        )
+    else:
+        out, xhat, inv_std, mean, var = kernel("batchnorm2d", backend)(x, gamma, beta, *stats, eps)
     if train:
         running_mean *= 1 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1 - momentum
         running_var += momentum * (var * (m / (m - 1))).astype(running_var.dtype)
-    return out, BatchNorm2dCache(xhat, inv_std, gamma, bool(train), backend)
+    return out, BatchNorm2dCache(xhat, inv_std, gamma, bool(train), backend, mask)
 
 
 def batchnorm2d_backward(dout, cache: BatchNorm2dCache):
@@ -328,12 +367,17 @@ def batchnorm2d_backward(dout, cache: BatchNorm2dCache):
     * ``dbeta = sum(dout)``, ``dgamma = sum(dout * xhat)``;
     * train mode: ``dx = gamma * inv_std / m * (m * dout - dbeta - xhat * dgamma)``
       (the batch mean and variance depend on ``x``);
-    * eval mode: ``dx = gamma * inv_std * dout`` (the statistics are constants).
+    * eval mode: ``dx = gamma * inv_std * dout`` (the statistics are constants);
+    * with the fused ReLU (``relu=True``), ``dout`` is first ``dout * mask``.
 
     Returns:
         dx ``(N, C, H, W)``, dgamma ``(C,)``, dbeta ``(C,)``.
     """
-    xhat, inv_std, gamma, train, backend = cache
+    xhat, inv_std, gamma, train, backend, mask = cache
     xp = _backend.get_array_module(xhat)
     dout = check_grad(dout, "dout", xhat.shape, xhat.dtype, xp)
+    if mask is not None:  # the fused ReLU's gradient first (dout where out > 0)
+        return kernel("batchnorm2d_relu_backward", backend)(
+            dout, mask, xhat, inv_std, gamma, train
+        )
     return kernel("batchnorm2d_backward", backend)(dout, xhat, inv_std, gamma, train)

@@ -23,6 +23,7 @@ import numpy as np
 
 from minirccn.core import backend as _backend
 from minirccn.core.checks import check_float, check_shape
+from minirccn.core.dispatch import kernel
 
 
 def _same_module(x, ref):
@@ -275,3 +276,49 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="sum"):
     if n == 0:
         return float("nan"), grad
     return float(loss.sum()) / n, grad / logits.dtype.type(n)
+
+
+def labeled_focal_loss_reference(logits, labels, alpha=0.25, gamma=2.0):
+    """RetinaNet's classification loss of one image's anchors, from their integer labels.
+
+    The specification of the ``labeled_focal_loss`` op (:mod:`minirccn.core.dispatch`): the
+    summed :func:`sigmoid_focal_loss` over the anchors that are not ignored, each with its
+    one-hot target (a 1 in column ``label - 1`` of a positive, all zeros for a negative)::
+
+        valid  = labels >= 0
+        onehot = one-hot of labels[valid] - 1 (zero rows for labels 0)
+        loss, d = sigmoid_focal_loss(logits[valid], onehot, alpha, gamma, "sum")
+        dlogits[valid] = d;  0 on the ignored rows
+
+    Args:
+        logits: ``(M, Kc)`` float32/float64 (NumPy or CuPy).
+        labels: ``(M,)`` int: ``c >= 1`` positive of class ``c`` (``c <= Kc``), 0 negative,
+            -1 ignored.
+        alpha, gamma: of :func:`sigmoid_focal_loss`.
+
+    Returns:
+        loss: Python ``float``, the sum over the valid anchors' ``Kc`` outputs;
+        dlogits: ``(M, Kc)`` logits' dtype, its gradient (0 on ignored rows).
+    """
+    xp = _backend.get_array_module(logits)
+    labels = xp.asarray(labels)
+    kc = logits.shape[1]
+    valid = xp.nonzero(labels >= 0)[0]
+    onehot = xp.zeros((int(valid.size), kc), dtype=logits.dtype)
+    lv = labels[valid]
+    rows = xp.nonzero(lv >= 1)[0]
+    onehot[rows, lv[rows] - 1] = 1
+    loss, d = sigmoid_focal_loss(logits[valid], onehot, alpha, gamma, "sum")
+    dlogits = xp.zeros_like(logits)
+    dlogits[valid] = d
+    return loss, dlogits
+
+
+def labeled_focal_loss(logits, labels, alpha=0.25, gamma=2.0, *, backend=None):
+    """:func:`labeled_focal_loss_reference` on ``backend`` (the ``labeled_focal_loss`` op:
+    ``numba`` makes one pass over the anchors, ``minirccn.kernels.losses``: the same numbers
+    for ``gamma`` 0, 0.5, 1 and 2, others to rounding). ``backend`` None: inferred from ``logits`` (else ``MINIRCCN_BACKEND``, else
+    ``numba``)."""
+    logits = check_float(logits, "logits")
+    name = _backend.resolve(backend, logits)
+    return kernel("labeled_focal_loss", name)(logits, labels, alpha, gamma)

@@ -30,8 +30,12 @@ USERS = {
         "linear_backward",
         "batchnorm2d",
         "batchnorm2d_backward",
+        "batchnorm2d_relu",
+        "batchnorm2d_relu_backward",
     },
     "minirccn/proposals/segmentation.py": {"felzenszwalb"},
+    "minirccn/detector/matching.py": {"match"},
+    "minirccn/nn/losses.py": {"labeled_focal_loss"},
 }
 
 

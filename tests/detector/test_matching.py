@@ -227,3 +227,69 @@ def test_proposal_sampling_at_a_quarter():
     )(boxes, gt, [1], np.random.default_rng(0))
     assert labels.tolist() == [1] * 4 + [0] * 12
     assert np.all(targets[4:] == 0) and np.all(targets[:4, [0, 2]] != 0)
+
+
+# ----------------------------------------------------------------------------- the numba matcher
+
+
+@given(
+    st.integers(1, 30),
+    st.integers(1, 5),
+    st.booleans(),
+    st.sampled_from([(0.7, 0.3), (0.5, 0.5), (0.5, 0.4), (0.5, 0.0)]),
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 2**31 - 1),
+)
+def test_numba_matcher_equals_the_reference(m, g, allow, thresholds, dtype, transposed, nans, seed):
+    # values on a grid holding every threshold in both dtypes (exact hits, ties), NaNs when
+    # asked, and a (G, M) result matched through its transpose as the RetinaNet targets do
+    grid = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0] + ([np.nan] if nans else [])
+    iou = np.random.default_rng(seed).choice(np.array(grid), size=(m, g)).astype(dtype)
+    if transposed:
+        iou = np.ascontiguousarray(iou.T).T
+    high, low = thresholds
+    want = Matcher(high, low, allow)(iou, backend="numpy")
+    got = Matcher(high, low, allow)(iou, backend="numba")
+    assert got.dtype == np.int64 and got.tolist() == want.tolist()
+    if not nans:
+        assert got.tolist() == matcher_loop(iou, high, low, allow)
+
+
+def test_numba_matcher_random_ious_and_empty():
+    rng = np.random.default_rng(0)
+    iou = rng.random((5000, 4)).astype(np.float32)
+    for allow in (True, False):
+        m = Matcher(0.5, 0.4, allow)
+        assert np.array_equal(m(iou, backend="numba"), m(iou, backend="numpy"))
+    assert Matcher(0.5, 0.4, True)(np.zeros((3, 0)), backend="numba").tolist() == [BELOW] * 3
+    assert Matcher(0.5, 0.4, True)(np.zeros((0, 2)), backend="numba").shape == (0,)
+
+
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 5),
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+)
+def test_rpn_anchor_targets_numba_equal_numpy(seed, g, dtype, snap):
+    # the RPN's anchor labels through the numba IoU (on (G, M), transposed) and matcher: the
+    # same labels, matches, samples and targets as the references, bit for bit
+    from minirccn.detector.anchors import generate_anchors
+
+    rng = np.random.default_rng(seed)
+    anchors = generate_anchors((7, 6), 8, (16, 32), (0.5, 1.0, 2.0)).astype(dtype)
+    if snap and g:
+        gt = anchors[rng.integers(0, len(anchors), g)] * rng.choice([1.0, 0.5], size=(g, 1))
+    else:
+        xy = rng.uniform(-4, 40, (g, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(2, 40, (g, 2))], axis=1)
+    gt = gt.astype(dtype)
+    creator = AnchorTargetCreator.from_config(preset("tiny"))
+    for a, b in zip(creator.label(anchors, gt, (48, 56)), creator.label(anchors, gt, (48, 56), backend="numba")):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    want = creator(anchors, gt, (48, 56), np.random.default_rng(seed))
+    got = creator(anchors, gt, (48, 56), np.random.default_rng(seed), backend="numba")
+    for a, b in zip(want, got):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

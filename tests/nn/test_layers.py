@@ -304,3 +304,91 @@ def test_linear_kernel_matches_reference(dtype, shape):
         klayers.linear_backward_numba(dout, x, w), layers.linear_backward_reference(dout, x, w)
     ):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(n, m))
+
+
+# ----------------------------------------------------------------------------- batch norm + ReLU, fused
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_relu_gradcheck(train, backend):
+    # float64 finite differences through the fused layer (away from the kink: |y| > 1e-3)
+    rng = rng_for(15)
+    x = rng.standard_normal((2, 3, 3, 5))
+    gamma, beta = rng.standard_normal(3) + 1, rng.standard_normal(3) * 0.5
+    rv = rng.random(3) + 0.5
+    rm = rng.standard_normal(3) * 0.1
+
+    def fwd(x, g, b):
+        return layers.batchnorm2d_forward(
+            x, g, b, rm.copy(), rv.copy(), train=train, relu=True, backend=backend
+        )
+
+    out, _ = fwd(x, gamma, beta)
+    assert (out > 0).any() and (out == 0).any()
+    assert check_layer(fwd, layers.batchnorm2d_backward, [x, gamma, beta], eps=1e-7) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 7)),
+    kind=st.sampled_from(BN_INPUTS),
+    train=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_batchnorm_relu_fused_equals_unfused(dtype, shape, kind, train, seed):
+    """The fused kernel gives exactly the unfused numba pair's numbers (batch norm's kernel,
+    then the ReLU's), and the fused reference exactly the references' pair; the two backends
+    agree to rounding (the batch-norm comparison above), the masks wherever ``y`` is not
+    within rounding of 0."""
+    from minirccn.kernels import layers as klayers
+
+    if train and shape[0] * shape[2] * shape[3] < 2:
+        return
+    rng = rng_for(seed)
+    x = _bn_input(rng, shape, kind, dtype)
+    c = shape[1]
+    gamma = (rng.standard_normal(c) + 1).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    stats = (None, None) if train else ((rng.standard_normal(c)).astype(dtype), (rng.random(c) + 0.5).astype(dtype))
+    dout = rng.standard_normal(shape).astype(dtype)
+    for bn, relu, bn_back, relu_back, fused, fused_back in (
+        (layers.batchnorm2d_reference, layers.relu_reference, layers.batchnorm2d_backward_reference,
+         layers.relu_backward_reference, layers.batchnorm2d_relu_reference,
+         layers.batchnorm2d_relu_backward_reference),
+        (klayers.batchnorm2d_numba, klayers.relu_numba, klayers.batchnorm2d_backward_numba,
+         klayers.relu_backward_numba, klayers.batchnorm2d_relu_numba,
+         klayers.batchnorm2d_relu_backward_numba),
+    ):
+        out, xhat, inv_std, mean, var = bn(x, gamma, beta, *stats, 1e-5)
+        out, mask = relu(out)
+        got = fused(x, gamma, beta, *stats, 1e-5)
+        for g, w in zip(got, (out, xhat, inv_std, mean, var, mask)):
+            assert g.dtype == w.dtype and np.array_equal(g, w)
+        want_b = bn_back(relu_back(dout, mask), xhat, inv_std, gamma, train)
+        got_b = fused_back(dout, got[5], got[1], got[2], gamma, train)
+        for g, w in zip(got_b, want_b):
+            assert g.dtype == w.dtype and np.array_equal(g, w)
+    ref = layers.batchnorm2d_relu_reference(x, gamma, beta, *stats, 1e-5)
+    fast = klayers.batchnorm2d_relu_numba(x, gamma, beta, *stats, 1e-5)
+    y = layers.batchnorm2d_reference(x, gamma, beta, *stats, 1e-5)[0]
+    clear = np.abs(y) > 1e3 * np.finfo(dtype).eps * (np.abs(y).max() + 1)
+    assert np.array_equal(ref[5][clear], fast[5][clear])
+
+
+def test_batchnorm_relu_layer_updates_running_stats_like_the_unfused():
+    rng = rng_for(16)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    g, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    for backend in ("numpy", "numba"):
+        rm1, rv1, rm2, rv2 = (np.zeros(3, np.float32), np.ones(3, np.float32)) * 2
+        y1, c1 = layers.batchnorm2d_forward(x, g, b, rm1, rv1, backend=backend)
+        y1, r1 = layers.relu_forward(y1, backend=backend)
+        y2, c2 = layers.batchnorm2d_forward(x, g, b, rm2, rv2, relu=True, backend=backend)
+        assert np.array_equal(y1, y2) and np.array_equal(rm1, rm2) and np.array_equal(rv1, rv2)
+        dout = rng.standard_normal(x.shape).astype(np.float32)
+        want = layers.batchnorm2d_backward(layers.relu_backward(dout, r1), c1)
+        got = layers.batchnorm2d_backward(dout, c2)
+        for a, w in zip(got, want):
+            assert np.array_equal(a, w)

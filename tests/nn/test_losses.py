@@ -285,3 +285,88 @@ def test_focal_loss_contract_name():
     from minirccn import losses as contract
 
     assert contract.sigmoid_focal_loss is losses.sigmoid_focal_loss
+
+
+# ----------------------------------------------------------------------------- labelled focal loss
+# RetinaNet's loss over integer anchor labels: the reference (one-hot, gather, sigmoid_focal_loss,
+# scatter) and the one-pass Numba kernel (kernels/losses.py) agree to rounding.
+
+
+def _labeled_case(seed, m, kc, dtype, scale):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, kc)) * scale).astype(dtype)
+    labels = rng.integers(-1, kc + 1, m)
+    return x, labels
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    m=st.integers(0, 40),
+    kc=st.integers(1, 5),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    scale=st.sampled_from([0.1, 1.0, 8.0, 50.0, 1000.0]),
+    alpha=st.sampled_from([0.25, 0.0, 1.0, -1.0]),
+    gamma=st.sampled_from([2.0, 0.0, 0.5, 1.0, 1.5, 3.0]),
+)
+def test_labeled_focal_loss_kernel_matches_the_reference(seed, m, kc, dtype, scale, alpha, gamma):
+    # bit for bit where q**gamma is exact in both (gamma 0, 0.5, 1, 2: NumPy's fast paths);
+    # other exponents go through pow: to rounding
+    x, labels = _labeled_case(seed, m, kc, dtype, scale)
+    want, dwant = losses.labeled_focal_loss(x, labels, alpha, gamma, backend="numpy")
+    got, dgot = losses.labeled_focal_loss(x, labels, alpha, gamma, backend="numba")
+    assert dgot.dtype == dtype and dgot.shape == x.shape
+    assert not dgot[labels < 0].any()  # ignored anchors: no gradient
+    if gamma in (0.0, 0.5, 1.0, 2.0):
+        assert got == want and np.array_equal(dgot, dwant)
+        return
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    assert abs(got - want) <= rtol * max(abs(want), 1e-30) + 1e-37
+    np.testing.assert_allclose(dgot, dwant, rtol=rtol, atol=np.finfo(dtype).tiny)
+
+
+def test_labeled_focal_loss_kernel_is_exact_on_a_retinanet_image():
+    # the default run's sizes and settings: 12,276 anchors x 3 classes, alpha 0.25, gamma 2
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((12276, 3)) * 3 - 4).astype(np.float32)
+    labels = rng.choice([-1, 0, 0, 0, 1, 2, 3], 12276)
+    want = losses.labeled_focal_loss(x, labels, 0.25, 2.0, backend="numpy")
+    got = losses.labeled_focal_loss(x, labels, 0.25, 2.0, backend="numba")
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+
+
+def test_labeled_focal_loss_adversarial_logits():
+    # saturated logits both ways, exact zeros, all targets; every class column of a positive
+    x = np.array([[40.0, -40.0, 0.0], [1000.0, -1000.0, 1e-30], [-0.0, 88.0, -88.0]] * 2)
+    labels = np.array([1, 2, 3, 0, -1, 3])
+    for dtype in (np.float32, np.float64):
+        for gamma in (0.0, 0.5, 2.0):
+            want, dwant = losses.labeled_focal_loss(x.astype(dtype), labels, 0.25, gamma, backend="numpy")
+            got, dgot = losses.labeled_focal_loss(x.astype(dtype), labels, 0.25, gamma, backend="numba")
+            assert np.isfinite(got) and np.all(np.isfinite(dgot))
+            assert got == want and np.array_equal(dgot, dwant)
+
+
+def test_labeled_focal_loss_all_ignored_and_empty():
+    x = np.ones((4, 2), np.float32)
+    for backend in ("numpy", "numba"):
+        loss, d = losses.labeled_focal_loss(x, -np.ones(4, np.int64), backend=backend)
+        assert loss == 0.0 and d.shape == (4, 2) and not d.any()
+        loss, d = losses.labeled_focal_loss(np.zeros((0, 3)), np.zeros(0, np.int64), backend=backend)
+        assert loss == 0.0 and d.shape == (0, 3)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_labeled_focal_loss_gradcheck(gamma, backend):
+    x, labels = _labeled_case(3, 12, 3, np.float64, 2.0)
+    err = check_loss(lambda z: losses.labeled_focal_loss(z, labels, 0.25, gamma, backend=backend), x)
+    assert err < 1e-6
+
+
+def test_labeled_focal_loss_kernel_checks_like_the_reference():
+    x = np.zeros((2, 2), np.float32)
+    for backend in ("numpy", "numba"):
+        with pytest.raises(ValueError, match="gamma"):
+            losses.labeled_focal_loss(x, np.zeros(2, np.int64), 0.25, -1.0, backend=backend)
+        with pytest.raises(ValueError, match="alpha"):
+            losses.labeled_focal_loss(x, np.zeros(2, np.int64), 2.0, 2.0, backend=backend)

@@ -248,16 +248,17 @@ def init_resnet(spec, rng: np.random.Generator, dtype=np.float32) -> dict:
 
 
 class ConvBNCache(NamedTuple):
-    """One ``conv -> BN [-> ReLU]`` unit: the three layer caches (``relu`` None if absent)."""
+    """One ``conv -> BN [-> ReLU]`` unit: the layer caches (a ReLU is fused into batch norm:
+    its mask is in the BN cache)."""
 
     conv: Any
     bn: Any
-    relu: Any
 
 
-def bn_forward(params, bn: str, x, train: bool, backend):
+def bn_forward(params, bn: str, x, train: bool, backend, relu: bool = False):
     """Batch norm with the parameters ``{bn}.gamma``, ``.beta``, ``.running_mean``,
-    ``.running_var`` (batch statistics if ``train``): ``(out, cache)``."""
+    ``.running_var`` (batch statistics if ``train``), a ReLU fused on its output if ``relu``:
+    ``(out, cache)``."""
     return layers.batchnorm2d_forward(
         x,
         params[f"{bn}.gamma"],
@@ -265,6 +266,7 @@ def bn_forward(params, bn: str, x, train: bool, backend):
         params[f"{bn}.running_mean"],
         params[f"{bn}.running_var"],
         train=train,
+        relu=relu,
         backend=backend,
     )
 
@@ -283,18 +285,13 @@ def conv_bn_forward(params, conv: str, bn: str, x, stride: int, relu: bool, trai
     xp = get_array_module(w)
     zero = xp.zeros(w.shape[0], dtype=w.dtype)  # no bias (batch norm follows)
     x, c_conv = layers.conv2d_forward(x, w, zero, stride, w.shape[2] // 2, backend=backend)
-    x, c_bn = bn_forward(params, bn, x, train, c_conv.backend)
-    c_relu = None
-    if relu:
-        x, c_relu = layers.relu_forward(x, backend=c_conv.backend)
-    return x, ConvBNCache(c_conv, c_bn, c_relu)
+    x, c_bn = bn_forward(params, bn, x, train, c_conv.backend, relu=relu)  # the ReLU fused
+    return x, ConvBNCache(c_conv, c_bn)
 
 
 def conv_bn_backward(dout, cache: ConvBNCache, conv: str, bn: str, grads: dict):
     """Backward of :func:`conv_bn_forward`; writes ``{conv}.w``, ``{bn}.gamma``, ``{bn}.beta``
     into ``grads`` and returns the input's gradient."""
-    if cache.relu is not None:
-        dout = layers.relu_backward(dout, cache.relu)
     dout, grads[f"{bn}.gamma"], grads[f"{bn}.beta"] = layers.batchnorm2d_backward(dout, cache.bn)
     dx, grads[f"{conv}.w"], _db = layers.conv2d_backward(dout, cache.conv)
     return dx

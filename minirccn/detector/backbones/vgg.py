@@ -160,12 +160,13 @@ def backbone_forward(
         x, cache = layers.conv2d_forward(x, w, b, 1, pad, backend=backend)
         backend = cache.backend
         steps.append((name, "conv", cache))
-        if spec.batch_norm:
+        if spec.batch_norm:  # batch norm with the ReLU fused into it (one layer's passes)
             bn = f"{name}.bn"
-            x, cache = _resnet.bn_forward(params, bn, x, train, backend)
+            x, cache = _resnet.bn_forward(params, bn, x, train, backend, relu=True)
             steps.append((bn, "bn", cache))
-        x, cache = layers.relu_forward(x, backend=backend)
-        steps.append((name, "relu", cache))
+        else:
+            x, cache = layers.relu_forward(x, backend=backend)
+            steps.append((name, "relu", cache))
         if pool:
             x, cache = layers.max_pool2d_forward(x, 2, 2, backend=backend)
             steps.append((name, "pool", cache))

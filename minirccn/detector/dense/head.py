@@ -356,7 +356,9 @@ def retinanet_head_backward(dlogits, ddeltas, cache: RetinaNetHeadCache):
     return dfeatures, grads
 
 
-def retinanet_losses(logits, deltas, labels, box_targets, *, alpha=0.25, gamma=2.0):
+def retinanet_losses(
+    logits, deltas, labels, box_targets, *, alpha=0.25, gamma=2.0, backend=None
+):
     """The two RetinaNet losses of a batch and their gradients (torchvision's normalisation).
 
     Args:
@@ -366,6 +368,9 @@ def retinanet_losses(logits, deltas, labels, box_targets, *, alpha=0.25, gamma=2
             negative (background), ``-1`` ignored.
         box_targets: ``(N, M, 4)`` encoded targets (used where ``labels >= 1``).
         alpha, gamma: of :func:`minirccn.nn.losses.sigmoid_focal_loss`.
+        backend: of the focal loss (the ``labeled_focal_loss`` op: the reference, or one
+            Numba pass over each image's anchors with the same numbers); None:
+            inferred from ``logits``.
 
     Returns:
         classification, bbox_regression: Python floats (see the module docstring);
@@ -377,24 +382,19 @@ def retinanet_losses(logits, deltas, labels, box_targets, *, alpha=0.25, gamma=2
     batch loss is the mean of the images' losses.
     """
     xp = get_array_module(logits)
-    n, _, kc = logits.shape
+    n = logits.shape[0]
     labels = xp.asarray(labels)
     box_targets = xp.asarray(box_targets)
-    dlogits = xp.zeros_like(logits)
+    dlogits = xp.empty_like(logits)
     ddeltas = xp.zeros_like(deltas)
     total_cls = total_box = 0.0
     for i in range(n):
         lab = labels[i]
-        valid = xp.nonzero(lab >= 0)[0]
         pos = xp.nonzero(lab >= 1)[0]
         norm = max(1, int(pos.size))
-        onehot = xp.zeros((int(valid.size), kc), dtype=logits.dtype)
-        lv = lab[valid]
-        rows = xp.nonzero(lv >= 1)[0]
-        onehot[rows, lv[rows] - 1] = 1
-        loss, d = losses.sigmoid_focal_loss(logits[i][valid], onehot, alpha, gamma, "sum")
+        loss, d = losses.labeled_focal_loss(logits[i], lab, alpha, gamma, backend=backend)
         total_cls += loss / norm
-        dlogits[i][valid] = d / (norm * n)
+        dlogits[i] = d / (norm * n)
         if pos.size:
             loss, d = losses.smooth_l1(deltas[i][pos], box_targets[i][pos], beta=0.0)
             total_box += loss / norm

@@ -67,13 +67,19 @@ class RetinaNetTargets:
     def __repr__(self) -> str:
         return f"RetinaNetTargets({self.matcher!r}, weights={self.weights})"
 
-    def __call__(self, anchors, gt_boxes, gt_labels):
+    def __call__(self, anchors, gt_boxes, gt_labels, backend: str = "numpy"):
         """Labels and regression targets of every anchor of one image.
 
         Args:
             anchors: ``(M, 4)`` float boxes (every level, concatenated).
             gt_boxes: ``(G, 4)`` float ground-truth boxes (``G`` may be 0).
             gt_labels: ``(G,)`` int classes in ``1..K-1``.
+            backend: ``"numpy"`` (the references) or ``"numba"`` (the IoU and the matcher's
+                kernels, on these host arrays): the same numbers either way. The IoU is
+                computed as ``box_iou(gt, anchors)`` ``(G, M)`` and matched through its
+                transpose: IoU is symmetric operation for operation (``min``, ``max``, the
+                areas' sum commute), and ``G`` rows of ``M`` columns suit the kernel's
+                vectorised rows.
 
         Returns:
             labels: ``(M,)`` int64: the class (``>= 1``) of a positive anchor,
@@ -92,9 +98,11 @@ class RetinaNetTargets:
                 f"got {gt_labels.shape[0]}"
             )
         m = anchors.shape[0]
-        iou = ops.box_iou(anchors, gt_boxes, backend="numpy") if gt_boxes.shape[0] else None
+        iou = ops.box_iou(gt_boxes, anchors, backend=backend).T if gt_boxes.shape[0] else None
         matches = (
-            self.matcher(iou) if iou is not None else self.matcher(np.zeros((m, 0), anchors.dtype))
+            self.matcher(iou, backend)
+            if iou is not None
+            else self.matcher(np.zeros((m, 0), anchors.dtype))
         )
         labels = np.full(m, BACKGROUND, dtype=np.int64)
         labels[matches == BETWEEN_THRESHOLDS] = IGNORED

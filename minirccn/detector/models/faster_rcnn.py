@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.core.backend import array_module, resolve, to_numpy
+from minirccn.core.backend import array_module, host_backend, resolve, to_numpy
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.base import Detector, Samples, empty_detections
 from minirccn.detector.roi_heads.box_head import (
@@ -198,7 +198,12 @@ class FasterRCNN(Detector):
             logits, deltas, rpn_cache = rpn_forward_levels(p, maps, backend=backend)
             if samples is None:
                 anchors, _ = self.anchor_generator(sizes, np, images.shape[2:])
-                samples = Samples(*self.sample_anchors(anchors, image_sizes, targets, rng), None, None, None)
+                samples = Samples(
+                    *self.sample_anchors(anchors, image_sizes, targets, rng, host_backend(backend)),
+                    None,
+                    None,
+                    None,
+                )
             if "rpn" in parts:
                 (losses["loss_objectness"], losses["loss_rpn_box_reg"], d_obj, d_rpn) = rpn_losses(
                     logits,
@@ -262,12 +267,12 @@ class FasterRCNN(Detector):
         )
         return losses, cache
 
-    def sample_anchors(self, anchors, image_sizes, targets, rng):
+    def sample_anchors(self, anchors, image_sizes, targets, rng, backend: str = "numpy"):
         """The RPN's training samples of a batch (host; draws from ``rng`` image by image):
         ``labels (N, M)`` int64 and regression targets ``(N, M, 4)`` over all levels' anchors
-        ``(M, 4)``."""
+        ``(M, 4)``; ``backend`` of the IoU and the matcher (the same numbers on each)."""
         per_image = [
-            self.anchor_targets(anchors, t["boxes"], size, rng)
+            self.anchor_targets(anchors, t["boxes"], size, rng, backend)
             for t, size in zip(targets, image_sizes)
         ]
         labels, regression = zip(*per_image)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minirccn.core.backend import array_module, resolve
+from minirccn.core.backend import array_module, host_backend, resolve
 from minirccn.detector.backbones.levels import build_backbone, is_fpn
 from minirccn.detector.base import Detector
 from minirccn.detector.dense.head import (
@@ -178,7 +178,7 @@ class RetinaNet(Detector):
             anchors, _ = self.anchor_generator([f.shape[2:] for f in levels], np, images.shape[2:])
             labels, box_targets = [], []
             for t in targets:
-                lab, reg, _ = self.targets(anchors, t["boxes"], t["labels"])
+                lab, reg, _ = self.targets(anchors, t["boxes"], t["labels"], host_backend(backend))
                 labels.append(lab)
                 box_targets.append(reg)
             samples = RetinaNetSamples(np.stack(labels), np.stack(box_targets))
@@ -190,6 +190,7 @@ class RetinaNet(Detector):
             xp.asarray(samples.box_targets),
             alpha=cfg.focal_alpha,
             gamma=cfg.focal_gamma,
+            backend=backend,
         )
         losses = {"classification": cls, "bbox_regression": box}
         cache = RetinaNetCache(bb_cache, head_cache, d_logits, d_deltas, train_backbone, samples)

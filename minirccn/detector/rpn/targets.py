@@ -75,13 +75,16 @@ class AnchorTargetCreator:
         """The creator of a :class:`~minirccn.config.FasterRCNNConfig` (its ``rpn_*`` fields)."""
         return cls(**prefixed(config, "rpn_", *_FIELDS))
 
-    def label(self, anchors, gt_boxes, image_size=None):
+    def label(self, anchors, gt_boxes, image_size=None, backend: str = "numpy"):
         """Every anchor's label before sampling, and its match (steps 1-2).
 
         Args:
             anchors: ``(M, 4)`` float boxes.
             gt_boxes: ``(G, 4)`` float boxes (``G`` may be 0).
             image_size: ``(height, width)``; needed only when ``allowed_border >= 0``.
+            backend: ``"numpy"`` (the references) or ``"numba"`` (the IoU kernel on
+                ``(G, M)``, transposed, and the one-pass matcher on these host arrays): the
+                same numbers (IoU is symmetric operation for operation).
 
         Returns:
             labels: ``(M,)`` int64 in {1, 0, -1}.
@@ -90,8 +93,8 @@ class AnchorTargetCreator:
         """
         anchors = np.asarray(anchors)
         gt_boxes = np.asarray(gt_boxes, dtype=anchors.dtype).reshape(-1, 4)
-        iou = ops.box_iou(anchors, gt_boxes, backend="numpy")  # (M, G)
-        matches = self.matcher(iou)
+        iou = ops.box_iou(gt_boxes, anchors, backend=backend).T  # (M, G)
+        matches = self.matcher(iou, backend)
         labels = np.where(matches >= 0, 1, np.where(matches == BELOW_LOW_THRESHOLD, 0, -1))
         if self.allowed_border >= 0:
             labels[~anchors_inside(anchors, image_size, self.allowed_border)] = -1
@@ -113,7 +116,7 @@ class AnchorTargetCreator:
         out[neg] = 0
         return out
 
-    def __call__(self, anchors, gt_boxes, image_size, rng: np.random.Generator):
+    def __call__(self, anchors, gt_boxes, image_size, rng: np.random.Generator, backend: str = "numpy"):
         """Sampled labels and regression targets of one image's anchors.
 
         Args:
@@ -121,6 +124,7 @@ class AnchorTargetCreator:
             gt_boxes: ``(G, 4)`` float ground-truth boxes (``G`` may be 0).
             image_size: ``(height, width)`` of the input image.
             rng: ``numpy.random.Generator`` for the sampling.
+            backend: of the IoU and the matcher (:meth:`label`).
 
         Returns:
             labels: ``(M,)`` int64 in {1, 0, -1} (at most ``batch_size_per_image`` >= 0).
@@ -129,7 +133,7 @@ class AnchorTargetCreator:
         """
         anchors = np.asarray(anchors)
         gt_boxes = np.asarray(gt_boxes, dtype=anchors.dtype).reshape(-1, 4)
-        labels, matches = self.label(anchors, gt_boxes, image_size)
+        labels, matches = self.label(anchors, gt_boxes, image_size, backend)
         labels = self.sample(labels, rng)
         targets = np.zeros_like(anchors)
         pos = np.nonzero(labels == 1)[0]
