@@ -4,12 +4,15 @@
     python scripts/same_numbers.py compare OUT       # every non-timing value against the baselines
     python scripts/same_numbers.py compare OUT BASE  # ... against the runs in BASE/<kind>/
 
-The baselines, docs/measured/refactor-300/<kind>.json, are the metrics.json of the same runs
-made with the code before the detector redesign (09c0f12); the runs are deterministic, so any
-difference in a non-timing value means the numbers moved. Changes made since that were meant
-to move numbers (faster kernels, new config fields) make them differ from the baselines; a
-refactor of such a later commit proves itself against BASE: the same ``run`` with that
-commit's code (e.g. ``git archive COMMIT | tar -x -C /tmp/base`` and
+The baselines, docs/measured/same-300/<kind>.json, are the metrics.json of the same runs made
+with the code of 15c43c7 (6 December 2026: identical, every non-timing value, to the runs of
+1b234b4 but for the config's new ``test_flip`` field); the runs are deterministic, so any
+difference in a non-timing value means the numbers moved. docs/measured/refactor-300/ keeps the
+runs of the code before the detector redesign (09c0f12), which the redesign matched; commits
+since moved numbers on purpose (faster kernels, new config fields). A change meant to move
+numbers records new baselines (``run`` into docs/measured/same-300 after it); any other change
+proves itself against them, or against BASE: the same ``run`` with another commit's code
+(e.g. ``git archive COMMIT | tar -x -C /tmp/base`` and
 ``PYTHONPATH=/tmp/base python /tmp/base/scripts/same_numbers.py run /tmp/base-runs``).
 """
 
@@ -18,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BASELINES = Path(__file__).resolve().parents[1] / "docs" / "measured" / "refactor-300"
+BASELINES = Path(__file__).resolve().parents[1] / "docs" / "measured" / "same-300"
 #: kind -> the flags of ``minirccn train``
 RUNS = {
     "default": [],
