@@ -120,27 +120,68 @@ def linear_backward_numba(dout, x, w):
 REASSOC = {"reassoc"}
 
 
+@numba.njit(cache=True, fastmath=REASSOC, inline="always")
+def _channel_statistics(x, c, train, eps, mean, var, inv_std):
+    """Channel ``c``'s ``mean[c]`` and ``var[c]`` (train mode: the batch's, float64 running
+    sums rounded to the dtype, as the reference's) and ``inv_std[c] = 1 / sqrt(var[c] + eps)``."""
+    n_img, _, height, width = x.shape
+    m = n_img * height * width
+    if train:
+        acc = 0.0
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    acc += x[n, c, h, w]
+        mean[c] = acc / m  # rounded to the dtype, as the reference's mean
+        mu = mean[c]
+        acc = 0.0
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    d = x[n, c, h, w] - mu
+                    acc += d * d
+        var[c] = acc / m
+    inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
+
+
+@numba.njit(cache=True, fastmath=REASSOC, inline="always")
+def _channel_backward(g, xhat, c, inv_std, gamma, train, dx, dgamma, dbeta):
+    """Channel ``c`` of batch norm's backward from the output gradient ``g`` (``dout``, or the
+    ReLU-masked one already in ``dx``: read before it is overwritten, element by element):
+    ``dbeta[c] = sum g``, ``dgamma[c] = sum g * xhat``, and ``dx`` (train mode:
+    ``gamma * inv_std / m * (m g - dbeta - xhat dgamma)``; eval: ``gamma * inv_std * g``)."""
+    n_img, _, height, width = g.shape
+    m = n_img * height * width
+    sb = 0.0
+    sg = 0.0
+    for n in range(n_img):
+        for h in range(height):
+            for w in range(width):
+                d = g[n, c, h, w]
+                sb += d
+                sg += d * xhat[n, c, h, w]
+    dbeta[c] = sb
+    dgamma[c] = sg
+    scale = gamma[c] * inv_std[c]
+    if train:
+        k = scale / m
+        b, gg = dbeta[c], dgamma[c]  # rounded to the output dtype, as the reference's
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    dx[n, c, h, w] = k * (m * g[n, c, h, w] - b - xhat[n, c, h, w] * gg)
+    else:
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    dx[n, c, h, w] = scale * g[n, c, h, w]
+
+
 @numba.njit(parallel=True, cache=True, fastmath=REASSOC)
 def _batchnorm_numba(x, gamma, beta, mean, var, train, eps, out, xhat, inv_std):
     n_img, n_ch, height, width = x.shape
-    m = n_img * height * width
     for c in numba.prange(n_ch):  # one channel per task: its statistics and its planes
-        if train:
-            acc = 0.0
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        acc += x[n, c, h, w]
-            mean[c] = acc / m  # rounded to the dtype, as the reference's mean
-            mu = mean[c]
-            acc = 0.0
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        d = x[n, c, h, w] - mu
-                        acc += d * d
-            var[c] = acc / m
-        inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
+        _channel_statistics(x, c, train, eps, mean, var, inv_std)
         s, mu_c, g, bb = inv_std[c], mean[c], gamma[c], beta[c]
         for n in range(n_img):
             for h in range(height):
@@ -152,32 +193,8 @@ def _batchnorm_numba(x, gamma, beta, mean, var, train, eps, out, xhat, inv_std):
 
 @numba.njit(parallel=True, cache=True, fastmath=REASSOC)
 def _batchnorm_backward_numba(dout, xhat, inv_std, gamma, train, dx, dgamma, dbeta):
-    n_img, n_ch, height, width = dout.shape
-    m = n_img * height * width
-    for c in numba.prange(n_ch):
-        sb = 0.0
-        sg = 0.0
-        for n in range(n_img):
-            for h in range(height):
-                for w in range(width):
-                    d = dout[n, c, h, w]
-                    sb += d
-                    sg += d * xhat[n, c, h, w]
-        dbeta[c] = sb
-        dgamma[c] = sg
-        scale = gamma[c] * inv_std[c]
-        if train:
-            k = scale / m
-            b, g = dbeta[c], dgamma[c]  # rounded to the output dtype, as the reference's
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        dx[n, c, h, w] = k * (m * dout[n, c, h, w] - b - xhat[n, c, h, w] * g)
-        else:
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        dx[n, c, h, w] = scale * dout[n, c, h, w]
+    for c in numba.prange(dout.shape[1]):
+        _channel_backward(dout, xhat, c, inv_std, gamma, train, dx, dgamma, dbeta)
 
 
 def batchnorm2d_numba(x, gamma, beta, mean, var, eps):
@@ -187,6 +204,17 @@ def batchnorm2d_numba(x, gamma, beta, mean, var, eps):
     compute the batch's (train mode: biased variance; returned). Numba, one channel per
     task; the sums are float64 running sums (see the module docstring).
     """
+    x, train, mean, var, out, xhat, inv_std = _forward_buffers(x, mean, var)
+    with cpu_threads_for(x.size):
+        _batchnorm_numba(
+            x, gamma, beta, mean, var, train, x.dtype.type(eps), out, xhat, inv_std
+        )
+    return out, xhat, inv_std, mean, var
+
+
+def _forward_buffers(x, mean, var):
+    """Contiguous ``x``, ``train`` (no statistics given), the statistics' ``(C,)`` arrays (new
+    ones in train mode) and the outputs ``out``, ``xhat`` (like ``x``), ``inv_std`` ``(C,)``."""
     x = np.ascontiguousarray(x)
     c = x.shape[1]
     train = mean is None
@@ -194,13 +222,7 @@ def batchnorm2d_numba(x, gamma, beta, mean, var, eps):
         mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
     else:
         mean, var = np.ascontiguousarray(mean, x.dtype), np.ascontiguousarray(var, x.dtype)
-    out, xhat = np.empty_like(x), np.empty_like(x)
-    inv_std = np.empty(c, dtype=x.dtype)
-    with cpu_threads_for(x.size):
-        _batchnorm_numba(
-            x, gamma, beta, mean, var, train, x.dtype.type(eps), out, xhat, inv_std
-        )
-    return out, xhat, inv_std, mean, var
+    return x, train, mean, var, np.empty_like(x), np.empty_like(x), np.empty(c, dtype=x.dtype)
 
 
 def batchnorm2d_backward_numba(dout, xhat, inv_std, gamma, train):
@@ -230,24 +252,8 @@ def batchnorm2d_backward_numba(dout, xhat, inv_std, gamma, train):
 @numba.njit(parallel=True, cache=True, fastmath=REASSOC)
 def _batchnorm_relu_numba(x, gamma, beta, mean, var, train, eps, out, xhat, inv_std, mask):
     n_img, n_ch, height, width = x.shape
-    m = n_img * height * width
     for c in numba.prange(n_ch):  # one channel per task, as _batchnorm_numba
-        if train:
-            acc = 0.0
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        acc += x[n, c, h, w]
-            mean[c] = acc / m
-            mu = mean[c]
-            acc = 0.0
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        d = x[n, c, h, w] - mu
-                        acc += d * d
-            var[c] = acc / m
-        inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
+        _channel_statistics(x, c, train, eps, mean, var, inv_std)
         s, mu_c, g, bb = inv_std[c], mean[c], gamma[c], beta[c]
         for n in range(n_img):
             for h in range(height):
@@ -263,53 +269,22 @@ def _batchnorm_relu_numba(x, gamma, beta, mean, var, train, eps, out, xhat, inv_
 @numba.njit(parallel=True, cache=True, fastmath=REASSOC)
 def _batchnorm_relu_backward_numba(dout, mask, xhat, inv_std, gamma, train, dx, dgamma, dbeta):
     n_img, n_ch, height, width = dout.shape
-    m = n_img * height * width
     zero = dout.dtype.type(0)
     for c in numba.prange(n_ch):
         # the ReLU's gradient into this channel's planes of dx (they stay in the cache), then
-        # _batchnorm_backward_numba's loops on it, unchanged: the same sums, bit for bit
+        # the unfused backward's loops (_channel_backward) on it: the same sums, bit for bit
         for n in range(n_img):
             for h in range(height):
                 for w in range(width):
                     dx[n, c, h, w] = dout[n, c, h, w] if mask[n, c, h, w] else zero
-        sb = 0.0
-        sg = 0.0
-        for n in range(n_img):
-            for h in range(height):
-                for w in range(width):
-                    d = dx[n, c, h, w]
-                    sb += d
-                    sg += d * xhat[n, c, h, w]
-        dbeta[c] = sb
-        dgamma[c] = sg
-        scale = gamma[c] * inv_std[c]
-        if train:
-            k = scale / m
-            b, g = dbeta[c], dgamma[c]
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        dx[n, c, h, w] = k * (m * dx[n, c, h, w] - b - xhat[n, c, h, w] * g)
-        else:
-            for n in range(n_img):
-                for h in range(height):
-                    for w in range(width):
-                        dx[n, c, h, w] = scale * dx[n, c, h, w]
+        _channel_backward(dx, xhat, c, inv_std, gamma, train, dx, dgamma, dbeta)
 
 
 def batchnorm2d_relu_numba(x, gamma, beta, mean, var, eps):
     """``(out, xhat, inv_std, mean, var, mask)``: :func:`batchnorm2d_numba` with the ReLU in its
     last pass (``out = max(gamma * xhat + beta, 0)``, ``mask`` its ``> 0``, bool)."""
-    x = np.ascontiguousarray(x)
-    c = x.shape[1]
-    train = mean is None
-    if train:
-        mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
-    else:
-        mean, var = np.ascontiguousarray(mean, x.dtype), np.ascontiguousarray(var, x.dtype)
-    out, xhat = np.empty_like(x), np.empty_like(x)
+    x, train, mean, var, out, xhat, inv_std = _forward_buffers(x, mean, var)
     mask = np.empty(x.shape, dtype=np.bool_)
-    inv_std = np.empty(c, dtype=x.dtype)
     with cpu_threads_for(x.size):
         _batchnorm_relu_numba(
             x, gamma, beta, mean, var, train, x.dtype.type(eps), out, xhat, inv_std,
