@@ -247,3 +247,13 @@ def assert_cli_fails(capsys, argv, *names):
     for name in names:
         assert name in err, (name, err)
     return err
+
+
+def plain_iou(a, b) -> float:
+    """IoU of two ``(x1, y1, x2, y2)`` boxes with Python floats (0 when the union is empty):
+    the independent calculation the brute-force rules of the tests are written with."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

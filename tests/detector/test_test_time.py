@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import NAMES, random_boxes, retina_config, small_config
+from helpers import NAMES, plain_iou, random_boxes, retina_config, small_config
 from minirccn.app import cli
 from minirccn.detector import registry
 from minirccn.detector.test_time import merge_detections, mirror_boxes
@@ -16,17 +16,10 @@ def greedy_classwise_nms(boxes, scores, labels, thresh):
     """Indices kept: best score first (ties: lower index), a box dropped when a kept box of its
     class overlaps it by IoU > thresh. Written with Python loops, independent of minirccn.ops."""
 
-    def iou(a, b):
-        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = iw * ih
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
-
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     kept = []
     for i in order:
-        if all(labels[j] != labels[i] or iou(boxes[i], boxes[j]) <= thresh for j in kept):
+        if all(labels[j] != labels[i] or plain_iou(boxes[i], boxes[j]) <= thresh for j in kept):
             kept.append(i)
     return kept
 

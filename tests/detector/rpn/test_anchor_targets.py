@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import random_boxes
+from helpers import plain_iou, random_boxes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,17 +14,10 @@ from minirccn.ops.box_coder import decode_boxes_reference
 def brute_force_labels(anchors, gt, fg=0.7, bg=0.3):
     """The rule written as plain loops over anchors and ground truths."""
 
-    def iou(a, b):
-        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = iw * ih
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
-
     m, g = len(anchors), len(gt)
     if g == 0:
         return [0] * m
-    table = [[iou(anchors[i], gt[j]) for j in range(g)] for i in range(m)]
+    table = [[plain_iou(anchors[i], gt[j]) for j in range(g)] for i in range(m)]
     labels = []
     for i in range(m):
         best = max(table[i])
