@@ -1,0 +1,63 @@
+"""Issue 23's test-time levers on the real dev sets: the flip and the box head's NMS threshold.
+
+    python scripts/test_time_levers.py RUNS DATA OUT.json
+
+``RUNS/<set>-<seed>/checkpoint.npz`` are ``minirccn train --data DATA/<set>/train.json
+--val-data DATA/<set>/dev.json --seed <seed>`` runs (the real sets of
+``scripts/make_real_sets.py``, the default own-data config). Each is evaluated on
+``DATA/<set>/dev.json`` as trained (``base``), with ``test_flip`` on (``flip``), and with the
+head's NMS threshold at 0.6 and 0.7 (``nms0.6``, ``nms0.7``); the training is the same. One JSON
+row per run and variant (mAP@0.5, COCO mAP, mAR@100), printed and written to ``OUT.json``, then
+the mean of each set and variant over its runs.
+"""
+
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from minirccn.data import load_dataset
+from minirccn.engine.checkpoint import load_checkpoint
+from minirccn.engine.inference import evaluate_model
+
+METRICS = ("map50", "map", "mar_100")
+
+
+def variants(model):
+    """``(name, model)`` pairs: the checkpoint's model changed at test time only."""
+    yield "base", model
+    yield "flip", _with(model, config=model.config.replace(test_flip=True))
+    for t in (0.6, 0.7):
+        yield f"nms{t}", _with(model, postprocess=dataclasses.replace(model.postprocess, nms_thresh=t))
+
+
+def _with(model, **attrs):
+    clone = type(model).__new__(type(model))
+    clone.__dict__.update(model.__dict__, **attrs)
+    return clone
+
+
+def main(runs: Path, data: Path, out: Path) -> None:
+    rows = []
+    for folder in sorted(p for p in runs.iterdir() if (p / "checkpoint.npz").is_file()):
+        name = folder.name.rsplit("-", 1)[0]
+        dataset = load_dataset(str(data / name / "dev.json"), split="all")
+        model, _ = load_checkpoint(str(folder / "checkpoint.npz"))
+        for variant, m in variants(model):
+            r = evaluate_model(m, dataset, backend="numba", progress=False)
+            rows.append({"run": folder.name, "variant": variant, **{k: round(r[k], 4) for k in METRICS}})
+            print(json.dumps(rows[-1]), flush=True)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    groups = defaultdict(list)
+    for row in rows:
+        groups[row["run"].rsplit("-", 1)[0], row["variant"]].append(row)
+    for (name, variant), group in sorted(groups.items()):
+        means = " / ".join(f"{sum(r[k] for r in group) / len(group):.3f}" for k in METRICS)
+        print(f"{name:8s} {variant:7s} {len(group)} runs  mAP@0.5 / mAP / mAR@100  {means}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
