@@ -40,8 +40,6 @@ gamma)`` returns ``(loss, dlogits)``.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
