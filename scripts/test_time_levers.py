@@ -6,7 +6,10 @@
 --val-data DATA/<set>/dev.json --seed <seed>`` runs (the real sets of
 ``scripts/make_real_sets.py``, the default own-data config). Each is evaluated on
 ``DATA/<set>/dev.json`` as trained (``base``), with ``test_flip`` on (``flip``), and with the
-head's NMS threshold at 0.6 and 0.7 (``nms0.6``, ``nms0.7``); the training is the same. One JSON
+head's NMS threshold at 0.6 and 0.7 (``nms0.6``, ``nms0.7``), and at 0.6 with more proposals at
+inference (``nms0.6-propsN``: the RPN keeps ``N`` after its NMS, ``3 N`` before; the checkpoints'
+own: 100 and 300); the training is the same. A folder ``RUNS/xsite-K`` may be a link to
+``RUNS/dsb-K`` (``xsite`` trains on the very files of ``dsb``). One JSON
 row per run and variant (mAP@0.5, COCO mAP, mAR@100), printed and written to ``OUT.json``, then
 the mean of each set and variant over its runs.
 """
@@ -22,6 +25,7 @@ from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.engine.inference import evaluate_model
 
 METRICS = ("map50", "map", "mar_100")
+PROPOSALS = (150, 200, 300, 500)  # proposals kept after NMS at inference (the tiny preset: 100)
 
 
 def variants(model):
@@ -30,6 +34,11 @@ def variants(model):
     yield "flip", _with(model, config=model.config.replace(test_flip=True))
     for t in (0.6, 0.7):
         yield f"nms{t}", _with(model, postprocess=dataclasses.replace(model.postprocess, nms_thresh=t))
+    for post in PROPOSALS:  # the head's NMS at 0.6 (rule 7) and more proposals (rule 8)
+        config = model.config.replace(
+            box_nms_thresh=0.6, rpn_post_nms_top_n_test=post, rpn_pre_nms_top_n_test=3 * post
+        )
+        yield f"nms0.6-props{post}", type(model)(config, model.class_names, params=model.params)
 
 
 def _with(model, **attrs):
