@@ -1,6 +1,6 @@
 """Issue 23's test-time levers on the real dev sets: the flip and the box head's NMS threshold.
 
-    python scripts/test_time_levers.py RUNS DATA OUT.json
+    python scripts/test_time_levers.py RUNS DATA OUT.json [SPLIT]
 
 ``RUNS/<set>-<seed>/checkpoint.npz`` are ``minirccn train --data DATA/<set>/train.json
 --val-data DATA/<set>/dev.json --seed <seed>`` runs (the real sets of
@@ -11,7 +11,8 @@ inference (``nms0.6-propsN``: the RPN keeps ``N`` after its NMS, ``3 N`` before;
 own: 100 and 300); the training is the same. A folder ``RUNS/xsite-K`` may be a link to
 ``RUNS/dsb-K`` (``xsite`` trains on the very files of ``dsb``). One JSON
 row per run and variant (mAP@0.5, COCO mAP, mAR@100), printed and written to ``OUT.json``, then
-the mean of each set and variant over its runs.
+the mean of each set and variant over its runs. ``SPLIT`` (default ``dev``) names the file
+evaluated: ``test`` reports the test split, once, after the choices were made on ``dev``.
 """
 
 import dataclasses
@@ -47,11 +48,11 @@ def _with(model, **attrs):
     return clone
 
 
-def main(runs: Path, data: Path, out: Path) -> None:
+def main(runs: Path, data: Path, out: Path, split: str = "dev") -> None:
     rows = []
     for folder in sorted(p for p in runs.iterdir() if (p / "checkpoint.npz").is_file()):
         name = folder.name.rsplit("-", 1)[0]
-        dataset = load_dataset(str(data / name / "dev.json"), split="all")
+        dataset = load_dataset(str(data / name / f"{split}.json"), split="all")
         model, _ = load_checkpoint(str(folder / "checkpoint.npz"))
         for variant, m in variants(model):
             r = evaluate_model(m, dataset, backend="numba", progress=False)
@@ -67,6 +68,6 @@ def main(runs: Path, data: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:])

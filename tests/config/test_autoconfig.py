@@ -128,7 +128,9 @@ def test_derived_fields_make_a_valid_config_and_report():
     check_fields(cfg)  # every derived field has its type and range
     text = A.format_report(report)
     assert cfg.box_roi_pool == "roi_align" and cfg.box_roi_pool_aligned  # rule 6
-    for word in ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue", "roi_align"):
+    assert cfg.box_nms_thresh == 0.6 and preset("tiny").box_nms_thresh == 0.5  # rule 7
+    words = ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue", "roi_align")
+    for word in words + ("box_nms_thresh=0.6",):
         assert word in text
     # why: the percentiles each rule read (square boxes: every h/w is 1), the evaluation count
     assert report["box_ratio_p10_p50_p90"] == [1.0, 1.0, 1.0] and cfg.aspect_ratios == (1.0,)
@@ -151,3 +153,34 @@ def test_no_anchor_below_the_minimum():
     fields, _ = A.derive(tiny_objects, minutes=0.5)
     assert min(fields["anchor_sizes"]) == A.MIN_ANCHOR
     assert len(set(fields["anchor_sizes"])) == len(fields["anchor_sizes"])
+
+
+def _proposals(counts):
+    """Rule 8's fields for images holding ``counts[i]`` boxes each."""
+    ds = Boxes([(192, 192)] * len(counts), [square_boxes(20, n) for n in counts])
+    fields, report = A.derive(ds, iters=10)
+    post = fields["rpn_post_nms_top_n_test"]
+    assert fields["rpn_pre_nms_top_n_test"] == A.PRE_NMS_FACTOR * post
+    assert "rpn_post_nms_top_n_test=%d" % post in A.format_report(report)
+    return post, report["objects_per_image_p95"]
+
+
+@pytest.mark.parametrize(
+    "counts, post",
+    [
+        ([1] * 20, 300),  # sparse: the floor, 3x the preset's 100
+        ([0] * 10, 300),  # no boxes at all
+        ([30] * 20, 300),  # exactly at the floor: 10 per object of 30
+        ([31] * 20, 350),  # just above: 310, rounded up to a multiple of 50
+        ([45] * 20, 450),
+        ([5] * 19 + [60], 300),  # one crowded image of 20 is above the 95th percentile's reach
+        ([5] * 10 + [60] * 10, 600),
+        ([150] * 20, 1000),  # the cap
+    ],
+)
+def test_test_time_proposals_follow_the_crowded_images(counts, post):
+    got, p95 = _proposals(counts)
+    assert p95 == pytest.approx(np.percentile(counts, 95), abs=0.05)  # reported to 0.1
+    # by hand: max(300, 10 * p95) up to a multiple of 50, at most 1000
+    assert got == post == min(max(300, int(np.ceil(10 * p95 / 50) * 50)), 1000)
+    assert preset("tiny").rpn_post_nms_top_n_test == 100  # what the rule replaces
