@@ -26,7 +26,7 @@ from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.engine.inference import evaluate_model
 
 METRICS = ("map50", "map", "mar_100")
-PROPOSALS = (150, 200, 300, 500)  # proposals kept after NMS at inference (the tiny preset: 100)
+PROPOSALS = (150, 200, 300, 500, 700, 1000)  # proposals kept after NMS at inference (the tiny preset: 100)
 
 
 def variants(model):

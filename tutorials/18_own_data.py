@@ -222,7 +222,7 @@ T.check(fields["box_roi_pool"] == "roi_align", "the derived RoI pooling is RoIAl
 # we can reproduce it: the `--set` flags below are computed from the old rule, not typed.
 # Both runs train `STEPS` steps with the same seed (`--iters` keeps the rest of the
 # derivation: the schedule scales to it) and validate on the 3 dev tiles 8 times.
-# Two test-time defaults came later: the head's NMS at IoU 0.6 instead of 0.5 and 300
+# Two test-time defaults came later: the head's NMS at IoU 0.6 instead of 0.5 and 500
 # proposals kept at inference instead of 100 (`autoconfig`'s rules 7 and 8). Both runs here
 # use today's, so they differ in the two training levers only; exercise 3 varies the NMS.
 
@@ -530,9 +530,9 @@ T.check(fix_cfg.min_size == native and fix_cfg.box_roi_pool == "roi_align",
         "the fixed run used the derived native size and RoIAlign")
 T.check(fix_cfg.box_nms_thresh == base_cfg.box_nms_thresh == autoconfig.BOX_NMS["box_nms_thresh"] == 0.6,
         "both runs use the derived box NMS at IoU 0.6 that section 3 and exercise 3 name")
-T.check(fix_cfg.rpn_post_nms_top_n_test == base_cfg.rpn_post_nms_top_n_test == 300
+T.check(fix_cfg.rpn_post_nms_top_n_test == base_cfg.rpn_post_nms_top_n_test == 500
         and preset("tiny").rpn_post_nms_top_n_test == 100,
-        "both runs keep the derived 300 proposals at inference (the preset: 100), as section 3 says")
+        "both runs keep the derived 500 proposals at inference (the preset: 100), as section 3 says")
 found_missed_figure([("baseline", base_found), ("fix", fix_found)], T.out_dir() / "18_found_missed.png")
 
 # %% [markdown]

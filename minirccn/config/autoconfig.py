@@ -90,7 +90,7 @@ MIN_ANCHOR = 8  # smallest anchor side, pixels (two cells of the finest stride)
 ROI_POOL = {"box_roi_pool": "roi_align", "box_roi_pool_aligned": True}
 #: the box head's NMS IoU threshold of every derived config (rule 7)
 BOX_NMS = {"box_nms_thresh": 0.6}
-TEST_PROPOSALS = 300  # rule 8: proposals kept after NMS at inference, at least
+TEST_PROPOSALS = 500  # rule 8: proposals kept after NMS at inference, at least
 PROPOSALS_PER_OBJECT = 10  # ... or this many per object of a crowded image (95th percentile)
 MAX_TEST_PROPOSALS = 1000  # ... at most
 PRE_NMS_FACTOR = 3  # proposals kept before NMS per one kept after (the tiny preset's 300 / 100)
