@@ -119,6 +119,7 @@ CHOICES = {
     "dtype": ("float32", "float64"),
     "box_roi_pool": ("roi_pool", "roi_align"),
     "image_resize": ("pillow", "torchvision"),
+    "image_norm": ("fixed", "per_image"),
     "anchor_grid": ("stride", "image"),
     "rpn_objectness": ("softmax", "sigmoid"),
 }

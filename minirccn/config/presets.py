@@ -47,6 +47,9 @@ class DetectorConfig:
     max_size: int = 128  # ... unless the longer side would exceed this
     image_mean: tuple = (0.485, 0.456, 0.406)  # per-channel mean of [0, 1] pixels
     image_std: tuple = (0.229, 0.224, 0.225)  # per-channel std of [0, 1] pixels
+    image_norm: str = "fixed"  # "fixed": (pixel / 255 - image_mean) / image_std; "per_image":
+    #   each image's own per-channel mean and std instead (blind to a site's brightness,
+    #   contrast and colour cast; minirccn.data.transforms.normalize_per_image)
     image_resize: str = "pillow"  # "pillow": Pillow's bilinear on uint8 pixels (antialiased
     #   when shrinking); "torchvision": torch's bilinear interpolate (align_corners=False, no
     #   antialias) of the normalised float image, boxes rescaled per axis (GeneralizedRCNNTransform)

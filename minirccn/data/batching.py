@@ -81,7 +81,8 @@ def load_batch(
     Args:
         dataset: a dataset (``ds[i]`` gives ``image``, ``boxes``, ``labels``, ``image_id``).
         indices: which images.
-        config: ``min_size``, ``max_size``, ``image_mean``, ``image_std``, ``flip``, ``dtype``
+        config: ``min_size``, ``max_size``, ``image_norm``, ``image_mean``, ``image_std``, ``flip``,
+            ``dtype``
             and the fields of :func:`minirccn.data.augment.apply`.
         rng: flips each image with probability 1/2 if ``config.flip`` and draws the
             augmentations; None: neither.
@@ -111,7 +112,7 @@ def load_batch(
             image, boxes = transforms.hflip(image, boxes)
         if rng is not None and augment.enabled(config):
             image, boxes, labels = augment.apply(image, boxes, labels, config, rng)
-        xs.append(transforms.normalize(image, config.image_mean, config.image_std).astype(dtype))
+        xs.append(transforms.input_normalize(image, config).astype(dtype))
         gt = labels != _PROPOSAL
         targets.append({"boxes": boxes[gt].astype(dtype), "labels": labels[gt]})
         if proposals_of is not None:

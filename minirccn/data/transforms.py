@@ -230,6 +230,31 @@ def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nda
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def image_statistics(image: np.ndarray) -> tuple:
+    """``(mean, std)``, ``(3,)`` float32 each: the per-channel mean and standard deviation of
+    ``image / 255`` (``(H, W, 3)`` uint8) over its pixels, the std at least ``1 / 255`` (a flat
+    channel is not blown up)."""
+    x = _check_image(image).astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 1))
+    std = np.maximum(x.std(axis=(0, 1)), 1.0 / 255.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize_per_image(image: np.ndarray) -> np.ndarray:
+    """:func:`normalize` with the image's own statistics: ``x[c] = (image[..., c] / 255 - m[c])
+    / s[c]``, ``(m, s) = image_statistics(image)``; ``(3, H, W)`` float32, each channel of mean
+    0 and std 1 (unless flat). Unchanged (up to rounding) by ``a * image + b`` per channel."""
+    return normalize(image, *image_statistics(image))
+
+
+def input_normalize(image: np.ndarray, config) -> np.ndarray:
+    """The network input of ``image`` by ``config.image_norm``: :func:`normalize` with
+    ``config.image_mean`` / ``config.image_std`` (``"fixed"``) or :func:`normalize_per_image`."""
+    if config.image_norm == "per_image":
+        return normalize_per_image(image)
+    return normalize(image, config.image_mean, config.image_std)
+
+
 def batch_images(images: list, size_divisible: int = 16):
     """Stack images of different sizes into one zero-padded batch.
 

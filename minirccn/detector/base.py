@@ -65,13 +65,13 @@ def preprocess_image(config, image):
     if config.image_resize == "torchvision":
         h, w = image.shape[:2]
         new_h, new_w = transforms.torchvision_size(h, w, config.min_size, config.max_size)
-        x = transforms.normalize(image, config.image_mean, config.image_std)
+        x = transforms.input_normalize(image, config)
         x = transforms.bilinear_resize(x, new_h, new_w).astype(config.dtype)
         return x, transforms.resize_scale(h, w, config.min_size, config.max_size)
     resized, _, scale = transforms.resize(
         image, np.zeros((0, 4), np.float32), config.min_size, config.max_size
     )
-    x = transforms.normalize(resized, config.image_mean, config.image_std).astype(config.dtype)
+    x = transforms.input_normalize(resized, config).astype(config.dtype)
     return x, scale
 
 

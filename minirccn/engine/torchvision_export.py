@@ -63,6 +63,11 @@ def check_exportable(model) -> None:
             f"export: rpn_channels {cfg.rpn_channels} differs from the backbone's {c} channels; "
             f"torchvision's RPNHead keeps the width (train with --set rpn_channels={c})"
         )
+    if cfg.image_norm != "fixed":
+        raise MinirccnError(
+            f"export: image_norm={cfg.image_norm} cannot be exported (torchvision's "
+            "GeneralizedRCNNTransform normalises by a fixed image_mean and image_std)"
+        )
     if len(model.backbone.strides) > 1 and cfg.box_roi_pool_aligned:
         raise MinirccnError(
             "export: box_roi_pool_aligned on a pyramid cannot be exported (torchvision's "

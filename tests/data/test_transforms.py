@@ -182,3 +182,74 @@ def test_bad_inputs_name_the_argument():
         batch_images([np.zeros((3, 2, 2), np.float32), np.zeros((1, 2, 2), np.float32)])
     with pytest.raises(ValueError, match="size_divisible"):
         batch_images([np.zeros((3, 2, 2), np.float32)], size_divisible=0)
+
+
+def _per_image_by_hand(image):
+    """The per-image normalisation in plain Python loops over channels (float64)."""
+    out = np.empty((3,) + image.shape[:2])
+    for c in range(3):
+        v = image[..., c].astype(np.float64) / 255.0
+        m = sum(v.ravel()) / v.size
+        s = max((sum((v.ravel() - m) ** 2) / v.size) ** 0.5, 1.0 / 255.0)
+        out[c] = (v - m) / s
+    return out
+
+
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_normalize_per_image_matches_the_formula(h, w, seed):
+    from minirccn.data.transforms import normalize_per_image
+
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)
+    x = normalize_per_image(image)
+    assert x.shape == (3, h, w) and x.dtype == np.float32
+    np.testing.assert_allclose(x, _per_image_by_hand(image), rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_per_image_flat_and_affine():
+    from minirccn.data.transforms import image_statistics, normalize_per_image
+
+    # a flat channel: the std floor (1/255) keeps it at 0, no inf or nan
+    flat = np.full((4, 5, 3), 77, np.uint8)
+    assert np.all(normalize_per_image(flat) == 0)
+    assert np.allclose(image_statistics(flat)[1], 1 / 255)
+    # exactly at the floor: values 0 and 2 alternate -> std 1/255, used as is
+    two = np.zeros((2, 2, 3), np.uint8)
+    two[0, :] = 2
+    assert np.allclose(image_statistics(two)[1], 1 / 255)
+    np.testing.assert_allclose(normalize_per_image(two)[:, 0], 1.0, rtol=1e-6)
+    # another site's brightness and contrast (a x + b per channel, no clipping): the same input
+    rng = np.random.default_rng(3)
+    image = rng.integers(20, 100, (16, 12, 3)).astype(np.uint8)
+    brighter = (image.astype(np.int64) * 2 + np.array([10, 30, 50])).astype(np.uint8)
+    np.testing.assert_allclose(normalize_per_image(brighter), normalize_per_image(image), atol=1e-5)
+
+
+def test_input_normalize_follows_the_config():
+    from minirccn.config import preset
+    from minirccn.data.transforms import input_normalize, normalize, normalize_per_image
+
+    image = np.random.default_rng(1).integers(0, 256, (6, 7, 3)).astype(np.uint8)
+    cfg = preset("tiny")
+    assert cfg.image_norm == "fixed"  # the default: torchvision's fixed mean and std
+    np.testing.assert_array_equal(input_normalize(image, cfg), normalize(image, cfg.image_mean, cfg.image_std))
+    per = cfg.replace(image_norm="per_image")
+    np.testing.assert_array_equal(input_normalize(image, per), normalize_per_image(image))
+
+
+def test_training_batch_and_inference_use_the_per_image_normalisation():
+    from minirccn.config import preset
+    from minirccn.data import load_dataset
+    from minirccn.data.batching import load_batch
+    from minirccn.data.transforms import normalize_per_image, resize
+    from minirccn.detector.base import preprocess_image
+
+    cfg = preset("tiny", image_norm="per_image", min_size=96, max_size=96)
+    ds = load_dataset("shapes", "train")
+    batch = load_batch(ds, [0], cfg, None, "numpy", 16)
+    x = np.asarray(batch.images)[0]
+    image = ds[0]["image"]
+    resized = resize(image, np.zeros((0, 4), np.float32), 96, 96)[0]
+    want = normalize_per_image(resized)
+    np.testing.assert_array_equal(x[:, : want.shape[1], : want.shape[2]], want)
+    got, _ = preprocess_image(cfg, image)
+    np.testing.assert_array_equal(got, want)

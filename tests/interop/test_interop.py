@@ -221,6 +221,10 @@ def test_export_refuses_what_torchvision_cannot_express(tmp_path):
     )
     with pytest.raises(MinirccnError, match="MultiScaleRoIAlign has no aligned"):
         check_exportable(aligned)
+    per_image = build_model(preset("tiny", **{**TINY, "image_norm": "per_image"}), NAMES)
+    with pytest.raises(MinirccnError, match="image_norm=per_image cannot be exported"):
+        check_exportable(per_image)
+    check_exportable(build_model(preset("tiny", **TINY), NAMES))  # the default exports
     ck = save_checkpoint(tmp_path / "r.npz", retina)
     assert (
         main(["export", "--checkpoint", ck, "--to", "torchvision", "--out", str(tmp_path / "o")])
