@@ -202,9 +202,12 @@ def describe(name, spec, size):
     print(f"\n{name}: input {x_in.shape}")
     print(f"  {'layer':26s} {'output':>20s} {'parameters':>11s}")
     for layer, kind, c in cache.steps:
-        if kind in ("relu", "bn"):  # the ReLU, alone or fused into batch norm (its mask)
+        if kind == "bn":  # batch norm with the ReLU fused into it (the ReLU's mask)
             shape = c.mask.shape
             layer, kind = layer.removesuffix(".bn"), "relu"
+        elif kind == "conv+relu":  # no batch norm: the ReLU fused into the conv (its output)
+            shape = c.out.shape
+            kind = "relu"
         elif kind == "pool":
             shape = c.argmax.shape
         else:
