@@ -6,9 +6,16 @@
 The GEMMs are NumPy ufunc calls, not profiled on their own: they are in the own time of the kernel
 function that calls them (`conv2d_levels_numba`, `conv2d_levels_backward_numba`, ...).
 """
+
+import cProfile
+import os
+import pstats
+import time
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-import numpy as np
-from minirccn.app import bench
+import numpy as np  # noqa: E402
+
+from minirccn.app import bench  # noqa: E402
 print("load", os.getloadavg())
 inputs = bench._inputs_of("resnet-fpn-tiny", "retinanet")(np.random.default_rng(0))
 fn = bench._train_step("numba", inputs)
