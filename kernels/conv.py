@@ -36,10 +36,19 @@ in the reference's offset order), which the tests check on random geometries.
 GPU kernels use one thread per output element; col2im is a *gather* (each input pixel
 sums the columns that read it), so it needs no atomics and is deterministic.
 
+Conv + ReLU (``conv2d_relu_*``, the specification :func:`minirccn.nn.conv.conv2d_relu_reference`):
+the products as above, then ONE pass writes ``max(out + b, 0)`` over the output in place
+(the unfused pair: NumPy's ``out += b``, then the ReLU's pass that reads it and writes a new
+output and a mask). The backward keeps no mask: one pass writes ``where(out > 0, dout, 0)``
+into a reused buffer (the ReLU's mask read off the forward's output), and the products read
+that. The adds, the comparisons and the sums are the unfused pair's, so are the bits.
+
 Entry points (the signatures of the references): ``conv2d_numba`` / ``conv2d_cuda(x, w,
 b, stride, padding)`` return ``(out, saved)``; ``conv2d_backward_numba`` /
 ``conv2d_backward_cuda(dout, saved, w, x_shape, stride, padding)`` return ``(dx, dw,
-db)``; ``im2col_numba`` / ``im2col_cuda(x, kernel_size, stride, padding)`` return
+db)``; ``conv2d_relu_numba`` / ``conv2d_relu_cuda(x, w, b, stride, padding)`` return ``(out,
+saved)``; ``conv2d_relu_backward_numba`` / ``conv2d_relu_backward_cuda(dout, saved, out, w,
+x_shape, stride, padding)`` return ``(dx, dw, db)``; ``im2col_numba`` / ``im2col_cuda(x, kernel_size, stride, padding)`` return
 ``cols``; ``col2im_numba`` / ``col2im_cuda(cols, x_shape, kernel_size, stride, padding)``
 return ``dx``; ``kernel_size``, ``stride`` and ``padding`` are ``(along H, along W)`` pairs.
 """
@@ -58,6 +67,7 @@ from minirccn.kernels._launch import (
     cpu_threads_for,
     unravel4,
 )
+from minirccn.kernels.layers import relu_backward_from_output
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
@@ -250,6 +260,43 @@ def conv2d_numba(x, w, b, stride, padding):
     ``C*kh*kw`` differently, so the result agrees with the reference to rounding (not bit for
     bit; tests/nn/test_conv.py checks the tolerance in float32 and float64).
     """
+    out, saved = _conv2d_products(x, w, stride, padding)
+    out += b[None, :, None]
+    return out.reshape(_out_shape(x, w, stride, padding)), saved
+
+
+def conv2d_relu_numba(x, w, b, stride, padding):
+    """``(out (N, F, Ho, Wo), saved)``: :func:`conv2d_numba` with the ReLU fused into the bias
+    pass: the products, then one Numba pass ``out = max(out + b[f], 0)`` in place (the same
+    float adds as NumPy's ``out += b``, so :func:`conv2d_numba` then the ReLU, bit for bit).
+    ``saved`` as :func:`conv2d_numba`'s; the layer keeps ``out`` for the backward's mask."""
+    out, saved = _conv2d_products(x, w, stride, padding)
+    with cpu_threads_for(out.size):
+        _bias_relu(out, np.ascontiguousarray(b))
+    return out.reshape(_out_shape(x, w, stride, padding)), saved
+
+
+def _out_shape(x, w, stride, padding):
+    """``(N, F, Ho, Wo)`` of the convolution of ``x`` by ``w``."""
+    return (x.shape[0], w.shape[0], *_out_size(x.shape[2], x.shape[3], w.shape[2:], stride, padding))
+
+
+@numba.njit(parallel=True, cache=True)
+def _bias_relu(out, b):
+    """``out (N, F, L) = max(out + b[f], 0)`` in place, one ``(image, filter)`` row per task: the
+    bias add and the ReLU in one pass over the output (a NaN gives 0, as the reference's)."""
+    n_f = out.shape[1]
+    zero = out.dtype.type(0)
+    for t in numba.prange(out.shape[0] * n_f):
+        n, f = t // n_f, t % n_f
+        row, bf = out[n, f], b[f]
+        for q in range(row.shape[0]):
+            v = row[q] + bf
+            row[q] = v if v > 0 else zero
+
+
+def _conv2d_products(x, w, stride, padding):
+    """``(out (N, F, Ho*Wo), saved)``: the GEMMs of :func:`conv2d_numba`, without the bias."""
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -259,9 +306,7 @@ def conv2d_numba(x, w, b, stride, padding):
     w2 = np.ascontiguousarray(w).reshape(f, rows)
     with blas_threads_for(2 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
         if _is_pointwise(kh, kw, sh, sw, ph, pw):  # the columns are the input itself: no copy
-            out = np.matmul(w2, x.reshape(n, c, h * wd))
-            out += b[None, :, None]
-            return out.reshape(n, f, ho, wo), x
+            return np.matmul(w2, x.reshape(n, c, h * wd)), x
         xpad = _padded(x, ph, pw)
         out = np.empty((n, f, ho * wo), dtype=x.dtype)
         for oh0, oh1 in _row_blocks(ho, wo, rows):
@@ -269,8 +314,7 @@ def conv2d_numba(x, w, b, stride, padding):
             for i in range(n):
                 _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
                 np.matmul(w2, cols, out=out[i, :, oh0 * wo : oh1 * wo])
-    out += b[None, :, None]
-    return out.reshape(n, f, ho, wo), xpad
+    return out, xpad
 
 
 def _is_pointwise(kh, kw, sh, sw, ph, pw):
@@ -303,6 +347,16 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
     part = _buffer("dw", (f, rows), w.dtype)
     with blas_threads_for(4 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
         return _conv2d_backward_blocks(d2, xpad, w2t, x_shape, (kh, kw), stride, padding, dw, part, db)
+
+
+def conv2d_relu_backward_numba(dout, saved, out, w, x_shape, stride, padding):
+    """``(dx, dw, db)`` of :func:`conv2d_relu_numba`: one Numba pass writes the ReLU's gradient
+    ``where(out > 0, dout, 0)`` into a reused buffer (the mask read off the forward's output,
+    none kept), then :func:`conv2d_backward_numba` on it: the unfused pair's numbers, bit for
+    bit (the same sums of the same values)."""
+    dy = _buffer("relu.grad", dout.shape, dout.dtype)  # consumed before the next conv's call
+    relu_backward_from_output(dout, out, dy)
+    return conv2d_backward_numba(dy, saved, w, x_shape, stride, padding)
 
 
 def _conv2d_backward_blocks(d2, xpad, w2t, x_shape, kernel_size, stride, padding, dw, part, db):
@@ -420,6 +474,54 @@ def conv2d_cuda(x, w, b, stride, padding):
     return out.reshape(n, f, ho, wo), cols
 
 
+@cuda.jit
+def _bias_relu_cuda(out, b, n_f, length):
+    # one thread per element of out (N, F, L), flat: out = max(out + b[f], 0) in place
+    idx = cuda.grid(1)
+    if idx >= out.size:
+        return
+    v = out[idx] + b[(idx // length) % n_f]
+    out[idx] = v if v > 0 else 0
+
+
+@cuda.jit
+def _relu_backward_from_output_cuda(dout, out, dy):
+    # one thread per element (flat): the ReLU's gradient read off its output
+    idx = cuda.grid(1)
+    if idx >= dy.size:
+        return
+    dy[idx] = dout[idx] if out[idx] > 0 else 0
+
+
+def conv2d_relu_cuda(x, w, b, stride, padding):
+    """``(out, cols)``: :func:`minirccn.nn.conv.conv2d_relu_reference` on the GPU: the Numba-CUDA
+    im2col, cuBLAS, then one Numba-CUDA pass ``max(out + b[f], 0)`` in place."""
+    xp = array_module(x)
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    ho, wo = _out_size(h, wd, (kh, kw), stride, padding)
+    cols = im2col_cuda(x, (kh, kw), stride, padding)
+    out = xp.ascontiguousarray(xp.matmul(w.reshape(f, c * kh * kw), cols))
+    if out.size:
+        _bias_relu_cuda[blocks(out.size), THREADS](
+            out.reshape(-1), xp.ascontiguousarray(b), f, ho * wo
+        )
+    return out.reshape(n, f, ho, wo), cols
+
+
+def conv2d_relu_backward_cuda(dout, saved, out, w, x_shape, stride, padding):
+    """``(dx, dw, db)``: :func:`minirccn.nn.conv.conv2d_relu_backward_reference` on the GPU (one
+    Numba-CUDA pass masks ``dout`` by ``out > 0``, then :func:`conv2d_backward_cuda`)."""
+    xp = array_module(dout)
+    dout, out = xp.ascontiguousarray(dout), xp.ascontiguousarray(out)
+    dy = xp.empty_like(dout)
+    if dy.size:
+        _relu_backward_from_output_cuda[blocks(dy.size), THREADS](
+            dout.reshape(-1), out.reshape(-1), dy.reshape(-1)
+        )
+    return conv2d_backward_cuda(dy, saved, w, x_shape, stride, padding)
+
+
 def conv2d_backward_cuda(dout, saved, w, x_shape, stride, padding):
     """``(dx, dw, db)``: :func:`minirccn.nn.conv.conv2d_backward_reference` on the GPU (cuBLAS
     products, the gathering Numba-CUDA col2im)."""
@@ -427,7 +529,7 @@ def conv2d_backward_cuda(dout, saved, w, x_shape, stride, padding):
     xp = array_module(cols)
     f, c, kh, kw = w.shape
     n = x_shape[0]
-    dout = dout.reshape(n, f, -1)
+    dout = dout.reshape(n, f, dout.shape[2] * dout.shape[3])  # (-1 fails for N = 0)
     db = dout.sum(axis=(0, 2))
     dw = xp.zeros((f, c * kh * kw), dtype=w.dtype)
     for i in range(n):

@@ -24,7 +24,7 @@ the same shapes, equal to rounding (BLAS may split the sums differently when thr
 
 Entry points (the signatures of the references): ``conv2d_levels_numba(x, sizes, w, b,
 stride, padding, relu)`` returns ``(out, saved)`` with ``saved`` the packed input and the
-ReLU's mask;
+ReLU's output (its mask is ``out > 0``; None without a ReLU);
 ``conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding)`` returns
 ``(dx, dw, db)``.
 """
@@ -36,8 +36,8 @@ import functools
 import numba
 import numpy as np
 from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
-from minirccn.kernels.conv import _buffer, _valid_range
-from minirccn.kernels.layers import relu_backward_numba
+from minirccn.kernels.conv import _bias_relu, _buffer, _valid_range
+from minirccn.kernels.layers import relu_backward_from_output
 
 #: the GEMMs of a batched pyramid conv split well over two OpenBLAS threads from about this many
 #: floating-point operations (measured, RetinaNet's head: 32 filters, 3x3 over 32 channels, one
@@ -117,21 +117,6 @@ def _col2im_levels(cols, table, kh, kw, sh, sw, ph, pw, dx):
                                 plane[first + np.uint64(k * sw)] += srow[src + np.uint64(k)]
 
 
-@numba.njit(parallel=True, cache=True)
-def _bias_relu(out, b, mask):
-    """``out (N, F, Po) += b[f]``, then ``max(out, 0)`` with ``mask = out > 0`` (``mask`` the
-    bool mask seen as bytes): the reference's adds and ReLU, in one pass over ``out``."""
-    n_f = out.shape[1]
-    for t in numba.prange(out.shape[0] * n_f):
-        n, f = t // n_f, t % n_f
-        row, bits, bf = out[n, f], mask[n, f], b[f]
-        for q in range(row.shape[0]):
-            v = row[q] + bf
-            m = v > 0
-            bits[q] = np.uint8(m)
-            row[q] = v if m else 0
-
-
 def _table(sizes, kernel_size, stride, padding):
     """``(table (L, 6) int64, Po)``: per level ``(H, W, o_in, Ho, Wo, o_out)`` (made once per
     pyramid and geometry: a training run sees the same few)."""
@@ -185,8 +170,9 @@ def col2im_levels_numba(cols, sizes, x_shape, kernel_size, stride, padding):
 def conv2d_levels_numba(x, sizes, w, b, stride, padding, relu):
     """``(out (N, F, Po), saved)``: every level's convolution, the levels unfolded in one Numba
     pass into a reused buffer and multiplied in one GEMM per image (BLAS writes straight into
-    ``out``), then the bias (and the ReLU) in one pass. ``saved`` is ``(x, mask)``: the packed
-    input (the backward unfolds it again) and the ReLU's mask or None."""
+    ``out``), then the bias (and the ReLU) in one pass (:func:`minirccn.kernels.conv._bias_relu`).
+    ``saved`` is ``(x, out)``: the packed input (the backward unfolds it again) and, with the
+    ReLU, its output (the backward's mask is ``out > 0``), else None."""
     n, c, _ = x.shape
     f, _, kh, kw = w.shape
     rows = c * kh * kw
@@ -205,10 +191,9 @@ def conv2d_levels_numba(x, sizes, w, b, stride, padding, relu):
     if not relu:
         out += b[None, :, None]
         return out, (x, None)
-    mask = np.empty(out.shape, dtype=np.bool_)
     with cpu_threads_for(out.size):
-        _bias_relu(out, np.ascontiguousarray(b), mask.view(np.uint8))
-    return out, (x, mask)
+        _bias_relu(out, np.ascontiguousarray(b))
+    return out, (x, out)
 
 
 def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding):
@@ -217,14 +202,16 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     each per image, all levels at once), then one Numba pass folds ``dcols`` onto every level.
     Summation order: each ``dw`` entry is the reference's sum over the pixels, split by BLAS as
     it splits the transposed product: equal to rounding."""
-    x, mask = saved
+    x, relu_out = saved
     n, c, _ = x_shape
     f, _, kh, kw = w.shape
     rows = c * kh * kw
     dout = np.ascontiguousarray(dout)
     w2t = np.ascontiguousarray(w).reshape(f, rows).T
-    if mask is not None:  # through the ReLU first (its kernel, without the layer's checks)
-        dout = relu_backward_numba(dout, mask)
+    if relu_out is not None:  # through the ReLU first: dout where out > 0, one pass, no mask
+        dout = relu_backward_from_output(
+            dout, relu_out, _buffer("relu.grad", dout.shape, dout.dtype)
+        )
     db = dout.sum(axis=(0, 2))
     po = dout.shape[2]
     pointwise = _pointwise((kh, kw), stride, padding)

@@ -75,6 +75,30 @@ def _relu_backward_numba(dout, mask, dx, chunk):
 CHUNK = 1 << 14
 
 
+@numba.njit(parallel=True, cache=True)
+def _relu_backward_from_output(dout, out, dx, chunk):
+    n = dout.size
+    zero = dx.dtype.type(0)
+    for t in numba.prange((n + chunk - 1) // chunk):
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        ds, os, xs = dout[lo:hi], out[lo:hi], dx[lo:hi]
+        for k in range(hi - lo):
+            xs[k] = ds[k] if os[k] > 0 else zero
+
+
+def relu_backward_from_output(dout, out, dx):
+    """``dx = dout`` where ``out > 0`` else 0, written into ``dx`` (all three the same shape,
+    C-contiguous), in one pass (Numba, CPU threads): the ReLU's backward read off its output
+    ``out = max(y, 0)`` (positive exactly where ``y`` was), so no mask has to be kept. Used by
+    the fused conv + ReLU backwards (kernels/conv.py, kernels/conv_levels.py). Returns ``dx``."""
+    if not dx.flags.c_contiguous or dx.shape != dout.shape or out.shape != dout.shape:
+        raise ValueError("dx: expected a C-contiguous array of dout's shape (so is out)")
+    dout, out = np.ascontiguousarray(dout), np.ascontiguousarray(out)
+    with cpu_threads_for(dout.size):
+        _relu_backward_from_output(dout.reshape(-1), out.reshape(-1), dx.reshape(-1), CHUNK)
+    return dx
+
+
 def relu_numba(x):
     """``(out, mask)``: ``max(x, 0)`` and ``x > 0`` in one pass (Numba, CPU threads)."""
     x = np.ascontiguousarray(x)

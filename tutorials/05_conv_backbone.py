@@ -130,8 +130,8 @@ T.check(np.isclose(lhs, rhs, rtol=1e-12), f"<im2col(x), y> == <x, col2im(y)>  ({
 # Now the finite-difference check (`minirccn.nn.gradcheck.check_layer`): it
 # turns a layer into the scalar `L = sum(out * R)` for a fixed random `R`,
 # perturbs every input entry by `+-1e-6` in float64, and compares with the
-# hand-written backward. Conv, ReLU and max pooling each get checked, on the
-# NumPy reference and on the Numba kernels.
+# hand-written backward. Conv, ReLU, the two fused into one layer, and max pooling each get
+# checked, on the NumPy reference and on the Numba kernels.
 
 # %%
 xs = rng.standard_normal((2, 3, 6, 5))
@@ -148,6 +148,15 @@ for name in ("numpy", "numba"):
         ),
         "relu": gradcheck.check_layer(
             lambda a, be=name: layers.relu_forward(a, backend=be), layers.relu_backward, [xs]
+        ),
+        # the conv and its ReLU as one layer (relu=True: the backbones without batch norm and
+        # the heads use it; the backward reads the ReLU's mask off the kept output, out > 0)
+        "conv2d + relu, fused": gradcheck.check_layer(
+            lambda a, k, c, be=name: layers.conv2d_forward(
+                a, k, c, stride=1, padding=1, relu=True, backend=be
+            ),
+            layers.conv2d_backward,
+            [xs, ws, bs],
         ),
         "max_pool2d 2x2/2": gradcheck.check_layer(
             lambda a, be=name: layers.max_pool2d_forward(a, 2, 2, backend=be),
@@ -202,9 +211,12 @@ def describe(name, spec, size):
     print(f"\n{name}: input {x_in.shape}")
     print(f"  {'layer':26s} {'output':>20s} {'parameters':>11s}")
     for layer, kind, c in cache.steps:
-        if kind in ("relu", "bn"):  # the ReLU, alone or fused into batch norm (its mask)
+        if kind == "bn":  # batch norm with the ReLU fused into it (the ReLU's mask)
             shape = c.mask.shape
             layer, kind = layer.removesuffix(".bn"), "relu"
+        elif kind == "conv+relu":  # no batch norm: the ReLU fused into the conv (its output)
+            shape = c.out.shape
+            kind = "relu"
         elif kind == "pool":
             shape = c.argmax.shape
         else:

@@ -111,6 +111,18 @@ TABLE: dict[str, dict[str, str]] = {
         "numba": "minirccn.kernels.conv:conv2d_backward_numba",
         "cuda": "minirccn.kernels.conv:conv2d_backward_cuda",
     },
+    # the conv and a ReLU after it, fused (the bias pass writes max(., 0); the backward masks
+    # dout by out > 0, read off the output: no mask kept)
+    "conv2d_relu": {
+        "numpy": f"{_CONV}:conv2d_relu_reference",
+        "numba": "minirccn.kernels.conv:conv2d_relu_numba",
+        "cuda": "minirccn.kernels.conv:conv2d_relu_cuda",
+    },
+    "conv2d_relu_backward": {
+        "numpy": f"{_CONV}:conv2d_relu_backward_reference",
+        "numba": "minirccn.kernels.conv:conv2d_relu_backward_numba",
+        "cuda": "minirccn.kernels.conv:conv2d_relu_backward_cuda",
+    },
     # minirccn.nn.conv_levels: one conv over every level of a pyramid (packed side by side)
     "conv2d_levels": {
         "numpy": f"{_CONV_LEVELS}:conv2d_levels_reference",

@@ -14,6 +14,13 @@ unfolds a block of output rows at a time into a reused buffer and multiplies it 
 NumPy's BLAS while it is still in the cache, and unfolds again in the backward instead
 of keeping the column matrix (docs/conv.md: why, and what it buys).
 
+``conv2d_forward(..., relu=True)`` is the convolution followed by a ReLU in one layer (the
+``conv2d_relu`` op; every ``conv -> relu`` of the detectors uses it): the pass that adds the
+bias writes ``max(out + b, 0)``, and the backward zeroes ``dout`` where the output is not
+positive before the products. No mask is kept: the ReLU's mask is ``out > 0``, read off the
+output the cache holds (the output is positive exactly where the pre-activation was). The
+numbers are the unfused pair's, bit for bit (a ReLU rounds nothing).
+
 Shapes: ``N`` images, ``C`` input channels, ``F`` output channels (filters),
 ``H, W`` map size, ``kh, kw`` kernel size.
 """
@@ -133,6 +140,44 @@ def conv2d_backward_reference(dout, saved, w, x_shape, stride, padding):
     return dx, dw.reshape(w.shape), db
 
 
+# ----------------------------------------------------------------------------- conv2d + ReLU (reference)
+
+
+def conv2d_relu_reference(x, w, b, stride, padding):
+    """The convolution then a ReLU (the NumPy reference of the fused op).
+
+    Args:
+        x: ``(N, C, H, W)``; w: ``(F, C, kh, kw)``; b: ``(F,)`` (checked by the caller).
+        stride, padding: ``(sh, sw)``, ``(ph, pw)``.
+
+    Returns:
+        out: ``(N, F, Ho, Wo)`` = ``max(conv2d_reference(x, w, b), 0)`` (the formula of
+            :func:`minirccn.nn.layers.relu_reference`: ``where(y > 0, y, 0)``, a NaN gives 0);
+        saved: :func:`conv2d_reference`'s columns. The ReLU's mask is not returned: it is
+            ``out > 0`` (:func:`conv2d_relu_backward_reference` reads it off ``out``).
+    """
+    xp = _backend.get_array_module(x)
+    y, saved = conv2d_reference(x, w, b, stride, padding)
+    return xp.where(y > 0, y, xp.zeros((), dtype=y.dtype)), saved
+
+
+def conv2d_relu_backward_reference(dout, saved, out, w, x_shape, stride, padding):
+    """Gradients of :func:`conv2d_relu_reference` (the NumPy reference).
+
+    Args:
+        dout: ``(N, F, Ho, Wo)`` (checked by the caller); saved: the forward's ``cols``;
+        out: ``(N, F, Ho, Wo)`` the forward's output (``out > 0`` is the ReLU's mask);
+        w: ``(F, C, kh, kw)``; x_shape: ``(N, C, H, W)``; stride, padding: pairs.
+
+    Returns:
+        ``(dx, dw, db)`` = :func:`conv2d_backward_reference` of ``dy = where(out > 0, dout, 0)``
+        (the gradient at 0 is 0, as torch's).
+    """
+    xp = _backend.get_array_module(out)
+    dy = xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype))
+    return conv2d_backward_reference(dy, saved, w, x_shape, stride, padding)
+
+
 # ----------------------------------------------------------------------------- conv2d (layer)
 
 
@@ -146,9 +191,10 @@ class Conv2dCache(NamedTuple):
     stride: tuple  # (sh, sw)
     padding: tuple  # (ph, pw)
     backend: str
+    out: Any = None  # (N, F, Ho, Wo) the fused ReLU's output (its mask is out > 0); None: no ReLU
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
+def conv2d_forward(x, w, b, stride=1, padding=0, *, relu=False, backend=None):
     """2-D convolution (cross-correlation, as torch's ``conv2d``) by im2col + GEMM.
 
     Args:
@@ -156,12 +202,18 @@ def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
         w: ``(F, C, kh, kw)`` weights, same dtype.
         b: ``(F,)`` bias, same dtype.
         stride, padding: an int or a pair ``(along H, along W)``; zero padding.
+        relu: a ReLU on the output, fused (the ``conv2d_relu`` op: the pass that adds the bias
+            writes ``max(., 0)``; the backward masks ``dout`` by ``out > 0``, read off the
+            output the cache keeps, no mask stored): the same numbers as
+            :func:`minirccn.nn.layers.relu_forward` after this layer. The output must then not
+            be modified in place before the backward (the cache holds it).
         backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None (see :mod:`minirccn.core.backend`).
 
     Returns:
         out: ``(N, F, Ho, Wo)`` with ``Ho = (H + 2ph - kh) // sh + 1``:
             ``out[n, f, oh, ow] = b[f] + sum_{c,i,j} w[f,c,i,j] * xpad[n, c, oh*sh+i, ow*sw+j]``,
-            computed as :func:`conv2d_reference` does (its kernels: ``kernels/conv.py``).
+            computed as :func:`conv2d_reference` does (its kernels: ``kernels/conv.py``); with
+            ``relu``, ``max(that, 0)`` (:func:`conv2d_relu_reference`).
         cache: :class:`Conv2dCache`.
     """
     backend, xp, (x, w, b) = prepare(backend, {"x": x, "w": w, "b": b})
@@ -182,9 +234,11 @@ def conv2d_forward(x, w, b, stride=1, padding=0, *, backend=None):
         raise ValueError(
             f"x: input {h}x{wd} is smaller than the {kh}x{kw} kernel with padding {(ph, pw)}"
         )
+    if relu:
+        out, saved = kernel("conv2d_relu", backend)(x, w, b, (sh, sw), (ph, pw))
+        return out, Conv2dCache(saved, w, (n, c, h, wd), (sh, sw), (ph, pw), backend, out)
     out, saved = kernel("conv2d", backend)(x, w, b, (sh, sw), (ph, pw))
-    cache = Conv2dCache(saved, w, (n, c, h, wd), (sh, sw), (ph, pw), backend)
-    return out, cache
+    return out, Conv2dCache(saved, w, (n, c, h, wd), (sh, sw), (ph, pw), backend)
 
 
 def conv2d_backward(dout, cache: Conv2dCache):
@@ -198,13 +252,19 @@ def conv2d_backward(dout, cache: Conv2dCache):
         dx: ``(N, C, H, W)`` = ``col2im(W^T @ dout[n])``;
         dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T``;
         db: ``(F,)`` = ``dout`` summed over ``n, oh, ow``
-        (as :func:`conv2d_backward_reference` computes them).
+        (as :func:`conv2d_backward_reference` computes them); after a fused ReLU
+        (``relu=True``) of ``where(out > 0, dout, 0)`` instead of ``dout``
+        (:func:`conv2d_relu_backward_reference`).
     """
-    saved, w, x_shape, stride, padding, backend = cache
+    saved, w, x_shape, stride, padding, backend, out = cache
     xp = _backend.get_array_module(w)
     f, c, kh, kw = w.shape
     n = x_shape[0]
     ho = conv_output_size(x_shape[2], kh, stride[0], padding[0])
     wo = conv_output_size(x_shape[3], kw, stride[1], padding[1])
     dout = check_grad(dout, "dout", (n, f, ho, wo), w.dtype, xp)
+    if out is not None:  # through the fused ReLU (its mask: out > 0), inside the op
+        return kernel("conv2d_relu_backward", backend)(
+            dout, saved, out, w, x_shape, stride, padding
+        )
     return kernel("conv2d_backward", backend)(dout, saved, w, x_shape, stride, padding)

@@ -112,8 +112,8 @@ def conv2d_levels_reference(x, sizes, w, b, stride, padding, relu):
         out: ``(N, F, Po)`` packed outputs (level ``l``: ``Ho_l x Wo_l`` pixels) =
             ``W (F, C*kh*kw) @ cols[n] + b`` with ``cols`` the levels' ``im2col`` side by side
             (then ``max(out, 0)`` if ``relu``, as :func:`minirccn.nn.layers.relu_reference`);
-        saved: ``(cols (N, C*kh*kw, Po), mask)``, ``mask`` the ReLU's ``out > 0`` ``(N, F, Po)``
-            bool, or None without ``relu``.
+        saved: ``(cols (N, C*kh*kw, Po), out)``: with ``relu`` the output itself (the ReLU's
+            mask is ``out > 0``: no mask is kept), None without.
     """
     xp = _backend.get_array_module(x)
     f, c, kh, kw = w.shape
@@ -123,15 +123,15 @@ def conv2d_levels_reference(x, sizes, w, b, stride, padding, relu):
     out += b[None, :, None]
     if not relu:
         return out, (cols, None)
-    mask = out > 0
-    return xp.where(mask, out, xp.zeros((), dtype=out.dtype)), (cols, mask)
+    out = xp.where(out > 0, out, xp.zeros((), dtype=out.dtype))
+    return out, (cols, out)
 
 
 def conv2d_levels_backward_reference(dout, saved, w, sizes, x_shape, stride, padding):
     """Gradients of :func:`conv2d_levels_reference` (the NumPy reference).
 
     Args:
-        dout: ``(N, F, Po)`` (checked by the caller); saved: the forward's ``(cols, mask)``;
+        dout: ``(N, F, Po)`` (checked by the caller); saved: the forward's ``(cols, out)``;
         w: ``(F, C, kh, kw)``; sizes: the input levels' ``((H_l, W_l), ...)``;
         x_shape: ``(N, C, P)``; stride, padding: pairs.
 
@@ -139,12 +139,13 @@ def conv2d_levels_backward_reference(dout, saved, w, sizes, x_shape, stride, pad
         dx: ``(N, C, P)`` packed: level ``l`` is ``col2im`` of its columns of ``W^T @ dout[n]``;
         dw: ``(F, C, kh, kw)`` = ``sum_n dout[n] @ cols[n]^T`` (all levels' pixels in one sum);
         db: ``(F,)`` = ``dout`` summed over ``n`` and every pixel of every level;
-        where ``dout`` is first zeroed where the ReLU's ``mask`` is False (if there was one).
+        where ``dout`` is first zeroed where the ReLU's output ``out`` is not positive (if there
+        was a ReLU: its mask is ``out > 0``).
     """
-    cols, mask = saved
+    cols, out = saved
     xp = _backend.get_array_module(cols)
-    if mask is not None:  # through the ReLU first
-        dout = xp.where(mask, dout, xp.zeros((), dtype=dout.dtype))
+    if out is not None:  # through the ReLU first
+        dout = xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype))
     f, c, kh, kw = w.shape
     n = x_shape[0]
     db = dout.sum(axis=(0, 2))
@@ -168,7 +169,7 @@ class Conv2dLevelsCache(NamedTuple):
     """What :func:`conv2d_levels_backward` needs."""
 
     saved: Any  # (the backend's choice: the columns for numpy and cuda, the packed input for
-    # numba; the ReLU's mask (N, F, Po) bool or None)
+    # numba; the ReLU's output (N, F, Po), whose > 0 is its mask, or None without a ReLU)
     w: Any  # (F, C, kh, kw)
     sizes: tuple  # the input levels' ((H_l, W_l), ...)
     x_shape: tuple  # (N, C, P)
@@ -188,7 +189,9 @@ def conv2d_levels_forward(x, w, b, stride=1, padding=0, *, relu=False, backend=N
         stride, padding: an int or a pair, as :func:`minirccn.nn.conv.conv2d_forward`.
         relu: follow the conv by a ReLU in the same call (``max(out, 0)``; the backward then
             zeroes the gradient where the output was not positive, as
-            :func:`minirccn.nn.layers.relu_backward`): one pass over the output fewer each way.
+            :func:`minirccn.nn.layers.relu_backward`, reading the mask off the output the cache
+            keeps: no mask stored; the output must not be modified in place before the
+            backward): one pass over the output fewer each way.
         backend: ``"numpy"``, ``"numba"``, ``"cuda"`` or None.
 
     Returns:

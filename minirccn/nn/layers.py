@@ -16,7 +16,8 @@ kernels have their own modules, mirroring ``kernels/conv.py`` and
 ``kernels/pool.py``; this module re-exports them so that every layer is
 ``minirccn.nn.layers.<name>`` (the contract of DESIGN.md):
 
-* conv2d: :mod:`minirccn.nn.conv` (im2col + GEMM, col2im backward);
+* conv2d: :mod:`minirccn.nn.conv` (im2col + GEMM, col2im backward; ``relu=True`` fuses the
+  ReLU after it);
 * max pooling: :mod:`minirccn.nn.pool`;
 * relu, linear, dropout, batch norm: below.
 
@@ -41,6 +42,8 @@ from minirccn.nn.conv import (
     conv2d_backward_reference,
     conv2d_forward,
     conv2d_reference,
+    conv2d_relu_backward_reference,
+    conv2d_relu_reference,
     im2col,
 )
 from minirccn.nn.pool import (
@@ -60,6 +63,8 @@ __all__ = [
     "conv2d_backward_reference",
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_relu_reference",
+    "conv2d_relu_backward_reference",
     "ReluCache",
     "relu_reference",
     "relu_backward_reference",

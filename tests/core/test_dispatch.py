@@ -20,7 +20,7 @@ USERS = {
     "minirccn/ops/nms.py": {"nms_sorted"},
     "minirccn/ops/roi_pool.py": {"roi_pool", "roi_pool_backward"},
     "minirccn/ops/roi_align.py": {"roi_align", "roi_align_backward"},
-    "minirccn/nn/conv.py": {"conv2d", "conv2d_backward"},
+    "minirccn/nn/conv.py": {"conv2d", "conv2d_backward", "conv2d_relu", "conv2d_relu_backward"},
     "minirccn/nn/conv_levels.py": {"conv2d_levels", "conv2d_levels_backward"},
     "minirccn/nn/pool.py": {"max_pool2d", "max_pool2d_backward"},
     "minirccn/nn/layers.py": {

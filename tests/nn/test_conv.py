@@ -456,3 +456,167 @@ def test_conv2d_forward_non_square_matches_naive_loops(backend, k, s, p, hw):
     x, w, b = rng.standard_normal((2, 2, *hw)), rng.standard_normal((3, 2, *k)), rng.standard_normal(3)
     out, _ = conv.conv2d_forward(x, w, b, s, p, backend=backend)
     np.testing.assert_allclose(out, naive_conv2d(x, w, b, s, p), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- conv2d + ReLU, fused
+#
+# conv2d_forward(..., relu=True) (the conv2d_relu op): the bias pass writes max(., 0); the
+# backward masks dout by out > 0, read off the output the cache keeps (no mask). A ReLU rounds
+# nothing, so the fused op must give the unfused pair's bits on every backend (the same conv
+# kernel, then relu_reference / relu_backward_reference), and the kernels agree with the fused
+# reference to rounding, as the plain conv's do.
+
+#: the fast geometry's inputs, and small integers: every sum is exact in float32 and float64,
+#: so many outputs are exactly 0, on the ReLU's threshold, on every backend alike
+RELU_INPUTS = INPUTS + ("integers",)
+
+
+def _relu_input(rng, shape, kind, dtype):
+    if kind == "integers":
+        return rng.integers(-1, 2, shape).astype(dtype)
+    return _adversarial(rng, shape, kind, dtype)
+
+
+def _relu_case(g, kind, dtype, seed):
+    n, c, h, wd, (kh, kw), sh, sw, ph, pw, f = g
+    rng = rng_for(seed)
+    x = _relu_input(rng, (n, c, h, wd), kind, dtype)
+    w = _relu_input(rng, (f, c, kh, kw), kind, dtype)
+    b = _relu_input(rng, (f,), kind, dtype)
+    return rng, x, w, b, (sh, sw), (ph, pw)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cuda"])
+@given(
+    g=fast_geometry,
+    dtype=st.sampled_from(DTYPES),
+    kind=st.sampled_from(RELU_INPUTS),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_conv2d_relu_fused_equals_unfused_bit_for_bit(backend, g, dtype, kind, seed):
+    """Forward and backward of the fused op = the backend's conv kernel, then the ReLU's
+    reference, bit for bit: non-square kernels and strides, padding, values exactly 0 at the
+    threshold (``integers``), a gradient that is exactly 0 where the output is 0."""
+    from minirccn.nn import layers
+
+    rng, x, w, b, s, p = _relu_case(g, kind, dtype, seed)
+    y, saved_plain = kernel("conv2d", backend)(x, w, b, s, p)
+    want, mask = layers.relu_reference(y)
+    out, saved = kernel("conv2d_relu", backend)(x, w, b, s, p)
+    assert out.dtype == dtype and np.array_equal(out, want)
+    assert np.array_equal(out > 0, mask)  # the mask the backward reads off the output
+    dout = _relu_input(rng, out.shape, kind, dtype)
+    want_g = kernel("conv2d_backward", backend)(
+        layers.relu_backward_reference(dout, mask), saved_plain, w, x.shape, s, p
+    )
+    got_g = kernel("conv2d_relu_backward", backend)(dout, saved, out, w, x.shape, s, p)
+    for got_a, want_a in zip(got_g, want_g):
+        got_a = np.asarray(got_a)
+        assert got_a.dtype == want_a.dtype and np.array_equal(got_a, want_a)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda"])
+@given(
+    g=fast_geometry,
+    dtype=st.sampled_from(DTYPES),
+    kind=st.sampled_from(RELU_INPUTS),
+    block=st.sampled_from([1, 7, 1 << 18]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_conv2d_relu_kernels_match_reference_to_rounding(backend, g, dtype, kind, block, seed):
+    """The fused kernels against :func:`conv.conv2d_relu_reference` / its backward: the forward
+    to rounding (a ReLU is 1-Lipschitz: the conv's bound holds), the masks wherever the output is
+    clear of rounding, the backward to rounding given the same output (the mask it reads)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kconv, "BLOCK_ELEMENTS", block)
+        rng, x, w, b, s, p = _relu_case(g, kind, dtype, seed)
+        n, c, _, _, (kh, kw), *_, f = g
+        ref_out, ref_saved = conv.conv2d_relu_reference(x, w, b, s, p)
+        out, saved = kernel("conv2d_relu", backend)(x, w, b, s, p)
+        mag, abs_cols = conv.conv2d_reference(np.abs(x), np.abs(w), np.abs(b), s, p)
+        _assert_close_to_rounding(out, ref_out, mag, dtype, c * kh * kw + 1)
+        assert (out >= 0).all()
+        clear = np.abs(ref_out) > 4 * (c * kh * kw + 1) * EPS[dtype] * mag
+        assert np.array_equal((out > 0)[clear], (ref_out > 0)[clear])
+        dout = _relu_input(rng, out.shape, kind, dtype)
+        want = conv.conv2d_relu_backward_reference(dout, ref_saved, out, w, x.shape, s, p)
+        got = kernel("conv2d_relu_backward", backend)(dout, saved, out, w, x.shape, s, p)
+        dy_abs = np.where(out > 0, np.abs(dout), 0).astype(dtype)
+        mags = conv.conv2d_backward_reference(dy_abs, abs_cols, np.abs(w), x.shape, s, p)
+        ho, wo = out.shape[2:]
+        for got_g, want_g, m, t in zip(got, want, mags, (f * kh * kw, n * ho * wo, n * ho * wo)):
+            _assert_close_to_rounding(np.asarray(got_g), want_g, m, dtype, t)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "k,s,p,hw",
+    [
+        ((3, 3), (1, 1), (1, 1), (5, 4)),
+        ((3, 3), (2, 2), (1, 1), (6, 5)),
+        ((3, 1), (1, 1), (1, 0), (5, 4)),
+        ((1, 5), (1, 2), (0, 2), (4, 7)),
+        ((2, 3), (2, 1), (1, 1), (5, 6)),
+        ((1, 1), (1, 1), (0, 0), (3, 4)),
+    ],
+)
+def test_conv2d_relu_gradcheck(backend, k, s, p, hw):
+    """float64 finite differences through the fused layer (non-square kernels, strides and
+    images; the 1x1 case takes the no-unfold path). Random inputs put no output within the
+    step of the kink; the check asserts both sides of it are present."""
+    rng = rng_for(9)
+    x = rng.standard_normal((2, 2, *hw))
+    w = rng.standard_normal((3, 2, *k))
+    b = rng.standard_normal(3) * 0.5
+    fwd = lambda x, w, b: conv.conv2d_forward(x, w, b, s, p, relu=True, backend=backend)  # noqa: E731
+    out, cache = fwd(x, w, b)
+    assert (out > 0).any() and (out == 0).any() and cache.out is out
+    assert np.abs(conv.conv2d_forward(x, w, b, s, p, backend="numpy")[0]).min() > 1e-4
+    assert check_layer(fwd, conv.conv2d_backward, [x, w, b]) < 1e-7
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_relu_layer_equals_conv_then_relu_layers(backend, dtype):
+    """The layer API: ``conv2d_forward(relu=True)`` + ``conv2d_backward`` give exactly what the
+    conv layer, then ``relu_forward`` / ``relu_backward``, give; the default (``relu=False``)
+    keeps no output and is the plain conv; an empty batch works fused too."""
+    from minirccn.nn import layers
+
+    rng = rng_for(10)
+    x = rng.integers(-2, 3, (2, 3, 6, 5)).astype(dtype)  # exact sums: zeros on the threshold
+    w = rng.integers(-1, 2, (4, 3, 3, 3)).astype(dtype)
+    b = rng.integers(-1, 2, 4).astype(dtype)
+    y, c1 = conv.conv2d_forward(x, w, b, 1, 1, backend=backend)
+    assert c1.out is None
+    y_default, _ = conv.conv2d_forward(x, w, b, 1, 1, relu=False, backend=backend)
+    assert np.array_equal(np.asarray(y), np.asarray(y_default))
+    want, rc = layers.relu_forward(y, backend=backend)
+    got, c2 = conv.conv2d_forward(x, w, b, 1, 1, relu=True, backend=backend)
+    assert c2.backend == backend and np.array_equal(np.asarray(got), np.asarray(want))
+    assert (np.asarray(y) == 0).any()  # the threshold is exercised
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    for a, e in zip(conv.conv2d_backward(dout, c2), conv.conv2d_backward(layers.relu_backward(dout, rc), c1)):
+        assert a.dtype == dtype and np.array_equal(np.asarray(a), np.asarray(e))
+    out, c = conv.conv2d_forward(np.zeros((0, 3, 5, 5), dtype), w, b, 1, 1, relu=True, backend=backend)
+    assert out.shape == (0, 4, 5, 5)
+    dx, dw, db = conv.conv2d_backward(out, c)
+    assert dx.shape == (0, 3, 5, 5) and not np.asarray(dw).any() and not np.asarray(db).any()
+
+
+def test_conv2d_relu_numba_reuses_its_buffers_and_keeps_no_mask():
+    """Steady state of the fused numba layer: no new scratch buffer per call; the cache holds
+    the output (the mask's source), not a bool mask."""
+    rng = rng_for(11)
+    x = rng.standard_normal((1, 4, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    b = np.zeros(3, np.float32)
+    out, c = conv.conv2d_forward(x, w, b, 1, 1, relu=True, backend="numba")
+    conv.conv2d_backward(out, c)
+    before = {k: id(v) for k, v in kconv._scratch.items()}
+    out, c = conv.conv2d_forward(x, w, b, 1, 1, relu=True, backend="numba")
+    conv.conv2d_backward(out, c)
+    assert {k: id(v) for k, v in kconv._scratch.items()} == before
+    assert c.out is out and not any(getattr(a, "dtype", None) == np.bool_ for a in c)

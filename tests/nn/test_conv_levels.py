@@ -189,3 +189,26 @@ def test_pack_and_unpack_round_trip_and_checks():
     outs, cache = cl.conv2d_levels_forward(xs, w, b, 1, 1, backend="numpy")
     with pytest.raises(ValueError, match="dout"):
         cl.conv2d_levels_backward([o[:, :, :1] for o in outs], cache)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["cuda"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_relu_is_the_unfused_pair_bit_for_bit_and_keeps_no_mask(backend, dtype):
+    """``relu=True`` = the batched conv without it, then the ReLU layer, bit for bit both ways
+    (integer inputs: exact sums, many outputs exactly 0 on the threshold); the cache keeps the
+    output (the backward's mask is ``out > 0``), no bool mask."""
+    rng = np.random.default_rng(7)
+    xs = [rng.integers(-1, 2, (2, 3, h, w)).astype(dtype) for h, w in ((5, 4), (3, 3), (1, 2))]
+    w = rng.integers(-1, 2, (4, 3, 3, 3)).astype(dtype)
+    b = rng.integers(-1, 2, 4).astype(dtype)
+    x = cl.pack_levels(xs)
+    y, c1 = cl.conv2d_levels_forward(x, w, b, 1, 1, backend=backend)
+    want, rc = layers.relu_forward(y.data, backend=backend)
+    out, c2 = cl.conv2d_levels_forward(x, w, b, 1, 1, relu=True, backend=backend)
+    assert np.array_equal(out.data, want) and (y.data == 0).any()
+    assert c2.saved[1] is out.data and not any(getattr(a, "dtype", None) == np.bool_ for a in c2.saved)
+    d = rng.standard_normal(want.shape).astype(dtype)
+    got = cl.conv2d_levels_backward(cl.Packed(d, out.sizes), c2)
+    exp = cl.conv2d_levels_backward(cl.Packed(layers.relu_backward(d, rc), y.sizes), c1)
+    for a, e in zip(got, exp):
+        assert np.array_equal(getattr(a, "data", a), getattr(e, "data", e))

@@ -157,16 +157,15 @@ def backbone_forward(
     steps = []
     for name, _c_in, _c_out, pool in _convs(spec):
         w, b = params[f"{name}.w"], params[f"{name}.b"]
-        x, cache = layers.conv2d_forward(x, w, b, 1, pad, backend=backend)
+        # without batch norm the ReLU is fused into the conv (conv2d_relu: one layer's passes)
+        relu = not spec.batch_norm
+        x, cache = layers.conv2d_forward(x, w, b, 1, pad, relu=relu, backend=backend)
         backend = cache.backend
-        steps.append((name, "conv", cache))
+        steps.append((name, "conv+relu" if relu else "conv", cache))
         if spec.batch_norm:  # batch norm with the ReLU fused into it (one layer's passes)
             bn = f"{name}.bn"
             x, cache = _resnet.bn_forward(params, bn, x, train, backend, relu=True)
             steps.append((bn, "bn", cache))
-        else:
-            x, cache = layers.relu_forward(x, backend=backend)
-            steps.append((name, "relu", cache))
         if pool:
             x, cache = layers.max_pool2d_forward(x, 2, 2, backend=backend)
             steps.append((name, "pool", cache))
@@ -190,8 +189,6 @@ def backbone_backward(dfeatures, cache: BackboneCache) -> dict:
     for name, kind, c in reversed(cache.steps):
         if kind == "pool":
             d = layers.max_pool2d_backward(d, c)
-        elif kind == "relu":
-            d = layers.relu_backward(d, c)
         elif kind == "bn":
             d, grads[f"{name}.gamma"], grads[f"{name}.beta"] = layers.batchnorm2d_backward(d, c)
         else:

@@ -167,11 +167,10 @@ def from_anchor_order(g, k: int, h: int, w: int):
 
 
 class SubnetCache(NamedTuple):
-    """One subnet on one level (or on all, packed): the conv and ReLU caches in forward
-    order, and the map size."""
+    """One subnet on one level (or on all, packed): the conv caches in forward order (each
+    hidden layer's ReLU fused into its conv), and the map size."""
 
-    convs: tuple  # ((conv cache, relu cache), ...) of the hidden layers (batched: conv caches,
-    # the ReLU inside each)
+    convs: tuple  # the hidden layers' conv caches (conv + ReLU, fused), forward order
     out: object  # conv cache of the output conv
     size: tuple  # (H, W) of the level; batched: ((H_0, W_0), ...) of every level
 
@@ -186,7 +185,8 @@ class RetinaNetHeadCache(NamedTuple):
 
 
 def _subnet_forward(params, name, x, backend):
-    """Hidden convs + ReLUs, then the output conv, of subnet ``name`` on one level."""
+    """Hidden convs + ReLUs (each pair one fused layer), then the output conv, of subnet
+    ``name`` on one level."""
     caches = []
     t = x
     for i in range(num_convs_of(params)):
@@ -196,10 +196,10 @@ def _subnet_forward(params, name, x, backend):
             params[f"head.{name}.conv{i}.b"],
             1,
             1,
+            relu=True,
             backend=backend,
         )
-        t, rc = layers.relu_forward(t, backend=backend)
-        caches.append((cc, rc))
+        caches.append(cc)
     out, oc = layers.conv2d_forward(
         t, params[f"head.{name}.out.w"], params[f"head.{name}.out.b"], 1, 1, backend=backend
     )
@@ -216,9 +216,7 @@ def _subnet_backward(name, dout, cache: SubnetCache, grads: dict):
     add(f"head.{name}.out.w", dw)
     add(f"head.{name}.out.b", db)
     for i in reversed(range(len(cache.convs))):
-        cc, rc = cache.convs[i]
-        dt = layers.relu_backward(dt, rc)
-        dt, dw, db = layers.conv2d_backward(dt, cc)
+        dt, dw, db = layers.conv2d_backward(dt, cache.convs[i])  # its ReLU, then its conv
         add(f"head.{name}.conv{i}.w", dw)
         add(f"head.{name}.conv{i}.b", db)
     return dt
@@ -227,7 +225,7 @@ def _subnet_backward(name, dout, cache: SubnetCache, grads: dict):
 def _subnet_forward_levels(params, name, x: Packed, backend):
     """:func:`_subnet_forward` on every level at once: ``x`` packed ``(N, C, P)``; each conv
     and its ReLU are one call over all the levels. Returns the packed output and its cache
-    (``convs``: the hidden layers' conv caches, each holding its ReLU's mask)."""
+    (``convs``: the hidden layers' conv caches, each holding its ReLU's output)."""
     caches = []
     t = x
     for i in range(num_convs_of(params)):

@@ -77,10 +77,9 @@ def init_rpn(
 
 
 class RPNCache(NamedTuple):
-    """What :func:`rpn_backward` needs: the three conv caches, the ReLU cache, the map shape."""
+    """What :func:`rpn_backward` needs: the three conv caches and the map shape."""
 
-    conv: tuple
-    relu: tuple
+    conv: tuple  # the 3x3 conv and its ReLU (conv2d_forward with relu=True)
     cls: tuple
     bbox: tuple
     shape: tuple  # (N, A, H, W)
@@ -116,10 +115,15 @@ def rpn_forward(params: dict, features, backend=None):
     n, _, h, w = features.shape
     a = params["rpn.bbox.w"].shape[0] // 4
     k = params["rpn.cls.w"].shape[0] // a
-    t, conv_cache = layers.conv2d_forward(
-        features, params["rpn.conv.w"], params["rpn.conv.b"], stride=1, padding=1, backend=backend
+    t, conv_cache = layers.conv2d_forward(  # the 3x3 conv and its ReLU, one layer
+        features,
+        params["rpn.conv.w"],
+        params["rpn.conv.b"],
+        stride=1,
+        padding=1,
+        relu=True,
+        backend=backend,
     )
-    t, relu_cache = layers.relu_forward(t)
     cls, cls_cache = layers.conv2d_forward(
         t, params["rpn.cls.w"], params["rpn.cls.b"], backend=backend
     )
@@ -128,7 +132,7 @@ def rpn_forward(params: dict, features, backend=None):
     )
     logits = _to_anchor_order(cls, n, a, k)
     deltas = _to_anchor_order(box, n, a, 4)
-    return logits, deltas, RPNCache(conv_cache, relu_cache, cls_cache, bbox_cache, (n, a, h, w))
+    return logits, deltas, RPNCache(conv_cache, cls_cache, bbox_cache, (n, a, h, w))
 
 
 def rpn_losses(logits, deltas, labels, regression_targets, beta: float = 1.0 / 9):
@@ -195,8 +199,8 @@ def rpn_backward(dlogits, ddeltas, cache: RPNCache):
     dbox = _from_anchor_order(ddeltas, n, a, 4, h, w)
     dt_cls, dw_cls, db_cls = layers.conv2d_backward(dcls, cache.cls)
     dt_box, dw_box, db_box = layers.conv2d_backward(dbox, cache.bbox)
-    dt = layers.relu_backward(dt_cls + dt_box, cache.relu)
-    dfeatures, dw_conv, db_conv = layers.conv2d_backward(dt, cache.conv)
+    # the ReLU's backward, then the conv's: one call (the mask is the conv output's > 0)
+    dfeatures, dw_conv, db_conv = layers.conv2d_backward(dt_cls + dt_box, cache.conv)
     grads = _named_grads(conv=(dw_conv, db_conv), cls=(dw_cls, db_cls), bbox=(dw_box, db_box))
     return dfeatures, grads
 
