@@ -546,9 +546,10 @@ test_batch = fmodel.load_batch(test_data, [0, 1], None, "numpy")
 def relus_firing(m):
     """Share of the class subnet's last hidden ReLUs > 0 on two test images, all levels."""
     lv, _ = m.backbone.forward(m.params, test_batch.images, False, "numpy")
-    # level by level (batched=False): the per-level caches hold each level's ReLU mask
+    # level by level (batched=False): each hidden layer is conv + ReLU fused, and its cache
+    # keeps the layer's output, whose positive entries are the ReLUs that fire
     _, _, hc = retinanet_head_forward(m.params, lv, backend="numpy", batched=False)
-    masks = [level.convs[num_convs_of(m.params) - 1][1].mask for level in hc.cls]
+    masks = [level.convs[num_convs_of(m.params) - 1].out > 0 for level in hc.cls]
     return sum(float(k.sum()) for k in masks) / sum(k.size for k in masks)
 
 
