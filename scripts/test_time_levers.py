@@ -1,4 +1,4 @@
-"""Issue 23's test-time levers on the real dev sets: the flip and the box head's NMS threshold.
+"""Issue 23's test-time levers on the real dev sets: flip, proposals, the head's NMS and scores.
 
     python scripts/test_time_levers.py RUNS DATA OUT.json [SPLIT]
 
@@ -8,10 +8,11 @@
 ``DATA/<set>/dev.json`` as trained (``base``), with ``test_flip`` on (``flip``), and with the
 head's NMS threshold at 0.6 and 0.7 (``nms0.6``, ``nms0.7``), and at 0.6 with more proposals at
 inference (``nms0.6-propsN``: the RPN keeps ``N`` after its NMS, ``3 N`` before; the checkpoints'
-own: 100 and 300); the training is the same. A folder ``RUNS/xsite-K`` may be a link to
-``RUNS/dsb-K`` (``xsite`` trains on the very files of ``dsb``). One JSON
-row per run and variant (mAP@0.5, COCO mAP, mAR@100), printed and written to ``OUT.json``, then
-the mean of each set and variant over its runs. ``SPLIT`` (default ``dev``) names the file
+own: 100 and 300), and with 500 proposals and the detections' score threshold at 0.01 and 0.001
+(``nms0.6-props500-scoreS``; the checkpoints': 0.05); the training is the same. A folder
+``RUNS/xsite-K`` may be a link to ``RUNS/dsb-K`` (``xsite`` trains on the very files of
+``dsb``). One JSON row per run and variant (mAP@0.5, COCO mAP, mAR@100), printed and written
+to ``OUT.json``, then the mean of each set and variant over its runs. ``SPLIT`` (default ``dev``) names the file
 evaluated: ``test`` reports the test split, once, after the choices were made on ``dev``.
 """
 
@@ -26,7 +27,8 @@ from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.engine.inference import evaluate_model
 
 METRICS = ("map50", "map", "mar_100")
-PROPOSALS = (150, 200, 300, 500, 700, 1000)  # proposals kept after NMS at inference (the tiny preset: 100)
+PROPOSALS = (150, 200, 300, 500, 700, 1000)  # kept after the RPN's NMS at inference (preset: 100)
+SCORES = (0.01, 0.001)  # score thresholds of the kept detections (the tiny preset: 0.05)
 
 
 def variants(model):
@@ -40,6 +42,13 @@ def variants(model):
             box_nms_thresh=0.6, rpn_post_nms_top_n_test=post, rpn_pre_nms_top_n_test=3 * post
         )
         yield f"nms0.6-props{post}", type(model)(config, model.class_names, params=model.params)
+    for score in SCORES:  # ... and a lower score threshold of the kept detections (rule 9)
+        config = model.config.replace(
+            box_nms_thresh=0.6, rpn_post_nms_top_n_test=500, rpn_pre_nms_top_n_test=1500,
+            box_score_thresh=score,
+        )
+        name = f"nms0.6-props500-score{score:g}"
+        yield name, type(model)(config, model.class_names, params=model.params)
 
 
 def _with(model, **attrs):

@@ -55,6 +55,11 @@ and their boxes and picks, printing every choice (``minirccn train`` and
    :data:`MAX_TEST_PROPOSALS`, and :data:`PRE_NMS_FACTOR` times as many before NMS: with 15-45
    objects per image, 100 proposals leave objects without one (docs/real_data.md: recall
    and mAP@0.5 rise up to 200-500 proposals on every real set, most on the densest).
+9. **The score threshold of the evaluated detections.** ``box_score_thresh`` 0.001 instead
+   of 0.05: detections scoring 0.001-0.05 are the tail of the precision-recall curve, where
+   a found object still raises recall and AP (the usual COCO evaluation practice). What
+   ``minirccn detect`` writes and draws is cut at its own ``--score-thresh`` (0.5), as are
+   the training run's ``detections.png``.
 
 The caps and rule 5 rest on one measured composite set of real photographs (numbers:
 docs/presets.md, "Defaults derived from the data").
@@ -88,8 +93,8 @@ MIN_ANCHOR = 8  # smallest anchor side, pixels (two cells of the finest stride)
 #: augmentation turned on for data other than shapes (rule 5)
 #: the RoI pooling of every derived config (rule 6)
 ROI_POOL = {"box_roi_pool": "roi_align", "box_roi_pool_aligned": True}
-#: the box head's NMS IoU threshold of every derived config (rule 7)
-BOX_NMS = {"box_nms_thresh": 0.6}
+#: the box head's NMS IoU threshold (rule 7) and score threshold (rule 9) of every derived config
+BOX_NMS = {"box_nms_thresh": 0.6, "box_score_thresh": 0.001}
 TEST_PROPOSALS = 500  # rule 8: proposals kept after NMS at inference, at least
 PROPOSALS_PER_OBJECT = 10  # ... or this many per object of a crowded image (95th percentile)
 MAX_TEST_PROPOSALS = 1000  # ... at most
@@ -416,8 +421,10 @@ def format_report(report: dict) -> str:
         f"  RoI pooling     box_roi_pool={f['box_roi_pool']} aligned="
         f"{str(f['box_roi_pool_aligned']).lower()} (bilinear, not rounded to whole cells: "
         f"small objects cover few cells)",
-        f"  box NMS         box_nms_thresh={f['box_nms_thresh']} (neighbouring objects of a "
-        f"class overlap: 0.5 merges the boxes of some touching ones)",
+        f"  box head        box_nms_thresh={f['box_nms_thresh']} (neighbouring objects of a "
+        f"class overlap: 0.5 merges the boxes of some touching ones); box_score_thresh="
+        f"{f['box_score_thresh']:g} (low-scoring detections still add recall to the evaluation; "
+        f"detect draws and writes those >= its --score-thresh)",
         f"  proposals       rpn_pre_nms_top_n_test={f['rpn_pre_nms_top_n_test']} "
         f"rpn_post_nms_top_n_test={f['rpn_post_nms_top_n_test']} at inference (at least "
         f"{TEST_PROPOSALS}, {PROPOSALS_PER_OBJECT} per object of a crowded image: 95th "

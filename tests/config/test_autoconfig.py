@@ -129,6 +129,8 @@ def test_derived_fields_make_a_valid_config_and_report():
     text = A.format_report(report)
     assert cfg.box_roi_pool == "roi_align" and cfg.box_roi_pool_aligned  # rule 6
     assert cfg.box_nms_thresh == 0.6 and preset("tiny").box_nms_thresh == 0.5  # rule 7
+    assert cfg.box_score_thresh == 0.001 and preset("tiny").box_score_thresh == 0.05  # rule 9
+    assert "box_score_thresh=0.001" in text
     words = ("min_size", "anchor_sizes", "stride", "iters", "jitter_hue", "roi_align")
     for word in words + ("box_nms_thresh=0.6",):
         assert word in text
