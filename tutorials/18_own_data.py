@@ -529,7 +529,7 @@ print(f"missed at IoU 0.5: {fix_kinds[0]} nuclei; {fix_kinds[1]} of them touch o
       f"{fix_kinds[2]} touch the tile's edge, {fix_kinds[3]} neither")
 T.check(fix_cfg.min_size == native and fix_cfg.box_roi_pool == "roi_align",
         "the fixed run used the derived native size and RoIAlign")
-T.check(fix_cfg.box_nms_thresh == base_cfg.box_nms_thresh == autoconfig.BOX_NMS["box_nms_thresh"] == 0.6,
+T.check(fix_cfg.box_nms_thresh == base_cfg.box_nms_thresh == autoconfig.BOX_HEAD["box_nms_thresh"] == 0.6,
         "both runs use the derived box NMS at IoU 0.6 that section 3 and exercise 3 name")
 T.check(fix_cfg.rpn_post_nms_top_n_test == base_cfg.rpn_post_nms_top_n_test == 500
         and preset("tiny").rpn_post_nms_top_n_test == 100,

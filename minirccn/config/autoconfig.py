@@ -94,7 +94,7 @@ MIN_ANCHOR = 8  # smallest anchor side, pixels (two cells of the finest stride)
 #: the RoI pooling of every derived config (rule 6)
 ROI_POOL = {"box_roi_pool": "roi_align", "box_roi_pool_aligned": True}
 #: the box head's NMS IoU threshold (rule 7) and score threshold (rule 9) of every derived config
-BOX_NMS = {"box_nms_thresh": 0.6, "box_score_thresh": 0.001}
+BOX_HEAD = {"box_nms_thresh": 0.6, "box_score_thresh": 0.001}
 TEST_PROPOSALS = 500  # rule 8: proposals kept after NMS at inference, at least
 PROPOSALS_PER_OBJECT = 10  # ... or this many per object of a crowded image (95th percentile)
 MAX_TEST_PROPOSALS = 1000  # ... at most
@@ -267,11 +267,10 @@ def objects_per_image(stats: dict) -> np.ndarray:
     return np.bincount(stats["box_image"], minlength=len(stats["heights"]))
 
 
-def choose_test_proposals(stats: dict) -> dict:
+def choose_test_proposals(p95: float) -> dict:
     """Rule 8: ``rpn_post_nms_top_n_test = clip(PROPOSALS_PER_OBJECT * p95, TEST_PROPOSALS,
     MAX_TEST_PROPOSALS)`` (rounded up to a multiple of 50; ``p95``: the 95th percentile of
     :func:`objects_per_image`) and ``rpn_pre_nms_top_n_test = PRE_NMS_FACTOR * post``."""
-    p95 = _percentile(objects_per_image(stats), 95)
     per_object = int(math.ceil(PROPOSALS_PER_OBJECT * p95 / 50.0)) * 50
     post = int(min(max(TEST_PROPOSALS, per_object), MAX_TEST_PROPOSALS))
     return {"rpn_pre_nms_top_n_test": PRE_NMS_FACTOR * post, "rpn_post_nms_top_n_test": post}
@@ -323,6 +322,7 @@ def derive(
     bw, bh = scaled_boxes(stats, min_size, max_size)
     sizes, ratios = choose_anchors(bw, bh)
     stride = choose_stride(bw, bh)
+    objects_p95 = _percentile(objects_per_image(stats), 95)
     budget = DEFAULT_MINUTES if minutes is None else float(minutes)
     capped = False
     if iters is None:
@@ -347,8 +347,8 @@ def derive(
         "images_per_batch": int(images_per_batch),
         **(AUGMENT if epochs >= AUGMENT_EPOCHS else {}),
         **ROI_POOL,
-        **BOX_NMS,
-        **choose_test_proposals(stats),
+        **BOX_HEAD,
+        **choose_test_proposals(objects_p95),
         **schedule(iters),
         "eval_every": max(int(iters) // EVALUATIONS, 1),
     }
@@ -371,7 +371,7 @@ def derive(
             for q in (10, 50, 90)
         ],
         "stride": stride,
-        "objects_per_image_p95": round(_percentile(objects_per_image(stats), 95), 1),
+        "objects_per_image_p95": round(objects_p95, 1),
         "minutes": budget,
         "modelled_step_seconds": round(step_seconds(min_size, max_size, stride, images_per_batch), 4),
         "epochs": round(epochs, 1),
