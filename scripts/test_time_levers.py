@@ -9,7 +9,9 @@
 head's NMS threshold at 0.6 and 0.7 (``nms0.6``, ``nms0.7``), and at 0.6 with more proposals at
 inference (``nms0.6-propsN``: the RPN keeps ``N`` after its NMS, ``3 N`` before; the checkpoints'
 own: 100 and 300), and with 500 proposals and the detections' score threshold at 0.01 and 0.001
-(``nms0.6-props500-scoreS``; the checkpoints': 0.05); the training is the same. A folder
+(``nms0.6-props500-scoreS``; the checkpoints': 0.05), and with the tiny preset's values of
+those four fields (``preset-test-time``: what rules 7-9 replaced, for checkpoints trained with
+them); the training is the same. A folder
 ``RUNS/xsite-K`` may be a link to ``RUNS/dsb-K`` (``xsite`` trains on the very files of
 ``dsb``). One JSON row per run and variant (mAP@0.5, COCO mAP, mAR@100), printed and written
 to ``OUT.json``, then the mean of each set and variant over its runs. ``SPLIT`` (default ``dev``) names the file
@@ -22,6 +24,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from minirccn.config import preset
 from minirccn.data import load_dataset
 from minirccn.engine.checkpoint import load_checkpoint
 from minirccn.engine.inference import evaluate_model
@@ -42,6 +45,12 @@ def variants(model):
             box_nms_thresh=0.6, rpn_post_nms_top_n_test=post, rpn_pre_nms_top_n_test=3 * post
         )
         yield f"nms0.6-props{post}", type(model)(config, model.class_names, params=model.params)
+    tiny = preset("tiny")  # the preset's test-time fields, which rules 7-9 replace
+    fields = (
+        "box_nms_thresh", "box_score_thresh", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test"
+    )
+    config = model.config.replace(**{k: getattr(tiny, k) for k in fields})
+    yield "preset-test-time", type(model)(config, model.class_names, params=model.params)
     for score in SCORES:  # ... and a lower score threshold of the kept detections (rule 9)
         config = model.config.replace(
             box_nms_thresh=0.6, rpn_post_nms_top_n_test=500, rpn_pre_nms_top_n_test=1500,
