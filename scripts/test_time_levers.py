@@ -18,7 +18,6 @@ to ``OUT.json``, then the mean of each set and variant over its runs. ``SPLIT`` 
 evaluated: ``test`` reports the test split, once, after the choices were made on ``dev``.
 """
 
-import dataclasses
 import json
 import sys
 from collections import defaultdict
@@ -37,33 +36,28 @@ SCORES = (0.01, 0.001)  # score thresholds of the kept detections (the tiny pres
 def variants(model):
     """``(name, model)`` pairs: the checkpoint's model changed at test time only."""
     yield "base", model
-    yield "flip", _with(model, config=model.config.replace(test_flip=True))
+    yield "flip", _rebuilt(model, test_flip=True)
     for t in (0.6, 0.7):
-        yield f"nms{t}", _with(model, postprocess=dataclasses.replace(model.postprocess, nms_thresh=t))
+        yield f"nms{t}", _rebuilt(model, box_nms_thresh=t)
     for post in PROPOSALS:  # the head's NMS at 0.6 (rule 7) and more proposals (rule 8)
-        config = model.config.replace(
-            box_nms_thresh=0.6, rpn_post_nms_top_n_test=post, rpn_pre_nms_top_n_test=3 * post
+        yield f"nms0.6-props{post}", _rebuilt(
+            model, box_nms_thresh=0.6, rpn_post_nms_top_n_test=post, rpn_pre_nms_top_n_test=3 * post
         )
-        yield f"nms0.6-props{post}", type(model)(config, model.class_names, params=model.params)
     tiny = preset("tiny")  # the preset's test-time fields, which rules 7-9 replace
     fields = (
         "box_nms_thresh", "box_score_thresh", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test"
     )
-    config = model.config.replace(**{k: getattr(tiny, k) for k in fields})
-    yield "preset-test-time", type(model)(config, model.class_names, params=model.params)
+    yield "preset-test-time", _rebuilt(model, **{k: getattr(tiny, k) for k in fields})
     for score in SCORES:  # ... and a lower score threshold of the kept detections (rule 9)
-        config = model.config.replace(
-            box_nms_thresh=0.6, rpn_post_nms_top_n_test=500, rpn_pre_nms_top_n_test=1500,
+        yield f"nms0.6-props500-score{score:g}", _rebuilt(
+            model, box_nms_thresh=0.6, rpn_post_nms_top_n_test=500, rpn_pre_nms_top_n_test=1500,
             box_score_thresh=score,
         )
-        name = f"nms0.6-props500-score{score:g}"
-        yield name, type(model)(config, model.class_names, params=model.params)
 
 
-def _with(model, **attrs):
-    clone = type(model).__new__(type(model))
-    clone.__dict__.update(model.__dict__, **attrs)
-    return clone
+def _rebuilt(model, **fields):
+    """The checkpoint's model, its config's test-time ``fields`` replaced, the same parameters."""
+    return type(model)(model.config.replace(**fields), model.class_names, params=model.params)
 
 
 def main(runs: Path, data: Path, out: Path, split: str = "dev") -> None:
