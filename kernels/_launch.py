@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import time
 from pathlib import Path
@@ -189,6 +190,22 @@ def blas_threads_for(flops: int, serial_below: int = BLAS_SERIAL_BELOW):
         yield
     finally:
         set_(previous)
+
+
+#: the reusable scratch arrays of the CPU kernels, by (slot, dtype) (see :func:`scratch_buffer`)
+_scratch: dict = {}
+
+
+def scratch_buffer(slot: str, shape, dtype):
+    """A reusable ``shape`` array of ``dtype`` (contents undefined): one per ``slot`` and
+    dtype, grown when a bigger one is asked for, so that steady-state calls allocate nothing."""
+    size = math.prod(shape)
+    key = (slot, np.dtype(dtype))
+    buf = _scratch.get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1), dtype=dtype)
+        _scratch[key] = buf
+    return buf[:size].reshape(shape)
 
 
 def blocks(items: int, threads: int = THREADS) -> int:

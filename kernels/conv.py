@@ -55,8 +55,6 @@ return ``dx``; ``kernel_size``, ``stride`` and ``padding`` are ``(along H, along
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from minirccn.kernels._launch import (
@@ -65,9 +63,15 @@ from minirccn.kernels._launch import (
     blas_threads_for,
     blocks,
     cpu_threads_for,
+    scratch_buffer,
     unravel4,
 )
 from minirccn.kernels.layers import relu_backward_from_output
+from minirccn.kernels.winograd import (
+    WinogradSaved,
+    conv2d_winograd_backward_numba,
+    conv2d_winograd_numba,
+)
 from numba import cuda
 
 # --------------------------------------------------------------------------- CPU
@@ -225,26 +229,34 @@ def col2im_numba(cols, x_shape, kernel_size, stride, padding):
 #: the scratch buffer is reused by every block and every call (no fresh pages to fault in)
 BLOCK_ELEMENTS = 1 << 18
 
-_scratch: dict = {}
-
-
-def _buffer(slot: str, shape, dtype):
-    """A reusable ``shape`` array of ``dtype`` (contents undefined): one per ``slot`` and
-    dtype, grown when a bigger one is asked for, so that steady-state calls allocate nothing."""
-    size = math.prod(shape)
-    key = (slot, np.dtype(dtype))
-    buf = _scratch.get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(max(size, 1), dtype=dtype)
-        _scratch[key] = buf
-    return buf[:size].reshape(shape)
-
 
 def _row_blocks(ho, wo, rows):
     """``[(oh0, oh1), ...]``: output rows split so that ``rows * (oh1 - oh0) * Wo`` stays
     within :data:`BLOCK_ELEMENTS` (at least one output row per block)."""
     step = max(1, min(ho, BLOCK_ELEMENTS // max(1, rows * wo)))
     return [(oh0, min(oh0 + step, ho)) for oh0 in range(0, ho, step)]
+
+
+#: the 3x3, stride-1 convolutions that go the Winograd way (kernels/winograd.py: 2.25 times
+#: fewer multiply-adds, but four passes over transformed copies of the data) have at least
+#: this many 2x2 output tiles and channels on each side; below, the transforms' fixed cost and
+#: the small GEMMs lose to im2col (measured, docs/conv.md: Winograd)
+WINOGRAD_MIN_TILES = 256
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def use_winograd(x_shape, w_shape, stride, padding) -> bool:
+    """Whether :func:`conv2d_numba` computes this convolution by F(2x2, 3x3): a 3x3 kernel,
+    stride 1, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and filters and
+    :data:`WINOGRAD_MIN_TILES` output tiles (``N * ceil(Ho / 2) * ceil(Wo / 2)``)."""
+    n, c, h, wd = x_shape
+    f, _, kh, kw = w_shape
+    if (kh, kw) != (3, 3) or tuple(stride) != (1, 1):
+        return False
+    if c < WINOGRAD_MIN_CHANNELS or f < WINOGRAD_MIN_CHANNELS:
+        return False
+    ho, wo = h + 2 * padding[0] - 2, wd + 2 * padding[1] - 2
+    return n * ((ho + 1) // 2) * ((wo + 1) // 2) >= WINOGRAD_MIN_TILES
 
 
 def conv2d_numba(x, w, b, stride, padding):
@@ -260,6 +272,8 @@ def conv2d_numba(x, w, b, stride, padding):
     ``C*kh*kw`` differently, so the result agrees with the reference to rounding (not bit for
     bit; tests/nn/test_conv.py checks the tolerance in float32 and float64).
     """
+    if use_winograd(x.shape, w.shape, stride, padding):
+        return conv2d_winograd_numba(x, w, b, padding)
     out, saved = _conv2d_products(x, w, stride, padding)
     out += b[None, :, None]
     return out.reshape(_out_shape(x, w, stride, padding)), saved
@@ -270,6 +284,8 @@ def conv2d_relu_numba(x, w, b, stride, padding):
     pass: the products, then one Numba pass ``out = max(out + b[f], 0)`` in place (the same
     float adds as NumPy's ``out += b``, so :func:`conv2d_numba` then the ReLU, bit for bit).
     ``saved`` as :func:`conv2d_numba`'s; the layer keeps ``out`` for the backward's mask."""
+    if use_winograd(x.shape, w.shape, stride, padding):
+        return conv2d_winograd_numba(x, w, b, padding, relu=True)
     out, saved = _conv2d_products(x, w, stride, padding)
     with cpu_threads_for(out.size):
         _bias_relu(out, np.ascontiguousarray(b))
@@ -310,7 +326,7 @@ def _conv2d_products(x, w, stride, padding):
         xpad = _padded(x, ph, pw)
         out = np.empty((n, f, ho * wo), dtype=x.dtype)
         for oh0, oh1 in _row_blocks(ho, wo, rows):
-            cols = _buffer("cols", (rows, (oh1 - oh0) * wo), x.dtype)
+            cols = scratch_buffer("cols", (rows, (oh1 - oh0) * wo), x.dtype)
             for i in range(n):
                 _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)
                 np.matmul(w2, cols, out=out[i, :, oh0 * wo : oh1 * wo])
@@ -333,6 +349,8 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
     adds the images' whole products), and ``dx`` receives each pixel's contributions block by
     block (the reference: kernel offset by kernel offset): equal to rounding.
     """
+    if isinstance(saved, WinogradSaved):  # the forward took the Winograd path
+        return conv2d_winograd_backward_numba(dout, saved, w, x_shape, padding)
     xpad = saved
     dout = np.ascontiguousarray(dout)
     n, c, h, wd = x_shape
@@ -344,7 +362,7 @@ def conv2d_backward_numba(dout, saved, w, x_shape, stride, padding):
     d2 = dout.reshape(n, f, ho * wo)
     db = d2.sum(axis=(0, 2))
     dw = np.empty((f, rows), dtype=w.dtype)
-    part = _buffer("dw", (f, rows), w.dtype)
+    part = scratch_buffer("dw", (f, rows), w.dtype)
     with blas_threads_for(4 * n * f * rows * ho * wo):  # small GEMMs: one BLAS thread
         return _conv2d_backward_blocks(d2, xpad, w2t, x_shape, (kh, kw), stride, padding, dw, part, db)
 
@@ -354,7 +372,7 @@ def conv2d_relu_backward_numba(dout, saved, out, w, x_shape, stride, padding):
     ``where(out > 0, dout, 0)`` into a reused buffer (the mask read off the forward's output,
     none kept), then :func:`conv2d_backward_numba` on it: the unfused pair's numbers, bit for
     bit (the same sums of the same values)."""
-    dy = _buffer("relu.grad", dout.shape, dout.dtype)  # consumed before the next conv's call
+    dy = scratch_buffer("relu.grad", dout.shape, dout.dtype)  # consumed before the next conv's call
     relu_backward_from_output(dout, out, dy)
     return conv2d_backward_numba(dy, saved, w, x_shape, stride, padding)
 
@@ -377,8 +395,8 @@ def _conv2d_backward_blocks(d2, xpad, w2t, x_shape, kernel_size, stride, padding
     dxpad = np.zeros(xpad.shape, dtype=d2.dtype)
     first = True
     for oh0, oh1 in _row_blocks(ho, wo, rows):
-        cols = _buffer("cols", (rows, (oh1 - oh0) * wo), xpad.dtype)
-        dcols = _buffer("dcols", (rows, (oh1 - oh0) * wo), xpad.dtype)
+        cols = scratch_buffer("cols", (rows, (oh1 - oh0) * wo), xpad.dtype)
+        dcols = scratch_buffer("dcols", (rows, (oh1 - oh0) * wo), xpad.dtype)
         for i in range(n):
             block = d2[i, :, oh0 * wo : oh1 * wo]
             _im2col_rows(xpad[i], kh, kw, sh, sw, oh0, oh1, wo, cols)

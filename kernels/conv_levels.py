@@ -35,8 +35,8 @@ import functools
 
 import numba
 import numpy as np
-from minirccn.kernels._launch import blas_threads_for, cpu_threads_for
-from minirccn.kernels.conv import _bias_relu, _buffer, _valid_range
+from minirccn.kernels._launch import blas_threads_for, cpu_threads_for, scratch_buffer
+from minirccn.kernels.conv import _bias_relu, _valid_range
 from minirccn.kernels.layers import relu_backward_from_output
 
 #: the GEMMs of a batched pyramid conv split well over two OpenBLAS threads from about this many
@@ -183,7 +183,7 @@ def conv2d_levels_numba(x, sizes, w, b, stride, padding, relu):
             out = np.matmul(w2, x)
     else:
         _, po = _table(sizes, (kh, kw), stride, padding)
-        cols = _buffer("levels.cols", (n, rows, po), x.dtype)
+        cols = scratch_buffer("levels.cols", (n, rows, po), x.dtype)
         im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
         out = np.empty((n, f, po), dtype=x.dtype)
         with blas_threads_for(2 * n * f * rows * po, LEVELS_BLAS_SERIAL_BELOW):
@@ -210,7 +210,7 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     w2t = np.ascontiguousarray(w).reshape(f, rows).T
     if relu_out is not None:  # through the ReLU first: dout where out > 0, one pass, no mask
         dout = relu_backward_from_output(
-            dout, relu_out, _buffer("relu.grad", dout.shape, dout.dtype)
+            dout, relu_out, scratch_buffer("relu.grad", dout.shape, dout.dtype)
         )
     db = dout.sum(axis=(0, 2))
     po = dout.shape[2]
@@ -218,12 +218,12 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
     if pointwise:
         cols = x
     else:
-        cols = _buffer("levels.cols", (n, rows, po), x.dtype)
+        cols = scratch_buffer("levels.cols", (n, rows, po), x.dtype)
         im2col_levels_numba(x, sizes, (kh, kw), stride, padding, out=cols)
     # dW^T = cols @ dout^T, written into a contiguous (C*kh*kw, F) array: on this OpenBLAS
     # 1.5x faster than dout @ cols^T for these thin shapes (F = 32, Po ~ 1400); equal to rounding
     dwt = np.zeros((rows, f), dtype=w.dtype)
-    part = _buffer("levels.dwt", (rows, f), w.dtype)
+    part = scratch_buffer("levels.dwt", (rows, f), w.dtype)
     with blas_threads_for(2 * n * f * rows * po, LEVELS_BLAS_SERIAL_BELOW):  # per GEMM
         for i in range(n):
             np.matmul(cols[i], dout[i].T, out=dwt if i == 0 else part)
@@ -232,7 +232,7 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
         dw = np.ascontiguousarray(dwt.T).reshape(w.shape)
         if pointwise:
             return np.matmul(w2t, dout), dw, db
-        dcols = _buffer("levels.dcols", (n, rows, po), x.dtype)
+        dcols = scratch_buffer("levels.dcols", (n, rows, po), x.dtype)
         np.matmul(w2t, dout, out=dcols)
     dx = col2im_levels_numba(dcols, sizes, x_shape, (kh, kw), stride, padding)
     return dx, dw, db

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirccn.core.dispatch import kernel
+from minirccn.kernels import _launch
 from minirccn.kernels import conv as kconv
 from minirccn.nn import conv
 from minirccn.nn.gradcheck import check_layer
@@ -418,10 +419,10 @@ def test_conv2d_numba_reuses_its_buffers():
     b = np.zeros(3, np.float32)
     out, c = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
     conv.conv2d_backward(out, c)
-    before = {k: id(v) for k, v in kconv._scratch.items()}
+    before = {k: id(v) for k, v in _launch._scratch.items()}
     out, c = conv.conv2d_forward(x, w, b, 1, 1, backend="numba")
     conv.conv2d_backward(out, c)
-    assert {k: id(v) for k, v in kconv._scratch.items()} == before
+    assert {k: id(v) for k, v in _launch._scratch.items()} == before
 
 
 # ----------------------------------------------------------------------------- non-square kernels
@@ -615,8 +616,8 @@ def test_conv2d_relu_numba_reuses_its_buffers_and_keeps_no_mask():
     b = np.zeros(3, np.float32)
     out, c = conv.conv2d_forward(x, w, b, 1, 1, relu=True, backend="numba")
     conv.conv2d_backward(out, c)
-    before = {k: id(v) for k, v in kconv._scratch.items()}
+    before = {k: id(v) for k, v in _launch._scratch.items()}
     out, c = conv.conv2d_forward(x, w, b, 1, 1, relu=True, backend="numba")
     conv.conv2d_backward(out, c)
-    assert {k: id(v) for k, v in kconv._scratch.items()} == before
+    assert {k: id(v) for k, v in _launch._scratch.items()} == before
     assert c.out is out and not any(getattr(a, "dtype", None) == np.bool_ for a in c)
