@@ -71,6 +71,7 @@ from minirccn.kernels.winograd import (
     WinogradSaved,
     conv2d_winograd_backward_numba,
     conv2d_winograd_numba,
+    use_winograd,
 )
 from numba import cuda
 
@@ -237,28 +238,6 @@ def _row_blocks(ho, wo, rows):
     return [(oh0, min(oh0 + step, ho)) for oh0 in range(0, ho, step)]
 
 
-#: the 3x3, stride-1 convolutions that go the Winograd way (kernels/winograd.py: 2.25 times
-#: fewer multiply-adds, but four passes over transformed copies of the data) have at least
-#: this many 2x2 output tiles and channels on each side; below, the transforms' fixed cost and
-#: the small GEMMs lose to im2col (measured, docs/conv.md: Winograd)
-WINOGRAD_MIN_TILES = 256
-WINOGRAD_MIN_CHANNELS = 16
-
-
-def use_winograd(x_shape, w_shape, stride, padding) -> bool:
-    """Whether :func:`conv2d_numba` computes this convolution by F(2x2, 3x3): a 3x3 kernel,
-    stride 1, at least :data:`WINOGRAD_MIN_CHANNELS` input channels and filters and
-    :data:`WINOGRAD_MIN_TILES` output tiles (``N * ceil(Ho / 2) * ceil(Wo / 2)``)."""
-    n, c, h, wd = x_shape
-    f, _, kh, kw = w_shape
-    if (kh, kw) != (3, 3) or tuple(stride) != (1, 1):
-        return False
-    if c < WINOGRAD_MIN_CHANNELS or f < WINOGRAD_MIN_CHANNELS:
-        return False
-    ho, wo = h + 2 * padding[0] - 2, wd + 2 * padding[1] - 2
-    return n * ((ho + 1) // 2) * ((wo + 1) // 2) >= WINOGRAD_MIN_TILES
-
-
 def conv2d_numba(x, w, b, stride, padding):
     """``(out (N, F, Ho, Wo), saved)``: the reference's convolution, one block of output rows
     at a time (Numba unfolds the block into a reused buffer, BLAS multiplies it straight into
@@ -272,7 +251,7 @@ def conv2d_numba(x, w, b, stride, padding):
     ``C*kh*kw`` differently, so the result agrees with the reference to rounding (not bit for
     bit; tests/nn/test_conv.py checks the tolerance in float32 and float64).
     """
-    if use_winograd(x.shape, w.shape, stride, padding):
+    if use_winograd(x.shape[:2], w.shape, stride, (x.shape[2:],), padding):
         return conv2d_winograd_numba(x, w, b, padding)
     out, saved = _conv2d_products(x, w, stride, padding)
     out += b[None, :, None]
@@ -284,7 +263,7 @@ def conv2d_relu_numba(x, w, b, stride, padding):
     pass: the products, then one Numba pass ``out = max(out + b[f], 0)`` in place (the same
     float adds as NumPy's ``out += b``, so :func:`conv2d_numba` then the ReLU, bit for bit).
     ``saved`` as :func:`conv2d_numba`'s; the layer keeps ``out`` for the backward's mask."""
-    if use_winograd(x.shape, w.shape, stride, padding):
+    if use_winograd(x.shape[:2], w.shape, stride, (x.shape[2:],), padding):
         return conv2d_winograd_numba(x, w, b, padding, relu=True)
     out, saved = _conv2d_products(x, w, stride, padding)
     with cpu_threads_for(out.size):

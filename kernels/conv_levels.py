@@ -27,6 +27,10 @@ stride, padding, relu)`` returns ``(out, saved)`` with ``saved`` the packed inpu
 ReLU's output (its mask is ``out > 0``; None without a ReLU);
 ``conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding)`` returns
 ``(dx, dw, db)``.
+
+3x3, stride-1 convs with enough tiles and channels go Winograd's way (``kernels/winograd.py``,
+specification :func:`minirccn.nn.winograd.conv2d_winograd_levels_reference`): equal to the
+im2col reference to rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ import numpy as np
 from minirccn.kernels._launch import blas_threads_for, cpu_threads_for, scratch_buffer
 from minirccn.kernels.conv import _bias_relu, _valid_range
 from minirccn.kernels.layers import relu_backward_from_output
+from minirccn.kernels.winograd import (
+    WinogradSaved,
+    conv2d_winograd_levels_backward_numba,
+    conv2d_winograd_levels_numba,
+    use_winograd,
+)
 
 #: the GEMMs of a batched pyramid conv split well over two OpenBLAS threads from about this many
 #: floating-point operations (measured, RetinaNet's head: 32 filters, 3x3 over 32 channels, one
@@ -172,9 +182,15 @@ def conv2d_levels_numba(x, sizes, w, b, stride, padding, relu):
     pass into a reused buffer and multiplied in one GEMM per image (BLAS writes straight into
     ``out``), then the bias (and the ReLU) in one pass (:func:`minirccn.kernels.conv._bias_relu`).
     ``saved`` is ``(x, out)``: the packed input (the backward unfolds it again) and, with the
-    ReLU, its output (the backward's mask is ``out > 0``), else None."""
+    ReLU, its output (the backward's mask is ``out > 0``), else None. A 3x3, stride-1 conv
+    with enough tiles and channels (:func:`minirccn.kernels.winograd.use_winograd`) goes
+    Winograd's way instead, every level's tiles in the same 16 GEMMs; ``saved`` then holds the
+    :class:`~minirccn.kernels.winograd.WinogradSaved` in place of ``x``."""
     n, c, _ = x.shape
     f, _, kh, kw = w.shape
+    if use_winograd((n, c), w.shape, stride, sizes, padding):  # kernels/winograd.py
+        out, saved = conv2d_winograd_levels_numba(x, sizes, w, b, padding, relu)
+        return out, (saved, out if relu else None)
     rows = c * kh * kw
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(w).reshape(f, rows)
@@ -212,6 +228,8 @@ def conv2d_levels_backward_numba(dout, saved, w, sizes, x_shape, stride, padding
         dout = relu_backward_from_output(
             dout, relu_out, scratch_buffer("relu.grad", dout.shape, dout.dtype)
         )
+    if isinstance(x, WinogradSaved):  # the forward took the Winograd path
+        return conv2d_winograd_levels_backward_numba(dout, x, w, sizes, x_shape, padding)
     db = dout.sum(axis=(0, 2))
     po = dout.shape[2]
     pointwise = _pointwise((kh, kw), stride, padding)

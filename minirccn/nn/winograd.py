@@ -133,6 +133,38 @@ def conv2d_winograd_reference(x, w, b, padding):
     return output_transform(m, n, ho, wo) + b[None, :, None, None], v
 
 
+def grad_output_transform(dout, th, tw):
+    """``dM (16, F, N*th*tw)``: each tile's 2x2 output gradient ``dY``, transformed, ``A dY
+    A^T`` (``dout (N, F, Ho, Wo)`` zero-padded to whole tiles first)."""
+    n, f = dout.shape[:2]
+    at = AT.astype(dout.dtype)
+    dy = np.zeros((n, f, 2 * th, 2 * tw), dtype=dout.dtype)
+    dy[:, :, : dout.shape[2], : dout.shape[3]] = dout
+    dy = dy.reshape(n, f, th, 2, tw, 2)
+    return np.einsum("pa,nfypxq,qb->abfnyx", at, dy, at).reshape(16, f, -1)
+
+
+def grad_input_transform(dv, x_shape, padding):
+    """``dx (N, C, H, W)`` from ``dV (16, C, N*th*tw)``: every tile's ``B dV B^T`` (4x4) added
+    at its input window (the windows overlap), then the padding cropped."""
+    n, c, h, wd = x_shape
+    _, _, th, tw = tiles(h, wd, padding)
+    bt = BT.astype(dv.dtype)
+    dd = np.einsum("ai,abcnyx,bj->ncyxij", bt, dv.reshape(4, 4, c, n, th, tw), bt)
+    dxpad = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=dv.dtype)
+    for i in range(4):  # one strided add per window offset
+        for j in range(4):
+            dxpad[:, :, i : i + 2 * th : 2, j : j + 2 * tw : 2] += dd[..., i, j]
+    ph, pw = padding
+    return dxpad[:, :, ph : ph + h, pw : pw + wd]
+
+
+def filter_gradient(du, f, c):
+    """``dw (F, C, 3, 3)`` = ``G^T dU G`` of ``du (16, F, C)``."""
+    g = G.astype(du.dtype)
+    return np.einsum("ai,abfc,bj->fcij", g, du.reshape(4, 4, f, c), g)
+
+
 def conv2d_winograd_backward_reference(dout, saved, w, x_shape, padding):
     """Gradients of :func:`conv2d_winograd_reference` (NumPy reference).
 
@@ -149,20 +181,96 @@ def conv2d_winograd_backward_reference(dout, saved, w, x_shape, padding):
     """
     n, c, h, wd = x_shape
     f = w.shape[0]
-    ph, pw = padding
     _, _, th, tw = tiles(h, wd, padding)
-    dtype = dout.dtype
-    at, bt, g = AT.astype(dtype), BT.astype(dtype), G.astype(dtype)
-    dy = np.zeros((n, f, 2 * th, 2 * tw), dtype=dtype)
-    dy[:, :, : dout.shape[2], : dout.shape[3]] = dout
-    dy = dy.reshape(n, f, th, 2, tw, 2)
-    dm = np.einsum("pa,nfypxq,qb->abfnyx", at, dy, at).reshape(16, f, -1)  # (16, F, T)
-    du = np.matmul(dm, saved.transpose(0, 2, 1))  # (16, F, C)
-    dw = np.einsum("ai,abfc,bj->fcij", g, du.reshape(4, 4, f, c), g)
+    dm = grad_output_transform(dout, th, tw)  # (16, F, T)
+    dw = filter_gradient(np.matmul(dm, saved.transpose(0, 2, 1)), f, c)  # dU = dM @ V^T
     dv = np.matmul(filter_transform(w).transpose(0, 2, 1), dm)  # (16, C, T)
-    dd = np.einsum("ai,abcnyx,bj->ncyxij", bt, dv.reshape(4, 4, c, n, th, tw), bt)
-    dxpad = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=dtype)
-    for i in range(4):  # the 4x4 windows overlap: one strided add per window offset
-        for j in range(4):
-            dxpad[:, :, i : i + 2 * th : 2, j : j + 2 * tw : 2] += dd[..., i, j]
-    return dxpad[:, :, ph : ph + h, pw : pw + wd], dw, dout.sum(axis=(0, 2, 3))
+    return grad_input_transform(dv, x_shape, padding), dw, dout.sum(axis=(0, 2, 3))
+
+
+# ----------------------------------------------------------------------------- pyramid levels
+
+
+def _level_slices(sizes, padding):
+    """Per level: ``(pixel slice of the packed input, tiles per image, (Ho, Wo), output pixel
+    slice)``."""
+    out, o_in, o_out = [], 0, 0
+    for h, wd in sizes:
+        ho, wo, th, tw = tiles(h, wd, padding)
+        out.append((slice(o_in, o_in + h * wd), th * tw, (ho, wo), slice(o_out, o_out + ho * wo)))
+        o_in += h * wd
+        o_out += ho * wo
+    return out
+
+
+def conv2d_winograd_levels_reference(x, sizes, w, b, padding, relu):
+    """The F(2x2, 3x3) convolution of every level of a pyramid at once (NumPy reference of
+    ``kernels/winograd.py``'s pyramid path; the packing is :mod:`minirccn.nn.conv_levels`'s).
+
+    Args:
+        x: ``(N, C, P)`` packed levels; sizes: ``((H_l, W_l), ...)``; w: ``(F, C, 3, 3)``;
+        b: ``(F,)``; padding: ``(ph, pw)``; relu: ``max(., 0)`` on the output.
+
+    Returns:
+        out: ``(N, F, Po)``: each level's :func:`conv2d_winograd_reference` output, packed, the
+            levels' tiles side by side in ONE set of 16 GEMMs: ``V = [V_0 | V_1 | ...]``
+            along the tile axis (level ``l``'s ``N * th_l * tw_l`` tiles after the levels
+            before it), ``M = U @ V``, each level's slice of ``M`` transformed back;
+        saved: ``(V (16, C, T), out)``: with ``relu`` the output (its mask is ``out > 0``),
+            else None.
+    """
+    n, c, _ = x.shape
+    f = w.shape[0]
+    levels = _level_slices(sizes, padding)
+    v = np.concatenate(
+        [
+            input_transform(x[:, :, sl].reshape(n, c, *hw), padding)
+            for (sl, _, _, _), hw in zip(levels, sizes)
+        ],
+        axis=2,
+    )
+    m = np.matmul(filter_transform(w), v)  # (16, F, T): 16 GEMMs for every level
+    outs, t0 = [], 0
+    for _, t_img, (ho, wo), _ in levels:
+        y = output_transform(m[:, :, t0 : t0 + n * t_img], n, ho, wo)
+        outs.append(y.reshape(n, f, ho * wo))
+        t0 += n * t_img
+    out = np.concatenate(outs, axis=2) + b[None, :, None]
+    if not relu:
+        return out, (v, None)
+    out = np.where(out > 0, out, np.zeros((), dtype=out.dtype))
+    return out, (v, out)
+
+
+def conv2d_winograd_levels_backward_reference(dout, saved, w, sizes, x_shape, padding):
+    """Gradients of :func:`conv2d_winograd_levels_reference` (NumPy reference).
+
+    Args:
+        dout: ``(N, F, Po)``; saved: the forward's ``(V, out)``; w: ``(F, C, 3, 3)``;
+        sizes: the input levels; x_shape: ``(N, C, P)``; padding: ``(ph, pw)``.
+
+    Returns:
+        dx: ``(N, C, P)``; dw: ``(F, C, 3, 3)`` (one ``dU = dM @ V^T`` over every level's
+        tiles); db: ``(F,)``; ``dout`` first zeroed where the ReLU's output was not positive.
+    """
+    v, out = saved
+    if out is not None:
+        dout = np.where(out > 0, dout, np.zeros((), dtype=dout.dtype))
+    n, c, _ = x_shape
+    f = w.shape[0]
+    levels = _level_slices(sizes, padding)
+    dm = np.concatenate(
+        [
+            grad_output_transform(dout[:, :, so].reshape(n, f, ho, wo), (ho + 1) // 2, (wo + 1) // 2)
+            for _, _, (ho, wo), so in levels
+        ],
+        axis=2,
+    )
+    dw = filter_gradient(np.matmul(dm, v.transpose(0, 2, 1)), f, c)
+    dv = np.matmul(filter_transform(w).transpose(0, 2, 1), dm)
+    dx, t0 = np.empty(tuple(x_shape), dtype=dout.dtype), 0
+    for (sl, t_img, _, _), (h, wd) in zip(levels, sizes):
+        d = grad_input_transform(dv[:, :, t0 : t0 + n * t_img], (n, c, h, wd), padding)
+        dx[:, :, sl] = d.reshape(n, c, h * wd)
+        t0 += n * t_img
+    return dx, dw, dout.sum(axis=(0, 2))

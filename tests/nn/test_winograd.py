@@ -125,8 +125,8 @@ def test_fused_relu_is_conv_then_relu(dtype):
 def test_gradcheck_float64(monkeypatch, relu, padding):
     """Finite differences through ``conv2d_forward``/``conv2d_backward`` on the numba backend
     with the Winograd path forced (its thresholds at 1), odd sizes, non-square paddings."""
-    monkeypatch.setattr(kconv, "WINOGRAD_MIN_TILES", 1)
-    monkeypatch.setattr(kconv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(kwino, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(kwino, "WINOGRAD_MIN_CHANNELS", 1)
     rng = rng_for(3)
     x = rng.standard_normal((2, 2, 5, 4))
     w = rng.standard_normal((3, 2, 3, 3))
@@ -140,23 +140,27 @@ def test_gradcheck_float64(monkeypatch, relu, padding):
     assert check_layer(fwd, conv.conv2d_backward, [x, w, b]) < 1e-7
 
 
-def test_rule_at_its_thresholds(monkeypatch):
-    """3x3, stride 1, >= 16 channels each side, >= 256 tiles: exactly at each threshold it is
-    Winograd, one below it is not; 1x3 / 3x1 kernels and stride 2 never."""
-    assert kconv.WINOGRAD_MIN_TILES == 256 and kconv.WINOGRAD_MIN_CHANNELS == 16
-    use = kconv.use_winograd
-    # 32x32 output, padding 1: 16 x 16 = 256 tiles; 31x31 (30x30 input... ) -> 15 x 15 = 225
-    assert use((1, 16, 32, 32), (16, 16, 3, 3), (1, 1), (1, 1))
-    assert not use((1, 16, 30, 30), (16, 16, 3, 3), (1, 1), (1, 1))  # 30x30 out: 225 tiles
-    assert use((1, 16, 31, 31), (16, 16, 3, 3), (1, 1), (1, 1))  # 31x31 out: 16 x 16 (odd: rounded up)
-    assert use((4, 16, 16, 16), (16, 16, 3, 3), (1, 1), (1, 1))  # 4 images x 64 tiles
-    assert not use((1, 15, 32, 32), (16, 15, 3, 3), (1, 1), (1, 1))
-    assert not use((1, 16, 32, 32), (15, 16, 3, 3), (1, 1), (1, 1))
-    assert not use((1, 16, 32, 32), (16, 16, 3, 3), (2, 2), (1, 1))
-    assert not use((1, 16, 32, 32), (16, 16, 1, 3), (1, 1), (0, 1))
-    assert not use((1, 16, 32, 32), (16, 16, 3, 1), (1, 1), (1, 0))
-    assert not use((1, 16, 32, 32), (16, 16, 3, 3), (1, 2), (1, 1))
-    assert use((1, 16, 34, 34), (16, 16, 3, 3), (1, 1), (0, 0))  # no padding: 32x32 out
+def test_rule_at_its_thresholds():
+    """3x3, stride 1, >= 16 channels each side, >= 256 tiles (over images and levels): exactly
+    at each threshold it is Winograd, one below it is not; 1x3 / 3x1 kernels and stride 2
+    never."""
+    assert kwino.WINOGRAD_MIN_TILES == 256 and kwino.WINOGRAD_MIN_CHANNELS == 16
+    use = kwino.use_winograd
+    w = (16, 16, 3, 3)
+    assert use((1, 16), w, (1, 1), ((32, 32),), (1, 1))  # 32x32 out: 16 x 16 = 256 tiles
+    assert not use((1, 16), w, (1, 1), ((30, 30),), (1, 1))  # 30x30 out: 225
+    assert use((1, 16), w, (1, 1), ((31, 31),), (1, 1))  # 31x31 out: 16 x 16 (rounded up)
+    assert use((4, 16), w, (1, 1), ((16, 16),), (1, 1))  # 4 images x 64 tiles
+    assert not use((3, 16), w, (1, 1), ((16, 16),), (1, 1))  # 192
+    assert use((1, 16), w, (1, 1), ((30, 30), (8, 8), (6, 8), (2, 6)), (1, 1))  # 225+16+12+3
+    assert not use((1, 16), w, (1, 1), ((30, 30), (8, 8), (6, 8)), (1, 1))  # 253
+    assert not use((1, 15), (16, 15, 3, 3), (1, 1), ((32, 32),), (1, 1))
+    assert not use((1, 16), (15, 16, 3, 3), (1, 1), ((32, 32),), (1, 1))
+    assert not use((1, 16), w, (2, 2), ((64, 64),), (1, 1))
+    assert not use((1, 16), w, (1, 2), ((64, 64),), (1, 1))
+    assert not use((1, 16), (16, 16, 1, 3), (1, 1), ((64, 64),), (0, 1))
+    assert not use((1, 16), (16, 16, 3, 1), (1, 1), ((64, 64),), (1, 0))
+    assert use((1, 16), w, (1, 1), ((34, 34),), (0, 0))  # no padding: 32x32 out
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -194,3 +198,109 @@ def test_winograd_reuses_its_buffers():
             before = {k: id(v) for k, v in _launch._scratch.items()}
     assert {k: id(v) for k, v in _launch._scratch.items()} == before
     assert any(k[0].startswith("winograd.") for k in before)
+
+
+# ----------------------------------------------------------------------------- pyramid levels
+
+level_sizes = st.lists(
+    st.tuples(st.integers(1, 8), st.integers(1, 8)), min_size=1, max_size=4
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=level_sizes,
+    n=st.integers(0, 2),
+    pad=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    relu=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_levels_reference_and_kernel_equal_per_level_im2col(sizes, n, pad, relu, dtype, seed):
+    """Packed pyramids (1x1 to 8x8 levels, odd sizes, non-square paddings, an empty batch): the
+    Winograd levels reference and kernel against the im2col levels reference, forward and
+    backward, through the fused ReLU."""
+    from minirccn.nn import conv_levels
+
+    rng = rng_for(seed)
+    c, f = 3, 2
+    p = sum(h * w for h, w in sizes)
+    x = rng.standard_normal((n, c, p)).astype(dtype)
+    wt = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    want, wsaved = conv_levels.conv2d_levels_reference(x, sizes, wt, b, (1, 1), pad, relu)
+    dout = rng.standard_normal(want.shape).astype(dtype)
+    want_g = conv_levels.conv2d_levels_backward_reference(dout, wsaved, wt, sizes, x.shape, (1, 1), pad)
+    ref, rsaved = winograd.conv2d_winograd_levels_reference(x, sizes, wt, b, pad, relu)
+    fast, ksaved = kwino.conv2d_winograd_levels_numba(x, sizes, wt, b, pad, relu)
+    scale = np.abs(x).max(initial=0) * np.abs(wt).sum() + np.abs(b).max() + 1
+    tol = TOL[dtype] * scale
+    np.testing.assert_allclose(ref, want, rtol=0, atol=tol)
+    np.testing.assert_allclose(fast, want, rtol=0, atol=tol)
+    ref_g = winograd.conv2d_winograd_levels_backward_reference(dout, rsaved, wt, sizes, x.shape, pad)
+    if relu:  # the kernel takes dout already through the mask (conv_levels' backward does it)
+        dout = np.where(fast > 0, dout, 0).astype(dtype)
+    fast_g = kwino.conv2d_winograd_levels_backward_numba(dout, ksaved, wt, sizes, x.shape, pad)
+    gscale = (np.abs(dout).max(initial=0) + 1) * (np.abs(wt).sum() + np.abs(x).sum() + p + 1)
+    for r, k, e in zip(ref_g, fast_g, want_g):
+        assert r.shape == e.shape and k.shape == e.shape
+        np.testing.assert_allclose(r, e, rtol=0, atol=TOL[dtype] * gscale)
+        np.testing.assert_allclose(k, e, rtol=0, atol=TOL[dtype] * gscale)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_levels_layer_takes_the_winograd_path(relu):
+    """RetinaNet's head shape (32 -> 32 channels over a 32x32 ... 2x2 pyramid, 341 tiles): the
+    numba layer goes Winograd's way, equal to the numpy layer (im2col) to the float32
+    tolerance; a float64 finite-difference check of the same path with the thresholds at 1."""
+    from minirccn.nn import conv_levels
+
+    rng = rng_for(8)
+    sizes = ((32, 32), (16, 16), (8, 8), (4, 4), (2, 2))
+    maps = [rng.standard_normal((1, 32, h, w)).astype(np.float32) for h, w in sizes]
+    wt = (rng.standard_normal((32, 32, 3, 3)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    out, cache = conv_levels.conv2d_levels_forward(maps, wt, b, 1, 1, relu=relu, backend="numba")
+    assert isinstance(cache.saved[0], kwino.WinogradSaved)
+    want, wcache = conv_levels.conv2d_levels_forward(maps, wt, b, 1, 1, relu=relu, backend="numpy")
+    for o, e in zip(out, want):
+        np.testing.assert_allclose(o, e, rtol=0, atol=1e-5 * (np.abs(e).max() + 1) * 10)
+    douts = [rng.standard_normal(o.shape).astype(np.float32) for o in out]
+    got = conv_levels.conv2d_levels_backward(douts, cache)
+    exp = conv_levels.conv2d_levels_backward(douts, wcache)
+    for gx, ex in zip(got[0], exp[0]):
+        np.testing.assert_allclose(gx, ex, rtol=0, atol=1e-4 * (np.abs(ex).max() + 1))
+    for g, e in zip(got[1:], exp[1:]):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-4 * (np.abs(e).max() + 1))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv_levels_gradcheck_float64(monkeypatch, relu):
+    """Finite differences through ``conv2d_levels_forward``/``backward`` on the numba backend with
+    the Winograd path forced: three levels (odd, non-square), non-square padding."""
+    from minirccn.nn import conv_levels
+
+    monkeypatch.setattr(kwino, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(kwino, "WINOGRAD_MIN_CHANNELS", 1)
+    rng = rng_for(9)
+    sizes = ((5, 4), (3, 3), (1, 2))
+    p = sum(h * w for h, w in sizes)
+    x = rng.standard_normal((2, 2, p))
+    w = rng.standard_normal((3, 2, 3, 3))
+    b = rng.standard_normal(3) + (0.5 if relu else 0.0)
+
+    out_sizes = []
+
+    def fwd(x, w, b):
+        out, cache = conv_levels.conv2d_levels_forward(
+            conv_levels.Packed(x, sizes), w, b, 1, (1, 2), relu=relu, backend="numba"
+        )
+        assert isinstance(cache.saved[0], kwino.WinogradSaved)
+        out_sizes[:] = [out.sizes]
+        return out.data, cache
+
+    def bwd(dout, cache):
+        dx, dw, db = conv_levels.conv2d_levels_backward(conv_levels.Packed(dout, out_sizes[0]), cache)
+        return dx.data, dw, db
+
+    assert check_layer(fwd, bwd, [x, w, b]) < 1e-7
