@@ -54,7 +54,7 @@ class WinogradSaved(NamedTuple):
 #: each side; below, the transforms' fixed cost and the thin GEMMs lose to im2col (measured:
 #: docs/conv.md, section 9)
 WINOGRAD_MIN_TILES = 256
-WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 32
 
 
 def use_winograd(nc, w_shape, stride, sizes, padding) -> bool:

@@ -141,26 +141,26 @@ def test_gradcheck_float64(monkeypatch, relu, padding):
 
 
 def test_rule_at_its_thresholds():
-    """3x3, stride 1, >= 16 channels each side, >= 256 tiles (over images and levels): exactly
+    """3x3, stride 1, >= 32 channels each side, >= 256 tiles (over images and levels): exactly
     at each threshold it is Winograd, one below it is not; 1x3 / 3x1 kernels and stride 2
     never."""
-    assert kwino.WINOGRAD_MIN_TILES == 256 and kwino.WINOGRAD_MIN_CHANNELS == 16
+    assert kwino.WINOGRAD_MIN_TILES == 256 and kwino.WINOGRAD_MIN_CHANNELS == 32
     use = kwino.use_winograd
-    w = (16, 16, 3, 3)
-    assert use((1, 16), w, (1, 1), ((32, 32),), (1, 1))  # 32x32 out: 16 x 16 = 256 tiles
-    assert not use((1, 16), w, (1, 1), ((30, 30),), (1, 1))  # 30x30 out: 225
-    assert use((1, 16), w, (1, 1), ((31, 31),), (1, 1))  # 31x31 out: 16 x 16 (rounded up)
-    assert use((4, 16), w, (1, 1), ((16, 16),), (1, 1))  # 4 images x 64 tiles
-    assert not use((3, 16), w, (1, 1), ((16, 16),), (1, 1))  # 192
-    assert use((1, 16), w, (1, 1), ((30, 30), (8, 8), (6, 8), (2, 6)), (1, 1))  # 225+16+12+3
-    assert not use((1, 16), w, (1, 1), ((30, 30), (8, 8), (6, 8)), (1, 1))  # 253
-    assert not use((1, 15), (16, 15, 3, 3), (1, 1), ((32, 32),), (1, 1))
-    assert not use((1, 16), (15, 16, 3, 3), (1, 1), ((32, 32),), (1, 1))
-    assert not use((1, 16), w, (2, 2), ((64, 64),), (1, 1))
-    assert not use((1, 16), w, (1, 2), ((64, 64),), (1, 1))
-    assert not use((1, 16), (16, 16, 1, 3), (1, 1), ((64, 64),), (0, 1))
-    assert not use((1, 16), (16, 16, 3, 1), (1, 1), ((64, 64),), (1, 0))
-    assert use((1, 16), w, (1, 1), ((34, 34),), (0, 0))  # no padding: 32x32 out
+    w = (32, 32, 3, 3)
+    assert use((1, 32), w, (1, 1), ((32, 32),), (1, 1))  # 32x32 out: 16 x 16 = 256 tiles
+    assert not use((1, 32), w, (1, 1), ((30, 30),), (1, 1))  # 30x30 out: 225
+    assert use((1, 32), w, (1, 1), ((31, 31),), (1, 1))  # 31x31 out: 16 x 16 (rounded up)
+    assert use((4, 32), w, (1, 1), ((16, 16),), (1, 1))  # 4 images x 64 tiles
+    assert not use((3, 32), w, (1, 1), ((16, 16),), (1, 1))  # 192
+    assert use((1, 32), w, (1, 1), ((30, 30), (8, 8), (6, 8), (2, 6)), (1, 1))  # 225+16+12+3
+    assert not use((1, 32), w, (1, 1), ((30, 30), (8, 8), (6, 8)), (1, 1))  # 253
+    assert not use((1, 31), (32, 31, 3, 3), (1, 1), ((32, 32),), (1, 1))
+    assert not use((1, 32), (31, 32, 3, 3), (1, 1), ((32, 32),), (1, 1))
+    assert not use((1, 32), w, (2, 2), ((64, 64),), (1, 1))
+    assert not use((1, 32), w, (1, 2), ((64, 64),), (1, 1))
+    assert not use((1, 32), (32, 32, 1, 3), (1, 1), ((64, 64),), (0, 1))
+    assert not use((1, 32), (32, 32, 3, 1), (1, 1), ((64, 64),), (1, 0))
+    assert use((1, 32), w, (1, 1), ((34, 34),), (0, 0))  # no padding: 32x32 out
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -168,7 +168,7 @@ def test_numba_backend_takes_the_winograd_path_above_the_rule(relu):
     """A layer the rule picks: ``conv2d_forward`` keeps the transformed tiles, and the numbers
     are the im2col reference's to the float32 tolerance, forward and backward."""
     rng = rng_for(4)
-    x, wt, b = _case(rng, 1, 16, 32, 31, 16, np.float32)
+    x, wt, b = _case(rng, 1, 32, 32, 31, 32, np.float32)
     out, cache = conv.conv2d_forward(x, wt, b, 1, 1, relu=relu, backend="numba")
     assert isinstance(cache.saved, kwino.WinogradSaved)
     want, wcache = conv.conv2d_forward(x, wt, b, 1, 1, relu=relu, backend="numpy")
@@ -182,7 +182,7 @@ def test_numba_backend_takes_the_winograd_path_above_the_rule(relu):
 def test_below_the_rule_im2col_is_unchanged():
     """Below the thresholds the numba backend keeps im2col (the padded input is saved)."""
     rng = rng_for(5)
-    x, wt, b = _case(rng, 1, 16, 30, 30, 16, np.float32)
+    x, wt, b = _case(rng, 1, 32, 30, 30, 32, np.float32)
     _, cache = conv.conv2d_forward(x, wt, b, 1, 1, backend="numba")
     assert isinstance(cache.saved, np.ndarray)
 
@@ -190,7 +190,7 @@ def test_below_the_rule_im2col_is_unchanged():
 def test_winograd_reuses_its_buffers():
     """Steady state: the transformed products and their gradients live in reused buffers."""
     rng = rng_for(6)
-    x, wt, b = _case(rng, 1, 16, 32, 32, 16, np.float32)
+    x, wt, b = _case(rng, 1, 32, 32, 32, 32, np.float32)
     for _ in range(2):
         out, cache = conv.conv2d_forward(x, wt, b, 1, 1, backend="numba")
         conv.conv2d_backward(out, cache)
