@@ -111,12 +111,16 @@ def _pad_levels(x, table, ph, pw, xpad):
             for h in range(hp):
                 row = o_pad + h * wp
                 if h < ph or h >= ph + height:
-                    dst[row : row + wp] = zero
+                    for k in range(wp):
+                        dst[row + k] = zero
                     continue
-                dst[row : row + pw] = zero
                 first = o_in + (h - ph) * width
-                dst[row + pw : row + pw + width] = src[first : first + width]
-                dst[row + pw + width : row + wp] = zero
+                for k in range(pw):
+                    dst[row + k] = zero
+                for k in range(width):
+                    dst[row + pw + k] = src[first + k]
+                for k in range(pw + width, wp):
+                    dst[row + k] = zero
 
 
 @numba.njit(parallel=True, cache=True)
@@ -132,7 +136,9 @@ def _unpad_levels(dxpad, table, ph, pw, dx):
             wp, o_pad = table[lv, 4], table[lv, 5]
             for h in range(height):
                 first = o_pad + (h + ph) * wp + pw
-                dst[o_in + h * width : o_in + (h + 1) * width] = src[first : first + width]
+                row = o_in + h * width
+                for k in range(width):
+                    dst[row + k] = src[first + k]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -359,26 +365,63 @@ def _grad_input_transform(dv, table, t_img, dxpad):
                     dst[r3 + j + np.uint64(3)] += -e3
 
 
-#: ``G`` (4, 3) of the reference, as a constant here (kernels import only the backend)
-_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+@numba.njit(cache=True)
+def _filter_transform(w, u):
+    """``u[4a + b, f, c] = (G w[f, c] G^T)[a, b]`` with ``G``'s rows ``(1, 0, 0)``, ``(1/2, 1/2,
+    1/2)``, ``(1/2, -1/2, 1/2)``, ``(0, 0, 1)`` written out: per filter and channel, the 3x3's
+    columns combined (``G w``), then its rows (``(G w) G^T``)."""
+    n_f, n_ch = w.shape[0], w.shape[1]
+    half = w.dtype.type(0.5)
+    gw = np.empty((4, 3), dtype=w.dtype)
+    for f in range(n_f):
+        for c in range(n_ch):
+            g = w[f, c]
+            for j in range(3):
+                gw[0, j] = g[0, j]
+                gw[1, j] = (g[0, j] + g[1, j] + g[2, j]) * half
+                gw[2, j] = (g[0, j] - g[1, j] + g[2, j]) * half
+                gw[3, j] = g[2, j]
+            for a in range(4):
+                u[4 * a + 0, f, c] = gw[a, 0]
+                u[4 * a + 1, f, c] = (gw[a, 0] + gw[a, 1] + gw[a, 2]) * half
+                u[4 * a + 2, f, c] = (gw[a, 0] - gw[a, 1] + gw[a, 2]) * half
+                u[4 * a + 3, f, c] = gw[a, 2]
 
 
 def filter_transform(w):
-    """``U (16, F, C)`` = ``G w[f, c] G^T`` per filter and channel: two ``tensordot`` (each one
-    GEMM over all ``F * C`` filters; a broadcast ``matmul`` would make ``F * C`` tiny ones)."""
-    f, c = w.shape[:2]
-    g = _G.astype(w.dtype)
-    gw = np.tensordot(g, w, axes=([1], [2]))  # (4, F, C, 3): G w, the 3x3's rows combined
-    u = np.tensordot(gw, g, axes=([3], [1]))  # (4, F, C, 4): (G w) G^T
-    return np.ascontiguousarray(u.transpose(0, 3, 1, 2)).reshape(16, f, c)
+    """``U (16, F, C)`` = ``G w[f, c] G^T`` per filter and channel (one Numba pass)."""
+    u = np.empty((16, w.shape[0], w.shape[1]), dtype=w.dtype)
+    _filter_transform(np.ascontiguousarray(w), u)
+    return u
+
+
+@numba.njit(cache=True)
+def _filter_gradient_kernel(du, dw):
+    """``dw[f, c] = G^T dU[f, c] G`` (3x3) of ``du (16, F, C)``: the transpose of
+    :func:`_filter_transform`'s two steps, in reverse order."""
+    n_f, n_ch = dw.shape[0], dw.shape[1]
+    half = dw.dtype.type(0.5)
+    r = np.empty((4, 3), dtype=dw.dtype)
+    for f in range(n_f):
+        for c in range(n_ch):
+            for a in range(4):  # (dU G): row a's 4 values onto 3 columns
+                d0, d1 = du[4 * a + 0, f, c], du[4 * a + 1, f, c]
+                d2, d3 = du[4 * a + 2, f, c], du[4 * a + 3, f, c]
+                r[a, 0] = d0 + (d1 + d2) * half
+                r[a, 1] = (d1 - d2) * half
+                r[a, 2] = (d1 + d2) * half + d3
+            g = dw[f, c]
+            for j in range(3):  # G^T (dU G): the 4 rows onto 3
+                g[0, j] = r[0, j] + (r[1, j] + r[2, j]) * half
+                g[1, j] = (r[1, j] - r[2, j]) * half
+                g[2, j] = (r[1, j] + r[2, j]) * half + r[3, j]
 
 
 def _filter_gradient(du, f, c, dtype):
-    """``dw (F, C, 3, 3)`` = ``G^T dU G`` of ``du (16, F, C)`` (two ``tensordot``)."""
-    g = _G.astype(dtype)
-    gd = np.tensordot(g, du.reshape(4, 4, f, c), axes=([0], [0]))  # (3, 4, F, C): G^T dU
-    dw = np.tensordot(gd, g, axes=([1], [0]))  # (3, F, C, 3): (G^T dU) G
-    return np.ascontiguousarray(dw.transpose(1, 2, 0, 3))
+    """``dw (F, C, 3, 3)`` = ``G^T dU G`` of ``du (16, F, C)`` (one Numba pass)."""
+    dw = np.empty((f, c, 3, 3), dtype=dtype)
+    _filter_gradient_kernel(np.ascontiguousarray(du), dw)
+    return dw
 
 
 def conv2d_winograd_levels_numba(x, sizes, w, b, padding, relu=False):
