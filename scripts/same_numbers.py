@@ -5,9 +5,11 @@
     python scripts/same_numbers.py compare OUT BASE  # ... against the runs in BASE/<kind>/
 
 The baselines, docs/measured/same-300/<kind>.json, are the metrics.json of the same runs made
-with the code of 15c43c7 (6 December 2026: identical, every non-timing value, to the runs of
-1b234b4 but for the config's new ``test_flip`` field); the runs are deterministic, so any
-difference in a non-timing value means the numbers moved. docs/measured/refactor-300/ keeps the
+with the code of issue 22's Winograd convolution (7 December 2026: it changes the summation
+order of the numba backend's 3x3 stride-1 convs with >= 32 channels, so every kind's numbers
+moved, by rounding at first; and the RetinaNet preset's schedule fields); the runs are
+deterministic, so any difference in a non-timing value means the numbers moved. The baselines
+before it (15c43c7) are in git history. docs/measured/refactor-300/ keeps the
 runs of the code before the detector redesign (09c0f12), which the redesign matched; commits
 since moved numbers on purpose (faster kernels, new config fields). A change meant to move
 numbers records new baselines (``run`` into docs/measured/same-300 after it); any other change
