@@ -628,6 +628,90 @@ print("speed-up numba / numpy, measured vs predicted: "
 # within 0.7 to 1.3 times torch's time.
 
 # %% [markdown]
+# ### Winograd: fewer multiplications for the 3x3, stride-1 convolutions
+#
+# Blocking leaves the GEMMs as they are, and on the large layers the GEMMs are
+# the time. A 3x3 convolution with stride 1 can do less arithmetic. Winograd's
+# minimal filtering F(2x2, 3x3) (`minirccn/nn/winograd.py`, the reference)
+# gets a 2x2 block of outputs from the 4x4 input tile that covers it with 16
+# multiplications instead of 36: it moves the tile and the filter into a
+# transformed domain (`V = B^T d B`, `U = G g G^T`, made of additions and
+# halvings), multiplies there elementwise, and comes back (`y = A^T (U * V) A`).
+# Summed over the input channels, each of the 16 transformed positions is one
+# GEMM, `(F, C) @ (C, tiles)`, so a layer's GEMM work falls from
+# `9 F C Ho Wo` to `4 F C Ho Wo` multiply-adds: 2.25 times less. The price is
+# memory: the transformed tiles `V` are 4x the input and `M = U @ V` 4x the
+# output, and they do not stay in the cache. So it pays where the GEMMs
+# dominate (many channels, large maps) and loses on small layers, where the
+# extra passes and the 16 thin GEMMs cost more than they save. The numba
+# backend takes it for 3x3, stride-1 convs with at least
+# `WINOGRAD_MIN_CHANNELS` channels each side and `WINOGRAD_MIN_TILES` output
+# tiles (`kernels/winograd.py: use_winograd`, measured in `docs/conv.md`,
+# section 9). The sums are the same ones rounded in other places, so the
+# results agree with im2col to rounding, not bit for bit.
+#
+# One tile by hand, then the two paths of the numba backend on the same layers
+# (the rule's tile threshold switched to force each path; one BLAS thread):
+
+# %%
+from minirccn.kernels import winograd as kwino  # noqa: E402
+from minirccn.nn import winograd as wino  # noqa: E402
+
+d_t = rng.standard_normal((4, 4))
+g_t = rng.standard_normal((3, 3))
+direct = np.array([[np.sum(d_t[i : i + 3, j : j + 3] * g_t) for j in range(2)] for i in range(2)])
+u_t, v_t = wino.G @ g_t @ wino.G.T, wino.BT @ d_t @ wino.BT.T  # the transforms: adds and halves
+y_t = wino.AT @ (u_t * v_t) @ wino.AT.T  # the 16 products u_t * v_t, then back
+print(f"one 2x2 output block: direct {direct.size * g_t.size} multiplications, Winograd {u_t.size}; "
+      f"largest difference {np.abs(y_t - direct).max():.1e}")
+T.check(np.allclose(y_t, direct, rtol=1e-12, atol=1e-12), "Winograd tile = direct correlation")
+
+if blas:
+    blas[1](1)
+min_tiles_before = kwino.WINOGRAD_MIN_TILES
+print(f"rule: WINOGRAD_MIN_CHANNELS = {kwino.WINOGRAD_MIN_CHANNELS}, "
+      f"WINOGRAD_MIN_TILES = {min_tiles_before}")
+print(f"{'conv 3x3 (N, C, HW, F)':24s} {'GFLOP im2col':>12s} {'Winograd':>9s} "
+      f"{'im2col ms':>10s} {'Winograd ms':>12s} {'rule picks':>11s}")
+for n_c, c_c, hw_c, f_c in T.pick([(1, 32, 16, 32), (1, 64, 32, 64), (2, 64, 64, 128)], [(1, 32, 8, 32)]):
+    x_c = rng.standard_normal((n_c, c_c, hw_c, hw_c)).astype(np.float32)
+    w_c = (rng.standard_normal((f_c, c_c, 3, 3)) * 0.05).astype(np.float32)
+    b_c = np.zeros(f_c, np.float32)
+    d_c = rng.standard_normal((n_c, f_c, hw_c, hw_c)).astype(np.float32)
+    picks = kwino.use_winograd((n_c, c_c), w_c.shape, (1, 1), ((hw_c, hw_c),), (1, 1))
+    ms, outs = {}, {}
+    try:
+        for path, min_tiles in (("im2col", 1 << 40), ("winograd", 0)):
+            kwino.WINOGRAD_MIN_TILES = min_tiles
+
+            def fwd_bwd_path():
+                out, cache = nn_conv.conv2d_forward(x_c, w_c, b_c, 1, 1, backend="numba")
+                return (out,) + tuple(nn_conv.conv2d_backward(d_c, cache))
+
+            outs[path] = fwd_bwd_path()
+            ms[path] = bench.time_call(fwd_bwd_path, min_time=min_time)["median"]
+    finally:
+        kwino.WINOGRAD_MIN_TILES = min_tiles_before
+    for a_arr, b_arr in zip(outs["im2col"], outs["winograd"]):
+        scale = float(np.abs(a_arr).max()) or 1.0
+        T.check(np.abs(a_arr - b_arr).max() <= 1e-4 * scale, "Winograd = im2col (rounding)")
+    tiles = n_c * ((hw_c + 1) // 2) ** 2
+    g_im2col = 3 * 2 * n_c * f_c * 9 * c_c * hw_c * hw_c / 1e9
+    g_wino = 3 * 2 * 16 * f_c * c_c * tiles / 1e9
+    print(f"{str((n_c, c_c, hw_c, f_c)):24s} {g_im2col:12.3f} {g_wino:9.3f} "
+          f"{ms['im2col'] * 1e3:10.2f} {ms['winograd'] * 1e3:12.2f} "
+          f"{'Winograd' if picks else 'im2col':>11s}")
+if blas:
+    blas[1](threads_before)
+
+# %% [markdown]
+# The GEMM work falls 2.25 times on every row; the time falls less, and on the
+# small layer not at all, because the transforms' four passes over `V`, `M`
+# and their gradients are memory traffic that im2col's blocked kernel does not
+# have. `docs/conv.md` (section 9) has the idle-machine sweep on one and two
+# threads with torch beside it, and the rule's thresholds read off it.
+
+# %% [markdown]
 # Read the numbers with the machine in mind. On two cores the Numba kernels
 # win mostly by not allocating temporaries and by skipping work (the NMS walk
 # jumps over suppressed boxes, the RoI-pool kernel scans each bin once), not by
