@@ -1,24 +1,31 @@
 """The 3x3, stride-1 convolution by Winograd's F(2x2, 3x3) on the CPU (Numba transforms, BLAS GEMMs).
 
-The specification is :mod:`minirccn.nn.winograd` (:func:`~minirccn.nn.winograd.conv2d_winograd_reference`,
-:func:`~minirccn.nn.winograd.conv2d_winograd_backward_reference`): transform every 4x4 input
-tile, ``V = B^T d B``; transform the filters, ``U = G g G^T``; 16 GEMMs ``M = U @ V``; back
-with ``y = A^T M A`` per 2x2 output tile. The reference writes each transform as an
-``einsum``; here each is one Numba pass, one ``(image, channel)`` or ``(image, filter)`` plane
-per task, that computes a tile's 16 (or 4) values with the transforms' additions written out
-(the matrices' entries are 0, +-1 and 1/2) and writes them where the GEMM reads them:
+The specification is :mod:`minirccn.nn.winograd` (:func:`~minirccn.nn.winograd.conv2d_winograd_reference`
+and its backward; :func:`~minirccn.nn.winograd.conv2d_winograd_levels_reference` for a pyramid):
+transform every 4x4 input tile, ``V = B^T d B``; transform the filters, ``U = G g G^T``; 16
+GEMMs ``M = U @ V``; back with ``y = A^T M A`` per 2x2 output tile. The reference writes each
+transform as an ``einsum``; here each is one Numba pass, one ``(image, channel)`` or ``(image,
+filter)`` per task, that computes a tile's 16 (or 4) values with the transforms' additions
+written out (the matrices' entries are 0, +-1 and 1/2) and writes them where the GEMM reads
+them. Every pass walks a *level table* (:func:`level_table`): the levels of a pyramid packed
+side by side (:mod:`minirccn.nn.conv_levels`), a plain conv being a pyramid of one level::
 
-    V  (16, C, T)   V[k, c, t]: row k of tile t, channel c (T = N * th * tw tiles, image-major)
-    U  (16, F, C)
-    M  (16, F, T)   written by 16 BLAS GEMMs, read by the output pass
+    xpad (N, C, Ppad)  each level zero-padded to (2th + 2) x (2tw + 2), one after the other
+    V    (16, C, T)    V[k, c, t]: entry k of tile t's transform, channel c; T = N * sum_l th_l
+                       tw_l, the levels' tiles one after the other (image-major within a level,
+                       as the reference concatenates them)
+    U    (16, F, C)
+    M    (16, F, T)    written by 16 BLAS GEMMs, read by the output pass
+    out  (N, F, Po)    the levels' outputs packed
 
-The bias (and, fused, the ReLU: ``max(y + b, 0)``) is applied by the output pass as it
-writes ``out (N, F, Ho, Wo)``. The backward: the output gradient's tiles transformed
-(``dM = A dY A^T``, one pass), the 32 GEMMs ``dU = dM @ V^T`` and ``dV = U^T @ dM``, then one
-pass per ``(image, channel)`` plane adds every tile's ``B dV B^T`` onto the padded input
-gradient (the tiles overlap; one task owns the plane, so no race). ``dw = G^T dU G`` is a
-small NumPy product. ``V`` and ``U`` are kept for the backward (``V`` is four times the input:
-4x4 values per 2x2 outputs).
+The bias (and, fused, the ReLU: ``max(0, y + b)``) is applied by the output pass as it writes
+``out``. The backward: the output gradient's tiles transformed (``dM = A dY A^T``, one pass),
+the GEMMs ``dU = dM @ V^T`` and ``dV = U^T @ dM`` (16 each), then one pass per ``(image,
+channel)`` adds every tile's ``B dV B^T`` onto the padded input gradient (the tiles overlap;
+one task owns the plane, so no race) and one more cuts the levels out of their padding.
+``U``'s transform and ``dw = G^T dU G`` are small serial Numba passes. ``V`` and ``U`` are kept
+for the backward (``V`` is four times the input: 4x4 values per 2x2 outputs); the other
+arrays live in reused scratch buffers.
 
 Numbers: the reference's formulas, with each transform's sums in the order the formulas
 list them (the reference's ``einsum`` may add in another order) and BLAS's split of the
@@ -26,10 +33,16 @@ list them (the reference's ``einsum`` may add in another order) and BLAS's split
 float64, random and adversarial inputs). Against im2col (:mod:`minirccn.nn.conv`) also to
 rounding: the transforms move where the roundings happen.
 
-Entry points: ``conv2d_winograd_numba(x, w, b, padding, relu)`` returns ``(out, saved)``
-with ``saved`` a :class:`WinogradSaved`; ``conv2d_winograd_backward_numba(dout, saved, w,
-x_shape, padding)`` returns ``(dx, dw, db)``. ``kernels/conv.py`` calls them for the 3x3,
-stride-1 kernels where they pay (:func:`minirccn.kernels.conv.conv2d_numba`).
+Index arithmetic: unsigned (no wrap-around tests) and with the constant offsets written in
+place (``np.uint64(2)``): a constant hoisted out of a ``prange`` body becomes an argument of
+the parallel region and cost the input pass 1.7x (docs/conv.md, section 9).
+
+Entry points: ``conv2d_winograd_numba(x, w, b, padding, relu)`` and
+``conv2d_winograd_levels_numba(x, sizes, w, b, padding, relu)`` return ``(out, saved)`` with
+``saved`` a :class:`WinogradSaved`; ``conv2d_winograd_backward_numba(dout, saved, w, x_shape,
+padding)`` and ``conv2d_winograd_levels_backward_numba(dout, saved, w, sizes, x_shape,
+padding)`` return ``(dx, dw, db)``. ``kernels/conv.py`` and ``kernels/conv_levels.py`` call
+them where :func:`use_winograd` says they pay.
 """
 
 from __future__ import annotations
