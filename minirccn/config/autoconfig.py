@@ -109,11 +109,12 @@ AUGMENT = {
 }
 
 #: cost model of one training step of the tiny stack (seconds, idle 2-core AMD EPYC, numba,
-#: one BLAS thread): ``a + b * pixels * (1 + c * 16 / stride**2)``, least squares on 600-step
-#: runs of the own-data defaults (dsb at stride 4, cardio at 8; 128, 192 and 256 px: 29-77 ms a
-#: step, the fit within 10 %) with the Winograd convs of issue 22, then x1.1 so that a run's
-#: training leaves room for its validations inside the budget (docs/real_data.md, "The budget")
-STEP_COST = {"a": 0.018, "b": 4.4e-7, "c": 1.25}
+#: one BLAS thread): ``a + b * pixels * (1 + c * 16 / stride**2)``, least squares on timed
+#: runs of the own-data defaults with issue 22's Winograd convs (dsb at stride 4, cardio at
+#: 8; 128, 192 and 256 px; whole 5-minute runs' steps are slower than a 600-step run's, and the
+#: fit follows the whole runs), then x1.1 so that a run's training leaves room for its
+#: validations and this VM's drift inside the budget (docs/real_data.md, "The budget")
+STEP_COST = {"a": 0.021, "b": 6.9e-7, "c": 0.47}
 
 
 def step_seconds(height: int, width: int, stride: int, images_per_batch: int = 1) -> float:
