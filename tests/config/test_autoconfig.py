@@ -117,9 +117,20 @@ def test_steps_follow_the_budget_deterministically():
 
 
 def test_cost_model_matches_the_preset_on_shapes():
-    """The tiny preset's 128x128 stride-4 step: ~50 ms on the idle 2-core machine."""
+    """The tiny stack's 128x128 stride-4 step as the model has it lies between the default
+    `shapes` run's measured step (docs/metrics.json: 5000 steps of the tiny preset, RoI max
+    pooling, alone on the 2-core machine) and 1.5x it: conservative (the own-data defaults
+    pool with the slower RoIAlign, and validate), not wildly off."""
+    import json
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "..", "docs", "metrics.json")) as f:
+        run = json.load(f)
+    measured = run["train_seconds"] / run["iters"]
     cfg = preset("tiny")
-    assert A.step_seconds(cfg.min_size, cfg.max_size, 4) == pytest.approx(0.05, rel=0.1)
+    modelled = A.step_seconds(cfg.min_size, cfg.max_size, 4)
+    assert measured <= modelled <= 1.5 * measured
 
 
 def test_derived_fields_make_a_valid_config_and_report():
