@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minirccn.kernels import _launch
-from minirccn.kernels import conv as kconv
 from minirccn.kernels import winograd as kwino
 from minirccn.nn import conv, winograd
 from minirccn.nn.gradcheck import check_layer
