@@ -7,8 +7,8 @@ two threads, with the arithmetic that predicts where each wins.
 Both paths are the numba backend's (``kernels/conv.py``, ``kernels/winograd.py``), forced by
 the rule's thresholds (``WINOGRAD_MIN_TILES``: 0 for Winograd, a huge number for im2col); the
 three are timed in turn, round after round, and each cell is the median of its rounds (this
-VM's speed drifts: interleaving keeps the drift out of the ratios). Threads as
-docs/conv_sweep.py sets them (OpenBLAS through ctypes, ``numba.set_num_threads``,
+VM's speed drifts: interleaving keeps the drift out of the ratios). Threads and torch's case are
+docs/conv_sweep.py's (OpenBLAS through ctypes, ``numba.set_num_threads``,
 ``torch.set_num_threads``), the busy-machine policy off so the two-thread rows measure two
 threads.
 """
@@ -19,7 +19,7 @@ import os
 import statistics
 import time
 
-import numba
+import conv_sweep  # docs/conv_sweep.py (beside this file): the thread settings, torch's case
 import numpy as np
 
 from minirccn.kernels import _launch
@@ -41,18 +41,6 @@ SIZES = [
     (2, 64, 64, 128),
 ]
 ROUNDS = 15
-
-
-def set_threads(n):
-    _, set_ = _launch._openblas_threads()
-    set_(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
 
 
 def arithmetic(n, c, hw, f):
@@ -90,21 +78,9 @@ def fns_for(n, c, hw, f):
         return fn
 
     fns = {"im2col": numba_with(1 << 40), "winograd": numba_with(0)}
-    try:
-        import torch
-
-        tx = torch.from_numpy(x).requires_grad_(True)
-        tw = torch.from_numpy(w).requires_grad_(True)
-        tb = torch.from_numpy(b).requires_grad_(True)
-        td = torch.from_numpy(dout)
-
-        def tfn():
-            tx.grad = tw.grad = tb.grad = None
-            torch.nn.functional.conv2d(tx, tw, tb, padding=1).backward(td)
-
-        fns["torch"] = tfn
-    except ImportError:
-        pass
+    torch_fn = conv_sweep.case(n, c, hw, f).get("torch")  # the same inputs, drawn the same way
+    if torch_fn is not None:
+        fns["torch"] = torch_fn
     return fns
 
 
@@ -140,7 +116,7 @@ def main():
             picks = kwino.use_winograd((n, c), (f, c, 3, 3), (1, 1), ((hw, hw),), (1, 1))
             fns = fns_for(n, c, hw, f)
             for t in (1, 2):
-                set_threads(t)
+                conv_sweep.set_threads(t)
                 ms = interleaved_ms(fns)
                 torch_ms = f"{ms['torch']:.2f}" if "torch" in ms else ""
                 vs_torch = f"{ms['winograd'] / ms['torch']:.2f}x" if "torch" in ms else ""
